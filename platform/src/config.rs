@@ -1,0 +1,89 @@
+//! Limits and timers of the protocol core. Every queue and window has a named bound.
+
+use crate::layout::{Layout, LayoutError};
+use thiserror::Error;
+
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub layout: Layout,
+    /// Messages a sender may have outstanding (sent, not yet delivered everywhere) per
+    /// subgroup. Ordered mode counts deliveries, raw mode receipts.
+    pub window_size: u64,
+    /// Largest payload accepted by `send`.
+    pub payload_size_max_bytes: usize,
+    /// Sends accepted but not yet multicast (window full or view change) per subgroup.
+    pub pending_sends_max: usize,
+    /// Messages of one sender taken from the pending queue per flush (send batching).
+    pub batch_messages_max: usize,
+    /// A row is pushed at least this often even if nothing changed (the heartbeat).
+    pub heartbeat_interval_ms: u64,
+    /// A member heard from for this long is suspected.
+    pub suspicion_timeout_ms: u64,
+    /// A joiner that is not welcomed in this time asks the next contact.
+    pub join_retry_ms: u64,
+    /// Messages for views this member has not installed yet, buffered in arrival order.
+    pub future_messages_max: usize,
+    /// Round-robin slots usable in one view (at most 2^32: versions keep the slot in 32
+    /// bits). A member that reaches it asks for an epoch roll: a new view, same members.
+    pub view_slots_max: u64,
+    /// No view is installed without a majority of the previous one. Turning this off
+    /// allows split brain under partitions; it exists for experiments only.
+    pub partition_safety: bool,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("{field} must be positive")]
+    Zero { field: &'static str },
+    #[error("view_slots_max ({0}) must be between 1 and 2^32")]
+    ViewSlots(u64),
+    #[error("suspicion_timeout_ms ({timeout}) must exceed heartbeat_interval_ms ({heartbeat})")]
+    TimeoutBelowHeartbeat { timeout: u64, heartbeat: u64 },
+}
+
+impl CoreConfig {
+    pub fn new(layout: Layout) -> Self {
+        CoreConfig {
+            layout,
+            window_size: 256,
+            payload_size_max_bytes: 64 << 20,
+            pending_sends_max: 16_384,
+            batch_messages_max: 1024,
+            heartbeat_interval_ms: 10,
+            suspicion_timeout_ms: 200,
+            join_retry_ms: 100,
+            future_messages_max: 65_536,
+            view_slots_max: 1 << 32,
+            partition_safety: true,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.layout.validate()?;
+        for (field, value) in [
+            ("window_size", self.window_size),
+            ("payload_size_max_bytes", self.payload_size_max_bytes as u64),
+            ("pending_sends_max", self.pending_sends_max as u64),
+            ("batch_messages_max", self.batch_messages_max as u64),
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("join_retry_ms", self.join_retry_ms),
+            ("future_messages_max", self.future_messages_max as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero { field });
+            }
+        }
+        if self.view_slots_max == 0 || self.view_slots_max > 1 << 32 {
+            return Err(ConfigError::ViewSlots(self.view_slots_max));
+        }
+        if self.suspicion_timeout_ms <= self.heartbeat_interval_ms {
+            return Err(ConfigError::TimeoutBelowHeartbeat {
+                timeout: self.suspicion_timeout_ms,
+                heartbeat: self.heartbeat_interval_ms,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,2099 @@
+//! The protocol core: one member's view of the group, as a state machine.
+//!
+//! Inputs are method calls (`handle_message`, `tick`, `send`, `suspect`, `persisted`,
+//! `trim_persisted`, `supply_state`, `leave`); commands come out of `drain_outputs`.
+//! The core performs no I/O, reads no clock (time arrives with `tick`) and draws no random
+//! numbers, so a driver (tokio, or the simulator) fully determines its behaviour.
+//!
+//! Protocol outline (see ARCHITECTURE.md for the invariants):
+//! - every member owns a [`Row`] of counters, pushed to every peer after its data;
+//! - ordered multicast per shard: round-robin slots, nulls from idle senders, delivery
+//!   up to the slot every member has received;
+//! - view change: suspicion (gossiped through rows) wedges; the lowest unsuspected rank
+//!   proposes (adopting any earlier leader's proposal unchanged), all unsuspected members
+//!   acknowledge, the leader commits; each shard then agrees on a ragged trim (also adopted
+//!   on shard-leader failover), logs it, delivers exactly it, persists, and installs the
+//!   next view.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::config::{ConfigError, CoreConfig};
+use crate::ids::{MemberId, NodeId, SendTicket, Version, ViewId};
+use crate::layout::{DeliveryMode, Inadequate};
+use crate::row::{Ballot, Change, Proposal, Row, ShardRow, Trim};
+use crate::view::View;
+use crate::wire::{DataRun, Item, Wire};
+
+/// Pending join requests a leader holds; more are answered on the joiner's next retry.
+pub const JOINS_PENDING_MAX: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeliveryKind {
+    /// Ordered, delivered once every shard member had received it.
+    Stable,
+    /// Ordered, delivered by the ragged trim at the end of a view.
+    Trim,
+    /// Raw mode: delivered on receipt.
+    Raw,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub view_id: ViewId,
+    pub subgroup: u32,
+    pub shard: u32,
+    pub sender: MemberId,
+    /// The message's index in its sender's stream for this view.
+    pub sender_index: u64,
+    /// `None` in raw mode.
+    pub version: Option<Version>,
+    pub kind: DeliveryKind,
+    pub payload: Bytes,
+    /// Set on the sender's own copy.
+    pub ticket: Option<SendTicket>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StopReason {
+    /// Another member suspects us, or a newer view excludes us.
+    Evicted,
+    /// Too many members are suspected for this side to hold a majority.
+    MinorityPartition,
+    /// We asked to leave and the group has installed a view without us.
+    Left,
+    /// Our state source failed before it sent us the shard's state.
+    StateTransferFailed,
+    /// The buffer of messages for views we have not installed overflowed.
+    FellBehind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send over the FIFO link to `to` (only to that incarnation when given).
+    Send {
+        to: NodeId,
+        incarnation: Option<u32>,
+        msg: Wire,
+    },
+    Deliver(Delivery),
+    /// Make every delivered version of `subgroup` up to `version` durable, then call
+    /// [`Core::persisted`].
+    Persist {
+        subgroup: u32,
+        version: Version,
+    },
+    /// Log this trim durably, then call [`Core::trim_persisted`]; the core uses it only then.
+    PersistTrim {
+        view_id: ViewId,
+        subgroup: u32,
+        shard: u32,
+        trim: Arc<Trim>,
+    },
+    /// The trim this member applies to end `view_id` in this shard.
+    Trimmed {
+        view_id: ViewId,
+        subgroup: u32,
+        shard: u32,
+        received: Vec<u64>,
+    },
+    /// Every current member of the shard has made `version` durable.
+    GlobalPersisted {
+        subgroup: u32,
+        version: Version,
+    },
+    InstallView(Arc<View>),
+    /// Call [`Core::supply_state`] with the application's state of this shard as of now
+    /// (before anything of `view_id` is delivered); deliveries wait for it.
+    StateTransferRequest {
+        view_id: ViewId,
+        subgroup: u32,
+        shard: u32,
+        joiners: Vec<MemberId>,
+    },
+    /// The shard's state at the start of `view_id`; deliveries of the shard follow it.
+    ReceiveState {
+        view_id: ViewId,
+        subgroup: u32,
+        shard: u32,
+        state: Bytes,
+    },
+    /// Accepted sends that will never be multicast (we left the shard, or stopped).
+    SendsAborted {
+        subgroup: u32,
+        tickets: Vec<SendTicket>,
+    },
+    Stopped(StopReason),
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum SendError {
+    #[error("no subgroup {subgroup} in the layout")]
+    NoSuchSubgroup { subgroup: u32 },
+    #[error("this member has no shard in subgroup {subgroup} in the current view")]
+    NotMember { subgroup: u32 },
+    #[error("payload of {size} bytes exceeds the limit of {max} bytes")]
+    PayloadTooLarge { size: usize, max: usize },
+    #[error("{pending} sends already pending in subgroup {subgroup} (limit {max}); retry later")]
+    Backlogged {
+        subgroup: u32,
+        pending: usize,
+        max: usize,
+    },
+    #[error("this member has not joined a view yet")]
+    NotJoined,
+    #[error("this member has stopped: {0:?}")]
+    Stopped(StopReason),
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// The first member gathering joiners until the layout is adequate for view 0.
+    Founding {
+        members: Vec<MemberId>,
+    },
+    Joining {
+        contacts: Vec<NodeId>,
+        next_contact: usize,
+        last_attempt_ms: Option<u64>,
+    },
+    Member,
+    Stopped(StopReason),
+}
+
+/// Multicast state of the one shard this member has in a subgroup, for the current view.
+#[derive(Debug)]
+struct ShardState {
+    shard: usize,
+    mode: DeliveryMode,
+    members: Vec<MemberId>,
+    /// View rank of each shard member.
+    ranks: Vec<usize>,
+    /// My index in `members` (my sender rank).
+    me: usize,
+    /// Received, not yet delivered, per sender; `None` is a null.
+    inbox: Vec<VecDeque<Option<Bytes>>>,
+    /// Messages taken out of `inbox` per sender.
+    popped: Vec<u64>,
+    /// Next round-robin slot to deliver.
+    delivered_slots: u64,
+    own_tickets: VecDeque<(u64, SendTicket)>,
+    state_source: Option<MemberId>,
+    hold_for_state: bool,
+    hold_for_supply: bool,
+    joiners: Vec<MemberId>,
+    last_version: Option<Version>,
+    persist_asked: Option<Version>,
+    persisted: Option<Version>,
+    global_persisted: Option<Version>,
+    trim_logging: Option<Arc<Trim>>,
+    trim_logged: Option<Arc<Trim>>,
+    trim_applied: bool,
+}
+
+impl ShardState {
+    fn holding(&self) -> bool {
+        self.hold_for_state || self.hold_for_supply
+    }
+    fn senders(&self) -> u64 {
+        self.members.len() as u64
+    }
+}
+
+/// One member's protocol core. See the module documentation.
+#[derive(Debug)]
+pub struct Core {
+    cfg: CoreConfig,
+    me: MemberId,
+    phase: Phase,
+    now_ms: u64,
+    view: Option<Arc<View>>,
+    my_rank: usize,
+    rows: Vec<Arc<Row>>,
+    row_dirty: bool,
+    last_push_ms: u64,
+    last_heard_ms: Vec<u64>,
+    last_tick_ms: u64,
+    leave_requested: bool,
+    pending_joins: Vec<MemberId>,
+    adopted: bool,
+    committed: Option<Arc<Proposal>>,
+    next_view: Option<Arc<View>>,
+    shards: Vec<Option<ShardState>>,
+    pending_sends: Vec<VecDeque<(Bytes, SendTicket)>>,
+    next_ticket: u64,
+    future: VecDeque<(MemberId, Wire)>,
+    evicted_notified: Vec<MemberId>,
+    outbox: Vec<Vec<DataRun>>,
+    outputs: Vec<Output>,
+}
+
+impl Core {
+    /// Starts a new group with `me` as its first member; view 0 forms once the members
+    /// gathered so far satisfy the layout.
+    pub fn found(cfg: CoreConfig, me: MemberId, now_ms: u64) -> Result<Self, ConfigError> {
+        let mut core = Self::new(cfg, me, now_ms, Phase::Founding { members: vec![me] })?;
+        core.try_form_first_view();
+        Ok(core)
+    }
+
+    /// Joins an existing group through any of `contacts` (redirected to the leader).
+    pub fn join(
+        cfg: CoreConfig,
+        me: MemberId,
+        contacts: Vec<NodeId>,
+        now_ms: u64,
+    ) -> Result<Self, ConfigError> {
+        if contacts.is_empty() {
+            return Err(ConfigError::Zero { field: "contacts" });
+        }
+        let phase = Phase::Joining {
+            contacts,
+            next_contact: 0,
+            last_attempt_ms: None,
+        };
+        let mut core = Self::new(cfg, me, now_ms, phase)?;
+        core.attempt_join();
+        Ok(core)
+    }
+
+    fn new(cfg: CoreConfig, me: MemberId, now_ms: u64, phase: Phase) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let subgroups = cfg.layout.subgroups.len();
+        Ok(Core {
+            cfg,
+            me,
+            phase,
+            now_ms,
+            view: None,
+            my_rank: 0,
+            rows: Vec::new(),
+            row_dirty: false,
+            last_push_ms: now_ms,
+            last_heard_ms: Vec::new(),
+            last_tick_ms: now_ms,
+            leave_requested: false,
+            pending_joins: Vec::new(),
+            adopted: false,
+            committed: None,
+            next_view: None,
+            shards: (0..subgroups).map(|_| None).collect(),
+            pending_sends: (0..subgroups).map(|_| VecDeque::new()).collect(),
+            next_ticket: 0,
+            future: VecDeque::new(),
+            evicted_notified: Vec::new(),
+            outbox: Vec::new(),
+            outputs: Vec::new(),
+        })
+    }
+
+    // ----- read-only accessors -------------------------------------------------------
+
+    pub fn me(&self) -> MemberId {
+        self.me
+    }
+
+    pub fn view(&self) -> Option<&Arc<View>> {
+        self.view.as_ref()
+    }
+
+    /// The view this member has committed to install next, if a change is under way.
+    pub fn committed_next_view(&self) -> Option<&Arc<View>> {
+        self.next_view.as_ref()
+    }
+
+    pub fn is_wedged(&self) -> bool {
+        self.view.is_some() && self.my_row().wedged
+    }
+
+    pub fn stopped(&self) -> Option<StopReason> {
+        match self.phase {
+            Phase::Stopped(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    pub fn is_member(&self) -> bool {
+        matches!(self.phase, Phase::Member)
+    }
+
+    /// Members of the current view this member suspects.
+    pub fn suspected_members(&self) -> Vec<MemberId> {
+        let Some(view) = self.view.as_ref().filter(|_| self.is_member()) else {
+            return Vec::new();
+        };
+        (0..view.members.len())
+            .filter(|r| self.is_suspected(*r))
+            .map(|r| view.members[r])
+            .collect()
+    }
+
+    /// A one-line account of where this member stands, for diagnostics.
+    pub fn status_line(&self) -> String {
+        let phase = match &self.phase {
+            Phase::Founding { members } => format!("founding({})", members.len()),
+            Phase::Joining { .. } => "joining".to_string(),
+            Phase::Member => "member".to_string(),
+            Phase::Stopped(reason) => format!("stopped({reason:?})"),
+        };
+        let Some(view) = self.view.as_ref() else {
+            return format!("{} {phase}", self.me);
+        };
+        let row = self.my_row();
+        let shards: Vec<String> = self
+            .shards
+            .iter()
+            .enumerate()
+            .filter_map(|(g, s)| {
+                let s = s.as_ref()?;
+                let r = row.shard(g)?;
+                Some(format!(
+                    "g{g}s{} recv{:?} dlv{} fr{} trim{:?} done{} hold{}/{} pend{}",
+                    s.shard,
+                    r.received,
+                    r.delivered,
+                    r.flush_ready,
+                    r.trim.as_ref().map(|t| &t.received),
+                    r.done,
+                    s.hold_for_state,
+                    s.hold_for_supply,
+                    self.pending_sends[g].len()
+                ))
+            })
+            .collect();
+        format!(
+            "{} {phase} view {} members {:?} susp {:?} wedged {} leaving {} prop {:?} committed {} joins {:?} [{}]",
+            self.me,
+            view.id,
+            view.members
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>(),
+            self.suspected_members()
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>(),
+            row.wedged,
+            row.leaving,
+            row.proposal
+                .as_ref()
+                .map(|p| (p.ballot.round, p.ballot.leader.to_string(), &p.change)),
+            self.committed.is_some(),
+            self.pending_joins,
+            shards.join("; ")
+        )
+    }
+
+    /// This member asked to leave and has not been removed yet.
+    pub fn is_leaving(&self) -> bool {
+        self.leave_requested
+    }
+
+    /// Sends accepted but not yet multicast in `subgroup`.
+    pub fn pending_sends(&self, subgroup: usize) -> usize {
+        self.pending_sends.get(subgroup).map_or(0, VecDeque::len)
+    }
+
+    /// Outstanding work that must finish before the member is quiescent: pending sends,
+    /// undelivered messages, a view change, a state transfer.
+    pub fn is_quiescent(&self) -> bool {
+        if !self.is_member() || self.is_wedged() || self.committed.is_some() {
+            return false;
+        }
+        if self.pending_sends.iter().any(|q| !q.is_empty()) {
+            return false;
+        }
+        self.shards.iter().flatten().all(|s| {
+            !s.holding() && s.inbox.iter().all(VecDeque::is_empty) && s.own_tickets.is_empty()
+        })
+    }
+
+    // ----- inputs --------------------------------------------------------------------
+
+    /// Multicasts `payload` in this member's shard of `subgroup`. The payload is shared,
+    /// never copied. Accepted sends are delivered in send order; if the view changes first
+    /// they go out in the next view.
+    pub fn send(&mut self, subgroup: u32, payload: Bytes) -> Result<SendTicket, SendError> {
+        if let Phase::Stopped(reason) = self.phase {
+            return Err(SendError::Stopped(reason));
+        }
+        if !self.is_member() {
+            return Err(SendError::NotJoined);
+        }
+        let g = subgroup as usize;
+        if g >= self.cfg.layout.subgroups.len() {
+            return Err(SendError::NoSuchSubgroup { subgroup });
+        }
+        if self.shards[g].is_none() {
+            return Err(SendError::NotMember { subgroup });
+        }
+        if payload.len() > self.cfg.payload_size_max_bytes {
+            return Err(SendError::PayloadTooLarge {
+                size: payload.len(),
+                max: self.cfg.payload_size_max_bytes,
+            });
+        }
+        let pending = self.pending_sends[g].len();
+        if pending >= self.cfg.pending_sends_max {
+            return Err(SendError::Backlogged {
+                subgroup,
+                pending,
+                max: self.cfg.pending_sends_max,
+            });
+        }
+        let ticket = SendTicket(self.next_ticket);
+        self.next_ticket += 1;
+        self.pending_sends[g].push_back((payload, ticket));
+        if !self.is_wedged() {
+            self.send_pending(g);
+        }
+        Ok(ticket)
+    }
+
+    /// Advances the core's clock: heartbeats, suspicion timeouts, join retries.
+    pub fn tick(&mut self, now_ms: u64) {
+        let previous_tick_ms = self.last_tick_ms;
+        self.now_ms = self.now_ms.max(now_ms);
+        self.last_tick_ms = self.now_ms;
+        if self.now_ms.saturating_sub(previous_tick_ms) > self.cfg.suspicion_timeout_ms / 2 {
+            // We were stalled ourselves (paused process, overloaded driver): silence from
+            // peers during our stall is not their failure. Restart their timers.
+            for heard in &mut self.last_heard_ms {
+                *heard = self.now_ms;
+            }
+        }
+        match self.phase {
+            Phase::Joining {
+                last_attempt_ms, ..
+            } => {
+                let due = last_attempt_ms
+                    .is_none_or(|t| self.now_ms.saturating_sub(t) >= self.cfg.join_retry_ms);
+                if due {
+                    self.attempt_join();
+                }
+            }
+            Phase::Member => {
+                let n = self.view_size();
+                for r in 0..n {
+                    if r == self.my_rank || self.is_suspected(r) {
+                        continue;
+                    }
+                    if self.now_ms.saturating_sub(self.last_heard_ms[r])
+                        > self.cfg.suspicion_timeout_ms
+                    {
+                        self.suspect_rank(r);
+                    }
+                }
+                if self.now_ms.saturating_sub(self.last_push_ms) >= self.cfg.heartbeat_interval_ms {
+                    self.row_dirty = true;
+                }
+                self.progress();
+            }
+            Phase::Founding { .. } | Phase::Stopped(_) => {}
+        }
+    }
+
+    /// A failure detector outside the core (a broken connection) reports `member`.
+    pub fn suspect(&mut self, member: MemberId) {
+        if !self.is_member() {
+            return;
+        }
+        if let Some(r) = self.current_view().rank_of(member) {
+            if r != self.my_rank {
+                self.suspect_rank(r);
+                self.progress();
+            }
+        }
+    }
+
+    /// The driver made every delivered version of `subgroup` up to `version` durable.
+    pub fn persisted(&mut self, subgroup: u32, version: Version) {
+        if !self.is_member() || version.view_id() != self.current_view().id {
+            return;
+        }
+        let g = subgroup as usize;
+        let Some(shard) = self.shards.get_mut(g).and_then(Option::as_mut) else {
+            return;
+        };
+        if shard.persisted.is_some_and(|p| p >= version) {
+            return;
+        }
+        shard.persisted = Some(version);
+        if let Some(row) = self.my_row_mut().shards[g].as_mut() {
+            row.persisted = Some(version);
+        }
+        self.progress();
+    }
+
+    /// The driver logged the trim it was given in [`Output::PersistTrim`].
+    pub fn trim_persisted(&mut self, view_id: ViewId, subgroup: u32, ballot: Ballot) {
+        if !self.is_member() || view_id != self.current_view().id {
+            return;
+        }
+        let g = subgroup as usize;
+        let Some(shard) = self.shards.get_mut(g).and_then(Option::as_mut) else {
+            return;
+        };
+        match shard.trim_logging.take() {
+            Some(trim) if trim.ballot == ballot => shard.trim_logged = Some(trim),
+            other => shard.trim_logging = other,
+        }
+        self.progress();
+    }
+
+    /// The application's answer to [`Output::StateTransferRequest`].
+    pub fn supply_state(&mut self, view_id: ViewId, subgroup: u32, state: Bytes) {
+        if !self.is_member() || view_id != self.current_view().id {
+            return;
+        }
+        let g = subgroup as usize;
+        let Some(shard) = self.shards.get_mut(g).and_then(Option::as_mut) else {
+            return;
+        };
+        if !shard.hold_for_supply {
+            return;
+        }
+        shard.hold_for_supply = false;
+        let msgs: Vec<Output> = shard
+            .joiners
+            .iter()
+            .map(|j| Output::Send {
+                to: j.node,
+                incarnation: Some(j.incarnation),
+                msg: Wire::State {
+                    view_id,
+                    subgroup,
+                    shard: shard.shard as u32,
+                    state: state.clone(),
+                },
+            })
+            .collect();
+        self.outputs.extend(msgs);
+        self.progress();
+    }
+
+    /// Leaves the group gracefully: this member stops sending, takes part in the view
+    /// change that removes it (so everything it sent is delivered), then stops.
+    pub fn leave(&mut self) {
+        match self.phase {
+            Phase::Member => {
+                self.leave_requested = true;
+                let row = self.my_row_mut();
+                row.leaving = true;
+                row.wedged = true;
+                self.progress();
+            }
+            Phase::Founding { .. } | Phase::Joining { .. } => self.stop(StopReason::Left),
+            Phase::Stopped(_) => {}
+        }
+    }
+
+    /// A message from `from` arrived over the FIFO link.
+    pub fn handle_message(&mut self, from: MemberId, msg: Wire) {
+        match self.phase {
+            Phase::Stopped(_) => {}
+            Phase::Founding { .. } => {
+                match msg {
+                    Wire::JoinRequest => self.on_join_request(from),
+                    _ => self.buffer_future(from, msg),
+                }
+                self.progress();
+            }
+            Phase::Joining { .. } => match msg {
+                Wire::Redirect { leader } => {
+                    if let Phase::Joining {
+                        contacts,
+                        next_contact,
+                        ..
+                    } = &mut self.phase
+                    {
+                        if !contacts.contains(&leader) {
+                            contacts.push(leader);
+                        }
+                        *next_contact = contacts.iter().position(|c| *c == leader).unwrap_or(0);
+                    }
+                    self.attempt_join();
+                }
+                Wire::Welcome { view } => {
+                    if view.contains(self.me) {
+                        self.setup_view(view, None);
+                        self.progress();
+                    }
+                }
+                Wire::Update { .. } | Wire::State { .. } => self.buffer_future(from, msg),
+                Wire::JoinRequest | Wire::Evicted { .. } => {}
+            },
+            Phase::Member => {
+                self.handle_member_message(from, msg);
+                self.progress();
+            }
+        }
+    }
+
+    /// Commands produced so far. Data and rows for each peer are batched here: one
+    /// [`Wire::Update`] per peer per drain.
+    pub fn drain_outputs(&mut self) -> std::vec::Drain<'_, Output> {
+        self.flush();
+        self.outputs.drain(..)
+    }
+
+    // ----- message handling ----------------------------------------------------------
+
+    fn handle_member_message(&mut self, from: MemberId, msg: Wire) {
+        let view = Arc::clone(self.current_view());
+        let from_rank = view.rank_of(from);
+        if let Some(r) = from_rank {
+            self.last_heard_ms[r] = self.now_ms;
+        }
+        match msg {
+            Wire::JoinRequest => self.on_join_request(from),
+            Wire::Redirect { .. } => {}
+            Wire::Welcome { .. } => {}
+            Wire::Evicted { view_id } => {
+                let evicted = view_id > view.id || (view_id == view.id && from_rank.is_some());
+                if evicted {
+                    self.stop(StopReason::Evicted);
+                }
+            }
+            Wire::Update { view_id, .. } | Wire::State { view_id, .. } if view_id > view.id => {
+                self.buffer_future(from, msg)
+            }
+            Wire::Update { view_id, .. } | Wire::State { view_id, .. } if view_id < view.id => {
+                if from_rank.is_none() {
+                    self.notify_evicted(from);
+                }
+            }
+            Wire::Update { data, row, .. } => {
+                let Some(r) = from_rank else { return };
+                if self.is_suspected(r) {
+                    self.notify_evicted(from);
+                    return;
+                }
+                for run in data {
+                    if !self.receive_run(r, run) {
+                        self.suspect_rank(r);
+                        return;
+                    }
+                }
+                if let Some(row) = row {
+                    if row.view_id != view.id || row.suspected.len() != view.members.len() {
+                        self.suspect_rank(r);
+                        return;
+                    }
+                    self.rows[r] = row;
+                }
+            }
+            Wire::State {
+                subgroup, state, ..
+            } => {
+                let g = subgroup as usize;
+                let Some(shard) = self.shards.get_mut(g).and_then(Option::as_mut) else {
+                    return;
+                };
+                if shard.hold_for_state && shard.state_source == Some(from) {
+                    shard.hold_for_state = false;
+                    self.outputs.push(Output::ReceiveState {
+                        view_id: view.id,
+                        subgroup,
+                        shard: shard.shard as u32,
+                        state,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Applies a run of `rank`'s multicast stream. Returns false if the run breaks the
+    /// link's FIFO/no-holes guarantee or the shard layout (the sender is then suspected).
+    fn receive_run(&mut self, rank: usize, run: DataRun) -> bool {
+        let g = run.subgroup as usize;
+        let my_rank = self.my_rank;
+        let Some(shard) = self.shards.get_mut(g).and_then(Option::as_mut) else {
+            return false;
+        };
+        let Some(s) = shard.ranks.iter().position(|r| *r == rank) else {
+            return false;
+        };
+        if s == shard.me {
+            return false;
+        }
+        let Some(row) = Arc::make_mut(&mut self.rows[my_rank]).shards[g].as_mut() else {
+            return false;
+        };
+        if run.first_index != row.received[s] {
+            return false;
+        }
+        let mut slots = 0u64;
+        for item in run.items {
+            match item {
+                Item::Message(payload) => {
+                    shard.inbox[s].push_back(Some(payload));
+                    slots += 1;
+                }
+                Item::Nulls(n) => {
+                    if shard.mode == DeliveryMode::Ordered {
+                        shard.inbox[s].extend(std::iter::repeat_n(None, n as usize));
+                    } else {
+                        shard.popped[s] += u64::from(n);
+                    }
+                    slots += u64::from(n);
+                }
+            }
+        }
+        row.received[s] += slots;
+        row.seq_received = seq_received(&row.received);
+        if row.seq_received > self.cfg.view_slots_max {
+            return false;
+        }
+        self.row_dirty = true;
+        true
+    }
+
+    fn on_join_request(&mut self, joiner: MemberId) {
+        match &mut self.phase {
+            Phase::Founding { members } => {
+                if let Some(pos) = members.iter().position(|m| m.node == joiner.node) {
+                    if members[pos].incarnation >= joiner.incarnation || members[pos] == self.me {
+                        return;
+                    }
+                    members.remove(pos);
+                }
+                members.push(joiner);
+                self.try_form_first_view();
+            }
+            Phase::Member => {
+                let view = Arc::clone(self.current_view());
+                if view.contains(joiner) {
+                    self.send_to(
+                        joiner.node,
+                        Some(joiner.incarnation),
+                        Wire::Welcome { view },
+                    );
+                    return;
+                }
+                if let Some(old) = view.members.iter().find(|m| m.node == joiner.node) {
+                    if old.incarnation >= joiner.incarnation {
+                        return;
+                    }
+                    // The node restarted: its old incarnation is gone for good.
+                    let old_rank = view.rank_of(*old).unwrap_or(usize::MAX);
+                    if old_rank != self.my_rank {
+                        self.suspect_rank(old_rank);
+                    }
+                }
+                let leader = self.believed_leader();
+                if leader == self.my_rank {
+                    self.pending_joins.retain(|p| p.node != joiner.node);
+                    if self.pending_joins.len() < JOINS_PENDING_MAX {
+                        self.pending_joins.push(joiner);
+                    }
+                } else {
+                    let leader_node = view.members[leader].node;
+                    self.send_to(
+                        joiner.node,
+                        Some(joiner.incarnation),
+                        Wire::Redirect {
+                            leader: leader_node,
+                        },
+                    );
+                }
+            }
+            Phase::Joining { .. } | Phase::Stopped(_) => {}
+        }
+    }
+
+    fn attempt_join(&mut self) {
+        let now = self.now_ms;
+        let target = match &mut self.phase {
+            Phase::Joining {
+                contacts,
+                next_contact,
+                last_attempt_ms,
+            } => {
+                let target = contacts[*next_contact % contacts.len()];
+                *next_contact = (*next_contact + 1) % contacts.len();
+                *last_attempt_ms = Some(now);
+                target
+            }
+            _ => return,
+        };
+        self.send_to(target, None, Wire::JoinRequest);
+    }
+
+    fn buffer_future(&mut self, from: MemberId, msg: Wire) {
+        if self.future.len() >= self.cfg.future_messages_max {
+            self.stop(StopReason::FellBehind);
+            return;
+        }
+        self.future.push_back((from, msg));
+    }
+
+    fn notify_evicted(&mut self, member: MemberId) {
+        if self.evicted_notified.contains(&member) {
+            return;
+        }
+        self.evicted_notified.push(member);
+        let view_id = self.current_view().id;
+        self.send_to(
+            member.node,
+            Some(member.incarnation),
+            Wire::Evicted { view_id },
+        );
+    }
+
+    fn send_to(&mut self, to: NodeId, incarnation: Option<u32>, msg: Wire) {
+        self.outputs.push(Output::Send {
+            to,
+            incarnation,
+            msg,
+        });
+    }
+
+    // ----- the predicate loop --------------------------------------------------------
+
+    fn progress(&mut self) {
+        // Each pass either changes something monotone or stops; the bound is a guard
+        // against a livelock bug, far above what any real step needs.
+        for _ in 0..256 {
+            if !self.is_member() {
+                return;
+            }
+            let mut changed = self.merge_suspicions();
+            if !self.is_member() {
+                return;
+            }
+            changed |= self.multicast();
+            changed |= self.membership();
+            if !self.is_member() {
+                return;
+            }
+            if self.committed.is_some() {
+                changed |= self.end_epoch();
+            }
+            if !changed {
+                return;
+            }
+        }
+    }
+
+    /// Gossip: adopt every suspicion and leave notice found in peers' rows; stop if we are
+    /// suspected or left in a minority.
+    fn merge_suspicions(&mut self) -> bool {
+        let n = self.view_size();
+        let mut changed = false;
+        for r in 0..n {
+            if r == self.my_rank {
+                continue;
+            }
+            let row = Arc::clone(&self.rows[r]);
+            if row.suspected.get(self.my_rank).copied().unwrap_or(false) && !self.is_suspected(r) {
+                self.stop(StopReason::Evicted);
+                return true;
+            }
+            for (q, suspected) in row.suspected.iter().enumerate() {
+                if *suspected && !self.is_suspected(q) && q != self.my_rank {
+                    self.suspect_rank(q);
+                    changed = true;
+                }
+            }
+            if row.leaving && !self.is_suspected(r) && !self.my_row().wedged {
+                self.my_row_mut().wedged = true;
+                changed = true;
+            }
+        }
+        let failed = self.my_row().suspected.iter().filter(|s| **s).count();
+        if failed > 0
+            && self.committed.is_none()
+            && self.cfg.partition_safety
+            && (n - failed) * 2 <= n
+        {
+            self.stop(StopReason::MinorityPartition);
+            return true;
+        }
+        for shard in self.shards.iter().flatten() {
+            if shard.hold_for_state {
+                if let Some(src) = shard
+                    .state_source
+                    .and_then(|s| self.current_view().rank_of(s))
+                {
+                    if self.is_suspected(src) {
+                        self.stop(StopReason::StateTransferFailed);
+                        return true;
+                    }
+                }
+            }
+        }
+        changed
+    }
+
+    fn suspect_rank(&mut self, rank: usize) {
+        if rank >= self.view_size() || rank == self.my_rank || self.is_suspected(rank) {
+            return;
+        }
+        let row = self.my_row_mut();
+        row.suspected[rank] = true;
+        row.wedged = true;
+    }
+
+    // ----- ordered and raw multicast -------------------------------------------------
+
+    fn multicast(&mut self) -> bool {
+        let mut changed = false;
+        let wedged = self.is_wedged();
+        for g in 0..self.shards.len() {
+            if self.shards[g].is_none() {
+                continue;
+            }
+            changed |= self.deliver_received(g, wedged);
+            if !wedged {
+                changed |= self.send_pending(g);
+                changed |= self.send_nulls(g);
+            }
+            self.request_persist(g);
+            changed |= self.update_global_persistence(g);
+        }
+        changed
+    }
+
+    /// Ordered: delivers every slot all members have received (not once wedged: the trim
+    /// decides). Raw: delivers everything received.
+    fn deliver_received(&mut self, g: usize, wedged: bool) -> bool {
+        let view_id = self.current_view().id;
+        let stable = self.stable_slots(g);
+        let Some(shard) = self.shards[g].as_mut() else {
+            return false;
+        };
+        if shard.holding() {
+            return false;
+        }
+        let mut delivered_any = false;
+        match shard.mode {
+            DeliveryMode::Raw => {
+                for s in 0..shard.members.len() {
+                    while let Some(item) = shard.inbox[s].pop_front() {
+                        let index = shard.popped[s];
+                        shard.popped[s] += 1;
+                        if let Some(payload) = item {
+                            let delivery = make_delivery(
+                                shard,
+                                g,
+                                view_id,
+                                s,
+                                index,
+                                None,
+                                DeliveryKind::Raw,
+                                payload,
+                            );
+                            self.outputs.push(Output::Deliver(delivery));
+                            delivered_any = true;
+                        }
+                    }
+                }
+            }
+            DeliveryMode::Ordered => {
+                if wedged {
+                    return false;
+                }
+                let senders = shard.senders();
+                while shard.delivered_slots < stable {
+                    let slot = shard.delivered_slots;
+                    let s = (slot % senders) as usize;
+                    let index = slot / senders;
+                    assert_eq!(
+                        index, shard.popped[s],
+                        "slot order must follow each sender's stream"
+                    );
+                    let item = shard.inbox[s]
+                        .pop_front()
+                        .expect("a stable slot has been received");
+                    shard.popped[s] += 1;
+                    shard.delivered_slots += 1;
+                    if let Some(payload) = item {
+                        let version = Version::new(view_id, slot as u32);
+                        shard.last_version = Some(version);
+                        let delivery = make_delivery(
+                            shard,
+                            g,
+                            view_id,
+                            s,
+                            index,
+                            Some(version),
+                            DeliveryKind::Stable,
+                            payload,
+                        );
+                        self.outputs.push(Output::Deliver(delivery));
+                    }
+                    delivered_any = true;
+                }
+                if delivered_any {
+                    let delivered = shard.delivered_slots;
+                    if let Some(row) =
+                        Arc::make_mut(&mut self.rows[self.my_rank]).shards[g].as_mut()
+                    {
+                        row.delivered = delivered;
+                    }
+                    self.row_dirty = true;
+                }
+            }
+        }
+        delivered_any
+    }
+
+    /// Slots received by every shard member, as their rows report.
+    fn stable_slots(&self, g: usize) -> u64 {
+        let Some(shard) = self.shards[g].as_ref() else {
+            return 0;
+        };
+        shard
+            .ranks
+            .iter()
+            .map(|r| self.rows[*r].shard(g).map_or(0, |row| row.seq_received))
+            .min()
+            .unwrap_or(0)
+    }
+
+    fn window_allows(&self, g: usize, shard: &ShardState, index: u64) -> bool {
+        let window = self.cfg.window_size;
+        if index < window {
+            return true;
+        }
+        let oldest = index - window;
+        shard.ranks.iter().all(|r| {
+            let Some(row) = self.rows[*r].shard(g) else {
+                return false;
+            };
+            match shard.mode {
+                DeliveryMode::Ordered => row.delivered > oldest * shard.senders() + shard.me as u64,
+                DeliveryMode::Raw => row.received[shard.me] > oldest,
+            }
+        })
+    }
+
+    fn send_pending(&mut self, g: usize) -> bool {
+        let mut sent = 0usize;
+        while sent < self.cfg.batch_messages_max && !self.pending_sends[g].is_empty() {
+            let Some(shard) = self.shards[g].as_ref() else {
+                return false;
+            };
+            let index = self
+                .my_row()
+                .shard(g)
+                .map_or(0, |row| row.received[shard.me]);
+            if (index + 1) * shard.senders() > self.cfg.view_slots_max {
+                if !self.my_row().wedged {
+                    // Epoch roll: ask for a new view with the same members.
+                    self.my_row_mut().wedged = true;
+                }
+                break;
+            }
+            if !self.window_allows(g, shard, index) {
+                break;
+            }
+            let Some((payload, ticket)) = self.pending_sends[g].pop_front() else {
+                break;
+            };
+            self.append_own(g, Item::Message(payload), Some(ticket));
+            sent += 1;
+        }
+        sent > 0
+    }
+
+    /// An idle sender fills its round-robin slots with nulls up to the other senders.
+    fn send_nulls(&mut self, g: usize) -> bool {
+        let Some(shard) = self.shards[g].as_ref() else {
+            return false;
+        };
+        if shard.mode == DeliveryMode::Raw || !self.pending_sends[g].is_empty() {
+            return false;
+        }
+        let Some(row) = self.my_row().shard(g) else {
+            return false;
+        };
+        let mine = row.received[shard.me];
+        let target = row
+            .received
+            .iter()
+            .enumerate()
+            .filter(|(s, _)| *s != shard.me)
+            .map(|(s, count)| {
+                if shard.me < s {
+                    *count
+                } else {
+                    count.saturating_sub(1)
+                }
+            })
+            .max()
+            .unwrap_or(0);
+        if target <= mine || target * shard.senders() > self.cfg.view_slots_max {
+            return false;
+        }
+        let nulls = u32::try_from(target - mine).unwrap_or(u32::MAX);
+        self.append_own(g, Item::Nulls(nulls), None);
+        true
+    }
+
+    /// Adds one of my own messages (or nulls) to my stream: into my inbox, my counters,
+    /// and the outbox of every shard peer.
+    fn append_own(&mut self, g: usize, item: Item, ticket: Option<SendTicket>) {
+        let my_rank = self.my_rank;
+        let Some(shard) = self.shards[g].as_mut() else {
+            return;
+        };
+        let Some(row) = Arc::make_mut(&mut self.rows[my_rank]).shards[g].as_mut() else {
+            return;
+        };
+        let index = row.received[shard.me];
+        let slots = item.slots();
+        match &item {
+            Item::Message(payload) => {
+                shard.inbox[shard.me].push_back(Some(payload.clone()));
+                if let Some(ticket) = ticket {
+                    shard.own_tickets.push_back((index, ticket));
+                }
+            }
+            Item::Nulls(n) => {
+                if shard.mode == DeliveryMode::Ordered {
+                    shard.inbox[shard.me].extend(std::iter::repeat_n(None, *n as usize));
+                } else {
+                    shard.popped[shard.me] += u64::from(*n);
+                }
+            }
+        }
+        row.received[shard.me] += slots;
+        row.seq_received = seq_received(&row.received);
+        for (s, rank) in shard.ranks.iter().enumerate() {
+            if s == shard.me {
+                continue;
+            }
+            let runs = &mut self.outbox[*rank];
+            match runs.last_mut() {
+                Some(run)
+                    if run.subgroup == g as u32
+                        && run.first_index + run.items.iter().map(Item::slots).sum::<u64>()
+                            == index =>
+                {
+                    match (run.items.last_mut(), &item) {
+                        (Some(Item::Nulls(a)), Item::Nulls(b)) if a.checked_add(*b).is_some() => {
+                            *a += *b
+                        }
+                        _ => run.items.push(item.clone()),
+                    }
+                }
+                _ => runs.push(DataRun {
+                    subgroup: g as u32,
+                    first_index: index,
+                    items: vec![item.clone()],
+                }),
+            }
+        }
+        self.row_dirty = true;
+    }
+
+    fn request_persist(&mut self, g: usize) {
+        let Some(shard) = self.shards[g].as_mut() else {
+            return;
+        };
+        if let Some(version) = shard.last_version {
+            if shard.persist_asked < Some(version) {
+                shard.persist_asked = Some(version);
+                self.outputs.push(Output::Persist {
+                    subgroup: g as u32,
+                    version,
+                });
+            }
+        }
+    }
+
+    fn update_global_persistence(&mut self, g: usize) -> bool {
+        let Some(shard) = self.shards[g].as_ref() else {
+            return false;
+        };
+        if shard.mode == DeliveryMode::Raw {
+            return false;
+        }
+        let frontier = shard
+            .ranks
+            .iter()
+            .map(|r| self.rows[*r].shard(g).and_then(|row| row.persisted))
+            .min()
+            .flatten();
+        let Some(frontier) = frontier else {
+            return false;
+        };
+        let shard = self.shards[g].as_mut().expect("checked above");
+        if shard.global_persisted.is_some_and(|p| p >= frontier) {
+            return false;
+        }
+        shard.global_persisted = Some(frontier);
+        self.outputs.push(Output::GlobalPersisted {
+            subgroup: g as u32,
+            version: frontier,
+        });
+        false
+    }
+
+    // ----- membership: propose, acknowledge, commit ----------------------------------
+
+    fn membership(&mut self) -> bool {
+        let leader = self.believed_leader();
+        if leader == self.my_rank {
+            self.lead()
+        } else {
+            self.follow(leader)
+        }
+    }
+
+    fn lead(&mut self) -> bool {
+        let n = self.view_size();
+        // Failover barrier: every unsuspected member must suspect all ranks below mine, so
+        // none of them can still acknowledge an earlier leader.
+        for r in 0..n {
+            if self.is_suspected(r) || r == self.my_rank {
+                continue;
+            }
+            if (0..self.my_rank).any(|q| !self.rows[r].suspected[q]) {
+                return false;
+            }
+        }
+        let mut changed = false;
+        let mine = self.my_row().proposal.clone();
+        let leading = mine.as_ref().is_some_and(|p| p.ballot.leader == self.me);
+        if !leading {
+            let highest = (0..n)
+                .filter(|r| !self.is_suspected(*r))
+                .filter_map(|r| self.rows[r].proposal.clone())
+                .max_by_key(|p| p.ballot);
+            if let Some(prior) = highest {
+                if let Some(committed) = &self.committed {
+                    assert_eq!(
+                        committed.change, prior.change,
+                        "{}: committed change was superseded",
+                        self.me
+                    );
+                }
+                // Re-propose a previous leader's change unchanged: it may be committed.
+                self.adopted = true;
+                let change = prior.change.clone();
+                self.publish_proposal(change);
+                changed = true;
+            } else if self.needs_change() {
+                changed |= self.propose_fresh();
+            }
+        } else if !self.adopted && self.committed.is_none() {
+            let proposal = mine.expect("leading implies a proposal");
+            let covered = (0..n)
+                .filter(|r| self.is_suspected(*r) || self.rows[*r].leaving)
+                .all(|r| {
+                    let m = self.current_view().members[r];
+                    proposal.change.failed.contains(&m) || proposal.change.left.contains(&m)
+                });
+            if !covered {
+                changed |= self.propose_fresh();
+            }
+        }
+        if self.committed.is_none() {
+            if let Some(proposal) = self.my_row().proposal.clone() {
+                if proposal.ballot.leader == self.me {
+                    let all_acked = (0..n)
+                        .filter(|r| !self.is_suspected(*r))
+                        .all(|r| self.rows[r].acked_ballot() == Some(proposal.ballot));
+                    if all_acked {
+                        self.my_row_mut().committed = Some(proposal.ballot);
+                        self.commit(proposal);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        changed
+    }
+
+    fn needs_change(&self) -> bool {
+        let n = self.view_size();
+        // A wedged row without suspicion or leave is an epoch roll request.
+        !self.pending_joins.is_empty()
+            || (0..n).any(|r| self.is_suspected(r) || self.rows[r].leaving || self.rows[r].wedged)
+    }
+
+    /// Proposes removal of every suspected and leaving member and admission of pending
+    /// joiners, if the resulting view is adequately provisioned.
+    fn propose_fresh(&mut self) -> bool {
+        let view = Arc::clone(self.current_view());
+        let mut change = Change::default();
+        for (r, m) in view.members.iter().enumerate() {
+            if self.is_suspected(r) {
+                change.failed.push(*m);
+            } else if self.rows[r].leaving {
+                change.left.push(*m);
+            }
+        }
+        change.failed.sort();
+        change.left.sort();
+        change.joined = self
+            .pending_joins
+            .iter()
+            .copied()
+            .filter(|j| {
+                !view
+                    .members
+                    .iter()
+                    .any(|m| m.node == j.node && !change.failed.contains(m))
+            })
+            .collect();
+        if next_view(&self.cfg, &view, &change).is_err() {
+            // Inadequate: stay wedged until joins make the layout feasible.
+            self.my_row_mut().wedged = true;
+            return false;
+        }
+        self.adopted = false;
+        self.publish_proposal(change);
+        true
+    }
+
+    fn publish_proposal(&mut self, change: Change) {
+        let round = self
+            .rows
+            .iter()
+            .filter_map(|row| row.proposal.as_ref().map(|p| p.ballot.round))
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let proposal = Proposal {
+            ballot: Ballot {
+                round,
+                leader: self.me,
+            },
+            view_id: self.current_view().id,
+            change,
+        };
+        let row = self.my_row_mut();
+        row.proposal = Some(Arc::new(proposal));
+        row.wedged = true;
+    }
+
+    fn follow(&mut self, leader: usize) -> bool {
+        let leader_row = Arc::clone(&self.rows[leader]);
+        let leader_id = self.current_view().members[leader];
+        let mut changed = false;
+        if let Some(proposal) = leader_row.proposal.as_ref() {
+            let newer = self
+                .my_row()
+                .acked_ballot()
+                .is_none_or(|b| proposal.ballot > b);
+            if proposal.ballot.leader == leader_id
+                && newer
+                && proposal.view_id == self.current_view().id
+            {
+                if proposal.change.failed.contains(&self.me)
+                    || (proposal.change.left.contains(&self.me) && !self.leave_requested)
+                {
+                    self.stop(StopReason::Evicted);
+                    return true;
+                }
+                if let Some(committed) = &self.committed {
+                    assert_eq!(
+                        committed.change, proposal.change,
+                        "{}: committed change was superseded",
+                        self.me
+                    );
+                }
+                let view = Arc::clone(self.current_view());
+                for m in &proposal.change.failed {
+                    if let Some(r) = view.rank_of(*m) {
+                        self.suspect_rank(r);
+                    }
+                }
+                let row = self.my_row_mut();
+                row.proposal = Some(Arc::clone(proposal));
+                row.wedged = true;
+                changed = true;
+            }
+        }
+        if self.committed.is_none() {
+            if let (Some(committed), Some(mine)) =
+                (leader_row.committed, self.my_row().proposal.clone())
+            {
+                if mine.ballot == committed {
+                    self.my_row_mut().committed = Some(committed);
+                    self.commit(mine);
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    fn commit(&mut self, proposal: Arc<Proposal>) {
+        let view = Arc::clone(self.current_view());
+        match next_view(&self.cfg, &view, &proposal.change) {
+            Ok(next) => {
+                self.next_view = Some(Arc::new(next));
+                self.committed = Some(proposal);
+                self.my_row_mut().wedged = true;
+            }
+            Err(inadequate) => {
+                panic!(
+                    "{}: committed change is not adequately provisioned: {inadequate}",
+                    self.me
+                )
+            }
+        }
+    }
+
+    // ----- ending a view: flush, trim, deliver, persist, install ---------------------
+
+    fn end_epoch(&mut self) -> bool {
+        let mut changed = false;
+        let mut all_done = true;
+        for g in 0..self.shards.len() {
+            if self.shards[g].is_none() {
+                continue;
+            }
+            changed |= self.mark_flush_ready(g);
+            let mode = self.shards[g].as_ref().map(|s| s.mode);
+            if mode == Some(DeliveryMode::Ordered) {
+                changed |= self.lead_trim(g);
+                changed |= self.follow_trim(g);
+                changed |= self.apply_trim(g);
+            } else {
+                changed |= self.deliver_received(g, true);
+            }
+            changed |= self.mark_done(g);
+            all_done &= self.shard_peers_done(g);
+        }
+        if all_done {
+            self.install_next_view();
+            return true;
+        }
+        changed
+    }
+
+    fn unsuspected_shard_ranks(&self, g: usize) -> Vec<usize> {
+        self.shards[g]
+            .as_ref()
+            .map(|s| {
+                s.ranks
+                    .iter()
+                    .copied()
+                    .filter(|r| !self.is_suspected(*r))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Ready once every live sender's wedged row has arrived (its whole stream precedes
+    /// that row on the FIFO link). From then on this member's counters are final.
+    fn mark_flush_ready(&mut self, g: usize) -> bool {
+        let Some(row) = self.my_row().shard(g) else {
+            return false;
+        };
+        if row.flush_ready {
+            return false;
+        }
+        let ready = self
+            .unsuspected_shard_ranks(g)
+            .iter()
+            .all(|r| *r == self.my_rank || self.rows[*r].wedged);
+        if ready {
+            if let Some(row) = self.my_row_mut().shards[g].as_mut() {
+                row.flush_ready = true;
+            }
+        }
+        ready
+    }
+
+    fn shard_leader(&self, g: usize) -> Option<usize> {
+        self.unsuspected_shard_ranks(g).into_iter().min()
+    }
+
+    fn lead_trim(&mut self, g: usize) -> bool {
+        if self.shard_leader(g) != Some(self.my_rank) {
+            return false;
+        }
+        let live = self.unsuspected_shard_ranks(g);
+        let shard = self.shards[g].as_ref().expect("caller checked");
+        let lower: Vec<usize> = shard
+            .ranks
+            .iter()
+            .copied()
+            .filter(|r| *r < self.my_rank)
+            .collect();
+        if !live
+            .iter()
+            .all(|r| lower.iter().all(|q| self.rows[*r].suspected[*q]))
+        {
+            return false;
+        }
+        let published = self.my_row().shard(g).and_then(|row| row.trim.clone());
+        if published
+            .as_ref()
+            .is_some_and(|t| t.ballot.leader == self.me)
+            || shard.trim_logging.is_some()
+        {
+            return false;
+        }
+        let round = shard
+            .ranks
+            .iter()
+            .filter_map(|r| {
+                self.rows[*r]
+                    .shard(g)
+                    .and_then(|row| row.trim.as_ref())
+                    .map(|t| t.ballot.round)
+            })
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let ballot = Ballot {
+            round,
+            leader: self.me,
+        };
+        let prior = live
+            .iter()
+            .filter_map(|r| self.rows[*r].shard(g).and_then(|row| row.trim.clone()))
+            .max_by_key(|t| t.ballot);
+        let received = if let Some(prior) = prior {
+            prior.received.clone()
+        } else {
+            let all_ready = live
+                .iter()
+                .all(|r| self.rows[*r].shard(g).is_some_and(|row| row.flush_ready));
+            if !all_ready {
+                return false;
+            }
+            (0..shard.members.len())
+                .map(|s| {
+                    live.iter()
+                        .map(|r| self.rows[*r].shard(g).map_or(0, |row| row.received[s]))
+                        .min()
+                        .unwrap_or(0)
+                })
+                .collect()
+        };
+        self.log_trim(g, Arc::new(Trim { ballot, received }));
+        true
+    }
+
+    fn follow_trim(&mut self, g: usize) -> bool {
+        let Some(leader) = self.shard_leader(g) else {
+            return false;
+        };
+        if leader == self.my_rank {
+            return false;
+        }
+        let leader_id = self.current_view().members[leader];
+        let Some(trim) = self.rows[leader].shard(g).and_then(|row| row.trim.clone()) else {
+            return false;
+        };
+        let mine = self
+            .my_row()
+            .shard(g)
+            .and_then(|row| row.trim.as_ref().map(|t| t.ballot));
+        if trim.ballot.leader != leader_id || mine.is_some_and(|b| b >= trim.ballot) {
+            return false;
+        }
+        let shard = self.shards[g].as_ref().expect("caller checked");
+        if shard
+            .trim_logging
+            .as_ref()
+            .is_some_and(|t| t.ballot >= trim.ballot)
+        {
+            return false;
+        }
+        self.log_trim(g, trim);
+        true
+    }
+
+    /// Publishes `trim` once it is logged; asks the driver to log it first if this content
+    /// has not been logged yet.
+    fn log_trim(&mut self, g: usize, trim: Arc<Trim>) {
+        let view_id = self.current_view().id;
+        let shard = self.shards[g].as_mut().expect("caller checked");
+        if shard
+            .trim_logged
+            .as_ref()
+            .is_some_and(|t| t.received == trim.received)
+        {
+            shard.trim_logged = Some(Arc::clone(&trim));
+            if let Some(row) = Arc::make_mut(&mut self.rows[self.my_rank]).shards[g].as_mut() {
+                row.trim = Some(trim);
+            }
+            self.row_dirty = true;
+            return;
+        }
+        shard.trim_logging = Some(Arc::clone(&trim));
+        let shard_index = shard.shard as u32;
+        self.outputs.push(Output::PersistTrim {
+            view_id,
+            subgroup: g as u32,
+            shard: shard_index,
+            trim,
+        });
+    }
+
+    fn apply_trim(&mut self, g: usize) -> bool {
+        let view_id = self.current_view().id;
+        // A logged trim whose publication was waiting on the log.
+        let shard = self.shards[g].as_ref().expect("caller checked");
+        if let Some(logged) = shard.trim_logged.clone() {
+            let published = self
+                .my_row()
+                .shard(g)
+                .and_then(|row| row.trim.as_ref().map(|t| t.ballot));
+            if published.is_none_or(|b| b < logged.ballot) {
+                if let Some(row) = self.my_row_mut().shards[g].as_mut() {
+                    row.trim = Some(logged);
+                }
+                return true;
+            }
+        }
+        let shard = self.shards[g].as_ref().expect("caller checked");
+        if shard.trim_applied || shard.holding() {
+            return false;
+        }
+        let Some(trim) = self.my_row().shard(g).and_then(|row| row.trim.clone()) else {
+            return false;
+        };
+        let echoed = self.unsuspected_shard_ranks(g).iter().all(|r| {
+            self.rows[*r]
+                .shard(g)
+                .and_then(|row| row.trim.as_ref())
+                .is_some_and(|t| t.received == trim.received)
+        });
+        let have_all = self.my_row().shard(g).is_some_and(|row| {
+            row.received
+                .iter()
+                .zip(&trim.received)
+                .all(|(have, need)| have >= need)
+        });
+        if !echoed || !have_all {
+            return false;
+        }
+        let shard = self.shards[g].as_mut().expect("caller checked");
+        self.outputs.push(Output::Trimmed {
+            view_id,
+            subgroup: g as u32,
+            shard: shard.shard as u32,
+            received: trim.received.clone(),
+        });
+        let senders = shard.senders();
+        let end_slot = trim
+            .received
+            .iter()
+            .enumerate()
+            .filter(|(_, count)| **count > 0)
+            .map(|(s, count)| (count - 1) * senders + s as u64 + 1)
+            .max()
+            .unwrap_or(0);
+        while shard.delivered_slots < end_slot {
+            let slot = shard.delivered_slots;
+            shard.delivered_slots += 1;
+            let s = (slot % senders) as usize;
+            let index = slot / senders;
+            if index >= trim.received[s] {
+                continue;
+            }
+            assert_eq!(
+                index, shard.popped[s],
+                "trim delivery must follow each sender's stream"
+            );
+            let item = shard.inbox[s]
+                .pop_front()
+                .expect("the trim covers only received messages");
+            shard.popped[s] += 1;
+            if let Some(payload) = item {
+                let version = Version::new(view_id, slot as u32);
+                shard.last_version = Some(version);
+                let delivery = make_delivery(
+                    shard,
+                    g,
+                    view_id,
+                    s,
+                    index,
+                    Some(version),
+                    DeliveryKind::Trim,
+                    payload,
+                );
+                self.outputs.push(Output::Deliver(delivery));
+            }
+        }
+        shard.trim_applied = true;
+        self.request_persist(g);
+        true
+    }
+
+    fn mark_done(&mut self, g: usize) -> bool {
+        if self.my_row().shard(g).is_none_or(|row| row.done) {
+            return false;
+        }
+        let shard = self.shards[g].as_ref().expect("caller checked");
+        let done = match shard.mode {
+            DeliveryMode::Raw => {
+                self.my_row().shard(g).is_some_and(|row| row.flush_ready)
+                    && !shard.holding()
+                    && shard.inbox.iter().all(VecDeque::is_empty)
+            }
+            DeliveryMode::Ordered => shard.trim_applied && shard.persisted >= shard.last_version,
+        };
+        if done {
+            if let Some(row) = self.my_row_mut().shards[g].as_mut() {
+                row.done = true;
+            }
+        }
+        done
+    }
+
+    fn shard_peers_done(&self, g: usize) -> bool {
+        self.unsuspected_shard_ranks(g)
+            .iter()
+            .all(|r| self.rows[*r].shard(g).is_some_and(|row| row.done))
+    }
+
+    fn install_next_view(&mut self) {
+        let next = self.next_view.take().expect("install follows commit");
+        for g in 0..self.shards.len() {
+            let Some(shard) = self.shards[g].as_ref() else {
+                continue;
+            };
+            // Every surviving shard member has now persisted the whole trimmed view.
+            if let Some(version) = shard.last_version {
+                if shard.global_persisted < Some(version) {
+                    self.outputs.push(Output::GlobalPersisted {
+                        subgroup: g as u32,
+                        version,
+                    });
+                }
+            }
+        }
+        if !next.contains(self.me) {
+            let reason = if self.leave_requested {
+                StopReason::Left
+            } else {
+                StopReason::Evicted
+            };
+            self.stop(reason);
+            return;
+        }
+        let previous = self.view.clone();
+        self.setup_view(next, previous);
+    }
+
+    /// Enters `view`: fresh rows and multicast state, carried-over suspicions, welcomes for
+    /// joiners (if we lead it), state transfer holds, then buffered messages for it.
+    fn setup_view(&mut self, view: Arc<View>, previous: Option<Arc<View>>) {
+        let n = view.members.len();
+        let subgroups = self.cfg.layout.subgroups.len();
+        let my_rank = view.rank_of(self.me).expect("only members set up a view");
+        let mut my_row = Row::empty(view.id, n, subgroups);
+        if let Some(prev) = &previous {
+            for (r, m) in view.members.iter().enumerate() {
+                if let Some(old_rank) = prev.rank_of(*m) {
+                    if *m != self.me
+                        && self
+                            .rows
+                            .get(old_rank)
+                            .is_some_and(|_| self.my_row().suspected[old_rank])
+                    {
+                        my_row.suspected[r] = true;
+                        my_row.wedged = true;
+                    }
+                }
+            }
+        }
+        if self.leave_requested {
+            my_row.leaving = true;
+            my_row.wedged = true;
+        }
+        self.outputs.push(Output::InstallView(Arc::clone(&view)));
+        let mut aborted = Vec::new();
+        for g in 0..subgroups {
+            let Some(s) = view.shard_of(g, self.me) else {
+                self.shards[g] = None;
+                if !self.pending_sends[g].is_empty() {
+                    let tickets = self.pending_sends[g].drain(..).map(|(_, t)| t).collect();
+                    aborted.push(Output::SendsAborted {
+                        subgroup: g as u32,
+                        tickets,
+                    });
+                }
+                continue;
+            };
+            let sv = &view.shards[g][s];
+            let senders = sv.members.len();
+            let me_in_shard = sv
+                .members
+                .iter()
+                .position(|m| *m == self.me)
+                .expect("shard_of found it");
+            let ranks = sv
+                .members
+                .iter()
+                .map(|m| view.rank_of(*m).expect("shard members are members"))
+                .collect();
+            let hold_for_supply = sv.state_source == Some(self.me) && !sv.joined.is_empty();
+            let hold_for_state = sv.joined.contains(&self.me);
+            if hold_for_supply {
+                self.outputs.push(Output::StateTransferRequest {
+                    view_id: view.id,
+                    subgroup: g as u32,
+                    shard: s as u32,
+                    joiners: sv.joined.clone(),
+                });
+            }
+            my_row.shards[g] = Some(ShardRow {
+                received: vec![0; senders],
+                ..ShardRow::default()
+            });
+            self.shards[g] = Some(ShardState {
+                shard: s,
+                mode: sv.mode,
+                members: sv.members.clone(),
+                ranks,
+                me: me_in_shard,
+                inbox: (0..senders).map(|_| VecDeque::new()).collect(),
+                popped: vec![0; senders],
+                delivered_slots: 0,
+                own_tickets: VecDeque::new(),
+                state_source: sv.state_source,
+                hold_for_state,
+                hold_for_supply,
+                joiners: sv.joined.clone(),
+                last_version: None,
+                persist_asked: None,
+                persisted: None,
+                global_persisted: None,
+                trim_logging: None,
+                trim_logged: None,
+                trim_applied: false,
+            });
+        }
+        self.outputs.extend(aborted);
+        self.rows = (0..n)
+            .map(|r| {
+                if r == my_rank {
+                    Arc::new(my_row.clone())
+                } else {
+                    Arc::new(Row::empty(view.id, n, subgroups))
+                }
+            })
+            .collect();
+        self.my_rank = my_rank;
+        self.row_dirty = true;
+        self.last_heard_ms = vec![self.now_ms; n];
+        self.outbox = (0..n).map(|_| Vec::new()).collect();
+        self.pending_joins
+            .retain(|j| !view.members.iter().any(|m| m.node == j.node));
+        self.committed = None;
+        self.adopted = false;
+        self.evicted_notified.clear();
+        self.phase = Phase::Member;
+        if my_rank == 0 {
+            let me = self.me;
+            for joiner in view.joined.iter().filter(|j| **j != me) {
+                self.send_to(
+                    joiner.node,
+                    Some(joiner.incarnation),
+                    Wire::Welcome {
+                        view: Arc::clone(&view),
+                    },
+                );
+            }
+        }
+        self.view = Some(Arc::clone(&view));
+        let buffered: Vec<(MemberId, Wire)> = self.future.drain(..).collect();
+        for (from, msg) in buffered {
+            match msg.view_id() {
+                Some(v) if v < view.id => {}
+                _ => self.handle_member_message(from, msg),
+            }
+            if !self.is_member() {
+                return;
+            }
+        }
+    }
+
+    fn try_form_first_view(&mut self) {
+        let Phase::Founding { members } = &self.phase else {
+            return;
+        };
+        let members = members.clone();
+        let Ok(shards) = self.cfg.layout.allocate(None, &members) else {
+            return;
+        };
+        let view = View {
+            id: 0,
+            members: members.clone(),
+            joined: members,
+            failed: vec![],
+            left: vec![],
+            shards,
+        };
+        self.setup_view(Arc::new(view), None);
+    }
+
+    fn stop(&mut self, reason: StopReason) {
+        if matches!(self.phase, Phase::Stopped(_)) {
+            return;
+        }
+        self.phase = Phase::Stopped(reason);
+        for g in 0..self.pending_sends.len() {
+            let mut tickets: Vec<SendTicket> =
+                self.pending_sends[g].drain(..).map(|(_, t)| t).collect();
+            if let Some(shard) = self.shards[g].as_mut() {
+                // Own messages multicast but not delivered here may or may not be
+                // delivered by the survivors; report them too so no send goes unanswered.
+                tickets.splice(0..0, shard.own_tickets.drain(..).map(|(_, t)| t));
+            }
+            if !tickets.is_empty() {
+                self.outputs.push(Output::SendsAborted {
+                    subgroup: g as u32,
+                    tickets,
+                });
+            }
+        }
+        self.outputs.push(Output::Stopped(reason));
+    }
+
+    /// One [`Wire::Update`] per peer: its pending data, then my row if it changed.
+    fn flush(&mut self) {
+        if !self.is_member() {
+            return;
+        }
+        let view = Arc::clone(self.current_view());
+        let push_row = self.row_dirty;
+        for r in 0..view.members.len() {
+            if r == self.my_rank {
+                continue;
+            }
+            if self.is_suspected(r) {
+                self.outbox[r].clear();
+                continue;
+            }
+            let data = std::mem::take(&mut self.outbox[r]);
+            if data.is_empty() && !push_row {
+                continue;
+            }
+            let row = push_row.then(|| Arc::clone(&self.rows[self.my_rank]));
+            let member = view.members[r];
+            self.outputs.push(Output::Send {
+                to: member.node,
+                incarnation: Some(member.incarnation),
+                msg: Wire::Update {
+                    view_id: view.id,
+                    data,
+                    row,
+                },
+            });
+        }
+        if push_row {
+            self.row_dirty = false;
+            self.last_push_ms = self.now_ms;
+        }
+    }
+
+    // ----- small helpers -------------------------------------------------------------
+
+    fn current_view(&self) -> &Arc<View> {
+        self.view.as_ref().expect("members have a view")
+    }
+
+    fn view_size(&self) -> usize {
+        self.view.as_ref().map_or(0, |v| v.members.len())
+    }
+
+    fn my_row(&self) -> &Row {
+        &self.rows[self.my_rank]
+    }
+
+    fn my_row_mut(&mut self) -> &mut Row {
+        self.row_dirty = true;
+        Arc::make_mut(&mut self.rows[self.my_rank])
+    }
+
+    fn is_suspected(&self, rank: usize) -> bool {
+        self.my_row().suspected.get(rank).copied().unwrap_or(false)
+    }
+
+    fn believed_leader(&self) -> usize {
+        (0..self.view_size())
+            .find(|r| !self.is_suspected(*r))
+            .unwrap_or(self.my_rank)
+    }
+}
+
+/// Slots received with no hole: slot `k` belongs to sender `k % S`, index `k / S`.
+fn seq_received(received: &[u64]) -> u64 {
+    let senders = received.len() as u64;
+    received
+        .iter()
+        .enumerate()
+        .map(|(s, count)| count * senders + s as u64)
+        .min()
+        .unwrap_or(0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make_delivery(
+    shard: &mut ShardState,
+    g: usize,
+    view_id: ViewId,
+    s: usize,
+    index: u64,
+    version: Option<Version>,
+    kind: DeliveryKind,
+    payload: Bytes,
+) -> Delivery {
+    let ticket = if s == shard.me {
+        match shard.own_tickets.front() {
+            Some((i, ticket)) if *i == index => {
+                let ticket = *ticket;
+                shard.own_tickets.pop_front();
+                Some(ticket)
+            }
+            _ => None,
+        }
+    } else {
+        None
+    };
+    Delivery {
+        view_id,
+        subgroup: g as u32,
+        shard: shard.shard as u32,
+        sender: shard.members[s],
+        sender_index: index,
+        version,
+        kind,
+        payload,
+        ticket,
+    }
+}
+
+/// The view that `change` turns `view` into: survivors keep their rank order, joiners
+/// follow in admission order, then the layout allocator places everyone.
+pub fn next_view(cfg: &CoreConfig, view: &View, change: &Change) -> Result<View, Inadequate> {
+    let mut members: Vec<MemberId> = view
+        .members
+        .iter()
+        .copied()
+        .filter(|m| !change.failed.contains(m) && !change.left.contains(m))
+        .collect();
+    let mut joined = Vec::new();
+    for j in &change.joined {
+        if !members.iter().any(|m| m.node == j.node) {
+            members.push(*j);
+            joined.push(*j);
+        }
+    }
+    let shards = cfg.layout.allocate(Some(view), &members)?;
+    Ok(View {
+        id: view.id + 1,
+        members,
+        joined,
+        failed: change.failed.clone(),
+        left: change.left.clone(),
+        shards,
+    })
+}

@@ -1,0 +1,765 @@
+//! One checker per guarantee of `reference/derecho.md` §10, each a small function over a
+//! recorded [`History`]. A checker returns the first violation it finds, with enough
+//! detail to find it in the history.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use crate::core::DeliveryKind;
+use crate::ids::{MemberId, SendTicket, Version, ViewId};
+use crate::layout::DeliveryMode;
+use crate::view::View;
+
+use super::history::{Event, History, PayloadId, StateDigest, UNKNOWN_PAYLOAD};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub checker: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.checker, self.message)
+    }
+}
+
+type Check = Result<(), Violation>;
+
+fn fail(checker: &'static str, message: String) -> Check {
+    Err(Violation { checker, message })
+}
+
+/// Every checker, in a fixed order.
+pub const CHECKERS: &[(&str, fn(&History) -> Check)] = &[
+    ("view_agreement", view_agreement),
+    ("total_order", total_order),
+    ("sender_fifo", sender_fifo),
+    ("same_delivered_set_per_view", same_delivered_set_per_view),
+    ("stability_before_delivery", stability_before_delivery),
+    ("no_invention_or_duplication", no_invention_or_duplication),
+    ("trim_consistency", trim_consistency),
+    ("no_split_brain", no_split_brain),
+    ("persistence_frontier", persistence_frontier),
+    ("state_transfer", state_transfer),
+    ("liveness_after_heal", liveness_after_heal),
+];
+
+pub fn check_all(history: &History) -> Check {
+    for (_, checker) in CHECKERS {
+        checker(history)?;
+    }
+    Ok(())
+}
+
+/// Views are installed in id order with no gaps from a member's first view, and every
+/// member that installs view v installs the same members, ranks and layout.
+pub fn view_agreement(h: &History) -> Check {
+    let mut by_id: BTreeMap<ViewId, &Arc<View>> = BTreeMap::new();
+    let mut last: HashMap<MemberId, ViewId> = HashMap::new();
+    for event in &h.events {
+        let Event::Installed { member, view, .. } = event else {
+            continue;
+        };
+        if let Some(first) = by_id.get(&view.id) {
+            if ***first != **view {
+                return fail(
+                    "view_agreement",
+                    format!(
+                        "{member} installed view {} as {:?}, another member as {:?}",
+                        view.id, view, first
+                    ),
+                );
+            }
+        } else {
+            by_id.insert(view.id, view);
+        }
+        if !view.contains(*member) {
+            return fail(
+                "view_agreement",
+                format!(
+                    "{member} installed view {} that does not contain it",
+                    view.id
+                ),
+            );
+        }
+        if let Some(prev) = last.insert(*member, view.id) {
+            if view.id != prev + 1 {
+                return fail(
+                    "view_agreement",
+                    format!(
+                        "{member} installed view {} right after view {prev}",
+                        view.id
+                    ),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Members deliver what they both deliver in the same order: a message has one version
+/// everywhere, one version names one message, and versions increase at each member.
+pub fn total_order(h: &History) -> Check {
+    let mut version_of: HashMap<PayloadId, Version> = HashMap::new();
+    let mut payload_at: HashMap<(u32, u32, Version), PayloadId> = HashMap::new();
+    let mut last: HashMap<(MemberId, u32), Version> = HashMap::new();
+    for event in &h.events {
+        let Event::Delivered {
+            member,
+            subgroup,
+            shard,
+            version: Some(version),
+            payload,
+            ..
+        } = event
+        else {
+            continue;
+        };
+        if let Some(other) = version_of.insert(*payload, *version) {
+            if other != *version {
+                return fail(
+                    "total_order",
+                    format!(
+                        "payload #{payload} delivered as {other} and as {version} (at {member})"
+                    ),
+                );
+            }
+        }
+        if let Some(other) = payload_at.insert((*subgroup, *shard, *version), *payload) {
+            if other != *payload {
+                return fail(
+                    "total_order",
+                    format!(
+                        "subgroup {subgroup} shard {shard} version {version} is payload #{other} at one member, \
+                         #{payload} at {member}"
+                    ),
+                );
+            }
+        }
+        if let Some(prev) = last.insert((*member, *subgroup), *version) {
+            if prev >= *version {
+                return fail(
+                    "total_order",
+                    format!("{member} delivered {version} after {prev} in subgroup {subgroup}"),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One sender's messages are delivered in the order it sent them (also in raw mode).
+pub fn sender_fifo(h: &History) -> Check {
+    let tickets = sent_tickets(h);
+    let mut last: HashMap<(MemberId, MemberId, u32), SendTicket> = HashMap::new();
+    for event in &h.events {
+        let Event::Delivered {
+            member,
+            sender,
+            subgroup,
+            payload,
+            ..
+        } = event
+        else {
+            continue;
+        };
+        let Some((_, ticket)) = tickets.get(payload) else {
+            continue;
+        };
+        if let Some(prev) = last.insert((*member, *sender, *subgroup), *ticket) {
+            if prev >= *ticket {
+                return fail(
+                    "sender_fifo",
+                    format!(
+                        "{member} delivered {sender}'s send #{} after its send #{}",
+                        ticket.0, prev.0
+                    ),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Virtual synchrony: the members of an ordered shard in view v that install v+1 deliver
+/// exactly the same set of view-v messages, and nobody delivers a view-v message after
+/// installing a later view.
+pub fn same_delivered_set_per_view(h: &History) -> Check {
+    let mut current: HashMap<MemberId, ViewId> = HashMap::new();
+    let mut sets: BTreeMap<(ViewId, u32, u32), BTreeMap<MemberId, BTreeSet<PayloadId>>> =
+        BTreeMap::new();
+    let mut installed: BTreeSet<(MemberId, ViewId)> = BTreeSet::new();
+    for event in &h.events {
+        match event {
+            Event::Installed { member, view, .. } => {
+                current.insert(*member, view.id);
+                installed.insert((*member, view.id));
+            }
+            Event::Delivered {
+                member,
+                view_id,
+                subgroup,
+                shard,
+                payload,
+                version: Some(_),
+                ..
+            } => {
+                if current.get(member) != Some(view_id) {
+                    return fail(
+                        "same_delivered_set_per_view",
+                        format!(
+                            "{member} delivered a view-{view_id} message while in view {:?}",
+                            current.get(member)
+                        ),
+                    );
+                }
+                sets.entry((*view_id, *subgroup, *shard))
+                    .or_default()
+                    .entry(*member)
+                    .or_default()
+                    .insert(*payload);
+            }
+            _ => {}
+        }
+    }
+    let views = h.views();
+    for (id, view) in &views {
+        if !views.contains_key(&(id + 1)) {
+            continue;
+        }
+        for (g, shards) in view.shards.iter().enumerate() {
+            for (s, shard) in shards.iter().enumerate() {
+                if shard.mode != DeliveryMode::Ordered {
+                    continue;
+                }
+                let empty = BTreeMap::new();
+                let delivered = sets.get(&(*id, g as u32, s as u32)).unwrap_or(&empty);
+                let survivors: Vec<MemberId> = shard
+                    .members
+                    .iter()
+                    .copied()
+                    .filter(|m| installed.contains(&(*m, id + 1)))
+                    .collect();
+                let none = BTreeSet::new();
+                let mut reference: Option<(MemberId, &BTreeSet<PayloadId>)> = None;
+                for m in survivors {
+                    let set = delivered.get(&m).unwrap_or(&none);
+                    match reference {
+                        None => reference = Some((m, set)),
+                        Some((first, first_set)) if first_set != set => {
+                            let only_first: Vec<_> = first_set.difference(set).take(5).collect();
+                            let only_m: Vec<_> = set.difference(first_set).take(5).collect();
+                            return fail(
+                                "same_delivered_set_per_view",
+                                format!(
+                                    "view {id} subgroup {g} shard {s}: {first} and {m} delivered different sets \
+                                     ({} vs {} messages; only at {first}: {only_first:?}; only at {m}: {only_m:?})",
+                                    first_set.len(),
+                                    set.len()
+                                ),
+                            );
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An ordered message is delivered only after every shard member received it (a trim
+/// delivery: after every member that applied the trim received it).
+pub fn stability_before_delivery(h: &History) -> Check {
+    let views = h.views();
+    // (receiver, sender, view, subgroup) -> received prefix length with the event index
+    // at which each arrival happened.
+    let mut arrivals: HashMap<(MemberId, MemberId, ViewId, u32), Vec<(u64, u64, usize)>> =
+        HashMap::new();
+    let mut trimmed: HashMap<(ViewId, u32, u32), Vec<MemberId>> = HashMap::new();
+    for (i, event) in h.events.iter().enumerate() {
+        match event {
+            Event::Arrived {
+                member,
+                from,
+                view_id,
+                subgroup,
+                first_index,
+                count,
+                ..
+            } => {
+                arrivals
+                    .entry((*member, *from, *view_id, *subgroup))
+                    .or_default()
+                    .push((*first_index, *count, i));
+            }
+            Event::Trimmed {
+                member,
+                view_id,
+                subgroup,
+                shard,
+                ..
+            } => {
+                trimmed
+                    .entry((*view_id, *subgroup, *shard))
+                    .or_default()
+                    .push(*member);
+            }
+            _ => {}
+        }
+    }
+    let arrived =
+        |receiver: MemberId, sender: MemberId, view: ViewId, g: u32, index: u64, before: usize| {
+            receiver == sender
+                || arrivals
+                    .get(&(receiver, sender, view, g))
+                    .is_some_and(|list| {
+                        list.iter().any(|(first, count, at)| {
+                            *at < before && *first <= index && index < first + count
+                        })
+                    })
+        };
+    for (i, event) in h.events.iter().enumerate() {
+        let Event::Delivered {
+            member,
+            view_id,
+            subgroup,
+            shard,
+            sender,
+            sender_index,
+            kind,
+            ..
+        } = event
+        else {
+            continue;
+        };
+        let Some(view) = views.get(view_id) else {
+            return fail(
+                "stability_before_delivery",
+                format!("{member} delivered in unknown view {view_id}"),
+            );
+        };
+        let witnesses: Vec<MemberId> = match kind {
+            DeliveryKind::Raw => vec![*member],
+            DeliveryKind::Stable => view.shards[*subgroup as usize][*shard as usize]
+                .members
+                .clone(),
+            DeliveryKind::Trim => {
+                let mut w = trimmed
+                    .get(&(*view_id, *subgroup, *shard))
+                    .cloned()
+                    .unwrap_or_default();
+                w.push(*member);
+                w
+            }
+        };
+        let limit = if *kind == DeliveryKind::Trim {
+            h.events.len()
+        } else {
+            i
+        };
+        for w in witnesses {
+            if !arrived(w, *sender, *view_id, *subgroup, *sender_index, limit) {
+                return fail(
+                    "stability_before_delivery",
+                    format!(
+                        "{member} delivered ({kind:?}) {sender}'s message #{sender_index} of view {view_id} \
+                         subgroup {subgroup} before {w} had received it"
+                    ),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every delivered payload was sent, by the member named as its sender, who was in that
+/// view's shard; nobody delivers one payload twice; nulls are never delivered.
+pub fn no_invention_or_duplication(h: &History) -> Check {
+    let views = h.views();
+    let tickets = sent_tickets(h);
+    let mut seen: BTreeSet<(MemberId, PayloadId)> = BTreeSet::new();
+    for event in &h.events {
+        let Event::Delivered {
+            member,
+            view_id,
+            subgroup,
+            shard,
+            sender,
+            payload,
+            ..
+        } = event
+        else {
+            continue;
+        };
+        if *payload == UNKNOWN_PAYLOAD {
+            return fail(
+                "no_invention_or_duplication",
+                format!(
+                    "{member} delivered a payload nobody sent (a copy or an invention) from {sender}"
+                ),
+            );
+        }
+        match tickets.get(payload) {
+            Some((origin, _)) if origin == sender => {}
+            other => {
+                return fail(
+                    "no_invention_or_duplication",
+                    format!(
+                        "{member} delivered payload #{payload} as {sender}'s, but it was sent by {other:?}"
+                    ),
+                );
+            }
+        }
+        let in_shard = views
+            .get(view_id)
+            .and_then(|v| v.shards.get(*subgroup as usize)?.get(*shard as usize))
+            .is_some_and(|sv| sv.members.contains(sender));
+        if !in_shard {
+            return fail(
+                "no_invention_or_duplication",
+                format!(
+                    "{member} delivered a message from {sender}, not in view {view_id} shard {subgroup}/{shard}"
+                ),
+            );
+        }
+        if !seen.insert((*member, *payload)) {
+            return fail(
+                "no_invention_or_duplication",
+                format!("{member} delivered payload #{payload} twice"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One trim per view and shard: every member applies the same trim, and only after it
+/// logged that trim.
+pub fn trim_consistency(h: &History) -> Check {
+    let mut logged: BTreeSet<(MemberId, ViewId, u32, Vec<u64>)> = BTreeSet::new();
+    let mut applied: HashMap<(ViewId, u32, u32), (MemberId, Vec<u64>)> = HashMap::new();
+    for event in &h.events {
+        match event {
+            Event::TrimLogged {
+                member,
+                view_id,
+                subgroup,
+                received,
+                ..
+            } => {
+                logged.insert((*member, *view_id, *subgroup, received.clone()));
+            }
+            Event::Trimmed {
+                member,
+                view_id,
+                subgroup,
+                shard,
+                received,
+                ..
+            } => {
+                if !logged.contains(&(*member, *view_id, *subgroup, received.clone())) {
+                    return fail(
+                        "trim_consistency",
+                        format!(
+                            "{member} applied trim {received:?} of view {view_id} subgroup {subgroup} before logging it"
+                        ),
+                    );
+                }
+                match applied.get(&(*view_id, *subgroup, *shard)) {
+                    Some((first, trim)) if trim != received => {
+                        return fail(
+                            "trim_consistency",
+                            format!(
+                                "view {view_id} subgroup {subgroup} shard {shard}: {first} applied trim {trim:?}, \
+                                 {member} applied {received:?}"
+                            ),
+                        );
+                    }
+                    Some(_) => {}
+                    None => {
+                        applied.insert((*view_id, *subgroup, *shard), (*member, received.clone()));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Partition safety: every view is agreed by a majority of its predecessor (members that
+/// carry over or leave gracefully through it).
+pub fn no_split_brain(h: &History) -> Check {
+    let views = h.views();
+    for (id, view) in &views {
+        let Some(next) = views.get(&(id + 1)) else {
+            continue;
+        };
+        let agreeing = view
+            .members
+            .iter()
+            .filter(|m| next.contains(**m) || next.left.contains(m))
+            .count();
+        if agreeing * 2 <= view.members.len() {
+            return fail(
+                "no_split_brain",
+                format!(
+                    "view {} was installed with only {agreeing} of view {id}'s {} members",
+                    id + 1,
+                    view.members.len()
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The global persistence frontier only grows, and a version at the frontier is durable
+/// at every shard member that carries the shard into the next view (or stays in it).
+pub fn persistence_frontier(h: &History) -> Check {
+    let views = h.views();
+    let mut last: HashMap<(MemberId, u32), Version> = HashMap::new();
+    let mut persisted: HashMap<(MemberId, u32), Version> = HashMap::new();
+    let mut installed: BTreeSet<(MemberId, ViewId)> = BTreeSet::new();
+    for event in &h.events {
+        if let Event::Installed { member, view, .. } = event {
+            installed.insert((*member, view.id));
+        }
+    }
+    for event in &h.events {
+        match event {
+            Event::Persisted {
+                member,
+                subgroup,
+                version,
+                ..
+            } => {
+                let entry = persisted.entry((*member, *subgroup)).or_insert(*version);
+                *entry = (*entry).max(*version);
+            }
+            Event::GlobalPersisted {
+                member,
+                subgroup,
+                version,
+                ..
+            } => {
+                if let Some(prev) = last.insert((*member, *subgroup), *version) {
+                    if prev >= *version {
+                        return fail(
+                            "persistence_frontier",
+                            format!(
+                                "{member}'s frontier in subgroup {subgroup} went from {prev} to {version}"
+                            ),
+                        );
+                    }
+                }
+                let Some(view) = views.get(&version.view_id()) else {
+                    continue;
+                };
+                let Some(shard) = view.shards[*subgroup as usize]
+                    .iter()
+                    .find(|s| s.members.contains(member))
+                else {
+                    return fail(
+                        "persistence_frontier",
+                        format!("{member} reported a frontier for a shard it is not in"),
+                    );
+                };
+                for m in &shard.members {
+                    let survives = installed.contains(&(*m, view.id + 1))
+                        || !views.contains_key(&(view.id + 1));
+                    let durable = persisted
+                        .get(&(*m, *subgroup))
+                        .is_some_and(|p| p >= version);
+                    if survives && !durable && installed.contains(&(*m, view.id)) {
+                        return fail(
+                            "persistence_frontier",
+                            format!(
+                                "{member} reported {version} durable everywhere, but {m} had not persisted it"
+                            ),
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A member new to a shard receives exactly the state the shard's old members had when
+/// they installed the view.
+pub fn state_transfer(h: &History) -> Check {
+    let mut at_install: HashMap<(ViewId, u32, MemberId), StateDigest> = HashMap::new();
+    for event in &h.events {
+        if let Event::StateAtInstall {
+            member,
+            view_id,
+            subgroup,
+            digest,
+            ..
+        } = event
+        {
+            at_install.insert((*view_id, *subgroup, *member), *digest);
+        }
+    }
+    let views = h.views();
+    for event in &h.events {
+        let Event::StateReceived {
+            member,
+            view_id,
+            subgroup,
+            digest,
+            ..
+        } = event
+        else {
+            continue;
+        };
+        let Some(view) = views.get(view_id) else {
+            continue;
+        };
+        let Some(shard) = view.shards[*subgroup as usize]
+            .iter()
+            .find(|s| s.members.contains(member))
+        else {
+            return fail(
+                "state_transfer",
+                format!("{member} received state for a shard it is not in"),
+            );
+        };
+        for old in shard.members.iter().filter(|m| !shard.joined.contains(m)) {
+            if let Some(expected) = at_install.get(&(*view_id, *subgroup, *old)) {
+                if expected != digest {
+                    return fail(
+                        "state_transfer",
+                        format!(
+                            "{member} received {digest:?} in view {view_id}, but {old} held {expected:?}"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Once faults stop: every live node ends in one view holding exactly the live nodes;
+/// every probe sent then is delivered by every member of its shard; and every message a
+/// surviving member sent (and that was not aborted) was delivered.
+pub fn liveness_after_heal(h: &History) -> Check {
+    let Some(Event::Finished {
+        live, converged, ..
+    }) = h
+        .events
+        .iter()
+        .rev()
+        .find(|e| matches!(e, Event::Finished { .. }))
+    else {
+        return fail(
+            "liveness_after_heal",
+            "the run has no Finished event".to_string(),
+        );
+    };
+    if !converged {
+        return fail(
+            "liveness_after_heal",
+            format!("live members {live:?} did not converge on one view"),
+        );
+    }
+    let mut final_view: HashMap<MemberId, Arc<View>> = HashMap::new();
+    for event in &h.events {
+        if let Event::Installed { member, view, .. } = event {
+            final_view.insert(*member, Arc::clone(view));
+        }
+    }
+    let views: BTreeSet<ViewId> = live
+        .iter()
+        .filter_map(|m| final_view.get(m).map(|v| v.id))
+        .collect();
+    if views.len() != 1 || live.iter().any(|m| !final_view.contains_key(m)) {
+        return fail(
+            "liveness_after_heal",
+            format!("live members ended in views {views:?}"),
+        );
+    }
+    let view = &final_view[&live[0]];
+    let in_view: BTreeSet<MemberId> = view.members.iter().copied().collect();
+    let alive: BTreeSet<MemberId> = live.iter().copied().collect();
+    if in_view != alive {
+        return fail(
+            "liveness_after_heal",
+            format!("final view {:?} but live members {alive:?}", view.members),
+        );
+    }
+    let mut delivered: BTreeSet<(MemberId, PayloadId)> = BTreeSet::new();
+    let mut aborted: BTreeSet<(MemberId, SendTicket)> = BTreeSet::new();
+    for event in &h.events {
+        match event {
+            Event::Delivered {
+                member, payload, ..
+            } => {
+                delivered.insert((*member, *payload));
+            }
+            Event::Aborted {
+                member, tickets, ..
+            } => aborted.extend(tickets.iter().map(|t| (*member, *t))),
+            _ => {}
+        }
+    }
+    for event in &h.events {
+        let Event::Sent {
+            member,
+            subgroup,
+            ticket,
+            payload,
+            probe,
+            ..
+        } = event
+        else {
+            continue;
+        };
+        if !alive.contains(member) || aborted.contains(&(*member, *ticket)) {
+            continue;
+        }
+        if !delivered.contains(&(*member, *payload)) {
+            return fail(
+                "liveness_after_heal",
+                format!(
+                    "{member}'s send #{} was never delivered to itself",
+                    ticket.0
+                ),
+            );
+        }
+        if *probe {
+            let shard = view.shards[*subgroup as usize]
+                .iter()
+                .find(|s| s.members.contains(member));
+            for m in shard.map(|s| s.members.as_slice()).unwrap_or(&[]) {
+                if !delivered.contains(&(*m, *payload)) {
+                    return fail(
+                        "liveness_after_heal",
+                        format!("probe #{payload} from {member} never reached {m}"),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn sent_tickets(h: &History) -> HashMap<PayloadId, (MemberId, SendTicket)> {
+    h.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Sent {
+                member,
+                ticket,
+                payload,
+                ..
+            } => Some((*payload, (*member, *ticket))),
+            _ => None,
+        })
+        .collect()
+}

@@ -1,0 +1,1184 @@
+//! The deterministic simulator. One `u64` seed draws the scenario (nodes, layout,
+//! workload, fault schedule) and drives a simulated network (per-link FIFO with random
+//! delays), clock, timers and disks. It runs the real [`Core`] and records a [`History`]
+//! that the [`checkers`] judge.
+//!
+//! A run has two phases: a safety phase under faults (crashes at any moment, partitions
+//! and heals, slow nodes and disks, joins, graceful leaves, restarts as new incarnations),
+//! then a heal phase: faults stop, every node comes back, and the run checks that the
+//! group converges and delivers fresh probe messages everywhere.
+//!
+//! Fault injection keeps the preconditions under which the protocol promises progress:
+//! every view in play keeps a live majority and a live member in each shard. Safety
+//! checkers hold regardless; liveness is only claimed under those preconditions.
+
+pub mod checkers;
+pub mod history;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::CoreConfig;
+use crate::core::{Core, Output};
+use crate::ids::{MemberId, NodeId, Version, ViewId};
+use crate::layout::{DeliveryMode, Layout, ShardLayout, SubgroupLayout};
+use crate::row::Ballot;
+use crate::view::View;
+use crate::wire::Wire;
+
+use checkers::Violation;
+use history::{Event, History, PayloadId, StateDigest, UNKNOWN_PAYLOAD};
+
+/// Simulated time between a node's clock ticks.
+const TICK_INTERVAL_US: u64 = 5_000;
+/// Longest a heal phase may take before liveness is declared violated.
+const HEAL_DEADLINE_US: u64 = 30_000_000;
+/// Large payloads (up to 1 MiB) per run, to bound memory.
+const LARGE_PAYLOADS_MAX: usize = 3;
+
+/// Everything a seed decides about a run.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub seed: u64,
+    pub initial_nodes: usize,
+    pub layout: Layout,
+    pub core: CoreConfig,
+    pub safety_phase_us: u64,
+    pub messages_per_node: usize,
+    pub send_gap_max_us: u64,
+    pub link_delay_base_us: u64,
+    pub link_jitter_us: u64,
+    pub crashes: usize,
+    pub partitions: usize,
+    pub slow_nodes: usize,
+    pub slow_disks: usize,
+    pub joins: usize,
+    pub leaves: usize,
+}
+
+impl Scenario {
+    pub fn from_seed(seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let initial_nodes = rng.random_range(3..=7usize);
+        let shards = rng.random_range(1..=3usize).min(initial_nodes);
+        let mut subgroups = Vec::new();
+        // Subgroup 0: 1-3 disjoint shards sized to fit the initial nodes.
+        let min_nodes = if initial_nodes >= 2 * shards && rng.random_bool(0.6) {
+            2
+        } else {
+            1
+        };
+        let max_nodes = rng.random_range(min_nodes..=3usize.max(min_nodes));
+        subgroups.push(SubgroupLayout {
+            shards: (0..shards)
+                .map(|_| ShardLayout {
+                    min_nodes,
+                    max_nodes,
+                    mode: DeliveryMode::Ordered,
+                })
+                .collect(),
+        });
+        // Sometimes a second, overlapping subgroup: one shard over everyone, ordered or raw.
+        if rng.random_bool(0.4) {
+            let mode = if rng.random_bool(0.4) {
+                DeliveryMode::Raw
+            } else {
+                DeliveryMode::Ordered
+            };
+            subgroups.push(SubgroupLayout {
+                shards: vec![ShardLayout {
+                    min_nodes: 1,
+                    max_nodes: 7,
+                    mode,
+                }],
+            });
+        }
+        let layout = Layout { subgroups };
+        let mut core = CoreConfig::new(layout.clone());
+        core.window_size = rng.random_range(2..=64);
+        core.heartbeat_interval_ms = 10;
+        core.suspicion_timeout_ms = 100;
+        core.join_retry_ms = 50;
+        core.pending_sends_max = 256;
+        core.batch_messages_max = rng.random_range(1..=32);
+        if rng.random_bool(0.05) {
+            // Exercise epoch rolls: views run out of slots quickly.
+            core.view_slots_max = rng.random_range(40..=400);
+        }
+        let faulty = rng.random_bool(0.9);
+        Scenario {
+            seed,
+            initial_nodes,
+            layout,
+            core,
+            safety_phase_us: rng.random_range(600_000..=2_000_000),
+            messages_per_node: rng.random_range(5..=40),
+            send_gap_max_us: rng.random_range(1_000..=30_000),
+            link_delay_base_us: rng.random_range(50..=2_000),
+            link_jitter_us: rng.random_range(0..=3_000),
+            crashes: if faulty { rng.random_range(0..=3) } else { 0 },
+            partitions: if faulty { rng.random_range(0..=2) } else { 0 },
+            slow_nodes: if faulty { rng.random_range(0..=2) } else { 0 },
+            slow_disks: if faulty { rng.random_range(0..=2) } else { 0 },
+            joins: if faulty { rng.random_range(0..=2) } else { 0 },
+            leaves: if faulty { rng.random_range(0..=1) } else { 0 },
+        }
+    }
+}
+
+/// The outcome of one seed.
+#[derive(Debug)]
+pub struct RunReport {
+    pub seed: u64,
+    pub history: History,
+    pub result: Result<(), Violation>,
+}
+
+impl RunReport {
+    pub fn failure_line(&self) -> Option<String> {
+        self.result.as_ref().err().map(|v| {
+            format!("seed {} failed: {v}\nreplay with: SQUALL_SEED={} cargo test -p squall-platform replay_seed", self.seed, self.seed)
+        })
+    }
+}
+
+/// Runs one seed's scenario and checks its history.
+pub fn run_seed(seed: u64) -> RunReport {
+    let history = Simulation::new(Scenario::from_seed(seed)).run();
+    let result = checkers::check_all(&history);
+    RunReport {
+        seed,
+        history,
+        result,
+    }
+}
+
+#[derive(Debug)]
+enum Action {
+    Net {
+        to: NodeId,
+        incarnation: Option<u32>,
+        from: MemberId,
+        msg: Wire,
+    },
+    Tick {
+        node: NodeId,
+        incarnation: u32,
+    },
+    Persisted {
+        node: NodeId,
+        incarnation: u32,
+        subgroup: u32,
+        version: Version,
+    },
+    TrimLogged {
+        node: NodeId,
+        incarnation: u32,
+        view_id: ViewId,
+        subgroup: u32,
+        ballot: Ballot,
+        received: Vec<u64>,
+    },
+    Suspect {
+        node: NodeId,
+        incarnation: u32,
+        target: MemberId,
+    },
+    AppSend {
+        node: NodeId,
+        incarnation: u32,
+    },
+    Resume {
+        node: NodeId,
+    },
+    Restart {
+        node: NodeId,
+    },
+    Crash,
+    Partition {
+        duration_us: u64,
+    },
+    Heal,
+    SlowNode {
+        duration_us: u64,
+    },
+    SlowDisk {
+        duration_us: u64,
+    },
+    Join,
+    Leave,
+    HealPhase,
+    Check,
+}
+
+#[derive(Debug, Default)]
+struct SimNode {
+    incarnation: u32,
+    core: Option<Core>,
+    /// Simulated application state per subgroup.
+    app: Vec<StateDigest>,
+    sends_left: usize,
+    disk_free_at_us: u64,
+    disk_slow_until_us: u64,
+    paused_until_us: u64,
+    /// Actions that reached the node while it was paused, in arrival order.
+    backlog: std::collections::VecDeque<Action>,
+    resume_scheduled: bool,
+    replaying: bool,
+    restart_scheduled: bool,
+}
+
+struct Simulation {
+    sc: Scenario,
+    rng: ChaCha8Rng,
+    now_us: u64,
+    queue: BTreeMap<(u64, u64), Action>,
+    next_seq: u64,
+    nodes: BTreeMap<NodeId, SimNode>,
+    next_node_id: NodeId,
+    link_free_at_us: HashMap<(NodeId, NodeId), u64>,
+    /// Nodes cut off from the rest by the active partition.
+    minority: BTreeSet<NodeId>,
+    history: History,
+    payload_ids: HashMap<(usize, usize), PayloadId>,
+    /// Keeps every sent payload alive so buffer addresses are never reused.
+    payloads: Vec<Bytes>,
+    zero_anchor: Bytes,
+    large_payloads: usize,
+    healing: bool,
+    probes_sent: bool,
+    finished: bool,
+}
+
+impl Simulation {
+    fn new(sc: Scenario) -> Self {
+        let rng = ChaCha8Rng::seed_from_u64(sc.seed ^ 0x5eed_5eed_5eed_5eed);
+        Simulation {
+            history: History::new(sc.seed),
+            sc,
+            rng,
+            now_us: 0,
+            queue: BTreeMap::new(),
+            next_seq: 0,
+            nodes: BTreeMap::new(),
+            next_node_id: 0,
+            link_free_at_us: HashMap::new(),
+            minority: BTreeSet::new(),
+            payload_ids: HashMap::new(),
+            payloads: Vec::new(),
+            zero_anchor: Bytes::from(vec![0u8; 1 << 16]),
+            large_payloads: 0,
+            healing: false,
+            probes_sent: false,
+            finished: false,
+        }
+    }
+
+    fn schedule(&mut self, at_us: u64, action: Action) {
+        self.next_seq += 1;
+        self.queue.insert((at_us, self.next_seq), action);
+    }
+
+    fn run(mut self) -> History {
+        for _ in 0..self.sc.initial_nodes {
+            let id = self.next_node_id;
+            self.next_node_id += 1;
+            self.start_node(id, id == 0);
+        }
+        let end = self.sc.safety_phase_us;
+        let start = 200_000.min(end / 4);
+        let faults: Vec<(usize, fn(u64) -> Action)> = vec![
+            (self.sc.crashes, |_| Action::Crash),
+            (self.sc.partitions, |d| Action::Partition { duration_us: d }),
+            (self.sc.slow_nodes, |d| Action::SlowNode { duration_us: d }),
+            (self.sc.slow_disks, |d| Action::SlowDisk { duration_us: d }),
+            (self.sc.joins, |_| Action::Join),
+            (self.sc.leaves, |_| Action::Leave),
+        ];
+        for (count, make) in faults {
+            for _ in 0..count {
+                let at = self.rng.random_range(start..end.max(start + 1));
+                let duration = self.rng.random_range(30_000..=400_000);
+                self.schedule(at, make(duration));
+            }
+        }
+        self.schedule(end, Action::HealPhase);
+        while let Some(((at, _), action)) = self.queue.pop_first() {
+            self.now_us = at;
+            self.apply(action);
+            if self.finished {
+                break;
+            }
+        }
+        if !self.finished {
+            self.finish(false);
+        }
+        self.history
+    }
+
+    fn start_node(&mut self, id: NodeId, founder: bool) {
+        let now_ms = self.now_us / 1000;
+        let node = self.nodes.entry(id).or_default();
+        node.incarnation += 1;
+        node.restart_scheduled = false;
+        node.app = vec![StateDigest::default(); self.sc.layout.subgroups.len()];
+        node.sends_left = self.sc.messages_per_node;
+        let incarnation = node.incarnation;
+        let me = MemberId::new(id, incarnation);
+        let contacts: Vec<NodeId> = self.nodes.keys().copied().filter(|n| *n != id).collect();
+        let core = if founder || contacts.is_empty() {
+            Core::found(self.sc.core.clone(), me, now_ms)
+        } else {
+            let mut contacts = contacts;
+            let rotate = self.rng.random_range(0..contacts.len());
+            contacts.rotate_left(rotate);
+            Core::join(self.sc.core.clone(), me, contacts, now_ms)
+        };
+        let core = core.expect("scenario configs are valid");
+        self.nodes.get_mut(&id).expect("inserted above").core = Some(core);
+        self.pump(id);
+        let tick_at = self.now_us + self.rng.random_range(0..TICK_INTERVAL_US);
+        self.schedule(
+            tick_at,
+            Action::Tick {
+                node: id,
+                incarnation,
+            },
+        );
+        let send_at = self.now_us + self.rng.random_range(0..=self.sc.send_gap_max_us);
+        self.schedule(
+            send_at,
+            Action::AppSend {
+                node: id,
+                incarnation,
+            },
+        );
+    }
+
+    fn member_of(&self, id: NodeId) -> Option<MemberId> {
+        let node = self.nodes.get(&id)?;
+        node.core.as_ref().map(|c| c.me())
+    }
+
+    fn alive(&self, id: NodeId, incarnation: u32) -> bool {
+        self.nodes
+            .get(&id)
+            .is_some_and(|n| n.incarnation == incarnation && n.core.is_some())
+    }
+
+    /// Holds an action aimed at a paused node in its backlog, replayed in arrival order
+    /// when it resumes (so the pause keeps every link FIFO).
+    fn deferred(&mut self, id: NodeId, action: Action) -> Option<Action> {
+        let now = self.now_us;
+        let node = self.nodes.get_mut(&id)?;
+        if node.paused_until_us <= now && (node.backlog.is_empty() || node.replaying) {
+            return Some(action);
+        }
+        node.backlog.push_back(action);
+        if !node.resume_scheduled {
+            node.resume_scheduled = true;
+            let at = node.paused_until_us.max(now);
+            self.schedule(at, Action::Resume { node: id });
+        }
+        None
+    }
+
+    fn resume(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        node.resume_scheduled = false;
+        if node.paused_until_us > self.now_us {
+            node.resume_scheduled = true;
+            let at = node.paused_until_us;
+            self.schedule(at, Action::Resume { node: id });
+            return;
+        }
+        let backlog: Vec<Action> = node.backlog.drain(..).collect();
+        node.replaying = true;
+        for action in backlog {
+            self.apply(action);
+        }
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.replaying = false;
+        }
+    }
+
+    fn apply(&mut self, action: Action) {
+        let target = match &action {
+            Action::Net { to, .. } => Some(*to),
+            Action::Tick { node, .. }
+            | Action::Persisted { node, .. }
+            | Action::TrimLogged { node, .. }
+            | Action::Suspect { node, .. }
+            | Action::AppSend { node, .. } => Some(*node),
+            _ => None,
+        };
+        let action = match target {
+            Some(id) => match self.deferred(id, action) {
+                Some(action) => action,
+                None => return,
+            },
+            None => action,
+        };
+        match action {
+            Action::Net {
+                to,
+                incarnation,
+                from,
+                msg,
+            } => {
+                let Some(node) = self.nodes.get(&to) else {
+                    return;
+                };
+                if node.core.is_none() || incarnation.is_some_and(|i| i != node.incarnation) {
+                    return;
+                }
+                if self.minority.contains(&to) != self.minority.contains(&from.node) {
+                    return;
+                }
+                if let Wire::Update { view_id, data, .. } = &msg {
+                    let member = self.member_of(to).expect("alive checked above");
+                    for run in data {
+                        let count = run.items.iter().map(crate::wire::Item::slots).sum();
+                        self.history.push(Event::Arrived {
+                            at_us: self.now_us,
+                            member,
+                            from,
+                            view_id: *view_id,
+                            subgroup: run.subgroup,
+                            first_index: run.first_index,
+                            count,
+                        });
+                    }
+                }
+                if let Some(core) = self.core_mut(to) {
+                    core.handle_message(from, msg);
+                }
+                self.pump(to);
+            }
+            Action::Tick { node, incarnation } => {
+                if !self.alive(node, incarnation) {
+                    return;
+                }
+                let now_ms = self.now_us / 1000;
+                if let Some(core) = self.core_mut(node) {
+                    core.tick(now_ms);
+                }
+                self.pump(node);
+                self.schedule(
+                    self.now_us + TICK_INTERVAL_US,
+                    Action::Tick { node, incarnation },
+                );
+            }
+            Action::Persisted {
+                node,
+                incarnation,
+                subgroup,
+                version,
+            } => {
+                if !self.alive(node, incarnation) {
+                    return;
+                }
+                let member = MemberId::new(node, incarnation);
+                self.history.push(Event::Persisted {
+                    at_us: self.now_us,
+                    member,
+                    subgroup,
+                    version,
+                });
+                if let Some(core) = self.core_mut(node) {
+                    core.persisted(subgroup, version);
+                }
+                self.pump(node);
+            }
+            Action::TrimLogged {
+                node,
+                incarnation,
+                view_id,
+                subgroup,
+                ballot,
+                received,
+            } => {
+                if !self.alive(node, incarnation) {
+                    return;
+                }
+                let member = MemberId::new(node, incarnation);
+                self.history.push(Event::TrimLogged {
+                    at_us: self.now_us,
+                    member,
+                    view_id,
+                    subgroup,
+                    received,
+                });
+                if let Some(core) = self.core_mut(node) {
+                    core.trim_persisted(view_id, subgroup, ballot);
+                }
+                self.pump(node);
+            }
+            Action::Suspect {
+                node,
+                incarnation,
+                target,
+            } => {
+                if !self.alive(node, incarnation) {
+                    return;
+                }
+                if let Some(core) = self.core_mut(node) {
+                    core.suspect(target);
+                }
+                self.pump(node);
+            }
+            Action::AppSend { node, incarnation } => self.app_send(node, incarnation),
+            Action::Resume { node } => self.resume(node),
+            Action::Restart { node } => {
+                if self.nodes.get(&node).is_some_and(|n| n.core.is_none()) {
+                    self.start_node(node, false);
+                }
+            }
+            Action::Crash => {
+                let candidates = self.safe_victims(1);
+                if let Some(victim) = self.pick(&candidates) {
+                    self.take_down(victim, true);
+                }
+            }
+            Action::Partition { duration_us } => {
+                if !self.minority.is_empty() {
+                    return;
+                }
+                let live: Vec<NodeId> = self.live_members().into_iter().map(|m| m.node).collect();
+                let size = self
+                    .rng
+                    .random_range(1..=(live.len().saturating_sub(1) / 2).max(1));
+                let mut side = Vec::new();
+                for _ in 0..size {
+                    let candidates: Vec<NodeId> = self.safe_victims(side.len() + 1);
+                    let candidates: Vec<NodeId> = candidates
+                        .into_iter()
+                        .filter(|c| !side.contains(c))
+                        .collect();
+                    match self.pick(&candidates) {
+                        Some(c) if self.safe_to_lose(&[side.as_slice(), &[c]].concat()) => {
+                            side.push(c)
+                        }
+                        _ => break,
+                    }
+                }
+                if side.is_empty() {
+                    return;
+                }
+                self.minority = side.iter().copied().collect();
+                self.history.push(Event::Partitioned {
+                    at_us: self.now_us,
+                    minority: side.clone(),
+                });
+                // Broken connections are noticed on both sides after a detection delay.
+                let everyone: Vec<NodeId> = self.nodes.keys().copied().collect();
+                for a in &side {
+                    for b in everyone.iter().filter(|b| !side.contains(b)) {
+                        self.notify_break(*a, *b);
+                        self.notify_break(*b, *a);
+                    }
+                }
+                self.schedule(self.now_us + duration_us.max(60_000), Action::Heal);
+            }
+            Action::Heal => {
+                if !self.minority.is_empty() {
+                    self.minority.clear();
+                    self.history.push(Event::Healed { at_us: self.now_us });
+                }
+            }
+            Action::SlowNode { duration_us } => {
+                let live: Vec<NodeId> = self.live_members().into_iter().map(|m| m.node).collect();
+                let Some(victim) = self.pick(&live) else {
+                    return;
+                };
+                // Short pauses stay under the suspicion timeout; long ones only where
+                // losing the node is safe (it will likely be suspected).
+                let timeout_us = self.sc.core.suspicion_timeout_ms * 1000;
+                let long_ok = self.safe_to_lose(&[victim]);
+                let pause = if long_ok {
+                    duration_us
+                } else {
+                    duration_us.min(timeout_us / 3)
+                };
+                if let Some(node) = self.nodes.get_mut(&victim) {
+                    node.paused_until_us = self.now_us + pause;
+                }
+            }
+            Action::SlowDisk { duration_us } => {
+                let live: Vec<NodeId> = self.live_members().into_iter().map(|m| m.node).collect();
+                if let Some(victim) = self.pick(&live) {
+                    if let Some(node) = self.nodes.get_mut(&victim) {
+                        node.disk_slow_until_us = self.now_us + duration_us;
+                    }
+                }
+            }
+            Action::Join => {
+                let id = self.next_node_id;
+                self.next_node_id += 1;
+                self.start_node(id, false);
+            }
+            Action::Leave => {
+                let candidates = self.safe_victims(1);
+                if let Some(victim) = self.pick(&candidates) {
+                    if let Some(core) = self.core_mut(victim) {
+                        core.leave();
+                    }
+                    self.pump(victim);
+                }
+            }
+            Action::HealPhase => {
+                self.healing = true;
+                self.history.push(Event::HealStarted { at_us: self.now_us });
+                self.minority.clear();
+                let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+                for id in ids {
+                    let node = self.nodes.get_mut(&id).expect("listed");
+                    node.paused_until_us = node.paused_until_us.min(self.now_us);
+                    node.disk_slow_until_us = 0;
+                    if node.core.is_none() && !node.restart_scheduled {
+                        node.restart_scheduled = true;
+                        self.schedule(self.now_us + 1_000, Action::Restart { node: id });
+                    }
+                }
+                self.schedule(self.now_us + 50_000, Action::Check);
+            }
+            Action::Check => self.check_progress(),
+        }
+    }
+
+    fn core_mut(&mut self, id: NodeId) -> Option<&mut Core> {
+        self.nodes.get_mut(&id).and_then(|n| n.core.as_mut())
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> Option<T> {
+        if items.is_empty() {
+            return None;
+        }
+        Some(items[self.rng.random_range(0..items.len())])
+    }
+
+    fn notify_break(&mut self, observer: NodeId, lost: NodeId) {
+        let (Some(obs), Some(target)) = (self.nodes.get(&observer), self.member_of(lost)) else {
+            return;
+        };
+        if obs.core.is_none() {
+            return;
+        }
+        let incarnation = obs.incarnation;
+        let delay = self.rng.random_range(2_000..=40_000);
+        self.schedule(
+            self.now_us + delay,
+            Action::Suspect {
+                node: observer,
+                incarnation,
+                target,
+            },
+        );
+    }
+
+    /// Members that are running, reachable and not already doomed.
+    fn live_members(&self) -> Vec<MemberId> {
+        let doomed = self.doomed();
+        self.nodes
+            .values()
+            .filter_map(|n| n.core.as_ref())
+            .filter(|c| {
+                c.is_member() && !self.minority.contains(&c.me().node) && !doomed.contains(&c.me())
+            })
+            .map(Core::me)
+            .collect()
+    }
+
+    /// Members someone suspects, or that are leaving: they will not be in the next view.
+    fn doomed(&self) -> BTreeSet<MemberId> {
+        let mut doomed = BTreeSet::new();
+        for core in self.nodes.values().filter_map(|n| n.core.as_ref()) {
+            doomed.extend(core.suspected_members());
+            if core.is_leaving() {
+                doomed.insert(core.me());
+            }
+        }
+        doomed
+    }
+
+    /// Views that are installed or committed somewhere: each must keep a live majority
+    /// and a live member per shard for the group to make progress.
+    fn views_in_play(&self) -> Vec<Arc<View>> {
+        let mut views: BTreeMap<ViewId, Arc<View>> = BTreeMap::new();
+        for core in self.nodes.values().filter_map(|n| n.core.as_ref()) {
+            for v in core.view().into_iter().chain(core.committed_next_view()) {
+                views.entry(v.id).or_insert_with(|| Arc::clone(v));
+            }
+        }
+        views.into_values().collect()
+    }
+
+    fn safe_to_lose(&self, lost_nodes: &[NodeId]) -> bool {
+        let live: BTreeSet<MemberId> = self
+            .live_members()
+            .into_iter()
+            .filter(|m| !lost_nodes.contains(&m.node))
+            .collect();
+        let pending_joiners = self
+            .nodes
+            .values()
+            .filter_map(|n| n.core.as_ref())
+            .any(|c| !c.is_member());
+        if pending_joiners {
+            // Keep it simple while someone is being admitted: no new loss.
+            return false;
+        }
+        self.views_in_play().iter().all(|v| {
+            let up = v.members.iter().filter(|m| live.contains(m)).count();
+            up * 2 > v.members.len()
+                && v.shards
+                    .iter()
+                    .flatten()
+                    .all(|s| s.members.is_empty() || s.members.iter().any(|m| live.contains(m)))
+        })
+    }
+
+    fn safe_victims(&self, _already: usize) -> Vec<NodeId> {
+        if self.healing {
+            return Vec::new();
+        }
+        self.live_members()
+            .into_iter()
+            .map(|m| m.node)
+            .filter(|n| self.safe_to_lose(&[*n]))
+            .collect()
+    }
+
+    fn take_down(&mut self, id: NodeId, crashed: bool) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let Some(core) = node.core.take() else { return };
+        let member = core.me();
+        if crashed {
+            self.history.push(Event::Crashed {
+                at_us: self.now_us,
+                member,
+            });
+        }
+        let others: Vec<NodeId> = self.nodes.keys().copied().filter(|n| *n != id).collect();
+        for other in others {
+            if let Some(obs) = self.nodes.get(&other) {
+                if let Some(incarnation) = obs.core.as_ref().map(|_| obs.incarnation) {
+                    let delay = self.rng.random_range(1_000..=30_000);
+                    self.schedule(
+                        self.now_us + delay,
+                        Action::Suspect {
+                            node: other,
+                            incarnation,
+                            target: member,
+                        },
+                    );
+                }
+            }
+        }
+        let node = self.nodes.get_mut(&id).expect("present");
+        if !node.restart_scheduled {
+            node.restart_scheduled = true;
+            let delay = self.rng.random_range(20_000..=300_000);
+            self.schedule(self.now_us + delay, Action::Restart { node: id });
+        }
+    }
+
+    fn make_payload(&mut self) -> Bytes {
+        let roll = self.rng.random_range(0..100u32);
+        let len = if roll < 15 {
+            0
+        } else if roll < 75 {
+            self.rng.random_range(1..=64)
+        } else if roll < 97 || self.large_payloads >= LARGE_PAYLOADS_MAX {
+            self.rng.random_range(65..=8192)
+        } else {
+            self.large_payloads += 1;
+            self.rng.random_range(256 * 1024..=1024 * 1024)
+        };
+        if len == 0 {
+            let offset = self.payloads.len() % self.zero_anchor.len();
+            return self.zero_anchor.slice(offset..offset);
+        }
+        let fill = self.rng.random_range(0..=255u8);
+        Bytes::from(vec![fill; len])
+    }
+
+    fn app_send(&mut self, id: NodeId, incarnation: u32) {
+        if !self.alive(id, incarnation) {
+            return;
+        }
+        let Some(node) = self.nodes.get(&id) else {
+            return;
+        };
+        let sends_left = node.sends_left;
+        if sends_left == 0 || self.healing {
+            return;
+        }
+        let subgroups: Vec<u32> = match node.core.as_ref().and_then(|c| c.view().cloned()) {
+            Some(view) => (0..view.shards.len())
+                .filter(|g| view.shard_of(*g, MemberId::new(id, incarnation)).is_some())
+                .map(|g| g as u32)
+                .collect(),
+            None => Vec::new(),
+        };
+        if let Some(subgroup) = self.pick(&subgroups) {
+            let payload = self.make_payload();
+            self.send_payload(id, subgroup, payload, false);
+        }
+        let gap = self.rng.random_range(100..=self.sc.send_gap_max_us);
+        self.schedule(
+            self.now_us + gap,
+            Action::AppSend {
+                node: id,
+                incarnation,
+            },
+        );
+    }
+
+    fn send_payload(&mut self, id: NodeId, subgroup: u32, payload: Bytes, probe: bool) {
+        let key = (payload.as_ptr() as usize, payload.len());
+        let Some(core) = self.core_mut(id) else {
+            return;
+        };
+        let member = core.me();
+        let Ok(ticket) = core.send(subgroup, payload.clone()) else {
+            return;
+        };
+        let payload_id = self.payloads.len() as PayloadId;
+        self.payload_ids.insert(key, payload_id);
+        let len = payload.len();
+        self.payloads.push(payload);
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.sends_left = node.sends_left.saturating_sub(1);
+        }
+        self.history.push(Event::Sent {
+            at_us: self.now_us,
+            member,
+            subgroup,
+            ticket,
+            payload: payload_id,
+            len,
+            probe,
+        });
+        self.pump(id);
+    }
+
+    /// Executes everything the node's core asked for.
+    fn pump(&mut self, id: NodeId) {
+        loop {
+            let Some(node) = self.nodes.get_mut(&id) else {
+                return;
+            };
+            let Some(core) = node.core.as_mut() else {
+                return;
+            };
+            let me = core.me();
+            let outputs: Vec<Output> = core.drain_outputs().collect();
+            if outputs.is_empty() {
+                return;
+            }
+            for output in outputs {
+                self.execute(id, me, output);
+            }
+        }
+    }
+
+    fn execute(&mut self, id: NodeId, me: MemberId, output: Output) {
+        let now = self.now_us;
+        match output {
+            Output::Send {
+                to,
+                incarnation,
+                msg,
+            } => {
+                if self.minority.contains(&id) != self.minority.contains(&to) {
+                    return;
+                }
+                let delay =
+                    self.sc.link_delay_base_us + self.rng.random_range(0..=self.sc.link_jitter_us);
+                let free = self.link_free_at_us.get(&(id, to)).copied().unwrap_or(0);
+                let at = (now + delay).max(free);
+                self.link_free_at_us.insert((id, to), at);
+                self.schedule(
+                    at,
+                    Action::Net {
+                        to,
+                        incarnation,
+                        from: me,
+                        msg,
+                    },
+                );
+            }
+            Output::Deliver(d) => {
+                let key = (d.payload.as_ptr() as usize, d.payload.len());
+                let payload = self
+                    .payload_ids
+                    .get(&key)
+                    .copied()
+                    .unwrap_or(UNKNOWN_PAYLOAD);
+                if d.version.is_some() {
+                    if let Some(node) = self.nodes.get_mut(&id) {
+                        let state = &mut node.app[d.subgroup as usize];
+                        state.applied += 1;
+                        state.chain = state.chain.rotate_left(7)
+                            ^ payload.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    }
+                }
+                self.history.push(Event::Delivered {
+                    at_us: now,
+                    member: me,
+                    view_id: d.view_id,
+                    subgroup: d.subgroup,
+                    shard: d.shard,
+                    sender: d.sender,
+                    sender_index: d.sender_index,
+                    version: d.version,
+                    kind: d.kind,
+                    payload,
+                    ticket: d.ticket,
+                });
+            }
+            Output::Persist { subgroup, version } => {
+                let at = self.disk_done_at(id);
+                let incarnation = me.incarnation;
+                self.schedule(
+                    at,
+                    Action::Persisted {
+                        node: id,
+                        incarnation,
+                        subgroup,
+                        version,
+                    },
+                );
+            }
+            Output::PersistTrim {
+                view_id,
+                subgroup,
+                trim,
+                ..
+            } => {
+                let at = self.disk_done_at(id);
+                let incarnation = me.incarnation;
+                self.schedule(
+                    at,
+                    Action::TrimLogged {
+                        node: id,
+                        incarnation,
+                        view_id,
+                        subgroup,
+                        ballot: trim.ballot,
+                        received: trim.received.clone(),
+                    },
+                );
+            }
+            Output::Trimmed {
+                view_id,
+                subgroup,
+                shard,
+                received,
+            } => {
+                self.history.push(Event::Trimmed {
+                    at_us: now,
+                    member: me,
+                    view_id,
+                    subgroup,
+                    shard,
+                    received,
+                });
+            }
+            Output::GlobalPersisted { subgroup, version } => {
+                self.history.push(Event::GlobalPersisted {
+                    at_us: now,
+                    member: me,
+                    subgroup,
+                    version,
+                });
+            }
+            Output::InstallView(view) => {
+                let node = self.nodes.get_mut(&id).expect("a node produced it");
+                for (g, state) in node.app.iter_mut().enumerate() {
+                    if view.shard_of(g, me).is_none() {
+                        *state = StateDigest::default();
+                    }
+                }
+                let states: Vec<(u32, StateDigest)> = (0..view.shards.len())
+                    .filter(|g| view.shard_of(*g, me).is_some())
+                    .map(|g| (g as u32, node.app[g]))
+                    .collect();
+                self.history.push(Event::Installed {
+                    at_us: now,
+                    member: me,
+                    view: Arc::clone(&view),
+                });
+                for (subgroup, digest) in states {
+                    self.history.push(Event::StateAtInstall {
+                        at_us: now,
+                        member: me,
+                        view_id: view.id,
+                        subgroup,
+                        digest,
+                    });
+                }
+            }
+            Output::StateTransferRequest {
+                view_id, subgroup, ..
+            } => {
+                let digest = self.nodes[&id].app[subgroup as usize];
+                let mut state = Vec::with_capacity(16);
+                state.extend_from_slice(&digest.applied.to_le_bytes());
+                state.extend_from_slice(&digest.chain.to_le_bytes());
+                if let Some(core) = self.core_mut(id) {
+                    core.supply_state(view_id, subgroup, Bytes::from(state));
+                }
+            }
+            Output::ReceiveState {
+                view_id,
+                subgroup,
+                state,
+                ..
+            } => {
+                let digest = decode_digest(&state);
+                if let Some(node) = self.nodes.get_mut(&id) {
+                    node.app[subgroup as usize] = digest;
+                }
+                self.history.push(Event::StateReceived {
+                    at_us: now,
+                    member: me,
+                    view_id,
+                    subgroup,
+                    digest,
+                });
+            }
+            Output::SendsAborted { subgroup, tickets } => {
+                self.history.push(Event::Aborted {
+                    at_us: now,
+                    member: me,
+                    subgroup,
+                    tickets,
+                });
+            }
+            Output::Stopped(reason) => {
+                self.history.push(Event::Stopped {
+                    at_us: now,
+                    member: me,
+                    reason,
+                });
+                self.take_down(id, false);
+            }
+        }
+    }
+
+    fn disk_done_at(&mut self, id: NodeId) -> u64 {
+        let now = self.now_us;
+        let slow = self
+            .nodes
+            .get(&id)
+            .is_some_and(|n| n.disk_slow_until_us > now);
+        let latency = if slow {
+            self.rng.random_range(20_000..=80_000)
+        } else {
+            self.rng.random_range(100..=2_000)
+        };
+        let node = self.nodes.get_mut(&id).expect("caller has a node");
+        let at = node.disk_free_at_us.max(now) + latency;
+        node.disk_free_at_us = at;
+        at
+    }
+
+    /// Heal phase: waits for one view over every live node, then sends probes and waits
+    /// for them to be delivered everywhere.
+    fn check_progress(&mut self) {
+        let converged = self.converged();
+        if converged && self.probes_sent {
+            self.finish(true);
+            return;
+        }
+        if converged {
+            self.probes_sent = true;
+            let members: Vec<(NodeId, Vec<u32>)> = self
+                .nodes
+                .iter()
+                .filter_map(|(id, n)| {
+                    let core = n.core.as_ref()?;
+                    let view = core.view()?;
+                    let subgroups = (0..view.shards.len())
+                        .filter(|g| view.shard_of(*g, core.me()).is_some())
+                        .map(|g| g as u32)
+                        .collect();
+                    Some((*id, subgroups))
+                })
+                .collect();
+            for (id, subgroups) in members {
+                for subgroup in subgroups {
+                    let payload = Bytes::from(vec![0xab; 8]);
+                    self.send_payload(id, subgroup, payload, true);
+                }
+            }
+        }
+        if self.now_us > self.sc.safety_phase_us + HEAL_DEADLINE_US {
+            self.finish(false);
+            return;
+        }
+        self.schedule(self.now_us + 50_000, Action::Check);
+    }
+
+    fn converged(&self) -> bool {
+        let cores: Vec<&Core> = self
+            .nodes
+            .values()
+            .filter_map(|n| n.core.as_ref())
+            .collect();
+        if cores.len() != self.nodes.len() || cores.iter().any(|c| !c.is_quiescent()) {
+            return false;
+        }
+        let views: BTreeSet<ViewId> = cores
+            .iter()
+            .filter_map(|c| c.view().map(|v| v.id))
+            .collect();
+        if views.len() != 1 {
+            return false;
+        }
+        let view = cores[0].view().expect("quiescent members have views");
+        view.members.len() == cores.len() && cores.iter().all(|c| view.contains(c.me()))
+    }
+
+    fn finish(&mut self, converged: bool) {
+        if !converged && std::env::var_os("SQUALL_SIM_DEBUG").is_some() {
+            for core in self.nodes.values().filter_map(|n| n.core.as_ref()) {
+                eprintln!("{}", core.status_line());
+            }
+        }
+        let live: Vec<MemberId> = self
+            .nodes
+            .values()
+            .filter_map(|n| n.core.as_ref().map(Core::me))
+            .collect();
+        self.history.push(Event::Finished {
+            at_us: self.now_us,
+            live,
+            converged,
+        });
+        self.finished = true;
+    }
+}
+
+fn decode_digest(state: &[u8]) -> StateDigest {
+    let word = |range: std::ops::Range<usize>| {
+        state
+            .get(range)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(u64::MAX, u64::from_le_bytes)
+    };
+    StateDigest {
+        applied: word(0..8),
+        chain: word(8..16),
+    }
+}

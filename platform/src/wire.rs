@@ -1,0 +1,74 @@
+//! Messages between protocol cores. These are in-memory types; a transport (next layer)
+//! encodes them. Every message travels over a FIFO link from one member to another, and
+//! the receiver applies them in arrival order.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::ids::{NodeId, ViewId};
+use crate::row::Row;
+use crate::view::View;
+
+/// One entry of a sender's multicast stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Item {
+    Message(Bytes),
+    /// A run of null messages: they fill the sender's round-robin slots so idle senders
+    /// never hold up delivery; they are never delivered to the application.
+    Nulls(u32),
+}
+
+impl Item {
+    pub fn slots(&self) -> u64 {
+        match self {
+            Item::Message(_) => 1,
+            Item::Nulls(n) => u64::from(*n),
+        }
+    }
+}
+
+/// Consecutive messages of one sender in one subgroup, starting at `first_index`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataRun {
+    pub subgroup: u32,
+    pub first_index: u64,
+    pub items: Vec<Item>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// The batched traffic of one flush to one peer: multicast data first, then the
+    /// sender's latest state-table row (which acknowledges everything before it).
+    Update {
+        view_id: ViewId,
+        data: Vec<DataRun>,
+        row: Option<Arc<Row>>,
+    },
+    /// A new node (or a new incarnation) asks to be admitted.
+    JoinRequest,
+    /// "I am not the leader, ask this node."
+    Redirect { leader: NodeId },
+    /// Sent by a view's leader to the members it admitted (and by any member to a member
+    /// that asks again).
+    Welcome { view: Arc<View> },
+    /// Shard state for a member new to the shard, as of the start of `view_id`.
+    State {
+        view_id: ViewId,
+        subgroup: u32,
+        shard: u32,
+        state: Bytes,
+    },
+    /// "You are not (or no longer) a member as far as view `view_id` is concerned."
+    Evicted { view_id: ViewId },
+}
+
+impl Wire {
+    /// The view this message belongs to, for messages that are only meaningful in one view.
+    pub fn view_id(&self) -> Option<ViewId> {
+        match self {
+            Wire::Update { view_id, .. } | Wire::State { view_id, .. } => Some(*view_id),
+            _ => None,
+        }
+    }
+}
