@@ -387,6 +387,11 @@ impl Core {
         )
     }
 
+    /// A shard of this member waits for its state transfer (sent or received).
+    pub fn awaiting_state(&self) -> bool {
+        self.shards.iter().flatten().any(ShardState::holding)
+    }
+
     /// This member asked to leave and has not been removed yet.
     pub fn is_leaving(&self) -> bool {
         self.leave_requested
@@ -653,7 +658,10 @@ impl Core {
             Wire::Redirect { .. } => {}
             Wire::Welcome { .. } => {}
             Wire::Evicted { view_id } => {
-                let evicted = view_id > view.id || (view_id == view.id && from_rank.is_some());
+                // Only a member we still trust can evict us: a member we suspect is
+                // already on its way out and its opinion no longer counts.
+                let trusted = from_rank.is_some_and(|r| !self.is_suspected(r));
+                let evicted = view_id > view.id || (view_id == view.id && trusted);
                 if evicted {
                     self.stop(StopReason::Evicted);
                 }
@@ -662,7 +670,8 @@ impl Core {
                 self.buffer_future(from, msg)
             }
             Wire::Update { view_id, .. } | Wire::State { view_id, .. } if view_id < view.id => {
-                if from_rank.is_none() {
+                // A member lagging in an older view: if we have given up on it, tell it.
+                if from_rank.is_none_or(|r| self.is_suspected(r)) {
                     self.notify_evicted(from);
                 }
             }
@@ -899,10 +908,6 @@ impl Core {
                     changed = true;
                 }
             }
-            if row.leaving && !self.is_suspected(r) && !self.my_row().wedged {
-                self.my_row_mut().wedged = true;
-                changed = true;
-            }
         }
         let failed = self.my_row().suspected.iter().filter(|s| **s).count();
         if failed > 0
@@ -1083,9 +1088,9 @@ impl Core {
                 .shard(g)
                 .map_or(0, |row| row.received[shard.me]);
             if (index + 1) * shard.senders() > self.cfg.view_slots_max {
-                if !self.my_row().wedged {
+                if !self.my_row().roll_requested {
                     // Epoch roll: ask for a new view with the same members.
-                    self.my_row_mut().wedged = true;
+                    self.my_row_mut().roll_requested = true;
                 }
                 break;
             }
@@ -1284,12 +1289,10 @@ impl Core {
             }
         } else if !self.adopted && self.committed.is_none() {
             let proposal = mine.expect("leading implies a proposal");
-            let covered = (0..n)
-                .filter(|r| self.is_suspected(*r) || self.rows[*r].leaving)
-                .all(|r| {
-                    let m = self.current_view().members[r];
-                    proposal.change.failed.contains(&m) || proposal.change.left.contains(&m)
-                });
+            let covered = (0..n).filter(|r| self.is_suspected(*r)).all(|r| {
+                let m = self.current_view().members[r];
+                proposal.change.failed.contains(&m) || proposal.change.left.contains(&m)
+            });
             if !covered {
                 changed |= self.propose_fresh();
             }
@@ -1315,7 +1318,9 @@ impl Core {
         let n = self.view_size();
         // A wedged row without suspicion or leave is an epoch roll request.
         !self.pending_joins.is_empty()
-            || (0..n).any(|r| self.is_suspected(r) || self.rows[r].leaving || self.rows[r].wedged)
+            || (0..n).any(|r| {
+                self.is_suspected(r) || self.rows[r].leaving || self.rows[r].roll_requested
+            })
     }
 
     /// Proposes removal of every suspected and leaving member and admission of pending
@@ -1343,9 +1348,15 @@ impl Core {
                     .any(|m| m.node == j.node && !change.failed.contains(m))
             })
             .collect();
-        if next_view(&self.cfg, &view, &change).is_err() {
-            // Inadequate: stay wedged until joins make the layout feasible.
-            self.my_row_mut().wedged = true;
+        if next_view(&self.cfg, &view, &change).is_err() && !change.left.is_empty() {
+            // Leaving would under-provision a shard: those leaves wait for joins, the
+            // rest of the change goes ahead.
+            change.left.clear();
+        }
+        let roll = (0..view.members.len()).any(|r| self.rows[r].roll_requested);
+        let empty = change == Change::default();
+        if (empty && !roll) || next_view(&self.cfg, &view, &change).is_err() {
+            // Inadequate: wedged (by the suspicion) until joins make the layout feasible.
             return false;
         }
         self.adopted = false;
@@ -1753,6 +1764,10 @@ impl Core {
     }
 
     fn install_next_view(&mut self) {
+        // Peers of the ending view may still wait for my final row (my `done`): push it
+        // before the view's links are reset.
+        self.row_dirty = true;
+        self.flush();
         let next = self.next_view.take().expect("install follows commit");
         for g in 0..self.shards.len() {
             let Some(shard) = self.shards[g].as_ref() else {

@@ -67,6 +67,8 @@ pub struct Row {
     /// By rank. Monotonic within a view: suspicion is never withdrawn.
     pub suspected: Vec<bool>,
     pub leaving: bool,
+    /// This member's stream reached the view's slot limit: it asks for an epoch roll.
+    pub roll_requested: bool,
     pub wedged: bool,
     /// The latest proposal this member published (as leader) or acknowledged.
     pub proposal: Option<Arc<Proposal>>,
@@ -82,6 +84,7 @@ impl Row {
             view_id,
             suspected: vec![false; members],
             leaving: false,
+            roll_requested: false,
             wedged: false,
             proposal: None,
             committed: None,

@@ -225,6 +225,8 @@ struct SimNode {
     disk_free_at_us: u64,
     disk_slow_until_us: u64,
     paused_until_us: u64,
+    /// A pause long enough to get the node suspected; it counts as lost until then.
+    long_pause_until_us: u64,
     /// Actions that reached the node while it was paused, in arrival order.
     backlog: std::collections::VecDeque<Action>,
     resume_scheduled: bool,
@@ -537,7 +539,12 @@ impl Simulation {
             Action::Resume { node } => self.resume(node),
             Action::Restart { node } => {
                 if self.nodes.get(&node).is_some_and(|n| n.core.is_none()) {
-                    self.start_node(node, false);
+                    let others_quiet = self.quiet_except(node);
+                    if self.healing || others_quiet {
+                        self.start_node(node, false);
+                    } else {
+                        self.schedule(self.now_us + 50_000, Action::Restart { node });
+                    }
                 }
             }
             Action::Crash => {
@@ -608,6 +615,9 @@ impl Simulation {
                 };
                 if let Some(node) = self.nodes.get_mut(&victim) {
                     node.paused_until_us = self.now_us + pause;
+                    if pause > timeout_us / 3 {
+                        node.long_pause_until_us = self.now_us + pause + timeout_us;
+                    }
                 }
             }
             Action::SlowDisk { duration_us } => {
@@ -619,12 +629,30 @@ impl Simulation {
                 }
             }
             Action::Join => {
+                if !self.quiet() {
+                    self.schedule(self.now_us + 50_000, Action::Join);
+                    return;
+                }
+                if !self.quiet() {
+                    self.schedule(self.now_us + 50_000, Action::Join);
+                    return;
+                }
                 let id = self.next_node_id;
                 self.next_node_id += 1;
                 self.start_node(id, false);
             }
             Action::Leave => {
-                let candidates = self.safe_victims(1);
+                // Only leaves the layout can absorb; others would wait for joins.
+                let live = self.live_members();
+                let candidates: Vec<NodeId> = self
+                    .safe_victims(1)
+                    .into_iter()
+                    .filter(|n| {
+                        let rest: Vec<MemberId> =
+                            live.iter().copied().filter(|m| m.node != *n).collect();
+                        self.sc.layout.allocate(None, &rest).is_ok()
+                    })
+                    .collect();
                 if let Some(victim) = self.pick(&candidates) {
                     if let Some(core) = self.core_mut(victim) {
                         core.leave();
@@ -687,12 +715,24 @@ impl Simulation {
         let doomed = self.doomed();
         self.nodes
             .values()
+            .filter(|n| n.long_pause_until_us <= self.now_us)
             .filter_map(|n| n.core.as_ref())
             .filter(|c| {
                 c.is_member() && !self.minority.contains(&c.me().node) && !doomed.contains(&c.me())
             })
             .map(Core::me)
             .collect()
+    }
+
+    /// Nothing is degraded: every node runs as a healthy member. Joins and restarts wait
+    /// for this during the safety phase, so one fault never cascades past a majority.
+    fn quiet(&self) -> bool {
+        self.live_members().len() == self.nodes.len()
+            && self
+                .nodes
+                .values()
+                .filter_map(|n| n.core.as_ref())
+                .all(|c| !c.awaiting_state() && c.committed_next_view().is_none())
     }
 
     /// Members someone suspects, or that are leaving: they will not be in the next view.
@@ -729,7 +769,7 @@ impl Simulation {
             .nodes
             .values()
             .filter_map(|n| n.core.as_ref())
-            .any(|c| !c.is_member());
+            .any(|c| !c.is_member() || c.awaiting_state());
         if pending_joiners {
             // Keep it simple while someone is being admitted: no new loss.
             return false;
@@ -742,6 +782,18 @@ impl Simulation {
                     .flatten()
                     .all(|s| s.members.is_empty() || s.members.iter().any(|m| live.contains(m)))
         })
+    }
+
+    /// `quiet`, ignoring the one node that is down and about to restart.
+    fn quiet_except(&self, restarting: NodeId) -> bool {
+        let others = self.nodes.iter().filter(|(id, _)| **id != restarting);
+        let live: BTreeSet<MemberId> = self.live_members().into_iter().collect();
+        others
+            .clone()
+            .all(|(_, n)| n.core.as_ref().is_some_and(|c| live.contains(&c.me())))
+            && others
+                .filter_map(|(_, n)| n.core.as_ref())
+                .all(|c| !c.awaiting_state() && c.committed_next_view().is_none())
     }
 
     fn safe_victims(&self, _already: usize) -> Vec<NodeId> {
