@@ -1773,14 +1773,21 @@ impl Core {
             let Some(shard) = self.shards[g].as_ref() else {
                 continue;
             };
-            // Every surviving shard member has now persisted the whole trimmed view.
-            if let Some(version) = shard.last_version {
-                if shard.global_persisted < Some(version) {
-                    self.outputs.push(Output::GlobalPersisted {
-                        subgroup: g as u32,
-                        version,
-                    });
-                }
+            // The whole trimmed view is durable at every shard member that carries into the
+            // next view, if each of them said so (a suspected one may not have).
+            let Some(version) = shard.last_version else {
+                continue;
+            };
+            let confirmed = shard.ranks.iter().all(|r| {
+                *r == self.my_rank
+                    || !next.contains(self.current_view().members[*r])
+                    || self.rows[*r].shard(g).is_some_and(|row| row.done)
+            });
+            if confirmed && shard.global_persisted < Some(version) {
+                self.outputs.push(Output::GlobalPersisted {
+                    subgroup: g as u32,
+                    version,
+                });
             }
         }
         if !next.contains(self.me) {

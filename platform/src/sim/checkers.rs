@@ -694,13 +694,24 @@ pub fn liveness_after_heal(h: &History) -> Check {
         );
     }
     let mut delivered: BTreeSet<(MemberId, PayloadId)> = BTreeSet::new();
+    // Where each sender delivered its own message: the view whose shard owes it.
+    let mut own_view: HashMap<PayloadId, (ViewId, u32, u32)> = HashMap::new();
     let mut aborted: BTreeSet<(MemberId, SendTicket)> = BTreeSet::new();
     for event in &h.events {
         match event {
             Event::Delivered {
-                member, payload, ..
+                member,
+                sender,
+                payload,
+                view_id,
+                subgroup,
+                shard,
+                ..
             } => {
                 delivered.insert((*member, *payload));
+                if member == sender {
+                    own_view.insert(*payload, (*view_id, *subgroup, *shard));
+                }
             }
             Event::Aborted {
                 member, tickets, ..
@@ -708,10 +719,10 @@ pub fn liveness_after_heal(h: &History) -> Check {
             _ => {}
         }
     }
+    let views = h.views();
     for event in &h.events {
         let Event::Sent {
             member,
-            subgroup,
             ticket,
             payload,
             probe,
@@ -733,19 +744,25 @@ pub fn liveness_after_heal(h: &History) -> Check {
             );
         }
         if *probe {
-            let shard = view.shards[*subgroup as usize]
-                .iter()
-                .find(|s| s.members.contains(member));
+            let Some((view_id, g, s)) = own_view.get(payload) else {
+                continue;
+            };
+            let shard = views
+                .get(view_id)
+                .map(|v| &v.shards[*g as usize][*s as usize]);
             for m in shard.map(|s| s.members.as_slice()).unwrap_or(&[]) {
                 if !delivered.contains(&(*m, *payload)) {
                     return fail(
                         "liveness_after_heal",
-                        format!("probe #{payload} from {member} never reached {m}"),
+                        format!(
+                            "probe #{payload} from {member} (view {view_id}) never reached {m}"
+                        ),
                     );
                 }
             }
         }
     }
+    let _ = view;
     Ok(())
 }
 

@@ -253,6 +253,7 @@ struct Simulation {
     large_payloads: usize,
     healing: bool,
     probes_sent: bool,
+    converged_checks: u32,
     finished: bool,
 }
 
@@ -276,6 +277,7 @@ impl Simulation {
             large_payloads: 0,
             healing: false,
             probes_sent: false,
+            converged_checks: 0,
             finished: false,
         }
     }
@@ -1150,10 +1152,16 @@ impl Simulation {
     fn check_progress(&mut self) {
         let converged = self.converged();
         if converged && self.probes_sent {
-            self.finish(true);
-            return;
+            // Twice in a row, so nothing (a raw-mode probe) is still in flight.
+            if self.converged_checks >= 1 {
+                self.finish(true);
+                return;
+            }
+            self.converged_checks += 1;
+        } else {
+            self.converged_checks = 0;
         }
-        if converged {
+        if converged && !self.probes_sent {
             self.probes_sent = true;
             let members: Vec<(NodeId, Vec<u32>)> = self
                 .nodes
