@@ -506,11 +506,11 @@ impl Core {
         if !self.is_member() {
             return;
         }
-        if let Some(r) = self.current_view().rank_of(member) {
-            if r != self.my_rank {
-                self.suspect_rank(r);
-                self.progress();
-            }
+        if let Some(r) = self.current_view().rank_of(member)
+            && r != self.my_rank
+        {
+            self.suspect_rank(r);
+            self.progress();
         }
     }
 
@@ -919,16 +919,14 @@ impl Core {
             return true;
         }
         for shard in self.shards.iter().flatten() {
-            if shard.hold_for_state {
-                if let Some(src) = shard
+            if shard.hold_for_state
+                && let Some(src) = shard
                     .state_source
                     .and_then(|s| self.current_view().rank_of(s))
-                {
-                    if self.is_suspected(src) {
-                        self.stop(StopReason::StateTransferFailed);
-                        return true;
-                    }
-                }
+                && self.is_suspected(src)
+            {
+                self.stop(StopReason::StateTransferFailed);
+                return true;
             }
         }
         changed
@@ -1201,14 +1199,14 @@ impl Core {
         let Some(shard) = self.shards[g].as_mut() else {
             return;
         };
-        if let Some(version) = shard.last_version {
-            if shard.persist_asked < Some(version) {
-                shard.persist_asked = Some(version);
-                self.outputs.push(Output::Persist {
-                    subgroup: g as u32,
-                    version,
-                });
-            }
+        if let Some(version) = shard.last_version
+            && shard.persist_asked < Some(version)
+        {
+            shard.persist_asked = Some(version);
+            self.outputs.push(Output::Persist {
+                subgroup: g as u32,
+                version,
+            });
         }
     }
 
@@ -1297,18 +1295,17 @@ impl Core {
                 changed |= self.propose_fresh();
             }
         }
-        if self.committed.is_none() {
-            if let Some(proposal) = self.my_row().proposal.clone() {
-                if proposal.ballot.leader == self.me {
-                    let all_acked = (0..n)
-                        .filter(|r| !self.is_suspected(*r))
-                        .all(|r| self.rows[r].acked_ballot() == Some(proposal.ballot));
-                    if all_acked {
-                        self.my_row_mut().committed = Some(proposal.ballot);
-                        self.commit(proposal);
-                        changed = true;
-                    }
-                }
+        if self.committed.is_none()
+            && let Some(proposal) = self.my_row().proposal.clone()
+            && proposal.ballot.leader == self.me
+        {
+            let all_acked = (0..n)
+                .filter(|r| !self.is_suspected(*r))
+                .all(|r| self.rows[r].acked_ballot() == Some(proposal.ballot));
+            if all_acked {
+                self.my_row_mut().committed = Some(proposal.ballot);
+                self.commit(proposal);
+                changed = true;
             }
         }
         changed
@@ -1423,16 +1420,14 @@ impl Core {
                 changed = true;
             }
         }
-        if self.committed.is_none() {
-            if let (Some(committed), Some(mine)) =
+        if self.committed.is_none()
+            && let (Some(committed), Some(mine)) =
                 (leader_row.committed, self.my_row().proposal.clone())
-            {
-                if mine.ballot == committed {
-                    self.my_row_mut().committed = Some(committed);
-                    self.commit(mine);
-                    changed = true;
-                }
-            }
+            && mine.ballot == committed
+        {
+            self.my_row_mut().committed = Some(committed);
+            self.commit(mine);
+            changed = true;
         }
         changed
     }
@@ -1508,10 +1503,8 @@ impl Core {
             .unsuspected_shard_ranks(g)
             .iter()
             .all(|r| *r == self.my_rank || self.rows[*r].wedged);
-        if ready {
-            if let Some(row) = self.my_row_mut().shards[g].as_mut() {
-                row.flush_ready = true;
-            }
+        if ready && let Some(row) = self.my_row_mut().shards[g].as_mut() {
+            row.flush_ready = true;
         }
         ready
     }
@@ -1749,10 +1742,8 @@ impl Core {
             }
             DeliveryMode::Ordered => shard.trim_applied && shard.persisted >= shard.last_version,
         };
-        if done {
-            if let Some(row) = self.my_row_mut().shards[g].as_mut() {
-                row.done = true;
-            }
+        if done && let Some(row) = self.my_row_mut().shards[g].as_mut() {
+            row.done = true;
         }
         done
     }
@@ -1812,16 +1803,15 @@ impl Core {
         let mut my_row = Row::empty(view.id, n, subgroups);
         if let Some(prev) = &previous {
             for (r, m) in view.members.iter().enumerate() {
-                if let Some(old_rank) = prev.rank_of(*m) {
-                    if *m != self.me
-                        && self
-                            .rows
-                            .get(old_rank)
-                            .is_some_and(|_| self.my_row().suspected[old_rank])
-                    {
-                        my_row.suspected[r] = true;
-                        my_row.wedged = true;
-                    }
+                if let Some(old_rank) = prev.rank_of(*m)
+                    && *m != self.me
+                    && self
+                        .rows
+                        .get(old_rank)
+                        .is_some_and(|_| self.my_row().suspected[old_rank])
+                {
+                    my_row.suspected[r] = true;
+                    my_row.wedged = true;
                 }
             }
         }

@@ -172,14 +172,15 @@ impl Layout {
                     }
                 }
             }
+            #[allow(clippy::needless_range_loop)] // indexes both `shards` and `sub.shards`
             loop {
                 let mut placed = false;
                 for s in 0..shards.len() {
-                    if shards[s].len() < sub.shards[s].max_nodes {
-                        if let Some(m) = unassigned.pop_front() {
-                            shards[s].push(m);
-                            placed = true;
-                        }
+                    if shards[s].len() < sub.shards[s].max_nodes
+                        && let Some(m) = unassigned.pop_front()
+                    {
+                        shards[s].push(m);
+                        placed = true;
                     }
                 }
                 if !placed {

@@ -32,7 +32,10 @@ fn fail(checker: &'static str, message: String) -> Check {
 }
 
 /// Every checker, in a fixed order.
-pub const CHECKERS: &[(&str, fn(&History) -> Check)] = &[
+/// A named checker over a history.
+pub type Checker = (&'static str, fn(&History) -> Check);
+
+pub const CHECKERS: &[Checker] = &[
     ("view_agreement", view_agreement),
     ("total_order", total_order),
     ("sender_fifo", sender_fifo),
@@ -45,6 +48,16 @@ pub const CHECKERS: &[(&str, fn(&History) -> Check)] = &[
     ("state_transfer", state_transfer),
     ("liveness_after_heal", liveness_after_heal),
 ];
+
+/// Every checker but liveness: what must hold in every run, whatever the faults.
+pub fn check_safety(history: &History) -> Check {
+    for (name, checker) in CHECKERS {
+        if *name != "liveness_after_heal" {
+            checker(history)?;
+        }
+    }
+    Ok(())
+}
 
 pub fn check_all(history: &History) -> Check {
     for (_, checker) in CHECKERS {
@@ -84,16 +97,16 @@ pub fn view_agreement(h: &History) -> Check {
                 ),
             );
         }
-        if let Some(prev) = last.insert(*member, view.id) {
-            if view.id != prev + 1 {
-                return fail(
-                    "view_agreement",
-                    format!(
-                        "{member} installed view {} right after view {prev}",
-                        view.id
-                    ),
-                );
-            }
+        if let Some(prev) = last.insert(*member, view.id)
+            && view.id != prev + 1
+        {
+            return fail(
+                "view_agreement",
+                format!(
+                    "{member} installed view {} right after view {prev}",
+                    view.id
+                ),
+            );
         }
     }
     Ok(())
@@ -117,34 +130,32 @@ pub fn total_order(h: &History) -> Check {
         else {
             continue;
         };
-        if let Some(other) = version_of.insert(*payload, *version) {
-            if other != *version {
-                return fail(
-                    "total_order",
-                    format!(
-                        "payload #{payload} delivered as {other} and as {version} (at {member})"
-                    ),
-                );
-            }
+        if let Some(other) = version_of.insert(*payload, *version)
+            && other != *version
+        {
+            return fail(
+                "total_order",
+                format!("payload #{payload} delivered as {other} and as {version} (at {member})"),
+            );
         }
-        if let Some(other) = payload_at.insert((*subgroup, *shard, *version), *payload) {
-            if other != *payload {
-                return fail(
-                    "total_order",
-                    format!(
-                        "subgroup {subgroup} shard {shard} version {version} is payload #{other} at one member, \
+        if let Some(other) = payload_at.insert((*subgroup, *shard, *version), *payload)
+            && other != *payload
+        {
+            return fail(
+                "total_order",
+                format!(
+                    "subgroup {subgroup} shard {shard} version {version} is payload #{other} at one member, \
                          #{payload} at {member}"
-                    ),
-                );
-            }
+                ),
+            );
         }
-        if let Some(prev) = last.insert((*member, *subgroup), *version) {
-            if prev >= *version {
-                return fail(
-                    "total_order",
-                    format!("{member} delivered {version} after {prev} in subgroup {subgroup}"),
-                );
-            }
+        if let Some(prev) = last.insert((*member, *subgroup), *version)
+            && prev >= *version
+        {
+            return fail(
+                "total_order",
+                format!("{member} delivered {version} after {prev} in subgroup {subgroup}"),
+            );
         }
     }
     Ok(())
@@ -168,16 +179,16 @@ pub fn sender_fifo(h: &History) -> Check {
         let Some((_, ticket)) = tickets.get(payload) else {
             continue;
         };
-        if let Some(prev) = last.insert((*member, *sender, *subgroup), *ticket) {
-            if prev >= *ticket {
-                return fail(
-                    "sender_fifo",
-                    format!(
-                        "{member} delivered {sender}'s send #{} after its send #{}",
-                        ticket.0, prev.0
-                    ),
-                );
-            }
+        if let Some(prev) = last.insert((*member, *sender, *subgroup), *ticket)
+            && prev >= *ticket
+        {
+            return fail(
+                "sender_fifo",
+                format!(
+                    "{member} delivered {sender}'s send #{} after its send #{}",
+                    ticket.0, prev.0
+                ),
+            );
         }
     }
     Ok(())
@@ -276,8 +287,8 @@ pub fn stability_before_delivery(h: &History) -> Check {
     let views = h.views();
     // (receiver, sender, view, subgroup) -> received prefix length with the event index
     // at which each arrival happened.
-    let mut arrivals: HashMap<(MemberId, MemberId, ViewId, u32), Vec<(u64, u64, usize)>> =
-        HashMap::new();
+    type ArrivalKey = (MemberId, MemberId, ViewId, u32);
+    let mut arrivals: HashMap<ArrivalKey, Vec<(u64, u64, usize)>> = HashMap::new();
     let mut trimmed: HashMap<(ViewId, u32, u32), Vec<MemberId>> = HashMap::new();
     for (i, event) in h.events.iter().enumerate() {
         match event {
@@ -545,15 +556,15 @@ pub fn persistence_frontier(h: &History) -> Check {
                 version,
                 ..
             } => {
-                if let Some(prev) = last.insert((*member, *subgroup), *version) {
-                    if prev >= *version {
-                        return fail(
-                            "persistence_frontier",
-                            format!(
-                                "{member}'s frontier in subgroup {subgroup} went from {prev} to {version}"
-                            ),
-                        );
-                    }
+                if let Some(prev) = last.insert((*member, *subgroup), *version)
+                    && prev >= *version
+                {
+                    return fail(
+                        "persistence_frontier",
+                        format!(
+                            "{member}'s frontier in subgroup {subgroup} went from {prev} to {version}"
+                        ),
+                    );
                 }
                 let Some(view) = views.get(&version.view_id()) else {
                     continue;
@@ -630,15 +641,15 @@ pub fn state_transfer(h: &History) -> Check {
             );
         };
         for old in shard.members.iter().filter(|m| !shard.joined.contains(m)) {
-            if let Some(expected) = at_install.get(&(*view_id, *subgroup, *old)) {
-                if expected != digest {
-                    return fail(
-                        "state_transfer",
-                        format!(
-                            "{member} received {digest:?} in view {view_id}, but {old} held {expected:?}"
-                        ),
-                    );
-                }
+            if let Some(expected) = at_install.get(&(*view_id, *subgroup, *old))
+                && expected != digest
+            {
+                return fail(
+                    "state_transfer",
+                    format!(
+                        "{member} received {digest:?} in view {view_id}, but {old} held {expected:?}"
+                    ),
+                );
             }
         }
     }

@@ -295,7 +295,8 @@ impl Simulation {
         }
         let end = self.sc.safety_phase_us;
         let start = 200_000.min(end / 4);
-        let faults: Vec<(usize, fn(u64) -> Action)> = vec![
+        type FaultMaker = fn(u64) -> Action;
+        let faults: Vec<(usize, FaultMaker)> = vec![
             (self.sc.crashes, |_| Action::Crash),
             (self.sc.partitions, |d| Action::Partition { duration_us: d }),
             (self.sc.slow_nodes, |d| Action::SlowNode { duration_us: d }),
@@ -624,10 +625,10 @@ impl Simulation {
             }
             Action::SlowDisk { duration_us } => {
                 let live: Vec<NodeId> = self.live_members().into_iter().map(|m| m.node).collect();
-                if let Some(victim) = self.pick(&live) {
-                    if let Some(node) = self.nodes.get_mut(&victim) {
-                        node.disk_slow_until_us = self.now_us + duration_us;
-                    }
+                if let Some(victim) = self.pick(&live)
+                    && let Some(node) = self.nodes.get_mut(&victim)
+                {
+                    node.disk_slow_until_us = self.now_us + duration_us;
                 }
             }
             Action::Join => {
@@ -823,18 +824,18 @@ impl Simulation {
         }
         let others: Vec<NodeId> = self.nodes.keys().copied().filter(|n| *n != id).collect();
         for other in others {
-            if let Some(obs) = self.nodes.get(&other) {
-                if let Some(incarnation) = obs.core.as_ref().map(|_| obs.incarnation) {
-                    let delay = self.rng.random_range(1_000..=30_000);
-                    self.schedule(
-                        self.now_us + delay,
-                        Action::Suspect {
-                            node: other,
-                            incarnation,
-                            target: member,
-                        },
-                    );
-                }
+            if let Some(obs) = self.nodes.get(&other)
+                && let Some(incarnation) = obs.core.as_ref().map(|_| obs.incarnation)
+            {
+                let delay = self.rng.random_range(1_000..=30_000);
+                self.schedule(
+                    self.now_us + delay,
+                    Action::Suspect {
+                        node: other,
+                        incarnation,
+                        target: member,
+                    },
+                );
             }
         }
         let node = self.nodes.get_mut(&id).expect("present");
@@ -978,13 +979,13 @@ impl Simulation {
                     .get(&key)
                     .copied()
                     .unwrap_or(UNKNOWN_PAYLOAD);
-                if d.version.is_some() {
-                    if let Some(node) = self.nodes.get_mut(&id) {
-                        let state = &mut node.app[d.subgroup as usize];
-                        state.applied += 1;
-                        state.chain = state.chain.rotate_left(7)
-                            ^ payload.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                    }
+                if d.version.is_some()
+                    && let Some(node) = self.nodes.get_mut(&id)
+                {
+                    let state = &mut node.app[d.subgroup as usize];
+                    state.applied += 1;
+                    state.chain =
+                        state.chain.rotate_left(7) ^ payload.wrapping_mul(0x9e37_79b9_7f4a_7c15);
                 }
                 self.history.push(Event::Delivered {
                     at_us: now,
