@@ -1,9 +1,25 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need and runs every test.
+# The test command (README, Quick start): installs what the tests need, then runs every
+# check CI runs: formatting, lints and the whole test suite (which runs 1,000 simulator
+# seeds under every safety checker). The soak (README command 1) also checks liveness after
+# heal, which still fails on about 1% of seeds (issue 2, open), so it is not part of CI yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt
-rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy
-cargo fmt --all -- --check
-cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
+
+# rustfmt and clippy come with most toolchains; add them only where they are missing.
+missing=()
+cargo fmt --version >/dev/null 2>&1 || missing+=(rustfmt)
+cargo clippy --version >/dev/null 2>&1 || missing+=(clippy)
+if ((${#missing[@]} > 0)); then
+  echo "+ rustup component add ${missing[*]}"
+  rustup component add "${missing[@]}"
+fi
+
+run() {
+  echo "+ $*"
+  "$@"
+}
+
+run cargo fmt --all -- --check
+run cargo clippy --workspace --all-targets -- -D warnings
+run cargo test --workspace
