@@ -956,7 +956,7 @@ impl Core {
                 changed |= self.send_nulls(g);
             }
             self.request_persist(g);
-            changed |= self.update_global_persistence(g);
+            self.update_global_persistence(g);
         }
         changed
     }
@@ -1210,12 +1210,14 @@ impl Core {
         }
     }
 
-    fn update_global_persistence(&mut self, g: usize) -> bool {
+    /// Emits `GlobalPersisted` when the minimum persisted version over the shard grows. An
+    /// output only: it changes nothing the predicates read.
+    fn update_global_persistence(&mut self, g: usize) {
         let Some(shard) = self.shards[g].as_ref() else {
-            return false;
+            return;
         };
         if shard.mode == DeliveryMode::Raw {
-            return false;
+            return;
         }
         let frontier = shard
             .ranks
@@ -1224,18 +1226,17 @@ impl Core {
             .min()
             .flatten();
         let Some(frontier) = frontier else {
-            return false;
+            return;
         };
         let shard = self.shards[g].as_mut().expect("checked above");
         if shard.global_persisted.is_some_and(|p| p >= frontier) {
-            return false;
+            return;
         }
         shard.global_persisted = Some(frontier);
         self.outputs.push(Output::GlobalPersisted {
             subgroup: g as u32,
             version: frontier,
         });
-        false
     }
 
     // ----- membership: propose, acknowledge, commit ----------------------------------

@@ -773,7 +773,6 @@ pub fn liveness_after_heal(h: &History) -> Check {
             }
         }
     }
-    let _ = view;
     Ok(())
 }
 

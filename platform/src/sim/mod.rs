@@ -551,7 +551,7 @@ impl Simulation {
                 }
             }
             Action::Crash => {
-                let candidates = self.safe_victims(1);
+                let candidates = self.safe_victims();
                 if let Some(victim) = self.pick(&candidates) {
                     self.take_down(victim, true);
                 }
@@ -566,7 +566,7 @@ impl Simulation {
                     .random_range(1..=(live.len().saturating_sub(1) / 2).max(1));
                 let mut side = Vec::new();
                 for _ in 0..size {
-                    let candidates: Vec<NodeId> = self.safe_victims(side.len() + 1);
+                    let candidates: Vec<NodeId> = self.safe_victims();
                     let candidates: Vec<NodeId> = candidates
                         .into_iter()
                         .filter(|c| !side.contains(c))
@@ -648,7 +648,7 @@ impl Simulation {
                 // Only leaves the layout can absorb; others would wait for joins.
                 let live = self.live_members();
                 let candidates: Vec<NodeId> = self
-                    .safe_victims(1)
+                    .safe_victims()
                     .into_iter()
                     .filter(|n| {
                         let rest: Vec<MemberId> =
@@ -799,7 +799,7 @@ impl Simulation {
                 .all(|c| !c.awaiting_state() && c.committed_next_view().is_none())
     }
 
-    fn safe_victims(&self, _already: usize) -> Vec<NodeId> {
+    fn safe_victims(&self) -> Vec<NodeId> {
         if self.healing {
             return Vec::new();
         }
