@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, Quick start): installs what the tests need, then runs every
 # check CI runs: formatting, lints and the whole test suite (which runs 1,000 simulator
-# seeds under every safety checker). The soak (README command 1) also checks liveness after
-# heal, which still fails on about 1% of seeds (issue 2, open), so it is not part of CI yet.
+# seeds under every checker, liveness after heal included). Longer soaks are README
+# command 1 with a larger --seeds range.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -65,8 +65,6 @@ pub enum StopReason {
     MinorityPartition,
     /// We asked to leave and the group has installed a view without us.
     Left,
-    /// Our state source failed before it sent us the shard's state.
-    StateTransferFailed,
     /// The buffer of messages for views we have not installed overflowed.
     FellBehind,
 }
@@ -628,6 +626,13 @@ impl Core {
                         self.progress();
                     }
                 }
+                // A sign of life from a member still finishing the view before ours: it
+                // carries nothing to replay once we are in.
+                Wire::Update {
+                    ref data,
+                    row: None,
+                    ..
+                } if data.is_empty() => {}
                 Wire::Update { .. } | Wire::State { .. } => self.buffer_future(from, msg),
                 Wire::JoinRequest | Wire::Evicted { .. } => {}
             },
@@ -710,6 +715,9 @@ impl Core {
                         shard: shard.shard as u32,
                         state,
                     });
+                    if let Some(row) = self.my_row_mut().shards[g].as_mut() {
+                        row.awaiting_state = false;
+                    }
                 }
             }
         }
@@ -918,17 +926,6 @@ impl Core {
             self.stop(StopReason::MinorityPartition);
             return true;
         }
-        for shard in self.shards.iter().flatten() {
-            if shard.hold_for_state
-                && let Some(src) = shard
-                    .state_source
-                    .and_then(|s| self.current_view().rank_of(s))
-                && self.is_suspected(src)
-            {
-                self.stop(StopReason::StateTransferFailed);
-                return true;
-            }
-        }
         changed
     }
 
@@ -1081,6 +1078,11 @@ impl Core {
             let Some(shard) = self.shards[g].as_ref() else {
                 return false;
             };
+            if shard.hold_for_state {
+                // New to the shard: its messages wait until it holds the state, so a
+                // failed transfer never strands a message this member sent.
+                break;
+            }
             let index = self
                 .my_row()
                 .shard(g)
@@ -1109,7 +1111,8 @@ impl Core {
         let Some(shard) = self.shards[g].as_ref() else {
             return false;
         };
-        if shard.mode == DeliveryMode::Raw || !self.pending_sends[g].is_empty() {
+        let sending = !self.pending_sends[g].is_empty() && !shard.hold_for_state;
+        if shard.mode == DeliveryMode::Raw || sending {
             return false;
         }
         let Some(row) = self.my_row().shard(g) else {
@@ -1242,6 +1245,9 @@ impl Core {
     // ----- membership: propose, acknowledge, commit ----------------------------------
 
     fn membership(&mut self) -> bool {
+        if self.learn_commit() {
+            return true;
+        }
         let leader = self.believed_leader();
         if leader == self.my_rank {
             self.lead()
@@ -1346,13 +1352,29 @@ impl Core {
                     .any(|m| m.node == j.node && !change.failed.contains(m))
             })
             .collect();
+        for (r, m) in view.members.iter().enumerate() {
+            if change.failed.contains(m) || change.left.contains(m) {
+                continue;
+            }
+            // A joiner holds the state only once its row says so (a row not seen yet
+            // proves nothing).
+            for (g, shards) in view.shards.iter().enumerate() {
+                let joiner = shards.iter().any(|sv| sv.joined.contains(m));
+                let has_state = self.rows[r].shard(g).is_some_and(|row| !row.awaiting_state);
+                if joiner && !has_state {
+                    change.stateless.push((*m, g as u32));
+                }
+            }
+        }
+        change.stateless.sort();
         if next_view(&self.cfg, &view, &change).is_err() && !change.left.is_empty() {
             // Leaving would under-provision a shard: those leaves wait for joins, the
             // rest of the change goes ahead.
             change.left.clear();
         }
         let roll = (0..view.members.len()).any(|r| self.rows[r].roll_requested);
-        let empty = change == Change::default();
+        // Members being fed state are no reason for a new view on their own.
+        let empty = change.failed.is_empty() && change.left.is_empty() && change.joined.is_empty();
         if (empty && !roll) || next_view(&self.cfg, &view, &change).is_err() {
             // Inadequate: wedged (by the suspicion) until joins make the layout feasible.
             return false;
@@ -1433,6 +1455,43 @@ impl Core {
         changed
     }
 
+    /// A decision is a fact whoever reports it: a row (even a suspected member's final
+    /// one) that shows its proposal committed tells us the next view. Without this, a
+    /// leader that crashes mid-commit strands the members that missed it, waiting for
+    /// acks from members that have already installed the next view.
+    fn learn_commit(&mut self) -> bool {
+        if self.committed.is_some() {
+            return false;
+        }
+        let view_id = self.current_view().id;
+        let decided = self.rows.iter().find_map(|row| {
+            let proposal = row.proposal.as_ref()?;
+            (row.committed == Some(proposal.ballot) && proposal.view_id == view_id)
+                .then(|| Arc::clone(proposal))
+        });
+        let Some(proposal) = decided else {
+            return false;
+        };
+        if proposal.change.failed.contains(&self.me)
+            || (proposal.change.left.contains(&self.me) && !self.leave_requested)
+        {
+            self.stop(StopReason::Evicted);
+            return true;
+        }
+        let view = Arc::clone(self.current_view());
+        for m in &proposal.change.failed {
+            if let Some(r) = view.rank_of(*m) {
+                self.suspect_rank(r);
+            }
+        }
+        let row = self.my_row_mut();
+        row.proposal = Some(Arc::clone(&proposal));
+        row.committed = Some(proposal.ballot);
+        row.wedged = true;
+        self.commit(proposal);
+        true
+    }
+
     fn commit(&mut self, proposal: Arc<Proposal>) {
         let view = Arc::clone(self.current_view());
         match next_view(&self.cfg, &view, &proposal.change) {
@@ -1476,6 +1535,18 @@ impl Core {
             return true;
         }
         changed
+    }
+
+    /// This member waits for the shard's state from a source we suspect: it will never
+    /// come in this view.
+    fn state_abandoned(&self, g: usize) -> bool {
+        self.shards[g].as_ref().is_some_and(|shard| {
+            shard.hold_for_state
+                && shard
+                    .state_source
+                    .and_then(|s| self.current_view().rank_of(s))
+                    .is_some_and(|r| self.is_suspected(r))
+        })
     }
 
     fn unsuspected_shard_ranks(&self, g: usize) -> Vec<usize> {
@@ -1656,12 +1727,30 @@ impl Core {
             }
         }
         let shard = self.shards[g].as_ref().expect("caller checked");
-        if shard.trim_applied || shard.holding() {
+        let abandoned = self.state_abandoned(g);
+        if shard.trim_applied || (shard.holding() && !abandoned) {
             return false;
         }
         let Some(trim) = self.my_row().shard(g).and_then(|row| row.trim.clone()) else {
             return false;
         };
+        if abandoned {
+            // Without the shard's state these messages mean nothing here; the next view
+            // sends this member the state, trimmed messages included.
+            let echoed = self.unsuspected_shard_ranks(g).iter().all(|r| {
+                self.rows[*r]
+                    .shard(g)
+                    .and_then(|row| row.trim.as_ref())
+                    .is_some_and(|t| t.received == trim.received)
+            });
+            if !echoed {
+                return false;
+            }
+            let shard = self.shards[g].as_mut().expect("caller checked");
+            shard.inbox.iter_mut().for_each(VecDeque::clear);
+            shard.trim_applied = true;
+            return true;
+        }
         let echoed = self.unsuspected_shard_ranks(g).iter().all(|r| {
             self.rows[*r]
                 .shard(g)
@@ -1738,7 +1827,7 @@ impl Core {
         let done = match shard.mode {
             DeliveryMode::Raw => {
                 self.my_row().shard(g).is_some_and(|row| row.flush_ready)
-                    && !shard.holding()
+                    && (!shard.holding() || self.state_abandoned(g))
                     && shard.inbox.iter().all(VecDeque::is_empty)
             }
             DeliveryMode::Ordered => shard.trim_applied && shard.persisted >= shard.last_version,
@@ -1766,14 +1855,17 @@ impl Core {
                 continue;
             };
             // The whole trimmed view is durable at every shard member that carries into the
-            // next view, if each of them said so (a suspected one may not have).
+            // next view, if each of them said so (a suspected one may not have; one still
+            // without the shard's state dropped the trim and persisted none of it).
             let Some(version) = shard.last_version else {
                 continue;
             };
             let confirmed = shard.ranks.iter().all(|r| {
                 *r == self.my_rank
                     || !next.contains(self.current_view().members[*r])
-                    || self.rows[*r].shard(g).is_some_and(|row| row.done)
+                    || self.rows[*r]
+                        .shard(g)
+                        .is_some_and(|row| row.done && !row.awaiting_state)
             });
             if confirmed && shard.global_persisted < Some(version) {
                 self.outputs.push(Output::GlobalPersisted {
@@ -1858,6 +1950,7 @@ impl Core {
             }
             my_row.shards[g] = Some(ShardRow {
                 received: vec![0; senders],
+                awaiting_state: hold_for_state,
                 ..ShardRow::default()
             });
             self.shards[g] = Some(ShardState {
@@ -1933,7 +2026,7 @@ impl Core {
             return;
         };
         let members = members.clone();
-        let Ok(shards) = self.cfg.layout.allocate(None, &members) else {
+        let Ok(shards) = self.cfg.layout.allocate(None, &members, &[]) else {
             return;
         };
         let view = View {
@@ -2004,6 +2097,34 @@ impl Core {
         if push_row {
             self.row_dirty = false;
             self.last_push_ms = self.now_ms;
+            self.heartbeat_next_view_joiners(&view);
+        }
+    }
+
+    /// While we finish the old view (a slow trim log, say), members that join in the
+    /// committed next view hear nothing from us, and may have installed it already:
+    /// without a sign of life they would suspect us and evict a healthy shard. An empty
+    /// old-view update is that sign; it carries no data and no row.
+    fn heartbeat_next_view_joiners(&mut self, view: &View) {
+        let Some(next) = self.next_view.as_ref() else {
+            return;
+        };
+        let newcomers: Vec<MemberId> = next
+            .members
+            .iter()
+            .copied()
+            .filter(|m| *m != self.me && view.rank_of(*m).is_none())
+            .collect();
+        for member in newcomers {
+            self.outputs.push(Output::Send {
+                to: member.node,
+                incarnation: Some(member.incarnation),
+                msg: Wire::Update {
+                    view_id: view.id,
+                    data: Vec::new(),
+                    row: None,
+                },
+            });
         }
     }
 
@@ -2100,7 +2221,9 @@ pub fn next_view(cfg: &CoreConfig, view: &View, change: &Change) -> Result<View,
             joined.push(*j);
         }
     }
-    let shards = cfg.layout.allocate(Some(view), &members)?;
+    let shards = cfg
+        .layout
+        .allocate(Some(view), &members, &change.stateless)?;
     Ok(View {
         id: view.id + 1,
         members,

@@ -32,6 +32,10 @@ pub struct Change {
     pub left: Vec<MemberId>,
     /// Admitted joiners in admission order.
     pub joined: Vec<MemberId>,
+    /// `(member, subgroup)` pairs, sorted: surviving members that hold no state for that
+    /// subgroup because their state transfer never completed (their source failed). The
+    /// next view feeds them state again from a member that holds it.
+    pub stateless: Vec<(MemberId, u32)>,
 }
 
 /// The ragged trim of one shard: for each sender rank, how many of its messages are
@@ -59,6 +63,8 @@ pub struct ShardRow {
     pub trim: Option<Arc<Trim>>,
     /// Trimmed messages delivered and persisted here.
     pub done: bool,
+    /// This member is new to the shard and has not received its state yet.
+    pub awaiting_state: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -124,6 +124,12 @@ pub enum Event {
     Healed {
         at_us: u64,
     },
+    /// A slow-node fault: the node handles nothing until `until_us`.
+    Paused {
+        at_us: u64,
+        node: u32,
+        until_us: u64,
+    },
     HealStarted {
         at_us: u64,
     },

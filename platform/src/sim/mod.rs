@@ -187,6 +187,9 @@ enum Action {
         node: NodeId,
         incarnation: u32,
         target: MemberId,
+        /// A broken link noticed late: void if that partition healed before the notice
+        /// (a link that came back in time never looked broken).
+        partition: Option<u64>,
     },
     AppSend {
         node: NodeId,
@@ -245,6 +248,14 @@ struct Simulation {
     link_free_at_us: HashMap<(NodeId, NodeId), u64>,
     /// Nodes cut off from the rest by the active partition.
     minority: BTreeSet<NodeId>,
+    /// Counts partitions, so late notices of a healed one can be told apart.
+    partition_epoch: u64,
+    /// Messages that reached a cut link, in arrival order.
+    held: Vec<Action>,
+    /// Links of a broken cut: they never carry data again.
+    broken_links: BTreeSet<(MemberId, MemberId)>,
+    /// Partitions (by epoch) that broke before they healed.
+    broken_cuts: BTreeSet<u64>,
     history: History,
     payload_ids: HashMap<(usize, usize), PayloadId>,
     /// Keeps every sent payload alive so buffer addresses are never reused.
@@ -271,6 +282,10 @@ impl Simulation {
             next_node_id: 0,
             link_free_at_us: HashMap::new(),
             minority: BTreeSet::new(),
+            partition_epoch: 0,
+            held: Vec::new(),
+            broken_links: BTreeSet::new(),
+            broken_cuts: BTreeSet::new(),
             payload_ids: HashMap::new(),
             payloads: Vec::new(),
             zero_anchor: Bytes::from(vec![0u8; 1 << 16]),
@@ -414,6 +429,30 @@ impl Simulation {
     }
 
     fn apply(&mut self, action: Action) {
+        // A link-break notice is judged when it fires, even at a paused observer: the
+        // link's timeout belongs to the transport, not to the stalled process.
+        let action = match action {
+            Action::Suspect {
+                node,
+                incarnation,
+                target,
+                partition: Some(epoch),
+            } => {
+                if epoch == self.partition_epoch && !self.minority.is_empty() {
+                    self.break_cut(epoch);
+                } else if !self.broken_cuts.contains(&epoch) {
+                    // The cut healed before anyone gave up on it.
+                    return;
+                }
+                Action::Suspect {
+                    node,
+                    incarnation,
+                    target,
+                    partition: None,
+                }
+            }
+            other => other,
+        };
         let target = match &action {
             Action::Net { to, .. } => Some(*to),
             Action::Tick { node, .. }
@@ -443,7 +482,18 @@ impl Simulation {
                 if node.core.is_none() || incarnation.is_some_and(|i| i != node.incarnation) {
                     return;
                 }
+                let receiver = MemberId::new(to, node.incarnation);
+                if self.broken_links.contains(&link_key(receiver, from)) {
+                    return;
+                }
                 if self.minority.contains(&to) != self.minority.contains(&from.node) {
+                    // Like TCP, a cut link holds its messages until it heals or breaks.
+                    self.held.push(Action::Net {
+                        to,
+                        incarnation,
+                        from,
+                        msg,
+                    });
                     return;
                 }
                 if let Wire::Update { view_id, data, .. } = &msg {
@@ -529,10 +579,12 @@ impl Simulation {
                 node,
                 incarnation,
                 target,
+                partition,
             } => {
                 if !self.alive(node, incarnation) {
                     return;
                 }
+                debug_assert!(partition.is_none(), "judged before deferral");
                 if let Some(core) = self.core_mut(node) {
                     core.suspect(target);
                 }
@@ -582,6 +634,7 @@ impl Simulation {
                     return;
                 }
                 self.minority = side.iter().copied().collect();
+                self.partition_epoch += 1;
                 self.history.push(Event::Partitioned {
                     at_us: self.now_us,
                     minority: side.clone(),
@@ -599,6 +652,7 @@ impl Simulation {
             Action::Heal => {
                 if !self.minority.is_empty() {
                     self.minority.clear();
+                    self.release_held();
                     self.history.push(Event::Healed { at_us: self.now_us });
                 }
             }
@@ -616,6 +670,11 @@ impl Simulation {
                 } else {
                     duration_us.min(timeout_us / 3)
                 };
+                self.history.push(Event::Paused {
+                    at_us: self.now_us,
+                    node: victim,
+                    until_us: self.now_us + pause,
+                });
                 if let Some(node) = self.nodes.get_mut(&victim) {
                     node.paused_until_us = self.now_us + pause;
                     if pause > timeout_us / 3 {
@@ -653,7 +712,7 @@ impl Simulation {
                     .filter(|n| {
                         let rest: Vec<MemberId> =
                             live.iter().copied().filter(|m| m.node != *n).collect();
-                        self.sc.layout.allocate(None, &rest).is_ok()
+                        self.sc.layout.allocate(None, &rest, &[]).is_ok()
                     })
                     .collect();
                 if let Some(victim) = self.pick(&candidates) {
@@ -667,19 +726,55 @@ impl Simulation {
                 self.healing = true;
                 self.history.push(Event::HealStarted { at_us: self.now_us });
                 self.minority.clear();
+                self.release_held();
                 let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
                 for id in ids {
                     let node = self.nodes.get_mut(&id).expect("listed");
                     node.paused_until_us = node.paused_until_us.min(self.now_us);
+                    node.long_pause_until_us = node.long_pause_until_us.min(self.now_us);
                     node.disk_slow_until_us = 0;
+                    let resume_now = !node.backlog.is_empty();
                     if node.core.is_none() && !node.restart_scheduled {
                         node.restart_scheduled = true;
                         self.schedule(self.now_us + 1_000, Action::Restart { node: id });
+                    }
+                    if resume_now {
+                        // Its resume was due at the old end of the pause: bring it forward.
+                        self.schedule(self.now_us, Action::Resume { node: id });
                     }
                 }
                 self.schedule(self.now_us + 50_000, Action::Check);
             }
             Action::Check => self.check_progress(),
+        }
+    }
+
+    /// Someone declared a link across the cut broken. The cut is one fault: every link
+    /// across it breaks, what they held is lost, and every late notice of it stands
+    /// even if the cut heals first. (Links breaking one by one would let a minority
+    /// node's suspicions of majority nodes leak back after the heal.)
+    fn break_cut(&mut self, epoch: u64) {
+        if !self.broken_cuts.insert(epoch) {
+            return;
+        }
+        let members: Vec<MemberId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.core.is_some())
+            .map(|(id, n)| MemberId::new(*id, n.incarnation))
+            .collect();
+        for a in members.iter().filter(|m| self.minority.contains(&m.node)) {
+            for b in members.iter().filter(|m| !self.minority.contains(&m.node)) {
+                self.broken_links.insert(link_key(*a, *b));
+            }
+        }
+        self.held.clear();
+    }
+
+    /// The cut healed: links that did not break deliver what they held, in order.
+    fn release_held(&mut self) {
+        for action in std::mem::take(&mut self.held) {
+            self.schedule(self.now_us, action);
         }
     }
 
@@ -709,6 +804,7 @@ impl Simulation {
                 node: observer,
                 incarnation,
                 target,
+                partition: Some(self.partition_epoch),
             },
         );
     }
@@ -780,10 +876,14 @@ impl Simulation {
         self.views_in_play().iter().all(|v| {
             let up = v.members.iter().filter(|m| live.contains(m)).count();
             up * 2 > v.members.len()
-                && v.shards
-                    .iter()
-                    .flatten()
-                    .all(|s| s.members.is_empty() || s.members.iter().any(|m| live.contains(m)))
+                && v.shards.iter().flatten().all(|s| {
+                    // Coverage counts holders of the state: a member still being fed it
+                    // (listed as joined) cannot carry the shard alone.
+                    s.members.is_empty()
+                        || s.members
+                            .iter()
+                            .any(|m| live.contains(m) && !s.joined.contains(m))
+                })
         })
     }
 
@@ -834,6 +934,7 @@ impl Simulation {
                         node: other,
                         incarnation,
                         target: member,
+                        partition: None,
                     },
                 );
             }
@@ -954,9 +1055,6 @@ impl Simulation {
                 incarnation,
                 msg,
             } => {
-                if self.minority.contains(&id) != self.minority.contains(&to) {
-                    return;
-                }
                 let delay =
                     self.sc.link_delay_base_us + self.rng.random_range(0..=self.sc.link_jitter_us);
                 let free = self.link_free_at_us.get(&(id, to)).copied().unwrap_or(0);
@@ -1242,4 +1340,9 @@ fn decode_digest(state: &[u8]) -> StateDigest {
         applied: word(0..8),
         chain: word(8..16),
     }
+}
+
+/// Both directions of a link between two incarnations, as one key.
+fn link_key(a: MemberId, b: MemberId) -> (MemberId, MemberId) {
+    if a <= b { (a, b) } else { (b, a) }
 }
