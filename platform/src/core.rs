@@ -1176,11 +1176,14 @@ impl Core {
             }
             let runs = &mut self.outbox[*rank];
             match runs.last_mut() {
-                Some(run)
-                    if run.subgroup == g as u32
-                        && run.first_index + run.items.iter().map(Item::slots).sum::<u64>()
-                            == index =>
-                {
+                // Contiguous by construction: `index` advances by exactly the slots
+                // appended, and a flush takes the whole outbox.
+                Some(run) if run.subgroup == g as u32 => {
+                    debug_assert_eq!(
+                        run.first_index + run.items.iter().map(Item::slots).sum::<u64>(),
+                        index,
+                        "an outbox run must stay contiguous"
+                    );
                     match (run.items.last_mut(), &item) {
                         (Some(Item::Nulls(a)), Item::Nulls(b)) if a.checked_add(*b).is_some() => {
                             *a += *b

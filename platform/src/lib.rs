@@ -5,6 +5,7 @@
 //! The core does no I/O: a driver feeds it messages, clock ticks, failure reports and
 //! persistence completions, and executes the [`Output`] commands it returns.
 
+pub mod codec;
 pub mod config;
 pub mod core;
 pub mod ids;

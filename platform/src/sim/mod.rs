@@ -14,6 +14,7 @@
 
 pub mod checkers;
 pub mod history;
+pub mod history_io;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -58,6 +59,9 @@ pub struct Scenario {
     pub slow_disks: usize,
     pub joins: usize,
     pub leaves: usize,
+    /// Every message sent is also encoded and decoded, and must come back equal (the
+    /// original travels on: payload identity matters to the checkers).
+    pub codec_check: bool,
 }
 
 impl Scenario {
@@ -126,6 +130,7 @@ impl Scenario {
             slow_disks: if faulty { rng.random_range(0..=2) } else { 0 },
             joins: if faulty { rng.random_range(0..=2) } else { 0 },
             leaves: if faulty { rng.random_range(0..=1) } else { 0 },
+            codec_check: seed.is_multiple_of(4),
         }
     }
 }
@@ -1055,6 +1060,17 @@ impl Simulation {
                 incarnation,
                 msg,
             } => {
+                if self.sc.codec_check {
+                    let mut frame = bytes::BytesMut::new();
+                    crate::codec::encode(&msg, &mut frame);
+                    let back = crate::codec::decode(frame.freeze(), &Default::default());
+                    assert_eq!(
+                        back.as_ref(),
+                        Ok(&msg),
+                        "seed {}: codec round trip",
+                        self.sc.seed
+                    );
+                }
                 let delay =
                     self.sc.link_delay_base_us + self.rng.random_range(0..=self.sc.link_jitter_us);
                 let free = self.link_free_at_us.get(&(id, to)).copied().unwrap_or(0);

@@ -1,0 +1,12 @@
+//! Runs Squall's protocol core ([`squall_platform::Core`]) between real processes: a
+//! tokio driver that owns the core, a [`transport::Transport`] trait with its TCP
+//! implementation, and the hookup of a durable [`squall_log::LogStore`].
+//!
+//! The core stays pure; everything here is I/O: sockets, the clock, files, threads.
+
+pub mod frame;
+pub mod node;
+pub mod transport;
+
+pub use node::{AppEvent, NodeConfig, NodeError, NodeEvent, NodeHandle, NodeSendError, start_node};
+pub use transport::{Inbound, TcpConfig, TcpTransport, Transport};

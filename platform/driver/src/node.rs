@@ -1,0 +1,563 @@
+//! The driver: one tokio task owns a node's protocol core, feeds it the transport's
+//! messages, the real clock and the log's completions, and executes its commands.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use squall_log::{LogError, LogStore, Record, ShardKey};
+use squall_platform::codec;
+use squall_platform::{
+    Ballot, ConfigError, Core, CoreConfig, Delivery, MemberId, NodeId, Output, SendError,
+    SendTicket, StopReason, Version, View, ViewId, Wire,
+};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, info_span, warn};
+
+use crate::transport::{Inbound, Transport};
+
+/// Kinds of metadata records in the log.
+pub const META_VIEW: u8 = 1;
+pub const META_TRIM: u8 = 2;
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub core: CoreConfig,
+    pub me: MemberId,
+    /// Found a new group (this node is its first member) rather than join one.
+    pub found: bool,
+    /// Nodes to ask for admission when joining.
+    pub contacts: Vec<NodeId>,
+    /// How often the core's clock advances.
+    pub tick_interval_ms: u64,
+    /// Application events buffered before the node waits for the application.
+    pub events_max: usize,
+    /// Commands buffered before callers wait.
+    pub commands_max: usize,
+}
+
+/// An [`AppEvent`] stamped with the wall clock when the driver produced it: before any
+/// peer can have learned of it, so histories of processes on one machine sort causally.
+#[derive(Clone, Debug)]
+pub struct NodeEvent {
+    pub at_us: u64,
+    pub event: AppEvent,
+}
+
+/// What the node tells its application, in order.
+#[derive(Clone, Debug)]
+pub enum AppEvent {
+    Installed(Arc<View>),
+    Delivered(Delivery),
+    SendsAborted {
+        subgroup: u32,
+        tickets: Vec<SendTicket>,
+    },
+    /// Every delivered version of `subgroup` up to `version` is durable here.
+    Persisted {
+        subgroup: u32,
+        version: Version,
+    },
+    /// ... and at every member of the shard.
+    GlobalPersisted {
+        subgroup: u32,
+        version: Version,
+    },
+    TrimLogged {
+        view_id: ViewId,
+        subgroup: u32,
+        received: Vec<u64>,
+    },
+    Trimmed {
+        view_id: ViewId,
+        subgroup: u32,
+        shard: u32,
+        received: Vec<u64>,
+    },
+    /// Answer with [`NodeHandle::supply_state`]: the shard's state as of now.
+    StateRequested {
+        view_id: ViewId,
+        subgroup: u32,
+        shard: u32,
+    },
+    StateReceived {
+        view_id: ViewId,
+        subgroup: u32,
+        shard: u32,
+        state: Bytes,
+    },
+    Stopped(StopReason),
+}
+
+#[derive(Debug)]
+enum Command {
+    Send {
+        subgroup: u32,
+        payload: Bytes,
+        reply: oneshot::Sender<Result<SendTicket, SendError>>,
+    },
+    SupplyState {
+        view_id: ViewId,
+        subgroup: u32,
+        state: Bytes,
+    },
+    Leave,
+}
+
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error("core configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("log: {0}")]
+    Log(#[from] LogError),
+    #[error("starting the log thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The application's side of a running node.
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl NodeHandle {
+    /// Multicasts `payload` in `subgroup`. `Backlogged` means: retry later.
+    pub async fn send(&self, subgroup: u32, payload: Bytes) -> Result<SendTicket, NodeSendError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Send {
+                subgroup,
+                payload,
+                reply,
+            })
+            .await
+            .map_err(|_| NodeSendError::Stopped)?;
+        answer
+            .await
+            .map_err(|_| NodeSendError::Stopped)?
+            .map_err(NodeSendError::Core)
+    }
+
+    pub async fn supply_state(&self, view_id: ViewId, subgroup: u32, state: Bytes) {
+        let _ = self
+            .commands
+            .send(Command::SupplyState {
+                view_id,
+                subgroup,
+                state,
+            })
+            .await;
+    }
+
+    pub async fn leave(&self) {
+        let _ = self.commands.send(Command::Leave).await;
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum NodeSendError {
+    #[error(transparent)]
+    Core(SendError),
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// Work for the log thread; it answers through [`LogDone`].
+#[derive(Debug)]
+enum LogWork {
+    Append(ShardKey, Record),
+    /// Persist everything appended for `subgroup` up to `version`.
+    Sync {
+        subgroup: u32,
+        version: Version,
+    },
+    Meta {
+        kind: u8,
+        bytes: Bytes,
+        then: Option<LogDone>,
+    },
+}
+
+#[derive(Debug)]
+enum LogDone {
+    Persisted {
+        subgroup: u32,
+        version: Version,
+    },
+    TrimLogged {
+        view_id: ViewId,
+        subgroup: u32,
+        ballot: Ballot,
+        received: Vec<u64>,
+    },
+    Failed(String),
+}
+
+/// Starts a node: the core task and, with `log`, the log thread. Returns the handle for
+/// commands and the stream of application events.
+pub fn start_node(
+    cfg: NodeConfig,
+    transport: Arc<dyn Transport>,
+    inbound: mpsc::Receiver<Inbound>,
+    log: Option<Box<dyn LogStore + Send>>,
+) -> Result<(NodeHandle, mpsc::Receiver<NodeEvent>), NodeError> {
+    let clock = Instant::now();
+    let core = if cfg.found {
+        Core::found(cfg.core.clone(), cfg.me, 0)?
+    } else {
+        Core::join(cfg.core.clone(), cfg.me, cfg.contacts.clone(), 0)?
+    };
+    let (commands_tx, commands) = mpsc::channel(cfg.commands_max);
+    let (events_tx, events) = mpsc::channel(cfg.events_max);
+    let (done_tx, done) = mpsc::channel(cfg.commands_max);
+    let log_tx = match log {
+        Some(store) => Some(spawn_log_thread(store, done_tx).map_err(NodeError::Thread)?),
+        None => None,
+    };
+    let driver = Driver {
+        core,
+        transport,
+        events: events_tx,
+        log: log_tx,
+        clock,
+        feedback: VecDeque::new(),
+        last_hlc_us: 0,
+    };
+    tokio::spawn(driver.run(cfg, inbound, commands, done));
+    Ok((
+        NodeHandle {
+            commands: commands_tx,
+        },
+        events,
+    ))
+}
+
+struct Driver {
+    core: Core,
+    transport: Arc<dyn Transport>,
+    events: mpsc::Sender<NodeEvent>,
+    log: Option<std::sync::mpsc::SyncSender<LogWork>>,
+    clock: Instant,
+    /// Completions available at once (no log: persistence is immediate).
+    feedback: VecDeque<LogDone>,
+    last_hlc_us: u64,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        cfg: NodeConfig,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut commands: mpsc::Receiver<Command>,
+        mut done: mpsc::Receiver<LogDone>,
+    ) {
+        let span = info_span!("node", node = cfg.me.node, incarnation = cfg.me.incarnation);
+        let _enter = span.enter();
+        let mut tick = tokio::time::interval(Duration::from_millis(cfg.tick_interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            while let Some(completion) = self.feedback.pop_front() {
+                self.complete(completion).await;
+            }
+            tokio::select! {
+                Some(msg) = inbound.recv() => match msg {
+                    Inbound::Message { from, msg } => self.core.handle_message(from, msg),
+                    Inbound::Broken { peer, reason } => {
+                        info!(%peer, %reason, "suspecting");
+                        self.core.suspect(peer);
+                    }
+                },
+                Some(command) = commands.recv() => match command {
+                    Command::Send { subgroup, payload, reply } => {
+                        let _ = reply.send(self.core.send(subgroup, payload));
+                    }
+                    Command::SupplyState { view_id, subgroup, state } => {
+                        self.core.supply_state(view_id, subgroup, state);
+                    }
+                    Command::Leave => self.core.leave(),
+                },
+                Some(completion) = done.recv() => self.complete(completion).await,
+                _ = tick.tick() => {
+                    let now_ms = self.clock.elapsed().as_millis() as u64;
+                    self.core.tick(now_ms);
+                }
+            }
+            let outputs: Vec<Output> = self.core.drain_outputs().collect();
+            for output in outputs {
+                if let Some(reason) = self.execute(output).await {
+                    info!(?reason, "stopped");
+                    self.emit(AppEvent::Stopped(reason)).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn complete(&mut self, completion: LogDone) {
+        match completion {
+            LogDone::Persisted { subgroup, version } => {
+                // Stamped before the core can tell any peer.
+                let at_us = wall_clock_us();
+                self.core.persisted(subgroup, version);
+                self.emit_at(at_us, AppEvent::Persisted { subgroup, version })
+                    .await;
+            }
+            LogDone::TrimLogged {
+                view_id,
+                subgroup,
+                ballot,
+                received,
+            } => {
+                self.core.trim_persisted(view_id, subgroup, ballot);
+                self.emit(AppEvent::TrimLogged {
+                    view_id,
+                    subgroup,
+                    received,
+                })
+                .await;
+            }
+            LogDone::Failed(reason) => {
+                // A log that cannot write cannot keep promises: stop being a member.
+                warn!(%reason, "log failed; leaving the group");
+                self.core.leave();
+            }
+        }
+    }
+
+    async fn emit(&self, event: AppEvent) {
+        self.emit_at(wall_clock_us(), event).await;
+    }
+
+    /// Waits while the application is behind (backpressure up to the core's inputs).
+    async fn emit_at(&self, at_us: u64, event: AppEvent) {
+        let _ = self.events.send(NodeEvent { at_us, event }).await;
+    }
+
+    fn hlc_us(&mut self) -> u64 {
+        self.last_hlc_us = wall_clock_us().max(self.last_hlc_us + 1);
+        self.last_hlc_us
+    }
+
+    fn queue_log_work(&mut self, work: LogWork) {
+        let Some(log) = &self.log else { return };
+        if log.send(work).is_err() {
+            self.feedback
+                .push_back(LogDone::Failed("log thread ended".to_string()));
+        }
+    }
+
+    /// Executes one command of the core; returns the stop reason when the core stopped.
+    async fn execute(&mut self, output: Output) -> Option<StopReason> {
+        match output {
+            Output::Send {
+                to,
+                incarnation,
+                msg,
+            } => self.transport.send(to, incarnation, msg),
+            Output::Deliver(delivery) => {
+                if let Some(version) = delivery.version
+                    && self.log.is_some()
+                {
+                    let key = ShardKey {
+                        subgroup: delivery.subgroup,
+                        shard: delivery.shard,
+                    };
+                    let record = Record {
+                        version: version.0,
+                        hlc_us: self.hlc_us(),
+                        payload: delivery.payload.clone(),
+                    };
+                    self.queue_log_work(LogWork::Append(key, record));
+                }
+                self.emit(AppEvent::Delivered(delivery)).await;
+            }
+            Output::Persist { subgroup, version } => {
+                if self.log.is_some() {
+                    self.queue_log_work(LogWork::Sync { subgroup, version });
+                } else {
+                    self.feedback
+                        .push_back(LogDone::Persisted { subgroup, version });
+                }
+            }
+            Output::PersistTrim {
+                view_id,
+                subgroup,
+                shard,
+                trim,
+            } => {
+                let done = LogDone::TrimLogged {
+                    view_id,
+                    subgroup,
+                    ballot: trim.ballot,
+                    received: trim.received.clone(),
+                };
+                if self.log.is_some() {
+                    let mut bytes = BytesMut::new();
+                    encode_trim(&mut bytes, view_id, subgroup, shard, &trim.received);
+                    self.queue_log_work(LogWork::Meta {
+                        kind: META_TRIM,
+                        bytes: bytes.freeze(),
+                        then: Some(done),
+                    });
+                } else {
+                    self.feedback.push_back(done);
+                }
+            }
+            Output::Trimmed {
+                view_id,
+                subgroup,
+                shard,
+                received,
+            } => {
+                self.emit(AppEvent::Trimmed {
+                    view_id,
+                    subgroup,
+                    shard,
+                    received,
+                })
+                .await;
+            }
+            Output::GlobalPersisted { subgroup, version } => {
+                self.emit(AppEvent::GlobalPersisted { subgroup, version })
+                    .await;
+            }
+            Output::InstallView(view) => {
+                info!(view = view.id, members = ?view.members, "installed");
+                for gone in view.failed.iter().chain(&view.left) {
+                    self.transport.forget(*gone);
+                }
+                if self.log.is_some() {
+                    let mut bytes = BytesMut::new();
+                    codec::encode(
+                        &Wire::Welcome {
+                            view: Arc::clone(&view),
+                        },
+                        &mut bytes,
+                    );
+                    self.queue_log_work(LogWork::Meta {
+                        kind: META_VIEW,
+                        bytes: bytes.freeze(),
+                        then: None,
+                    });
+                }
+                self.emit(AppEvent::Installed(view)).await;
+            }
+            Output::StateTransferRequest {
+                view_id,
+                subgroup,
+                shard,
+                ..
+            } => {
+                self.emit(AppEvent::StateRequested {
+                    view_id,
+                    subgroup,
+                    shard,
+                })
+                .await;
+            }
+            Output::ReceiveState {
+                view_id,
+                subgroup,
+                shard,
+                state,
+            } => {
+                self.emit(AppEvent::StateReceived {
+                    view_id,
+                    subgroup,
+                    shard,
+                    state,
+                })
+                .await;
+            }
+            Output::SendsAborted { subgroup, tickets } => {
+                self.emit(AppEvent::SendsAborted { subgroup, tickets })
+                    .await;
+            }
+            Output::Stopped(reason) => return Some(reason),
+        }
+        None
+    }
+}
+
+fn wall_clock_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn encode_trim(out: &mut BytesMut, view_id: ViewId, subgroup: u32, shard: u32, received: &[u64]) {
+    use bytes::BufMut;
+    out.put_u32_le(view_id);
+    out.put_u32_le(subgroup);
+    out.put_u32_le(shard);
+    out.put_u32_le(received.len() as u32);
+    for r in received {
+        out.put_u64_le(*r);
+    }
+}
+
+/// The log runs on its own thread (file I/O blocks). It applies work in order and
+/// commits in groups: every sync request queued behind one fsync is answered by it.
+fn spawn_log_thread(
+    mut store: Box<dyn LogStore + Send>,
+    done: mpsc::Sender<LogDone>,
+) -> std::io::Result<std::sync::mpsc::SyncSender<LogWork>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<LogWork>(65_536);
+    std::thread::Builder::new()
+        .name("squall-log".to_string())
+        .spawn(move || {
+            let fail = |done: &mpsc::Sender<LogDone>, e: LogError| {
+                let _ = done.blocking_send(LogDone::Failed(e.to_string()));
+            };
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                let mut synced: Vec<(u32, Version)> = Vec::new();
+                let mut after_sync = Vec::new();
+                for work in batch {
+                    match work {
+                        LogWork::Append(key, record) => {
+                            if let Err(e) = store.append(key, record) {
+                                return fail(&done, e);
+                            }
+                        }
+                        LogWork::Sync { subgroup, version } => {
+                            match synced.iter_mut().find(|(g, _)| *g == subgroup) {
+                                Some((_, v)) => *v = (*v).max(version),
+                                None => synced.push((subgroup, version)),
+                            }
+                        }
+                        LogWork::Meta { kind, bytes, then } => {
+                            if let Err(e) = store.append_meta(kind, bytes) {
+                                return fail(&done, e);
+                            }
+                            after_sync.extend(then);
+                        }
+                    }
+                }
+                if !synced.is_empty()
+                    && let Err(e) = store.sync()
+                {
+                    return fail(&done, e);
+                }
+                for (subgroup, version) in synced {
+                    if done
+                        .blocking_send(LogDone::Persisted { subgroup, version })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                for completion in after_sync {
+                    if done.blocking_send(completion).is_err() {
+                        return;
+                    }
+                }
+            }
+        })?;
+    Ok(tx)
+}

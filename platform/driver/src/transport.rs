@@ -1,0 +1,588 @@
+//! How protocol messages travel between nodes: the [`Transport`] obligations and the TCP
+//! implementation.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use squall_platform::codec::{self, CODEC_VERSION, DecodeLimits};
+use squall_platform::{MemberId, NodeId, Wire};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::frame::{Frame, FrameError, Hello, put_frame, read_frame, write_frame};
+
+/// What the transport hands to the node: messages in link order, and broken links.
+#[derive(Debug)]
+pub enum Inbound {
+    Message {
+        from: MemberId,
+        msg: Wire,
+    },
+    /// The link to `peer` broke (connection lost, silent past the timeout, overflowed or
+    /// spoke garbage). The node suspects `peer`; that incarnation is never heard again.
+    Broken {
+        peer: MemberId,
+        reason: String,
+    },
+}
+
+/// A carrier of protocol messages between nodes. Every implementation must guarantee:
+///
+/// - **FIFO per link, no holes**: messages from one incarnation to another arrive in the
+///   order sent, each once, or the link is reported [`Inbound::Broken`] and carries
+///   nothing from that incarnation again. A suspected incarnation never returns: a node
+///   that restarts comes back with a new incarnation.
+/// - **Incarnation addressing**: a message sent to `Some(incarnation)` reaches only that
+///   incarnation; `None` (join requests) reaches whichever incarnation is up.
+/// - **Bounded**: every queue has a limit; overflowing one breaks the link (reported),
+///   never drops silently.
+///
+/// `send` never blocks: the core's send window and row coalescing bound what a link holds.
+/// An RDMA transport (verbs, cargo feature `rdma`, to come) fits the same trait.
+pub trait Transport: Send + Sync + 'static {
+    fn send(&self, to: NodeId, incarnation: Option<u32>, msg: Wire);
+    /// The node gave up on `peer` (suspected it): close the link and refuse it from now on.
+    fn forget(&self, peer: MemberId);
+}
+
+#[derive(Clone, Debug)]
+pub struct TcpConfig {
+    pub cluster_id: u64,
+    pub me: MemberId,
+    /// Every node of the cluster and where it listens (this node included).
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Largest frame accepted; larger messages travel in chunks.
+    pub frame_bytes_max: usize,
+    /// Messages larger than this are cut into chunks of this size.
+    pub chunk_bytes: usize,
+    /// Largest reassembled message.
+    pub message_bytes_max: usize,
+    /// Messages queued for one peer (connected or not) before its link counts as broken.
+    pub peer_queue_messages_max: usize,
+    /// Transport heartbeats keep a link alive while a large message is in flight.
+    pub heartbeat_interval_ms: u64,
+    /// A link silent this long is broken.
+    pub suspicion_timeout_ms: u64,
+    /// Pause between attempts to (re)connect to a peer.
+    pub connect_retry_ms: u64,
+    pub decode_limits: DecodeLimits,
+}
+
+impl TcpConfig {
+    pub fn new(cluster_id: u64, me: MemberId, peers: BTreeMap<NodeId, SocketAddr>) -> Self {
+        TcpConfig {
+            cluster_id,
+            me,
+            peers,
+            frame_bytes_max: (1 << 20) + 64,
+            chunk_bytes: 1 << 20,
+            message_bytes_max: 80 << 20,
+            peer_queue_messages_max: 65_536,
+            heartbeat_interval_ms: 50,
+            suspicion_timeout_ms: 1_000,
+            connect_retry_ms: 50,
+            decode_limits: DecodeLimits::default(),
+        }
+    }
+}
+
+struct Link {
+    incarnation: u32,
+    serial: u64,
+    tx: mpsc::Sender<Wire>,
+}
+
+#[derive(Default)]
+struct Peer {
+    link: Option<Link>,
+    /// Messages for a peer not connected yet, with the incarnation they are meant for.
+    pending: VecDeque<(Option<u32>, Wire)>,
+    /// Incarnations whose link broke or that the node gave up on.
+    dead: BTreeSet<u32>,
+}
+
+/// One TCP connection per pair of nodes: the lower node id dials, the higher accepts.
+pub struct TcpTransport {
+    cfg: TcpConfig,
+    peers: Mutex<HashMap<NodeId, Peer>>,
+    inbound: mpsc::Sender<Inbound>,
+    serials: AtomicU64,
+}
+
+impl std::fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpTransport")
+            .field("me", &self.cfg.me)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TcpTransport {
+    /// Starts accepting on `listener` and dialing every higher-numbered peer.
+    pub fn start(
+        cfg: TcpConfig,
+        listener: TcpListener,
+        inbound: mpsc::Sender<Inbound>,
+    ) -> Arc<TcpTransport> {
+        let transport = Arc::new(TcpTransport {
+            cfg,
+            peers: Mutex::new(HashMap::new()),
+            inbound,
+            serials: AtomicU64::new(0),
+        });
+        tokio::spawn(Arc::clone(&transport).accept_loop(listener));
+        let me = transport.cfg.me.node;
+        for (&node, &addr) in transport.cfg.peers.iter().filter(|(n, _)| **n > me) {
+            tokio::spawn(Arc::clone(&transport).dial_loop(node, addr));
+        }
+        transport
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<NodeId, Peer>> {
+        // A panic while holding this lock is a bug elsewhere; the map stays usable.
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn hello(&self) -> Hello {
+        Hello::new(
+            self.cfg.cluster_id,
+            self.cfg.me.node,
+            self.cfg.me.incarnation,
+        )
+    }
+
+    fn report_broken(&self, peer: MemberId, reason: String) {
+        warn!(me = %self.cfg.me, %peer, %reason, "link broken");
+        let inbound = self.inbound.clone();
+        tokio::spawn(async move {
+            let _ = inbound.send(Inbound::Broken { peer, reason }).await;
+        });
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, addr) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(me = %self.cfg.me, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(self.cfg.connect_retry_ms)).await;
+                    continue;
+                }
+            };
+            let this = Arc::clone(&self);
+            tokio::spawn(async move {
+                if let Err(reason) = this.accept_one(stream).await {
+                    warn!(me = %this.cfg.me, %addr, %reason, "refused a connection");
+                }
+            });
+        }
+    }
+
+    async fn accept_one(self: &Arc<Self>, stream: TcpStream) -> Result<(), String> {
+        let _ = stream.set_nodelay(true);
+        let (mut rd, mut wr) = stream.into_split();
+        let timeout = Duration::from_millis(self.cfg.suspicion_timeout_ms);
+        let theirs = match tokio::time::timeout(timeout, read_frame(&mut rd, 64)).await {
+            Err(_) => return Err("no hello in time".into()),
+            Ok(Err(e)) => return Err(format!("bad first frame: {e}")),
+            Ok(Ok(Frame::Hello(h))) => h,
+            Ok(Ok(other)) => return Err(format!("first frame is not a hello: {other:?}")),
+        };
+        self.check_hello(&theirs)?;
+        if theirs.node > self.cfg.me.node {
+            return Err(format!("node {} must be dialed by us", theirs.node));
+        }
+        write_frame(&mut wr, &Frame::Hello(self.hello()))
+            .await
+            .map_err(|e| format!("sending hello: {e}"))?;
+        self.install(theirs, rd, wr)
+    }
+
+    async fn dial_loop(self: Arc<Self>, node: NodeId, addr: SocketAddr) {
+        let retry = Duration::from_millis(self.cfg.connect_retry_ms);
+        loop {
+            tokio::time::sleep(retry).await;
+            if self.lock().get(&node).is_some_and(|p| p.link.is_some()) {
+                continue;
+            }
+            if let Err(reason) = self.dial_one(addr).await {
+                debug!(me = %self.cfg.me, node, %reason, "connect failed");
+            }
+        }
+    }
+
+    async fn dial_one(self: &Arc<Self>, addr: SocketAddr) -> Result<(), String> {
+        let timeout = Duration::from_millis(self.cfg.suspicion_timeout_ms);
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (mut rd, mut wr) = stream.into_split();
+        write_frame(&mut wr, &Frame::Hello(self.hello()))
+            .await
+            .map_err(|e| format!("sending hello: {e}"))?;
+        let theirs = match tokio::time::timeout(timeout, read_frame(&mut rd, 64)).await {
+            Err(_) => return Err("no hello in time".into()),
+            Ok(Err(e)) => return Err(format!("bad first frame: {e}")),
+            Ok(Ok(Frame::Hello(h))) => h,
+            Ok(Ok(other)) => return Err(format!("first frame is not a hello: {other:?}")),
+        };
+        self.check_hello(&theirs)?;
+        self.install(theirs, rd, wr)
+    }
+
+    fn check_hello(&self, h: &Hello) -> Result<(), String> {
+        if h.protocol != CODEC_VERSION {
+            return Err(format!(
+                "protocol version {} (we speak {CODEC_VERSION})",
+                h.protocol
+            ));
+        }
+        if h.cluster_id != self.cfg.cluster_id {
+            return Err(format!(
+                "cluster id {:#x} (ours is {:#x})",
+                h.cluster_id, self.cfg.cluster_id
+            ));
+        }
+        if h.node == self.cfg.me.node || !self.cfg.peers.contains_key(&h.node) {
+            return Err(format!("node {} is not a peer of this cluster", h.node));
+        }
+        Ok(())
+    }
+
+    /// Makes a handshaken connection the link to `theirs`, replacing an older incarnation's.
+    fn install(
+        self: &Arc<Self>,
+        theirs: Hello,
+        rd: OwnedReadHalf,
+        wr: OwnedWriteHalf,
+    ) -> Result<(), String> {
+        let peer_id = MemberId::new(theirs.node, theirs.incarnation);
+        let serial = self.serials.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.cfg.peer_queue_messages_max);
+        let mut replaced = None;
+        {
+            let mut peers = self.lock();
+            let peer = peers.entry(theirs.node).or_default();
+            if peer.dead.contains(&theirs.incarnation) {
+                return Err(format!(
+                    "{peer_id} was given up on; it must come back as a new incarnation"
+                ));
+            }
+            if let Some(link) = &peer.link {
+                if link.incarnation >= theirs.incarnation {
+                    return Err(format!(
+                        "{peer_id}: already linked to incarnation {}",
+                        link.incarnation
+                    ));
+                }
+                replaced = Some(MemberId::new(theirs.node, link.incarnation));
+                peer.dead.insert(link.incarnation);
+            }
+            let mut keep = VecDeque::new();
+            for (incarnation, msg) in peer.pending.drain(..) {
+                match incarnation {
+                    Some(i) if i > theirs.incarnation => keep.push_back((incarnation, msg)),
+                    Some(i) if i < theirs.incarnation => {}
+                    _ => {
+                        // The channel is as large as the pending queue's limit.
+                        let _ = tx.try_send(msg);
+                    }
+                }
+            }
+            peer.pending = keep;
+            peer.link = Some(Link {
+                incarnation: theirs.incarnation,
+                serial,
+                tx,
+            });
+        }
+        if let Some(old) = replaced {
+            self.report_broken(
+                old,
+                format!("replaced by incarnation {}", theirs.incarnation),
+            );
+        }
+        info!(me = %self.cfg.me, peer = %peer_id, "link up");
+        tokio::spawn(Arc::clone(self).write_loop(peer_id, serial, wr, rx));
+        tokio::spawn(Arc::clone(self).read_loop(peer_id, serial, rd));
+        Ok(())
+    }
+
+    /// Ends link `serial` to `peer` (if still current) and reports it once.
+    fn link_failed(&self, peer: MemberId, serial: u64, reason: String) {
+        let current = {
+            let mut peers = self.lock();
+            match peers.get_mut(&peer.node) {
+                Some(p) if p.link.as_ref().is_some_and(|l| l.serial == serial) => {
+                    p.link = None;
+                    p.dead.insert(peer.incarnation);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if current {
+            self.report_broken(peer, reason);
+        }
+    }
+
+    async fn write_loop(
+        self: Arc<Self>,
+        peer: MemberId,
+        serial: u64,
+        mut wr: OwnedWriteHalf,
+        mut rx: mpsc::Receiver<Wire>,
+    ) {
+        let beat_every = Duration::from_millis(self.cfg.heartbeat_interval_ms);
+        let mut beat = tokio::time::interval(beat_every);
+        let mut out = BytesMut::new();
+        let mut batch = Vec::new();
+        let result: Result<(), FrameError> = async {
+            loop {
+                tokio::select! {
+                    first = rx.recv() => {
+                        let Some(first) = first else { return Ok(()) };
+                        batch.push(first);
+                        while batch.len() < 1024 {
+                            match rx.try_recv() {
+                                Ok(msg) => batch.push(msg),
+                                Err(_) => break,
+                            }
+                        }
+                        for msg in coalesce(std::mem::take(&mut batch)) {
+                            let mut body = BytesMut::with_capacity(codec::encoded_len(&msg));
+                            codec::encode(&msg, &mut body);
+                            if body.len() <= self.cfg.chunk_bytes {
+                                put_frame(&mut out, &Frame::Message(body.freeze()));
+                                continue;
+                            }
+                            // A large message: chunks, with heartbeats between them.
+                            wr.write_all(&out).await?;
+                            out.clear();
+                            let body = body.freeze();
+                            let mut offset = 0;
+                            while offset < body.len() {
+                                let end = (offset + self.cfg.chunk_bytes).min(body.len());
+                                let chunk = Frame::Chunk { more: end < body.len(), bytes: body.slice(offset..end) };
+                                put_frame(&mut out, &chunk);
+                                if beat_due(&mut beat) {
+                                    put_frame(&mut out, &Frame::Beat);
+                                }
+                                wr.write_all(&out).await?;
+                                out.clear();
+                                offset = end;
+                            }
+                        }
+                        wr.write_all(&out).await?;
+                        out.clear();
+                        wr.flush().await?;
+                    }
+                    _ = beat.tick() => {
+                        write_frame(&mut wr, &Frame::Beat).await?;
+                    }
+                }
+            }
+        }
+        .await;
+        let reason = match result {
+            Ok(()) => "link closed".to_string(),
+            Err(e) => format!("write: {e}"),
+        };
+        let _ = wr.shutdown().await;
+        self.link_failed(peer, serial, reason);
+    }
+
+    async fn read_loop(self: Arc<Self>, peer: MemberId, serial: u64, mut rd: OwnedReadHalf) {
+        let timeout = Duration::from_millis(self.cfg.suspicion_timeout_ms);
+        let mut assembling: Option<BytesMut> = None;
+        let reason = loop {
+            let frame =
+                match tokio::time::timeout(timeout, read_frame(&mut rd, self.cfg.frame_bytes_max))
+                    .await
+                {
+                    Err(_) => break format!("silent for {} ms", self.cfg.suspicion_timeout_ms),
+                    Ok(Err(e)) => break format!("read: {e}"),
+                    Ok(Ok(frame)) => frame,
+                };
+            let body = match frame {
+                Frame::Beat => continue,
+                Frame::Hello(_) => break "a second hello".to_string(),
+                Frame::Message(body) => body,
+                Frame::Chunk { more, bytes } => {
+                    let buf = assembling.get_or_insert_with(BytesMut::new);
+                    if buf.len() + bytes.len() > self.cfg.message_bytes_max {
+                        break format!(
+                            "chunked message exceeds {} bytes",
+                            self.cfg.message_bytes_max
+                        );
+                    }
+                    buf.extend_from_slice(&bytes);
+                    if more {
+                        continue;
+                    }
+                    assembling.take().map_or_else(Bytes::new, BytesMut::freeze)
+                }
+            };
+            let msg = match codec::decode(body, &self.cfg.decode_limits) {
+                Ok(msg) => msg,
+                Err(e) => break format!("undecodable message: {e}"),
+            };
+            if self
+                .inbound
+                .send(Inbound::Message { from: peer, msg })
+                .await
+                .is_err()
+            {
+                break "node stopped".to_string();
+            }
+        };
+        self.link_failed(peer, serial, reason);
+    }
+}
+
+fn beat_due(beat: &mut tokio::time::Interval) -> bool {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let mut cx = Context::from_waker(Waker::noop());
+    matches!(
+        std::pin::pin!(beat.tick()).as_mut().poll(&mut cx),
+        Poll::Ready(_)
+    )
+}
+
+/// Merges consecutive updates of one view into one: data concatenated in order, the
+/// latest row last. A busy link thus never carries stale rows, and the row still follows
+/// every message it acknowledges.
+fn coalesce(batch: Vec<Wire>) -> Vec<Wire> {
+    let mut out: Vec<Wire> = Vec::with_capacity(batch.len());
+    for msg in batch {
+        if let (
+            Some(Wire::Update {
+                view_id: prev_view,
+                data: prev_data,
+                row: prev_row,
+            }),
+            Wire::Update { view_id, data, row },
+        ) = (out.last_mut(), &msg)
+            && *prev_view == *view_id
+        {
+            prev_data.extend(data.iter().cloned());
+            if row.is_some() {
+                prev_row.clone_from(row);
+            }
+            continue;
+        }
+        out.push(msg);
+    }
+    out
+}
+
+impl Transport for TcpTransport {
+    fn send(&self, to: NodeId, incarnation: Option<u32>, msg: Wire) {
+        if to == self.cfg.me.node {
+            return;
+        }
+        let mut broken = None;
+        {
+            let mut peers = self.lock();
+            let peer = peers.entry(to).or_default();
+            if incarnation.is_some_and(|i| peer.dead.contains(&i)) {
+                return;
+            }
+            match &peer.link {
+                Some(link) if incarnation.is_none_or(|i| i == link.incarnation) => {
+                    if link.tx.try_send(msg).is_err() {
+                        let dead = MemberId::new(to, link.incarnation);
+                        peer.dead.insert(link.incarnation);
+                        peer.link = None;
+                        broken = Some((dead, "send queue full".to_string()));
+                    }
+                }
+                Some(link) if incarnation.is_some_and(|i| i < link.incarnation) => {}
+                _ => {
+                    if peer.pending.len() >= self.cfg.peer_queue_messages_max {
+                        // A hole in the link: that incarnation may never be linked now.
+                        if let Some(i) = incarnation {
+                            peer.dead.insert(i);
+                            broken = Some((
+                                MemberId::new(to, i),
+                                "queue for an unconnected peer full".to_string(),
+                            ));
+                        }
+                    } else {
+                        peer.pending.push_back((incarnation, msg));
+                    }
+                }
+            }
+        }
+        if let Some((peer, reason)) = broken {
+            self.report_broken(peer, reason);
+        }
+    }
+
+    fn forget(&self, peer: MemberId) {
+        let mut peers = self.lock();
+        let p = peers.entry(peer.node).or_default();
+        p.dead.insert(peer.incarnation);
+        if p.link
+            .as_ref()
+            .is_some_and(|l| l.incarnation == peer.incarnation)
+        {
+            // Dropping the sender ends the writer, which closes the connection.
+            p.link = None;
+        }
+        p.pending
+            .retain(|(i, _)| i.is_none_or(|i| i != peer.incarnation));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalescing_keeps_data_order_and_the_latest_row() {
+        use squall_platform::{DataRun, Item, Row};
+        let run = |first: u64| DataRun {
+            subgroup: 0,
+            first_index: first,
+            items: vec![Item::Nulls(1)],
+        };
+        let row = |v| Some(Arc::new(Row::empty(v, 2, 1)));
+        let batch = vec![
+            Wire::Update {
+                view_id: 1,
+                data: vec![run(0)],
+                row: row(1),
+            },
+            Wire::Update {
+                view_id: 1,
+                data: vec![run(1)],
+                row: None,
+            },
+            Wire::JoinRequest,
+            Wire::Update {
+                view_id: 1,
+                data: vec![],
+                row: row(1),
+            },
+        ];
+        let out = coalesce(batch);
+        assert_eq!(out.len(), 3);
+        let Wire::Update { data, row, .. } = &out[0] else {
+            panic!("an update first");
+        };
+        assert_eq!(data, &vec![run(0), run(1)]);
+        assert!(row.is_some());
+        assert_eq!(out[1], Wire::JoinRequest);
+    }
+}

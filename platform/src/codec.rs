@@ -1,0 +1,779 @@
+//! The binary encoding of [`Wire`] messages, for transports that carry bytes (TCP, RDMA).
+//!
+//! Little-endian, length-checked, versioned by [`CODEC_VERSION`] (a transport's handshake
+//! refuses peers that speak another). Decoding never trusts a count: every length is
+//! checked against the bytes that remain and against [`DecodeLimits`] before anything is
+//! allocated, so a hostile or corrupt frame costs at most its own size. Payloads (`Item::
+//! Message`, `Wire::State`) are slices of the received frame: decoding copies no payload.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
+
+use crate::ids::{MemberId, Version};
+use crate::layout::DeliveryMode;
+use crate::row::{Ballot, Change, Proposal, Row, ShardRow, Trim};
+use crate::view::{ShardView, View};
+use crate::wire::{DataRun, Item, Wire};
+
+/// Bumped whenever the encoding changes; peers with another version are refused.
+pub const CODEC_VERSION: u16 = 1;
+
+const TAG_UPDATE: u8 = 1;
+const TAG_JOIN_REQUEST: u8 = 2;
+const TAG_REDIRECT: u8 = 3;
+const TAG_WELCOME: u8 = 4;
+const TAG_STATE: u8 = 5;
+const TAG_EVICTED: u8 = 6;
+
+const ITEM_MESSAGE: u8 = 0;
+const ITEM_NULLS: u8 = 1;
+
+/// Bounds on what a decoded message may contain, beyond the frame's own size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Members of a view (and entries of a row's suspicion vector).
+    pub members_max: usize,
+    /// Subgroups of a layout, shards of a subgroup.
+    pub shards_max: usize,
+    /// Data runs in one update, items in one run.
+    pub items_max: usize,
+    /// One message payload or state blob.
+    pub payload_bytes_max: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            members_max: 4096,
+            shards_max: 4096,
+            items_max: 1 << 20,
+            payload_bytes_max: 1 << 30,
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("frame ends inside {what}")]
+    Truncated { what: &'static str },
+    #[error("unknown {what} tag {tag}")]
+    UnknownTag { what: &'static str, tag: u8 },
+    #[error("{what}: {count} exceeds the limit {max}")]
+    TooMany {
+        what: &'static str,
+        count: u64,
+        max: usize,
+    },
+    #[error("{what}: invalid value {value}")]
+    Invalid { what: &'static str, value: u64 },
+    #[error("{0} bytes left over after the message")]
+    Trailing(usize),
+}
+
+/// Appends the encoding of `msg` to `out`.
+pub fn encode(msg: &Wire, out: &mut BytesMut) {
+    match msg {
+        Wire::Update { view_id, data, row } => {
+            out.put_u8(TAG_UPDATE);
+            out.put_u32_le(*view_id);
+            put_len(out, data.len());
+            for run in data {
+                out.put_u32_le(run.subgroup);
+                out.put_u64_le(run.first_index);
+                put_len(out, run.items.len());
+                for item in &run.items {
+                    match item {
+                        Item::Message(payload) => {
+                            out.put_u8(ITEM_MESSAGE);
+                            put_len(out, payload.len());
+                            out.put_slice(payload);
+                        }
+                        Item::Nulls(n) => {
+                            out.put_u8(ITEM_NULLS);
+                            out.put_u32_le(*n);
+                        }
+                    }
+                }
+            }
+            match row {
+                Some(row) => {
+                    out.put_u8(1);
+                    put_row(out, row);
+                }
+                None => out.put_u8(0),
+            }
+        }
+        Wire::JoinRequest => out.put_u8(TAG_JOIN_REQUEST),
+        Wire::Redirect { leader } => {
+            out.put_u8(TAG_REDIRECT);
+            out.put_u32_le(*leader);
+        }
+        Wire::Welcome { view } => {
+            out.put_u8(TAG_WELCOME);
+            put_view(out, view);
+        }
+        Wire::State {
+            view_id,
+            subgroup,
+            shard,
+            state,
+        } => {
+            out.put_u8(TAG_STATE);
+            out.put_u32_le(*view_id);
+            out.put_u32_le(*subgroup);
+            out.put_u32_le(*shard);
+            put_len(out, state.len());
+            out.put_slice(state);
+        }
+        Wire::Evicted { view_id } => {
+            out.put_u8(TAG_EVICTED);
+            out.put_u32_le(*view_id);
+        }
+    }
+}
+
+/// The encoded size of `msg`, to size a buffer or check a frame limit before encoding.
+pub fn encoded_len(msg: &Wire) -> usize {
+    let mut counter = BytesMut::new();
+    match msg {
+        // Payload bytes dominate; count them without copying.
+        Wire::Update { view_id, data, row } => {
+            let mut payload = 0;
+            let stripped = Wire::Update {
+                view_id: *view_id,
+                data: data
+                    .iter()
+                    .map(|run| DataRun {
+                        subgroup: run.subgroup,
+                        first_index: run.first_index,
+                        items: run
+                            .items
+                            .iter()
+                            .map(|item| match item {
+                                Item::Message(p) => {
+                                    payload += p.len();
+                                    Item::Message(Bytes::new())
+                                }
+                                Item::Nulls(n) => Item::Nulls(*n),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+                row: row.clone(),
+            };
+            encode(&stripped, &mut counter);
+            counter.len() + payload
+        }
+        Wire::State { state, .. } => 17 + state.len(),
+        other => {
+            encode(other, &mut counter);
+            counter.len()
+        }
+    }
+}
+
+/// Decodes one whole message; `frame` must hold exactly one.
+pub fn decode(frame: Bytes, limits: &DecodeLimits) -> Result<Wire, DecodeError> {
+    let mut r = Reader {
+        buf: frame,
+        limits: *limits,
+    };
+    let msg = match r.u8("message tag")? {
+        TAG_UPDATE => {
+            let view_id = r.u32("view id")?;
+            let runs = r.count("data runs", 13, limits.items_max)?;
+            let mut data = Vec::with_capacity(runs);
+            for _ in 0..runs {
+                let subgroup = r.u32("run subgroup")?;
+                let first_index = r.u64("run first index")?;
+                let items = r.count("run items", 5, limits.items_max)?;
+                let mut list = Vec::with_capacity(items);
+                for _ in 0..items {
+                    list.push(match r.u8("item tag")? {
+                        ITEM_MESSAGE => Item::Message(r.blob("message payload")?),
+                        ITEM_NULLS => Item::Nulls(r.u32("null count")?),
+                        tag => return Err(DecodeError::UnknownTag { what: "item", tag }),
+                    });
+                }
+                data.push(DataRun {
+                    subgroup,
+                    first_index,
+                    items: list,
+                });
+            }
+            let row = if r.flag("row presence")? {
+                Some(Arc::new(r.row()?))
+            } else {
+                None
+            };
+            Wire::Update { view_id, data, row }
+        }
+        TAG_JOIN_REQUEST => Wire::JoinRequest,
+        TAG_REDIRECT => Wire::Redirect {
+            leader: r.u32("leader")?,
+        },
+        TAG_WELCOME => Wire::Welcome {
+            view: Arc::new(r.view()?),
+        },
+        TAG_STATE => Wire::State {
+            view_id: r.u32("view id")?,
+            subgroup: r.u32("subgroup")?,
+            shard: r.u32("shard")?,
+            state: r.blob("state")?,
+        },
+        TAG_EVICTED => Wire::Evicted {
+            view_id: r.u32("view id")?,
+        },
+        tag => {
+            return Err(DecodeError::UnknownTag {
+                what: "message",
+                tag,
+            });
+        }
+    };
+    if r.buf.has_remaining() {
+        return Err(DecodeError::Trailing(r.buf.remaining()));
+    }
+    Ok(msg)
+}
+
+fn put_len(out: &mut BytesMut, len: usize) {
+    let len = u32::try_from(len).expect("lengths are bounded far below 4 GiB by config");
+    out.put_u32_le(len);
+}
+
+fn put_member(out: &mut BytesMut, m: MemberId) {
+    out.put_u32_le(m.node);
+    out.put_u32_le(m.incarnation);
+}
+
+fn put_members(out: &mut BytesMut, members: &[MemberId]) {
+    put_len(out, members.len());
+    for m in members {
+        put_member(out, *m);
+    }
+}
+
+fn put_ballot(out: &mut BytesMut, b: &Ballot) {
+    out.put_u64_le(b.round);
+    put_member(out, b.leader);
+}
+
+fn put_counts(out: &mut BytesMut, counts: &[u64]) {
+    put_len(out, counts.len());
+    for c in counts {
+        out.put_u64_le(*c);
+    }
+}
+
+fn put_row(out: &mut BytesMut, row: &Row) {
+    out.put_u32_le(row.view_id);
+    put_len(out, row.suspected.len());
+    for s in &row.suspected {
+        out.put_u8(u8::from(*s));
+    }
+    out.put_u8(u8::from(row.leaving));
+    out.put_u8(u8::from(row.roll_requested));
+    out.put_u8(u8::from(row.wedged));
+    match &row.proposal {
+        Some(p) => {
+            out.put_u8(1);
+            put_ballot(out, &p.ballot);
+            out.put_u32_le(p.view_id);
+            put_members(out, &p.change.failed);
+            put_members(out, &p.change.left);
+            put_members(out, &p.change.joined);
+            put_len(out, p.change.stateless.len());
+            for (m, g) in &p.change.stateless {
+                put_member(out, *m);
+                out.put_u32_le(*g);
+            }
+        }
+        None => out.put_u8(0),
+    }
+    match &row.committed {
+        Some(b) => {
+            out.put_u8(1);
+            put_ballot(out, b);
+        }
+        None => out.put_u8(0),
+    }
+    put_len(out, row.shards.len());
+    for shard in &row.shards {
+        let Some(s) = shard else {
+            out.put_u8(0);
+            continue;
+        };
+        out.put_u8(1);
+        put_counts(out, &s.received);
+        out.put_u64_le(s.seq_received);
+        out.put_u64_le(s.delivered);
+        match s.persisted {
+            Some(v) => {
+                out.put_u8(1);
+                out.put_u64_le(v.0);
+            }
+            None => out.put_u8(0),
+        }
+        out.put_u8(u8::from(s.flush_ready));
+        match &s.trim {
+            Some(t) => {
+                out.put_u8(1);
+                put_ballot(out, &t.ballot);
+                put_counts(out, &t.received);
+            }
+            None => out.put_u8(0),
+        }
+        out.put_u8(u8::from(s.done));
+        out.put_u8(u8::from(s.awaiting_state));
+    }
+}
+
+fn put_view(out: &mut BytesMut, view: &View) {
+    out.put_u32_le(view.id);
+    put_members(out, &view.members);
+    put_members(out, &view.joined);
+    put_members(out, &view.failed);
+    put_members(out, &view.left);
+    put_len(out, view.shards.len());
+    for shards in &view.shards {
+        put_len(out, shards.len());
+        for sv in shards {
+            put_members(out, &sv.members);
+            out.put_u8(match sv.mode {
+                DeliveryMode::Ordered => 0,
+                DeliveryMode::Raw => 1,
+            });
+            put_members(out, &sv.joined);
+            match sv.state_source {
+                Some(m) => {
+                    out.put_u8(1);
+                    put_member(out, m);
+                }
+                None => out.put_u8(0),
+            }
+        }
+    }
+}
+
+struct Reader {
+    buf: Bytes,
+    limits: DecodeLimits,
+}
+
+impl Reader {
+    fn need(&self, bytes: usize, what: &'static str) -> Result<(), DecodeError> {
+        if self.buf.remaining() < bytes {
+            return Err(DecodeError::Truncated { what });
+        }
+        Ok(())
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+        self.need(1, what)?;
+        Ok(self.buf.get_u8())
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+        self.need(4, what)?;
+        Ok(self.buf.get_u32_le())
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+        self.need(8, what)?;
+        Ok(self.buf.get_u64_le())
+    }
+
+    fn flag(&mut self, what: &'static str) -> Result<bool, DecodeError> {
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(DecodeError::Invalid {
+                what,
+                value: u64::from(other),
+            }),
+        }
+    }
+
+    /// A count of elements of at least `element_bytes` each: bounded by the limit and by
+    /// what the frame can still hold, so no allocation exceeds the frame's own size.
+    fn count(
+        &mut self,
+        what: &'static str,
+        element_bytes: usize,
+        max: usize,
+    ) -> Result<usize, DecodeError> {
+        let count = self.u32(what)? as usize;
+        if count > max {
+            return Err(DecodeError::TooMany {
+                what,
+                count: count as u64,
+                max,
+            });
+        }
+        self.need(count.saturating_mul(element_bytes), what)?;
+        Ok(count)
+    }
+
+    fn blob(&mut self, what: &'static str) -> Result<Bytes, DecodeError> {
+        let len = self.count(what, 1, self.limits.payload_bytes_max)?;
+        Ok(self.buf.split_to(len))
+    }
+
+    fn member(&mut self) -> Result<MemberId, DecodeError> {
+        Ok(MemberId::new(
+            self.u32("member node")?,
+            self.u32("member incarnation")?,
+        ))
+    }
+
+    fn members(&mut self, what: &'static str) -> Result<Vec<MemberId>, DecodeError> {
+        let n = self.count(what, 8, self.limits.members_max)?;
+        (0..n).map(|_| self.member()).collect()
+    }
+
+    fn ballot(&mut self) -> Result<Ballot, DecodeError> {
+        Ok(Ballot {
+            round: self.u64("ballot round")?,
+            leader: self.member()?,
+        })
+    }
+
+    fn counts(&mut self, what: &'static str) -> Result<Vec<u64>, DecodeError> {
+        let n = self.count(what, 8, self.limits.members_max)?;
+        (0..n).map(|_| self.u64(what)).collect()
+    }
+
+    fn row(&mut self) -> Result<Row, DecodeError> {
+        let view_id = self.u32("row view id")?;
+        let n = self.count("suspicions", 1, self.limits.members_max)?;
+        let suspected = (0..n)
+            .map(|_| self.flag("suspicion"))
+            .collect::<Result<Vec<bool>, _>>()?;
+        let leaving = self.flag("leaving")?;
+        let roll_requested = self.flag("roll requested")?;
+        let wedged = self.flag("wedged")?;
+        let proposal = if self.flag("proposal presence")? {
+            let ballot = self.ballot()?;
+            let view_id = self.u32("proposal view id")?;
+            let failed = self.members("failed members")?;
+            let left = self.members("left members")?;
+            let joined = self.members("joined members")?;
+            let k = self.count("stateless members", 12, self.limits.members_max)?;
+            let stateless = (0..k)
+                .map(|_| Ok((self.member()?, self.u32("stateless subgroup")?)))
+                .collect::<Result<Vec<_>, DecodeError>>()?;
+            Some(Arc::new(Proposal {
+                ballot,
+                view_id,
+                change: Change {
+                    failed,
+                    left,
+                    joined,
+                    stateless,
+                },
+            }))
+        } else {
+            None
+        };
+        let committed = if self.flag("commit presence")? {
+            Some(self.ballot()?)
+        } else {
+            None
+        };
+        let subgroups = self.count("row subgroups", 1, self.limits.shards_max)?;
+        let mut shards = Vec::with_capacity(subgroups);
+        for _ in 0..subgroups {
+            if !self.flag("shard row presence")? {
+                shards.push(None);
+                continue;
+            }
+            let received = self.counts("received counts")?;
+            let seq_received = self.u64("seq received")?;
+            let delivered = self.u64("delivered")?;
+            let persisted = if self.flag("persisted presence")? {
+                Some(Version(self.u64("persisted version")?))
+            } else {
+                None
+            };
+            let flush_ready = self.flag("flush ready")?;
+            let trim = if self.flag("trim presence")? {
+                let ballot = self.ballot()?;
+                let received = self.counts("trim counts")?;
+                Some(Arc::new(Trim { ballot, received }))
+            } else {
+                None
+            };
+            let done = self.flag("done")?;
+            let awaiting_state = self.flag("awaiting state")?;
+            shards.push(Some(ShardRow {
+                received,
+                seq_received,
+                delivered,
+                persisted,
+                flush_ready,
+                trim,
+                done,
+                awaiting_state,
+            }));
+        }
+        Ok(Row {
+            view_id,
+            suspected,
+            leaving,
+            roll_requested,
+            wedged,
+            proposal,
+            committed,
+            shards,
+        })
+    }
+
+    fn view(&mut self) -> Result<View, DecodeError> {
+        let id = self.u32("view id")?;
+        let members = self.members("view members")?;
+        let joined = self.members("view joined")?;
+        let failed = self.members("view failed")?;
+        let left = self.members("view left")?;
+        let subgroups = self.count("view subgroups", 4, self.limits.shards_max)?;
+        let mut shards = Vec::with_capacity(subgroups);
+        for _ in 0..subgroups {
+            let n = self.count("subgroup shards", 10, self.limits.shards_max)?;
+            let mut list = Vec::with_capacity(n);
+            for _ in 0..n {
+                let members = self.members("shard members")?;
+                let mode = match self.u8("delivery mode")? {
+                    0 => DeliveryMode::Ordered,
+                    1 => DeliveryMode::Raw,
+                    tag => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "delivery mode",
+                            tag,
+                        });
+                    }
+                };
+                let joined = self.members("shard joined")?;
+                let state_source = if self.flag("state source presence")? {
+                    Some(self.member()?)
+                } else {
+                    None
+                };
+                list.push(ShardView {
+                    members,
+                    mode,
+                    joined,
+                    state_source,
+                });
+            }
+            shards.push(list);
+        }
+        Ok(View {
+            id,
+            members,
+            joined,
+            failed,
+            left,
+            shards,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(node: u32) -> MemberId {
+        MemberId::new(node, node + 1)
+    }
+
+    fn samples() -> Vec<Wire> {
+        let ballot = Ballot {
+            round: 7,
+            leader: m(0),
+        };
+        let row = Row {
+            view_id: 3,
+            suspected: vec![false, true, false],
+            leaving: true,
+            roll_requested: false,
+            wedged: true,
+            proposal: Some(Arc::new(Proposal {
+                ballot,
+                view_id: 3,
+                change: Change {
+                    failed: vec![m(1)],
+                    left: vec![],
+                    joined: vec![m(5)],
+                    stateless: vec![(m(2), 1)],
+                },
+            })),
+            committed: Some(ballot),
+            shards: vec![
+                None,
+                Some(ShardRow {
+                    received: vec![4, 5],
+                    seq_received: 9,
+                    delivered: 8,
+                    persisted: Some(Version::new(3, 7)),
+                    flush_ready: true,
+                    trim: Some(Arc::new(Trim {
+                        ballot,
+                        received: vec![4, 4],
+                    })),
+                    done: false,
+                    awaiting_state: true,
+                }),
+            ],
+        };
+        let view = View {
+            id: 4,
+            members: vec![m(0), m(2), m(5)],
+            joined: vec![m(5)],
+            failed: vec![m(1)],
+            left: vec![],
+            shards: vec![vec![
+                ShardView {
+                    members: vec![m(0), m(5)],
+                    mode: DeliveryMode::Ordered,
+                    joined: vec![m(5)],
+                    state_source: Some(m(0)),
+                },
+                ShardView {
+                    members: vec![m(2)],
+                    mode: DeliveryMode::Raw,
+                    joined: vec![],
+                    state_source: None,
+                },
+            ]],
+        };
+        vec![
+            Wire::Update {
+                view_id: 3,
+                data: vec![DataRun {
+                    subgroup: 1,
+                    first_index: 42,
+                    items: vec![
+                        Item::Message(Bytes::from_static(b"hello")),
+                        Item::Nulls(3),
+                        Item::Message(Bytes::new()),
+                    ],
+                }],
+                row: Some(Arc::new(row)),
+            },
+            Wire::Update {
+                view_id: 0,
+                data: vec![],
+                row: None,
+            },
+            Wire::JoinRequest,
+            Wire::Redirect { leader: 9 },
+            Wire::Welcome {
+                view: Arc::new(view),
+            },
+            Wire::State {
+                view_id: 4,
+                subgroup: 0,
+                shard: 1,
+                state: Bytes::from(vec![7u8; 1000]),
+            },
+            Wire::Evicted { view_id: 12 },
+        ]
+    }
+
+    #[test]
+    fn every_message_kind_round_trips_and_reports_its_length() {
+        for msg in samples() {
+            let mut buf = BytesMut::new();
+            encode(&msg, &mut buf);
+            assert_eq!(encoded_len(&msg), buf.len(), "{msg:?}");
+            let back = decode(buf.freeze(), &DecodeLimits::default()).expect("decodes");
+            assert_eq!(back, msg);
+        }
+    }
+
+    #[test]
+    fn payloads_are_slices_of_the_frame() {
+        let msg = &samples()[0];
+        let mut buf = BytesMut::new();
+        encode(msg, &mut buf);
+        let frame = buf.freeze();
+        let range = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
+        let Ok(Wire::Update { data, .. }) = decode(frame.clone(), &DecodeLimits::default()) else {
+            panic!("an update");
+        };
+        let Item::Message(payload) = &data[0].items[0] else {
+            panic!("a message");
+        };
+        assert!(
+            range.contains(&(payload.as_ptr() as usize)),
+            "payload was copied"
+        );
+    }
+
+    #[test]
+    fn every_truncation_and_trailing_byte_is_a_typed_error() {
+        for msg in samples() {
+            let mut buf = BytesMut::new();
+            encode(&msg, &mut buf);
+            let full = buf.freeze();
+            for cut in 0..full.len() {
+                let result = decode(full.slice(..cut), &DecodeLimits::default());
+                assert!(
+                    result.is_err(),
+                    "{msg:?} cut at {cut} decoded as {result:?}"
+                );
+            }
+            let mut longer = BytesMut::from(&full[..]);
+            longer.put_u8(0);
+            assert_eq!(
+                decode(longer.freeze(), &DecodeLimits::default()),
+                Err(DecodeError::Trailing(1))
+            );
+        }
+    }
+
+    #[test]
+    fn huge_counts_are_refused_before_allocating() {
+        // An update claiming 4 billion runs in a 9-byte frame.
+        let mut buf = BytesMut::new();
+        buf.put_u8(TAG_UPDATE);
+        buf.put_u32_le(0);
+        buf.put_u32_le(u32::MAX);
+        let err = decode(buf.freeze(), &DecodeLimits::default()).expect_err("refused");
+        assert!(matches!(err, DecodeError::TooMany { .. }), "{err}");
+
+        let mut buf = BytesMut::new();
+        buf.put_u8(TAG_STATE);
+        buf.put_u32_le(0);
+        buf.put_u32_le(0);
+        buf.put_u32_le(0);
+        buf.put_u32_le(1 << 20);
+        let limits = DecodeLimits {
+            payload_bytes_max: 1 << 10,
+            ..DecodeLimits::default()
+        };
+        let err = decode(buf.freeze(), &limits).expect_err("refused");
+        assert_eq!(
+            err,
+            DecodeError::TooMany {
+                what: "state",
+                count: 1 << 20,
+                max: 1 << 10
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_tags_are_named() {
+        let err = decode(Bytes::from_static(&[99]), &DecodeLimits::default()).expect_err("bad");
+        assert_eq!(
+            err,
+            DecodeError::UnknownTag {
+                what: "message",
+                tag: 99
+            }
+        );
+    }
+}
