@@ -397,3 +397,113 @@ fn kill9_during_persistent_writes_loses_nothing_reported_persisted() {
         "too little was persisted to prove anything ({checked_versions} versions)"
     );
 }
+
+/// Garbage, a wrong cluster, an old protocol, an oversized frame and an undecodable
+/// message are refused with a logged reason; the node stays up and keeps serving.
+#[test]
+fn bad_peers_are_refused_and_the_node_stays_up() {
+    use bytes::{BufMut, BytesMut};
+    use squall_driver::frame::{Frame, Hello, put_frame};
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    // Node 1 runs; "node 0" is the test itself, a lower id, which the node expects to dial it.
+    let mut cluster = Cluster::new(2, 0);
+    cluster.start_with(1, true, &["--shard-min", "1"]);
+    cluster.wait_for("node 1 to form its group", Duration::from_secs(20), |c| {
+        installed_views(&c.events(1), MemberId::new(1, 1)).len() == 1
+    });
+    let addr = cluster
+        .peers
+        .split(',')
+        .find_map(|p| p.strip_prefix("1="))
+        .expect("node 1's address")
+        .to_string();
+    let cluster_id = 0x5155_414c; // the node program's default
+    let send = |bytes: &[u8]| -> Vec<u8> {
+        let mut stream = TcpStream::connect(&addr).expect("node 1 accepts");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        stream.write_all(bytes).expect("write");
+        // Read whatever comes back until the node closes the connection.
+        let mut reply = Vec::new();
+        let _ = stream.read_to_end(&mut reply);
+        reply
+    };
+    let hello = |h: Hello| {
+        let mut out = BytesMut::new();
+        put_frame(&mut out, &Frame::Hello(h));
+        out
+    };
+    let stderr =
+        |c: &Cluster| std::fs::read_to_string(c.dir.path().join("stderr-1")).unwrap_or_default();
+    let cases: Vec<(&str, BytesMut, &str)> = vec![
+        (
+            "garbage",
+            BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]),
+            "refused a connection",
+        ),
+        (
+            "wrong cluster",
+            hello(Hello::new(cluster_id + 1, 0, 1)),
+            "cluster id",
+        ),
+        (
+            "old protocol",
+            hello(Hello {
+                protocol: 0,
+                ..Hello::new(cluster_id, 0, 1)
+            }),
+            "protocol version 0",
+        ),
+        (
+            "unknown node",
+            hello(Hello::new(cluster_id, 77, 1)),
+            "not a peer",
+        ),
+        (
+            "oversized frame",
+            {
+                let mut b = hello(Hello::new(cluster_id, 0, 1));
+                b.put_u32_le(1 << 30);
+                b.put_u8(2);
+                b
+            },
+            "exceeds the limit",
+        ),
+        (
+            "undecodable message",
+            {
+                let mut b = hello(Hello::new(cluster_id, 0, 2));
+                put_frame(
+                    &mut b,
+                    &Frame::Message(bytes::Bytes::from_static(&[99, 1, 2])),
+                );
+                b
+            },
+            "undecodable message",
+        ),
+    ];
+    for (name, bytes, reason) in cases {
+        let _ = send(&bytes);
+        cluster.wait_for(
+            &format!("the reason for `{name}` in the log"),
+            Duration::from_secs(10),
+            |c| stderr(c).contains(reason),
+        );
+        let child = cluster.procs.get_mut(&1).expect("node 1 process");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "node 1 died after `{name}`; {}",
+            cluster.logs()
+        );
+    }
+    // Still serving: a well-formed peer completes the handshake.
+    let reply = send(&hello(Hello::new(cluster_id, 0, 3)));
+    assert!(
+        reply.len() >= 4 && reply[4] == 1,
+        "no hello back: {reply:?}"
+    );
+    cluster.terminate_all();
+}
