@@ -258,8 +258,12 @@ impl Driver {
         let mut tick = tokio::time::interval(Duration::from_millis(cfg.tick_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Completions that need no I/O (no log) act at once, with their outputs.
             while let Some(completion) = self.feedback.pop_front() {
                 self.complete(completion).await;
+                if self.execute_outputs().await.is_some() {
+                    return;
+                }
             }
             tokio::select! {
                 Some(msg) = inbound.recv() => match msg {
@@ -284,15 +288,23 @@ impl Driver {
                     self.core.tick(now_ms);
                 }
             }
-            let outputs: Vec<Output> = self.core.drain_outputs().collect();
-            for output in outputs {
-                if let Some(reason) = self.execute(output).await {
-                    info!(?reason, "stopped");
-                    self.emit(AppEvent::Stopped(reason)).await;
-                    return;
-                }
+            if self.execute_outputs().await.is_some() {
+                return;
             }
         }
+    }
+
+    /// Executes everything the core produced; on a stop, tells the application.
+    async fn execute_outputs(&mut self) -> Option<StopReason> {
+        let outputs: Vec<Output> = self.core.drain_outputs().collect();
+        for output in outputs {
+            if let Some(reason) = self.execute(output).await {
+                info!(?reason, "stopped");
+                self.emit(AppEvent::Stopped(reason)).await;
+                return Some(reason);
+            }
+        }
+        None
     }
 
     async fn complete(&mut self, completion: LogDone) {

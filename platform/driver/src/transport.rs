@@ -511,12 +511,18 @@ impl Transport for TcpTransport {
                 _ => {
                     if peer.pending.len() >= self.cfg.peer_queue_messages_max {
                         // A hole in the link: that incarnation may never be linked now.
-                        if let Some(i) = incarnation {
-                            peer.dead.insert(i);
-                            broken = Some((
-                                MemberId::new(to, i),
-                                "queue for an unconnected peer full".to_string(),
-                            ));
+                        match incarnation {
+                            Some(i) => {
+                                peer.dead.insert(i);
+                                broken = Some((
+                                    MemberId::new(to, i),
+                                    "queue for an unconnected peer full".to_string(),
+                                ));
+                            }
+                            // Join traffic to a node that is not up: the joiner retries.
+                            None => {
+                                warn!(me = %self.cfg.me, node = to, "dropped a join message: node unreachable and its queue full")
+                            }
                         }
                     } else {
                         peer.pending.push_back((incarnation, msg));
