@@ -1574,10 +1574,18 @@ impl Core {
         if row.flush_ready {
             return false;
         }
-        let ready = self
-            .unsuspected_shard_ranks(g)
-            .iter()
-            .all(|r| *r == self.my_rank || self.rows[*r].wedged);
+        // A wedged sender sends nothing more, so its row's count of its own stream is
+        // final; once that many of its messages are here, so is its whole stream (even
+        // if a transport let the row overtake the data).
+        let shard = self.shards[g].as_ref().expect("caller checked");
+        let ready = shard.ranks.iter().enumerate().all(|(s, r)| {
+            *r == self.my_rank
+                || self.is_suspected(*r)
+                || (self.rows[*r].wedged
+                    && self.rows[*r]
+                        .shard(g)
+                        .is_some_and(|theirs| row.received[s] >= theirs.received[s]))
+        });
         if ready && let Some(row) = self.my_row_mut().shards[g].as_mut() {
             row.flush_ready = true;
         }

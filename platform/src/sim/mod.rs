@@ -62,6 +62,10 @@ pub struct Scenario {
     /// Every message sent is also encoded and decoded, and must come back equal (the
     /// original travels on: payload identity matters to the checkers).
     pub codec_check: bool,
+    /// Links have two FIFO lanes, as a transport that lets rows and control overtake a
+    /// large message would: data (multicast runs, state) and control (rows, membership
+    /// traffic). An update carrying both is split, so its row may arrive before its data.
+    pub split_lanes: bool,
 }
 
 impl Scenario {
@@ -131,6 +135,7 @@ impl Scenario {
             joins: if faulty { rng.random_range(0..=2) } else { 0 },
             leaves: if faulty { rng.random_range(0..=1) } else { 0 },
             codec_check: seed.is_multiple_of(4),
+            split_lanes: seed % 3 == 1,
         }
     }
 }
@@ -250,7 +255,8 @@ struct Simulation {
     next_seq: u64,
     nodes: BTreeMap<NodeId, SimNode>,
     next_node_id: NodeId,
-    link_free_at_us: HashMap<(NodeId, NodeId), u64>,
+    /// When each (from, to, lane) link is free again: messages on a lane stay FIFO.
+    link_free_at_us: HashMap<(NodeId, NodeId, u8), u64>,
     /// Nodes cut off from the rest by the active partition.
     minority: BTreeSet<NodeId>,
     /// Counts partitions, so late notices of a healed one can be told apart.
@@ -1052,6 +1058,34 @@ impl Simulation {
         }
     }
 
+    /// The lane(s) a message travels on: one lane unless `split_lanes`.
+    fn lanes(&self, msg: Wire) -> Vec<(u8, Wire)> {
+        const DATA: u8 = 0;
+        const CONTROL: u8 = 1;
+        if !self.sc.split_lanes {
+            return vec![(DATA, msg)];
+        }
+        match msg {
+            Wire::Update { view_id, data, row } if !data.is_empty() => {
+                let mut parts = vec![(
+                    DATA,
+                    Wire::Update {
+                        view_id,
+                        data,
+                        row: None,
+                    },
+                )];
+                if row.is_some() {
+                    let data = Vec::new();
+                    parts.push((CONTROL, Wire::Update { view_id, data, row }));
+                }
+                parts
+            }
+            state @ Wire::State { .. } => vec![(DATA, state)],
+            other => vec![(CONTROL, other)],
+        }
+    }
+
     fn execute(&mut self, id: NodeId, me: MemberId, output: Output) {
         let now = self.now_us;
         match output {
@@ -1071,20 +1105,26 @@ impl Simulation {
                         self.sc.seed
                     );
                 }
-                let delay =
-                    self.sc.link_delay_base_us + self.rng.random_range(0..=self.sc.link_jitter_us);
-                let free = self.link_free_at_us.get(&(id, to)).copied().unwrap_or(0);
-                let at = (now + delay).max(free);
-                self.link_free_at_us.insert((id, to), at);
-                self.schedule(
-                    at,
-                    Action::Net {
-                        to,
-                        incarnation,
-                        from: me,
-                        msg,
-                    },
-                );
+                for (lane, msg) in self.lanes(msg) {
+                    let delay = self.sc.link_delay_base_us
+                        + self.rng.random_range(0..=self.sc.link_jitter_us);
+                    let free = self
+                        .link_free_at_us
+                        .get(&(id, to, lane))
+                        .copied()
+                        .unwrap_or(0);
+                    let at = (now + delay).max(free);
+                    self.link_free_at_us.insert((id, to, lane), at);
+                    self.schedule(
+                        at,
+                        Action::Net {
+                            to,
+                            incarnation,
+                            from: me,
+                            msg,
+                        },
+                    );
+                }
             }
             Output::Deliver(d) => {
                 let key = (d.payload.as_ptr() as usize, d.payload.len());
