@@ -8,10 +8,10 @@
 //! BEAT    := (empty)               (transport heartbeat)
 //! ```
 //!
-//! A message larger than `chunk_bytes` travels as CHUNK frames, with heartbeats allowed
-//! between them, so a 16 MiB object never silences a link for its whole transfer. Core
-//! messages keep their FIFO order: the protocol needs every row to follow the data it
-//! acknowledges.
+//! A message larger than `chunk_bytes` travels as CHUNK frames. Between chunks go
+//! heartbeats and the control lane (rows, membership traffic, as whole MESSAGE frames),
+//! so a 16 MiB object never holds them behind it; data messages stay in order behind it.
+//! The core accepts a row before the data it counts (it waits for that data).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use squall_platform::codec::CODEC_VERSION;

@@ -345,51 +345,69 @@ impl TcpTransport {
         let beat_every = Duration::from_millis(self.cfg.heartbeat_interval_ms);
         let mut beat = tokio::time::interval(beat_every);
         let mut out = BytesMut::new();
-        let mut batch = Vec::new();
         let result: Result<(), FrameError> = async {
             loop {
-                tokio::select! {
-                    first = rx.recv() => {
-                        let Some(first) = first else { return Ok(()) };
-                        batch.push(first);
-                        while batch.len() < 1024 {
-                            match rx.try_recv() {
-                                Ok(msg) => batch.push(msg),
-                                Err(_) => break,
-                            }
+                let first = tokio::select! {
+                    first = rx.recv() => first,
+                    _ = beat.tick() => {
+                        write_frame(&mut wr, &Frame::Beat).await?;
+                        continue;
+                    }
+                };
+                let Some(first) = first else { return Ok(()) };
+                let mut batch = vec![first];
+                while batch.len() < BATCH_MESSAGES_MAX {
+                    match rx.try_recv() {
+                        Ok(msg) => batch.push(msg),
+                        Err(_) => break,
+                    }
+                }
+                let mut rest: VecDeque<Wire> = coalesce(batch).into();
+                while let Some(msg) = rest.pop_front() {
+                    let body = encode(&msg);
+                    if body.len() <= self.cfg.chunk_bytes {
+                        put_frame(&mut out, &Frame::Message(body));
+                        continue;
+                    }
+                    // A large message goes in chunks. Between them go heartbeats and the
+                    // control lane: rows and membership traffic queued behind it (rows
+                    // split from their data). Data stays in order behind the chunks.
+                    let mut control = VecDeque::new();
+                    for queued in std::mem::take(&mut rest) {
+                        let (c, d) = split_lanes(queued);
+                        control.extend(c);
+                        rest.extend(d);
+                    }
+                    let mut offset = 0;
+                    while offset < body.len() {
+                        let end = (offset + self.cfg.chunk_bytes).min(body.len());
+                        let more = end < body.len();
+                        put_frame(
+                            &mut out,
+                            &Frame::Chunk {
+                                more,
+                                bytes: body.slice(offset..end),
+                            },
+                        );
+                        offset = end;
+                        if beat_due(&mut beat) {
+                            put_frame(&mut out, &Frame::Beat);
                         }
-                        for msg in coalesce(std::mem::take(&mut batch)) {
-                            let mut body = BytesMut::with_capacity(codec::encoded_len(&msg));
-                            codec::encode(&msg, &mut body);
-                            if body.len() <= self.cfg.chunk_bytes {
-                                put_frame(&mut out, &Frame::Message(body.freeze()));
-                                continue;
-                            }
-                            // A large message: chunks, with heartbeats between them.
-                            wr.write_all(&out).await?;
-                            out.clear();
-                            let body = body.freeze();
-                            let mut offset = 0;
-                            while offset < body.len() {
-                                let end = (offset + self.cfg.chunk_bytes).min(body.len());
-                                let chunk = Frame::Chunk { more: end < body.len(), bytes: body.slice(offset..end) };
-                                put_frame(&mut out, &chunk);
-                                if beat_due(&mut beat) {
-                                    put_frame(&mut out, &Frame::Beat);
-                                }
-                                wr.write_all(&out).await?;
-                                out.clear();
-                                offset = end;
-                            }
+                        while let Ok(queued) = rx.try_recv() {
+                            let (c, d) = split_lanes(queued);
+                            control.extend(c);
+                            rest.extend(d);
+                        }
+                        for c in control.drain(..) {
+                            put_frame(&mut out, &Frame::Message(encode(&c)));
                         }
                         wr.write_all(&out).await?;
                         out.clear();
-                        wr.flush().await?;
-                    }
-                    _ = beat.tick() => {
-                        write_frame(&mut wr, &Frame::Beat).await?;
                     }
                 }
+                wr.write_all(&out).await?;
+                out.clear();
+                wr.flush().await?;
             }
         }
         .await;
@@ -446,6 +464,38 @@ impl TcpTransport {
             }
         };
         self.link_failed(peer, serial, reason);
+    }
+}
+
+/// Messages taken from a peer's queue per write (then coalesced).
+const BATCH_MESSAGES_MAX: usize = 1024;
+
+fn encode(msg: &Wire) -> Bytes {
+    let mut body = BytesMut::with_capacity(codec::encoded_len(msg));
+    codec::encode(msg, &mut body);
+    body.freeze()
+}
+
+/// Splits a message into its control part (rows, membership traffic: may overtake a
+/// large message) and its data part (multicast runs, state: stays in order). The core
+/// accepts a row before the data it counts; it waits for the data.
+fn split_lanes(msg: Wire) -> (Option<Wire>, Option<Wire>) {
+    match msg {
+        Wire::Update { view_id, data, row } if !data.is_empty() => {
+            let control = row.map(|row| Wire::Update {
+                view_id,
+                data: Vec::new(),
+                row: Some(row),
+            });
+            let data = Wire::Update {
+                view_id,
+                data,
+                row: None,
+            };
+            (control, Some(data))
+        }
+        state @ Wire::State { .. } => (None, Some(state)),
+        other => (Some(other), None),
     }
 }
 

@@ -102,3 +102,32 @@ async fn a_forgotten_peer_sees_its_link_break_and_is_refused_afterwards() {
     let quiet = tokio::time::timeout(Duration::from_millis(500), rx1.recv()).await;
     assert!(quiet.is_err(), "a forgotten link carried data: {quiet:?}");
 }
+
+#[tokio::test]
+async fn control_traffic_overtakes_a_large_message_but_data_keeps_its_order() {
+    let (t0, _rx0, _t1, mut rx1) = pair(64 << 10).await;
+    let state = |n: u32, len: usize| Wire::State {
+        view_id: n,
+        subgroup: 0,
+        shard: 0,
+        state: Bytes::from(vec![n as u8; len]),
+    };
+    // Queued before the link is up, so the writer sees all three at once.
+    t0.send(1, Some(1), state(1, 4 << 20));
+    t0.send(1, Some(1), Wire::Evicted { view_id: 9 });
+    t0.send(1, Some(1), state(2, 10));
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        match next(&mut rx1).await {
+            Inbound::Message { msg, .. } => order.push(match msg {
+                Wire::State { view_id, state, .. } => {
+                    assert!(state.iter().all(|b| *b == view_id as u8), "damaged state");
+                    format!("state {view_id}")
+                }
+                other => format!("{other:?}"),
+            }),
+            Inbound::Broken { peer, reason } => panic!("{peer} broke: {reason}"),
+        }
+    }
+    assert_eq!(order, ["Evicted { view_id: 9 }", "state 1", "state 2"]);
+}
