@@ -507,3 +507,53 @@ fn bad_peers_are_refused_and_the_node_stays_up() {
     );
     cluster.terminate_all();
 }
+
+/// A node frozen (`SIGSTOP`) past the suspicion timeout is removed; when it thaws it
+/// learns it was given up on, restarts as a new incarnation and is admitted again.
+#[test]
+fn a_frozen_node_is_evicted_and_comes_back_as_a_new_incarnation() {
+    let mut cluster = Cluster::new(3, 2_000);
+    cluster.start_with(0, true, &["--rejoin"]);
+    cluster.start_with(1, false, &["--rejoin"]);
+    cluster.start_with(2, false, &["--rejoin"]);
+    let n = |node, incarnation| MemberId::new(node, incarnation);
+    cluster.wait_for("a view of all three", Duration::from_secs(20), |c| {
+        installed_views(&c.events(0), n(0, 1))
+            .last()
+            .is_some_and(|m| m.len() == 3)
+    });
+    let pid = cluster.procs[&2].id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid} failed");
+    };
+    signal("-STOP");
+    cluster.wait_for(
+        "a view without the frozen n2.1",
+        Duration::from_secs(20),
+        |c| {
+            installed_views(&c.events(0), n(0, 1))
+                .last()
+                .is_some_and(|m| m.len() == 2 && !m.contains(&n(2, 1)))
+        },
+    );
+    signal("-CONT");
+    cluster.wait_for("n2.2 admitted", Duration::from_secs(30), |c| {
+        [n(0, 1), n(1, 1), n(2, 2)].iter().all(|m| {
+            installed_views(&c.events(m.node), *m)
+                .last()
+                .is_some_and(|v| v.len() == 3 && v.contains(&n(2, 2)))
+        })
+    });
+    let stops: Vec<Event> = cluster
+        .events(2)
+        .into_iter()
+        .filter(|e| matches!(e, Event::Stopped { member, .. } if *member == n(2, 1)))
+        .collect();
+    assert_eq!(stops.len(), 1, "n2.1 did not record its stop: {stops:?}");
+    cluster.terminate_all();
+    cluster.judge(3);
+}

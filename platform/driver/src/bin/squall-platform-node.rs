@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{LineWriter, Write};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,7 +30,8 @@ use squall_log::{FileLog, LogConfig, LogStore};
 use squall_platform::sim::history::{Event, StateDigest, UNKNOWN_PAYLOAD};
 use squall_platform::sim::history_io::write_event;
 use squall_platform::{
-    CoreConfig, DeliveryMode, Layout, MemberId, SendError, SendTicket, ShardLayout, SubgroupLayout,
+    CoreConfig, DeliveryMode, Layout, MemberId, SendError, SendTicket, ShardLayout, StopReason,
+    SubgroupLayout,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -51,6 +53,8 @@ struct Args {
     persistent: bool,
     heartbeat_ms: u64,
     timeout_ms: u64,
+    /// After being evicted (or stopping in a minority), restart as a new incarnation.
+    rejoin: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -70,6 +74,7 @@ fn parse_args() -> Result<Args> {
         persistent: false,
         heartbeat_ms: 20,
         timeout_ms: 1_000,
+        rejoin: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -79,6 +84,10 @@ fn parse_args() -> Result<Args> {
         }
         if flag == "--persistent" {
             args.persistent = true;
+            continue;
+        }
+        if flag == "--rejoin" {
+            args.rejoin = true;
             continue;
         }
         let value = it.next().ok_or_else(|| anyhow!("{flag} needs a value"))?;
@@ -264,6 +273,7 @@ async fn main() -> Result<()> {
     let mut sender: Option<tokio::task::JoinHandle<()>> = None;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut leaving = false;
+    let mut stopped = None;
 
     loop {
         tokio::select! {
@@ -331,6 +341,7 @@ async fn main() -> Result<()> {
                     AppEvent::Stopped(reason) => {
                         rec.record(Event::Stopped { at_us, member: me, reason })?;
                         eprintln!("node {me}: stopped: {reason:?}");
+                        stopped = Some(reason);
                         break;
                     }
                 }
@@ -338,6 +349,14 @@ async fn main() -> Result<()> {
         }
     }
     rec.out.flush()?;
+    if args.rejoin && !leaving && stopped.is_some_and(|r| r != StopReason::Left) {
+        // Given up on by the group: this incarnation is over. Come back as the next one.
+        eprintln!("node {me}: restarting as a new incarnation");
+        let err = std::process::Command::new(std::env::current_exe()?)
+            .args(std::env::args_os().skip(1))
+            .exec();
+        bail!("re-executing myself: {err}");
+    }
     Ok(())
 }
 
