@@ -172,7 +172,7 @@ impl Cluster {
         // One clock for all processes, stamped by each driver as events happen: sorting
         // by it orders causally (stable, so ties keep each file's order).
         let mut events: Vec<Event> = (0..nodes).flat_map(|n| self.events(n)).collect();
-        events.sort_by_key(event_time);
+        events.sort_by_key(Event::at_us);
         let mut history = History::new(0);
         for event in events {
             history.push(event);
@@ -188,29 +188,6 @@ impl Cluster {
                 panic!("{violation}; histories kept in {kept}; {}", self.logs());
             }
         }
-    }
-}
-
-fn event_time(event: &Event) -> u64 {
-    match event {
-        Event::Installed { at_us, .. }
-        | Event::Sent { at_us, .. }
-        | Event::Aborted { at_us, .. }
-        | Event::Arrived { at_us, .. }
-        | Event::Delivered { at_us, .. }
-        | Event::Persisted { at_us, .. }
-        | Event::GlobalPersisted { at_us, .. }
-        | Event::TrimLogged { at_us, .. }
-        | Event::Trimmed { at_us, .. }
-        | Event::StateAtInstall { at_us, .. }
-        | Event::StateReceived { at_us, .. }
-        | Event::Stopped { at_us, .. }
-        | Event::Crashed { at_us, .. }
-        | Event::Partitioned { at_us, .. }
-        | Event::Healed { at_us }
-        | Event::Paused { at_us, .. }
-        | Event::HealStarted { at_us }
-        | Event::Finished { at_us, .. } => *at_us,
     }
 }
 

@@ -141,6 +141,32 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// When it happened (simulated time, or a process's wall clock in real runs).
+    pub fn at_us(&self) -> u64 {
+        match self {
+            Event::Installed { at_us, .. }
+            | Event::Sent { at_us, .. }
+            | Event::Aborted { at_us, .. }
+            | Event::Arrived { at_us, .. }
+            | Event::Delivered { at_us, .. }
+            | Event::Persisted { at_us, .. }
+            | Event::GlobalPersisted { at_us, .. }
+            | Event::TrimLogged { at_us, .. }
+            | Event::Trimmed { at_us, .. }
+            | Event::StateAtInstall { at_us, .. }
+            | Event::StateReceived { at_us, .. }
+            | Event::Stopped { at_us, .. }
+            | Event::Crashed { at_us, .. }
+            | Event::Partitioned { at_us, .. }
+            | Event::Healed { at_us }
+            | Event::Paused { at_us, .. }
+            | Event::HealStarted { at_us }
+            | Event::Finished { at_us, .. } => *at_us,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct History {
     pub seed: u64,

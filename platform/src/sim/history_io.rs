@@ -109,7 +109,7 @@ pub fn merge(files: Vec<Vec<Event>>) -> History {
     let mut heads = BinaryHeap::new();
     for (i, file) in files.iter_mut().enumerate() {
         if let Some(event) = file.peek() {
-            heads.push(Reverse((at_us(event), i)));
+            heads.push(Reverse((event.at_us(), i)));
         }
     }
     while let Some(Reverse((_, i))) = heads.pop() {
@@ -118,7 +118,7 @@ pub fn merge(files: Vec<Vec<Event>>) -> History {
         };
         history.push(event);
         if let Some(next) = files[i].peek() {
-            heads.push(Reverse((at_us(next), i)));
+            heads.push(Reverse((next.at_us(), i)));
         }
     }
     history
@@ -296,12 +296,6 @@ impl Fields<'_> {
 /// new variant or field of `Event` fails to compile until it is listed here.
 macro_rules! event_lines {
     ($($kind:ident { $($field:ident),* })*) => {
-        fn at_us(event: &Event) -> u64 {
-            match event {
-                $(Event::$kind { at_us, .. } => *at_us,)*
-            }
-        }
-
         fn format_event(event: &Event) -> String {
             let mut line = String::with_capacity(96);
             match event {
