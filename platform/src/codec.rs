@@ -72,47 +72,105 @@ pub enum DecodeError {
     Trailing(usize),
 }
 
+/// Payloads at least this large are not copied by [`encode_parts`]: they become parts of
+/// their own, shared with the message.
+pub const INLINE_PAYLOAD_BYTES_MAX: usize = 4096;
+
+/// Where an encoding goes: a flat buffer, or parts that keep large payloads by reference.
+trait Sink {
+    fn buf(&mut self) -> &mut BytesMut;
+    fn payload(&mut self, payload: &Bytes);
+}
+
+impl Sink for BytesMut {
+    fn buf(&mut self) -> &mut BytesMut {
+        self
+    }
+    fn payload(&mut self, payload: &Bytes) {
+        self.put_slice(payload);
+    }
+}
+
+struct Parts<'a> {
+    scratch: &'a mut BytesMut,
+    parts: &'a mut Vec<Bytes>,
+}
+
+impl Sink for Parts<'_> {
+    fn buf(&mut self) -> &mut BytesMut {
+        self.scratch
+    }
+    fn payload(&mut self, payload: &Bytes) {
+        if payload.len() < INLINE_PAYLOAD_BYTES_MAX {
+            self.scratch.put_slice(payload);
+        } else {
+            if !self.scratch.is_empty() {
+                self.parts.push(self.scratch.split().freeze());
+            }
+            self.parts.push(payload.clone());
+        }
+    }
+}
+
 /// Appends the encoding of `msg` to `out`.
 pub fn encode(msg: &Wire, out: &mut BytesMut) {
+    encode_into(msg, out);
+}
+
+/// The encoding of `msg` as parts whose concatenation is [`encode`]'s output: headers
+/// and small payloads are copied into `scratch` (reused across calls), payloads of
+/// [`INLINE_PAYLOAD_BYTES_MAX`] bytes or more are shared, not copied, so a transport can
+/// write them straight from the sender's buffer. Returns the total length.
+pub fn encode_parts(msg: &Wire, scratch: &mut BytesMut, parts: &mut Vec<Bytes>) -> usize {
+    let first = parts.len();
+    let mut sink = Parts { scratch, parts };
+    encode_into(msg, &mut sink);
+    if !sink.scratch.is_empty() {
+        sink.parts.push(sink.scratch.split().freeze());
+    }
+    parts[first..].iter().map(Bytes::len).sum()
+}
+
+fn encode_into(msg: &Wire, sink: &mut impl Sink) {
     match msg {
         Wire::Update { view_id, data, row } => {
-            out.put_u8(TAG_UPDATE);
-            out.put_u32_le(*view_id);
-            put_len(out, data.len());
+            sink.buf().put_u8(TAG_UPDATE);
+            sink.buf().put_u32_le(*view_id);
+            put_len(sink.buf(), data.len());
             for run in data {
-                out.put_u32_le(run.subgroup);
-                out.put_u64_le(run.first_index);
-                put_len(out, run.items.len());
+                sink.buf().put_u32_le(run.subgroup);
+                sink.buf().put_u64_le(run.first_index);
+                put_len(sink.buf(), run.items.len());
                 for item in &run.items {
                     match item {
                         Item::Message(payload) => {
-                            out.put_u8(ITEM_MESSAGE);
-                            put_len(out, payload.len());
-                            out.put_slice(payload);
+                            sink.buf().put_u8(ITEM_MESSAGE);
+                            put_len(sink.buf(), payload.len());
+                            sink.payload(payload);
                         }
                         Item::Nulls(n) => {
-                            out.put_u8(ITEM_NULLS);
-                            out.put_u32_le(*n);
+                            sink.buf().put_u8(ITEM_NULLS);
+                            sink.buf().put_u32_le(*n);
                         }
                     }
                 }
             }
             match row {
                 Some(row) => {
-                    out.put_u8(1);
-                    put_row(out, row);
+                    sink.buf().put_u8(1);
+                    put_row(sink.buf(), row);
                 }
-                None => out.put_u8(0),
+                None => sink.buf().put_u8(0),
             }
         }
-        Wire::JoinRequest => out.put_u8(TAG_JOIN_REQUEST),
+        Wire::JoinRequest => sink.buf().put_u8(TAG_JOIN_REQUEST),
         Wire::Redirect { leader } => {
-            out.put_u8(TAG_REDIRECT);
-            out.put_u32_le(*leader);
+            sink.buf().put_u8(TAG_REDIRECT);
+            sink.buf().put_u32_le(*leader);
         }
         Wire::Welcome { view } => {
-            out.put_u8(TAG_WELCOME);
-            put_view(out, view);
+            sink.buf().put_u8(TAG_WELCOME);
+            put_view(sink.buf(), view);
         }
         Wire::State {
             view_id,
@@ -120,58 +178,41 @@ pub fn encode(msg: &Wire, out: &mut BytesMut) {
             shard,
             state,
         } => {
-            out.put_u8(TAG_STATE);
-            out.put_u32_le(*view_id);
-            out.put_u32_le(*subgroup);
-            out.put_u32_le(*shard);
-            put_len(out, state.len());
-            out.put_slice(state);
+            sink.buf().put_u8(TAG_STATE);
+            sink.buf().put_u32_le(*view_id);
+            sink.buf().put_u32_le(*subgroup);
+            sink.buf().put_u32_le(*shard);
+            put_len(sink.buf(), state.len());
+            sink.payload(state);
         }
         Wire::Evicted { view_id } => {
-            out.put_u8(TAG_EVICTED);
-            out.put_u32_le(*view_id);
+            sink.buf().put_u8(TAG_EVICTED);
+            sink.buf().put_u32_le(*view_id);
         }
     }
 }
 
 /// The encoded size of `msg`, to size a buffer or check a frame limit before encoding.
+/// Payload bytes are counted, not copied.
 pub fn encoded_len(msg: &Wire) -> usize {
-    let mut counter = BytesMut::new();
-    match msg {
-        // Payload bytes dominate; count them without copying.
-        Wire::Update { view_id, data, row } => {
-            let mut payload = 0;
-            let stripped = Wire::Update {
-                view_id: *view_id,
-                data: data
-                    .iter()
-                    .map(|run| DataRun {
-                        subgroup: run.subgroup,
-                        first_index: run.first_index,
-                        items: run
-                            .items
-                            .iter()
-                            .map(|item| match item {
-                                Item::Message(p) => {
-                                    payload += p.len();
-                                    Item::Message(Bytes::new())
-                                }
-                                Item::Nulls(n) => Item::Nulls(*n),
-                            })
-                            .collect(),
-                    })
-                    .collect(),
-                row: row.clone(),
-            };
-            encode(&stripped, &mut counter);
-            counter.len() + payload
+    struct Counter {
+        headers: BytesMut,
+        payload_bytes: usize,
+    }
+    impl Sink for Counter {
+        fn buf(&mut self) -> &mut BytesMut {
+            &mut self.headers
         }
-        Wire::State { state, .. } => 17 + state.len(),
-        other => {
-            encode(other, &mut counter);
-            counter.len()
+        fn payload(&mut self, payload: &Bytes) {
+            self.payload_bytes += payload.len();
         }
     }
+    let mut counter = Counter {
+        headers: BytesMut::new(),
+        payload_bytes: 0,
+    };
+    encode_into(msg, &mut counter);
+    counter.headers.len() + counter.payload_bytes
 }
 
 /// Decodes one whole message; `frame` must hold exactly one.
@@ -691,6 +732,47 @@ mod tests {
             let back = decode(buf.freeze(), &DecodeLimits::default()).expect("decodes");
             assert_eq!(back, msg);
         }
+    }
+
+    #[test]
+    fn parts_concatenate_to_the_encoding_and_share_large_payloads() {
+        let big = Bytes::from(vec![3u8; INLINE_PAYLOAD_BYTES_MAX]);
+        let mut msgs = samples();
+        msgs.push(Wire::Update {
+            view_id: 1,
+            data: vec![DataRun {
+                subgroup: 0,
+                first_index: 0,
+                items: vec![
+                    Item::Message(Bytes::from_static(b"small")),
+                    Item::Message(big.clone()),
+                    Item::Nulls(2),
+                    Item::Message(big.clone()),
+                ],
+            }],
+            row: None,
+        });
+        let mut scratch = BytesMut::new();
+        for msg in msgs {
+            let mut flat = BytesMut::new();
+            encode(&msg, &mut flat);
+            let mut parts = Vec::new();
+            let total = encode_parts(&msg, &mut scratch, &mut parts);
+            assert_eq!(total, flat.len());
+            assert_eq!(parts.concat(), flat.to_vec(), "{msg:?}");
+        }
+        let msg = Wire::State {
+            view_id: 0,
+            subgroup: 0,
+            shard: 0,
+            state: big.clone(),
+        };
+        let mut parts = Vec::new();
+        encode_parts(&msg, &mut scratch, &mut parts);
+        assert!(
+            parts.iter().any(|p| p.as_ptr() == big.as_ptr()),
+            "a large payload was copied"
+        );
     }
 
     #[test]

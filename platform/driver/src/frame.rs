@@ -4,7 +4,9 @@
 //! frame   := length: u32 LE (bytes after this field) | kind: u8 | body
 //! HELLO   := magic "SQWL" | protocol: u16 | cluster_id: u64 | node: u32 | incarnation: u32
 //! MESSAGE := one codec-encoded `Wire` message
-//! CHUNK   := more: u8 | bytes      (a message cut in pieces; `more = 0` ends it)
+//! CHUNK   := more: u8 | total: u32 | bytes   (a message cut in pieces; `more = 0` ends
+//!            it; `total` is the whole message's length, so the receiver reads every
+//!            piece straight into one buffer of that size)
 //! BEAT    := (empty)               (transport heartbeat)
 //! ```
 //!
@@ -49,7 +51,11 @@ impl Hello {
 pub enum Frame {
     Hello(Hello),
     Message(Bytes),
-    Chunk { more: bool, bytes: Bytes },
+    Chunk {
+        more: bool,
+        total: u32,
+        bytes: Bytes,
+    },
     Beat,
 }
 
@@ -65,15 +71,30 @@ pub enum FrameError {
     UnknownKind(u8),
     #[error("bad hello: {0}")]
     BadHello(&'static str),
-    #[error("bad chunk flag {0}")]
-    BadChunk(u8),
+    #[error("bad chunk: {0}")]
+    BadChunk(&'static str),
+    #[error("message of {size} bytes exceeds the limit of {max}")]
+    MessageTooLarge { size: usize, max: usize },
 }
 
-/// Reads one frame; refuses frames over `frame_bytes_max` before reading their body.
-pub async fn read_frame(
+/// What the data path reads. Chunk bodies go straight into the message being reassembled.
+#[derive(Debug)]
+pub enum Incoming {
+    Hello(Hello),
+    Message(Bytes),
+    /// A chunk arrived; the message is not complete yet.
+    ChunkMore,
+    /// The last chunk arrived: the whole message.
+    ChunkDone(Bytes),
+    Beat,
+}
+
+const CHUNK_HEADER_BYTES: usize = 1 + 4;
+
+async fn read_len(
     r: &mut (impl AsyncRead + Unpin),
     frame_bytes_max: usize,
-) -> Result<Frame, FrameError> {
+) -> Result<usize, FrameError> {
     let len = r.read_u32_le().await? as usize;
     if len == 0 {
         return Err(FrameError::Empty);
@@ -84,10 +105,106 @@ pub async fn read_frame(
             max: frame_bytes_max,
         });
     }
-    let mut body = BytesMut::zeroed(len);
-    r.read_exact(&mut body).await?;
+    Ok(len)
+}
+
+/// Appends exactly `n` bytes from `r` to `buf`, without zeroing memory first.
+async fn read_exact_into(
+    r: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+    n: usize,
+) -> std::io::Result<()> {
+    buf.reserve(n);
+    let target = buf.len() + n;
+    while buf.len() < target {
+        let want = target - buf.len();
+        if r.read_buf(&mut (&mut *buf).limit(want)).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(())
+}
+
+/// Reads one frame of the data path; a chunk's body is appended to `assembling`, which
+/// is allocated once at the message's announced size (at most `message_bytes_max`).
+pub async fn read_incoming(
+    r: &mut (impl AsyncRead + Unpin),
+    frame_bytes_max: usize,
+    message_bytes_max: usize,
+    assembling: &mut Option<BytesMut>,
+) -> Result<Incoming, FrameError> {
+    let len = read_len(r, frame_bytes_max).await?;
+    let kind = r.read_u8().await?;
+    if kind != KIND_CHUNK {
+        let mut body = BytesMut::new();
+        read_exact_into(r, &mut body, len - 1).await?;
+        return Ok(match parse(kind, body.freeze())? {
+            Frame::Hello(h) => Incoming::Hello(h),
+            Frame::Message(m) => Incoming::Message(m),
+            Frame::Beat => Incoming::Beat,
+            Frame::Chunk { .. } => unreachable!("kind checked above"),
+        });
+    }
+    let Some(n) = (len - 1).checked_sub(CHUNK_HEADER_BYTES) else {
+        return Err(FrameError::BadChunk("short header"));
+    };
+    let more = match r.read_u8().await? {
+        0 => false,
+        1 => true,
+        _ => return Err(FrameError::BadChunk("bad flag")),
+    };
+    let total = r.read_u32_le().await? as usize;
+    if total > message_bytes_max {
+        return Err(FrameError::MessageTooLarge {
+            size: total,
+            max: message_bytes_max,
+        });
+    }
+    let buf = assembling.get_or_insert_with(|| BytesMut::with_capacity(total));
+    if buf.capacity() < total || buf.len() + n > total {
+        return Err(FrameError::BadChunk("pieces exceed the announced length"));
+    }
+    read_exact_into(r, buf, n).await?;
+    if more {
+        return Ok(Incoming::ChunkMore);
+    }
+    let whole = assembling.take().unwrap_or_default();
+    if whole.len() != total {
+        return Err(FrameError::BadChunk(
+            "pieces fall short of the announced length",
+        ));
+    }
+    Ok(Incoming::ChunkDone(whole.freeze()))
+}
+
+/// Writes the header of a MESSAGE frame whose body (`body_len` bytes) follows.
+pub fn put_message_header(out: &mut BytesMut, body_len: usize) {
+    out.put_u32_le(frame_len(1 + body_len));
+    out.put_u8(KIND_MESSAGE);
+}
+
+/// Writes the header of a CHUNK frame whose piece (`piece_len` bytes) follows.
+pub fn put_chunk_header(out: &mut BytesMut, more: bool, total: usize, piece_len: usize) {
+    out.put_u32_le(frame_len(1 + CHUNK_HEADER_BYTES + piece_len));
+    out.put_u8(KIND_CHUNK);
+    out.put_u8(u8::from(more));
+    out.put_u32_le(frame_len(total));
+}
+
+/// Reads one frame; refuses frames over `frame_bytes_max` before reading their body.
+pub async fn read_frame(
+    r: &mut (impl AsyncRead + Unpin),
+    frame_bytes_max: usize,
+) -> Result<Frame, FrameError> {
+    let len = read_len(r, frame_bytes_max).await?;
+    let mut body = BytesMut::new();
+    read_exact_into(r, &mut body, len).await?;
     let mut body = body.freeze();
     let kind = body.get_u8();
+    parse(kind, body)
+}
+
+fn parse(kind: u8, mut body: Bytes) -> Result<Frame, FrameError> {
     match kind {
         KIND_HELLO => {
             if body.len() != HELLO_BYTES {
@@ -106,15 +223,20 @@ pub async fn read_frame(
         }
         KIND_MESSAGE => Ok(Frame::Message(body)),
         KIND_CHUNK => {
-            if body.is_empty() {
-                return Err(FrameError::BadChunk(u8::MAX));
+            if body.len() < CHUNK_HEADER_BYTES {
+                return Err(FrameError::BadChunk("short header"));
             }
             let more = match body.get_u8() {
                 0 => false,
                 1 => true,
-                other => return Err(FrameError::BadChunk(other)),
+                _ => return Err(FrameError::BadChunk("bad flag")),
             };
-            Ok(Frame::Chunk { more, bytes: body })
+            let total = body.get_u32_le();
+            Ok(Frame::Chunk {
+                more,
+                total,
+                bytes: body,
+            })
         }
         KIND_BEAT => Ok(Frame::Beat),
         other => Err(FrameError::UnknownKind(other)),
@@ -138,10 +260,8 @@ pub fn put_frame(out: &mut BytesMut, frame: &Frame) {
             out.put_u8(KIND_MESSAGE);
             out.put_slice(body);
         }
-        Frame::Chunk { more, bytes } => {
-            out.put_u32_le(frame_len(2 + bytes.len()));
-            out.put_u8(KIND_CHUNK);
-            out.put_u8(u8::from(*more));
+        Frame::Chunk { more, total, bytes } => {
+            put_chunk_header(out, *more, *total as usize, bytes.len());
             out.put_slice(bytes);
         }
         Frame::Beat => {
@@ -184,10 +304,12 @@ mod tests {
             Frame::Message(Bytes::from_static(b"abc")),
             Frame::Chunk {
                 more: true,
+                total: 3,
                 bytes: Bytes::from_static(b"xyz"),
             },
             Frame::Chunk {
                 more: false,
+                total: 0,
                 bytes: Bytes::new(),
             },
             Frame::Beat,

@@ -16,7 +16,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::frame::{Frame, FrameError, Hello, put_frame, read_frame, write_frame};
+use crate::frame::{
+    Frame, FrameError, Hello, Incoming, put_chunk_header, put_frame, put_message_header,
+    read_frame, read_incoming, write_frame,
+};
 
 /// What the transport hands to the node: messages in link order, and broken links.
 #[derive(Debug)]
@@ -345,6 +348,8 @@ impl TcpTransport {
         let beat_every = Duration::from_millis(self.cfg.heartbeat_interval_ms);
         let mut beat = tokio::time::interval(beat_every);
         let mut out = BytesMut::new();
+        let mut scratch = BytesMut::new();
+        let mut parts: Vec<Bytes> = Vec::new();
         let result: Result<(), FrameError> = async {
             loop {
                 let first = tokio::select! {
@@ -362,11 +367,15 @@ impl TcpTransport {
                         Err(_) => break,
                     }
                 }
-                let mut rest: VecDeque<Wire> = coalesce(batch).into();
+                let mut rest: VecDeque<Wire> = coalesce(batch, self.cfg.chunk_bytes).into();
                 while let Some(msg) = rest.pop_front() {
-                    let body = encode(&msg);
-                    if body.len() <= self.cfg.chunk_bytes {
-                        put_frame(&mut out, &Frame::Message(body));
+                    parts.clear();
+                    let total = codec::encode_parts(&msg, &mut scratch, &mut parts);
+                    if total <= self.cfg.chunk_bytes {
+                        put_message_header(&mut out, total);
+                        for part in &parts {
+                            put_part(&mut wr, &mut out, part).await?;
+                        }
                         continue;
                     }
                     // A large message goes in chunks. Between them go heartbeats and the
@@ -378,18 +387,15 @@ impl TcpTransport {
                         control.extend(c);
                         rest.extend(d);
                     }
-                    let mut offset = 0;
-                    while offset < body.len() {
-                        let end = (offset + self.cfg.chunk_bytes).min(body.len());
-                        let more = end < body.len();
-                        put_frame(
-                            &mut out,
-                            &Frame::Chunk {
-                                more,
-                                bytes: body.slice(offset..end),
-                            },
-                        );
-                        offset = end;
+                    let mut pieces = Pieces::new(&parts);
+                    let mut sent = 0;
+                    while sent < total {
+                        let len = (total - sent).min(self.cfg.chunk_bytes);
+                        sent += len;
+                        put_chunk_header(&mut out, sent < total, total, len);
+                        for piece in pieces.take(len) {
+                            put_part(&mut wr, &mut out, &piece).await?;
+                        }
                         if beat_due(&mut beat) {
                             put_frame(&mut out, &Frame::Beat);
                         }
@@ -401,8 +407,6 @@ impl TcpTransport {
                         for c in control.drain(..) {
                             put_frame(&mut out, &Frame::Message(encode(&c)));
                         }
-                        wr.write_all(&out).await?;
-                        out.clear();
                     }
                 }
                 wr.write_all(&out).await?;
@@ -423,32 +427,22 @@ impl TcpTransport {
         let timeout = Duration::from_millis(self.cfg.suspicion_timeout_ms);
         let mut assembling: Option<BytesMut> = None;
         let reason = loop {
-            let frame =
-                match tokio::time::timeout(timeout, read_frame(&mut rd, self.cfg.frame_bytes_max))
-                    .await
-                {
-                    Err(_) => break format!("silent for {} ms", self.cfg.suspicion_timeout_ms),
-                    Ok(Err(e)) => break format!("read: {e}"),
-                    Ok(Ok(frame)) => frame,
-                };
-            let body = match frame {
-                Frame::Beat => continue,
-                Frame::Hello(_) => break "a second hello".to_string(),
-                Frame::Message(body) => body,
-                Frame::Chunk { more, bytes } => {
-                    let buf = assembling.get_or_insert_with(BytesMut::new);
-                    if buf.len() + bytes.len() > self.cfg.message_bytes_max {
-                        break format!(
-                            "chunked message exceeds {} bytes",
-                            self.cfg.message_bytes_max
-                        );
-                    }
-                    buf.extend_from_slice(&bytes);
-                    if more {
-                        continue;
-                    }
-                    assembling.take().map_or_else(Bytes::new, BytesMut::freeze)
-                }
+            let incoming = tokio::time::timeout(
+                timeout,
+                read_incoming(
+                    &mut rd,
+                    self.cfg.frame_bytes_max,
+                    self.cfg.message_bytes_max,
+                    &mut assembling,
+                ),
+            )
+            .await;
+            let body = match incoming {
+                Err(_) => break format!("silent for {} ms", self.cfg.suspicion_timeout_ms),
+                Ok(Err(e)) => break format!("read: {e}"),
+                Ok(Ok(Incoming::Beat | Incoming::ChunkMore)) => continue,
+                Ok(Ok(Incoming::Hello(_))) => break "a second hello".to_string(),
+                Ok(Ok(Incoming::Message(body) | Incoming::ChunkDone(body))) => body,
             };
             let msg = match codec::decode(body, &self.cfg.decode_limits) {
                 Ok(msg) => msg,
@@ -464,6 +458,60 @@ impl TcpTransport {
             }
         };
         self.link_failed(peer, serial, reason);
+    }
+}
+
+/// Parts this small are copied into the output buffer; larger ones are written from
+/// their own buffers (no copy), after what is buffered.
+const COPY_PART_BYTES_MAX: usize = 16 << 10;
+
+async fn put_part(
+    wr: &mut OwnedWriteHalf,
+    out: &mut BytesMut,
+    part: &Bytes,
+) -> Result<(), FrameError> {
+    if part.len() <= COPY_PART_BYTES_MAX {
+        out.extend_from_slice(part);
+        return Ok(());
+    }
+    if !out.is_empty() {
+        wr.write_all(out).await?;
+        out.clear();
+    }
+    wr.write_all(part).await?;
+    Ok(())
+}
+
+/// Walks a message's parts in pieces of a given length (chunk bodies), without copying.
+struct Pieces<'a> {
+    parts: &'a [Bytes],
+    index: usize,
+    offset: usize,
+}
+
+impl<'a> Pieces<'a> {
+    fn new(parts: &'a [Bytes]) -> Self {
+        Pieces {
+            parts,
+            index: 0,
+            offset: 0,
+        }
+    }
+
+    fn take(&mut self, mut len: usize) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while len > 0 && self.index < self.parts.len() {
+            let part = &self.parts[self.index];
+            let n = (part.len() - self.offset).min(len);
+            out.push(part.slice(self.offset..self.offset + n));
+            self.offset += n;
+            len -= n;
+            if self.offset == part.len() {
+                self.index += 1;
+                self.offset = 0;
+            }
+        }
+        out
     }
 }
 
@@ -512,9 +560,23 @@ fn beat_due(beat: &mut tokio::time::Interval) -> bool {
 /// Merges consecutive updates of one view into one: data concatenated in order, the
 /// latest row last. A busy link thus never carries stale rows, and the row still follows
 /// every message it acknowledges.
-fn coalesce(batch: Vec<Wire>) -> Vec<Wire> {
+fn coalesce(batch: Vec<Wire>, bytes_max: usize) -> Vec<Wire> {
+    let payload_bytes = |data: &[squall_platform::DataRun]| -> usize {
+        data.iter()
+            .flat_map(|run| &run.items)
+            .map(|item| match item {
+                squall_platform::Item::Message(p) => p.len(),
+                squall_platform::Item::Nulls(_) => 0,
+            })
+            .sum()
+    };
     let mut out: Vec<Wire> = Vec::with_capacity(batch.len());
+    let mut merged_bytes = 0;
     for msg in batch {
+        let bytes = match &msg {
+            Wire::Update { data, .. } => payload_bytes(data),
+            _ => 0,
+        };
         if let (
             Some(Wire::Update {
                 view_id: prev_view,
@@ -524,13 +586,18 @@ fn coalesce(batch: Vec<Wire>) -> Vec<Wire> {
             Wire::Update { view_id, data, row },
         ) = (out.last_mut(), &msg)
             && *prev_view == *view_id
+            // Merging stops short of the chunk size: one large merged message would
+            // only be cut up again.
+            && merged_bytes + bytes <= bytes_max
         {
+            merged_bytes += bytes;
             prev_data.extend(data.iter().cloned());
             if row.is_some() {
                 prev_row.clone_from(row);
             }
             continue;
         }
+        merged_bytes = bytes;
         out.push(msg);
     }
     out
@@ -632,7 +699,7 @@ mod tests {
                 row: row(1),
             },
         ];
-        let out = coalesce(batch);
+        let out = coalesce(batch, 1 << 20);
         assert_eq!(out.len(), 3);
         let Wire::Update { data, row, .. } = &out[0] else {
             panic!("an update first");
