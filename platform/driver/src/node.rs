@@ -14,9 +14,14 @@ use squall_platform::{
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::transport::{Inbound, Transport};
+
+/// Appends, syncs and metadata queued for the log thread. The core's send window bounds
+/// what is delivered but not yet persisted, so this is far from reached in practice; if
+/// it were, the node task would wait for the log (backpressure), never drop work.
+pub const LOG_QUEUE_MAX: usize = 65_536;
 
 /// Kinds of metadata records in the log.
 pub const META_VIEW: u8 = 1;
@@ -225,7 +230,14 @@ pub fn start_node(
         feedback: VecDeque::new(),
         last_hlc_us: 0,
     };
-    tokio::spawn(driver.run(cfg, inbound, commands, done));
+    // Every log line of the node carries its node, incarnation and current view.
+    let span = info_span!(
+        "node",
+        node = cfg.me.node,
+        incarnation = cfg.me.incarnation,
+        view = tracing::field::Empty
+    );
+    tokio::spawn(driver.run(cfg, inbound, commands, done).instrument(span));
     Ok((
         NodeHandle {
             commands: commands_tx,
@@ -253,8 +265,6 @@ impl Driver {
         mut commands: mpsc::Receiver<Command>,
         mut done: mpsc::Receiver<LogDone>,
     ) {
-        let span = info_span!("node", node = cfg.me.node, incarnation = cfg.me.incarnation);
-        let _enter = span.enter();
         let mut tick = tokio::time::interval(Duration::from_millis(cfg.tick_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -436,6 +446,7 @@ impl Driver {
                     .await;
             }
             Output::InstallView(view) => {
+                tracing::Span::current().record("view", view.id);
                 info!(view = view.id, members = ?view.members, "installed");
                 for gone in view.failed.iter().chain(&view.left) {
                     self.transport.forget(*gone);
@@ -516,7 +527,7 @@ fn spawn_log_thread(
     mut store: Box<dyn LogStore + Send>,
     done: mpsc::Sender<LogDone>,
 ) -> std::io::Result<std::sync::mpsc::SyncSender<LogWork>> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<LogWork>(65_536);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<LogWork>(LOG_QUEUE_MAX);
     std::thread::Builder::new()
         .name("squall-log".to_string())
         .spawn(move || {
