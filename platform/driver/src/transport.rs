@@ -209,14 +209,22 @@ impl TcpTransport {
     }
 
     async fn dial_loop(self: Arc<Self>, node: NodeId, addr: SocketAddr) {
-        let retry = Duration::from_millis(self.cfg.connect_retry_ms);
+        let first = Duration::from_millis(self.cfg.connect_retry_ms);
+        // A peer that stays down is retried less and less often, up to once a second.
+        let most = first.max(Duration::from_secs(1));
+        let mut retry = first;
         loop {
             tokio::time::sleep(retry).await;
             if self.lock().get(&node).is_some_and(|p| p.link.is_some()) {
+                retry = first;
                 continue;
             }
-            if let Err(reason) = self.dial_one(addr).await {
-                debug!(me = %self.cfg.me, node, %reason, "connect failed");
+            match self.dial_one(addr).await {
+                Ok(()) => retry = first,
+                Err(reason) => {
+                    debug!(me = %self.cfg.me, node, %reason, "connect failed");
+                    retry = (retry * 2).min(most);
+                }
             }
         }
     }
