@@ -73,8 +73,10 @@ impl Cluster {
             .args([
                 "--heartbeat-ms",
                 "20",
+                // Generous for a loaded 2-core CI machine: crashes are seen at once
+                // anyway (the connection breaks); only a frozen node waits this long.
                 "--timeout-ms",
-                "600",
+                "1000",
                 "--persistent",
             ])
             .stdout(Stdio::from(log("stdout")))
