@@ -93,6 +93,7 @@ async fn run(args: &NodeArgs) -> Result<()> {
         tick_interval_ms: HEARTBEAT_MS / 2,
         events_max: 65_536,
         commands_max: 4_096,
+        report_arrivals: false,
     };
     let (handle, mut events) = start_node(cfg, transport, inbound, None)?;
     let mut control = child::control()?;

@@ -41,6 +41,9 @@ pub struct NodeConfig {
     pub events_max: usize,
     /// Commands buffered before callers wait.
     pub commands_max: usize,
+    /// Report every run of multicast data as it arrives ([`AppEvent::Arrived`]): for
+    /// histories that check stability before delivery. Off in production.
+    pub report_arrivals: bool,
 }
 
 /// An [`AppEvent`] stamped with the wall clock when the driver produced it: before any
@@ -54,6 +57,15 @@ pub struct NodeEvent {
 /// What the node tells its application, in order.
 #[derive(Clone, Debug)]
 pub enum AppEvent {
+    /// Multicast data from `from` reached this node (only with `report_arrivals`):
+    /// slots `first_index..first_index + count` of its stream in `subgroup`.
+    Arrived {
+        from: MemberId,
+        view_id: ViewId,
+        subgroup: u32,
+        first_index: u64,
+        count: u64,
+    },
     Installed(Arc<View>),
     Delivered(Delivery),
     SendsAborted {
@@ -277,7 +289,12 @@ impl Driver {
             }
             tokio::select! {
                 Some(msg) = inbound.recv() => match msg {
-                    Inbound::Message { from, msg } => self.core.handle_message(from, msg),
+                    Inbound::Message { from, msg } => {
+                        if cfg.report_arrivals {
+                            self.report_arrivals(from, &msg).await;
+                        }
+                        self.core.handle_message(from, msg);
+                    }
                     Inbound::Broken { peer, reason } => {
                         info!(%peer, %reason, "suspecting");
                         self.core.suspect(peer);
@@ -345,6 +362,23 @@ impl Driver {
                 warn!(%reason, "log failed; leaving the group");
                 self.core.leave();
             }
+        }
+    }
+
+    async fn report_arrivals(&self, from: MemberId, msg: &Wire) {
+        let Wire::Update { view_id, data, .. } = msg else {
+            return;
+        };
+        for run in data {
+            let count = run.items.iter().map(squall_platform::Item::slots).sum();
+            self.emit(AppEvent::Arrived {
+                from,
+                view_id: *view_id,
+                subgroup: run.subgroup,
+                first_index: run.first_index,
+                count,
+            })
+            .await;
         }
     }
 

@@ -258,6 +258,7 @@ async fn main() -> Result<()> {
         tick_interval_ms: (args.heartbeat_ms / 2).max(1),
         events_max: 65_536,
         commands_max: 4_096,
+        report_arrivals: true,
     };
     let (handle, mut events) = start_node(cfg, transport, inbound, log)?;
 
@@ -292,6 +293,9 @@ async fn main() -> Result<()> {
             event = events.recv() => {
                 let Some(NodeEvent { at_us, event }) = event else { break };
                 match event {
+                    AppEvent::Arrived { from, view_id, subgroup, first_index, count } => {
+                        rec.record(Event::Arrived { at_us, member: me, from, view_id, subgroup, first_index, count })?;
+                    }
                     AppEvent::Installed(view) => {
                         println!("node {me}: installed view {} members {:?}", view.id, view.members);
                         let in_shard = view.shard_of(0, me).is_some();
