@@ -74,6 +74,17 @@ pub fn window(args: &NodeArgs, start_us: u64) -> Window {
     }
 }
 
+/// Binds this node's address (`--addrs[--index]`).
+pub async fn listen(args: &NodeArgs) -> Result<tokio::net::TcpListener> {
+    let addr = *args
+        .addrs
+        .get(args.index)
+        .context("--index is not in --addrs")?;
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))
+}
+
 pub fn say_ready() {
     println!("{READY}");
 }

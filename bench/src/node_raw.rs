@@ -35,13 +35,7 @@ pub fn main(args: &NodeArgs) -> Result<()> {
 }
 
 async fn run(args: &NodeArgs) -> Result<()> {
-    let listen = *args
-        .addrs
-        .get(args.index)
-        .context("--index is not in --addrs")?;
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
+    let listener = child::listen(args).await?;
     let window: Arc<OnceLock<Window>> = Arc::new(OnceLock::new());
     let recorders: Shared<Vec<Shared<Recorder>>> = Arc::default();
     let accepted = Arc::new(AtomicUsize::new(0));

@@ -16,7 +16,6 @@ use squall_driver::{
 use squall_platform::{
     CoreConfig, DeliveryMode, Layout, MemberId, NodeId, SendError, ShardLayout, SubgroupLayout,
 };
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::child::{self, Control};
@@ -68,13 +67,7 @@ async fn run(args: &NodeArgs) -> Result<()> {
         .enumerate()
         .map(|(i, a)| Ok((u32::try_from(i)?, *a)))
         .collect::<Result<_>>()?;
-    let listen = *args
-        .addrs
-        .get(args.index)
-        .context("--index is not in --addrs")?;
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
+    let listener = child::listen(args).await?;
     let mut tcp = TcpConfig::new(CLUSTER_ID, me, peers);
     tcp.heartbeat_interval_ms = HEARTBEAT_MS;
     tcp.suspicion_timeout_ms = SUSPICION_MS;

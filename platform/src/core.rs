@@ -1421,28 +1421,9 @@ impl Core {
                 && newer
                 && proposal.view_id == self.current_view().id
             {
-                if proposal.change.failed.contains(&self.me)
-                    || (proposal.change.left.contains(&self.me) && !self.leave_requested)
-                {
-                    self.stop(StopReason::Evicted);
+                if !self.acknowledge(proposal) {
                     return true;
                 }
-                if let Some(committed) = &self.committed {
-                    assert_eq!(
-                        committed.change, proposal.change,
-                        "{}: committed change was superseded",
-                        self.me
-                    );
-                }
-                let view = Arc::clone(self.current_view());
-                for m in &proposal.change.failed {
-                    if let Some(r) = view.rank_of(*m) {
-                        self.suspect_rank(r);
-                    }
-                }
-                let row = self.my_row_mut();
-                row.proposal = Some(Arc::clone(proposal));
-                row.wedged = true;
                 changed = true;
             }
         }
@@ -1475,11 +1456,28 @@ impl Core {
         let Some(proposal) = decided else {
             return false;
         };
+        if self.acknowledge(&proposal) {
+            self.my_row_mut().committed = Some(proposal.ballot);
+            self.commit(proposal);
+        }
+        true
+    }
+
+    /// Copies `proposal` into my row (wedged), suspecting whom it removes. Returns false
+    /// if it removes me against my will: then I have stopped.
+    fn acknowledge(&mut self, proposal: &Arc<Proposal>) -> bool {
         if proposal.change.failed.contains(&self.me)
             || (proposal.change.left.contains(&self.me) && !self.leave_requested)
         {
             self.stop(StopReason::Evicted);
-            return true;
+            return false;
+        }
+        if let Some(committed) = &self.committed {
+            assert_eq!(
+                committed.change, proposal.change,
+                "{}: committed change was superseded",
+                self.me
+            );
         }
         let view = Arc::clone(self.current_view());
         for m in &proposal.change.failed {
@@ -1488,10 +1486,8 @@ impl Core {
             }
         }
         let row = self.my_row_mut();
-        row.proposal = Some(Arc::clone(&proposal));
-        row.committed = Some(proposal.ballot);
+        row.proposal = Some(Arc::clone(proposal));
         row.wedged = true;
-        self.commit(proposal);
         true
     }
 

@@ -191,14 +191,7 @@ impl TcpTransport {
     async fn accept_one(self: &Arc<Self>, stream: TcpStream) -> Result<(), String> {
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
-        let timeout = Duration::from_millis(self.cfg.suspicion_timeout_ms);
-        let theirs = match tokio::time::timeout(timeout, read_frame(&mut rd, 64)).await {
-            Err(_) => return Err("no hello in time".into()),
-            Ok(Err(e)) => return Err(format!("bad first frame: {e}")),
-            Ok(Ok(Frame::Hello(h))) => h,
-            Ok(Ok(other)) => return Err(format!("first frame is not a hello: {other:?}")),
-        };
-        self.check_hello(&theirs)?;
+        let theirs = self.read_hello(&mut rd).await?;
         if theirs.node > self.cfg.me.node {
             return Err(format!("node {} must be dialed by us", theirs.node));
         }
@@ -240,14 +233,21 @@ impl TcpTransport {
         write_frame(&mut wr, &Frame::Hello(self.hello()))
             .await
             .map_err(|e| format!("sending hello: {e}"))?;
-        let theirs = match tokio::time::timeout(timeout, read_frame(&mut rd, 64)).await {
+        let theirs = self.read_hello(&mut rd).await?;
+        self.install(theirs, rd, wr)
+    }
+
+    /// The peer's first frame, which must be an acceptable hello, within the timeout.
+    async fn read_hello(&self, rd: &mut OwnedReadHalf) -> Result<Hello, String> {
+        let timeout = Duration::from_millis(self.cfg.suspicion_timeout_ms);
+        let theirs = match tokio::time::timeout(timeout, read_frame(rd, 64)).await {
             Err(_) => return Err("no hello in time".into()),
             Ok(Err(e)) => return Err(format!("bad first frame: {e}")),
             Ok(Ok(Frame::Hello(h))) => h,
             Ok(Ok(other)) => return Err(format!("first frame is not a hello: {other:?}")),
         };
         self.check_hello(&theirs)?;
-        self.install(theirs, rd, wr)
+        Ok(theirs)
     }
 
     fn check_hello(&self, h: &Hello) -> Result<(), String> {
@@ -526,8 +526,9 @@ impl<'a> Pieces<'a> {
 /// Messages taken from a peer's queue per write (then coalesced).
 const BATCH_MESSAGES_MAX: usize = 1024;
 
+/// Encodes a control message (small: rows, membership) into one buffer.
 fn encode(msg: &Wire) -> Bytes {
-    let mut body = BytesMut::with_capacity(codec::encoded_len(msg));
+    let mut body = BytesMut::new();
     codec::encode(msg, &mut body);
     body.freeze()
 }
