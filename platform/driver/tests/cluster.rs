@@ -170,7 +170,8 @@ impl Cluster {
         }
     }
 
-    fn judge(&self, nodes: u32) {
+    /// Runs every checker but liveness (each test's waits assert it) and `skip`.
+    fn judge(&self, nodes: u32, skip: &[&str]) {
         // One clock for all processes, stamped by each driver as events happen: sorting
         // by it orders causally (stable, so ties keep each file's order).
         let mut events: Vec<Event> = (0..nodes).flat_map(|n| self.events(n)).collect();
@@ -180,8 +181,7 @@ impl Cluster {
             history.push(event);
         }
         for (name, checker) in checkers::CHECKERS {
-            // There is no scripted heal phase: each test's waits assert liveness.
-            if *name == "liveness_after_heal" {
+            if *name == "liveness_after_heal" || skip.contains(name) {
                 continue;
             }
             if let Err(violation) = checker(&history) {
@@ -264,8 +264,9 @@ fn kill9_mid_stream_then_rejoin_with_state_transfer() {
                 .is_some_and(|v| v.contains(&n(2, 2)))
         })
     });
-    // Everything the live members sent reaches the old members; the newcomer delivers
-    // its own stream (the rest reached it as state).
+    // Everything the live members sent reaches the old members, except what was delivered
+    // before a member joined (that reached it as state); the newcomer delivers its own
+    // stream (the rest reached it as state).
     cluster.wait_for(
         "every live sender's stream delivered",
         Duration::from_secs(60),
@@ -275,10 +276,27 @@ fn kill9_mid_stream_then_rejoin_with_state_transfer() {
                 .iter()
                 .flat_map(|m| sent_by(&all[m.node as usize], *m))
                 .collect();
-            live_sent.len() as u64 == 3 * c.messages
-                && [0, 1]
+            let owed = |m: MemberId| -> BTreeSet<PayloadId> {
+                let first_view = all[m.node as usize].iter().find_map(|e| match e {
+                    Event::Installed { member, view, .. } if *member == m => Some(view.id),
+                    _ => None,
+                });
+                let before_joining: BTreeSet<PayloadId> = all
                     .iter()
-                    .all(|node| live_sent.is_subset(&delivered(&all[*node])))
+                    .flatten()
+                    .filter_map(|e| match e {
+                        Event::Delivered {
+                            view_id, payload, ..
+                        } if first_view.is_some_and(|f| *view_id < f) => Some(*payload),
+                        _ => None,
+                    })
+                    .collect();
+                live_sent.difference(&before_joining).copied().collect()
+            };
+            live_sent.len() as u64 == 3 * c.messages
+                && [n(0, 1), n(1, 1)]
+                    .iter()
+                    .all(|m| owed(*m).is_subset(&delivered(&all[m.node as usize])))
                 && sent_by(&all[2], n(2, 2)).is_subset(&delivered(&all[2]))
         },
     );
@@ -291,7 +309,10 @@ fn kill9_mid_stream_then_rejoin_with_state_transfer() {
         "n2.2 caught up without a state transfer"
     );
     cluster.terminate_all();
-    cluster.judge(3);
+    // A SIGKILLed process loses the events still queued for its history file, so its
+    // record of arrivals can end before what its last row acknowledged: stability cannot
+    // be judged here (the frozen-node test judges it, every process there ends cleanly).
+    cluster.judge(3, &["stability_before_delivery"]);
 }
 
 /// `kill -9` a persisting node at random moments, 20 times: everything it reported
@@ -533,5 +554,5 @@ fn a_frozen_node_is_evicted_and_comes_back_as_a_new_incarnation() {
         .collect();
     assert_eq!(stops.len(), 1, "n2.1 did not record its stop: {stops:?}");
     cluster.terminate_all();
-    cluster.judge(3);
+    cluster.judge(3, &[]);
 }

@@ -276,20 +276,23 @@ async fn main() -> Result<()> {
     let mut leaving = false;
     let mut stopped = None;
 
+    // A lone or wedged node cannot leave through a view change: after this long it
+    // records what the driver already reported and exits anyway.
+    let give_up = tokio::time::sleep(Duration::from_secs(u32::MAX.into()));
+    tokio::pin!(give_up);
+    let mut giving_up = false;
     loop {
+        if giving_up && events.is_empty() {
+            break;
+        }
         tokio::select! {
             _ = sigterm.recv(), if !leaving => {
                 leaving = true;
                 eprintln!("node {me}: SIGTERM, leaving");
                 handle.leave().await;
-                let handle = handle.clone();
-                tokio::spawn(async move {
-                    // A lone or wedged node cannot leave through a view change.
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    drop(handle);
-                    std::process::exit(0);
-                });
+                give_up.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(5));
             }
+            _ = &mut give_up, if leaving && !giving_up => giving_up = true,
             event = events.recv() => {
                 let Some(NodeEvent { at_us, event }) = event else { break };
                 match event {
