@@ -10,6 +10,9 @@ fn main() {
         r.history.deliveries(),
         r.result
     );
+    for view in r.history.views().values().filter(|v| v.is_restart()) {
+        println!("restart view {} members {:?}", view.id, view.members);
+    }
     if std::env::var("DUMP").is_ok() {
         for e in &r.history.events {
             println!("{e:?}");

@@ -13,12 +13,13 @@ use thiserror::Error;
 
 use crate::ids::{MemberId, Version};
 use crate::layout::DeliveryMode;
+use crate::restart::{LoggedState, RestartPlan, RestartShard, ShardTail};
 use crate::row::{Ballot, Change, Proposal, Row, ShardRow, Trim};
 use crate::view::{ShardView, View};
 use crate::wire::{DataRun, Item, Wire};
 
 /// Bumped whenever the encoding changes; peers with another version are refused.
-pub const CODEC_VERSION: u16 = 1;
+pub const CODEC_VERSION: u16 = 2;
 
 const TAG_UPDATE: u8 = 1;
 const TAG_JOIN_REQUEST: u8 = 2;
@@ -26,6 +27,8 @@ const TAG_REDIRECT: u8 = 3;
 const TAG_WELCOME: u8 = 4;
 const TAG_STATE: u8 = 5;
 const TAG_EVICTED: u8 = 6;
+const TAG_RESTART_HELLO: u8 = 7;
+const TAG_RESTART: u8 = 8;
 
 const ITEM_MESSAGE: u8 = 0;
 const ITEM_NULLS: u8 = 1;
@@ -189,6 +192,14 @@ fn encode_into(msg: &Wire, sink: &mut impl Sink) {
             sink.buf().put_u8(TAG_EVICTED);
             sink.buf().put_u32_le(*view_id);
         }
+        Wire::RestartHello { logged } => {
+            sink.buf().put_u8(TAG_RESTART_HELLO);
+            put_logged_state(sink.buf(), logged);
+        }
+        Wire::Restart { plan } => {
+            sink.buf().put_u8(TAG_RESTART);
+            put_restart_plan(sink.buf(), plan);
+        }
     }
 }
 
@@ -266,6 +277,12 @@ pub fn decode(frame: Bytes, limits: &DecodeLimits) -> Result<Wire, DecodeError> 
         },
         TAG_EVICTED => Wire::Evicted {
             view_id: r.u32("view id")?,
+        },
+        TAG_RESTART_HELLO => Wire::RestartHello {
+            logged: r.logged_state()?,
+        },
+        TAG_RESTART => Wire::Restart {
+            plan: Arc::new(r.restart_plan()?),
         },
         tag => {
             return Err(DecodeError::UnknownTag {
@@ -369,6 +386,44 @@ fn put_row(out: &mut BytesMut, row: &Row) {
         }
         out.put_u8(u8::from(s.done));
         out.put_u8(u8::from(s.awaiting_state));
+    }
+}
+
+fn put_version(out: &mut BytesMut, version: Option<Version>) {
+    match version {
+        Some(v) => {
+            out.put_u8(1);
+            out.put_u64_le(v.0);
+        }
+        None => out.put_u8(0),
+    }
+}
+
+fn put_logged_state(out: &mut BytesMut, logged: &LoggedState) {
+    match &logged.view {
+        Some(view) => {
+            out.put_u8(1);
+            put_view(out, view);
+        }
+        None => out.put_u8(0),
+    }
+    put_len(out, logged.tails.len());
+    for t in &logged.tails {
+        out.put_u32_le(t.subgroup);
+        out.put_u32_le(t.shard);
+        out.put_u64_le(t.version.0);
+    }
+}
+
+fn put_restart_plan(out: &mut BytesMut, plan: &RestartPlan) {
+    put_view(out, &plan.view);
+    put_len(out, plan.shards.len());
+    for shards in &plan.shards {
+        put_len(out, shards.len());
+        for s in shards {
+            put_version(out, s.trim);
+            put_version(out, s.joiners_hold);
+        }
     }
 }
 
@@ -572,6 +627,52 @@ impl Reader {
         })
     }
 
+    fn version(&mut self, what: &'static str) -> Result<Option<Version>, DecodeError> {
+        Ok(if self.flag(what)? {
+            Some(Version(self.u64(what)?))
+        } else {
+            None
+        })
+    }
+
+    fn logged_state(&mut self) -> Result<LoggedState, DecodeError> {
+        let view = if self.flag("logged view presence")? {
+            Some(Arc::new(self.view()?))
+        } else {
+            None
+        };
+        let n = self.count("shard tails", 16, self.limits.shards_max)?;
+        let tails = (0..n)
+            .map(|_| {
+                Ok(ShardTail {
+                    subgroup: self.u32("tail subgroup")?,
+                    shard: self.u32("tail shard")?,
+                    version: Version(self.u64("tail version")?),
+                })
+            })
+            .collect::<Result<Vec<_>, DecodeError>>()?;
+        Ok(LoggedState { view, tails })
+    }
+
+    fn restart_plan(&mut self) -> Result<RestartPlan, DecodeError> {
+        let view = Arc::new(self.view()?);
+        let subgroups = self.count("restart subgroups", 4, self.limits.shards_max)?;
+        let mut shards = Vec::with_capacity(subgroups);
+        for _ in 0..subgroups {
+            let n = self.count("restart shards", 2, self.limits.shards_max)?;
+            let list = (0..n)
+                .map(|_| {
+                    Ok(RestartShard {
+                        trim: self.version("restart trim")?,
+                        joiners_hold: self.version("restart joiners hold")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, DecodeError>>()?;
+            shards.push(list);
+        }
+        Ok(RestartPlan { view, shards })
+    }
+
     fn view(&mut self) -> Result<View, DecodeError> {
         let id = self.u32("view id")?;
         let members = self.members("view members")?;
@@ -711,7 +812,7 @@ mod tests {
             Wire::JoinRequest,
             Wire::Redirect { leader: 9 },
             Wire::Welcome {
-                view: Arc::new(view),
+                view: Arc::new(view.clone()),
             },
             Wire::State {
                 view_id: 4,
@@ -720,6 +821,31 @@ mod tests {
                 state: Bytes::from(vec![7u8; 1000]),
             },
             Wire::Evicted { view_id: 12 },
+            Wire::RestartHello {
+                logged: LoggedState {
+                    view: Some(Arc::new(view.clone())),
+                    tails: vec![ShardTail {
+                        subgroup: 0,
+                        shard: 1,
+                        version: Version::new(4, 17),
+                    }],
+                },
+            },
+            Wire::RestartHello {
+                logged: LoggedState::default(),
+            },
+            Wire::Restart {
+                plan: Arc::new(RestartPlan {
+                    view: Arc::new(view.clone()),
+                    shards: vec![vec![
+                        RestartShard {
+                            trim: Some(Version::new(4, 20)),
+                            joiners_hold: None,
+                        },
+                        RestartShard::default(),
+                    ]],
+                }),
+            },
         ]
     }
 

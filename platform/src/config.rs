@@ -26,6 +26,10 @@ pub struct CoreConfig {
     /// Round-robin slots usable in one view (at most 2^32: versions keep the slot in 32
     /// bits). A member that reaches it asks for an epoch roll: a new view, same members.
     pub view_slots_max: u64,
+    /// A restart leader that has what it needs waits this long for the rest of the last
+    /// view's members (or until all are back), so a straggler restarts with its log
+    /// rather than as a newcomer.
+    pub restart_grace_ms: u64,
     /// No view is installed without a majority of the previous one. Turning this off
     /// allows split brain under partitions; it exists for experiments only.
     pub partition_safety: bool,
@@ -39,6 +43,8 @@ pub enum ConfigError {
     Zero { field: &'static str },
     #[error("view_slots_max ({0}) must be between 1 and 2^32")]
     ViewSlots(u64),
+    #[error("a restart needs a log that holds a view")]
+    NothingToRestart,
     #[error("suspicion_timeout_ms ({timeout}) must exceed heartbeat_interval_ms ({heartbeat})")]
     TimeoutBelowHeartbeat { timeout: u64, heartbeat: u64 },
 }
@@ -56,6 +62,7 @@ impl CoreConfig {
             join_retry_ms: 100,
             future_messages_max: 65_536,
             view_slots_max: 1 << 32,
+            restart_grace_ms: 2_000,
             partition_safety: true,
         }
     }

@@ -24,6 +24,7 @@ use thiserror::Error;
 use crate::config::{ConfigError, CoreConfig};
 use crate::ids::{MemberId, NodeId, SendTicket, Version, ViewId};
 use crate::layout::{DeliveryMode, Inadequate};
+use crate::restart::{self, LoggedState, RestartPlan};
 use crate::row::{Ballot, Change, Proposal, Row, ShardRow, Trim};
 use crate::view::View;
 use crate::wire::{DataRun, Item, Wire};
@@ -105,12 +106,16 @@ pub enum Output {
     },
     InstallView(Arc<View>),
     /// Call [`Core::supply_state`] with the application's state of this shard as of now
-    /// (before anything of `view_id` is delivered); deliveries wait for it.
+    /// (before anything of `view_id` is delivered); deliveries wait for it. A driver with
+    /// a log ships the shard's log records after `joiners_hold` with it.
     StateTransferRequest {
         view_id: ViewId,
         subgroup: u32,
         shard: u32,
         joiners: Vec<MemberId>,
+        /// Every joiner's log already holds this shard up to here (a total restart);
+        /// `None`: the joiners' logs hold nothing of it that counts.
+        joiners_hold: Option<Version>,
     },
     /// The shard's state at the start of `view_id`; deliveries of the shard follow it.
     ReceiveState {
@@ -118,7 +123,12 @@ pub enum Output {
         subgroup: u32,
         shard: u32,
         state: Bytes,
+        /// This member's log of the shard is kept up to here and replaced after it.
+        hold: Option<Version>,
     },
+    /// The group restarts from logs with this plan (installed next): a driver truncates
+    /// its log of each shard it is in to the shard's agreed trim, before anything else.
+    Restart(Arc<RestartPlan>),
     /// Accepted sends that will never be multicast (we left the shard, or stopped).
     SendsAborted {
         subgroup: u32,
@@ -158,8 +168,24 @@ enum Phase {
         next_contact: usize,
         last_attempt_ms: Option<u64>,
     },
+    /// Back from a total stop with a log: looking for a live group, and reporting the log
+    /// to the restart leader (or, as that leader, gathering reports until the group can
+    /// restart).
+    Restarting(Box<Restarting>),
     Member,
     Stopped(StopReason),
+}
+
+#[derive(Debug)]
+struct Restarting {
+    leader: NodeId,
+    contacts: Vec<NodeId>,
+    logged: LoggedState,
+    /// Reports heard (leader only): the newest incarnation of each node, with when.
+    heard: Vec<(MemberId, LoggedState, u64)>,
+    /// Since when the reports allow a restart (leader only); reset when they stop.
+    ready_since_ms: Option<u64>,
+    last_hello_ms: Option<u64>,
 }
 
 /// Multicast state of the one shard this member has in a subgroup, for the current view.
@@ -183,6 +209,8 @@ struct ShardState {
     hold_for_state: bool,
     hold_for_supply: bool,
     joiners: Vec<MemberId>,
+    /// Restart views: how far this shard's log is kept at the joiners.
+    joiners_hold: Option<Version>,
     last_version: Option<Version>,
     persist_asked: Option<Version>,
     persisted: Option<Version>,
@@ -227,6 +255,8 @@ pub struct Core {
     evicted_notified: Vec<MemberId>,
     outbox: Vec<Vec<DataRun>>,
     outputs: Vec<Output>,
+    /// The restart plan being installed (its view's setup reads the shards' holds).
+    restart: Option<Arc<RestartPlan>>,
 }
 
 impl Core {
@@ -258,6 +288,34 @@ impl Core {
         Ok(core)
     }
 
+    /// Restarts a node whose log holds a view: a live group reached through `contacts`
+    /// admits it as a joiner; otherwise it reports its log to `leader` (every restarting
+    /// node is given the same one), which restarts the group once the reports allow it
+    /// (see [`crate::restart`]).
+    pub fn restart(
+        cfg: CoreConfig,
+        me: MemberId,
+        contacts: Vec<NodeId>,
+        leader: NodeId,
+        logged: LoggedState,
+        now_ms: u64,
+    ) -> Result<Self, ConfigError> {
+        if logged.view.is_none() {
+            return Err(ConfigError::NothingToRestart);
+        }
+        let phase = Phase::Restarting(Box::new(Restarting {
+            leader,
+            contacts,
+            logged,
+            heard: Vec::new(),
+            ready_since_ms: None,
+            last_hello_ms: None,
+        }));
+        let mut core = Self::new(cfg, me, now_ms, phase)?;
+        core.restart_step();
+        Ok(core)
+    }
+
     fn new(cfg: CoreConfig, me: MemberId, now_ms: u64, phase: Phase) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let subgroups = cfg.layout.subgroups.len();
@@ -285,6 +343,7 @@ impl Core {
             evicted_notified: Vec::new(),
             outbox: Vec::new(),
             outputs: Vec::new(),
+            restart: None,
         })
     }
 
@@ -334,6 +393,7 @@ impl Core {
         let phase = match &self.phase {
             Phase::Founding { members } => format!("founding({})", members.len()),
             Phase::Joining { .. } => "joining".to_string(),
+            Phase::Restarting(r) => format!("restarting({} reports)", r.heard.len()),
             Phase::Member => "member".to_string(),
             Phase::Stopped(reason) => format!("stopped({reason:?})"),
         };
@@ -495,6 +555,7 @@ impl Core {
                 }
                 self.progress();
             }
+            Phase::Restarting(_) => self.restart_step(),
             Phase::Founding { .. } | Phase::Stopped(_) => {}
         }
     }
@@ -589,7 +650,9 @@ impl Core {
                 row.wedged = true;
                 self.progress();
             }
-            Phase::Founding { .. } | Phase::Joining { .. } => self.stop(StopReason::Left),
+            Phase::Founding { .. } | Phase::Joining { .. } | Phase::Restarting(_) => {
+                self.stop(StopReason::Left)
+            }
             Phase::Stopped(_) => {}
         }
     }
@@ -601,6 +664,7 @@ impl Core {
             Phase::Founding { .. } => {
                 match msg {
                     Wire::JoinRequest => self.on_join_request(from),
+                    Wire::RestartHello { .. } | Wire::Restart { .. } => {}
                     _ => self.buffer_future(from, msg),
                 }
                 self.progress();
@@ -634,8 +698,12 @@ impl Core {
                     ..
                 } if data.is_empty() => {}
                 Wire::Update { .. } | Wire::State { .. } => self.buffer_future(from, msg),
-                Wire::JoinRequest | Wire::Evicted { .. } => {}
+                Wire::JoinRequest
+                | Wire::Evicted { .. }
+                | Wire::RestartHello { .. }
+                | Wire::Restart { .. } => {}
             },
+            Phase::Restarting(_) => self.on_restarting_message(from, msg),
             Phase::Member => {
                 self.handle_member_message(from, msg);
                 self.progress();
@@ -659,9 +727,10 @@ impl Core {
             self.last_heard_ms[r] = self.now_ms;
         }
         match msg {
-            Wire::JoinRequest => self.on_join_request(from),
+            // A live group admits a node back from a total stop as any joiner.
+            Wire::JoinRequest | Wire::RestartHello { .. } => self.on_join_request(from),
             Wire::Redirect { .. } => {}
-            Wire::Welcome { .. } => {}
+            Wire::Welcome { .. } | Wire::Restart { .. } => {}
             Wire::Evicted { view_id } => {
                 // Only a member we still trust can evict us: a member we suspect is
                 // already on its way out and its opinion no longer counts.
@@ -714,6 +783,7 @@ impl Core {
                         subgroup,
                         shard: shard.shard as u32,
                         state,
+                        hold: shard.joiners_hold,
                     });
                     if let Some(row) = self.my_row_mut().shards[g].as_mut() {
                         row.awaiting_state = false;
@@ -818,8 +888,138 @@ impl Core {
                     );
                 }
             }
-            Phase::Joining { .. } | Phase::Stopped(_) => {}
+            Phase::Joining { .. } | Phase::Restarting(_) | Phase::Stopped(_) => {}
         }
+    }
+
+    // ----- total restart -------------------------------------------------------------
+
+    fn on_restarting_message(&mut self, from: MemberId, msg: Wire) {
+        match msg {
+            Wire::RestartHello { logged } => {
+                let now = self.now_ms;
+                let Phase::Restarting(r) = &mut self.phase else {
+                    return;
+                };
+                if r.leader != self.me.node {
+                    return;
+                }
+                match r.heard.iter_mut().find(|(m, ..)| m.node == from.node) {
+                    Some(entry) if entry.0.incarnation > from.incarnation => {}
+                    Some(entry) => *entry = (from, logged, now),
+                    None => r.heard.push((from, logged, now)),
+                }
+                self.restart_step();
+            }
+            Wire::Restart { plan } => {
+                if plan.view.contains(self.me) {
+                    self.install_restart(plan);
+                    self.progress();
+                }
+            }
+            // A live group answers: join it like any new node.
+            Wire::Redirect { leader } => {
+                let Phase::Restarting(r) = &self.phase else {
+                    return;
+                };
+                let mut contacts = vec![leader];
+                contacts.extend(r.contacts.iter().copied().filter(|c| *c != leader));
+                self.phase = Phase::Joining {
+                    contacts,
+                    next_contact: 0,
+                    last_attempt_ms: None,
+                };
+                self.attempt_join();
+            }
+            Wire::Welcome { view } => {
+                // A restart view arrives as `Restart` (with its trims); a welcome into a
+                // restart view is only its leader's courtesy.
+                if view.contains(self.me) && !view.is_restart() {
+                    self.setup_view(view, None);
+                    self.progress();
+                }
+            }
+            Wire::Update {
+                ref data,
+                row: None,
+                ..
+            } if data.is_empty() => {}
+            Wire::Update { .. } | Wire::State { .. } => self.buffer_future(from, msg),
+            Wire::JoinRequest | Wire::Evicted { .. } => {}
+        }
+    }
+
+    /// Says hello (to the leader and, to find a live group, to every contact) when due;
+    /// as the leader, restarts the group once the reports allow it.
+    fn restart_step(&mut self) {
+        let now = self.now_ms;
+        let me = self.me;
+        let retry_ms = self.cfg.join_retry_ms;
+        let fresh_ms = self.cfg.suspicion_timeout_ms;
+        let grace_ms = self.cfg.restart_grace_ms;
+        let Phase::Restarting(r) = &mut self.phase else {
+            return;
+        };
+        if r.last_hello_ms
+            .is_none_or(|t| now.saturating_sub(t) >= retry_ms)
+        {
+            r.last_hello_ms = Some(now);
+            let hello = Wire::RestartHello {
+                logged: r.logged.clone(),
+            };
+            let mut targets = r.contacts.clone();
+            if !targets.contains(&r.leader) {
+                targets.push(r.leader);
+            }
+            targets.retain(|t| *t != me.node);
+            for to in targets {
+                self.outputs.push(Output::Send {
+                    to,
+                    incarnation: None,
+                    msg: hello.clone(),
+                });
+            }
+        }
+        let Phase::Restarting(r) = &mut self.phase else {
+            return;
+        };
+        if r.leader != me.node {
+            return;
+        }
+        r.heard
+            .retain(|(m, _, at)| m.node != me.node && now.saturating_sub(*at) <= fresh_ms);
+        let mut reports: Vec<(MemberId, &LoggedState)> = vec![(me, &r.logged)];
+        reports.extend(r.heard.iter().map(|(m, logged, _)| (*m, logged)));
+        let plan = match restart::plan(&self.cfg.layout, &reports) {
+            Ok(plan) => plan,
+            Err(_) => {
+                r.ready_since_ms = None;
+                return;
+            }
+        };
+        let since = *r.ready_since_ms.get_or_insert(now);
+        if !restart::everyone_back(&reports) && now.saturating_sub(since) < grace_ms {
+            return;
+        }
+        let plan = Arc::new(plan);
+        for m in plan.view.members.iter().filter(|m| **m != me) {
+            self.outputs.push(Output::Send {
+                to: m.node,
+                incarnation: Some(m.incarnation),
+                msg: Wire::Restart {
+                    plan: Arc::clone(&plan),
+                },
+            });
+        }
+        self.install_restart(plan);
+        self.progress();
+    }
+
+    fn install_restart(&mut self, plan: Arc<RestartPlan>) {
+        self.outputs.push(Output::Restart(Arc::clone(&plan)));
+        self.restart = Some(Arc::clone(&plan));
+        self.setup_view(Arc::clone(&plan.view), None);
+        self.restart = None;
     }
 
     fn attempt_join(&mut self) {
@@ -1947,12 +2147,19 @@ impl Core {
                 .collect();
             let hold_for_supply = sv.state_source == Some(self.me) && !sv.joined.is_empty();
             let hold_for_state = sv.joined.contains(&self.me);
+            let joiners_hold = self
+                .restart
+                .as_ref()
+                .filter(|plan| plan.view.id == view.id)
+                .and_then(|plan| plan.shards.get(g)?.get(s))
+                .and_then(|rs| rs.joiners_hold);
             if hold_for_supply {
                 self.outputs.push(Output::StateTransferRequest {
                     view_id: view.id,
                     subgroup: g as u32,
                     shard: s as u32,
                     joiners: sv.joined.clone(),
+                    joiners_hold,
                 });
             }
             my_row.shards[g] = Some(ShardRow {
@@ -1974,6 +2181,7 @@ impl Core {
                 hold_for_state,
                 hold_for_supply,
                 joiners: sv.joined.clone(),
+                joiners_hold,
                 last_version: None,
                 persist_asked: None,
                 persisted: None,
@@ -2003,7 +2211,7 @@ impl Core {
         self.adopted = false;
         self.evicted_notified.clear();
         self.phase = Phase::Member;
-        if my_rank == 0 {
+        if my_rank == 0 && !view.is_restart() {
             let me = self.me;
             for joiner in view.joined.iter().filter(|j| **j != me) {
                 self.send_to(

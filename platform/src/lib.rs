@@ -10,6 +10,7 @@ pub mod config;
 pub mod core;
 pub mod ids;
 pub mod layout;
+pub mod restart;
 pub mod row;
 pub mod view;
 pub mod wire;
@@ -23,6 +24,7 @@ pub use crate::ids::{MemberId, NodeId, SendTicket, Version, ViewId};
 pub use crate::layout::{
     DeliveryMode, Inadequate, Layout, LayoutError, ShardLayout, SubgroupLayout,
 };
+pub use crate::restart::{LoggedState, NotYet, RestartPlan, RestartShard, ShardTail};
 pub use crate::row::{Ballot, Change, Proposal, Row, ShardRow, Trim};
 pub use crate::view::{ShardView, View};
 pub use crate::wire::{DataRun, Item, Wire};

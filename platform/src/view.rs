@@ -40,6 +40,12 @@ impl View {
         self.members.contains(&member)
     }
 
+    /// A view that restarts the group from logs: every member is a new incarnation (a
+    /// normal view keeps a majority of its predecessor's members).
+    pub fn is_restart(&self) -> bool {
+        self.id > 0 && self.joined.len() == self.members.len()
+    }
+
     pub fn leader(&self) -> MemberId {
         self.members[0]
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::ids::{NodeId, ViewId};
+use crate::restart::{LoggedState, RestartPlan};
 use crate::row::Row;
 use crate::view::View;
 
@@ -61,6 +62,11 @@ pub enum Wire {
     },
     /// "You are not (or no longer) a member as far as view `view_id` is concerned."
     Evicted { view_id: ViewId },
+    /// A node restarting from its log reports what the log holds (to the restart leader;
+    /// a live member takes it as a join request).
+    RestartHello { logged: LoggedState },
+    /// The restart leader's decision, to every member of the restart view.
+    Restart { plan: Arc<RestartPlan> },
 }
 
 impl Wire {

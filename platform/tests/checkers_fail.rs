@@ -279,6 +279,7 @@ fn every_checker_has_a_failing_test() {
             "no_split_brain",
             "persistence_frontier",
             "state_transfer",
+            "restart_recovery",
             "liveness_after_heal",
         ],
         "a checker was added or renamed: give it a test here"
@@ -676,6 +677,102 @@ fn state_transfer() {
         ],
     );
     assert_passes(checkers::state_transfer, &with_received(held));
+}
+
+/// The state a shard's application reaches by applying `payloads` in order (the
+/// simulator's and the node program's digest).
+fn replay(payloads: &[PayloadId]) -> StateDigest {
+    let mut digest = StateDigest::default();
+    for p in payloads {
+        digest.applied += 1;
+        digest.chain = digest.chain.rotate_left(7) ^ p.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    digest
+}
+
+#[test]
+fn restart_recovery() {
+    let v0 = ordered(0, &[A, B, C]);
+    let m1 = msg(&v0, A, 0, 0);
+    let m2 = msg(&v0, B, 0, 1);
+    let (v1_0, v2_0) = (m1.version.expect("ordered"), m2.version.expect("ordered"));
+    let back = [
+        MemberId::new(0, 2),
+        MemberId::new(1, 2),
+        MemberId::new(2, 2),
+    ];
+    // Everyone stops; B and C had made m2 durable, A only m1. The group restarts as view
+    // 1 from `source`'s log, whose state is `digest`.
+    let with_source = |source: MemberId, digest: StateDigest| {
+        let restart = Arc::new(View {
+            id: 1,
+            members: back.to_vec(),
+            joined: back.to_vec(),
+            failed: Vec::new(),
+            left: Vec::new(),
+            shards: vec![vec![ShardView {
+                members: back.to_vec(),
+                mode: DeliveryMode::Ordered,
+                joined: back.iter().copied().filter(|m| *m != source).collect(),
+                state_source: Some(source),
+            }]],
+        });
+        let mut run = Run::new();
+        run.install(&v0, &[A, B, C])
+            .multicast(&m1, &[A, B, C])
+            .multicast(&m2, &[A, B, C])
+            .persist(&[A], v1_0)
+            .persist(&[B, C], v2_0);
+        for member in [A, B, C] {
+            run.event(|at_us| Event::Crashed { at_us, member });
+        }
+        run.install(&restart, &back);
+        for member in back {
+            let mine = if member == source {
+                digest
+            } else {
+                StateDigest::default()
+            };
+            run.event(|at_us| Event::StateAtInstall {
+                at_us,
+                member,
+                view_id: 1,
+                subgroup: 0,
+                digest: mine,
+            });
+        }
+        for member in back.into_iter().filter(|m| *m != source) {
+            run.event(|at_us| Event::StateReceived {
+                at_us,
+                member,
+                view_id: 1,
+                subgroup: 0,
+                digest,
+            });
+        }
+        run.finish(&back, true)
+    };
+    // Restarting from A's shorter log loses m2, which B and C had made durable.
+    assert_fails(
+        checkers::restart_recovery,
+        "restart_recovery",
+        &with_source(back[0], replay(&[0])),
+        &[
+            "restart view 1 restarts subgroup 0 shard 0 from 1 messages",
+            "v0:1 (message 2) had to survive: n1.1 had made it durable",
+        ],
+    );
+    // A state that is not a prefix of the delivery order is refused too.
+    assert_fails(
+        checkers::restart_recovery,
+        "restart_recovery",
+        &with_source(back[1], replay(&[1, 0])),
+        &["n1.2's state of subgroup 0 shard 0 is not the first 2 deliveries"],
+    );
+    assert_passes(
+        checkers::restart_recovery,
+        &with_source(back[1], replay(&[0, 1])),
+    );
 }
 
 #[test]

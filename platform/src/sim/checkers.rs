@@ -46,6 +46,7 @@ pub const CHECKERS: &[Checker] = &[
     ("no_split_brain", no_split_brain),
     ("persistence_frontier", persistence_frontier),
     ("state_transfer", state_transfer),
+    ("restart_recovery", restart_recovery),
     ("liveness_after_heal", liveness_after_heal),
 ];
 
@@ -145,7 +146,7 @@ pub fn total_order(h: &History) -> Check {
                 "total_order",
                 format!(
                     "subgroup {subgroup} shard {shard} version {version} is payload #{other} at one member, \
-                         #{payload} at {member}"
+ #{payload} at {member}"
                 ),
             );
         }
@@ -272,7 +273,7 @@ pub fn same_delivered_set_per_view(h: &History) -> Check {
                                 "same_delivered_set_per_view",
                                 format!(
                                     "view {id} subgroup {g} shard {s}: {first} and {m} delivered different sets \
-                                     ({} vs {} messages; only at {first}: {only_first:?}; only at {m}: {only_m:?})",
+ ({} vs {} messages; only at {first}: {only_first:?}; only at {m}: {only_m:?})",
                                     first_set.len(),
                                     set.len()
                                 ),
@@ -290,7 +291,7 @@ pub fn same_delivered_set_per_view(h: &History) -> Check {
                                 "same_delivered_set_per_view",
                                 format!(
                                     "view {id} subgroup {g} shard {s}: {m} (fed state again next view) \
-                                     delivered messages {first} did not: {extra:?}"
+ delivered messages {first} did not: {extra:?}"
                                 ),
                             );
                         }
@@ -398,7 +399,7 @@ pub fn stability_before_delivery(h: &History) -> Check {
                     "stability_before_delivery",
                     format!(
                         "{member} delivered ({kind:?}) {sender}'s message #{sender_index} of view {view_id} \
-                         subgroup {subgroup} before {w} had received it"
+ subgroup {subgroup} before {w} had received it"
                     ),
                 );
             }
@@ -505,7 +506,7 @@ pub fn trim_consistency(h: &History) -> Check {
                             "trim_consistency",
                             format!(
                                 "view {view_id} subgroup {subgroup} shard {shard}: {first} applied trim {trim:?}, \
-                                 {member} applied {received:?}"
+ {member} applied {received:?}"
                             ),
                         );
                     }
@@ -529,10 +530,17 @@ pub fn no_split_brain(h: &History) -> Check {
         let Some(next) = views.get(&(id + 1)) else {
             continue;
         };
+        // A restart view is agreed by nodes back from the stop (new incarnations).
         let agreeing = view
             .members
             .iter()
-            .filter(|m| next.contains(**m) || next.left.contains(m))
+            .filter(|m| {
+                if next.is_restart() {
+                    next.members.iter().any(|n| n.node == m.node)
+                } else {
+                    next.contains(**m) || next.left.contains(m)
+                }
+            })
             .count();
         if agreeing * 2 <= view.members.len() {
             return fail(
@@ -671,6 +679,165 @@ pub fn state_transfer(h: &History) -> Check {
                         "{member} received {digest:?} in view {view_id}, but {old} held {expected:?}"
                     ),
                 );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A total restart continues each shard from the longest log: the restart state of every
+/// shard (its source's state when it installed the restart view) replays a prefix of the
+/// shard's delivery order, and that prefix holds every version reported durable at every
+/// shard member, and every version the restarted nodes' last incarnations made durable.
+pub fn restart_recovery(h: &History) -> Check {
+    let views = h.views();
+    // Delivery order per (subgroup, shard): version -> payload.
+    let mut lineage: HashMap<(u32, u32), BTreeMap<Version, PayloadId>> = HashMap::new();
+    let mut at_install: HashMap<(ViewId, u32, MemberId), StateDigest> = HashMap::new();
+    for event in &h.events {
+        match event {
+            Event::Delivered {
+                subgroup,
+                shard,
+                version: Some(version),
+                payload,
+                ..
+            } => {
+                lineage
+                    .entry((*subgroup, *shard))
+                    .or_default()
+                    .insert(*version, *payload);
+            }
+            Event::StateAtInstall {
+                member,
+                view_id,
+                subgroup,
+                digest,
+                ..
+            } => {
+                at_install.insert((*view_id, *subgroup, *member), *digest);
+            }
+            _ => {}
+        }
+    }
+    let shard_at = |member: MemberId, subgroup: u32, version: Version| -> Option<u32> {
+        let view = views.get(&version.view_id())?;
+        view.shard_of(subgroup as usize, member).map(|s| s as u32)
+    };
+    for (restart_id, view) in views.iter().filter(|(_, v)| v.is_restart()) {
+        // What had to survive, per (subgroup, shard).
+        let mut required: HashMap<(u32, u32), (Version, String)> = HashMap::new();
+        let mut require = |key: (u32, u32), version: Version, why: String| {
+            let entry = required.entry(key).or_insert((version, why.clone()));
+            if entry.0 < version {
+                *entry = (version, why);
+            }
+        };
+        let mut last_incarnation: HashMap<u32, u32> = HashMap::new();
+        for event in &h.events {
+            if let Event::Installed {
+                member, view: v, ..
+            } = event
+                && v.id < *restart_id
+            {
+                let e = last_incarnation
+                    .entry(member.node)
+                    .or_insert(member.incarnation);
+                *e = (*e).max(member.incarnation);
+            }
+        }
+        for event in &h.events {
+            match event {
+                Event::GlobalPersisted {
+                    member,
+                    subgroup,
+                    version,
+                    ..
+                } if version.view_id() < *restart_id => {
+                    if let Some(s) = shard_at(*member, *subgroup, *version) {
+                        require(
+                            (*subgroup, s),
+                            *version,
+                            format!("{member} reported it durable everywhere"),
+                        );
+                    }
+                }
+                Event::Persisted {
+                    member,
+                    subgroup,
+                    version,
+                    ..
+                } if version.view_id() < *restart_id
+                    && last_incarnation.get(&member.node) == Some(&member.incarnation) =>
+                {
+                    if let Some(s) = shard_at(*member, *subgroup, *version)
+                        && view.shards[*subgroup as usize]
+                            .get(s as usize)
+                            .is_some_and(|sv| sv.members.iter().any(|m| m.node == member.node))
+                    {
+                        require(
+                            (*subgroup, s),
+                            *version,
+                            format!("{member} had made it durable"),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (g, shards) in view.shards.iter().enumerate() {
+            for (s, sv) in shards.iter().enumerate() {
+                let key = (g as u32, s as u32);
+                let Some(source) = sv.state_source else {
+                    if let Some((version, why)) = required.get(&key) {
+                        return fail(
+                            "restart_recovery",
+                            format!(
+                                "restart view {restart_id} starts subgroup {g} shard {s} empty, but {version} had to survive: {why}"
+                            ),
+                        );
+                    }
+                    continue;
+                };
+                let Some(digest) = at_install.get(&(*restart_id, g as u32, source)) else {
+                    continue;
+                };
+                let order: Vec<(Version, PayloadId)> = lineage
+                    .get(&key)
+                    .map(|l| {
+                        l.range(..Version::new(*restart_id, 0))
+                            .map(|(v, p)| (*v, *p))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let applied = digest.applied as usize;
+                if applied <= order.len() {
+                    let mut replay = StateDigest::default();
+                    for (_, payload) in &order[..applied] {
+                        replay.applied += 1;
+                        replay.chain = replay.chain.rotate_left(7)
+                            ^ payload.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    }
+                    if replay != *digest {
+                        return fail(
+                            "restart_recovery",
+                            format!(
+                                "restart view {restart_id}: {source}'s state of subgroup {g} shard {s} is not the first {applied} deliveries of the shard"
+                            ),
+                        );
+                    }
+                }
+                if let Some((version, why)) = required.get(&key) {
+                    let needed = order.iter().take_while(|(v, _)| v <= version).count();
+                    if applied < needed {
+                        return fail(
+                            "restart_recovery",
+                            format!(
+                                "restart view {restart_id} restarts subgroup {g} shard {s} from {applied} messages, but {version} (message {needed}) had to survive: {why}"
+                            ),
+                        );
+                    }
+                }
             }
         }
     }

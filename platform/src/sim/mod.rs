@@ -8,6 +8,10 @@
 //! then a heal phase: faults stop, every node comes back, and the run checks that the
 //! group converges and delivers fresh probe messages everywhere.
 //!
+//! A fifth of the seeds also stop every node at once mid-run and restart them in a
+//! shuffled order: a total restart from the simulated disks (each node's log survives its
+//! crashes; what it had not made durable does not).
+//!
 //! Fault injection keeps the preconditions under which the protocol promises progress:
 //! every view in play keeps a live majority and a live member in each shard. Safety
 //! checkers hold regardless; liveness is only claimed under those preconditions.
@@ -27,6 +31,7 @@ use crate::config::CoreConfig;
 use crate::core::{Core, Output};
 use crate::ids::{MemberId, NodeId, Version, ViewId};
 use crate::layout::{DeliveryMode, Layout, ShardLayout, SubgroupLayout};
+use crate::restart::{LoggedState, ShardTail};
 use crate::row::Ballot;
 use crate::view::View;
 use crate::wire::Wire;
@@ -66,6 +71,8 @@ pub struct Scenario {
     /// large message would: data (multicast runs, state) and control (rows, membership
     /// traffic). An update carrying both is split, so its row may arrive before its data.
     pub split_lanes: bool,
+    /// Every node stops at once at this time and all restart, in a shuffled order.
+    pub total_restart_at_us: Option<u64>,
 }
 
 impl Scenario {
@@ -111,6 +118,7 @@ impl Scenario {
         core.heartbeat_interval_ms = 10;
         core.suspicion_timeout_ms = 100;
         core.join_retry_ms = 50;
+        core.restart_grace_ms = 300;
         core.pending_sends_max = 256;
         core.batch_messages_max = rng.random_range(1..=32);
         if rng.random_bool(0.05) {
@@ -118,12 +126,15 @@ impl Scenario {
             core.view_slots_max = rng.random_range(40..=400);
         }
         let faulty = rng.random_bool(0.9);
+        let safety_phase_us = rng.random_range(600_000..=2_000_000);
+        let total_restart_at_us = (seed % 5 == 2)
+            .then(|| rng.random_range(safety_phase_us / 4..=safety_phase_us * 3 / 4));
         Scenario {
             seed,
             initial_nodes,
             layout,
             core,
-            safety_phase_us: rng.random_range(600_000..=2_000_000),
+            safety_phase_us,
             messages_per_node: rng.random_range(5..=40),
             send_gap_max_us: rng.random_range(1_000..=30_000),
             link_delay_base_us: rng.random_range(50..=2_000),
@@ -136,6 +147,7 @@ impl Scenario {
             leaves: if faulty { rng.random_range(0..=1) } else { 0 },
             codec_check: seed.is_multiple_of(4),
             split_lanes: seed % 3 == 1,
+            total_restart_at_us,
         }
     }
 }
@@ -212,6 +224,7 @@ enum Action {
         node: NodeId,
     },
     Crash,
+    TotalStop,
     Partition {
         duration_us: u64,
     },
@@ -226,6 +239,48 @@ enum Action {
     Leave,
     HealPhase,
     Check,
+}
+
+/// A node's simulated disk: what its log made durable. It survives the node's crashes.
+#[derive(Debug, Default)]
+struct SimDisk {
+    /// The newest view installed (logged on install).
+    view: Option<Arc<View>>,
+    /// Durable records per `(subgroup, shard)`, by version.
+    logs: BTreeMap<(u32, u32), BTreeMap<Version, PayloadId>>,
+}
+
+impl SimDisk {
+    fn logged_state(&self) -> LoggedState {
+        LoggedState {
+            view: self.view.clone(),
+            tails: self
+                .logs
+                .iter()
+                .filter_map(|((subgroup, shard), log)| {
+                    log.keys().next_back().map(|v| ShardTail {
+                        subgroup: *subgroup,
+                        shard: *shard,
+                        version: *v,
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The application state a log replays to.
+fn digest_of<'a>(records: impl Iterator<Item = &'a PayloadId>) -> StateDigest {
+    let mut digest = StateDigest::default();
+    for payload in records {
+        apply_to_digest(&mut digest, *payload);
+    }
+    digest
+}
+
+fn apply_to_digest(digest: &mut StateDigest, payload: PayloadId) {
+    digest.applied += 1;
+    digest.chain = digest.chain.rotate_left(7) ^ payload.wrapping_mul(0x9e37_79b9_7f4a_7c15);
 }
 
 #[derive(Debug, Default)]
@@ -245,6 +300,9 @@ struct SimNode {
     resume_scheduled: bool,
     replaying: bool,
     restart_scheduled: bool,
+    disk: SimDisk,
+    /// Delivered, not yet durable: `(subgroup, shard, version, payload)`.
+    unpersisted: Vec<(u32, u32, Version, PayloadId)>,
 }
 
 struct Simulation {
@@ -277,6 +335,8 @@ struct Simulation {
     probes_sent: bool,
     converged_checks: u32,
     finished: bool,
+    /// A total stop happened and not every node is back yet.
+    restarting_all: bool,
 }
 
 impl Simulation {
@@ -305,6 +365,7 @@ impl Simulation {
             probes_sent: false,
             converged_checks: 0,
             finished: false,
+            restarting_all: false,
         }
     }
 
@@ -337,6 +398,9 @@ impl Simulation {
                 self.schedule(at, make(duration));
             }
         }
+        if let Some(at) = self.sc.total_restart_at_us {
+            self.schedule(at, Action::TotalStop);
+        }
         self.schedule(end, Action::HealPhase);
         while let Some(((at, _), action)) = self.queue.pop_first() {
             self.now_us = at;
@@ -358,11 +422,23 @@ impl Simulation {
         node.restart_scheduled = false;
         node.app = vec![StateDigest::default(); self.sc.layout.subgroups.len()];
         node.sends_left = self.sc.messages_per_node;
+        node.unpersisted.clear();
         let incarnation = node.incarnation;
         let me = MemberId::new(id, incarnation);
+        let logged = node.disk.logged_state();
         let contacts: Vec<NodeId> = self.nodes.keys().copied().filter(|n| *n != id).collect();
+        // Every node is told the same restart leader: the lowest id with a logged view.
+        let leader = self
+            .nodes
+            .iter()
+            .find(|(_, n)| n.disk.view.is_some())
+            .map(|(leader, _)| *leader);
+        // A group stopped before its first view formed is founded again.
+        let founder = founder || (leader.is_none() && id == 0);
         let core = if founder || contacts.is_empty() {
             Core::found(self.sc.core.clone(), me, now_ms)
+        } else if let (Some(leader), Some(_)) = (leader, &logged.view) {
+            Core::restart(self.sc.core.clone(), me, contacts, leader, logged, now_ms)
         } else {
             let mut contacts = contacts;
             let rotate = self.rng.random_range(0..contacts.len());
@@ -557,6 +633,20 @@ impl Simulation {
                     subgroup,
                     version,
                 });
+                if let Some(n) = self.nodes.get_mut(&node) {
+                    let (durable, pending): (Vec<_>, Vec<_>) = n
+                        .unpersisted
+                        .drain(..)
+                        .partition(|(g, _, v, _)| *g == subgroup && *v <= version);
+                    n.unpersisted = pending;
+                    for (g, shard, v, payload) in durable {
+                        n.disk
+                            .logs
+                            .entry((g, shard))
+                            .or_default()
+                            .insert(v, payload);
+                    }
+                }
                 if let Some(core) = self.core_mut(node) {
                     core.persisted(subgroup, version);
                 }
@@ -606,7 +696,7 @@ impl Simulation {
             Action::Restart { node } => {
                 if self.nodes.get(&node).is_some_and(|n| n.core.is_none()) {
                     let others_quiet = self.quiet_except(node);
-                    if self.healing || others_quiet {
+                    if self.healing || others_quiet || self.restarting_all {
                         self.start_node(node, false);
                     } else {
                         self.schedule(self.now_us + 50_000, Action::Restart { node });
@@ -617,6 +707,40 @@ impl Simulation {
                 let candidates = self.safe_victims();
                 if let Some(victim) = self.pick(&candidates) {
                     self.take_down(victim, true);
+                }
+            }
+            Action::TotalStop => {
+                if self.healing {
+                    return;
+                }
+                self.restarting_all = true;
+                // Every link and pause goes with the processes.
+                self.minority.clear();
+                self.held.clear();
+                let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+                for id in &ids {
+                    let node = self.nodes.get_mut(id).expect("listed");
+                    node.paused_until_us = 0;
+                    node.long_pause_until_us = 0;
+                    node.backlog.clear();
+                    node.unpersisted.clear();
+                    node.restart_scheduled = true;
+                    if let Some(core) = node.core.take() {
+                        self.history.push(Event::Crashed {
+                            at_us: self.now_us,
+                            member: core.me(),
+                        });
+                    }
+                }
+                let mut order = ids;
+                for i in (1..order.len()).rev() {
+                    let j = self.rng.random_range(0..=i);
+                    order.swap(i, j);
+                }
+                let mut at = self.now_us;
+                for id in order {
+                    at += self.rng.random_range(1_000..=150_000);
+                    self.schedule(at, Action::Restart { node: id });
                 }
             }
             Action::Partition { duration_us } => {
@@ -757,6 +881,9 @@ impl Simulation {
                 self.schedule(self.now_us + 50_000, Action::Check);
             }
             Action::Check => self.check_progress(),
+        }
+        if self.restarting_all && self.nodes.values().all(|n| n.core.is_some()) {
+            self.restarting_all = false;
         }
     }
 
@@ -1133,13 +1260,12 @@ impl Simulation {
                     .get(&key)
                     .copied()
                     .unwrap_or(UNKNOWN_PAYLOAD);
-                if d.version.is_some()
+                if let Some(version) = d.version
                     && let Some(node) = self.nodes.get_mut(&id)
                 {
-                    let state = &mut node.app[d.subgroup as usize];
-                    state.applied += 1;
-                    state.chain =
-                        state.chain.rotate_left(7) ^ payload.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    apply_to_digest(&mut node.app[d.subgroup as usize], payload);
+                    node.unpersisted
+                        .push((d.subgroup, d.shard, version, payload));
                 }
                 self.history.push(Event::Delivered {
                     at_us: now,
@@ -1211,8 +1337,28 @@ impl Simulation {
                     version,
                 });
             }
+            Output::Restart(plan) => {
+                // Truncate each shard log to the agreed trim; the application restarts
+                // from what remains.
+                let node = self.nodes.get_mut(&id).expect("a node produced it");
+                for (g, shards) in plan.shards.iter().enumerate() {
+                    let Some(s) = plan.view.shard_of(g, me) else {
+                        continue;
+                    };
+                    let key = (g as u32, s as u32);
+                    let log = node.disk.logs.entry(key).or_default();
+                    match shards[s].trim {
+                        Some(trim) => {
+                            log.split_off(&Version(trim.0 + 1));
+                        }
+                        None => log.clear(),
+                    }
+                    node.app[g] = digest_of(log.values());
+                }
+            }
             Output::InstallView(view) => {
                 let node = self.nodes.get_mut(&id).expect("a node produced it");
+                node.disk.view = Some(Arc::clone(&view));
                 for (g, state) in node.app.iter_mut().enumerate() {
                     if view.shard_of(g, me).is_none() {
                         *state = StateDigest::default();
@@ -1238,12 +1384,26 @@ impl Simulation {
                 }
             }
             Output::StateTransferRequest {
-                view_id, subgroup, ..
+                view_id,
+                subgroup,
+                shard,
+                joiners_hold,
+                ..
             } => {
-                let digest = self.nodes[&id].app[subgroup as usize];
+                // The state: the application's digest, then the log records the joiners
+                // lack (as a driver with a log ships them).
+                let node = &self.nodes[&id];
+                let digest = node.app[subgroup as usize];
                 let mut state = Vec::with_capacity(16);
                 state.extend_from_slice(&digest.applied.to_le_bytes());
                 state.extend_from_slice(&digest.chain.to_le_bytes());
+                if let Some(log) = node.disk.logs.get(&(subgroup, shard)) {
+                    let from = joiners_hold.map_or(Version(0), |v| Version(v.0 + 1));
+                    for (v, payload) in log.range(from..) {
+                        state.extend_from_slice(&v.0.to_le_bytes());
+                        state.extend_from_slice(&payload.to_le_bytes());
+                    }
+                }
                 if let Some(core) = self.core_mut(id) {
                     core.supply_state(view_id, subgroup, Bytes::from(state));
                 }
@@ -1251,12 +1411,26 @@ impl Simulation {
             Output::ReceiveState {
                 view_id,
                 subgroup,
+                shard,
                 state,
-                ..
+                hold,
             } => {
                 let digest = decode_digest(&state);
                 if let Some(node) = self.nodes.get_mut(&id) {
                     node.app[subgroup as usize] = digest;
+                    let log = node.disk.logs.entry((subgroup, shard)).or_default();
+                    match hold {
+                        Some(v) => {
+                            log.split_off(&Version(v.0 + 1));
+                        }
+                        None => log.clear(),
+                    }
+                    for record in state.get(16..).unwrap_or_default().chunks_exact(16) {
+                        let word = |at: usize| {
+                            u64::from_le_bytes(record[at..at + 8].try_into().expect("8 bytes"))
+                        };
+                        log.insert(Version(word(0)), word(8));
+                    }
                 }
                 self.history.push(Event::StateReceived {
                     at_us: now,

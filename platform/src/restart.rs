@@ -1,0 +1,401 @@
+//! Total restart: bringing a group back from its members' logs after every process of it
+//! stopped. A pure function of what the restarting nodes report, so the restart leader's
+//! decision can be tested (and simulated) without any I/O.
+//!
+//! The rule (after Derecho's): the newest view any restarting node logged is the last
+//! view `L`. The group restarts as view `L.id + 1` once
+//! - a majority of `L`'s members (counted by node: every restart is a new incarnation) is
+//!   back, and
+//! - every shard of `L` has a member back that held the shard's state in `L` (it was not
+//!   still waiting for a state transfer there, or it had already logged something of `L`),
+//!   and the layout is satisfied.
+//!
+//! Each shard then continues from the longest log among those holders: that member is the
+//! shard's state source, its last logged version is the shard's agreed trim (every member
+//! truncates its log there), and every other shard member receives the state, with the log
+//! records it lacks. Versions delivered in `L` are received by every shard member before
+//! any delivers them, so the logs of one shard are prefixes of one sequence and the
+//! longest holds everything any present member made durable.
+
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::ids::{MemberId, NodeId, Version};
+use crate::layout::{Inadequate, Layout};
+use crate::view::View;
+
+/// The last version a log holds for one shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ShardTail {
+    pub subgroup: u32,
+    pub shard: u32,
+    pub version: Version,
+}
+
+/// What a restarting node found in its own log: the newest view it logged and the end of
+/// each shard log it holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LoggedState {
+    pub view: Option<Arc<View>>,
+    pub tails: Vec<ShardTail>,
+}
+
+impl LoggedState {
+    pub fn tail(&self, subgroup: usize, shard: usize) -> Option<Version> {
+        self.tails
+            .iter()
+            .find(|t| t.subgroup as usize == subgroup && t.shard as usize == shard)
+            .map(|t| t.version)
+    }
+}
+
+/// What the restart decided for one shard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RestartShard {
+    /// The agreed trim: the end of the longest log. Every member truncates its log of this
+    /// shard after it (`None`: the shard restarts empty).
+    pub trim: Option<Version>,
+    /// Every member receiving the shard's state already holds its log up to here, so the
+    /// source ships only the records after it.
+    pub joiners_hold: Option<Version>,
+}
+
+/// The restart leader's decision: the restart view and, per `[subgroup][shard]`, its trim.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RestartPlan {
+    pub view: Arc<View>,
+    pub shards: Vec<Vec<RestartShard>>,
+}
+
+/// Why the group cannot restart yet (the leader waits for more nodes).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum NotYet {
+    #[error("no restarting node logged a view")]
+    NoLoggedView,
+    #[error("{present} of the last view's {members} members are back; a majority is needed")]
+    NoMajority { present: usize, members: usize },
+    #[error("no member that held subgroup {subgroup} shard {shard} in view {view_id} is back yet")]
+    NoHolder {
+        view_id: u32,
+        subgroup: usize,
+        shard: usize,
+    },
+    #[error(transparent)]
+    Inadequate(#[from] Inadequate),
+}
+
+/// The newest view among the reports (the restart's last view).
+pub fn last_view<'a>(reports: &[(MemberId, &'a LoggedState)]) -> Option<&'a Arc<View>> {
+    reports
+        .iter()
+        .filter_map(|(_, r)| r.view.as_ref())
+        .max_by_key(|v| v.id)
+}
+
+/// Every member of the last view is back: no reason to wait any longer.
+pub fn everyone_back(reports: &[(MemberId, &LoggedState)]) -> bool {
+    last_view(reports).is_some_and(|last| {
+        last.members
+            .iter()
+            .all(|m| reports.iter().any(|(r, _)| r.node == m.node))
+    })
+}
+
+/// Decides the restart view from the reports of the nodes that are back (the leader's
+/// own included), or says what is missing. `reports` lists each node once, with its
+/// current incarnation.
+pub fn plan(layout: &Layout, reports: &[(MemberId, &LoggedState)]) -> Result<RestartPlan, NotYet> {
+    let last = last_view(reports).ok_or(NotYet::NoLoggedView)?;
+    let current = |node: NodeId| reports.iter().find(|(m, _)| m.node == node);
+    let present = last
+        .members
+        .iter()
+        .filter(|m| current(m.node).is_some())
+        .count();
+    if present * 2 <= last.members.len() {
+        return Err(NotYet::NoMajority {
+            present,
+            members: last.members.len(),
+        });
+    }
+    // Members in the last view's rank order, then newcomers by node id.
+    let mut members: Vec<MemberId> = last
+        .members
+        .iter()
+        .filter_map(|m| current(m.node).map(|(now, _)| *now))
+        .collect();
+    let mut others: Vec<MemberId> = reports
+        .iter()
+        .map(|(m, _)| *m)
+        .filter(|m| !last.members.iter().any(|old| old.node == m.node))
+        .collect();
+    others.sort();
+    members.extend(others);
+
+    // The last view as it would look with today's incarnations, for the allocator: a
+    // member keeps its shard; one that did not hold its state is stateless.
+    let renamed = |list: &[MemberId]| -> Vec<MemberId> {
+        list.iter()
+            .filter_map(|m| current(m.node).map(|(now, _)| *now))
+            .collect()
+    };
+    let mut stateless = Vec::new();
+    let mut holders: Vec<Vec<Vec<(MemberId, Option<Version>)>>> = Vec::new();
+    let mut previous = (**last).clone();
+    for (g, shards) in last.shards.iter().enumerate() {
+        let mut per_shard = Vec::new();
+        for (s, sv) in shards.iter().enumerate() {
+            let mut shard_holders = Vec::new();
+            for old in &sv.members {
+                let Some((now, report)) = current(old.node) else {
+                    continue;
+                };
+                let tail = report.tail(g, s);
+                let logged_in_last = tail.is_some_and(|t| t.view_id() >= last.id);
+                if !sv.joined.contains(old) || logged_in_last {
+                    shard_holders.push((*now, tail));
+                } else {
+                    stateless.push((*now, g as u32));
+                }
+            }
+            if !sv.members.is_empty() && shard_holders.is_empty() {
+                return Err(NotYet::NoHolder {
+                    view_id: last.id,
+                    subgroup: g,
+                    shard: s,
+                });
+            }
+            per_shard.push(shard_holders);
+        }
+        holders.push(per_shard);
+    }
+    previous.members = renamed(&last.members);
+    for shards in &mut previous.shards {
+        for sv in shards.iter_mut() {
+            sv.members = renamed(&sv.members);
+            sv.joined = renamed(&sv.joined);
+        }
+    }
+    let mut shards = layout.allocate(Some(&previous), &members, &stateless)?;
+
+    let mut decided = Vec::with_capacity(shards.len());
+    for (g, shard_views) in shards.iter_mut().enumerate() {
+        let mut per_shard = Vec::with_capacity(shard_views.len());
+        for (s, sv) in shard_views.iter_mut().enumerate() {
+            let candidates = holders
+                .get(g)
+                .and_then(|h| h.get(s))
+                .map_or(&[][..], Vec::as_slice);
+            // The longest log; among equals, the lowest-ranked holder.
+            let source = members
+                .iter()
+                .filter_map(|m| {
+                    candidates
+                        .iter()
+                        .find(|(c, _)| c == m && sv.members.contains(m))
+                })
+                .fold(None::<(MemberId, Option<Version>)>, |best, c| match best {
+                    Some(b) if b.1 >= c.1 => Some(b),
+                    _ => Some(*c),
+                });
+            let Some((source, trim)) = source else {
+                // A shard that was empty in the last view starts empty.
+                if candidates.is_empty() && !sv.members.is_empty() {
+                    let was_empty = last.shards[g].get(s).is_none_or(|l| l.members.is_empty());
+                    if !was_empty {
+                        return Err(NotYet::NoHolder {
+                            view_id: last.id,
+                            subgroup: g,
+                            shard: s,
+                        });
+                    }
+                }
+                sv.state_source = None;
+                sv.joined = Vec::new();
+                per_shard.push(RestartShard::default());
+                continue;
+            };
+            sv.state_source = Some(source);
+            sv.joined = sv
+                .members
+                .iter()
+                .copied()
+                .filter(|m| *m != source)
+                .collect();
+            let joiners_hold = sv
+                .joined
+                .iter()
+                .map(|j| {
+                    reports
+                        .iter()
+                        .find(|(m, _)| m == j)
+                        .and_then(|(_, r)| r.tail(g, s))
+                        .min(trim)
+                })
+                .min()
+                .flatten();
+            per_shard.push(RestartShard { trim, joiners_hold });
+        }
+        decided.push(per_shard);
+    }
+    let failed: Vec<MemberId> = last
+        .members
+        .iter()
+        .copied()
+        .filter(|m| current(m.node).is_none())
+        .collect();
+    let view = View {
+        id: last.id + 1,
+        joined: members.clone(),
+        members,
+        failed,
+        left: Vec::new(),
+        shards,
+    };
+    Ok(RestartPlan {
+        view: Arc::new(view),
+        shards: decided,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{DeliveryMode, ShardLayout, SubgroupLayout};
+    use crate::view::ShardView;
+
+    fn layout(shards: usize) -> Layout {
+        Layout {
+            subgroups: vec![SubgroupLayout {
+                shards: (0..shards)
+                    .map(|_| ShardLayout {
+                        min_nodes: 1,
+                        max_nodes: 3,
+                        mode: DeliveryMode::Ordered,
+                    })
+                    .collect(),
+            }],
+        }
+    }
+
+    fn m(node: u32, incarnation: u32) -> MemberId {
+        MemberId::new(node, incarnation)
+    }
+
+    /// View 7 of nodes 0..5, shard 0 = {0,1,2}, shard 1 = {3,4}; node 4 joined in view 7.
+    fn last() -> Arc<View> {
+        let members: Vec<MemberId> = (0..5).map(|n| m(n, 1)).collect();
+        Arc::new(View {
+            id: 7,
+            members: members.clone(),
+            joined: vec![m(4, 1)],
+            failed: vec![],
+            left: vec![],
+            shards: vec![vec![
+                ShardView {
+                    members: members[0..3].to_vec(),
+                    mode: DeliveryMode::Ordered,
+                    joined: vec![],
+                    state_source: None,
+                },
+                ShardView {
+                    members: members[3..5].to_vec(),
+                    mode: DeliveryMode::Ordered,
+                    joined: vec![m(4, 1)],
+                    state_source: Some(m(3, 1)),
+                },
+            ]],
+        })
+    }
+
+    fn report(view: Option<Arc<View>>, tails: &[(u32, Version)]) -> LoggedState {
+        LoggedState {
+            view,
+            tails: tails
+                .iter()
+                .map(|(shard, version)| ShardTail {
+                    subgroup: 0,
+                    shard: *shard,
+                    version: *version,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn longest_log_is_the_source_and_the_trim() {
+        let l = last();
+        let r0 = report(Some(l.clone()), &[(0, Version::new(7, 3))]);
+        let r1 = report(Some(l.clone()), &[(0, Version::new(7, 9))]);
+        let r3 = report(Some(l.clone()), &[(1, Version::new(6, 2))]);
+        let reports = [(m(0, 2), &r0), (m(1, 2), &r1), (m(3, 2), &r3)];
+        let plan = plan(&layout(2), &reports).expect("majority and every shard held");
+        assert_eq!(plan.view.id, 8);
+        assert_eq!(plan.view.members, vec![m(0, 2), m(1, 2), m(3, 2)]);
+        assert_eq!(plan.view.failed, vec![m(2, 1), m(4, 1)]);
+        let shard0 = &plan.view.shards[0][0];
+        assert_eq!(shard0.state_source, Some(m(1, 2)));
+        assert_eq!(shard0.joined, vec![m(0, 2)]);
+        assert_eq!(plan.shards[0][0].trim, Some(Version::new(7, 9)));
+        assert_eq!(plan.shards[0][0].joiners_hold, Some(Version::new(7, 3)));
+        assert_eq!(plan.shards[0][1].trim, Some(Version::new(6, 2)));
+        assert!(plan.view.is_restart());
+    }
+
+    #[test]
+    fn waits_for_a_majority_and_for_a_holder_of_every_shard() {
+        let l = last();
+        let r = report(Some(l.clone()), &[]);
+        let two = [(m(0, 2), &r), (m(3, 2), &r)];
+        assert_eq!(
+            plan(&layout(2), &two),
+            Err(NotYet::NoMajority {
+                present: 2,
+                members: 5
+            })
+        );
+        // Node 4 joined shard 1 in view 7 and logged nothing there: not a holder.
+        let without_holder = [(m(0, 2), &r), (m(1, 2), &r), (m(4, 2), &r)];
+        assert_eq!(
+            plan(&layout(2), &without_holder),
+            Err(NotYet::NoHolder {
+                view_id: 7,
+                subgroup: 0,
+                shard: 1
+            })
+        );
+        // Once it logged a version of view 7 it had the state.
+        let r4 = report(Some(l.clone()), &[(1, Version::new(7, 1))]);
+        let with_holder = [(m(0, 2), &r), (m(1, 2), &r), (m(4, 2), &r4)];
+        let plan = plan(&layout(2), &with_holder).expect("node 4 holds shard 1");
+        assert_eq!(plan.view.shards[0][1].state_source, Some(m(4, 2)));
+        assert!(!everyone_back(&with_holder));
+    }
+
+    #[test]
+    fn the_newest_logged_view_wins_and_stale_nodes_rejoin_as_newcomers() {
+        let l = last();
+        let mut older = (*l).clone();
+        older.id = 5;
+        let stale = report(Some(Arc::new(older)), &[(0, Version::new(5, 1))]);
+        let r = report(
+            Some(l.clone()),
+            &[(0, Version::new(7, 0)), (1, Version::new(7, 0))],
+        );
+        let reports = [
+            (m(9, 1), &stale),
+            (m(0, 2), &r),
+            (m(1, 2), &r),
+            (m(3, 2), &r),
+        ];
+        let plan = plan(&layout(2), &reports).expect("restartable");
+        assert_eq!(plan.view.id, 8);
+        assert_eq!(*plan.view.members.last().expect("members"), m(9, 1));
+        assert!(
+            plan.view.shards[0]
+                .iter()
+                .all(|s| s.state_source != Some(m(9, 1)))
+        );
+    }
+}
