@@ -85,6 +85,9 @@ pub enum NotYet {
     Inadequate(#[from] Inadequate),
 }
 
+/// A member back from the stop that held a shard in the last view, with its log's end.
+type Holder = (MemberId, Option<Version>);
+
 /// The newest view among the reports (the restart's last view).
 pub fn last_view<'a>(reports: &[(MemberId, &'a LoggedState)]) -> Option<&'a Arc<View>> {
     reports
@@ -141,7 +144,7 @@ pub fn plan(layout: &Layout, reports: &[(MemberId, &LoggedState)]) -> Result<Res
             .collect()
     };
     let mut stateless = Vec::new();
-    let mut holders: Vec<Vec<Vec<(MemberId, Option<Version>)>>> = Vec::new();
+    let mut holders: Vec<Vec<Vec<Holder>>> = Vec::new();
     let mut previous = (**last).clone();
     for (g, shards) in last.shards.iter().enumerate() {
         let mut per_shard = Vec::new();

@@ -6,6 +6,7 @@
 
 pub mod frame;
 pub mod node;
+pub mod state;
 pub mod transport;
 
 pub use node::{AppEvent, NodeConfig, NodeError, NodeEvent, NodeHandle, NodeSendError, start_node};

@@ -7,15 +7,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use squall_log::{LogError, LogStore, Record, ShardKey};
-use squall_platform::codec;
+use squall_platform::codec::{self, DecodeError};
 use squall_platform::{
-    Ballot, ConfigError, Core, CoreConfig, Delivery, MemberId, NodeId, Output, SendError,
-    SendTicket, StopReason, Version, View, ViewId, Wire,
+    Ballot, ConfigError, Core, CoreConfig, Delivery, LoggedState, MemberId, NodeId, Output,
+    RestartPlan, SendError, SendTicket, ShardTail, StopReason, Version, View, ViewId, Wire,
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::state::StateEnvelope;
 use crate::transport::{Inbound, Transport};
 
 /// Appends, syncs and metadata queued for the log thread. The core's send window bounds
@@ -31,10 +32,15 @@ pub const META_TRIM: u8 = 2;
 pub struct NodeConfig {
     pub core: CoreConfig,
     pub me: MemberId,
-    /// Found a new group (this node is its first member) rather than join one.
+    /// Found a new group (this node is its first member) rather than join one. Ignored
+    /// when the log holds a view: the node then restarts (see `restart_leader`).
     pub found: bool,
     /// Nodes to ask for admission when joining.
     pub contacts: Vec<NodeId>,
+    /// The node that decides a total restart; every node of a cluster names the same one.
+    /// A node whose log holds a view first looks for a live group through `contacts`,
+    /// and otherwise reports its log to this node.
+    pub restart_leader: NodeId,
     /// How often the core's clock advances.
     pub tick_interval_ms: u64,
     /// Application events buffered before the node waits for the application.
@@ -66,6 +72,9 @@ pub enum AppEvent {
         first_index: u64,
         count: u64,
     },
+    /// The group restarts from logs with this plan (the restart view is installed next);
+    /// this node's shard logs were truncated to the plan's trims.
+    Restarting(Arc<RestartPlan>),
     Installed(Arc<View>),
     Delivered(Delivery),
     SendsAborted {
@@ -131,6 +140,10 @@ pub enum NodeError {
     Log(#[from] LogError),
     #[error("starting the log thread: {0}")]
     Thread(std::io::Error),
+    #[error("the log's last view record is unreadable: {0}")]
+    LoggedView(DecodeError),
+    #[error("a view record of the log holds another kind of message")]
+    LoggedViewKind,
 }
 
 /// The application's side of a running node.
@@ -195,6 +208,23 @@ enum LogWork {
         bytes: Bytes,
         then: Option<LogDone>,
     },
+    /// Records of `key` after `after`, for a state transfer.
+    ReadTail {
+        key: ShardKey,
+        after: Option<Version>,
+        reply: oneshot::Sender<Result<Vec<Record>, String>>,
+    },
+    /// Keep `key`'s log up to `keep` and replace the rest with `records`, durably.
+    ReplaceTail {
+        key: ShardKey,
+        keep: Option<Version>,
+        records: Vec<Record>,
+    },
+    /// Drop `key`'s records after `after`, durably (a restart's agreed trim).
+    Truncate {
+        key: ShardKey,
+        after: Option<Version>,
+    },
 }
 
 #[derive(Debug)]
@@ -221,7 +251,21 @@ pub fn start_node(
     log: Option<Box<dyn LogStore + Send>>,
 ) -> Result<(NodeHandle, mpsc::Receiver<NodeEvent>), NodeError> {
     let clock = Instant::now();
-    let core = if cfg.found {
+    let logged = match &log {
+        Some(store) => logged_state(store.as_ref())?,
+        None => LoggedState::default(),
+    };
+    let core = if logged.view.is_some() {
+        info!(node = cfg.me.node, "the log holds a view: restarting");
+        Core::restart(
+            cfg.core.clone(),
+            cfg.me,
+            cfg.contacts.clone(),
+            cfg.restart_leader,
+            logged,
+            0,
+        )?
+    } else if cfg.found {
         Core::found(cfg.core.clone(), cfg.me, 0)?
     } else {
         Core::join(cfg.core.clone(), cfg.me, cfg.contacts.clone(), 0)?
@@ -241,6 +285,7 @@ pub fn start_node(
         clock,
         feedback: VecDeque::new(),
         last_hlc_us: 0,
+        tails: Vec::new(),
     };
     // Every log line of the node carries its node, incarnation and current view.
     let span = info_span!(
@@ -267,6 +312,42 @@ struct Driver {
     /// Completions available at once (no log: persistence is immediate).
     feedback: VecDeque<LogDone>,
     last_hlc_us: u64,
+    /// Log tails being read for state transfers the application has yet to answer.
+    tails: Vec<PendingTail>,
+}
+
+struct PendingTail {
+    view_id: ViewId,
+    subgroup: u32,
+    records: oneshot::Receiver<Result<Vec<Record>, String>>,
+}
+
+/// What this node's log says about its last life: the newest view it logged and the end
+/// of each shard log.
+fn logged_state(store: &(dyn LogStore + Send)) -> Result<LoggedState, NodeError> {
+    let mut view = None;
+    for (kind, bytes) in store.meta()? {
+        if kind != META_VIEW {
+            continue;
+        }
+        match codec::decode(bytes, &codec::DecodeLimits::default()) {
+            Ok(Wire::Welcome { view: v }) => view = Some(v),
+            Ok(_) => return Err(NodeError::LoggedViewKind),
+            Err(e) => return Err(NodeError::LoggedView(e)),
+        }
+    }
+    let tails = store
+        .shards()
+        .into_iter()
+        .filter_map(|key| {
+            store.last_version(key).map(|v| ShardTail {
+                subgroup: key.subgroup,
+                shard: key.shard,
+                version: Version(v),
+            })
+        })
+        .collect();
+    Ok(LoggedState { view, tails })
 }
 
 impl Driver {
@@ -305,7 +386,7 @@ impl Driver {
                         let _ = reply.send(self.core.send(subgroup, payload));
                     }
                     Command::SupplyState { view_id, subgroup, state } => {
-                        self.core.supply_state(view_id, subgroup, state);
+                        self.supply_state(view_id, subgroup, state).await;
                     }
                     Command::Leave => self.core.leave(),
                 },
@@ -363,6 +444,32 @@ impl Driver {
                 self.core.leave();
             }
         }
+    }
+
+    /// Hands the core the application's state with the log records the joiners lack.
+    async fn supply_state(&mut self, view_id: ViewId, subgroup: u32, app: Bytes) {
+        let pending = self
+            .tails
+            .iter()
+            .position(|t| t.view_id == view_id && t.subgroup == subgroup)
+            .map(|i| self.tails.swap_remove(i));
+        let records = match pending {
+            Some(tail) => match tail.records.await {
+                Ok(Ok(records)) => records,
+                Ok(Err(reason)) => {
+                    self.feedback.push_back(LogDone::Failed(reason));
+                    return;
+                }
+                Err(_) => {
+                    self.feedback
+                        .push_back(LogDone::Failed("log thread ended".to_string()));
+                    return;
+                }
+            },
+            None => Vec::new(),
+        };
+        let state = StateEnvelope { app, records }.encode();
+        self.core.supply_state(view_id, subgroup, state);
     }
 
     async fn report_arrivals(&self, from: MemberId, msg: &Wire) {
@@ -505,8 +612,23 @@ impl Driver {
                 view_id,
                 subgroup,
                 shard,
+                joiners_hold,
                 ..
             } => {
+                if self.log.is_some() {
+                    let (reply, records) = oneshot::channel();
+                    self.queue_log_work(LogWork::ReadTail {
+                        key: ShardKey { subgroup, shard },
+                        after: joiners_hold,
+                        reply,
+                    });
+                    self.tails.retain(|t| t.subgroup != subgroup);
+                    self.tails.push(PendingTail {
+                        view_id,
+                        subgroup,
+                        records,
+                    });
+                }
                 self.emit(AppEvent::StateRequested {
                     view_id,
                     subgroup,
@@ -519,14 +641,48 @@ impl Driver {
                 subgroup,
                 shard,
                 state,
+                hold,
             } => {
+                let envelope = match StateEnvelope::decode(state) {
+                    Ok(envelope) => envelope,
+                    Err(e) => {
+                        // The source broke the protocol; without the state this node
+                        // cannot serve the shard.
+                        warn!(error = %e, "malformed state transfer; leaving the group");
+                        self.core.leave();
+                        return None;
+                    }
+                };
+                if self.log.is_some() {
+                    self.queue_log_work(LogWork::ReplaceTail {
+                        key: ShardKey { subgroup, shard },
+                        keep: hold,
+                        records: envelope.records,
+                    });
+                }
                 self.emit(AppEvent::StateReceived {
                     view_id,
                     subgroup,
                     shard,
-                    state,
+                    state: envelope.app,
                 })
                 .await;
+            }
+            Output::Restart(plan) => {
+                info!(view = plan.view.id, members = ?plan.view.members, "restarting the group");
+                let me = self.core.me();
+                for (g, shards) in plan.shards.iter().enumerate() {
+                    if let Some(s) = plan.view.shard_of(g, me) {
+                        self.queue_log_work(LogWork::Truncate {
+                            key: ShardKey {
+                                subgroup: g as u32,
+                                shard: s as u32,
+                            },
+                            after: shards[s].trim,
+                        });
+                    }
+                }
+                self.emit(AppEvent::Restarting(plan)).await;
             }
             Output::SendsAborted { subgroup, tickets } => {
                 self.emit(AppEvent::SendsAborted { subgroup, tickets })
@@ -593,6 +749,28 @@ fn spawn_log_thread(
                                 return fail(&done, e);
                             }
                             after_sync.extend(then);
+                        }
+                        LogWork::ReadTail { key, after, reply } => {
+                            let from = after.map_or(0, |v| v.0 + 1);
+                            let records =
+                                store.range(key, from, u64::MAX).map_err(|e| e.to_string());
+                            let _ = reply.send(records);
+                        }
+                        LogWork::ReplaceTail { key, keep, records } => {
+                            let result = store
+                                .truncate_after(key, keep.map(|v| v.0))
+                                .and_then(|()| {
+                                    records.into_iter().try_for_each(|r| store.append(key, r))
+                                })
+                                .and_then(|()| store.sync().map(drop));
+                            if let Err(e) = result {
+                                return fail(&done, e);
+                            }
+                        }
+                        LogWork::Truncate { key, after } => {
+                            if let Err(e) = store.truncate_after(key, after.map(|v| v.0)) {
+                                return fail(&done, e);
+                            }
                         }
                     }
                 }

@@ -315,6 +315,111 @@ fn kill9_mid_stream_then_rejoin_with_state_transfer() {
     cluster.judge(3, &["stability_before_delivery"]);
 }
 
+/// Every node is killed (`kill -9`) mid-stream; restarted in a shuffled order, they find
+/// no live group, report their logs to the restart leader and come back as one restart
+/// view, each shard continuing from its longest log; then they stream again.
+#[test]
+fn total_restart_after_every_node_is_killed() {
+    let mut cluster = Cluster::new(3, 1_500);
+    cluster.start(0, true);
+    cluster.start(1, false);
+    cluster.start(2, false);
+    let n = |node, incarnation| MemberId::new(node, incarnation);
+    cluster.wait_for("a view of all three", Duration::from_secs(20), |c| {
+        installed_views(&c.events(0), n(0, 1))
+            .last()
+            .is_some_and(|m| m.len() == 3)
+    });
+    cluster.wait_for("the stream well under way", Duration::from_secs(30), |c| {
+        count_delivered(&c.events(0)) >= 1_000
+    });
+    for node in 0..3 {
+        cluster.kill9(node);
+    }
+    let last_view = (0..3)
+        .flat_map(|node| cluster.events(node))
+        .filter_map(|e| match e {
+            Event::Installed { view, .. } => Some(view.id),
+            _ => None,
+        })
+        .max()
+        .expect("views were installed");
+
+    // A shuffled restart order, different from run to run.
+    let mut order = vec![0u32, 1, 2];
+    let mut seed = u64::from(std::process::id()) | 1;
+    for i in (1..order.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        order.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
+    println!("restarting in the order {order:?} after view {last_view}");
+    for node in &order {
+        cluster.start(*node, false);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let back = [n(0, 2), n(1, 2), n(2, 2)];
+    let restart_view = |c: &Cluster, m: MemberId| {
+        c.events(m.node).into_iter().find_map(|e| match e {
+            Event::Installed { member, view, .. } if member == m && view.is_restart() => Some(view),
+            _ => None,
+        })
+    };
+    cluster.wait_for(
+        "the restart view everywhere",
+        Duration::from_secs(30),
+        |c| back.iter().all(|m| restart_view(c, *m).is_some()),
+    );
+    let view = restart_view(&cluster, back[0]).expect("installed");
+    assert_eq!(
+        view.id,
+        last_view + 1,
+        "the restart view follows the last view"
+    );
+    assert_eq!(view.members.len(), 3);
+    for node in 0..3 {
+        let stdout = std::fs::read_to_string(cluster.dir.path().join(format!("stdout-{node}")))
+            .unwrap_or_default();
+        for line in stdout.lines().filter(|l| l.contains("restart view")) {
+            println!("{line}");
+        }
+    }
+    // The restarted shard holds what the first life delivered (up to the longest log).
+    let source = view.shards[0][0].state_source.expect("a source");
+    let restored = cluster
+        .events(source.node)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::StateAtInstall { member, digest, .. } if member == source => Some(digest),
+            _ => None,
+        })
+        .expect("the source recorded its state");
+    println!(
+        "shard 0 restarts from {}'s log: {} messages",
+        source, restored.applied
+    );
+    assert!(
+        restored.applied >= 1_000,
+        "the restart lost the first life's stream"
+    );
+    cluster.wait_for(
+        "the second life's streams delivered everywhere",
+        Duration::from_secs(60),
+        |c| {
+            let all: Vec<Vec<Event>> = (0..3).map(|node| c.events(node)).collect();
+            back.iter().all(|sender| {
+                let sent = sent_by(&all[sender.node as usize], *sender);
+                sent.len() as u64 == c.messages
+                    && all.iter().all(|events| sent.is_subset(&delivered(events)))
+            })
+        },
+    );
+    cluster.terminate_all();
+    // The first life ended in kill -9: its queued history is lost (see above).
+    cluster.judge(3, &["stability_before_delivery"]);
+}
+
 /// `kill -9` a persisting node at random moments, 20 times: everything it reported
 /// persisted is in its log afterwards, in order, with the delivered content.
 #[test]

@@ -688,7 +688,8 @@ pub fn state_transfer(h: &History) -> Check {
 /// A total restart continues each shard from the longest log: the restart state of every
 /// shard (its source's state when it installed the restart view) replays a prefix of the
 /// shard's delivery order, and that prefix holds every version reported durable at every
-/// shard member, and every version the restarted nodes' last incarnations made durable.
+/// shard member, and every version a holder of the shard in the last view (one that came
+/// back) had made durable.
 pub fn restart_recovery(h: &History) -> Check {
     let views = h.views();
     // Delivery order per (subgroup, shard): version -> payload.
@@ -733,17 +734,34 @@ pub fn restart_recovery(h: &History) -> Check {
                 *entry = (version, why);
             }
         };
-        let mut last_incarnation: HashMap<u32, u32> = HashMap::new();
+        // The longest log among the last view's holders of each shard that came back.
+        let holders: BTreeSet<(MemberId, u32, u32)> = views
+            .get(&(restart_id - 1))
+            .map(|last| {
+                let mut holders = BTreeSet::new();
+                for (g, shards) in last.shards.iter().enumerate() {
+                    for (s, sv) in shards.iter().enumerate() {
+                        for m in &sv.members {
+                            if view.members.iter().any(|b| b.node == m.node) {
+                                holders.insert((*m, g as u32, s as u32));
+                            }
+                        }
+                    }
+                }
+                holders
+            })
+            .unwrap_or_default();
+        let mut persisted_in_last: BTreeSet<(MemberId, u32)> = BTreeSet::new();
         for event in &h.events {
-            if let Event::Installed {
-                member, view: v, ..
+            if let Event::Persisted {
+                member,
+                subgroup,
+                version,
+                ..
             } = event
-                && v.id < *restart_id
+                && version.view_id() + 1 == *restart_id
             {
-                let e = last_incarnation
-                    .entry(member.node)
-                    .or_insert(member.incarnation);
-                *e = (*e).max(member.incarnation);
+                persisted_in_last.insert((*member, *subgroup));
             }
         }
         for event in &h.events {
@@ -767,18 +785,23 @@ pub fn restart_recovery(h: &History) -> Check {
                     subgroup,
                     version,
                     ..
-                } if version.view_id() < *restart_id
-                    && last_incarnation.get(&member.node) == Some(&member.incarnation) =>
-                {
-                    if let Some(s) = shard_at(*member, *subgroup, *version)
-                        && view.shards[*subgroup as usize]
-                            .get(s as usize)
-                            .is_some_and(|sv| sv.members.iter().any(|m| m.node == member.node))
-                    {
+                } if version.view_id() < *restart_id => {
+                    let Some(s) = shard_at(*member, *subgroup, *version) else {
+                        continue;
+                    };
+                    let was_fed = views
+                        .get(&(restart_id - 1))
+                        .and_then(|last| last.shards.get(*subgroup as usize)?.get(s as usize))
+                        .is_some_and(|sv| sv.joined.contains(member));
+                    let held = holders.contains(&(*member, *subgroup, s))
+                        && (!was_fed || persisted_in_last.contains(&(*member, *subgroup)));
+                    if held {
                         require(
                             (*subgroup, s),
                             *version,
-                            format!("{member} had made it durable"),
+                            format!(
+                                "{member}, a holder of the shard in the last view, had made it durable"
+                            ),
                         );
                     }
                 }
@@ -814,9 +837,7 @@ pub fn restart_recovery(h: &History) -> Check {
                 if applied <= order.len() {
                     let mut replay = StateDigest::default();
                     for (_, payload) in &order[..applied] {
-                        replay.applied += 1;
-                        replay.chain = replay.chain.rotate_left(7)
-                            ^ payload.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                        replay.apply(*payload);
                     }
                     if replay != *digest {
                         return fail(

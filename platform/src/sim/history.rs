@@ -22,6 +22,14 @@ pub struct StateDigest {
     pub chain: u64,
 }
 
+impl StateDigest {
+    /// Applies one ordered message (by payload identity) to the state.
+    pub fn apply(&mut self, payload: PayloadId) {
+        self.applied += 1;
+        self.chain = self.chain.rotate_left(7) ^ payload.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Event {
     Installed {

@@ -273,14 +273,9 @@ impl SimDisk {
 fn digest_of<'a>(records: impl Iterator<Item = &'a PayloadId>) -> StateDigest {
     let mut digest = StateDigest::default();
     for payload in records {
-        apply_to_digest(&mut digest, *payload);
+        digest.apply(*payload);
     }
     digest
-}
-
-fn apply_to_digest(digest: &mut StateDigest, payload: PayloadId) {
-    digest.applied += 1;
-    digest.chain = digest.chain.rotate_left(7) ^ payload.wrapping_mul(0x9e37_79b9_7f4a_7c15);
 }
 
 #[derive(Debug, Default)]
@@ -1263,7 +1258,7 @@ impl Simulation {
                 if let Some(version) = d.version
                     && let Some(node) = self.nodes.get_mut(&id)
                 {
-                    apply_to_digest(&mut node.app[d.subgroup as usize], payload);
+                    node.app[d.subgroup as usize].apply(payload);
                     node.unpersisted
                         .push((d.subgroup, d.shard, version, payload));
                 }

@@ -26,7 +26,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use squall_driver::{
     AppEvent, NodeConfig, NodeEvent, NodeSendError, TcpConfig, TcpTransport, start_node,
 };
-use squall_log::{FileLog, LogConfig, LogStore};
+use squall_log::{FileLog, LogConfig, LogStore, ShardKey};
 use squall_platform::sim::history::{Event, StateDigest, UNKNOWN_PAYLOAD};
 use squall_platform::sim::history_io::write_event;
 use squall_platform::{
@@ -55,6 +55,8 @@ struct Args {
     timeout_ms: u64,
     /// After being evicted (or stopping in a minority), restart as a new incarnation.
     rejoin: bool,
+    /// Decides a total restart (default: the lowest node id among the peers).
+    restart_leader: Option<u32>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -75,6 +77,7 @@ fn parse_args() -> Result<Args> {
         heartbeat_ms: 20,
         timeout_ms: 1_000,
         rejoin: false,
+        restart_leader: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -124,6 +127,7 @@ fn parse_args() -> Result<Args> {
             "--interval-us" => args.interval_us = num(&value)?,
             "--heartbeat-ms" => args.heartbeat_ms = num(&value)?,
             "--timeout-ms" => args.timeout_ms = num(&value)?,
+            "--restart-leader" => args.restart_leader = Some(u32::try_from(num(&value)?)?),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -243,18 +247,33 @@ async fn main() -> Result<()> {
     let (inbound_tx, inbound) = mpsc::channel(65_536);
     let transport = TcpTransport::start(tcp, listener, inbound_tx);
 
+    // The application's state is what its log replays to (the log holds every version
+    // this node delivered or received by state transfer, in order).
+    let mut digest = StateDigest::default();
     let log: Option<Box<dyn LogStore + Send>> = if args.persistent {
         let (log, report) = FileLog::open(LogConfig::new(args.data_dir.join("log")))?;
         eprintln!("node {me}: log recovered: {report:?}");
+        let shard = ShardKey {
+            subgroup: 0,
+            shard: 0,
+        };
+        for record in log.range(shard, 0, u64::MAX)? {
+            digest.apply(payload_id(&record.payload));
+        }
         Some(Box::new(log))
     } else {
         None
     };
+    let restart_leader = args
+        .restart_leader
+        .or_else(|| args.peers.keys().next().copied())
+        .ok_or_else(|| anyhow!("no peers"))?;
     let cfg = NodeConfig {
         core,
         me,
         found: args.found && incarnation == 1,
         contacts: args.contacts.clone(),
+        restart_leader,
         tick_interval_ms: (args.heartbeat_ms / 2).max(1),
         events_max: 65_536,
         commands_max: 4_096,
@@ -270,7 +289,6 @@ async fn main() -> Result<()> {
     let mut rec = Recorder {
         out: LineWriter::new(history),
     };
-    let mut digest = StateDigest::default();
     let mut sender: Option<tokio::task::JoinHandle<()>> = None;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut leaving = false;
@@ -299,6 +317,21 @@ async fn main() -> Result<()> {
                     AppEvent::Arrived { from, view_id, subgroup, first_index, count } => {
                         rec.record(Event::Arrived { at_us, member: me, from, view_id, subgroup, first_index, count })?;
                     }
+                    AppEvent::Restarting(plan) => {
+                        let trims: Vec<String> = plan.shards.iter().enumerate().flat_map(|(g, shards)| {
+                            shards.iter().enumerate().map(move |(s, rs)| {
+                                let trim = rs.trim.map_or("empty".to_string(), |v| v.to_string());
+                                format!("subgroup {g} shard {s} trim {trim}")
+                            })
+                        }).collect();
+                        let sources: Vec<String> = plan.view.shards.iter().flatten()
+                            .map(|sv| sv.state_source.map_or("none".to_string(), |m| m.to_string()))
+                            .collect();
+                        println!(
+                            "node {me}: restart view {} members {:?} failed {:?}; trims [{}]; longest logs at [{}]",
+                            plan.view.id, plan.view.members, plan.view.failed, trims.join(", "), sources.join(", ")
+                        );
+                    }
                     AppEvent::Installed(view) => {
                         println!("node {me}: installed view {} members {:?}", view.id, view.members);
                         let in_shard = view.shard_of(0, me).is_some();
@@ -314,8 +347,7 @@ async fn main() -> Result<()> {
                     AppEvent::Delivered(d) => {
                         let payload = payload_id(&d.payload);
                         if d.version.is_some() {
-                            digest.applied += 1;
-                            digest.chain = digest.chain.rotate_left(7) ^ payload.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                            digest.apply(payload);
                         }
                         rec.record(Event::Delivered {
                             at_us, member: me, view_id: d.view_id, subgroup: d.subgroup, shard: d.shard,
