@@ -11,7 +11,10 @@ fn main() {
         r.result
     );
     for view in r.history.views().values().filter(|v| v.is_restart()) {
-        println!("restart view {} members {:?}", view.id, view.members);
+        println!(
+            "restart view {} members {:?} failed {:?}",
+            view.id, view.members, view.failed
+        );
     }
     if std::env::var("DUMP").is_ok() {
         for e in &r.history.events {

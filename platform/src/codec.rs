@@ -28,7 +28,9 @@ const TAG_WELCOME: u8 = 4;
 const TAG_STATE: u8 = 5;
 const TAG_EVICTED: u8 = 6;
 const TAG_RESTART_HELLO: u8 = 7;
-const TAG_RESTART: u8 = 8;
+const TAG_RESTART_PREPARE: u8 = 8;
+const TAG_RESTART_ACK: u8 = 9;
+const TAG_RESTART_COMMIT: u8 = 10;
 
 const ITEM_MESSAGE: u8 = 0;
 const ITEM_NULLS: u8 = 1;
@@ -196,9 +198,17 @@ fn encode_into(msg: &Wire, sink: &mut impl Sink) {
             sink.buf().put_u8(TAG_RESTART_HELLO);
             put_logged_state(sink.buf(), logged);
         }
-        Wire::Restart { plan } => {
-            sink.buf().put_u8(TAG_RESTART);
+        Wire::RestartPrepare { plan } => {
+            sink.buf().put_u8(TAG_RESTART_PREPARE);
             put_restart_plan(sink.buf(), plan);
+        }
+        Wire::RestartAck { view_id } => {
+            sink.buf().put_u8(TAG_RESTART_ACK);
+            sink.buf().put_u32_le(*view_id);
+        }
+        Wire::RestartCommit { view_id } => {
+            sink.buf().put_u8(TAG_RESTART_COMMIT);
+            sink.buf().put_u32_le(*view_id);
         }
     }
 }
@@ -281,8 +291,14 @@ pub fn decode(frame: Bytes, limits: &DecodeLimits) -> Result<Wire, DecodeError> 
         TAG_RESTART_HELLO => Wire::RestartHello {
             logged: r.logged_state()?,
         },
-        TAG_RESTART => Wire::Restart {
+        TAG_RESTART_PREPARE => Wire::RestartPrepare {
             plan: Arc::new(r.restart_plan()?),
+        },
+        TAG_RESTART_ACK => Wire::RestartAck {
+            view_id: r.u32("view id")?,
+        },
+        TAG_RESTART_COMMIT => Wire::RestartCommit {
+            view_id: r.u32("view id")?,
         },
         tag => {
             return Err(DecodeError::UnknownTag {
@@ -403,6 +419,14 @@ fn put_logged_state(out: &mut BytesMut, logged: &LoggedState) {
     match &logged.view {
         Some(view) => {
             out.put_u8(1);
+            put_view(out, view);
+        }
+        None => out.put_u8(0),
+    }
+    match &logged.acked {
+        Some((ballot, view)) => {
+            out.put_u8(1);
+            put_ballot(out, ballot);
             put_view(out, view);
         }
         None => out.put_u8(0),
@@ -641,6 +665,12 @@ impl Reader {
         } else {
             None
         };
+        let acked = if self.flag("acked view presence")? {
+            let ballot = self.ballot()?;
+            Some((ballot, Arc::new(self.view()?)))
+        } else {
+            None
+        };
         let n = self.count("shard tails", 16, self.limits.shards_max)?;
         let tails = (0..n)
             .map(|_| {
@@ -651,7 +681,7 @@ impl Reader {
                 })
             })
             .collect::<Result<Vec<_>, DecodeError>>()?;
-        Ok(LoggedState { view, tails })
+        Ok(LoggedState { view, acked, tails })
     }
 
     fn restart_plan(&mut self) -> Result<RestartPlan, DecodeError> {
@@ -824,6 +854,13 @@ mod tests {
             Wire::RestartHello {
                 logged: LoggedState {
                     view: Some(Arc::new(view.clone())),
+                    acked: Some((
+                        Ballot {
+                            round: u64::MAX,
+                            leader: MemberId::new(3, 9),
+                        },
+                        Arc::new(view.clone()),
+                    )),
                     tails: vec![ShardTail {
                         subgroup: 0,
                         shard: 1,
@@ -834,7 +871,9 @@ mod tests {
             Wire::RestartHello {
                 logged: LoggedState::default(),
             },
-            Wire::Restart {
+            Wire::RestartAck { view_id: 5 },
+            Wire::RestartCommit { view_id: 5 },
+            Wire::RestartPrepare {
                 plan: Arc::new(RestartPlan {
                     view: Arc::new(view.clone()),
                     shards: vec![vec![

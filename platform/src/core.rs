@@ -126,6 +126,15 @@ pub enum Output {
         /// This member's log of the shard is kept up to here and replaced after it.
         hold: Option<Version>,
     },
+    /// Log durably that this member agreed to `next` (the view that a proposal to end
+    /// `view_id` would install, or a restart plan's view), then call [`Core::ack_logged`].
+    /// The agreement is published only then, so every view ever installed is known to the
+    /// log of a majority of its predecessor: a total restart cannot miss it.
+    LogAck {
+        view_id: ViewId,
+        ballot: Ballot,
+        next: Arc<View>,
+    },
     /// The group restarts from logs with this plan (installed next): a driver truncates
     /// its log of each shard it is in to the shard's agreed trim, before anything else.
     Restart(Arc<RestartPlan>),
@@ -186,6 +195,10 @@ struct Restarting {
     /// Since when the reports allow a restart (leader only); reset when they stop.
     ready_since_ms: Option<u64>,
     last_hello_ms: Option<u64>,
+    /// A plan this node agreed to (logging, or logged and acknowledged), with when.
+    prepared: Option<(Arc<RestartPlan>, u64)>,
+    /// Leader: the plan proposed, who acknowledged it (logged), since when.
+    proposing: Option<(Arc<RestartPlan>, Vec<MemberId>, u64)>,
 }
 
 /// Multicast state of the one shard this member has in a subgroup, for the current view.
@@ -257,6 +270,9 @@ pub struct Core {
     outputs: Vec<Output>,
     /// The restart plan being installed (its view's setup reads the shards' holds).
     restart: Option<Arc<RestartPlan>>,
+    /// A proposal I agreed to (as leader or follower) whose agreement is being logged;
+    /// my row shows it once [`Core::ack_logged`] confirms.
+    ack_logging: Option<Arc<Proposal>>,
 }
 
 impl Core {
@@ -310,6 +326,8 @@ impl Core {
             heard: Vec::new(),
             ready_since_ms: None,
             last_hello_ms: None,
+            prepared: None,
+            proposing: None,
         }));
         let mut core = Self::new(cfg, me, now_ms, phase)?;
         core.restart_step();
@@ -344,6 +362,7 @@ impl Core {
             outbox: Vec::new(),
             outputs: Vec::new(),
             restart: None,
+            ack_logging: None,
         })
     }
 
@@ -608,6 +627,55 @@ impl Core {
         self.progress();
     }
 
+    /// The driver logged the agreement it was given in [`Output::LogAck`].
+    pub fn ack_logged(&mut self, view_id: ViewId, ballot: Ballot) {
+        if let Phase::Restarting(r) = &mut self.phase {
+            let Some((plan, _)) = &r.prepared else {
+                return;
+            };
+            if plan.view.id != view_id + 1 {
+                return;
+            }
+            let plan = Arc::clone(plan);
+            let leader = r.leader;
+            r.logged.acked = Some((ballot, Arc::clone(&plan.view)));
+            if leader == self.me.node {
+                self.restart_acked(self.me, plan.view.id);
+            } else {
+                self.outputs.push(Output::Send {
+                    to: leader,
+                    incarnation: None,
+                    msg: Wire::RestartAck {
+                        view_id: plan.view.id,
+                    },
+                });
+            }
+            return;
+        }
+        if !self.is_member() || view_id != self.current_view().id {
+            return;
+        }
+        let Some(pending) = self.ack_logging.clone() else {
+            return;
+        };
+        if pending.ballot != ballot {
+            return;
+        }
+        self.ack_logging = None;
+        // A leader I have suspected since (my rows say so) must not count this agreement:
+        // a new leader's failover barrier relies on it. It stays in the log, harmlessly
+        // (a restart treats its view as possibly installed).
+        let leader_suspected = self
+            .current_view()
+            .rank_of(pending.ballot.leader)
+            .is_some_and(|r| r != self.my_rank && self.is_suspected(r));
+        if !leader_suspected && self.my_row().acked_ballot().is_none_or(|b| b < ballot) {
+            self.my_row_mut().proposal = Some(pending);
+            self.row_dirty = true;
+        }
+        self.progress();
+    }
+
     /// The application's answer to [`Output::StateTransferRequest`].
     pub fn supply_state(&mut self, view_id: ViewId, subgroup: u32, state: Bytes) {
         if !self.is_member() || view_id != self.current_view().id {
@@ -664,7 +732,10 @@ impl Core {
             Phase::Founding { .. } => {
                 match msg {
                     Wire::JoinRequest => self.on_join_request(from),
-                    Wire::RestartHello { .. } | Wire::Restart { .. } => {}
+                    Wire::RestartHello { .. }
+                    | Wire::RestartPrepare { .. }
+                    | Wire::RestartAck { .. }
+                    | Wire::RestartCommit { .. } => {}
                     _ => self.buffer_future(from, msg),
                 }
                 self.progress();
@@ -701,7 +772,9 @@ impl Core {
                 Wire::JoinRequest
                 | Wire::Evicted { .. }
                 | Wire::RestartHello { .. }
-                | Wire::Restart { .. } => {}
+                | Wire::RestartPrepare { .. }
+                | Wire::RestartAck { .. }
+                | Wire::RestartCommit { .. } => {}
             },
             Phase::Restarting(_) => self.on_restarting_message(from, msg),
             Phase::Member => {
@@ -730,7 +803,10 @@ impl Core {
             // A live group admits a node back from a total stop as any joiner.
             Wire::JoinRequest | Wire::RestartHello { .. } => self.on_join_request(from),
             Wire::Redirect { .. } => {}
-            Wire::Welcome { .. } | Wire::Restart { .. } => {}
+            Wire::Welcome { .. }
+            | Wire::RestartPrepare { .. }
+            | Wire::RestartAck { .. }
+            | Wire::RestartCommit { .. } => {}
             Wire::Evicted { view_id } => {
                 // Only a member we still trust can evict us: a member we suspect is
                 // already on its way out and its opinion no longer counts.
@@ -911,8 +987,32 @@ impl Core {
                 }
                 self.restart_step();
             }
-            Wire::Restart { plan } => {
-                if plan.view.contains(self.me) {
+            Wire::RestartPrepare { plan } => {
+                let now = self.now_ms;
+                let Phase::Restarting(r) = &mut self.phase else {
+                    return;
+                };
+                if from.node != r.leader || !plan.view.contains(self.me) {
+                    return;
+                }
+                r.prepared = Some((Arc::clone(&plan), now));
+                self.outputs.push(Output::LogAck {
+                    view_id: plan.view.id - 1,
+                    ballot: restart_ballot(from),
+                    next: Arc::clone(&plan.view),
+                });
+            }
+            Wire::RestartAck { view_id } => self.restart_acked(from, view_id),
+            Wire::RestartCommit { view_id } => {
+                let Phase::Restarting(r) = &self.phase else {
+                    return;
+                };
+                let prepared = r
+                    .prepared
+                    .as_ref()
+                    .filter(|(plan, _)| plan.view.id == view_id && from.node == r.leader)
+                    .map(|(plan, _)| Arc::clone(plan));
+                if let Some(plan) = prepared {
                     self.install_restart(plan);
                     self.progress();
                 }
@@ -990,6 +1090,14 @@ impl Core {
             .retain(|(m, _, at)| m.node != me.node && now.saturating_sub(*at) <= fresh_ms);
         let mut reports: Vec<(MemberId, &LoggedState)> = vec![(me, &r.logged)];
         reports.extend(r.heard.iter().map(|(m, logged, _)| (*m, logged)));
+        if let Some((_, _, since)) = &r.proposing {
+            // Every member of the plan must log its agreement before anyone installs it;
+            // one that does not answer in time is left out of the next plan.
+            if now.saturating_sub(*since) <= 2 * fresh_ms {
+                return;
+            }
+            r.proposing = None;
+        }
         let plan = match restart::plan(&self.cfg.layout, &reports) {
             Ok(plan) => plan,
             Err(_) => {
@@ -1002,13 +1110,49 @@ impl Core {
             return;
         }
         let plan = Arc::new(plan);
+        r.proposing = Some((Arc::clone(&plan), Vec::new(), now));
+        r.prepared = Some((Arc::clone(&plan), now));
         for m in plan.view.members.iter().filter(|m| **m != me) {
             self.outputs.push(Output::Send {
                 to: m.node,
                 incarnation: Some(m.incarnation),
-                msg: Wire::Restart {
+                msg: Wire::RestartPrepare {
                     plan: Arc::clone(&plan),
                 },
+            });
+        }
+        self.outputs.push(Output::LogAck {
+            view_id: plan.view.id - 1,
+            ballot: restart_ballot(me),
+            next: Arc::clone(&plan.view),
+        });
+    }
+
+    /// Leader: `from` logged its agreement to the plan for `view_id`; once every member
+    /// of the plan has, the plan is committed and installed.
+    fn restart_acked(&mut self, from: MemberId, view_id: ViewId) {
+        let me = self.me;
+        let Phase::Restarting(r) = &mut self.phase else {
+            return;
+        };
+        let Some((plan, acked, _)) = &mut r.proposing else {
+            return;
+        };
+        if plan.view.id != view_id || !plan.view.contains(from) {
+            return;
+        }
+        if !acked.contains(&from) {
+            acked.push(from);
+        }
+        if plan.view.members.iter().any(|m| !acked.contains(m)) {
+            return;
+        }
+        let plan = Arc::clone(plan);
+        for m in plan.view.members.iter().filter(|m| **m != me) {
+            self.outputs.push(Output::Send {
+                to: m.node,
+                incarnation: Some(m.incarnation),
+                msg: Wire::RestartCommit { view_id },
             });
         }
         self.install_restart(plan);
@@ -1472,7 +1616,7 @@ impl Core {
             }
         }
         let mut changed = false;
-        let mine = self.my_row().proposal.clone();
+        let mine = self.my_proposal();
         let leading = mine.as_ref().is_some_and(|p| p.ballot.leader == self.me);
         if !leading {
             let highest = (0..n)
@@ -1505,7 +1649,10 @@ impl Core {
                 changed |= self.propose_fresh();
             }
         }
+        // Only the proposal I stand by now: one superseded while its successor is being
+        // logged must not be committed, whoever acknowledged it.
         if self.committed.is_none()
+            && self.ack_logging.is_none()
             && let Some(proposal) = self.my_row().proposal.clone()
             && proposal.ballot.leader == self.me
         {
@@ -1592,6 +1739,7 @@ impl Core {
             .rows
             .iter()
             .filter_map(|row| row.proposal.as_ref().map(|p| p.ballot.round))
+            .chain(self.ack_logging.as_ref().map(|p| p.ballot.round))
             .max()
             .unwrap_or(0)
             + 1;
@@ -1603,9 +1751,32 @@ impl Core {
             view_id: self.current_view().id,
             change,
         };
-        let row = self.my_row_mut();
-        row.proposal = Some(Arc::new(proposal));
-        row.wedged = true;
+        self.my_row_mut().wedged = true;
+        self.log_ack(Arc::new(proposal));
+    }
+
+    /// The latest proposal I agreed to, logged or still being logged.
+    fn my_proposal(&self) -> Option<Arc<Proposal>> {
+        self.ack_logging
+            .clone()
+            .or_else(|| self.my_row().proposal.clone())
+    }
+
+    /// Asks the driver to log my agreement to `proposal`; my row shows it once logged.
+    fn log_ack(&mut self, proposal: Arc<Proposal>) {
+        let view = Arc::clone(self.current_view());
+        match next_view(&self.cfg, &view, &proposal.change) {
+            Ok(next) => {
+                self.outputs.push(Output::LogAck {
+                    view_id: view.id,
+                    ballot: proposal.ballot,
+                    next: Arc::new(next),
+                });
+                self.ack_logging = Some(proposal);
+            }
+            // Never committed (committing it would fail): nothing to make durable.
+            Err(_) => self.my_row_mut().proposal = Some(proposal),
+        }
     }
 
     fn follow(&mut self, leader: usize) -> bool {
@@ -1614,14 +1785,13 @@ impl Core {
         let mut changed = false;
         if let Some(proposal) = leader_row.proposal.as_ref() {
             let newer = self
-                .my_row()
-                .acked_ballot()
-                .is_none_or(|b| proposal.ballot > b);
+                .my_proposal()
+                .is_none_or(|mine| proposal.ballot > mine.ballot);
             if proposal.ballot.leader == leader_id
                 && newer
                 && proposal.view_id == self.current_view().id
             {
-                if !self.acknowledge(proposal) {
+                if !self.acknowledge(proposal, true) {
                     return true;
                 }
                 changed = true;
@@ -1656,16 +1826,18 @@ impl Core {
         let Some(proposal) = decided else {
             return false;
         };
-        if self.acknowledge(&proposal) {
+        // Decided already (by agreements that were logged): nothing to log here.
+        if self.acknowledge(&proposal, false) {
             self.my_row_mut().committed = Some(proposal.ballot);
             self.commit(proposal);
         }
         true
     }
 
-    /// Copies `proposal` into my row (wedged), suspecting whom it removes. Returns false
-    /// if it removes me against my will: then I have stopped.
-    fn acknowledge(&mut self, proposal: &Arc<Proposal>) -> bool {
+    /// Agrees to `proposal` (wedged), suspecting whom it removes; my row shows it at once,
+    /// or once logged when `durable`. Returns false if it removes me against my will:
+    /// then I have stopped.
+    fn acknowledge(&mut self, proposal: &Arc<Proposal>, durable: bool) -> bool {
         if proposal.change.failed.contains(&self.me)
             || (proposal.change.left.contains(&self.me) && !self.leave_requested)
         {
@@ -1685,9 +1857,13 @@ impl Core {
                 self.suspect_rank(r);
             }
         }
-        let row = self.my_row_mut();
-        row.proposal = Some(Arc::clone(proposal));
-        row.wedged = true;
+        self.my_row_mut().wedged = true;
+        if durable {
+            self.log_ack(Arc::clone(proposal));
+        } else {
+            self.ack_logging = None;
+            self.my_row_mut().proposal = Some(Arc::clone(proposal));
+        }
         true
     }
 
@@ -1697,6 +1873,7 @@ impl Core {
             Ok(next) => {
                 self.next_view = Some(Arc::new(next));
                 self.committed = Some(proposal);
+                self.ack_logging = None;
                 self.my_row_mut().wedged = true;
             }
             Err(inadequate) => {
@@ -2209,6 +2386,7 @@ impl Core {
             .retain(|j| !view.members.iter().any(|m| m.node == j.node));
         self.committed = None;
         self.adopted = false;
+        self.ack_logging = None;
         self.evicted_notified.clear();
         self.phase = Phase::Member;
         if my_rank == 0 && !view.is_restart() {
@@ -2374,6 +2552,15 @@ impl Core {
 }
 
 /// Slots received with no hole: slot `k` belongs to sender `k % S`, index `k / S`.
+/// Restart plans outrank any proposal for the same view: a plan is only made when no
+/// proposal for its base view can have been committed.
+fn restart_ballot(leader: MemberId) -> Ballot {
+    Ballot {
+        round: u64::MAX,
+        leader,
+    }
+}
+
 fn seq_received(received: &[u64]) -> u64 {
     let senders = received.len() as u64;
     received

@@ -3,7 +3,10 @@
 //! decision can be tested (and simulated) without any I/O.
 //!
 //! The rule (after Derecho's): the newest view any restarting node logged is the last
-//! view `L`. The group restarts as view `L.id + 1` once
+//! view `L`, whether it logged the view as installed or only its agreement to it (a
+//! member logs its agreement before it acknowledges a proposal or a restart plan, so a
+//! view installed anywhere is known to the log of a majority of its predecessor, and any
+//! restart quorum includes one of them). The group restarts as view `L.id + 1` once
 //! - a majority of `L`'s members (counted by node: every restart is a new incarnation) is
 //!   back, and
 //! - every shard of `L` has a member back that held the shard's state in `L` (it was not
@@ -23,6 +26,7 @@ use thiserror::Error;
 
 use crate::ids::{MemberId, NodeId, Version};
 use crate::layout::{Inadequate, Layout};
+use crate::row::Ballot;
 use crate::view::View;
 
 /// The last version a log holds for one shard.
@@ -33,11 +37,13 @@ pub struct ShardTail {
     pub version: Version,
 }
 
-/// What a restarting node found in its own log: the newest view it logged and the end of
+/// What a restarting node found in its own log: the newest view it installed, the
+/// latest view it agreed to (which may have been installed elsewhere), and the end of
 /// each shard log it holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LoggedState {
     pub view: Option<Arc<View>>,
+    pub acked: Option<(Ballot, Arc<View>)>,
     pub tails: Vec<ShardTail>,
 }
 
@@ -88,12 +94,20 @@ pub enum NotYet {
 /// A member back from the stop that held a shard in the last view, with its log's end.
 type Holder = (MemberId, Option<Version>);
 
-/// The newest view among the reports (the restart's last view).
+/// The restart's last view: the newest view any report installed or agreed to; for one
+/// id, an installed view over an agreement (it was the one committed), then the highest
+/// ballot.
 pub fn last_view<'a>(reports: &[(MemberId, &'a LoggedState)]) -> Option<&'a Arc<View>> {
-    reports
+    let installed = reports
         .iter()
-        .filter_map(|(_, r)| r.view.as_ref())
-        .max_by_key(|v| v.id)
+        .filter_map(|(_, r)| r.view.as_ref().map(|v| ((v.id, 1u8, None), v)));
+    let agreed = reports
+        .iter()
+        .filter_map(|(_, r)| r.acked.as_ref().map(|(b, v)| ((v.id, 0u8, Some(*b)), v)));
+    installed
+        .chain(agreed)
+        .max_by_key(|(key, _)| *key)
+        .map(|(_, v)| v)
 }
 
 /// Every member of the last view is back: no reason to wait any longer.
@@ -315,6 +329,7 @@ mod tests {
     fn report(view: Option<Arc<View>>, tails: &[(u32, Version)]) -> LoggedState {
         LoggedState {
             view,
+            acked: None,
             tails: tails
                 .iter()
                 .map(|(shard, version)| ShardTail {
@@ -374,6 +389,47 @@ mod tests {
         let plan = plan(&layout(2), &with_holder).expect("node 4 holds shard 1");
         assert_eq!(plan.view.shards[0][1].state_source, Some(m(4, 2)));
         assert!(!everyone_back(&with_holder));
+    }
+
+    #[test]
+    fn a_view_agreed_to_but_not_installed_here_counts_as_the_last_view() {
+        let l = last();
+        // View 8 (without nodes 3 and 4) was agreed by node 1 and may be installed by
+        // nodes that are not back: the restart must follow it, as view 9.
+        let mut next = (*l).clone();
+        next.id = 8;
+        next.members.truncate(3);
+        next.shards[0][0].members = next.members.clone();
+        next.shards[0][1].members = vec![next.members[2]];
+        next.shards[0][1].joined = Vec::new();
+        let next = Arc::new(next);
+        let agreed = LoggedState {
+            acked: Some((
+                Ballot {
+                    round: 3,
+                    leader: m(0, 1),
+                },
+                next.clone(),
+            )),
+            ..report(Some(l.clone()), &[(0, Version::new(7, 4))])
+        };
+        let r = report(
+            Some(l.clone()),
+            &[(0, Version::new(7, 4)), (1, Version::new(7, 2))],
+        );
+        let reports = [(m(0, 2), &agreed), (m(3, 2), &r), (m(4, 2), &r)];
+        assert_eq!(last_view(&reports).map(|v| v.id), Some(8));
+        // Only node 0 of view 8 is back: no majority of it.
+        assert_eq!(
+            plan(&layout(2), &reports),
+            Err(NotYet::NoMajority {
+                present: 1,
+                members: 3
+            })
+        );
+        let reports = [(m(0, 2), &agreed), (m(1, 2), &r), (m(2, 2), &r)];
+        let plan = plan(&layout(2), &reports).expect("a majority of view 8");
+        assert_eq!(plan.view.id, 9);
     }
 
     #[test]

@@ -65,8 +65,13 @@ pub enum Wire {
     /// A node restarting from its log reports what the log holds (to the restart leader;
     /// a live member takes it as a join request).
     RestartHello { logged: LoggedState },
-    /// The restart leader's decision, to every member of the restart view.
-    Restart { plan: Arc<RestartPlan> },
+    /// The restart leader's plan, to every member of the restart view: log your
+    /// agreement, then answer `RestartAck`.
+    RestartPrepare { plan: Arc<RestartPlan> },
+    /// "I logged my agreement to the restart view `view_id`."
+    RestartAck { view_id: ViewId },
+    /// Every member agreed durably: install the prepared restart view `view_id`.
+    RestartCommit { view_id: ViewId },
 }
 
 impl Wire {

@@ -27,6 +27,9 @@ pub const LOG_QUEUE_MAX: usize = 65_536;
 /// Kinds of metadata records in the log.
 pub const META_VIEW: u8 = 1;
 pub const META_TRIM: u8 = 2;
+/// An agreement to a next view (a proposal or a restart plan), logged before it is
+/// acknowledged: the ballot, then the view encoded as a `Welcome`.
+pub const META_ACK: u8 = 3;
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -239,6 +242,10 @@ enum LogDone {
         ballot: Ballot,
         received: Vec<u64>,
     },
+    AckLogged {
+        view_id: ViewId,
+        ballot: Ballot,
+    },
     Failed(String),
 }
 
@@ -325,15 +332,21 @@ struct PendingTail {
 /// What this node's log says about its last life: the newest view it logged and the end
 /// of each shard log.
 fn logged_state(store: &(dyn LogStore + Send)) -> Result<LoggedState, NodeError> {
+    let decode_view = |bytes: Bytes| match codec::decode(bytes, &codec::DecodeLimits::default()) {
+        Ok(Wire::Welcome { view }) => Ok(view),
+        Ok(_) => Err(NodeError::LoggedViewKind),
+        Err(e) => Err(NodeError::LoggedView(e)),
+    };
     let mut view = None;
+    let mut acked = None;
     for (kind, bytes) in store.meta()? {
-        if kind != META_VIEW {
-            continue;
-        }
-        match codec::decode(bytes, &codec::DecodeLimits::default()) {
-            Ok(Wire::Welcome { view: v }) => view = Some(v),
-            Ok(_) => return Err(NodeError::LoggedViewKind),
-            Err(e) => return Err(NodeError::LoggedView(e)),
+        match kind {
+            META_VIEW => view = Some(decode_view(bytes)?),
+            META_ACK => {
+                let (ballot, rest) = decode_ballot(&bytes).ok_or(NodeError::LoggedViewKind)?;
+                acked = Some((ballot, decode_view(bytes.slice(rest..))?));
+            }
+            _ => {}
         }
     }
     let tails = store
@@ -347,7 +360,7 @@ fn logged_state(store: &(dyn LogStore + Send)) -> Result<LoggedState, NodeError>
             })
         })
         .collect();
-    Ok(LoggedState { view, tails })
+    Ok(LoggedState { view, acked, tails })
 }
 
 impl Driver {
@@ -438,6 +451,7 @@ impl Driver {
                 })
                 .await;
             }
+            LogDone::AckLogged { view_id, ballot } => self.core.ack_logged(view_id, ballot),
             LogDone::Failed(reason) => {
                 // A log that cannot write cannot keep promises: stop being a member.
                 warn!(%reason, "log failed; leaving the group");
@@ -561,6 +575,25 @@ impl Driver {
                     encode_trim(&mut bytes, view_id, subgroup, shard, &trim.received);
                     self.queue_log_work(LogWork::Meta {
                         kind: META_TRIM,
+                        bytes: bytes.freeze(),
+                        then: Some(done),
+                    });
+                } else {
+                    self.feedback.push_back(done);
+                }
+            }
+            Output::LogAck {
+                view_id,
+                ballot,
+                next,
+            } => {
+                let done = LogDone::AckLogged { view_id, ballot };
+                if self.log.is_some() {
+                    let mut bytes = BytesMut::new();
+                    encode_ballot(&mut bytes, ballot);
+                    codec::encode(&Wire::Welcome { view: next }, &mut bytes);
+                    self.queue_log_work(LogWork::Meta {
+                        kind: META_ACK,
                         bytes: bytes.freeze(),
                         then: Some(done),
                     });
@@ -698,6 +731,28 @@ fn wall_clock_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn encode_ballot(out: &mut BytesMut, ballot: Ballot) {
+    use bytes::BufMut;
+    out.put_u64_le(ballot.round);
+    out.put_u32_le(ballot.leader.node);
+    out.put_u32_le(ballot.leader.incarnation);
+}
+
+/// The ballot at the start of a `META_ACK` record, and where the view begins.
+fn decode_ballot(bytes: &[u8]) -> Option<(Ballot, usize)> {
+    let word = |at: usize, len: usize| bytes.get(at..at + len);
+    let round = u64::from_le_bytes(word(0, 8)?.try_into().ok()?);
+    let node = u32::from_le_bytes(word(8, 4)?.try_into().ok()?);
+    let incarnation = u32::from_le_bytes(word(12, 4)?.try_into().ok()?);
+    Some((
+        Ballot {
+            round,
+            leader: MemberId::new(node, incarnation),
+        },
+        16,
+    ))
 }
 
 fn encode_trim(out: &mut BytesMut, view_id: ViewId, subgroup: u32, shard: u32, received: &[u64]) {

@@ -372,10 +372,12 @@ fn total_restart_after_every_node_is_killed() {
         |c| back.iter().all(|m| restart_view(c, *m).is_some()),
     );
     let view = restart_view(&cluster, back[0]).expect("installed");
-    assert_eq!(
-        view.id,
-        last_view + 1,
-        "the restart view follows the last view"
+    // The last view is the newest one installed, or one agreed to after it (the kills
+    // are not simultaneous: the survivors of the first may have agreed to remove it).
+    assert!(
+        view.id == last_view + 1 || view.id == last_view + 2,
+        "restart view {} after installed view {last_view}",
+        view.id
     );
     assert_eq!(view.members.len(), 3);
     for node in 0..3 {

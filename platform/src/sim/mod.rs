@@ -205,6 +205,13 @@ enum Action {
         ballot: Ballot,
         received: Vec<u64>,
     },
+    AckLogged {
+        node: NodeId,
+        incarnation: u32,
+        view_id: ViewId,
+        ballot: Ballot,
+        next: Arc<View>,
+    },
     Suspect {
         node: NodeId,
         incarnation: u32,
@@ -246,6 +253,8 @@ enum Action {
 struct SimDisk {
     /// The newest view installed (logged on install).
     view: Option<Arc<View>>,
+    /// The latest view agreed to (logged before the agreement is published).
+    acked: Option<(Ballot, Arc<View>)>,
     /// Durable records per `(subgroup, shard)`, by version.
     logs: BTreeMap<(u32, u32), BTreeMap<Version, PayloadId>>,
 }
@@ -254,6 +263,7 @@ impl SimDisk {
     fn logged_state(&self) -> LoggedState {
         LoggedState {
             view: self.view.clone(),
+            acked: self.acked.clone(),
             tails: self
                 .logs
                 .iter()
@@ -540,6 +550,7 @@ impl Simulation {
             Action::Tick { node, .. }
             | Action::Persisted { node, .. }
             | Action::TrimLogged { node, .. }
+            | Action::AckLogged { node, .. }
             | Action::Suspect { node, .. }
             | Action::AppSend { node, .. } => Some(*node),
             _ => None,
@@ -671,6 +682,24 @@ impl Simulation {
                 }
                 self.pump(node);
             }
+            Action::AckLogged {
+                node,
+                incarnation,
+                view_id,
+                ballot,
+                next,
+            } => {
+                if !self.alive(node, incarnation) {
+                    return;
+                }
+                if let Some(n) = self.nodes.get_mut(&node) {
+                    n.disk.acked = Some((ballot, next));
+                }
+                if let Some(core) = self.core_mut(node) {
+                    core.ack_logged(view_id, ballot);
+                }
+                self.pump(node);
+            }
             Action::Suspect {
                 node,
                 incarnation,
@@ -735,7 +764,14 @@ impl Simulation {
                 let mut at = self.now_us;
                 for id in order {
                     at += self.rng.random_range(1_000..=150_000);
-                    self.schedule(at, Action::Restart { node: id });
+                    // Some come back late: the group restarts without them (if it can) and
+                    // they join it as any new node.
+                    let late = if self.rng.random_bool(0.25) {
+                        self.rng.random_range(300_000..=1_500_000)
+                    } else {
+                        0
+                    };
+                    self.schedule(at + late, Action::Restart { node: id });
                 }
             }
             Action::Partition { duration_us } => {
@@ -1306,6 +1342,24 @@ impl Simulation {
                         subgroup,
                         ballot: trim.ballot,
                         received: trim.received.clone(),
+                    },
+                );
+            }
+            Output::LogAck {
+                view_id,
+                ballot,
+                next,
+            } => {
+                let at = self.disk_done_at(id);
+                let incarnation = me.incarnation;
+                self.schedule(
+                    at,
+                    Action::AckLogged {
+                        node: id,
+                        incarnation,
+                        view_id,
+                        ballot,
+                        next,
                     },
                 );
             }
