@@ -79,8 +79,12 @@ pub struct RestartPlan {
 pub enum NotYet {
     #[error("no restarting node logged a view")]
     NoLoggedView,
-    #[error("{present} of the last view's {members} members are back; a majority is needed")]
-    NoMajority { present: usize, members: usize },
+    #[error("{present} of view {view_id}'s {members} members are back; a majority is needed")]
+    NoMajority {
+        view_id: u32,
+        present: usize,
+        members: usize,
+    },
     #[error("no member that held subgroup {subgroup} shard {shard} in view {view_id} is back yet")]
     NoHolder {
         view_id: u32,
@@ -125,16 +129,26 @@ pub fn everyone_back(reports: &[(MemberId, &LoggedState)]) -> bool {
 pub fn plan(layout: &Layout, reports: &[(MemberId, &LoggedState)]) -> Result<RestartPlan, NotYet> {
     let last = last_view(reports).ok_or(NotYet::NoLoggedView)?;
     let current = |node: NodeId| reports.iter().find(|(m, _)| m.node == node);
-    let present = last
-        .members
+    // A majority of the last view, and of the newest view anyone back installed: an
+    // agreement logged in a minority that never committed must not outvote the views
+    // the majority went on to install.
+    let installed = reports
         .iter()
-        .filter(|m| current(m.node).is_some())
-        .count();
-    if present * 2 <= last.members.len() {
-        return Err(NotYet::NoMajority {
-            present,
-            members: last.members.len(),
-        });
+        .filter_map(|(_, r)| r.view.as_ref())
+        .max_by_key(|v| v.id);
+    for view in std::iter::once(last).chain(installed) {
+        let present = view
+            .members
+            .iter()
+            .filter(|m| current(m.node).is_some())
+            .count();
+        if present * 2 <= view.members.len() {
+            return Err(NotYet::NoMajority {
+                view_id: view.id,
+                present,
+                members: view.members.len(),
+            });
+        }
     }
     // Members in the last view's rank order, then newcomers by node id.
     let mut members: Vec<MemberId> = last
@@ -369,6 +383,7 @@ mod tests {
         assert_eq!(
             plan(&layout(2), &two),
             Err(NotYet::NoMajority {
+                view_id: 7,
                 present: 2,
                 members: 5
             })
@@ -423,8 +438,36 @@ mod tests {
         assert_eq!(
             plan(&layout(2), &reports),
             Err(NotYet::NoMajority {
+                view_id: 8,
                 present: 1,
                 members: 3
+            })
+        );
+        // Nodes 0 and 3 logged agreement to a view 8' = {0, 3, 4} in a minority; the
+        // newest view they installed is view 7, of which two of five are back: no restart.
+        let mut minority = (*l).clone();
+        minority.id = 8;
+        minority.members = vec![m(0, 1), m(3, 1), m(4, 1)];
+        let agreed_in_minority = LoggedState {
+            acked: Some((
+                Ballot {
+                    round: 2,
+                    leader: m(0, 1),
+                },
+                Arc::new(minority),
+            )),
+            ..report(Some(l.clone()), &[])
+        };
+        let reports = [
+            (m(0, 2), &agreed_in_minority),
+            (m(3, 2), &agreed_in_minority),
+        ];
+        assert_eq!(
+            plan(&layout(2), &reports),
+            Err(NotYet::NoMajority {
+                view_id: 7,
+                present: 2,
+                members: 5
             })
         );
         let reports = [(m(0, 2), &agreed), (m(1, 2), &r), (m(2, 2), &r)];
