@@ -192,6 +192,16 @@ impl Cluster {
     }
 }
 
+/// A failing test must not leave its nodes running.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.procs.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn installed_views(events: &[Event], member: MemberId) -> Vec<Vec<MemberId>> {
     events
         .iter()
