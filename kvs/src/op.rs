@@ -1,0 +1,444 @@
+//! The operations a shard applies in delivery order, and their binary encoding (the
+//! payload multicast through `squall-platform` and kept in the log). The blob is the last
+//! field and is decoded as a slice of the delivered buffer: applying a put copies no
+//! object bytes.
+//!
+//! Layout (little-endian): `tag: u8`, then per kind the fields below; strings are
+//! `len: u32` + UTF-8; the blob is `len: u32` + bytes, last.
+
+use std::collections::BTreeMap;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use squall_platform::Version;
+use thiserror::Error;
+
+use crate::pool::{PoolSpec, StoreKind};
+
+/// Identifies one client request; a retried request carries the same id, and a shard
+/// applies an id once (the retry gets the first answer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId {
+    pub client: u64,
+    pub seq: u64,
+}
+
+/// A precondition checked when the operation is applied (in order, identically at every
+/// replica).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Condition {
+    #[default]
+    Always,
+    /// The key's latest version is this one (`None`: the key does not exist).
+    KeyVersion(Option<Version>),
+    /// The shard's latest version is this one (nothing was applied to the shard since).
+    ShardVersion(Option<Version>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put {
+        id: MessageId,
+        /// The sender's clock; the store makes timestamps increase along the shard.
+        hlc_us: u64,
+        condition: Condition,
+        key: String,
+        blob: Bytes,
+    },
+    Remove {
+        id: MessageId,
+        hlc_us: u64,
+        condition: Condition,
+        key: String,
+    },
+    /// An ordered read: its delivery marks the point where a `multi_get` reads.
+    Read {
+        id: MessageId,
+    },
+    CreatePool {
+        id: MessageId,
+        spec: PoolSpec,
+    },
+    RemovePool {
+        id: MessageId,
+        path: String,
+    },
+}
+
+impl Op {
+    pub fn id(&self) -> MessageId {
+        match self {
+            Op::Put { id, .. }
+            | Op::Remove { id, .. }
+            | Op::Read { id }
+            | Op::CreatePool { id, .. }
+            | Op::RemovePool { id, .. } => *id,
+        }
+    }
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum OpError {
+    #[error("operation ends inside {what}")]
+    Truncated { what: &'static str },
+    #[error("unknown {what} tag {tag}")]
+    UnknownTag { what: &'static str, tag: u8 },
+    #[error("{what} is not UTF-8")]
+    NotUtf8 { what: &'static str },
+    #[error("{0} bytes after the operation")]
+    Trailing(usize),
+    #[error("{what} of {len} bytes exceeds the limit of {max}")]
+    TooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+}
+
+const TAG_PUT: u8 = 1;
+const TAG_REMOVE: u8 = 2;
+const TAG_READ: u8 = 3;
+const TAG_CREATE_POOL: u8 = 4;
+const TAG_REMOVE_POOL: u8 = 5;
+
+/// Bounds on decoded strings and collections: a frame costs at most its own size.
+const STRING_BYTES_MAX: usize = 64 << 10;
+const OVERRIDES_MAX: usize = 1 << 16;
+
+pub fn encode(op: &Op) -> Bytes {
+    let mut out = BytesMut::with_capacity(64);
+    match op {
+        Op::Put {
+            id,
+            hlc_us,
+            condition,
+            key,
+            blob,
+        } => {
+            out.reserve(key.len() + blob.len());
+            out.put_u8(TAG_PUT);
+            put_id(&mut out, *id);
+            out.put_u64_le(*hlc_us);
+            put_condition(&mut out, *condition);
+            put_str(&mut out, key);
+            out.put_u32_le(blob.len() as u32);
+            out.put_slice(blob);
+        }
+        Op::Remove {
+            id,
+            hlc_us,
+            condition,
+            key,
+        } => {
+            out.put_u8(TAG_REMOVE);
+            put_id(&mut out, *id);
+            out.put_u64_le(*hlc_us);
+            put_condition(&mut out, *condition);
+            put_str(&mut out, key);
+        }
+        Op::Read { id } => {
+            out.put_u8(TAG_READ);
+            put_id(&mut out, *id);
+        }
+        Op::CreatePool { id, spec } => {
+            out.put_u8(TAG_CREATE_POOL);
+            put_id(&mut out, *id);
+            put_str(&mut out, &spec.path);
+            out.put_u8(match spec.kind {
+                StoreKind::Volatile => 0,
+                StoreKind::Persistent => 1,
+                StoreKind::Trigger => 2,
+            });
+            out.put_u32_le(spec.subgroup);
+            out.put_u32_le(spec.shards);
+            match &spec.affinity {
+                Some(re) => {
+                    out.put_u8(1);
+                    put_str(&mut out, re);
+                }
+                None => out.put_u8(0),
+            }
+            out.put_u32_le(spec.overrides.len() as u32);
+            for (key, shard) in &spec.overrides {
+                put_str(&mut out, key);
+                out.put_u32_le(*shard);
+            }
+        }
+        Op::RemovePool { id, path } => {
+            out.put_u8(TAG_REMOVE_POOL);
+            put_id(&mut out, *id);
+            put_str(&mut out, path);
+        }
+    }
+    out.freeze()
+}
+
+/// Decodes an operation; a put's blob is a slice of `buf` (no copy).
+pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
+    let r = &mut buf;
+    let op = match get_u8(r, "tag")? {
+        TAG_PUT => {
+            let id = get_id(r)?;
+            let hlc_us = get_u64(r, "timestamp")?;
+            let condition = get_condition(r)?;
+            let key = get_str(r, "key")?;
+            let len = get_u32(r, "blob length")? as usize;
+            need(r, len, "blob")?;
+            let blob = r.split_to(len);
+            Op::Put {
+                id,
+                hlc_us,
+                condition,
+                key,
+                blob,
+            }
+        }
+        TAG_REMOVE => Op::Remove {
+            id: get_id(r)?,
+            hlc_us: get_u64(r, "timestamp")?,
+            condition: get_condition(r)?,
+            key: get_str(r, "key")?,
+        },
+        TAG_READ => Op::Read { id: get_id(r)? },
+        TAG_CREATE_POOL => {
+            let id = get_id(r)?;
+            let path = get_str(r, "pool path")?;
+            let kind = match get_u8(r, "store kind")? {
+                0 => StoreKind::Volatile,
+                1 => StoreKind::Persistent,
+                2 => StoreKind::Trigger,
+                tag => {
+                    return Err(OpError::UnknownTag {
+                        what: "store kind",
+                        tag,
+                    });
+                }
+            };
+            let subgroup = get_u32(r, "subgroup")?;
+            let shards = get_u32(r, "shards")?;
+            let affinity = match get_u8(r, "affinity presence")? {
+                0 => None,
+                1 => Some(get_str(r, "affinity")?),
+                tag => {
+                    return Err(OpError::UnknownTag {
+                        what: "affinity presence",
+                        tag,
+                    });
+                }
+            };
+            let count = get_u32(r, "override count")? as usize;
+            if count > OVERRIDES_MAX {
+                return Err(OpError::TooLong {
+                    what: "override list",
+                    len: count,
+                    max: OVERRIDES_MAX,
+                });
+            }
+            let mut overrides = BTreeMap::new();
+            for _ in 0..count {
+                let key = get_str(r, "override key")?;
+                overrides.insert(key, get_u32(r, "override shard")?);
+            }
+            Op::CreatePool {
+                id,
+                spec: PoolSpec {
+                    path,
+                    kind,
+                    subgroup,
+                    shards,
+                    affinity,
+                    overrides,
+                },
+            }
+        }
+        TAG_REMOVE_POOL => Op::RemovePool {
+            id: get_id(r)?,
+            path: get_str(r, "pool path")?,
+        },
+        tag => {
+            return Err(OpError::UnknownTag {
+                what: "operation",
+                tag,
+            });
+        }
+    };
+    if buf.has_remaining() {
+        return Err(OpError::Trailing(buf.remaining()));
+    }
+    Ok(op)
+}
+
+fn put_id(out: &mut BytesMut, id: MessageId) {
+    out.put_u64_le(id.client);
+    out.put_u64_le(id.seq);
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    out.put_u32_le(s.len() as u32);
+    out.put_slice(s.as_bytes());
+}
+
+fn put_version(out: &mut BytesMut, v: Option<Version>) {
+    match v {
+        Some(v) => {
+            out.put_u8(1);
+            out.put_u64_le(v.0);
+        }
+        None => out.put_u8(0),
+    }
+}
+
+fn put_condition(out: &mut BytesMut, c: Condition) {
+    match c {
+        Condition::Always => out.put_u8(0),
+        Condition::KeyVersion(v) => {
+            out.put_u8(1);
+            put_version(out, v);
+        }
+        Condition::ShardVersion(v) => {
+            out.put_u8(2);
+            put_version(out, v);
+        }
+    }
+}
+
+fn need(r: &Bytes, n: usize, what: &'static str) -> Result<(), OpError> {
+    if r.remaining() < n {
+        return Err(OpError::Truncated { what });
+    }
+    Ok(())
+}
+
+fn get_u8(r: &mut Bytes, what: &'static str) -> Result<u8, OpError> {
+    need(r, 1, what)?;
+    Ok(r.get_u8())
+}
+
+fn get_u32(r: &mut Bytes, what: &'static str) -> Result<u32, OpError> {
+    need(r, 4, what)?;
+    Ok(r.get_u32_le())
+}
+
+fn get_u64(r: &mut Bytes, what: &'static str) -> Result<u64, OpError> {
+    need(r, 8, what)?;
+    Ok(r.get_u64_le())
+}
+
+fn get_id(r: &mut Bytes) -> Result<MessageId, OpError> {
+    Ok(MessageId {
+        client: get_u64(r, "message id")?,
+        seq: get_u64(r, "message id")?,
+    })
+}
+
+fn get_str(r: &mut Bytes, what: &'static str) -> Result<String, OpError> {
+    let len = get_u32(r, what)? as usize;
+    if len > STRING_BYTES_MAX {
+        return Err(OpError::TooLong {
+            what,
+            len,
+            max: STRING_BYTES_MAX,
+        });
+    }
+    need(r, len, what)?;
+    let bytes = r.split_to(len);
+    String::from_utf8(bytes.to_vec()).map_err(|_| OpError::NotUtf8 { what })
+}
+
+fn get_version(r: &mut Bytes) -> Result<Option<Version>, OpError> {
+    match get_u8(r, "version presence")? {
+        0 => Ok(None),
+        1 => Ok(Some(Version(get_u64(r, "version")?))),
+        tag => Err(OpError::UnknownTag {
+            what: "version presence",
+            tag,
+        }),
+    }
+}
+
+fn get_condition(r: &mut Bytes) -> Result<Condition, OpError> {
+    match get_u8(r, "condition")? {
+        0 => Ok(Condition::Always),
+        1 => Ok(Condition::KeyVersion(get_version(r)?)),
+        2 => Ok(Condition::ShardVersion(get_version(r)?)),
+        tag => Err(OpError::UnknownTag {
+            what: "condition",
+            tag,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Op> {
+        let id = MessageId { client: 7, seq: 9 };
+        let mut spec = PoolSpec::new("/p", StoreKind::Persistent, 1);
+        spec.affinity = Some("cam[0-9]+".into());
+        spec.overrides.insert("/p/x".into(), 1);
+        vec![
+            Op::Put {
+                id,
+                hlc_us: 5,
+                condition: Condition::KeyVersion(Some(Version::new(3, 4))),
+                key: "/p/a".into(),
+                blob: Bytes::from_static(b"hello"),
+            },
+            Op::Put {
+                id,
+                hlc_us: 0,
+                condition: Condition::ShardVersion(None),
+                key: "/p/empty".into(),
+                blob: Bytes::new(),
+            },
+            Op::Remove {
+                id,
+                hlc_us: 6,
+                condition: Condition::Always,
+                key: "/p/a".into(),
+            },
+            Op::Read { id },
+            Op::CreatePool { id, spec },
+            Op::RemovePool {
+                id,
+                path: "/p".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trips_and_shares_the_blob() {
+        for op in samples() {
+            let bytes = encode(&op);
+            let back = decode(bytes.clone()).expect("decodes");
+            assert_eq!(back, op);
+            if let Op::Put { blob, .. } = &back
+                && !blob.is_empty()
+            {
+                let start = bytes.as_ptr() as usize;
+                let at = blob.as_ptr() as usize;
+                assert!(
+                    at >= start && at < start + bytes.len(),
+                    "the blob is a slice of the delivered buffer"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn damaged_operations_are_refused() {
+        for op in samples() {
+            let bytes = encode(&op);
+            for cut in 0..bytes.len() {
+                assert!(decode(bytes.slice(..cut)).is_err(), "{op:?} cut at {cut}");
+            }
+            let mut longer = BytesMut::from(&bytes[..]);
+            longer.put_u8(0);
+            assert_eq!(decode(longer.freeze()), Err(OpError::Trailing(1)));
+        }
+        assert!(matches!(
+            decode(Bytes::from_static(&[99])),
+            Err(OpError::UnknownTag { .. })
+        ));
+    }
+}

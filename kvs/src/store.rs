@@ -1,0 +1,591 @@
+//! One shard's store: the deterministic state machine every replica runs over the shard's
+//! delivered operations. Same operations in the same order give the same objects,
+//! versions, timestamps, conflicts and duplicate answers everywhere, so any replica can
+//! answer any read, and a client's retry is answered like its first try.
+//!
+//! Volatile stores keep the latest object of each key. Persistent stores keep every
+//! version's metadata (for reads by version and by time) and the latest blob; older blobs
+//! are read back from the log through a [`VersionReader`]. Trigger stores keep nothing.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use squall_platform::Version;
+use thiserror::Error;
+
+use crate::op::{Condition, MessageId, Op};
+use crate::pool::StoreKind;
+
+/// Bounds of one store. Duplicate detection remembers a window of recent requests per
+/// client for a bounded number of clients (the least recently active is forgotten first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreLimits {
+    pub object_bytes_max: usize,
+    pub dedup_clients_max: usize,
+    pub dedup_per_client_max: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits {
+            object_bytes_max: 64 << 20,
+            dedup_clients_max: 4096,
+            dedup_per_client_max: 256,
+        }
+    }
+}
+
+/// An object as stored and returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Object {
+    pub key: Arc<str>,
+    /// Shares the delivered buffer.
+    pub blob: Bytes,
+    pub version: Version,
+    /// Hybrid logical clock, µs; strictly increasing along the shard.
+    pub timestamp_us: u64,
+    /// The shard's previous version (any key).
+    pub previous_version: Option<Version>,
+    /// This key's previous version.
+    pub previous_key_version: Option<Version>,
+    pub message_id: MessageId,
+    /// A remove: the key does not exist as of this version.
+    pub tombstone: bool,
+}
+
+/// What applying an operation did; identical at every replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Applied {
+        version: Version,
+        timestamp_us: u64,
+    },
+    /// The condition did not hold; `current` is what it was checked against.
+    Conflict {
+        current: Option<Version>,
+    },
+    NoSuchKey,
+    TooLarge {
+        size: usize,
+        max: usize,
+    },
+    /// An ordered read point (`Op::Read`).
+    ReadPoint {
+        version: Version,
+    },
+}
+
+/// Metadata of one version of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VersionMeta {
+    pub version: Version,
+    pub timestamp_us: u64,
+    pub size: usize,
+    pub tombstone: bool,
+}
+
+/// Reads the blob of an older version from durable storage (the node's log).
+pub trait VersionReader {
+    fn read(&self, version: Version) -> Result<Option<Bytes>, String>;
+}
+
+/// A reader for stores that have no history to read (volatile, tests).
+#[derive(Debug)]
+pub struct NoHistory;
+
+impl VersionReader for NoHistory {
+    fn read(&self, _: Version) -> Result<Option<Bytes>, String> {
+        Ok(None)
+    }
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    #[error("{kind} pools keep no history: reads by version or time need a persistent pool")]
+    NotVersioned { kind: &'static str },
+    #[error("version {version} of {key} is not in the log")]
+    Missing { key: String, version: Version },
+    #[error("reading the log: {0}")]
+    Log(String),
+}
+
+#[derive(Debug)]
+struct KeyEntry {
+    /// Oldest first. Volatile: only the latest.
+    versions: Vec<VersionMeta>,
+    latest: Object,
+}
+
+#[derive(Debug, Default)]
+struct ClientWindow {
+    recent: VecDeque<(u64, Outcome)>,
+    last_active: Option<Version>,
+}
+
+#[derive(Debug)]
+pub struct ShardStore {
+    kind: StoreKind,
+    limits: StoreLimits,
+    keys: HashMap<Arc<str>, KeyEntry>,
+    /// The latest write (the shard's current version, for conditions and back links).
+    last_version: Option<Version>,
+    /// The latest operation delivered (writes, duplicates, conflicts, read points).
+    last_delivered: Option<Version>,
+    last_timestamp_us: u64,
+    dedup: HashMap<u64, ClientWindow>,
+    /// Clients by last activity, for evicting the least recently active.
+    activity: BTreeMap<Version, u64>,
+}
+
+impl ShardStore {
+    pub fn new(kind: StoreKind, limits: StoreLimits) -> ShardStore {
+        ShardStore {
+            kind,
+            limits,
+            keys: HashMap::new(),
+            last_version: None,
+            last_delivered: None,
+            last_timestamp_us: 0,
+            dedup: HashMap::new(),
+            activity: BTreeMap::new(),
+        }
+    }
+
+    pub fn kind(&self) -> StoreKind {
+        self.kind
+    }
+
+    pub fn last_version(&self) -> Option<Version> {
+        self.last_version
+    }
+
+    /// Applies the operation delivered as `version`. Versions must increase (delivery
+    /// order); a request id seen before is answered as the first time, unapplied.
+    /// Returns the outcome and whether it was a duplicate.
+    pub fn apply(&mut self, version: Version, op: &Op) -> (Outcome, bool) {
+        assert!(
+            self.last_delivered < Some(version),
+            "versions are applied in delivery order: {version} after {:?}",
+            self.last_delivered
+        );
+        self.last_delivered = Some(version);
+        let id = op.id();
+        if let Some(previous) = self.remembered(id) {
+            return (previous, true);
+        }
+        let outcome = match op {
+            Op::Put {
+                hlc_us,
+                condition,
+                key,
+                blob,
+                ..
+            } => self.put(version, *hlc_us, *condition, key, blob.clone(), id, false),
+            Op::Remove {
+                hlc_us,
+                condition,
+                key,
+                ..
+            } => self.put(version, *hlc_us, *condition, key, Bytes::new(), id, true),
+            Op::Read { .. } => Outcome::ReadPoint { version },
+            // Pool operations belong to the metadata shard, not to a data store.
+            Op::CreatePool { .. } | Op::RemovePool { .. } => Outcome::ReadPoint { version },
+        };
+        if matches!(outcome, Outcome::Applied { .. }) {
+            self.last_version = Some(version);
+        }
+        self.remember(id, version, outcome.clone());
+        (outcome, false)
+    }
+
+    #[allow(clippy::too_many_arguments)] // the fields of one put
+    fn put(
+        &mut self,
+        version: Version,
+        hlc_us: u64,
+        condition: Condition,
+        key: &str,
+        blob: Bytes,
+        id: MessageId,
+        tombstone: bool,
+    ) -> Outcome {
+        if blob.len() > self.limits.object_bytes_max {
+            return Outcome::TooLarge {
+                size: blob.len(),
+                max: self.limits.object_bytes_max,
+            };
+        }
+        let key_version = self.keys.get(key).map(|e| e.latest.version);
+        let live_version = self.latest(key).map(|o| o.version);
+        match condition {
+            Condition::Always => {}
+            Condition::KeyVersion(expected) if expected != live_version => {
+                return Outcome::Conflict {
+                    current: live_version,
+                };
+            }
+            Condition::ShardVersion(expected) if expected != self.last_version => {
+                return Outcome::Conflict {
+                    current: self.last_version,
+                };
+            }
+            Condition::KeyVersion(_) | Condition::ShardVersion(_) => {}
+        }
+        if tombstone && live_version.is_none() {
+            return Outcome::NoSuchKey;
+        }
+        let timestamp_us = hlc_us.max(self.last_timestamp_us + 1);
+        self.last_timestamp_us = timestamp_us;
+        if self.kind == StoreKind::Trigger {
+            return Outcome::Applied {
+                version,
+                timestamp_us,
+            };
+        }
+        let key: Arc<str> = match self.keys.get_key_value(key) {
+            Some((k, _)) => Arc::clone(k),
+            None => Arc::from(key),
+        };
+        let meta = VersionMeta {
+            version,
+            timestamp_us,
+            size: blob.len(),
+            tombstone,
+        };
+        let object = Object {
+            key: Arc::clone(&key),
+            blob,
+            version,
+            timestamp_us,
+            previous_version: self.last_version,
+            previous_key_version: key_version,
+            message_id: id,
+            tombstone,
+        };
+        match self.keys.get_mut(&key) {
+            Some(entry) => {
+                if self.kind == StoreKind::Volatile {
+                    entry.versions.clear();
+                }
+                entry.versions.push(meta);
+                entry.latest = object;
+            }
+            None => {
+                self.keys.insert(
+                    key,
+                    KeyEntry {
+                        versions: vec![meta],
+                        latest: object,
+                    },
+                );
+            }
+        }
+        Outcome::Applied {
+            version,
+            timestamp_us,
+        }
+    }
+
+    fn remembered(&self, id: MessageId) -> Option<Outcome> {
+        self.dedup
+            .get(&id.client)?
+            .recent
+            .iter()
+            .find(|(seq, _)| *seq == id.seq)
+            .map(|(_, outcome)| outcome.clone())
+    }
+
+    fn remember(&mut self, id: MessageId, version: Version, outcome: Outcome) {
+        let window = self.dedup.entry(id.client).or_default();
+        if let Some(old) = window.last_active.replace(version) {
+            self.activity.remove(&old);
+        }
+        self.activity.insert(version, id.client);
+        window.recent.push_back((id.seq, outcome));
+        while window.recent.len() > self.limits.dedup_per_client_max {
+            window.recent.pop_front();
+        }
+        while self.dedup.len() > self.limits.dedup_clients_max {
+            let Some((_, client)) = self.activity.pop_first() else {
+                break;
+            };
+            self.dedup.remove(&client);
+        }
+    }
+
+    /// The latest object of `key`, unless it is removed.
+    pub fn latest(&self, key: &str) -> Option<&Object> {
+        self.keys
+            .get(key)
+            .map(|e| &e.latest)
+            .filter(|o| !o.tombstone)
+    }
+
+    /// Size of the latest object of `key`.
+    pub fn size(&self, key: &str) -> Option<usize> {
+        self.latest(key).map(|o| o.blob.len())
+    }
+
+    /// `key` as of shard version `at`: its latest version not above `at`.
+    pub fn at_version(
+        &self,
+        key: &str,
+        at: Version,
+        reader: &dyn VersionReader,
+    ) -> Result<Option<Object>, ReadError> {
+        self.at(key, reader, |m| m.version <= at)
+    }
+
+    /// `key` as of time `t_us`: its latest version with a timestamp not above `t_us`.
+    pub fn at_time(
+        &self,
+        key: &str,
+        t_us: u64,
+        reader: &dyn VersionReader,
+    ) -> Result<Option<Object>, ReadError> {
+        self.at(key, reader, |m| m.timestamp_us <= t_us)
+    }
+
+    fn at(
+        &self,
+        key: &str,
+        reader: &dyn VersionReader,
+        visible: impl Fn(&VersionMeta) -> bool,
+    ) -> Result<Option<Object>, ReadError> {
+        if self.kind != StoreKind::Persistent {
+            return Err(ReadError::NotVersioned {
+                kind: self.kind.name(),
+            });
+        }
+        let Some(entry) = self.keys.get(key) else {
+            return Ok(None);
+        };
+        // Versions and timestamps both increase along the list.
+        let n = entry.versions.partition_point(|m| visible(m));
+        let Some(i) = n.checked_sub(1) else {
+            return Ok(None);
+        };
+        let meta = entry.versions[i];
+        if meta.tombstone {
+            return Ok(None);
+        }
+        if meta.version == entry.latest.version {
+            return Ok(Some(entry.latest.clone()));
+        }
+        let blob = reader
+            .read(meta.version)
+            .map_err(ReadError::Log)?
+            .ok_or_else(|| ReadError::Missing {
+                key: key.to_string(),
+                version: meta.version,
+            })?;
+        Ok(Some(Object {
+            key: Arc::clone(&entry.latest.key),
+            blob,
+            version: meta.version,
+            timestamp_us: meta.timestamp_us,
+            previous_version: None,
+            previous_key_version: i.checked_sub(1).map(|p| entry.versions[p].version),
+            message_id: MessageId { client: 0, seq: 0 },
+            tombstone: false,
+        }))
+    }
+
+    /// Every version of `key` (persistent: all; volatile: the latest).
+    pub fn versions(&self, key: &str) -> &[VersionMeta] {
+        self.keys.get(key).map_or(&[], |e| e.versions.as_slice())
+    }
+
+    /// Keys under `prefix` that exist now (or at time `at_us`), sorted.
+    pub fn list_keys(&self, prefix: &str, at_us: Option<u64>) -> Vec<Arc<str>> {
+        let mut keys: Vec<Arc<str>> = self
+            .keys
+            .iter()
+            .filter(|(k, _)| crate::key::contains(prefix, k) || prefix == "/")
+            .filter(|(_, e)| match at_us {
+                None => !e.latest.tombstone,
+                Some(t) => {
+                    let n = e.versions.partition_point(|m| m.timestamp_us <= t);
+                    n > 0 && !e.versions[n - 1].tombstone
+                }
+            })
+            .map(|(k, _)| Arc::clone(k))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.values().filter(|e| !e.latest.tombstone).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(seq: u64) -> MessageId {
+        MessageId { client: 1, seq }
+    }
+
+    fn put(seq: u64, key: &str, value: &'static [u8], condition: Condition) -> Op {
+        Op::Put {
+            id: id(seq),
+            hlc_us: 1_000 + seq,
+            condition,
+            key: key.into(),
+            blob: Bytes::from_static(value),
+        }
+    }
+
+    fn v(seq: u32) -> Version {
+        Version::new(1, seq)
+    }
+
+    /// History blobs kept by the test instead of a log.
+    struct Log(HashMap<Version, Bytes>);
+    impl VersionReader for Log {
+        fn read(&self, version: Version) -> Result<Option<Bytes>, String> {
+            Ok(self.0.get(&version).cloned())
+        }
+    }
+
+    #[test]
+    fn persistent_store_keeps_versions_and_time() {
+        let mut s = ShardStore::new(StoreKind::Persistent, StoreLimits::default());
+        let mut log = Log(HashMap::new());
+        for (i, value) in [&b"one"[..], b"two", b"three"].iter().enumerate() {
+            let op = put(i as u64, "/p/a", value, Condition::Always);
+            let (outcome, dup) = s.apply(v(i as u32), &op);
+            assert!(!dup);
+            assert!(matches!(outcome, Outcome::Applied { .. }));
+            log.0.insert(v(i as u32), Bytes::from_static(value));
+        }
+        assert_eq!(s.latest("/p/a").map(|o| &o.blob[..]), Some(&b"three"[..]));
+        let at1 = s.at_version("/p/a", v(1), &log).expect("readable");
+        assert_eq!(at1.map(|o| o.blob), Some(Bytes::from_static(b"two")));
+        let t0 = s.versions("/p/a")[0].timestamp_us;
+        let at_t0 = s.at_time("/p/a", t0, &log).expect("readable");
+        assert_eq!(at_t0.map(|o| o.blob), Some(Bytes::from_static(b"one")));
+        assert_eq!(s.at_time("/p/a", t0 - 1, &log), Ok(None));
+        // Remove: gone now, still there in the past.
+        let rm = Op::Remove {
+            id: id(10),
+            hlc_us: 0,
+            condition: Condition::Always,
+            key: "/p/a".into(),
+        };
+        assert!(matches!(s.apply(v(5), &rm).0, Outcome::Applied { .. }));
+        assert_eq!(s.latest("/p/a"), None);
+        assert!(s.list_keys("/p", None).is_empty());
+        assert_eq!(s.list_keys("/p", Some(t0)).len(), 1);
+        assert_eq!(
+            s.apply(
+                v(6),
+                &Op::Remove {
+                    id: id(11),
+                    hlc_us: 0,
+                    condition: Condition::Always,
+                    key: "/p/a".into()
+                }
+            )
+            .0,
+            Outcome::NoSuchKey
+        );
+        // Timestamps increase along the shard even when the sender's clock does not.
+        let ts: Vec<u64> = s.versions("/p/a").iter().map(|m| m.timestamp_us).collect();
+        assert!(ts.windows(2).all(|w| w[0] < w[1]), "{ts:?}");
+    }
+
+    #[test]
+    fn conditions_and_duplicates_are_deterministic() {
+        let mut s = ShardStore::new(StoreKind::Volatile, StoreLimits::default());
+        let create = put(1, "/p/a", b"x", Condition::KeyVersion(None));
+        assert!(matches!(s.apply(v(0), &create).0, Outcome::Applied { .. }));
+        // The same request again (a client retry): the first answer, nothing applied.
+        let (again, dup) = s.apply(v(1), &create);
+        assert!(dup);
+        assert_eq!(
+            again,
+            Outcome::Applied {
+                version: v(0),
+                timestamp_us: 1_001
+            }
+        );
+        assert_eq!(s.versions("/p/a").len(), 1);
+        // A create of an existing key conflicts and names the current version.
+        let (conflict, _) = s.apply(v(2), &put(2, "/p/a", b"y", Condition::KeyVersion(None)));
+        assert_eq!(
+            conflict,
+            Outcome::Conflict {
+                current: Some(v(0))
+            }
+        );
+        let update = put(3, "/p/a", b"z", Condition::KeyVersion(Some(v(0))));
+        assert!(matches!(s.apply(v(3), &update).0, Outcome::Applied { .. }));
+        assert_eq!(
+            s.latest("/p/a").map(|o| o.previous_key_version),
+            Some(Some(v(0)))
+        );
+        // Volatile stores answer no history.
+        assert!(matches!(
+            s.at_version("/p/a", v(0), &NoHistory),
+            Err(ReadError::NotVersioned { .. })
+        ));
+        let shard_cond = put(4, "/p/b", b"w", Condition::ShardVersion(Some(v(2))));
+        assert_eq!(
+            s.apply(v(4), &shard_cond).0,
+            Outcome::Conflict {
+                current: Some(v(3))
+            }
+        );
+    }
+
+    #[test]
+    fn duplicate_memory_is_bounded() {
+        let limits = StoreLimits {
+            dedup_clients_max: 2,
+            dedup_per_client_max: 2,
+            ..StoreLimits::default()
+        };
+        let mut s = ShardStore::new(StoreKind::Volatile, limits);
+        let op = |client: u64, seq: u64| Op::Put {
+            id: MessageId { client, seq },
+            hlc_us: 0,
+            condition: Condition::Always,
+            key: "/p/k".into(),
+            blob: Bytes::new(),
+        };
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            v(n)
+        };
+        for client in 1..=3 {
+            for seq in 0..3 {
+                s.apply(next(), &op(client, seq));
+            }
+        }
+        assert!(s.dedup.len() <= 2);
+        assert!(s.dedup.values().all(|w| w.recent.len() <= 2));
+        // Client 1 was forgotten (least recently active): its old id applies again.
+        assert!(!s.apply(next(), &op(1, 2)).1);
+        // Client 3's latest id is still remembered.
+        assert!(s.apply(next(), &op(3, 2)).1);
+    }
+
+    #[test]
+    fn oversized_objects_are_refused() {
+        let limits = StoreLimits {
+            object_bytes_max: 2,
+            ..StoreLimits::default()
+        };
+        let mut s = ShardStore::new(StoreKind::Volatile, limits);
+        assert_eq!(
+            s.apply(v(0), &put(0, "/p/a", b"abc", Condition::Always)).0,
+            Outcome::TooLarge { size: 3, max: 2 }
+        );
+        assert_eq!(s.latest("/p/a"), None);
+    }
+}

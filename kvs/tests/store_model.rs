@@ -1,0 +1,145 @@
+//! The shard store against a plain reference model: random puts, removes, conditional
+//! writes and retried requests, applied to both; every outcome and every historical read
+//! must agree.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use squall_kvs::{
+    Condition, MessageId, Op, Outcome, ShardStore, StoreKind, StoreLimits, VersionReader,
+};
+use squall_platform::Version;
+
+#[derive(Clone, Debug)]
+enum Step {
+    Put {
+        key: u8,
+        value: u8,
+        cond: u8,
+    },
+    Remove {
+        key: u8,
+        cond: u8,
+    },
+    /// Resend the `back`-th most recent request (a client retry).
+    Retry {
+        back: u8,
+    },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0u8..4, any::<u8>(), 0u8..4).prop_map(|(key, value, cond)| Step::Put { key, value, cond }),
+        1 => (0u8..4, 0u8..4).prop_map(|(key, cond)| Step::Remove { key, cond }),
+        1 => (0u8..8).prop_map(|back| Step::Retry { back }),
+    ]
+}
+
+/// The reference: every write ever made, in order; a key's state is its last write.
+#[derive(Default)]
+struct Model {
+    writes: Vec<(Version, String, Option<u8>)>,
+    answers: HashMap<MessageId, Outcome>,
+}
+
+impl Model {
+    fn latest(&self, key: &str, at: Option<Version>) -> Option<(Version, Option<u8>)> {
+        self.writes
+            .iter()
+            .rev()
+            .filter(|(v, k, _)| k == key && at.is_none_or(|at| *v <= at))
+            .map(|(v, _, value)| (*v, *value))
+            .next()
+    }
+    fn live(&self, key: &str) -> Option<Version> {
+        self.latest(key, None)
+            .and_then(|(v, value)| value.map(|_| v))
+    }
+    fn shard(&self) -> Option<Version> {
+        self.writes.last().map(|(v, ..)| *v)
+    }
+}
+
+struct Blobs(HashMap<Version, Bytes>);
+impl VersionReader for Blobs {
+    fn read(&self, version: Version) -> Result<Option<Bytes>, String> {
+        Ok(self.0.get(&version).cloned())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    #[test]
+    fn store_matches_the_model(steps in proptest::collection::vec(step(), 1..80)) {
+        let mut store = ShardStore::new(StoreKind::Persistent, StoreLimits::default());
+        let mut model = Model::default();
+        let mut blobs = Blobs(HashMap::new());
+        let mut sent: Vec<Op> = Vec::new();
+        for (i, step) in steps.iter().enumerate() {
+            let version = Version::new(2, i as u32);
+            let id = MessageId { client: 9, seq: i as u64 };
+            let key_name = |k: u8| format!("/p/k{k}");
+            let condition = |m: &Model, key: &str, cond: u8| match cond {
+                0 => Condition::Always,
+                1 => Condition::KeyVersion(m.live(key)),
+                2 => Condition::KeyVersion(None),
+                _ => Condition::ShardVersion(m.shard()),
+            };
+            let op = match step {
+                Step::Put { key, value, cond } => {
+                    let k = key_name(*key);
+                    Op::Put { id, hlc_us: 0, condition: condition(&model, &k, *cond), key: k, blob: Bytes::from(vec![*value]) }
+                }
+                Step::Remove { key, cond } => {
+                    let k = key_name(*key);
+                    Op::Remove { id, hlc_us: 0, condition: condition(&model, &k, *cond), key: k }
+                }
+                Step::Retry { back } => match sent.len().checked_sub(1 + *back as usize) {
+                    Some(j) => sent[j].clone(),
+                    None => continue,
+                },
+            };
+            // What the model expects.
+            let expected = if let Some(first) = model.answers.get(&op.id()) {
+                first.clone()
+            } else {
+                let (key, condition, value) = match &op {
+                    Op::Put { key, condition, blob, .. } => (key.clone(), *condition, Some(blob[0])),
+                    Op::Remove { key, condition, .. } => (key.clone(), *condition, None),
+                    _ => unreachable!("only writes here"),
+                };
+                let live = model.live(&key);
+                let outcome = match condition {
+                    Condition::KeyVersion(want) if want != live => Outcome::Conflict { current: live },
+                    Condition::ShardVersion(want) if want != model.shard() => Outcome::Conflict { current: model.shard() },
+                    _ if value.is_none() && live.is_none() => Outcome::NoSuchKey,
+                    _ => {
+                        model.writes.push((version, key, value));
+                        Outcome::Applied { version, timestamp_us: 0 }
+                    }
+                };
+                model.answers.insert(op.id(), outcome.clone());
+                outcome
+            };
+            let (got, _) = store.apply(version, &op);
+            // Timestamps are the store's to choose; compare everything else.
+            let got_cmp = match got { Outcome::Applied { version, .. } => Outcome::Applied { version, timestamp_us: 0 }, o => o };
+            let expected_cmp = match expected { Outcome::Applied { version, .. } => Outcome::Applied { version, timestamp_us: 0 }, o => o };
+            prop_assert_eq!(got_cmp, expected_cmp, "step {} {:?}", i, step);
+            if let Op::Put { blob, .. } = &op { blobs.0.insert(version, blob.clone()); }
+            if !matches!(step, Step::Retry { .. }) { sent.push(op); }
+        }
+        // Every key as of every version reads as the model says.
+        for k in 0..4u8 {
+            let key = format!("/p/k{k}");
+            prop_assert_eq!(store.latest(&key).map(|o| o.blob[0]), model.latest(&key, None).and_then(|(_, v)| v));
+            for i in 0..steps.len() as u32 {
+                let at = Version::new(2, i);
+                let got = store.at_version(&key, at, &blobs).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let want = model.latest(&key, Some(at)).and_then(|(_, v)| v);
+                prop_assert_eq!(got.map(|o| o.blob[0]), want, "{} at {}", key, at);
+            }
+        }
+    }
+}
