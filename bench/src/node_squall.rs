@@ -88,6 +88,7 @@ async fn run(args: &NodeArgs) -> Result<()> {
         events_max: 65_536,
         commands_max: 4_096,
         report_arrivals: false,
+        unlogged_subgroups: Vec::new(),
     };
     let (handle, mut events) = start_node(cfg, transport, inbound, None)?;
     let mut control = child::control()?;

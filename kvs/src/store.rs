@@ -10,11 +10,11 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use squall_platform::Version;
 use thiserror::Error;
 
-use crate::op::{Condition, MessageId, Op};
+use crate::op::{Condition, MessageId, Op, OpError};
 use crate::pool::StoreKind;
 
 /// Bounds of one store. Duplicate detection remembers a window of recent requests per
@@ -419,6 +419,235 @@ impl ShardStore {
     pub fn key_count(&self) -> usize {
         self.keys.values().filter(|e| !e.latest.tombstone).count()
     }
+
+    /// The whole state (objects, version history, retry memory), for a state transfer
+    /// where no log carries it (volatile stores). Blobs are copied into it once.
+    pub fn snapshot(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        put_opt_version(&mut out, self.last_version);
+        put_opt_version(&mut out, self.last_delivered);
+        out.put_u64_le(self.last_timestamp_us);
+        let mut keys: Vec<&Arc<str>> = self.keys.keys().collect();
+        keys.sort();
+        out.put_u32_le(keys.len() as u32);
+        for key in keys {
+            let e = &self.keys[key];
+            let o = &e.latest;
+            put_snapshot_str(&mut out, key);
+            out.put_u64_le(o.version.0);
+            out.put_u64_le(o.timestamp_us);
+            put_opt_version(&mut out, o.previous_version);
+            put_opt_version(&mut out, o.previous_key_version);
+            out.put_u64_le(o.message_id.client);
+            out.put_u64_le(o.message_id.seq);
+            out.put_u8(u8::from(o.tombstone));
+            out.put_u32_le(o.blob.len() as u32);
+            out.put_slice(&o.blob);
+            out.put_u32_le(e.versions.len() as u32);
+            for m in &e.versions {
+                out.put_u64_le(m.version.0);
+                out.put_u64_le(m.timestamp_us);
+                out.put_u64_le(m.size as u64);
+                out.put_u8(u8::from(m.tombstone));
+            }
+        }
+        let mut clients: Vec<(&u64, &ClientWindow)> = self.dedup.iter().collect();
+        clients.sort_by_key(|(c, _)| **c);
+        out.put_u32_le(clients.len() as u32);
+        for (client, w) in clients {
+            out.put_u64_le(*client);
+            put_opt_version(&mut out, w.last_active);
+            out.put_u32_le(w.recent.len() as u32);
+            for (seq, outcome) in &w.recent {
+                out.put_u64_le(*seq);
+                put_outcome(&mut out, outcome);
+            }
+        }
+        out.freeze()
+    }
+
+    /// Rebuilds a store from [`ShardStore::snapshot`]'s bytes; blobs share `bytes`.
+    pub fn from_snapshot(
+        kind: StoreKind,
+        limits: StoreLimits,
+        mut bytes: Bytes,
+    ) -> Result<ShardStore, OpError> {
+        let r = &mut bytes;
+        let mut store = ShardStore::new(kind, limits);
+        store.last_version = get_opt_version(r)?;
+        store.last_delivered = get_opt_version(r)?;
+        store.last_timestamp_us = get_u64(r, "timestamp")?;
+        let keys = get_count(r, "keys", 47)?;
+        for _ in 0..keys {
+            let key: Arc<str> = Arc::from(get_snapshot_str(r)?);
+            let version = Version(get_u64(r, "version")?);
+            let timestamp_us = get_u64(r, "timestamp")?;
+            let previous_version = get_opt_version(r)?;
+            let previous_key_version = get_opt_version(r)?;
+            let message_id = MessageId {
+                client: get_u64(r, "message id")?,
+                seq: get_u64(r, "message id")?,
+            };
+            let tombstone = get_u8(r, "tombstone")? != 0;
+            let len = get_count(r, "blob", 1)?;
+            let blob = r.split_to(len);
+            let n = get_count(r, "versions", 25)?;
+            let mut versions = Vec::with_capacity(n);
+            for _ in 0..n {
+                versions.push(VersionMeta {
+                    version: Version(get_u64(r, "version")?),
+                    timestamp_us: get_u64(r, "timestamp")?,
+                    size: get_u64(r, "size")? as usize,
+                    tombstone: get_u8(r, "tombstone")? != 0,
+                });
+            }
+            let latest = Object {
+                key: Arc::clone(&key),
+                blob,
+                version,
+                timestamp_us,
+                previous_version,
+                previous_key_version,
+                message_id,
+                tombstone,
+            };
+            store.keys.insert(key, KeyEntry { versions, latest });
+        }
+        let clients = get_count(r, "clients", 13)?;
+        for _ in 0..clients {
+            let client = get_u64(r, "client")?;
+            let last_active = get_opt_version(r)?;
+            let n = get_count(r, "requests", 9)?;
+            let mut recent = VecDeque::with_capacity(n);
+            for _ in 0..n {
+                let seq = get_u64(r, "sequence")?;
+                recent.push_back((seq, get_outcome(r)?));
+            }
+            if let Some(v) = last_active {
+                store.activity.insert(v, client);
+            }
+            store.dedup.insert(
+                client,
+                ClientWindow {
+                    recent,
+                    last_active,
+                },
+            );
+        }
+        if r.has_remaining() {
+            return Err(OpError::Trailing(r.remaining()));
+        }
+        Ok(store)
+    }
+}
+
+fn put_opt_version(out: &mut BytesMut, v: Option<Version>) {
+    match v {
+        Some(v) => {
+            out.put_u8(1);
+            out.put_u64_le(v.0);
+        }
+        None => out.put_u8(0),
+    }
+}
+
+fn put_snapshot_str(out: &mut BytesMut, s: &str) {
+    out.put_u32_le(s.len() as u32);
+    out.put_slice(s.as_bytes());
+}
+
+fn put_outcome(out: &mut BytesMut, o: &Outcome) {
+    match o {
+        Outcome::Applied {
+            version,
+            timestamp_us,
+        } => {
+            out.put_u8(0);
+            out.put_u64_le(version.0);
+            out.put_u64_le(*timestamp_us);
+        }
+        Outcome::Conflict { current } => {
+            out.put_u8(1);
+            put_opt_version(out, *current);
+        }
+        Outcome::NoSuchKey => out.put_u8(2),
+        Outcome::TooLarge { size, max } => {
+            out.put_u8(3);
+            out.put_u64_le(*size as u64);
+            out.put_u64_le(*max as u64);
+        }
+        Outcome::ReadPoint { version } => {
+            out.put_u8(4);
+            out.put_u64_le(version.0);
+        }
+    }
+}
+
+fn need(r: &Bytes, n: usize, what: &'static str) -> Result<(), OpError> {
+    if r.remaining() < n {
+        return Err(OpError::Truncated { what });
+    }
+    Ok(())
+}
+
+fn get_u8(r: &mut Bytes, what: &'static str) -> Result<u8, OpError> {
+    need(r, 1, what)?;
+    Ok(r.get_u8())
+}
+
+fn get_u64(r: &mut Bytes, what: &'static str) -> Result<u64, OpError> {
+    need(r, 8, what)?;
+    Ok(r.get_u64_le())
+}
+
+/// A count of entries of at least `min_bytes` each, refused if the rest cannot hold it.
+fn get_count(r: &mut Bytes, what: &'static str, min_bytes: usize) -> Result<usize, OpError> {
+    need(r, 4, what)?;
+    let n = r.get_u32_le() as usize;
+    need(r, n.saturating_mul(min_bytes), what)?;
+    Ok(n)
+}
+
+fn get_opt_version(r: &mut Bytes) -> Result<Option<Version>, OpError> {
+    match get_u8(r, "version presence")? {
+        0 => Ok(None),
+        1 => Ok(Some(Version(get_u64(r, "version")?))),
+        tag => Err(OpError::UnknownTag {
+            what: "version presence",
+            tag,
+        }),
+    }
+}
+
+fn get_snapshot_str(r: &mut Bytes) -> Result<String, OpError> {
+    let n = get_count(r, "key", 1)?;
+    String::from_utf8(r.split_to(n).to_vec()).map_err(|_| OpError::NotUtf8 { what: "key" })
+}
+
+fn get_outcome(r: &mut Bytes) -> Result<Outcome, OpError> {
+    Ok(match get_u8(r, "outcome")? {
+        0 => Outcome::Applied {
+            version: Version(get_u64(r, "version")?),
+            timestamp_us: get_u64(r, "timestamp")?,
+        },
+        1 => Outcome::Conflict {
+            current: get_opt_version(r)?,
+        },
+        2 => Outcome::NoSuchKey,
+        3 => Outcome::TooLarge {
+            size: get_u64(r, "size")? as usize,
+            max: get_u64(r, "max")? as usize,
+        },
+        4 => Outcome::ReadPoint {
+            version: Version(get_u64(r, "version")?),
+        },
+        tag => {
+            return Err(OpError::UnknownTag {
+                what: "outcome",
+                tag,
+            });
+        }
+    })
 }
 
 #[cfg(test)]
@@ -573,6 +802,43 @@ mod tests {
         assert!(!s.apply(next(), &op(1, 2)).1);
         // Client 3's latest id is still remembered.
         assert!(s.apply(next(), &op(3, 2)).1);
+    }
+
+    #[test]
+    fn snapshots_restore_the_same_store() {
+        let mut s = ShardStore::new(StoreKind::Persistent, StoreLimits::default());
+        s.apply(v(0), &put(0, "/p/a", b"one", Condition::Always));
+        s.apply(v(1), &put(1, "/p/a", b"two", Condition::Always));
+        s.apply(v(2), &put(2, "/p/b", b"x", Condition::Always));
+        let rm = Op::Remove {
+            id: id(3),
+            hlc_us: 0,
+            condition: Condition::Always,
+            key: "/p/b".into(),
+        };
+        s.apply(v(3), &rm);
+        let bytes = s.snapshot();
+        let mut back =
+            ShardStore::from_snapshot(StoreKind::Persistent, StoreLimits::default(), bytes.clone())
+                .expect("restores");
+        assert_eq!(back.snapshot(), bytes);
+        assert_eq!(back.latest("/p/a"), s.latest("/p/a"));
+        assert_eq!(back.versions("/p/a"), s.versions("/p/a"));
+        // Retry memory came along: the same request is still a duplicate there.
+        assert!(
+            back.apply(v(4), &put(1, "/p/a", b"two", Condition::Always))
+                .1
+        );
+        for cut in [0, 5, bytes.len() - 1] {
+            assert!(
+                ShardStore::from_snapshot(
+                    StoreKind::Persistent,
+                    StoreLimits::default(),
+                    bytes.slice(..cut)
+                )
+                .is_err()
+            );
+        }
     }
 
     #[test]

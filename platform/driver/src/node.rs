@@ -53,6 +53,10 @@ pub struct NodeConfig {
     /// Report every run of multicast data as it arrives ([`AppEvent::Arrived`]): for
     /// histories that check stability before delivery. Off in production.
     pub report_arrivals: bool,
+    /// Subgroups whose deliveries are not logged (volatile data): their persistence is
+    /// immediate and their state transfers carry no log. Views, trims and agreements are
+    /// logged regardless when there is a log.
+    pub unlogged_subgroups: Vec<u32>,
 }
 
 /// An [`AppEvent`] stamped with the wall clock when the driver produced it: before any
@@ -116,6 +120,10 @@ pub enum AppEvent {
         subgroup: u32,
         shard: u32,
         state: Bytes,
+        /// The shard's whole log once the transferred records are in it (logged
+        /// subgroups with a log only): an application that replays its log rebuilds from
+        /// it.
+        log: Option<Vec<Record>>,
     },
     Stopped(StopReason),
 }
@@ -217,11 +225,13 @@ enum LogWork {
         after: Option<Version>,
         reply: oneshot::Sender<Result<Vec<Record>, String>>,
     },
-    /// Keep `key`'s log up to `keep` and replace the rest with `records`, durably.
+    /// Keep `key`'s log up to `keep` and replace the rest with `records`, durably; then
+    /// answer with the whole log.
     ReplaceTail {
         key: ShardKey,
         keep: Option<Version>,
         records: Vec<Record>,
+        reply: oneshot::Sender<Result<Vec<Record>, String>>,
     },
     /// Drop `key`'s records after `after`, durably (a restart's agreed trim).
     Truncate {
@@ -293,6 +303,7 @@ pub fn start_node(
         feedback: VecDeque::new(),
         last_hlc_us: 0,
         tails: Vec::new(),
+        unlogged: cfg.unlogged_subgroups.clone(),
     };
     // Every log line of the node carries its node, incarnation and current view.
     let span = info_span!(
@@ -321,6 +332,7 @@ struct Driver {
     last_hlc_us: u64,
     /// Log tails being read for state transfers the application has yet to answer.
     tails: Vec<PendingTail>,
+    unlogged: Vec<u32>,
 }
 
 struct PendingTail {
@@ -517,6 +529,11 @@ impl Driver {
         self.last_hlc_us
     }
 
+    /// Deliveries of `subgroup` go to the log.
+    fn logs(&self, subgroup: u32) -> bool {
+        self.log.is_some() && !self.unlogged.contains(&subgroup)
+    }
+
     fn queue_log_work(&mut self, work: LogWork) {
         let Some(log) = &self.log else { return };
         if log.send(work).is_err() {
@@ -535,7 +552,7 @@ impl Driver {
             } => self.transport.send(to, incarnation, msg),
             Output::Deliver(delivery) => {
                 if let Some(version) = delivery.version
-                    && self.log.is_some()
+                    && self.logs(delivery.subgroup)
                 {
                     let key = ShardKey {
                         subgroup: delivery.subgroup,
@@ -551,7 +568,7 @@ impl Driver {
                 self.emit(AppEvent::Delivered(delivery)).await;
             }
             Output::Persist { subgroup, version } => {
-                if self.log.is_some() {
+                if self.logs(subgroup) {
                     self.queue_log_work(LogWork::Sync { subgroup, version });
                 } else {
                     self.feedback
@@ -648,7 +665,7 @@ impl Driver {
                 joiners_hold,
                 ..
             } => {
-                if self.log.is_some() {
+                if self.logs(subgroup) {
                     let (reply, records) = oneshot::channel();
                     self.queue_log_work(LogWork::ReadTail {
                         key: ShardKey { subgroup, shard },
@@ -686,18 +703,27 @@ impl Driver {
                         return None;
                     }
                 };
-                if self.log.is_some() {
+                let mut log = None;
+                if self.logs(subgroup) {
+                    let (reply, whole) = oneshot::channel();
                     self.queue_log_work(LogWork::ReplaceTail {
                         key: ShardKey { subgroup, shard },
                         keep: hold,
                         records: envelope.records,
+                        reply,
                     });
+                    match whole.await {
+                        Ok(Ok(records)) => log = Some(records),
+                        // The log thread reports its failure (the node then leaves).
+                        Ok(Err(_)) | Err(_) => return None,
+                    }
                 }
                 self.emit(AppEvent::StateReceived {
                     view_id,
                     subgroup,
                     shard,
                     state: envelope.app,
+                    log,
                 })
                 .await;
             }
@@ -705,6 +731,9 @@ impl Driver {
                 info!(view = plan.view.id, members = ?plan.view.members, "restarting the group");
                 let me = self.core.me();
                 for (g, shards) in plan.shards.iter().enumerate() {
+                    if !self.logs(g as u32) {
+                        continue;
+                    }
                     if let Some(s) = plan.view.shard_of(g, me) {
                         self.queue_log_work(LogWork::Truncate {
                             key: ShardKey {
@@ -811,7 +840,12 @@ fn spawn_log_thread(
                                 store.range(key, from, u64::MAX).map_err(|e| e.to_string());
                             let _ = reply.send(records);
                         }
-                        LogWork::ReplaceTail { key, keep, records } => {
+                        LogWork::ReplaceTail {
+                            key,
+                            keep,
+                            records,
+                            reply,
+                        } => {
                             let result = store
                                 .truncate_after(key, keep.map(|v| v.0))
                                 .and_then(|()| {
@@ -819,8 +853,12 @@ fn spawn_log_thread(
                                 })
                                 .and_then(|()| store.sync().map(drop));
                             if let Err(e) = result {
+                                let _ = reply.send(Err(e.to_string()));
                                 return fail(&done, e);
                             }
+                            let _ = reply.send(
+                                store.range(key, 0, u64::MAX).map_err(|e| e.to_string()),
+                            );
                         }
                         LogWork::Truncate { key, after } => {
                             if let Err(e) = store.truncate_after(key, after.map(|v| v.0)) {

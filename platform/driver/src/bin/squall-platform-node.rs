@@ -278,6 +278,7 @@ async fn main() -> Result<()> {
         events_max: 65_536,
         commands_max: 4_096,
         report_arrivals: true,
+        unlogged_subgroups: Vec::new(),
     };
     let (handle, mut events) = start_node(cfg, transport, inbound, log)?;
 
