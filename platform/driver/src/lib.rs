@@ -5,9 +5,11 @@
 //! The core stays pure; everything here is I/O: sockets, the clock, files, threads.
 
 pub mod frame;
+pub mod incarnation;
 pub mod node;
 pub mod state;
 pub mod transport;
 
+pub use incarnation::next_incarnation;
 pub use node::{AppEvent, NodeConfig, NodeError, NodeEvent, NodeHandle, NodeSendError, start_node};
 pub use transport::{Inbound, TcpConfig, TcpTransport, Transport};

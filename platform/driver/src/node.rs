@@ -856,9 +856,8 @@ fn spawn_log_thread(
                                 let _ = reply.send(Err(e.to_string()));
                                 return fail(&done, e);
                             }
-                            let _ = reply.send(
-                                store.range(key, 0, u64::MAX).map_err(|e| e.to_string()),
-                            );
+                            let _ = reply
+                                .send(store.range(key, 0, u64::MAX).map_err(|e| e.to_string()));
                         }
                         LogWork::Truncate { key, after } => {
                             if let Err(e) = store.truncate_after(key, after.map(|v| v.0)) {

@@ -13,11 +13,11 @@
 //! | counter`, so histories of different processes name the same message alike.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{LineWriter, Write};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -151,28 +151,6 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-/// Each start is a new incarnation; the count survives crashes (written and synced first).
-fn next_incarnation(data_dir: &Path) -> Result<u32> {
-    fs::create_dir_all(data_dir)?;
-    let path = data_dir.join("incarnation");
-    let last = match fs::read_to_string(&path) {
-        Ok(text) => text
-            .trim()
-            .parse::<u32>()
-            .context("corrupt incarnation file")?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(e.into()),
-    };
-    let next = last + 1;
-    let tmp = data_dir.join("incarnation.tmp");
-    let mut file = File::create(&tmp)?;
-    writeln!(file, "{next}")?;
-    file.sync_all()?;
-    fs::rename(&tmp, &path)?;
-    File::open(data_dir)?.sync_all()?;
-    Ok(next)
-}
-
 fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -220,7 +198,7 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = parse_args()?;
-    let incarnation = next_incarnation(&args.data_dir)?;
+    let incarnation = squall_driver::next_incarnation(&args.data_dir)?;
     let me = MemberId::new(args.node, incarnation);
 
     let layout = Layout {

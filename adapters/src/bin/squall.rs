@@ -1,0 +1,536 @@
+//! `squall`: run a node, start a local cluster, or talk to a cluster.
+//!
+//! ```text
+//! squall up [--nodes 3] [--data DIR]      a local cluster of node processes (Ctrl-C stops it)
+//! squall demo                             a local cluster, a short tour, then stop
+//! squall node --config FILE               one node
+//! squall put KEY VALUE|@FILE [--if-version V | --if-absent]
+//! squall get KEY [--version V | --time T | --stable]
+//! squall rm KEY | ls PREFIX [--time T] | members | watch PREFIX
+//! squall pool create PATH --kind K [--shards N] [--affinity RE] | pool ls | pool rm PATH
+//! ```
+//! Client commands find the cluster from `--cluster ADDR`, `SQUALL_CLUSTER`, or the local
+//! `up` cluster (127.0.0.1:7200). Errors print one line and exit with status 1.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use squall_adapters::client::{Client, Policy};
+use squall_adapters::config::{self, Config};
+use squall_adapters::wire::{At, WireObject};
+use squall_kvs::{Condition, PoolSpec, StoreKind};
+use squall_platform::Version;
+
+const PEER_BASE_PORT: u16 = 7100;
+const CLIENT_BASE_PORT: u16 = 7200;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "squall",
+    version,
+    about = "Squall: a replicated object store that runs your logic next to the data"
+)]
+struct Cli {
+    /// A node of the cluster (host:port of its client port).
+    #[arg(
+        long,
+        global = true,
+        env = "SQUALL_CLUSTER",
+        default_value = "127.0.0.1:7200"
+    )]
+    cluster: String,
+    /// Bearer token (if the cluster requires one).
+    #[arg(long, global = true, env = "SQUALL_TOKEN")]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start a local cluster of node processes on loopback; Ctrl-C stops it.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        /// Where the nodes keep their data (kept across runs: a restart recovers it).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Start a local cluster, show puts, gets, a time-travel read and a watch, then stop.
+    Demo {
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Run one node.
+    Node {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Store a value (`@FILE` reads it from a file).
+    Put {
+        key: String,
+        value: String,
+        /// Only if the key's current version is this one.
+        #[arg(long, conflicts_with = "if_absent")]
+        if_version: Option<String>,
+        /// Only if the key does not exist.
+        #[arg(long)]
+        if_absent: bool,
+    },
+    /// Read a value (latest, or as of a version or a time, or the stable one).
+    Get {
+        key: String,
+        #[arg(long, conflicts_with_all = ["time", "stable"])]
+        version: Option<String>,
+        /// Microseconds since the Unix epoch.
+        #[arg(long, conflicts_with = "stable")]
+        time: Option<u64>,
+        #[arg(long)]
+        stable: bool,
+    },
+    /// Remove a key.
+    Rm { key: String },
+    /// List the keys under a prefix (now, or at a time).
+    Ls {
+        prefix: String,
+        #[arg(long)]
+        time: Option<u64>,
+    },
+    /// Object pools.
+    Pool {
+        #[command(subcommand)]
+        command: PoolCmd,
+    },
+    /// Print every change under a prefix as it happens.
+    Watch { prefix: String },
+    /// The current view's members.
+    Members,
+}
+
+#[derive(Subcommand, Debug)]
+enum PoolCmd {
+    Create {
+        path: String,
+        #[arg(long)]
+        kind: String,
+        #[arg(long, default_value_t = 0)]
+        shards: u32,
+        #[arg(long)]
+        affinity: Option<String>,
+        /// The data subgroup (default: the first of that kind).
+        #[arg(long)]
+        subgroup: Option<u32>,
+    },
+    Ls,
+    Rm {
+        path: String,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SQUALL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Node { config } => {
+            let config = Config::load(&config)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let shutdown = async {
+                    let mut term =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                            .expect("a SIGTERM handler");
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                };
+                squall_adapters::node::run(config, shutdown).await
+            })?;
+            Ok(())
+        }
+        Cmd::Up { nodes, data } => {
+            let data = data.unwrap_or_else(|| std::env::temp_dir().join("squall-up"));
+            let mut cluster = LocalCluster::start(nodes, &data)?;
+            cluster.print();
+            println!("Ctrl-C stops the cluster.");
+            wait_for_ctrl_c()?;
+            cluster.stop();
+            Ok(())
+        }
+        Cmd::Demo { nodes, data } => {
+            let data = data.unwrap_or_else(|| std::env::temp_dir().join("squall-demo"));
+            let _ = std::fs::remove_dir_all(&data);
+            let mut cluster = LocalCluster::start(nodes, &data)?;
+            cluster.print();
+            let result = tokio::runtime::Runtime::new()?.block_on(demo(&cluster.client_addrs()));
+            cluster.stop();
+            result
+        }
+        command => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(client_command(&cli.cluster, cli.token, command))
+        }
+    }
+}
+
+fn parse_version(text: &str) -> Result<Version> {
+    if let Some((view, seq)) = text.strip_prefix('v').and_then(|t| t.split_once(':')) {
+        return Ok(Version::new(view.parse()?, seq.parse()?));
+    }
+    Ok(Version(text.parse().with_context(|| {
+        format!("`{text}` is not a version (like v3:17 or a number)")
+    })?))
+}
+
+fn show(o: &WireObject) -> String {
+    format!(
+        "{} = {} ({} bytes, version {}, time {} µs)",
+        o.key,
+        String::from_utf8_lossy(&o.blob[..o.blob.len().min(200)]),
+        o.blob.len(),
+        o.version,
+        o.timestamp_us
+    )
+}
+
+async fn client_command(cluster: &str, token: Option<String>, command: Cmd) -> Result<()> {
+    let client = Client::connect(&[cluster.to_string()], token, Policy::default()).await?;
+    match command {
+        Cmd::Put {
+            key,
+            value,
+            if_version,
+            if_absent,
+        } => {
+            let bytes = match value.strip_prefix('@') {
+                Some(path) => {
+                    Bytes::from(std::fs::read(path).with_context(|| format!("reading {path}"))?)
+                }
+                None => Bytes::from(value.into_bytes()),
+            };
+            let condition = match (if_version, if_absent) {
+                (Some(v), _) => Condition::KeyVersion(Some(parse_version(&v)?)),
+                (None, true) => Condition::KeyVersion(None),
+                (None, false) => Condition::Always,
+            };
+            let w = client.put_if(&key, bytes, condition).await?;
+            println!("{key}: version {} at {} µs", w.version, w.timestamp_us);
+        }
+        Cmd::Get {
+            key,
+            version,
+            time,
+            stable,
+        } => {
+            let at = match (version, time, stable) {
+                (Some(v), _, _) => At::Version(parse_version(&v)?),
+                (None, Some(t), _) => At::Time(t),
+                (None, None, true) => At::Stable,
+                _ => At::Latest,
+            };
+            match client.get_at(&key, at).await? {
+                Some(o) => println!("{}", show(&o)),
+                None => bail!("{key}: not found"),
+            }
+        }
+        Cmd::Rm { key } => {
+            let w = client.remove(&key).await?;
+            println!("{key}: removed at version {}", w.version);
+        }
+        Cmd::Ls { prefix, time } => {
+            for key in client.list_keys(&prefix, time).await? {
+                println!("{key}");
+            }
+        }
+        Cmd::Pool { command } => match command {
+            PoolCmd::Create {
+                path,
+                kind,
+                shards,
+                affinity,
+                subgroup,
+            } => {
+                let kind = StoreKind::parse(&kind).ok_or_else(|| {
+                    anyhow!("--kind {kind}: expected volatile, persistent or trigger")
+                })?;
+                let subgroup = match subgroup {
+                    Some(g) => g,
+                    None => first_subgroup_of(&client, kind).await?,
+                };
+                let mut spec = PoolSpec::new(path.clone(), kind, subgroup);
+                spec.shards = shards;
+                spec.affinity = affinity;
+                client.create_pool(spec).await?;
+                println!("pool {path} created");
+            }
+            PoolCmd::Ls => {
+                for p in client.list_pools().await? {
+                    println!(
+                        "{}\t{}\tsubgroup {}\tshards {}{}",
+                        p.path,
+                        p.kind.name(),
+                        p.subgroup,
+                        p.shards,
+                        p.affinity
+                            .map(|a| format!("\taffinity {a}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            PoolCmd::Rm { path } => {
+                client.remove_pool(&path).await?;
+                println!("pool {path} removed");
+            }
+        },
+        Cmd::Watch { prefix } => {
+            let mut events = client.watch(&prefix).await?;
+            while let Some(e) = events.recv().await {
+                match e.blob {
+                    Some(b) => println!(
+                        "{} = {} (version {})",
+                        e.key,
+                        String::from_utf8_lossy(&b[..b.len().min(200)]),
+                        e.version
+                    ),
+                    None => println!("{} removed (version {})", e.key, e.version),
+                }
+            }
+            bail!("the watch ended (the node dropped it or the connection closed)");
+        }
+        Cmd::Members => {
+            let (view, members) = client.members().await?;
+            println!("view {view}");
+            for m in members {
+                println!(
+                    "  node {} (incarnation {}) at {}",
+                    m.node, m.incarnation, m.client_addr
+                );
+            }
+        }
+        Cmd::Up { .. } | Cmd::Demo { .. } | Cmd::Node { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+/// The pool a kind lands in by default: the first data subgroup of that kind, learned from
+/// an existing pool of the kind (the layout is the node's; clients see pools).
+async fn first_subgroup_of(client: &Client, kind: StoreKind) -> Result<u32> {
+    let pools = client.list_pools().await?;
+    pools
+        .iter()
+        .filter(|p| p.kind == kind)
+        .map(|p| p.subgroup)
+        .min()
+        .ok_or_else(|| {
+            anyhow!(
+                "no {} pool exists to learn its subgroup from: pass --subgroup",
+                kind.name()
+            )
+        })
+}
+
+/// Node processes on loopback, each `squall node` with a generated config.
+struct LocalCluster {
+    children: Vec<Child>,
+    configs: Vec<Config>,
+}
+
+impl LocalCluster {
+    fn start(nodes: u32, data: &Path) -> Result<LocalCluster> {
+        std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+        let configs = config::try_local_cluster(nodes, PEER_BASE_PORT, CLIENT_BASE_PORT, data)?;
+        let exe = std::env::current_exe()?;
+        let mut cluster = LocalCluster {
+            children: Vec::new(),
+            configs: configs.clone(),
+        };
+        for cfg in &configs {
+            let path = data.join(format!("n{}.toml", cfg.node.id));
+            std::fs::write(&path, cfg.to_toml_string())?;
+            let log = std::fs::File::create(data.join(format!("n{}.log", cfg.node.id)))?;
+            let child = Command::new(&exe)
+                .args(["node", "--config"])
+                .arg(&path)
+                .stdout(Stdio::from(log.try_clone()?))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .context("starting a node process")?;
+            cluster.children.push(child);
+        }
+        // Ready once every node accepts clients and answers `members` with all of them.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addrs = cluster.client_addrs();
+        let rt = tokio::runtime::Runtime::new()?;
+        loop {
+            let up = addrs.iter().all(|a| TcpStream::connect(a).is_ok());
+            if up {
+                let ready = rt.block_on(async {
+                    let client = Client::connect(&addrs[..1], None, Policy::default())
+                        .await
+                        .ok()?;
+                    let (_, members) = client.members().await.ok()?;
+                    Some(members.len() == addrs.len())
+                });
+                if ready == Some(true) {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                cluster.stop();
+                bail!(
+                    "the local cluster did not come up in 30 s; see the node logs in {}",
+                    data.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(cluster)
+    }
+
+    fn client_addrs(&self) -> Vec<String> {
+        self.configs
+            .iter()
+            .map(|c| c.node.client_addr.to_string())
+            .collect()
+    }
+
+    fn print(&self) {
+        println!(
+            "squall: local cluster of {} nodes is up",
+            self.configs.len()
+        );
+        for c in &self.configs {
+            println!(
+                "  node {}: clients {}  data {}",
+                c.node.id,
+                c.node.client_addr,
+                c.node.data_dir.display()
+            );
+        }
+        println!("pools: /demo (persistent), /cache (volatile)");
+        println!("try:   squall put /demo/hello world && squall get /demo/hello");
+    }
+
+    fn stop(&mut self) {
+        for child in &self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for child in &mut self.children {
+            loop {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.children.clear();
+        println!("squall: local cluster stopped");
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_for_ctrl_c() -> Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    })?;
+    Ok(())
+}
+
+async fn demo(addrs: &[String]) -> Result<()> {
+    let client = Client::connect(addrs, None, Policy::default()).await?;
+    let (view, members) = client.members().await?;
+    println!("\n== view {view}: {} members", members.len());
+    let mut watch = client.watch("/demo").await?;
+    println!("== watching /demo");
+    let first = client
+        .put("/demo/greeting", Bytes::from_static(b"hello"))
+        .await?;
+    println!(
+        "put /demo/greeting = hello      -> version {}",
+        first.version
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = client
+        .put("/demo/greeting", Bytes::from_static(b"hello, world"))
+        .await?;
+    println!(
+        "put /demo/greeting = hello, world -> version {}",
+        second.version
+    );
+    client
+        .put("/cache/session", Bytes::from_static(b"volatile value"))
+        .await?;
+    let now = client
+        .get("/demo/greeting")
+        .await?
+        .ok_or_else(|| anyhow!("missing"))?;
+    println!("get /demo/greeting              -> {}", show(&now));
+    let then = client
+        .get_at("/demo/greeting", At::Time(first.timestamp_us))
+        .await?
+        .ok_or_else(|| anyhow!("missing in the past"))?;
+    println!(
+        "get /demo/greeting at time {} -> {}",
+        first.timestamp_us,
+        show(&then)
+    );
+    let cached = client
+        .get("/cache/session")
+        .await?
+        .ok_or_else(|| anyhow!("missing"))?;
+    println!("get /cache/session              -> {}", show(&cached));
+    for _ in 0..2 {
+        match tokio::time::timeout(Duration::from_secs(5), watch.recv()).await {
+            Ok(Some(e)) => println!(
+                "watch: {} changed to {:?} (version {})",
+                e.key,
+                e.blob.as_deref().map(String::from_utf8_lossy),
+                e.version
+            ),
+            _ => bail!("the watch saw nothing"),
+        }
+    }
+    println!("== demo done");
+    Ok(())
+}

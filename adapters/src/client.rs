@@ -1,0 +1,645 @@
+//! The async Rust client. It keeps one connection per node it talks to, multiplexes
+//! requests over it by request id, follows `NotHere` redirects to a replica of the key's
+//! shard (chosen by the replica selection policy), and retries on another node when a
+//! node fails or a view change aborts a request. A write keeps its message id across
+//! retries, so a retried put is applied once.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use squall_kvs::op::{self, Op};
+use squall_kvs::{Condition, MessageId, PoolSpec};
+use squall_platform::Version;
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::wire::{
+    self, At, ErrorCode, Frame, MAGIC, MemberInfo, PROTOCOL_VERSION, Request, Response, WatchEvent,
+    WireObject,
+};
+
+/// Largest frame the client accepts from a node.
+pub const FRAME_BYTES_MAX: usize = 256 << 20;
+/// Attempts of one request across nodes before giving up.
+pub const ATTEMPTS_MAX: u32 = 30;
+
+/// Which replica of a shard serves a request, when the client has a choice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Policy {
+    /// Spread requests over the replicas in turn.
+    #[default]
+    RoundRobin,
+    /// One replica per key (its hash), for cache locality.
+    KeyHash,
+    /// Always the first replica listed.
+    Fixed,
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ClientError {
+    /// The node answered with an error (`code` is stable; match on it).
+    #[error("{}: {message}", code.name())]
+    Server {
+        code: ErrorCode,
+        message: String,
+        current: Option<Version>,
+    },
+    #[error("cannot reach {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("{addr} refused the connection: {reason}")]
+    Refused { addr: String, reason: String },
+    #[error("protocol error from {addr}: {reason}")]
+    Protocol { addr: String, reason: String },
+    #[error("no node could serve the request after {attempts} attempts; last: {last}")]
+    Unavailable { attempts: u32, last: String },
+}
+
+impl ClientError {
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A write's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub version: Version,
+    pub timestamp_us: u64,
+}
+
+#[derive(Debug)]
+struct Conn {
+    addr: String,
+    out: mpsc::Sender<Frame>,
+    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>,
+    watches: Arc<Mutex<HashMap<u64, mpsc::Sender<WatchEvent>>>>,
+    next_request: AtomicU64,
+}
+
+impl Conn {
+    async fn open(addr: &str, token: Option<&str>) -> Result<Arc<Conn>, ClientError> {
+        let connect_err = |reason: String| ClientError::Connect {
+            addr: addr.to_string(),
+            reason,
+        };
+        let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+            .await
+            .map_err(|_| connect_err("timed out".into()))?
+            .map_err(|e| connect_err(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let mut out = BytesMut::new();
+        wire::put_frame(
+            &mut out,
+            &Frame::Hello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                token: token.map(str::to_string),
+            },
+        );
+        stream
+            .write_all(&out)
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        let mut buf = BytesMut::with_capacity(64 << 10);
+        let first = read_frame(&mut stream, &mut buf, addr).await?;
+        match first {
+            Some(Frame::Welcome { .. }) => {}
+            Some(Frame::Refused { reason }) => {
+                return Err(ClientError::Refused {
+                    addr: addr.to_string(),
+                    reason,
+                });
+            }
+            _ => {
+                return Err(ClientError::Protocol {
+                    addr: addr.to_string(),
+                    reason: "no welcome".into(),
+                });
+            }
+        }
+        let (mut reader, mut writer) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Frame>(1024);
+        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>> = Arc::default();
+        let watches: Arc<Mutex<HashMap<u64, mpsc::Sender<WatchEvent>>>> = Arc::default();
+        tokio::spawn(async move {
+            let mut out = BytesMut::new();
+            while let Some(frame) = rx.recv().await {
+                out.clear();
+                wire::put_frame(&mut out, &frame);
+                while let Ok(more) = rx.try_recv() {
+                    wire::put_frame(&mut out, &more);
+                }
+                if writer.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let (p, w) = (Arc::clone(&pending), Arc::clone(&watches));
+        let name = addr.to_string();
+        tokio::spawn(async move {
+            loop {
+                match read_frame(&mut reader, &mut buf, &name).await {
+                    Ok(Some(Frame::Response {
+                        request_id,
+                        response,
+                    })) => {
+                        if let Some(reply) = p.lock().await.remove(&request_id) {
+                            let _ = reply.send(response);
+                        } else {
+                            // The end of a watch.
+                            w.lock().await.remove(&request_id);
+                        }
+                    }
+                    Ok(Some(Frame::Event { request_id, event })) => {
+                        let sink = w.lock().await.get(&request_id).cloned();
+                        if let Some(sink) = sink
+                            && sink.send(event).await.is_err()
+                        {
+                            w.lock().await.remove(&request_id);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            // The connection is gone: every waiter learns it (its sender drops).
+            p.lock().await.clear();
+            w.lock().await.clear();
+        });
+        Ok(Arc::new(Conn {
+            addr: addr.to_string(),
+            out: tx,
+            pending,
+            watches,
+            next_request: AtomicU64::new(1),
+        }))
+    }
+
+    fn is_closed(&self) -> bool {
+        self.out.is_closed()
+    }
+
+    async fn call(&self, request: Request) -> Result<Response, ClientError> {
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        self.pending.lock().await.insert(request_id, reply);
+        let lost = || ClientError::Connect {
+            addr: self.addr.clone(),
+            reason: "connection lost".into(),
+        };
+        self.out
+            .send(Frame::Request {
+                request_id,
+                request,
+            })
+            .await
+            .map_err(|_| lost())?;
+        answer.await.map_err(|_| lost())
+    }
+}
+
+async fn read_frame(
+    stream: &mut (impl AsyncReadExt + Unpin),
+    buf: &mut BytesMut,
+    addr: &str,
+) -> Result<Option<Frame>, ClientError> {
+    let protocol = |reason: String| ClientError::Protocol {
+        addr: addr.to_string(),
+        reason,
+    };
+    loop {
+        if let Some(body) =
+            wire::split_frame(buf, FRAME_BYTES_MAX).map_err(|e| protocol(e.to_string()))?
+        {
+            return wire::decode_frame(body)
+                .map(Some)
+                .map_err(|e| protocol(e.to_string()));
+        }
+        buf.reserve(64 << 10);
+        let n = stream
+            .read_buf(buf)
+            .await
+            .map_err(|e| ClientError::Connect {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        if n == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// A connection to a Squall cluster.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    token: Option<String>,
+    /// Nodes to try, seeds first, then members learned from the cluster.
+    nodes: Mutex<Vec<String>>,
+    conns: Mutex<HashMap<String, Arc<Conn>>>,
+    client_id: u64,
+    seq: AtomicU64,
+    turn: AtomicU64,
+    policy: Policy,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl Client {
+    /// Connects to the first reachable of `addrs` (`host:port`).
+    pub async fn connect(
+        addrs: &[String],
+        token: Option<String>,
+        policy: Policy,
+    ) -> Result<Client, ClientError> {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let client = Client {
+            inner: Arc::new(Inner {
+                token,
+                nodes: Mutex::new(addrs.to_vec()),
+                conns: Mutex::new(HashMap::new()),
+                // The top bit is the nodes' own.
+                client_id: (random ^ now_us()) & !(1 << 63),
+                seq: AtomicU64::new(0),
+                turn: AtomicU64::new(0),
+                policy,
+            }),
+        };
+        let mut last = None;
+        for addr in addrs {
+            match client.conn(addr).await {
+                Ok(_) => {
+                    // Learn every member, for failover.
+                    if let Ok(members) = client.members().await {
+                        let mut nodes = client.inner.nodes.lock().await;
+                        for m in members.1 {
+                            if !nodes.contains(&m.client_addr) {
+                                nodes.push(m.client_addr);
+                            }
+                        }
+                    }
+                    return Ok(client);
+                }
+                Err(e @ ClientError::Refused { .. }) => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(ClientError::Unavailable {
+            attempts: 0,
+            last: "no address given".into(),
+        }))
+    }
+
+    async fn conn(&self, addr: &str) -> Result<Arc<Conn>, ClientError> {
+        let mut conns = self.inner.conns.lock().await;
+        if let Some(c) = conns.get(addr)
+            && !c.is_closed()
+        {
+            return Ok(Arc::clone(c));
+        }
+        let c = Conn::open(addr, self.inner.token.as_deref()).await?;
+        conns.insert(addr.to_string(), Arc::clone(&c));
+        Ok(c)
+    }
+
+    fn next_id(&self) -> MessageId {
+        MessageId {
+            client: self.inner.client_id,
+            seq: self.inner.seq.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    fn pick(&self, replicas: &[String], key: Option<&str>) -> String {
+        let i = match (self.inner.policy, key) {
+            (Policy::Fixed, _) => 0,
+            (Policy::KeyHash, Some(key)) => {
+                (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % replicas.len() as u64) as usize
+            }
+            _ => self.inner.turn.fetch_add(1, Ordering::Relaxed) as usize % replicas.len(),
+        };
+        replicas[i].clone()
+    }
+
+    /// Sends `request` where it can be served: follows redirects, fails over to other
+    /// nodes on errors that a retry can fix, up to [`ATTEMPTS_MAX`] attempts.
+    async fn call(&self, request: Request, key: Option<&str>) -> Result<Response, ClientError> {
+        let mut target: Option<String> = None;
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS_MAX {
+            let addr = match &target {
+                Some(a) => a.clone(),
+                None => {
+                    let nodes = self.inner.nodes.lock().await.clone();
+                    if nodes.is_empty() {
+                        break;
+                    }
+                    nodes[attempt as usize % nodes.len()].clone()
+                }
+            };
+            let conn = match self.conn(&addr).await {
+                Ok(c) => c,
+                Err(e @ ClientError::Refused { .. }) => return Err(e),
+                Err(e) => {
+                    last = e.to_string();
+                    target = None;
+                    tokio::time::sleep(backoff(attempt)).await;
+                    continue;
+                }
+            };
+            match conn.call(request.clone()).await {
+                Ok(Response::Error {
+                    code: ErrorCode::NotHere,
+                    redirect,
+                    message,
+                    ..
+                }) if !redirect.is_empty() => {
+                    last = message;
+                    target = Some(self.pick(&redirect, key));
+                }
+                Ok(Response::Error {
+                    code: ErrorCode::Unavailable,
+                    message,
+                    ..
+                }) => {
+                    last = message;
+                    target = None;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Ok(Response::Error {
+                    code,
+                    message,
+                    current,
+                    ..
+                }) => {
+                    return Err(ClientError::Server {
+                        code,
+                        message,
+                        current,
+                    });
+                }
+                Ok(response) => return Ok(response),
+                Err(e) => {
+                    last = e.to_string();
+                    target = None;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+        Err(ClientError::Unavailable {
+            attempts: ATTEMPTS_MAX,
+            last,
+        })
+    }
+
+    async fn write(
+        &self,
+        op: Op,
+        forget: bool,
+        key: Option<&str>,
+    ) -> Result<Response, ClientError> {
+        let request = Request::Write {
+            forget,
+            op: op::encode(&op),
+        };
+        self.call(request, key).await
+    }
+
+    fn unexpected(response: Response) -> ClientError {
+        ClientError::Protocol {
+            addr: String::new(),
+            reason: format!("unexpected answer {response:?}"),
+        }
+    }
+
+    fn written(response: Response) -> Result<Written, ClientError> {
+        match response {
+            Response::Written {
+                version,
+                timestamp_us,
+            } => Ok(Written {
+                version,
+                timestamp_us,
+            }),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Stores `value` under `key`; answered once applied (volatile) or durable on every
+    /// replica (persistent).
+    pub async fn put(&self, key: &str, value: Bytes) -> Result<Written, ClientError> {
+        self.put_if(key, value, Condition::Always).await
+    }
+
+    /// A conditional put: `Conflict` (with the current version) if `condition` fails.
+    pub async fn put_if(
+        &self,
+        key: &str,
+        value: Bytes,
+        condition: Condition,
+    ) -> Result<Written, ClientError> {
+        let op = Op::Put {
+            id: self.next_id(),
+            hlc_us: now_us(),
+            condition,
+            key: key.to_string(),
+            blob: value,
+        };
+        Self::written(self.write(op, false, Some(key)).await?)
+    }
+
+    /// Sends a put and returns once a node accepted it, not once applied.
+    pub async fn put_and_forget(&self, key: &str, value: Bytes) -> Result<(), ClientError> {
+        let op = Op::Put {
+            id: self.next_id(),
+            hlc_us: now_us(),
+            condition: Condition::Always,
+            key: key.to_string(),
+            blob: value,
+        };
+        self.write(op, true, Some(key)).await.map(drop)
+    }
+
+    /// Removes `key` (a tombstone version); `NoSuchKey` if it does not exist.
+    pub async fn remove(&self, key: &str) -> Result<Written, ClientError> {
+        let op = Op::Remove {
+            id: self.next_id(),
+            hlc_us: now_us(),
+            condition: Condition::Always,
+            key: key.to_string(),
+        };
+        Self::written(self.write(op, false, Some(key)).await?)
+    }
+
+    /// Delivers `value` to one node holding `key`'s pool for its triggered logic; not
+    /// stored.
+    pub async fn trigger_put(&self, key: &str, value: Bytes) -> Result<(), ClientError> {
+        let request = Request::TriggerPut {
+            key: key.to_string(),
+            blob: value,
+        };
+        self.call(request, Some(key)).await.map(drop)
+    }
+
+    /// The latest value of `key` (linearizable).
+    pub async fn get(&self, key: &str) -> Result<Option<WireObject>, ClientError> {
+        self.get_at(key, At::Latest).await
+    }
+
+    pub async fn get_at(&self, key: &str, at: At) -> Result<Option<WireObject>, ClientError> {
+        let request = Request::Get {
+            key: key.to_string(),
+            at,
+        };
+        match self.call(request, Some(key)).await? {
+            Response::Object(o) => Ok(o),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Several keys of one shard, read at one point of its order.
+    pub async fn multi_get(&self, keys: &[String]) -> Result<Vec<Option<WireObject>>, ClientError> {
+        let request = Request::MultiGet {
+            keys: keys.to_vec(),
+        };
+        match self.call(request, keys.first().map(String::as_str)).await? {
+            Response::Objects(list) => Ok(list),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    pub async fn get_size(&self, key: &str) -> Result<Option<u64>, ClientError> {
+        let request = Request::GetSize {
+            key: key.to_string(),
+        };
+        match self.call(request, Some(key)).await? {
+            Response::Size(s) => Ok(s),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    pub async fn list_keys(
+        &self,
+        prefix: &str,
+        at_time_us: Option<u64>,
+    ) -> Result<Vec<String>, ClientError> {
+        let request = Request::ListKeys {
+            prefix: prefix.to_string(),
+            at_time_us,
+        };
+        match self.call(request, None).await? {
+            Response::Keys(keys) => Ok(keys),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    pub async fn create_pool(&self, spec: PoolSpec) -> Result<(), ClientError> {
+        let op = Op::CreatePool {
+            id: self.next_id(),
+            spec,
+        };
+        self.write(op, false, None).await.map(drop)
+    }
+
+    pub async fn remove_pool(&self, path: &str) -> Result<(), ClientError> {
+        let op = Op::RemovePool {
+            id: self.next_id(),
+            path: path.to_string(),
+        };
+        self.write(op, false, None).await.map(drop)
+    }
+
+    pub async fn list_pools(&self) -> Result<Vec<PoolSpec>, ClientError> {
+        match self.call(Request::ListPools, None).await? {
+            Response::Pools(p) => Ok(p),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    pub async fn find_pool(&self, key: &str) -> Result<PoolSpec, ClientError> {
+        let request = Request::FindPool {
+            key: key.to_string(),
+        };
+        match self.call(request, None).await? {
+            Response::Pools(mut p) if p.len() == 1 => Ok(p.remove(0)),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// The current view: its id and members with their client addresses.
+    pub async fn members(&self) -> Result<(u32, Vec<MemberInfo>), ClientError> {
+        match self.call(Request::Members, None).await? {
+            Response::Members { view_id, members } => Ok((view_id, members)),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Every change delivered under `prefix` from now on, at the node serving it. The
+    /// stream ends if the node drops the watch (it fell behind) or the connection ends.
+    pub async fn watch(&self, prefix: &str) -> Result<mpsc::Receiver<WatchEvent>, ClientError> {
+        let nodes = self.inner.nodes.lock().await.clone();
+        let mut last = String::new();
+        for addr in nodes {
+            let conn = match self.conn(&addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            let request_id = conn.next_request.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = mpsc::channel(1024);
+            let (reply, answer) = oneshot::channel();
+            conn.watches.lock().await.insert(request_id, tx);
+            conn.pending.lock().await.insert(request_id, reply);
+            let frame = Frame::Request {
+                request_id,
+                request: Request::Watch {
+                    prefix: prefix.to_string(),
+                },
+            };
+            if conn.out.send(frame).await.is_err() {
+                continue;
+            }
+            match answer.await {
+                Ok(Response::Done) => return Ok(rx),
+                Ok(Response::Error {
+                    code,
+                    message,
+                    current,
+                    ..
+                }) => {
+                    return Err(ClientError::Server {
+                        code,
+                        message,
+                        current,
+                    });
+                }
+                Ok(other) => return Err(Self::unexpected(other)),
+                Err(_) => last = "connection lost".into(),
+            }
+        }
+        Err(ClientError::Unavailable { attempts: 1, last })
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((20u64 << attempt.min(5)).min(500))
+}

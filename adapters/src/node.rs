@@ -1,0 +1,206 @@
+//! The Squall node: the composition of the group layer (`squall-driver` over TCP, with
+//! the durable log), the object store service and the client server, from one
+//! [`Config`].
+//!
+//! Layout: subgroup 0 is the pool metadata, one shard over every node, logged; the data
+//! subgroups follow in config order (persistent ones logged, volatile and trigger ones
+//! not). At start the node counts a new incarnation, replays its logs into the service,
+//! then starts the platform: with a log that holds a view it restarts (joining a live
+//! group, or bringing the whole cluster back from the logs), otherwise the lowest node id
+//! founds the cluster and the others join.
+
+use std::future::Future;
+use std::time::Duration;
+
+use squall_driver::{NodeConfig, TcpConfig, TcpTransport, next_incarnation, start_node};
+use squall_kvs::StoreKind;
+use squall_log::{FileLog, LogConfig, LogStore};
+use squall_platform::{CoreConfig, DeliveryMode, Layout, MemberId, ShardLayout, SubgroupLayout};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::{Config, SubgroupKind};
+use crate::server::{self, ServerConfig};
+use crate::service::{Service, ServiceConfig};
+
+/// Requests queued for the service before connections wait.
+pub const SERVICE_QUEUE_MAX: usize = 4096;
+/// How long a leaving node waits for the group to let it go.
+pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("incarnation: {0}")]
+    Incarnation(#[from] squall_driver::incarnation::IncarnationError),
+    #[error("log: {0}")]
+    Log(#[from] squall_log::LogError),
+    #[error("starting the platform: {0}")]
+    Node(#[from] squall_driver::NodeError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The platform layout of a config: the metadata subgroup, then the data subgroups.
+pub fn layout(config: &Config) -> Layout {
+    let peers = config.cluster.peers.len();
+    let mut subgroups = vec![SubgroupLayout {
+        shards: vec![ShardLayout {
+            min_nodes: 1,
+            max_nodes: peers,
+            mode: DeliveryMode::Ordered,
+        }],
+    }];
+    for sg in &config.layout.subgroups {
+        subgroups.push(SubgroupLayout {
+            shards: (0..sg.shards)
+                .map(|_| ShardLayout {
+                    min_nodes: sg.min_nodes as usize,
+                    max_nodes: sg.max_nodes as usize,
+                    mode: DeliveryMode::Ordered,
+                })
+                .collect(),
+        });
+    }
+    Layout { subgroups }
+}
+
+/// Runs a node until `shutdown` completes (then it leaves the group) or the group stops
+/// it.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let incarnation = next_incarnation(&config.node.data_dir)?;
+    let me = MemberId::new(config.node.id, incarnation);
+    info!(node = me.node, incarnation, "starting");
+
+    let mut core = CoreConfig::new(layout(&config));
+    core.heartbeat_interval_ms = config.timing.heartbeat_interval_ms;
+    core.suspicion_timeout_ms = config.timing.suspicion_timeout_ms;
+    core.restart_grace_ms = config.timing.restart_grace_ms;
+    core.join_retry_ms = 200;
+    core.payload_size_max_bytes = config.limits.object_bytes_max + (64 << 10);
+
+    let peer_addr = config.peer_map()[&config.node.id];
+    let listener = TcpListener::bind(peer_addr)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: peer_addr,
+            source,
+        })?;
+    let client_listener = TcpListener::bind(config.node.client_addr)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: config.node.client_addr,
+            source,
+        })?;
+    let mut tcp = TcpConfig::new(config.cluster.id, me, config.peer_map());
+    tcp.heartbeat_interval_ms = config.timing.heartbeat_interval_ms;
+    tcp.suspicion_timeout_ms = config.timing.suspicion_timeout_ms;
+    tcp.message_bytes_max = tcp
+        .message_bytes_max
+        .max(4 * config.limits.object_bytes_max);
+    let (inbound_tx, inbound) = mpsc::channel(65_536);
+    let transport = TcpTransport::start(tcp, listener, inbound_tx);
+
+    let (log, report) = FileLog::open(LogConfig::new(config.node.data_dir.join("log")))?;
+    info!(?report, "log recovered");
+    let mut replays = Vec::new();
+    for key in log.shards() {
+        replays.push((key, log.range(key, 0, u64::MAX)?));
+    }
+    let kinds: Vec<StoreKind> = std::iter::once(StoreKind::Persistent)
+        .chain(config.layout.subgroups.iter().map(|sg| sg.kind.into()))
+        .collect();
+    let unlogged: Vec<u32> = config
+        .layout
+        .subgroups
+        .iter()
+        .enumerate()
+        .filter(|(_, sg)| sg.kind != SubgroupKind::Persistent)
+        .map(|(i, _)| i as u32 + 1)
+        .collect();
+    let lowest = config.peer_map().keys().next().copied();
+    let node_cfg = NodeConfig {
+        core,
+        me,
+        found: lowest == Some(me.node) && incarnation == 1,
+        contacts: config.contacts(),
+        restart_leader: config.restart_leader(),
+        tick_interval_ms: (config.timing.heartbeat_interval_ms / 2).max(1),
+        events_max: 65_536,
+        commands_max: 4_096,
+        report_arrivals: false,
+        unlogged_subgroups: unlogged,
+    };
+    let (handle, events) = start_node(node_cfg, transport, inbound, Some(Box::new(log)))?;
+
+    let service_cfg = ServiceConfig {
+        me,
+        kinds,
+        shards: std::iter::once(1)
+            .chain(config.layout.subgroups.iter().map(|sg| sg.shards))
+            .collect(),
+        key_bytes_max: config.limits.key_bytes_max,
+        object_bytes_max: config.limits.object_bytes_max,
+        pools_max: config.limits.pools_max,
+        store_limits: config.limits.store_limits(),
+        watchers_max: config.limits.watchers_max,
+        watch_queue_max: config.limits.watch_queue_max,
+        requests_in_flight_max: config.limits.requests_in_flight_max,
+        client_addrs: config
+            .client_map()
+            .into_iter()
+            .map(|(id, addr)| (id, addr.to_string()))
+            .collect(),
+        default_pools: config.pools.iter().map(|p| config.pool_spec(p)).collect(),
+        clock_skew_max_us: 60_000_000,
+    };
+    let mut service = Service::new(service_cfg, handle.clone());
+    for (key, records) in &replays {
+        if !config
+            .layout
+            .subgroups
+            .get((key.subgroup as usize).wrapping_sub(1))
+            .is_some_and(|sg| sg.kind == SubgroupKind::Persistent)
+            && key.subgroup != 0
+        {
+            continue;
+        }
+        service.replay(key.subgroup, key.shard, records);
+    }
+    let (commands_tx, commands) = mpsc::channel(SERVICE_QUEUE_MAX);
+    let server_cfg = ServerConfig {
+        node: me.node,
+        frame_bytes_max: config.limits.frame_bytes_max,
+        clients_max: config.limits.clients_max,
+        watch_queue_max: config.limits.watch_queue_max,
+        out_queue_max: 1024,
+        tokens: config
+            .auth
+            .tokens
+            .iter()
+            .map(|t| (t.token.clone(), t.role))
+            .collect(),
+    };
+    let server = tokio::spawn(server::serve(client_listener, server_cfg, commands_tx));
+    println!(
+        "node {} (incarnation {incarnation}) serving clients on {}",
+        me.node, config.node.client_addr
+    );
+    let mut service_task = tokio::spawn(service.run(events, commands));
+    tokio::select! {
+        _ = shutdown => {
+            info!("leaving the group");
+            handle.leave().await;
+            if tokio::time::timeout(LEAVE_TIMEOUT, &mut service_task).await.is_err() {
+                warn!("the group did not let this node go in time; stopping anyway");
+            }
+        }
+        _ = &mut service_task => {}
+    }
+    server.abort();
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! The client-facing TCP server: accepts connections (at most `clients_max`), checks the
+//! handshake and the bearer token, then turns request frames into service commands and
+//! answers as they complete, each connection with one reader and one writer task. A
+//! malformed frame or handshake gets a logged reason and closes that connection only.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::service::Command;
+use crate::wire::{
+    self, ErrorCode, Frame, MAGIC, PROTOCOL_VERSION, Request, Response, Role, WireError,
+};
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub node: u32,
+    pub frame_bytes_max: usize,
+    pub clients_max: usize,
+    pub watch_queue_max: usize,
+    /// Frames queued for one client before its connection waits (backpressure).
+    pub out_queue_max: usize,
+    /// Tokens and their roles; none = open access (logged loudly at start).
+    pub tokens: Vec<(String, Role)>,
+}
+
+impl ServerConfig {
+    fn role_of(&self, token: Option<&str>) -> Option<Role> {
+        if self.tokens.is_empty() {
+            return Some(Role::Admin);
+        }
+        let token = token?;
+        self.tokens
+            .iter()
+            .find(|(t, _)| t.as_bytes() == token.as_bytes())
+            .map(|(_, r)| *r)
+    }
+}
+
+/// Serves clients on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, cfg: ServerConfig, commands: mpsc::Sender<Command>) {
+    if cfg.tokens.is_empty() {
+        warn!(
+            "NO AUTH TOKENS CONFIGURED: every client gets the admin role. Configure [[auth.tokens]] for anything but a local test."
+        );
+    }
+    let cfg = Arc::new(cfg);
+    let slots = Arc::new(Semaphore::new(cfg.clients_max));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            warn!(%peer, limit = cfg.clients_max, "refusing a client: too many connections");
+            let mut stream = stream;
+            let mut out = BytesMut::new();
+            wire::put_frame(
+                &mut out,
+                &Frame::Refused {
+                    reason: format!("the node serves {} clients already", cfg.clients_max),
+                },
+            );
+            let _ = stream.write_all(&out).await;
+            continue;
+        };
+        let cfg = Arc::clone(&cfg);
+        let commands = commands.clone();
+        tokio::spawn(async move {
+            if let Err(reason) = connection(stream, peer, &cfg, commands).await {
+                info!(%peer, %reason, "client connection closed");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Reads one whole frame (bounded by `max`) or fails with a reason.
+async fn read_frame(
+    stream: &mut (impl AsyncReadExt + Unpin),
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<Frame>, String> {
+    loop {
+        match wire::split_frame(buf, max) {
+            Ok(Some(body)) => {
+                return wire::decode_frame(body)
+                    .map(Some)
+                    .map_err(|e| format!("malformed frame: {e}"));
+            }
+            Ok(None) => {}
+            Err(e @ WireError::TooLarge { .. }) => return Err(format!("refused: {e}")),
+            Err(e) => return Err(format!("malformed frame: {e}")),
+        }
+        buf.reserve(64 << 10);
+        let n = stream
+            .read_buf(buf)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err("the client closed mid-frame".to_string())
+            };
+        }
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    cfg: &ServerConfig,
+    commands: mpsc::Sender<Command>,
+) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let hello = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_frame(&mut stream, &mut buf, cfg.frame_bytes_max.min(64 << 10)),
+    )
+    .await
+    .map_err(|_| "no handshake within 10 s".to_string())??;
+    let refuse = |reason: String| async move {
+        let mut out = BytesMut::new();
+        wire::put_frame(
+            &mut out,
+            &Frame::Refused {
+                reason: reason.clone(),
+            },
+        );
+        (out, reason)
+    };
+    let role = match hello {
+        Some(Frame::Hello {
+            magic,
+            version,
+            token,
+        }) => {
+            if magic != MAGIC {
+                let (out, reason) = refuse(format!("bad magic {magic:#x}")).await;
+                let _ = stream.write_all(&out).await;
+                return Err(reason);
+            }
+            if version != PROTOCOL_VERSION {
+                let (out, reason) = refuse(format!(
+                    "protocol version {version} is not supported (this node speaks {PROTOCOL_VERSION})"
+                ))
+                .await;
+                let _ = stream.write_all(&out).await;
+                return Err(reason);
+            }
+            match cfg.role_of(token.as_deref()) {
+                Some(role) => role,
+                None => {
+                    let (out, reason) = refuse("unknown or missing token".to_string()).await;
+                    warn!(%peer, "refused a client: unknown or missing token");
+                    let _ = stream.write_all(&out).await;
+                    return Err(reason);
+                }
+            }
+        }
+        Some(_) => return Err("the first frame was not a hello".to_string()),
+        None => return Ok(()),
+    };
+    let (mut reader, mut writer) = stream.into_split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Frame>(cfg.out_queue_max);
+    let writer_task = tokio::spawn(async move {
+        let mut out = BytesMut::with_capacity(64 << 10);
+        while let Some(frame) = out_rx.recv().await {
+            out.clear();
+            wire::put_frame(&mut out, &frame);
+            // Batch what is already queued into one write.
+            while let Ok(more) = out_rx.try_recv() {
+                wire::put_frame(&mut out, &more);
+                if out.len() > 1 << 20 {
+                    break;
+                }
+            }
+            if writer.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    });
+    if out_tx
+        .send(Frame::Welcome {
+            node: cfg.node,
+            role,
+        })
+        .await
+        .is_err()
+    {
+        return Err("writer ended".to_string());
+    }
+    let result = loop {
+        let frame = match read_frame(&mut reader, &mut buf, cfg.frame_bytes_max).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break Ok(()),
+            Err(reason) => {
+                warn!(%peer, %reason, "dropping a client");
+                break Err(reason);
+            }
+        };
+        let Frame::Request {
+            request_id,
+            request,
+        } = frame
+        else {
+            break Err("a client sent a frame other than a request".to_string());
+        };
+        match request {
+            Request::Watch { prefix } => {
+                let (events_tx, mut events) = mpsc::channel(cfg.watch_queue_max);
+                let (reply, answer) = oneshot::channel();
+                let command = Command::Watch {
+                    prefix,
+                    events: events_tx,
+                    reply,
+                };
+                if commands.send(command).await.is_err() {
+                    break Err("the node stopped".to_string());
+                }
+                let out = out_tx.clone();
+                tokio::spawn(async move {
+                    let response = answer.await.unwrap_or_else(|_| {
+                        Response::error(ErrorCode::Unavailable, "the node stopped")
+                    });
+                    let ok = matches!(response, Response::Done);
+                    let _ = out
+                        .send(Frame::Response {
+                            request_id,
+                            response,
+                        })
+                        .await;
+                    if !ok {
+                        return;
+                    }
+                    while let Some(event) = events.recv().await {
+                        if out.send(Frame::Event { request_id, event }).await.is_err() {
+                            return;
+                        }
+                    }
+                    // The service dropped the watcher (it fell behind): say so.
+                    let _ = out
+                        .send(Frame::Response {
+                            request_id,
+                            response: Response::error(
+                                ErrorCode::Unavailable,
+                                "the watch fell behind and was dropped; watch again",
+                            ),
+                        })
+                        .await;
+                });
+            }
+            request => {
+                let (reply, answer) = oneshot::channel();
+                let command = Command::Request {
+                    request,
+                    role,
+                    reply,
+                };
+                if commands.send(command).await.is_err() {
+                    break Err("the node stopped".to_string());
+                }
+                let out = out_tx.clone();
+                tokio::spawn(async move {
+                    let response = answer.await.unwrap_or_else(|_| {
+                        Response::error(ErrorCode::Unavailable, "the node stopped")
+                    });
+                    let _ = out
+                        .send(Frame::Response {
+                            request_id,
+                            response,
+                        })
+                        .await;
+                });
+            }
+        }
+    };
+    drop(out_tx);
+    let _ = writer_task.await;
+    result
+}

@@ -1,0 +1,928 @@
+//! The node's object-store service: one task that owns the pool table and this node's
+//! shard stores, applies what the platform delivers (in order, identically at every
+//! replica), and answers client requests.
+//!
+//! Writes are validated here, then multicast in the key's shard as the very bytes the
+//! client sent; the answer waits for the delivery (volatile pools) or for the version to
+//! be durable on every replica (persistent pools). `get` of the latest value and
+//! `multi_get` are ordered reads: a read marker goes through the shard's order and the
+//! keys are read where it is delivered, so reads are linearizable. Reads by version, time
+//! or stability are answered from the local replica.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use squall_driver::{AppEvent, NodeEvent, NodeHandle, NodeSendError};
+use squall_kvs::op::{self, Op};
+use squall_kvs::store::ReadError;
+use squall_kvs::{
+    MessageId, Object, Outcome, PoolError, PoolSpec, PoolTable, ShardStore, StoreKind, StoreLimits,
+    VersionReader,
+};
+use squall_log::Record;
+use squall_platform::{MemberId, SendError, SendTicket, Version, View};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::wire::{At, ErrorCode, MemberInfo, Request, Response, Role, WatchEvent, WireObject};
+
+/// Everything the service needs to know about its node and cluster.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    pub me: MemberId,
+    /// Store kind of each subgroup; subgroup 0 is the pool metadata.
+    pub kinds: Vec<StoreKind>,
+    /// Shards of each subgroup.
+    pub shards: Vec<u32>,
+    pub key_bytes_max: usize,
+    pub object_bytes_max: usize,
+    pub pools_max: usize,
+    pub store_limits: StoreLimits,
+    pub watchers_max: usize,
+    pub watch_queue_max: usize,
+    pub requests_in_flight_max: usize,
+    /// Where clients reach each node (for redirects and `members`).
+    pub client_addrs: BTreeMap<u32, String>,
+    /// Pools the cluster creates when it first forms.
+    pub default_pools: Vec<PoolSpec>,
+    /// A write whose sender clock is this far from ours is refused.
+    pub clock_skew_max_us: u64,
+}
+
+/// A client request handed to the service by a connection.
+#[derive(Debug)]
+pub enum Command {
+    Request {
+        request: Request,
+        role: Role,
+        reply: oneshot::Sender<Response>,
+    },
+    Watch {
+        prefix: String,
+        events: mpsc::Sender<WatchEvent>,
+        reply: oneshot::Sender<Response>,
+    },
+}
+
+/// Requests of the node itself (read markers, default pools) use ids of this client.
+const SYSTEM_CLIENT_BIT: u64 = 1 << 63;
+
+#[derive(Debug)]
+enum Waiting {
+    Write {
+        reply: oneshot::Sender<Response>,
+        persistent: bool,
+    },
+    Read {
+        reply: oneshot::Sender<Response>,
+        keys: Vec<String>,
+        multi: bool,
+    },
+}
+
+#[derive(Debug)]
+struct Watcher {
+    prefix: String,
+    events: mpsc::Sender<WatchEvent>,
+}
+
+/// A response held until it may be sent.
+type Answer = (oneshot::Sender<Response>, Response);
+
+/// Blobs of older versions of a persistent shard, sharing the delivered buffers.
+#[derive(Debug, Default)]
+struct History(BTreeMap<Version, Bytes>);
+
+impl VersionReader for History {
+    fn read(&self, version: Version) -> Result<Option<Bytes>, String> {
+        Ok(self.0.get(&version).cloned())
+    }
+}
+
+#[derive(Debug)]
+pub struct Service {
+    cfg: ServiceConfig,
+    handle: NodeHandle,
+    pools: PoolTable,
+    /// Retry memory of the metadata shard (its state is the pool table).
+    meta: ShardStore,
+    stores: HashMap<(u32, u32), ShardStore>,
+    history: HashMap<(u32, u32), History>,
+    view: Option<Arc<View>>,
+    waiting: HashMap<MessageId, Waiting>,
+    tickets: HashMap<(u32, SendTicket), MessageId>,
+    /// Answers waiting for their version to be durable on every replica.
+    durable: BTreeMap<(u32, Version), Vec<Answer>>,
+    global: HashMap<u32, Version>,
+    watchers: Vec<Watcher>,
+    next_seq: u64,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn wire_object(o: &Object) -> WireObject {
+    WireObject {
+        key: o.key.to_string(),
+        version: o.version,
+        timestamp_us: o.timestamp_us,
+        previous_version: o.previous_version,
+        previous_key_version: o.previous_key_version,
+        blob: o.blob.clone(),
+    }
+}
+
+fn pool_error(e: &PoolError) -> Response {
+    let code = match e {
+        PoolError::Path(_) => ErrorCode::InvalidKey,
+        PoolError::Exists { .. } => ErrorCode::PoolExists,
+        PoolError::Nested { .. } => ErrorCode::NestedPool,
+        PoolError::NoSuchPool { .. } => ErrorCode::NoSuchPool,
+        PoolError::NoPoolForKey { .. } => ErrorCode::NoPoolForKey,
+        _ => ErrorCode::InvalidPool,
+    };
+    Response::error(code, e.to_string())
+}
+
+fn outcome_response(outcome: &Outcome) -> Response {
+    match outcome {
+        Outcome::Applied {
+            version,
+            timestamp_us,
+        } => Response::Written {
+            version: *version,
+            timestamp_us: *timestamp_us,
+        },
+        Outcome::Conflict { current } => Response::Error {
+            code: ErrorCode::Conflict,
+            message: format!(
+                "the condition does not hold: the current version is {}",
+                current.map_or("none".to_string(), |v| v.to_string())
+            ),
+            current: *current,
+            redirect: Vec::new(),
+        },
+        Outcome::NoSuchKey => Response::error(ErrorCode::NoSuchKey, "no such key"),
+        Outcome::TooLarge { size, max } => Response::error(
+            ErrorCode::TooLarge,
+            format!("object of {size} bytes exceeds the limit of {max} bytes"),
+        ),
+        Outcome::ReadPoint { .. } => Response::Done,
+    }
+}
+
+fn read_error(e: ReadError) -> Response {
+    match e {
+        ReadError::NotVersioned { .. } => Response::error(ErrorCode::NotVersioned, e.to_string()),
+        _ => Response::error(ErrorCode::Internal, e.to_string()),
+    }
+}
+
+impl Service {
+    pub fn new(cfg: ServiceConfig, handle: NodeHandle) -> Service {
+        let pools = PoolTable::new(cfg.key_bytes_max, cfg.pools_max);
+        let meta = ShardStore::new(StoreKind::Trigger, cfg.store_limits);
+        Service {
+            cfg,
+            handle,
+            pools,
+            meta,
+            stores: HashMap::new(),
+            history: HashMap::new(),
+            view: None,
+            waiting: HashMap::new(),
+            tickets: HashMap::new(),
+            durable: BTreeMap::new(),
+            global: HashMap::new(),
+            watchers: Vec::new(),
+            next_seq: 0,
+        }
+    }
+
+    /// Rebuilds a shard from its log (at start, or after a state transfer).
+    pub fn replay(&mut self, subgroup: u32, shard: u32, records: &[Record]) {
+        if subgroup == 0 {
+            self.pools = PoolTable::new(self.cfg.key_bytes_max, self.cfg.pools_max);
+            self.meta = ShardStore::new(StoreKind::Trigger, self.cfg.store_limits);
+        } else {
+            let kind = self.kind(subgroup);
+            self.stores.insert(
+                (subgroup, shard),
+                ShardStore::new(kind, self.cfg.store_limits),
+            );
+            self.history.remove(&(subgroup, shard));
+        }
+        for record in records {
+            self.apply(
+                subgroup,
+                shard,
+                Version(record.version),
+                record.payload.clone(),
+                false,
+            );
+        }
+        info!(subgroup, shard, records = records.len(), "replayed the log");
+    }
+
+    fn kind(&self, subgroup: u32) -> StoreKind {
+        self.cfg
+            .kinds
+            .get(subgroup as usize)
+            .copied()
+            .unwrap_or(StoreKind::Volatile)
+    }
+
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<NodeEvent>,
+        mut commands: mpsc::Receiver<Command>,
+    ) {
+        loop {
+            tokio::select! {
+                event = events.recv() => {
+                    let Some(NodeEvent { event, .. }) = event else { break };
+                    if !self.on_event(event).await {
+                        break;
+                    }
+                }
+                command = commands.recv() => {
+                    let Some(command) = command else { break };
+                    self.on_command(command).await;
+                }
+            }
+        }
+        for (_, waiting) in self.waiting.drain() {
+            let reply = match waiting {
+                Waiting::Write { reply, .. } | Waiting::Read { reply, .. } => reply,
+            };
+            let _ = reply.send(Response::error(ErrorCode::Unavailable, "the node stopped"));
+        }
+    }
+
+    // ----- platform events -------------------------------------------------------------
+
+    /// Returns false when the node stopped.
+    async fn on_event(&mut self, event: AppEvent) -> bool {
+        match event {
+            AppEvent::Delivered(d) => {
+                if let Some(version) = d.version {
+                    self.apply(d.subgroup, d.shard, version, d.payload, true);
+                }
+            }
+            AppEvent::GlobalPersisted { subgroup, version } => {
+                self.global.insert(subgroup, version);
+                let ready: Vec<(u32, Version)> = self
+                    .durable
+                    .range((subgroup, Version(0))..=(subgroup, version))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for key in ready {
+                    for (reply, response) in self.durable.remove(&key).unwrap_or_default() {
+                        let _ = reply.send(response);
+                    }
+                }
+            }
+            AppEvent::Installed(view) => self.on_view(view).await,
+            AppEvent::SendsAborted { subgroup, tickets } => {
+                for ticket in tickets {
+                    if let Some(id) = self.tickets.remove(&(subgroup, ticket)) {
+                        self.fail(id, "a view change aborted the request; retry");
+                    }
+                }
+            }
+            AppEvent::StateRequested {
+                view_id,
+                subgroup,
+                shard,
+            } => {
+                // Logged shards travel as their log; volatile ones as a snapshot.
+                let state = match self.stores.get(&(subgroup, shard)) {
+                    Some(store) if store.kind() == StoreKind::Volatile => store.snapshot(),
+                    _ => Bytes::new(),
+                };
+                self.handle.supply_state(view_id, subgroup, state).await;
+            }
+            AppEvent::StateReceived {
+                subgroup,
+                shard,
+                state,
+                log,
+                ..
+            } => match log {
+                Some(records) => self.replay(subgroup, shard, &records),
+                None => {
+                    let kind = self.kind(subgroup);
+                    let store = if state.is_empty() {
+                        Ok(ShardStore::new(kind, self.cfg.store_limits))
+                    } else {
+                        ShardStore::from_snapshot(kind, self.cfg.store_limits, state)
+                    };
+                    match store {
+                        Ok(store) => {
+                            self.stores.insert((subgroup, shard), store);
+                        }
+                        Err(e) => {
+                            warn!(error = %e, subgroup, shard, "malformed state; leaving");
+                            self.handle.leave().await;
+                        }
+                    }
+                }
+            },
+            AppEvent::Stopped(reason) => {
+                warn!(?reason, "the node stopped");
+                return false;
+            }
+            AppEvent::Restarting(plan) => {
+                info!(view = plan.view.id, "the group restarts from its logs");
+            }
+            AppEvent::Arrived { .. }
+            | AppEvent::Persisted { .. }
+            | AppEvent::TrimLogged { .. }
+            | AppEvent::Trimmed { .. } => {}
+        }
+        true
+    }
+
+    async fn on_view(&mut self, view: Arc<View>) {
+        let me = self.cfg.me;
+        // Stores of shards this node no longer holds are stale from now on.
+        self.stores
+            .retain(|(g, s), _| view.shard_of(*g as usize, me) == Some(*s as usize));
+        self.history
+            .retain(|(g, s), _| view.shard_of(*g as usize, me) == Some(*s as usize));
+        let leads = view.members.first() == Some(&me);
+        self.view = Some(Arc::clone(&view));
+        if leads {
+            // Default pools, once: a deterministic id makes every repeat a duplicate.
+            for spec in self.cfg.default_pools.clone() {
+                if self.pools.get(&spec.path).is_some() {
+                    continue;
+                }
+                let id = MessageId {
+                    client: SYSTEM_CLIENT_BIT | 1,
+                    seq: pool_seq(&spec.path),
+                };
+                let bytes = op::encode(&Op::CreatePool { id, spec });
+                if let Err(e) = self.handle.send(0, bytes).await {
+                    warn!(error = %e, "creating a default pool");
+                }
+            }
+        }
+    }
+
+    /// Applies a delivered operation; `live`: answer waiting clients and watchers (not
+    /// while replaying a log).
+    fn apply(&mut self, subgroup: u32, shard: u32, version: Version, payload: Bytes, live: bool) {
+        let op = match op::decode(payload) {
+            Ok(op) => op,
+            Err(e) => {
+                // Every replica skips it alike: the sender validated it, so this is a bug.
+                warn!(error = %e, subgroup, shard, %version, "undecodable operation skipped");
+                return;
+            }
+        };
+        let id = op.id();
+        if subgroup == 0 {
+            let (_, duplicate) = self.meta.apply(version, &op);
+            let response = if duplicate {
+                Response::Done
+            } else {
+                match op {
+                    Op::CreatePool { spec, .. } => {
+                        match self.pools.create(spec, &self.cfg.shards) {
+                            Ok(()) => Response::Done,
+                            Err(e) => pool_error(&e),
+                        }
+                    }
+                    Op::RemovePool { path, .. } => match self.pools.remove(&path) {
+                        Ok(_) => Response::Done,
+                        Err(e) => pool_error(&e),
+                    },
+                    _ => Response::error(ErrorCode::BadRequest, "not a pool operation"),
+                }
+            };
+            if live && let Some(Waiting::Write { reply, .. }) = self.waiting.remove(&id) {
+                let _ = reply.send(response);
+            }
+            return;
+        }
+        let kind = self.kind(subgroup);
+        let limits = self.cfg.store_limits;
+        let store = self
+            .stores
+            .entry((subgroup, shard))
+            .or_insert_with(|| ShardStore::new(kind, limits));
+        let (outcome, duplicate) = store.apply(version, &op);
+        if let (Outcome::Applied { timestamp_us, .. }, false) = (&outcome, duplicate) {
+            if let Op::Put { blob, .. } = &op
+                && kind == StoreKind::Persistent
+            {
+                self.history
+                    .entry((subgroup, shard))
+                    .or_default()
+                    .0
+                    .insert(version, blob.clone());
+            }
+            if live {
+                self.notify(&op, version, *timestamp_us);
+            }
+        }
+        if !live {
+            return;
+        }
+        match self.waiting.remove(&id) {
+            Some(Waiting::Write { reply, persistent }) => {
+                let response = outcome_response(&outcome);
+                match (&outcome, persistent) {
+                    (Outcome::Applied { version, .. }, true)
+                        if self.global.get(&subgroup) < Some(version) =>
+                    {
+                        self.durable
+                            .entry((subgroup, *version))
+                            .or_default()
+                            .push((reply, response));
+                    }
+                    _ => {
+                        let _ = reply.send(response);
+                    }
+                }
+            }
+            Some(Waiting::Read { reply, keys, multi }) => {
+                let store = &self.stores[&(subgroup, shard)];
+                let objects: Vec<Option<WireObject>> = keys
+                    .iter()
+                    .map(|k| store.latest(k).map(wire_object))
+                    .collect();
+                let response = if multi {
+                    Response::Objects(objects)
+                } else {
+                    Response::Object(objects.into_iter().next().flatten())
+                };
+                let _ = reply.send(response);
+            }
+            None => {}
+        }
+    }
+
+    fn notify(&mut self, op: &Op, version: Version, timestamp_us: u64) {
+        let (key, blob) = match op {
+            Op::Put { key, blob, .. } => (key, Some(blob.clone())),
+            Op::Remove { key, .. } => (key, None),
+            _ => return,
+        };
+        self.watchers.retain(|w| {
+            if !squall_kvs::key::contains(&w.prefix, key) {
+                return !w.events.is_closed();
+            }
+            let event = WatchEvent {
+                key: key.clone(),
+                version,
+                timestamp_us,
+                blob: blob.clone(),
+            };
+            match w.events.try_send(event) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // A watcher that cannot keep up is dropped, never allowed to stall
+                    // the store; its connection reports it.
+                    warn!(prefix = %w.prefix, "a watcher fell behind and was dropped");
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+    }
+
+    fn fail(&mut self, id: MessageId, why: &str) {
+        if let Some(waiting) = self.waiting.remove(&id) {
+            let reply = match waiting {
+                Waiting::Write { reply, .. } | Waiting::Read { reply, .. } => reply,
+            };
+            let _ = reply.send(Response::error(ErrorCode::Unavailable, why));
+        }
+    }
+
+    // ----- client requests -------------------------------------------------------------
+
+    async fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Watch {
+                prefix,
+                events,
+                reply,
+            } => {
+                self.watchers.retain(|w| !w.events.is_closed());
+                let response = if self.watchers.len() >= self.cfg.watchers_max {
+                    Response::error(
+                        ErrorCode::Unavailable,
+                        format!("{} watchers already (the limit)", self.cfg.watchers_max),
+                    )
+                } else {
+                    self.watchers.push(Watcher { prefix, events });
+                    Response::Done
+                };
+                let _ = reply.send(response);
+            }
+            Command::Request {
+                request,
+                role,
+                reply,
+            } => {
+                if self.waiting.len() >= self.cfg.requests_in_flight_max {
+                    let _ = reply.send(Response::error(
+                        ErrorCode::Unavailable,
+                        "too many requests in flight; retry",
+                    ));
+                    return;
+                }
+                self.request(request, role, reply).await;
+            }
+        }
+    }
+
+    /// The shard of `key` and this node's standing in it.
+    fn locate(&self, key: &str) -> Result<(u32, u32, StoreKind), Response> {
+        squall_kvs::validate_key(key, self.cfg.key_bytes_max)
+            .map_err(|e| Response::error(ErrorCode::InvalidKey, e.to_string()))?;
+        let pool = self.pools.find(key).map_err(|e| pool_error(&e))?;
+        Ok((pool.spec.subgroup, pool.shard_of(key), pool.spec.kind))
+    }
+
+    /// `NotHere` with the client addresses of the shard's members, unless this node is one.
+    fn check_member(&self, subgroup: u32, shard: u32) -> Result<(), Response> {
+        let Some(view) = &self.view else {
+            return Err(Response::error(
+                ErrorCode::Unavailable,
+                "this node has not joined the cluster yet",
+            ));
+        };
+        if view.shard_of(subgroup as usize, self.cfg.me) == Some(shard as usize) {
+            return Ok(());
+        }
+        let redirect = view
+            .shards
+            .get(subgroup as usize)
+            .and_then(|s| s.get(shard as usize))
+            .map(|sv| {
+                sv.members
+                    .iter()
+                    .filter_map(|m| self.cfg.client_addrs.get(&m.node).cloned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Err(Response::Error {
+            code: ErrorCode::NotHere,
+            message: format!(
+                "node {} holds no replica of subgroup {subgroup} shard {shard}",
+                self.cfg.me.node
+            ),
+            current: None,
+            redirect,
+        })
+    }
+
+    fn system_id(&mut self) -> MessageId {
+        self.next_seq += 1;
+        MessageId {
+            client: SYSTEM_CLIENT_BIT
+                | (u64::from(self.cfg.me.node) << 32)
+                | u64::from(self.cfg.me.incarnation),
+            seq: self.next_seq,
+        }
+    }
+
+    /// Multicasts `bytes` in `subgroup` and parks `waiting` under `id` until delivery.
+    async fn multicast(&mut self, subgroup: u32, id: MessageId, bytes: Bytes, waiting: Waiting) {
+        match self.handle.send(subgroup, bytes).await {
+            Ok(ticket) => {
+                self.tickets.insert((subgroup, ticket), id);
+                if let Some(old) = self.waiting.insert(id, waiting) {
+                    // The same request again on this node while the first is in flight:
+                    // the first caller gave up; the retry gets the answer.
+                    let reply = match old {
+                        Waiting::Write { reply, .. } | Waiting::Read { reply, .. } => reply,
+                    };
+                    let _ = reply.send(Response::error(ErrorCode::Unavailable, "superseded"));
+                }
+            }
+            Err(e) => {
+                let reply = match waiting {
+                    Waiting::Write { reply, .. } | Waiting::Read { reply, .. } => reply,
+                };
+                let message = match e {
+                    NodeSendError::Core(SendError::Backlogged { .. }) => {
+                        "the shard is busy; retry".to_string()
+                    }
+                    other => format!("cannot send now ({other}); retry"),
+                };
+                let _ = reply.send(Response::error(ErrorCode::Unavailable, message));
+            }
+        }
+    }
+
+    async fn request(
+        &mut self,
+        request: Request,
+        role: Role,
+        reply: oneshot::Sender<Response>,
+    ) -> Option<()> {
+        let answer = |reply: oneshot::Sender<Response>, r: Response| {
+            let _ = reply.send(r);
+            Some(())
+        };
+        match request {
+            Request::Write { forget, op: bytes } => {
+                let op = match op::decode(bytes.clone()) {
+                    Ok(op) => op,
+                    Err(e) => {
+                        return answer(
+                            reply,
+                            Response::error(ErrorCode::BadRequest, e.to_string()),
+                        );
+                    }
+                };
+                let needed = match op {
+                    Op::CreatePool { .. } | Op::RemovePool { .. } => Role::Admin,
+                    Op::Read { .. } => {
+                        return answer(
+                            reply,
+                            Response::error(
+                                ErrorCode::BadRequest,
+                                "clients do not send read markers",
+                            ),
+                        );
+                    }
+                    _ => Role::Write,
+                };
+                if role < needed {
+                    return answer(
+                        reply,
+                        Response::error(
+                            ErrorCode::Forbidden,
+                            format!("this needs the {needed:?} role; the token has {role:?}"),
+                        ),
+                    );
+                }
+                let id = op.id();
+                if id.client & SYSTEM_CLIENT_BIT != 0 {
+                    return answer(
+                        reply,
+                        Response::error(
+                            ErrorCode::BadRequest,
+                            "client ids with the top bit set are the node's",
+                        ),
+                    );
+                }
+                let (subgroup, persistent) = match &op {
+                    Op::Put { key, hlc_us, .. } | Op::Remove { key, hlc_us, .. } => {
+                        let (g, s, kind) = match self.locate(key) {
+                            Ok(l) => l,
+                            Err(r) => return answer(reply, r),
+                        };
+                        if let Op::Put { blob, .. } = &op
+                            && blob.len() > self.cfg.object_bytes_max
+                        {
+                            return answer(
+                                reply,
+                                Response::error(
+                                    ErrorCode::TooLarge,
+                                    format!(
+                                        "object of {} bytes exceeds the limit of {} bytes",
+                                        blob.len(),
+                                        self.cfg.object_bytes_max
+                                    ),
+                                ),
+                            );
+                        }
+                        if now_us().abs_diff(*hlc_us) > self.cfg.clock_skew_max_us {
+                            return answer(
+                                reply,
+                                Response::error(
+                                    ErrorCode::BadRequest,
+                                    "the client's clock is too far from the node's",
+                                ),
+                            );
+                        }
+                        if let Err(r) = self.check_member(g, s) {
+                            return answer(reply, r);
+                        }
+                        (g, kind == StoreKind::Persistent)
+                    }
+                    Op::CreatePool { spec, .. } => {
+                        // Check now for a fast, clear error; the delivery decides.
+                        let mut trial = self.pools.clone();
+                        if let Err(e) = trial.create(spec.clone(), &self.cfg.shards) {
+                            return answer(reply, pool_error(&e));
+                        }
+                        (0, false)
+                    }
+                    Op::RemovePool { path, .. } => {
+                        if self.pools.get(path).is_none() {
+                            return answer(
+                                reply,
+                                pool_error(&PoolError::NoSuchPool { path: path.clone() }),
+                            );
+                        }
+                        (0, false)
+                    }
+                    Op::Read { .. } => unreachable!("refused above"),
+                };
+                if forget {
+                    let _ = self.handle.send(subgroup, bytes).await;
+                    return answer(reply, Response::Done);
+                }
+                self.multicast(subgroup, id, bytes, Waiting::Write { reply, persistent })
+                    .await;
+                Some(())
+            }
+            Request::TriggerPut { key, .. } => {
+                // Nothing stored: it only matters to logic triggered on arrival (UDLs).
+                match self.locate(&key) {
+                    Ok(_) => answer(reply, Response::Done),
+                    Err(r) => answer(reply, r),
+                }
+            }
+            Request::Get { key, at } => {
+                let (g, s, kind) = match self.locate(&key) {
+                    Ok(l) => l,
+                    Err(r) => return answer(reply, r),
+                };
+                if let Err(r) = self.check_member(g, s) {
+                    return answer(reply, r);
+                }
+                let read_at = |this: &Self, at: Version| {
+                    let Some(store) = this.stores.get(&(g, s)) else {
+                        return Ok(None);
+                    };
+                    let empty = History::default();
+                    let history = this.history.get(&(g, s)).unwrap_or(&empty);
+                    store.at_version(&key, at, history)
+                };
+                let result = match at {
+                    At::Latest => {
+                        let id = self.system_id();
+                        let bytes = op::encode(&Op::Read { id });
+                        let waiting = Waiting::Read {
+                            reply,
+                            keys: vec![key],
+                            multi: false,
+                        };
+                        self.multicast(g, id, bytes, waiting).await;
+                        return Some(());
+                    }
+                    At::Version(v) => read_at(self, v),
+                    At::Stable => match kind {
+                        StoreKind::Persistent => match self.global.get(&g) {
+                            Some(v) => read_at(self, *v),
+                            None => Ok(None),
+                        },
+                        other => Err(ReadError::NotVersioned { kind: other.name() }),
+                    },
+                    At::Time(t) => match self.stores.get(&(g, s)) {
+                        Some(store) => {
+                            let empty = History::default();
+                            let history = self.history.get(&(g, s)).unwrap_or(&empty);
+                            store.at_time(&key, t, history)
+                        }
+                        None => Ok(None),
+                    },
+                };
+                match result {
+                    Ok(o) => answer(reply, Response::Object(o.as_ref().map(wire_object))),
+                    Err(e) => answer(reply, read_error(e)),
+                }
+            }
+            Request::MultiGet { keys } => {
+                let mut target = None;
+                for key in &keys {
+                    let (g, s, _) = match self.locate(key) {
+                        Ok(l) => l,
+                        Err(r) => return answer(reply, r),
+                    };
+                    if target.is_some_and(|t| t != (g, s)) {
+                        return answer(
+                            reply,
+                            Response::error(
+                                ErrorCode::BadRequest,
+                                "multi_get reads one shard: these keys live on several",
+                            ),
+                        );
+                    }
+                    target = Some((g, s));
+                }
+                let Some((g, s)) = target else {
+                    return answer(reply, Response::Objects(Vec::new()));
+                };
+                if let Err(r) = self.check_member(g, s) {
+                    return answer(reply, r);
+                }
+                let id = self.system_id();
+                let bytes = op::encode(&Op::Read { id });
+                let waiting = Waiting::Read {
+                    reply,
+                    keys,
+                    multi: true,
+                };
+                self.multicast(g, id, bytes, waiting).await;
+                Some(())
+            }
+            Request::GetSize { key } => {
+                let (g, s, _) = match self.locate(&key) {
+                    Ok(l) => l,
+                    Err(r) => return answer(reply, r),
+                };
+                if let Err(r) = self.check_member(g, s) {
+                    return answer(reply, r);
+                }
+                let size = self
+                    .stores
+                    .get(&(g, s))
+                    .and_then(|st| st.size(&key))
+                    .map(|n| n as u64);
+                answer(reply, Response::Size(size))
+            }
+            Request::ListKeys { prefix, at_time_us } => {
+                let pool = match self
+                    .pools
+                    .get(&prefix)
+                    .map(Ok)
+                    .unwrap_or_else(|| self.pools.find(&prefix))
+                {
+                    Ok(p) => p.clone(),
+                    Err(e) => return answer(reply, pool_error(&e)),
+                };
+                let g = pool.spec.subgroup;
+                let mut keys = Vec::new();
+                for s in 0..pool.shards {
+                    if let Err(r) = self.check_member(g, s) {
+                        return answer(reply, r);
+                    }
+                    if let Some(store) = self.stores.get(&(g, s)) {
+                        keys.extend(
+                            store
+                                .list_keys(&prefix, at_time_us)
+                                .into_iter()
+                                .map(|k| k.to_string()),
+                        );
+                    }
+                }
+                keys.sort();
+                answer(reply, Response::Keys(keys))
+            }
+            Request::ListPools => answer(
+                reply,
+                Response::Pools(self.pools.list().map(|p| p.spec.clone()).collect()),
+            ),
+            Request::FindPool { key } => match self.pools.find(&key) {
+                Ok(p) => answer(reply, Response::Pools(vec![p.spec.clone()])),
+                Err(e) => answer(reply, pool_error(&e)),
+            },
+            Request::Members => {
+                let Some(view) = &self.view else {
+                    return answer(
+                        reply,
+                        Response::error(ErrorCode::Unavailable, "not joined yet"),
+                    );
+                };
+                let members = view
+                    .members
+                    .iter()
+                    .map(|m| MemberInfo {
+                        node: m.node,
+                        incarnation: m.incarnation,
+                        client_addr: self
+                            .cfg
+                            .client_addrs
+                            .get(&m.node)
+                            .cloned()
+                            .unwrap_or_default(),
+                    })
+                    .collect();
+                answer(
+                    reply,
+                    Response::Members {
+                        view_id: view.id,
+                        members,
+                    },
+                )
+            }
+            Request::Watch { .. } => answer(
+                reply,
+                Response::error(
+                    ErrorCode::BadRequest,
+                    "watch is a stream; use the watch frame",
+                ),
+            ),
+        }
+    }
+}
+
+/// A stable id for a default pool's creation, the same at every node.
+fn pool_seq(path: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(path.as_bytes())
+}

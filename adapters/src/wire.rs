@@ -1,0 +1,1003 @@
+//! The client wire protocol: length-prefixed binary frames over TCP.
+//!
+//! A frame is `len: u32` (of what follows) `| kind: u8 | body`. The client opens with
+//! `Hello` (magic, protocol version, bearer token); the node answers `Welcome` (its id and
+//! the role granted) or `Refused` (a reason) and closes. Then the client sends `Request`s
+//! (`request id: u64` + a request) and the node answers each with a `Response` (the same
+//! id + a response), in any order; a watch answers with a stream of `Event`s under the
+//! watch's request id. Object bytes are the last field of their message and are sliced
+//! out of the received frame, never copied by a serialization step. Every frame is
+//! bounded by the node's `frame_bytes_max`, checked before anything is allocated.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use squall_kvs::{PoolSpec, StoreKind};
+use squall_platform::Version;
+use thiserror::Error;
+
+pub const MAGIC: u32 = 0x5351_4b56; // "SQKV"
+pub const PROTOCOL_VERSION: u16 = 1;
+
+const FRAME_HELLO: u8 = 1;
+const FRAME_WELCOME: u8 = 2;
+const FRAME_REFUSED: u8 = 3;
+const FRAME_REQUEST: u8 = 4;
+const FRAME_RESPONSE: u8 = 5;
+const FRAME_EVENT: u8 = 6;
+
+pub use crate::config::Role;
+
+/// Which version of a key a `Get` reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum At {
+    /// The latest, linearizably (an ordered read through the shard).
+    Latest,
+    /// As of this shard version.
+    Version(Version),
+    /// As of this timestamp (µs).
+    Time(u64),
+    /// The latest version durable on every replica.
+    Stable,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// A put, remove or pool change: `op` is the operation encoded as the shard will apply
+    /// it (`squall_kvs::op::encode`). The node validates it and multicasts these very
+    /// bytes: the object's bytes are never copied after they left the socket.
+    Write {
+        /// Answer once accepted, before the operation is applied (`put_and_forget`).
+        forget: bool,
+        op: Bytes,
+    },
+    /// To this node only, not stored: for logic triggered on arrival.
+    TriggerPut {
+        key: String,
+        blob: Bytes,
+    },
+    Get {
+        key: String,
+        at: At,
+    },
+    /// Several keys of one shard, read at one point of its order.
+    MultiGet {
+        keys: Vec<String>,
+    },
+    GetSize {
+        key: String,
+    },
+    ListKeys {
+        prefix: String,
+        at_time_us: Option<u64>,
+    },
+    ListPools,
+    FindPool {
+        key: String,
+    },
+    Members,
+    Watch {
+        prefix: String,
+    },
+}
+
+/// An object as a client sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireObject {
+    pub key: String,
+    pub version: Version,
+    pub timestamp_us: u64,
+    pub previous_version: Option<Version>,
+    pub previous_key_version: Option<Version>,
+    pub blob: Bytes,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub node: u32,
+    pub incarnation: u32,
+    pub client_addr: String,
+}
+
+/// Stable error codes: clients and scripts match on these, not on messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ErrorCode {
+    BadRequest = 1,
+    Unauthenticated = 2,
+    Forbidden = 3,
+    InvalidKey = 4,
+    NoPoolForKey = 5,
+    NoSuchPool = 6,
+    PoolExists = 7,
+    NestedPool = 8,
+    InvalidPool = 9,
+    TooLarge = 10,
+    Conflict = 11,
+    NoSuchKey = 12,
+    NotVersioned = 13,
+    /// This node holds no replica of the key's shard; `redirect` lists nodes that do.
+    NotHere = 14,
+    /// Try again (a view change aborted the request, or the node is busy).
+    Unavailable = 15,
+    Internal = 16,
+}
+
+impl ErrorCode {
+    fn from_u16(v: u16) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        [
+            BadRequest,
+            Unauthenticated,
+            Forbidden,
+            InvalidKey,
+            NoPoolForKey,
+            NoSuchPool,
+            PoolExists,
+            NestedPool,
+            InvalidPool,
+            TooLarge,
+            Conflict,
+            NoSuchKey,
+            NotVersioned,
+            NotHere,
+            Unavailable,
+            Internal,
+        ]
+        .into_iter()
+        .find(|c| *c as u16 == v)
+    }
+
+    pub fn name(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            BadRequest => "bad_request",
+            Unauthenticated => "unauthenticated",
+            Forbidden => "forbidden",
+            InvalidKey => "invalid_key",
+            NoPoolForKey => "no_pool_for_key",
+            NoSuchPool => "no_such_pool",
+            PoolExists => "pool_exists",
+            NestedPool => "nested_pool",
+            InvalidPool => "invalid_pool",
+            TooLarge => "too_large",
+            Conflict => "conflict",
+            NoSuchKey => "no_such_key",
+            NotVersioned => "not_versioned",
+            NotHere => "not_here",
+            Unavailable => "unavailable",
+            Internal => "internal",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    Written {
+        version: Version,
+        timestamp_us: u64,
+    },
+    Done,
+    Object(Option<WireObject>),
+    Objects(Vec<Option<WireObject>>),
+    Size(Option<u64>),
+    Keys(Vec<String>),
+    Pools(Vec<PoolSpec>),
+    Members {
+        view_id: u32,
+        members: Vec<MemberInfo>,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        /// `Conflict`: the version the condition was checked against.
+        current: Option<Version>,
+        /// `NotHere`: client addresses of nodes that hold the shard.
+        redirect: Vec<String>,
+    },
+}
+
+impl Response {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+        Response::Error {
+            code,
+            message: message.into(),
+            current: None,
+            redirect: Vec::new(),
+        }
+    }
+}
+
+/// A change delivered under a watched prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub key: String,
+    pub version: Version,
+    pub timestamp_us: u64,
+    /// `None`: the key was removed.
+    pub blob: Option<Bytes>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    Hello {
+        magic: u32,
+        version: u16,
+        token: Option<String>,
+    },
+    Welcome {
+        node: u32,
+        role: Role,
+    },
+    Refused {
+        reason: String,
+    },
+    Request {
+        request_id: u64,
+        request: Request,
+    },
+    Response {
+        request_id: u64,
+        response: Response,
+    },
+    Event {
+        request_id: u64,
+        event: WatchEvent,
+    },
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum WireError {
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("frame ends inside {what}")]
+    Truncated { what: &'static str },
+    #[error("unknown {what} {tag}")]
+    UnknownTag { what: &'static str, tag: u64 },
+    #[error("{what} is not UTF-8")]
+    NotUtf8 { what: &'static str },
+    #[error("{0} bytes after the end of the frame's content")]
+    Trailing(usize),
+    #[error("{what}: {count} entries exceed the limit of {max}")]
+    TooMany {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
+}
+
+/// Entries in one list field (keys, objects, pools, members).
+const LIST_MAX: usize = 1 << 20;
+
+// ----- encoding -------------------------------------------------------------------------
+
+/// Appends `frame` (with its length prefix) to `out`.
+pub fn put_frame(out: &mut BytesMut, frame: &Frame) {
+    let start = out.len();
+    out.put_u32_le(0);
+    match frame {
+        Frame::Hello {
+            magic,
+            version,
+            token,
+        } => {
+            out.put_u8(FRAME_HELLO);
+            out.put_u32_le(*magic);
+            out.put_u16_le(*version);
+            put_opt_str(out, token.as_deref());
+        }
+        Frame::Welcome { node, role } => {
+            out.put_u8(FRAME_WELCOME);
+            out.put_u32_le(*node);
+            out.put_u8(*role as u8);
+        }
+        Frame::Refused { reason } => {
+            out.put_u8(FRAME_REFUSED);
+            put_str(out, reason);
+        }
+        Frame::Request {
+            request_id,
+            request,
+        } => {
+            out.put_u8(FRAME_REQUEST);
+            out.put_u64_le(*request_id);
+            put_request(out, request);
+        }
+        Frame::Response {
+            request_id,
+            response,
+        } => {
+            out.put_u8(FRAME_RESPONSE);
+            out.put_u64_le(*request_id);
+            put_response(out, response);
+        }
+        Frame::Event { request_id, event } => {
+            out.put_u8(FRAME_EVENT);
+            out.put_u64_le(*request_id);
+            put_str(out, &event.key);
+            out.put_u64_le(event.version.0);
+            out.put_u64_le(event.timestamp_us);
+            match &event.blob {
+                Some(b) => {
+                    out.put_u8(1);
+                    put_blob(out, b);
+                }
+                None => out.put_u8(0),
+            }
+        }
+    }
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    out.put_u32_le(s.len() as u32);
+    out.put_slice(s.as_bytes());
+}
+
+fn put_opt_str(out: &mut BytesMut, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            out.put_u8(1);
+            put_str(out, s);
+        }
+        None => out.put_u8(0),
+    }
+}
+
+fn put_blob(out: &mut BytesMut, b: &Bytes) {
+    out.put_u32_le(b.len() as u32);
+    out.put_slice(b);
+}
+
+fn put_version(out: &mut BytesMut, v: Option<Version>) {
+    match v {
+        Some(v) => {
+            out.put_u8(1);
+            out.put_u64_le(v.0);
+        }
+        None => out.put_u8(0),
+    }
+}
+
+fn put_spec(out: &mut BytesMut, spec: &PoolSpec) {
+    put_str(out, &spec.path);
+    out.put_u8(match spec.kind {
+        StoreKind::Volatile => 0,
+        StoreKind::Persistent => 1,
+        StoreKind::Trigger => 2,
+    });
+    out.put_u32_le(spec.subgroup);
+    out.put_u32_le(spec.shards);
+    put_opt_str(out, spec.affinity.as_deref());
+    out.put_u32_le(spec.overrides.len() as u32);
+    for (k, s) in &spec.overrides {
+        put_str(out, k);
+        out.put_u32_le(*s);
+    }
+}
+
+fn put_object(out: &mut BytesMut, o: &Option<WireObject>) {
+    let Some(o) = o else {
+        out.put_u8(0);
+        return;
+    };
+    out.put_u8(1);
+    put_str(out, &o.key);
+    out.put_u64_le(o.version.0);
+    out.put_u64_le(o.timestamp_us);
+    put_version(out, o.previous_version);
+    put_version(out, o.previous_key_version);
+    put_blob(out, &o.blob);
+}
+
+fn put_request(out: &mut BytesMut, r: &Request) {
+    match r {
+        Request::Write { forget, op } => {
+            out.put_u8(1);
+            out.put_u8(u8::from(*forget));
+            out.put_slice(op);
+        }
+        Request::TriggerPut { key, blob } => {
+            out.put_u8(2);
+            put_str(out, key);
+            put_blob(out, blob);
+        }
+        Request::Get { key, at } => {
+            out.put_u8(4);
+            put_str(out, key);
+            match at {
+                At::Latest => out.put_u8(0),
+                At::Version(v) => {
+                    out.put_u8(1);
+                    out.put_u64_le(v.0);
+                }
+                At::Time(t) => {
+                    out.put_u8(2);
+                    out.put_u64_le(*t);
+                }
+                At::Stable => out.put_u8(3),
+            }
+        }
+        Request::MultiGet { keys } => {
+            out.put_u8(5);
+            out.put_u32_le(keys.len() as u32);
+            for k in keys {
+                put_str(out, k);
+            }
+        }
+        Request::GetSize { key } => {
+            out.put_u8(6);
+            put_str(out, key);
+        }
+        Request::ListKeys { prefix, at_time_us } => {
+            out.put_u8(7);
+            put_str(out, prefix);
+            match at_time_us {
+                Some(t) => {
+                    out.put_u8(1);
+                    out.put_u64_le(*t);
+                }
+                None => out.put_u8(0),
+            }
+        }
+        Request::ListPools => out.put_u8(10),
+        Request::FindPool { key } => {
+            out.put_u8(11);
+            put_str(out, key);
+        }
+        Request::Members => out.put_u8(12),
+        Request::Watch { prefix } => {
+            out.put_u8(13);
+            put_str(out, prefix);
+        }
+    }
+}
+
+fn put_response(out: &mut BytesMut, r: &Response) {
+    match r {
+        Response::Written {
+            version,
+            timestamp_us,
+        } => {
+            out.put_u8(1);
+            out.put_u64_le(version.0);
+            out.put_u64_le(*timestamp_us);
+        }
+        Response::Done => out.put_u8(2),
+        Response::Object(o) => {
+            out.put_u8(3);
+            put_object(out, o);
+        }
+        Response::Objects(list) => {
+            out.put_u8(4);
+            out.put_u32_le(list.len() as u32);
+            for o in list {
+                put_object(out, o);
+            }
+        }
+        Response::Size(s) => {
+            out.put_u8(5);
+            match s {
+                Some(s) => {
+                    out.put_u8(1);
+                    out.put_u64_le(*s);
+                }
+                None => out.put_u8(0),
+            }
+        }
+        Response::Keys(keys) => {
+            out.put_u8(6);
+            out.put_u32_le(keys.len() as u32);
+            for k in keys {
+                put_str(out, k);
+            }
+        }
+        Response::Pools(pools) => {
+            out.put_u8(7);
+            out.put_u32_le(pools.len() as u32);
+            for p in pools {
+                put_spec(out, p);
+            }
+        }
+        Response::Members { view_id, members } => {
+            out.put_u8(8);
+            out.put_u32_le(*view_id);
+            out.put_u32_le(members.len() as u32);
+            for m in members {
+                out.put_u32_le(m.node);
+                out.put_u32_le(m.incarnation);
+                put_str(out, &m.client_addr);
+            }
+        }
+        Response::Error {
+            code,
+            message,
+            current,
+            redirect,
+        } => {
+            out.put_u8(9);
+            out.put_u16_le(*code as u16);
+            put_str(out, message);
+            put_version(out, *current);
+            out.put_u32_le(redirect.len() as u32);
+            for r in redirect {
+                put_str(out, r);
+            }
+        }
+    }
+}
+
+// ----- decoding -------------------------------------------------------------------------
+
+/// Splits one whole frame off the front of `buf` if it is there: `Ok(None)` asks for more
+/// bytes. A length over `max` is an error at once, before any buffering.
+pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, WireError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max {
+        return Err(WireError::TooLarge { len, max });
+    }
+    if buf.len() < 4 + len {
+        buf.reserve(4 + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(4);
+    Ok(Some(buf.split_to(len).freeze()))
+}
+
+/// Decodes one frame's content (without its length prefix).
+pub fn decode_frame(mut b: Bytes) -> Result<Frame, WireError> {
+    let r = &mut b;
+    let frame = match u8_(r, "frame kind")? {
+        FRAME_HELLO => Frame::Hello {
+            magic: u32_(r, "magic")?,
+            version: u16_(r, "protocol version")?,
+            token: opt_str(r, "token")?,
+        },
+        FRAME_WELCOME => Frame::Welcome {
+            node: u32_(r, "node")?,
+            role: role(r)?,
+        },
+        FRAME_REFUSED => Frame::Refused {
+            reason: str_(r, "reason")?,
+        },
+        FRAME_REQUEST => Frame::Request {
+            request_id: u64_(r, "request id")?,
+            request: request(r)?,
+        },
+        FRAME_RESPONSE => Frame::Response {
+            request_id: u64_(r, "request id")?,
+            response: response(r)?,
+        },
+        FRAME_EVENT => Frame::Event {
+            request_id: u64_(r, "request id")?,
+            event: WatchEvent {
+                key: str_(r, "key")?,
+                version: Version(u64_(r, "version")?),
+                timestamp_us: u64_(r, "timestamp")?,
+                blob: match u8_(r, "blob presence")? {
+                    0 => None,
+                    1 => Some(blob(r)?),
+                    t => return Err(tag("blob presence", t)),
+                },
+            },
+        },
+        t => return Err(tag("frame kind", t)),
+    };
+    if b.has_remaining() {
+        return Err(WireError::Trailing(b.remaining()));
+    }
+    Ok(frame)
+}
+
+fn tag(what: &'static str, t: u8) -> WireError {
+    WireError::UnknownTag {
+        what,
+        tag: u64::from(t),
+    }
+}
+
+fn need(r: &Bytes, n: usize, what: &'static str) -> Result<(), WireError> {
+    if r.remaining() < n {
+        return Err(WireError::Truncated { what });
+    }
+    Ok(())
+}
+
+fn u8_(r: &mut Bytes, what: &'static str) -> Result<u8, WireError> {
+    need(r, 1, what)?;
+    Ok(r.get_u8())
+}
+
+fn u16_(r: &mut Bytes, what: &'static str) -> Result<u16, WireError> {
+    need(r, 2, what)?;
+    Ok(r.get_u16_le())
+}
+
+fn u32_(r: &mut Bytes, what: &'static str) -> Result<u32, WireError> {
+    need(r, 4, what)?;
+    Ok(r.get_u32_le())
+}
+
+fn u64_(r: &mut Bytes, what: &'static str) -> Result<u64, WireError> {
+    need(r, 8, what)?;
+    Ok(r.get_u64_le())
+}
+
+fn count(r: &mut Bytes, what: &'static str, min_bytes: usize) -> Result<usize, WireError> {
+    let n = u32_(r, what)? as usize;
+    if n > LIST_MAX {
+        return Err(WireError::TooMany {
+            what,
+            count: n,
+            max: LIST_MAX,
+        });
+    }
+    need(r, n.saturating_mul(min_bytes), what)?;
+    Ok(n)
+}
+
+fn blob(r: &mut Bytes) -> Result<Bytes, WireError> {
+    let n = u32_(r, "blob length")? as usize;
+    need(r, n, "blob")?;
+    Ok(r.split_to(n))
+}
+
+fn str_(r: &mut Bytes, what: &'static str) -> Result<String, WireError> {
+    let n = u32_(r, what)? as usize;
+    need(r, n, what)?;
+    String::from_utf8(r.split_to(n).to_vec()).map_err(|_| WireError::NotUtf8 { what })
+}
+
+fn opt_str(r: &mut Bytes, what: &'static str) -> Result<Option<String>, WireError> {
+    match u8_(r, what)? {
+        0 => Ok(None),
+        1 => Ok(Some(str_(r, what)?)),
+        t => Err(tag(what, t)),
+    }
+}
+
+fn version(r: &mut Bytes) -> Result<Option<Version>, WireError> {
+    match u8_(r, "version presence")? {
+        0 => Ok(None),
+        1 => Ok(Some(Version(u64_(r, "version")?))),
+        t => Err(tag("version presence", t)),
+    }
+}
+
+fn role(r: &mut Bytes) -> Result<Role, WireError> {
+    match u8_(r, "role")? {
+        0 => Ok(Role::Read),
+        1 => Ok(Role::Write),
+        2 => Ok(Role::Admin),
+        t => Err(tag("role", t)),
+    }
+}
+
+fn spec(r: &mut Bytes) -> Result<PoolSpec, WireError> {
+    let path = str_(r, "pool path")?;
+    let kind = match u8_(r, "store kind")? {
+        0 => StoreKind::Volatile,
+        1 => StoreKind::Persistent,
+        2 => StoreKind::Trigger,
+        t => return Err(tag("store kind", t)),
+    };
+    let subgroup = u32_(r, "subgroup")?;
+    let shards = u32_(r, "shards")?;
+    let affinity = opt_str(r, "affinity")?;
+    let n = count(r, "overrides", 8)?;
+    let mut overrides = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let k = str_(r, "override key")?;
+        overrides.insert(k, u32_(r, "override shard")?);
+    }
+    Ok(PoolSpec {
+        path,
+        kind,
+        subgroup,
+        shards,
+        affinity,
+        overrides,
+    })
+}
+
+fn object(r: &mut Bytes) -> Result<Option<WireObject>, WireError> {
+    match u8_(r, "object presence")? {
+        0 => Ok(None),
+        1 => Ok(Some(WireObject {
+            key: str_(r, "key")?,
+            version: Version(u64_(r, "version")?),
+            timestamp_us: u64_(r, "timestamp")?,
+            previous_version: version(r)?,
+            previous_key_version: version(r)?,
+            blob: blob(r)?,
+        })),
+        t => Err(tag("object presence", t)),
+    }
+}
+
+fn request(r: &mut Bytes) -> Result<Request, WireError> {
+    Ok(match u8_(r, "request")? {
+        1 => {
+            let forget = u8_(r, "forget")? != 0;
+            // The rest of the frame is the operation (decoded and checked by the node).
+            Request::Write {
+                forget,
+                op: r.split_to(r.remaining()),
+            }
+        }
+        2 => {
+            let key = str_(r, "key")?;
+            Request::TriggerPut {
+                key,
+                blob: blob(r)?,
+            }
+        }
+        4 => {
+            let key = str_(r, "key")?;
+            let at = match u8_(r, "read point")? {
+                0 => At::Latest,
+                1 => At::Version(Version(u64_(r, "version")?)),
+                2 => At::Time(u64_(r, "time")?),
+                3 => At::Stable,
+                t => return Err(tag("read point", t)),
+            };
+            Request::Get { key, at }
+        }
+        5 => {
+            let n = count(r, "keys", 4)?;
+            Request::MultiGet {
+                keys: (0..n).map(|_| str_(r, "key")).collect::<Result<_, _>>()?,
+            }
+        }
+        6 => Request::GetSize {
+            key: str_(r, "key")?,
+        },
+        7 => Request::ListKeys {
+            prefix: str_(r, "prefix")?,
+            at_time_us: match u8_(r, "time presence")? {
+                0 => None,
+                1 => Some(u64_(r, "time")?),
+                t => return Err(tag("time presence", t)),
+            },
+        },
+        10 => Request::ListPools,
+        11 => Request::FindPool {
+            key: str_(r, "key")?,
+        },
+        12 => Request::Members,
+        13 => Request::Watch {
+            prefix: str_(r, "prefix")?,
+        },
+        t => return Err(tag("request", t)),
+    })
+}
+
+fn response(r: &mut Bytes) -> Result<Response, WireError> {
+    Ok(match u8_(r, "response")? {
+        1 => Response::Written {
+            version: Version(u64_(r, "version")?),
+            timestamp_us: u64_(r, "timestamp")?,
+        },
+        2 => Response::Done,
+        3 => Response::Object(object(r)?),
+        4 => {
+            let n = count(r, "objects", 1)?;
+            Response::Objects((0..n).map(|_| object(r)).collect::<Result<_, _>>()?)
+        }
+        5 => Response::Size(match u8_(r, "size presence")? {
+            0 => None,
+            1 => Some(u64_(r, "size")?),
+            t => return Err(tag("size presence", t)),
+        }),
+        6 => {
+            let n = count(r, "keys", 4)?;
+            Response::Keys((0..n).map(|_| str_(r, "key")).collect::<Result<_, _>>()?)
+        }
+        7 => {
+            let n = count(r, "pools", 14)?;
+            Response::Pools((0..n).map(|_| spec(r)).collect::<Result<_, _>>()?)
+        }
+        8 => {
+            let view_id = u32_(r, "view id")?;
+            let n = count(r, "members", 12)?;
+            let members = (0..n)
+                .map(|_| {
+                    Ok(MemberInfo {
+                        node: u32_(r, "node")?,
+                        incarnation: u32_(r, "incarnation")?,
+                        client_addr: str_(r, "client address")?,
+                    })
+                })
+                .collect::<Result<_, WireError>>()?;
+            Response::Members { view_id, members }
+        }
+        9 => {
+            let raw = u16_(r, "error code")?;
+            let code = ErrorCode::from_u16(raw).ok_or(WireError::UnknownTag {
+                what: "error code",
+                tag: u64::from(raw),
+            })?;
+            let message = str_(r, "error message")?;
+            let current = version(r)?;
+            let n = count(r, "redirects", 4)?;
+            let redirect = (0..n)
+                .map(|_| str_(r, "redirect"))
+                .collect::<Result<_, _>>()?;
+            Response::Error {
+                code,
+                message,
+                current,
+                redirect,
+            }
+        }
+        t => return Err(tag("response", t)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames() -> Vec<Frame> {
+        let mut spec = PoolSpec::new("/p", StoreKind::Persistent, 1);
+        spec.affinity = Some("a+".into());
+        spec.overrides.insert("/p/x".into(), 0);
+        let object = WireObject {
+            key: "/p/a".into(),
+            version: Version::new(2, 3),
+            timestamp_us: 9,
+            previous_version: Some(Version::new(2, 1)),
+            previous_key_version: None,
+            blob: Bytes::from_static(b"value"),
+        };
+        let requests = vec![
+            Request::Write {
+                forget: true,
+                op: Bytes::from_static(b"\x01opaque to the wire"),
+            },
+            Request::TriggerPut {
+                key: "/t/a".into(),
+                blob: Bytes::new(),
+            },
+            Request::Get {
+                key: "/p/a".into(),
+                at: At::Time(77),
+            },
+            Request::Get {
+                key: "/p/a".into(),
+                at: At::Stable,
+            },
+            Request::MultiGet {
+                keys: vec!["/p/a".into(), "/p/b".into()],
+            },
+            Request::GetSize { key: "/p/a".into() },
+            Request::ListKeys {
+                prefix: "/p".into(),
+                at_time_us: Some(3),
+            },
+            Request::ListPools,
+            Request::FindPool { key: "/p/a".into() },
+            Request::Members,
+            Request::Watch {
+                prefix: "/p".into(),
+            },
+        ];
+        let responses = vec![
+            Response::Written {
+                version: Version(1),
+                timestamp_us: 2,
+            },
+            Response::Done,
+            Response::Object(Some(object.clone())),
+            Response::Object(None),
+            Response::Objects(vec![Some(object), None]),
+            Response::Size(Some(5)),
+            Response::Keys(vec!["/p/a".into()]),
+            Response::Pools(vec![spec]),
+            Response::Members {
+                view_id: 4,
+                members: vec![MemberInfo {
+                    node: 1,
+                    incarnation: 2,
+                    client_addr: "127.0.0.1:7201".into(),
+                }],
+            },
+            Response::Error {
+                code: ErrorCode::Conflict,
+                message: "no".into(),
+                current: Some(Version(8)),
+                redirect: vec!["x".into()],
+            },
+        ];
+        let mut all = vec![
+            Frame::Hello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                token: Some("t".into()),
+            },
+            Frame::Welcome {
+                node: 2,
+                role: Role::Write,
+            },
+            Frame::Refused {
+                reason: "bad token".into(),
+            },
+            Frame::Event {
+                request_id: 1,
+                event: WatchEvent {
+                    key: "/p/a".into(),
+                    version: Version(3),
+                    timestamp_us: 4,
+                    blob: Some(Bytes::from_static(b"z")),
+                },
+            },
+        ];
+        all.extend(
+            requests
+                .into_iter()
+                .enumerate()
+                .map(|(i, request)| Frame::Request {
+                    request_id: i as u64,
+                    request,
+                }),
+        );
+        all.extend(
+            responses
+                .into_iter()
+                .enumerate()
+                .map(|(i, response)| Frame::Response {
+                    request_id: i as u64,
+                    response,
+                }),
+        );
+        all
+    }
+
+    #[test]
+    fn frames_round_trip_and_damage_is_refused() {
+        for frame in frames() {
+            let mut buf = BytesMut::new();
+            put_frame(&mut buf, &frame);
+            let whole = buf.clone();
+            let body = split_frame(&mut buf, 1 << 20)
+                .expect("within the limit")
+                .expect("whole");
+            assert!(buf.is_empty());
+            assert_eq!(decode_frame(body.clone()), Ok(frame.clone()));
+            // A write's operation runs to the end of the frame; its own decoder (in
+            // squall-kvs) refuses a truncated one.
+            let open_ended = matches!(
+                frame,
+                Frame::Request {
+                    request: Request::Write { .. },
+                    ..
+                }
+            );
+            let checked = if open_ended { 10 } else { body.len() };
+            for cut in 0..checked {
+                assert!(
+                    decode_frame(body.slice(..cut)).is_err(),
+                    "{frame:?} at {cut}"
+                );
+            }
+            // A partial frame asks for more bytes.
+            let mut partial = BytesMut::from(&whole[..whole.len() - 1]);
+            assert_eq!(split_frame(&mut partial, 1 << 20), Ok(None));
+        }
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_buffering() {
+        let mut buf = BytesMut::new();
+        buf.put_u32_le(1 << 30);
+        assert_eq!(
+            split_frame(&mut buf, 1 << 20),
+            Err(WireError::TooLarge {
+                len: 1 << 30,
+                max: 1 << 20
+            })
+        );
+    }
+}
