@@ -1,0 +1,689 @@
+//! The object store against real node processes (`squall node`) on 127.0.0.1: every
+//! client operation, its errors, restarts, idempotent retries, authentication, garbage on
+//! the client port, and a linearizability check of concurrent clients while a node is
+//! killed and restarted.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use squall_adapters::client::{Client, ClientError, Policy};
+use squall_adapters::config::{self, Config, Role, TokenEntry};
+use squall_adapters::wire::{self, At, ErrorCode, Frame, Request, Response};
+use squall_kvs::op::{self, Op};
+use squall_kvs::{Condition, MessageId, PoolSpec, StoreKind};
+use squall_lincheck as lin;
+use squall_platform::Version;
+
+const SQUALL: &str = env!("CARGO_BIN_EXE_squall");
+
+fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    l.local_addr().expect("bound")
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    configs: Vec<Config>,
+    procs: BTreeMap<u32, Child>,
+}
+
+impl Cluster {
+    /// `nodes` node configs with free ports; `tokens` configured when given.
+    fn new(nodes: u32, tokens: &[(&str, Role)]) -> Cluster {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut configs =
+            config::try_local_cluster(nodes, 20_000, 21_000, dir.path()).expect("local configs");
+        let addrs: Vec<(SocketAddr, SocketAddr)> =
+            (0..nodes).map(|_| (free_addr(), free_addr())).collect();
+        for cfg in &mut configs {
+            for (i, peer) in cfg.cluster.peers.iter_mut().enumerate() {
+                peer.addr = addrs[i].0;
+                peer.client_addr = addrs[i].1;
+            }
+            cfg.node.client_addr = addrs[cfg.node.id as usize].1;
+            cfg.timing.suspicion_timeout_ms = 1_000;
+            cfg.limits.object_bytes_max = 1 << 20;
+            cfg.limits.frame_bytes_max = (1 << 20) + 8192;
+            cfg.auth.tokens = tokens
+                .iter()
+                .map(|(t, r)| TokenEntry {
+                    token: t.to_string(),
+                    role: *r,
+                })
+                .collect();
+            cfg.validate().expect("a valid test config");
+        }
+        Cluster {
+            dir,
+            configs,
+            procs: BTreeMap::new(),
+        }
+    }
+
+    fn start(&mut self, node: u32) {
+        let cfg = &self.configs[node as usize];
+        let path = self.dir.path().join(format!("n{node}.toml"));
+        std::fs::write(&path, cfg.to_toml_string()).expect("config written");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("n{node}.log")))
+            .expect("log file");
+        let child = Command::new(SQUALL)
+            .args(["node", "--config"])
+            .arg(&path)
+            .env("SQUALL_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("squall node starts");
+        self.procs.insert(node, child);
+    }
+
+    fn start_all(&mut self) {
+        for node in 0..self.configs.len() as u32 {
+            self.start(node);
+        }
+    }
+
+    fn kill9(&mut self, node: u32) {
+        if let Some(mut child) = self.procs.remove(&node) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        self.configs
+            .iter()
+            .map(|c| c.node.client_addr.to_string())
+            .collect()
+    }
+
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        for c in &self.configs {
+            let path = self.dir.path().join(format!("n{}.log", c.node.id));
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            all += &format!("\n--- node {} ---\n", c.node.id);
+            for line in tail.into_iter().rev() {
+                all += line;
+                all.push('\n');
+            }
+        }
+        all
+    }
+
+    /// A client once every running node is in one view of `members` nodes.
+    async fn client(&self, token: Option<&str>, members: usize) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(c) =
+                Client::connect(&self.addrs(), token.map(str::to_string), Policy::default()).await
+                && let Ok((_, m)) = c.members().await
+                && m.len() == members
+                && let Ok(pools) = c.list_pools().await
+                && pools.len() >= 2
+            {
+                return c;
+            }
+            if Instant::now() > deadline {
+                panic!("the cluster did not form; {}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.procs.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn code(e: &ClientError) -> Option<ErrorCode> {
+    e.code()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_and_its_errors_on_a_real_cluster() {
+    let mut cluster = Cluster::new(3, &[]);
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+
+    // Puts, gets, versions, time travel.
+    let v1 = c
+        .put("/demo/a", Bytes::from_static(b"one"))
+        .await
+        .expect("put");
+    let v2 = c
+        .put("/demo/a", Bytes::from_static(b"two"))
+        .await
+        .expect("put");
+    assert!(v2.version > v1.version && v2.timestamp_us > v1.timestamp_us);
+    let now = c.get("/demo/a").await.expect("get").expect("present");
+    assert_eq!(&now.blob[..], b"two");
+    assert_eq!(now.previous_key_version, Some(v1.version));
+    let then = c
+        .get_at("/demo/a", At::Version(v1.version))
+        .await
+        .expect("by version");
+    assert_eq!(then.map(|o| o.blob), Some(Bytes::from_static(b"one")));
+    let at_t = c
+        .get_at("/demo/a", At::Time(v1.timestamp_us))
+        .await
+        .expect("by time");
+    assert_eq!(at_t.map(|o| o.blob), Some(Bytes::from_static(b"one")));
+    assert_eq!(
+        c.get_at("/demo/a", At::Time(v1.timestamp_us - 1))
+            .await
+            .expect("by time"),
+        None
+    );
+    assert_eq!(c.get_size("/demo/a").await.expect("size"), Some(3));
+    // Stable: durable on every replica (persistent puts are answered only then).
+    let stable = c.get_at("/demo/a", At::Stable).await.expect("stable");
+    assert_eq!(stable.map(|o| o.version), Some(v2.version));
+
+    // Conditional puts.
+    let conflict = c
+        .put_if(
+            "/demo/a",
+            Bytes::from_static(b"x"),
+            Condition::KeyVersion(None),
+        )
+        .await
+        .expect_err("the key exists");
+    assert_eq!(code(&conflict), Some(ErrorCode::Conflict));
+    assert!(matches!(conflict, ClientError::Server { current: Some(v), .. } if v == v2.version));
+    c.put_if(
+        "/demo/a",
+        Bytes::from_static(b"three"),
+        Condition::KeyVersion(Some(v2.version)),
+    )
+    .await
+    .expect("the expected version");
+    c.put_if(
+        "/demo/new",
+        Bytes::from_static(b"n"),
+        Condition::KeyVersion(None),
+    )
+    .await
+    .expect("absent");
+
+    // Remove, list, multi_get.
+    c.put("/demo/b", Bytes::from_static(b"bee"))
+        .await
+        .expect("put");
+    let before_rm = c
+        .put("/demo/c", Bytes::from_static(b"sea"))
+        .await
+        .expect("put");
+    c.remove("/demo/c").await.expect("remove");
+    assert_eq!(c.get("/demo/c").await.expect("get"), None);
+    assert_eq!(
+        code(&c.remove("/demo/c").await.expect_err("gone")),
+        Some(ErrorCode::NoSuchKey)
+    );
+    let keys = c.list_keys("/demo", None).await.expect("ls");
+    assert_eq!(keys, vec!["/demo/a", "/demo/b", "/demo/new"]);
+    let past = c
+        .list_keys("/demo", Some(before_rm.timestamp_us))
+        .await
+        .expect("ls");
+    assert!(past.contains(&"/demo/c".to_string()));
+    let both = c
+        .multi_get(&[
+            "/demo/a".to_string(),
+            "/demo/b".to_string(),
+            "/demo/zz".to_string(),
+        ])
+        .await
+        .expect("multi_get");
+    assert_eq!(both.len(), 3);
+    assert_eq!(both[1].as_ref().map(|o| &o.blob[..]), Some(&b"bee"[..]));
+    assert!(both[2].is_none());
+
+    // Volatile pool: no history.
+    c.put("/cache/k", Bytes::from_static(b"v"))
+        .await
+        .expect("volatile put");
+    assert_eq!(
+        code(
+            &c.get_at("/cache/k", At::Version(Version(1)))
+                .await
+                .expect_err("no history")
+        ),
+        Some(ErrorCode::NotVersioned)
+    );
+
+    // Pools and their errors.
+    let pools = c.list_pools().await.expect("pools");
+    let persistent_subgroup = pools
+        .iter()
+        .find(|p| p.kind == StoreKind::Persistent)
+        .expect("the default persistent pool")
+        .subgroup;
+    c.create_pool(PoolSpec::new(
+        "/photos",
+        StoreKind::Persistent,
+        persistent_subgroup,
+    ))
+    .await
+    .expect("create");
+    assert_eq!(
+        c.find_pool("/photos/cat.jpg").await.expect("find").path,
+        "/photos"
+    );
+    let nested = c
+        .create_pool(PoolSpec::new(
+            "/photos/cats",
+            StoreKind::Persistent,
+            persistent_subgroup,
+        ))
+        .await
+        .expect_err("nested");
+    assert_eq!(code(&nested), Some(ErrorCode::NestedPool));
+    let exists = c
+        .create_pool(PoolSpec::new(
+            "/photos",
+            StoreKind::Persistent,
+            persistent_subgroup,
+        ))
+        .await
+        .expect_err("exists");
+    assert_eq!(code(&exists), Some(ErrorCode::PoolExists));
+    let bad_subgroup = c
+        .create_pool(PoolSpec::new("/x", StoreKind::Persistent, 99))
+        .await
+        .expect_err("no subgroup 99");
+    assert_eq!(code(&bad_subgroup), Some(ErrorCode::InvalidPool));
+    c.remove_pool("/photos").await.expect("remove pool");
+    assert_eq!(
+        code(&c.remove_pool("/photos").await.expect_err("gone")),
+        Some(ErrorCode::NoSuchPool)
+    );
+
+    // Bad keys and objects change nothing.
+    for (key, expected) in [
+        ("/nowhere/k", ErrorCode::NoPoolForKey),
+        ("relative", ErrorCode::InvalidKey),
+        ("/demo//x", ErrorCode::InvalidKey),
+    ] {
+        let e = c.put(key, Bytes::from_static(b"v")).await.expect_err(key);
+        assert_eq!(code(&e), Some(expected), "{key}: {e}");
+    }
+    let huge = Bytes::from(vec![0u8; (1 << 20) + 1]);
+    let too_large = c.put("/demo/huge", huge).await.expect_err("over the limit");
+    assert_eq!(code(&too_large), Some(ErrorCode::TooLarge), "{too_large}");
+    assert_eq!(c.get("/demo/huge").await.expect("get"), None);
+
+    // Watch and members.
+    let mut watch = c.watch("/demo").await.expect("watch");
+    c.put("/demo/w", Bytes::from_static(b"seen"))
+        .await
+        .expect("put");
+    let event = tokio::time::timeout(Duration::from_secs(10), watch.recv())
+        .await
+        .expect("an event in time")
+        .expect("the stream is open");
+    assert_eq!(event.key, "/demo/w");
+    assert_eq!(event.blob, Some(Bytes::from_static(b"seen")));
+    let (_, members) = c.members().await.expect("members");
+    assert_eq!(members.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_objects_and_time_travel_survive_a_restart_of_every_node() {
+    let mut cluster = Cluster::new(3, &[]);
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    let first = c
+        .put("/demo/k", Bytes::from_static(b"before"))
+        .await
+        .expect("put");
+    let second = c
+        .put("/demo/k", Bytes::from_static(b"after"))
+        .await
+        .expect("put");
+    drop(c);
+    for node in 0..3 {
+        cluster.kill9(node);
+    }
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    let latest = c.get("/demo/k").await.expect("get").expect("survived");
+    assert_eq!(
+        (&latest.blob[..], latest.version),
+        (&b"after"[..], second.version)
+    );
+    let past = c
+        .get_at("/demo/k", At::Time(first.timestamp_us))
+        .await
+        .expect("by time")
+        .expect("the old version");
+    assert_eq!(&past.blob[..], b"before");
+    // And the cluster takes writes again.
+    let third = c
+        .put("/demo/k", Bytes::from_static(b"again"))
+        .await
+        .expect("put");
+    assert!(third.version > second.version);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_put_is_applied_once() {
+    let mut cluster = Cluster::new(3, &[]);
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    let now_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as u64;
+    let put = Op::Put {
+        id: MessageId {
+            client: 4242,
+            seq: 1,
+        },
+        hlc_us: now_us,
+        condition: Condition::Always,
+        key: "/demo/once".into(),
+        blob: Bytes::from_static(b"payload"),
+    };
+    let bytes = op::encode(&put);
+    // Send the put on a raw connection and cut it before the reply.
+    let addr = &cluster.addrs()[0];
+    let mut raw = std::net::TcpStream::connect(addr).expect("connect");
+    let mut out = BytesMut::new();
+    wire::put_frame(
+        &mut out,
+        &Frame::Hello {
+            magic: wire::MAGIC,
+            version: wire::PROTOCOL_VERSION,
+            token: None,
+        },
+    );
+    wire::put_frame(
+        &mut out,
+        &Frame::Request {
+            request_id: 1,
+            request: Request::Write {
+                forget: false,
+                op: bytes.clone(),
+            },
+        },
+    );
+    raw.write_all(&out).expect("write");
+    raw.shutdown(std::net::Shutdown::Both).expect("cut");
+    drop(raw);
+    // Wait until the first attempt is applied, then retry the same request.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let applied = loop {
+        if let Some(o) = c.get("/demo/once").await.expect("get") {
+            break o;
+        }
+        assert!(Instant::now() < deadline, "the cut put was never applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut raw = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raw.write_all(&out).await.expect("the retry");
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    while frames.len() < 2 {
+        raw.read_buf(&mut buf).await.expect("read");
+        while let Some(body) = wire::split_frame(&mut buf, 1 << 20).expect("frame") {
+            frames.push(wire::decode_frame(body).expect("decodes"));
+        }
+    }
+    let Frame::Response {
+        response: Response::Written { version, .. },
+        ..
+    } = &frames[1]
+    else {
+        panic!("unexpected answer {:?}", frames[1]);
+    };
+    assert_eq!(*version, applied.version, "the retry got the first answer");
+    // Exactly one version exists: nothing before it.
+    let before = c
+        .get_at("/demo/once", At::Version(Version(version.0 - 1)))
+        .await
+        .expect("by version");
+    assert_eq!(before, None, "the retry was applied a second time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_roles_and_garbage_are_refused_and_the_node_stays_up() {
+    let mut cluster = Cluster::new(1, &[("admin-secret", Role::Admin), ("reader", Role::Read)]);
+    cluster.start_all();
+    let admin = cluster.client(Some("admin-secret"), 1).await;
+    admin
+        .put("/demo/k", Bytes::from_static(b"v"))
+        .await
+        .expect("admin writes");
+    let wrong = Client::connect(&cluster.addrs(), Some("wrong".into()), Policy::default())
+        .await
+        .expect_err("a wrong token");
+    assert!(matches!(wrong, ClientError::Refused { .. }), "{wrong}");
+    let none = Client::connect(&cluster.addrs(), None, Policy::default())
+        .await
+        .expect_err("no token");
+    assert!(matches!(none, ClientError::Refused { .. }), "{none}");
+    let reader = Client::connect(&cluster.addrs(), Some("reader".into()), Policy::default())
+        .await
+        .expect("a read token");
+    assert_eq!(
+        reader.get("/demo/k").await.expect("reads").map(|o| o.blob),
+        Some(Bytes::from_static(b"v"))
+    );
+    let denied = reader
+        .put("/demo/k", Bytes::from_static(b"w"))
+        .await
+        .expect_err("read only");
+    assert_eq!(code(&denied), Some(ErrorCode::Forbidden));
+    let denied = reader
+        .create_pool(PoolSpec::new("/p", StoreKind::Volatile, 2))
+        .await
+        .expect_err("not admin");
+    assert_eq!(code(&denied), Some(ErrorCode::Forbidden));
+    // Garbage, an oversized frame, a bad magic: each connection is dropped, the node lives.
+    let addr = &cluster.addrs()[0];
+    for garbage in [
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        vec![0xff, 0xff, 0xff, 0x7f, 1, 2, 3],
+        {
+            let mut b = BytesMut::new();
+            wire::put_frame(
+                &mut b,
+                &Frame::Hello {
+                    magic: 7,
+                    version: 1,
+                    token: None,
+                },
+            );
+            b.to_vec()
+        },
+    ] {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let _ = s.write_all(&garbage);
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+    assert_eq!(
+        admin
+            .get("/demo/k")
+            .await
+            .expect("still serving")
+            .map(|o| o.blob),
+        Some(Bytes::from_static(b"v"))
+    );
+    // The write that was refused changed nothing.
+    assert_eq!(reader.get_size("/demo/k").await.expect("size"), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_stay_linearizable_while_a_node_is_killed_and_restarted() {
+    let mut cluster = Cluster::new(3, &[]);
+    cluster.start_all();
+    let seed = cluster.client(None, 3).await;
+    drop(seed);
+    let clock = Instant::now();
+    let stamp = move || clock.elapsed().as_micros() as u64;
+    let history = Arc::new(std::sync::Mutex::new(lin::History::new()));
+    let next_value = Arc::new(AtomicU64::new(1));
+    let keys: Vec<String> = (0..4).map(|i| format!("/demo/lin{i}")).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for client_no in 0..5u32 {
+        let addrs = cluster.addrs();
+        let (history, next_value, keys, stop) = (
+            Arc::clone(&history),
+            Arc::clone(&next_value),
+            keys.clone(),
+            Arc::clone(&stop),
+        );
+        tasks.push(tokio::spawn(async move {
+            let c = Client::connect(&addrs, None, Policy::default())
+                .await
+                .expect("connect");
+            let mut i = client_no as usize;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let key = &keys[i % keys.len()];
+                let start = stamp();
+                match i % 3 {
+                    0 => {
+                        let value = next_value.fetch_add(1, Ordering::Relaxed);
+                        let op = lin::Op::Put {
+                            key: key.clone(),
+                            value,
+                        };
+                        match c
+                            .put(key, Bytes::copy_from_slice(&value.to_le_bytes()))
+                            .await
+                        {
+                            Ok(_) => history.lock().expect("lock").push(
+                                client_no,
+                                start,
+                                Some(stamp()),
+                                op,
+                                lin::Output::Ok,
+                            ),
+                            Err(_) => history.lock().expect("lock").push(
+                                client_no,
+                                start,
+                                None,
+                                op,
+                                lin::Output::Unknown,
+                            ),
+                        }
+                    }
+                    1 => {
+                        if let Ok(o) = c.get(key).await {
+                            let value = o.map(|o| {
+                                u64::from_le_bytes(o.blob[..8].try_into().expect("8 bytes"))
+                            });
+                            history.lock().expect("lock").push(
+                                client_no,
+                                start,
+                                Some(stamp()),
+                                lin::Op::Get { key: key.clone() },
+                                lin::Output::Value(value),
+                            );
+                        }
+                    }
+                    _ => {
+                        let pair = vec![keys[0].clone(), keys[1].clone()];
+                        if let Ok(objects) = c.multi_get(&pair).await {
+                            let values = objects
+                                .into_iter()
+                                .map(|o| {
+                                    o.map(|o| {
+                                        u64::from_le_bytes(o.blob[..8].try_into().expect("8 bytes"))
+                                    })
+                                })
+                                .collect();
+                            history.lock().expect("lock").push(
+                                client_no,
+                                start,
+                                Some(stamp()),
+                                lin::Op::MultiGet { keys: pair },
+                                lin::Output::Values(values),
+                            );
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.kill9(2);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    cluster.start(2);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("a client task");
+    }
+    // The killed node came back as a new incarnation and rejoined.
+    let c = cluster.client(None, 3).await;
+    let (_, members) = c.members().await.expect("members");
+    assert!(
+        members.iter().any(|m| m.node == 2 && m.incarnation == 2),
+        "node 2 did not rejoin: {members:?}"
+    );
+    let history = history.lock().expect("lock").clone();
+    let completed = history
+        .records()
+        .iter()
+        .filter(|r| r.returned_us.is_some())
+        .count();
+    println!(
+        "{} operations recorded ({completed} completed)",
+        history.len()
+    );
+    assert!(
+        completed > 100,
+        "too few operations to judge: {completed}; {}",
+        cluster.logs()
+    );
+    if let Err(v) = lin::check(&history) {
+        panic!("not linearizable: {v}; {}", cluster.logs());
+    }
+}
+
+#[test]
+fn the_linearizability_checker_rejects_a_stale_read() {
+    // The same checker the cluster test uses, on a hand-made bad history.
+    let mut h = lin::History::new();
+    h.push(
+        0,
+        0,
+        Some(10),
+        lin::Op::Put {
+            key: "k".into(),
+            value: 1,
+        },
+        lin::Output::Ok,
+    );
+    h.push(
+        1,
+        20,
+        Some(30),
+        lin::Op::Get { key: "k".into() },
+        lin::Output::Value(None),
+    );
+    assert!(lin::check(&h).is_err());
+}
