@@ -6,6 +6,8 @@
 //! ```text
 //! squall-bench multicast --nodes 3 --size 1KiB --seconds 10 [--senders all|one]
 //!     [--mode ordered|raw] [--json]
+//! squall-bench kv [--sizes 1KiB,64KiB,1MiB] [--clients 1,16] [--seconds 3]
+//!     [--systems squall,redis,etcd] [--json]
 //! ```
 //!
 //! The processes of a run are this binary re-executed with a hidden `node` subcommand;
@@ -13,6 +15,7 @@
 //! statistics from each and always kills them at the end.
 
 mod child;
+mod kv;
 mod multicast;
 mod node_raw;
 mod node_squall;
@@ -35,9 +38,37 @@ enum Command {
     /// Multicast throughput and latency of the group layer (squall-driver over TCP)
     /// against a raw TCP fan-out of the same messages.
     Multicast(MulticastArgs),
+    /// Object store put/get latency and throughput (3 node processes, 3 replicas)
+    /// against Redis (primary + replica) and a 3-member etcd, in the same run.
+    Kv(KvArgs),
     /// One process of a run (started by the harness itself).
     #[command(hide = true)]
     Node(NodeArgs),
+    /// One Squall object store node of a `kv` run (started by the harness itself).
+    #[command(hide = true)]
+    KvNode {
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct KvArgs {
+    /// Object sizes (bytes, or with a unit: KiB, MiB, KB, MB).
+    #[arg(long, value_delimiter = ',', default_value = "1KiB,64KiB,1MiB", value_parser = size::parse_size)]
+    pub sizes: Vec<usize>,
+    /// Concurrent clients per case.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    pub clients: Vec<usize>,
+    /// Measured seconds per case (after a short warm-up).
+    #[arg(long, default_value_t = 3.0, value_parser = parse_seconds)]
+    pub seconds: f64,
+    /// Measure only these systems (default: all three).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub systems: Vec<kv::KvSystem>,
+    /// One JSON object per line per measured case instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -208,6 +239,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Multicast(args) => multicast::run(&args),
+        Command::Kv(args) => kv::run(&args),
+        Command::KvNode { config } => kv::node_main(&config),
         Command::Node(args) => match args.system {
             System::Squall => node_squall::main(&args),
             System::RawTcp => node_raw::main(&args),

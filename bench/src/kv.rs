@@ -1,0 +1,721 @@
+//! `squall-bench kv`: put and get latency and throughput of the object store (3 node
+//! processes, 3 replicas) beside Redis (a primary and one replica: SET, SET + WAIT 1,
+//! GET) and a 3-member etcd (put, linearizable get), all on this machine in the same run.
+//!
+//! Every case is a closed loop: `clients` concurrent clients, each with its own
+//! connection, issue one request after another for `seconds`; latency is per request,
+//! throughput is completed requests per second. Redis and etcd come from Debian
+//! (`redis-server`, `etcd-server`); the harness installs them with apt when missing and
+//! starts and stops its own instances on free loopback ports. Their clients here are
+//! minimal RESP and HTTP/JSON (etcd's v3 gateway) clients, so the build stays lean; they
+//! speak keep-alive connections like any real client.
+
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use squall_adapters::client::{Client, Policy};
+use squall_adapters::config::{self, Config};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::KvArgs;
+use crate::size::{format_rate, format_size};
+
+/// Distinct keys each client cycles through.
+const KEYS_PER_CLIENT: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvSystem {
+    Squall,
+    Redis,
+    Etcd,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    bench: &'static str,
+    system: String,
+    case: String,
+    p50_us: u64,
+    p99_us: u64,
+    ops_per_s: f64,
+    bytes_per_s: f64,
+}
+
+/// One measured operation kind of one system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Workload {
+    SquallPut { persistent: bool },
+    SquallGet { persistent: bool },
+    RedisSet { wait_replica: bool },
+    RedisGet,
+    EtcdPut,
+    EtcdGet,
+}
+
+impl Workload {
+    fn system(self) -> &'static str {
+        match self {
+            Workload::SquallPut { .. } | Workload::SquallGet { .. } => "squall",
+            Workload::RedisSet { .. } | Workload::RedisGet => "redis",
+            Workload::EtcdPut | Workload::EtcdGet => "etcd",
+        }
+    }
+
+    /// The case name shared by comparable rows of different systems.
+    fn case(self, size: usize, clients: usize) -> String {
+        let what = match self {
+            Workload::SquallPut { persistent: false } => "put volatile",
+            Workload::SquallPut { persistent: true } => "put persistent",
+            Workload::SquallGet { persistent: false } => "get volatile",
+            Workload::SquallGet { persistent: true } => "get persistent",
+            Workload::RedisSet { wait_replica: true } => "put volatile",
+            Workload::RedisSet {
+                wait_replica: false,
+            } => "put volatile no-wait",
+            Workload::RedisGet => "get volatile",
+            Workload::EtcdPut => "put persistent",
+            Workload::EtcdGet => "get persistent",
+        };
+        format!("{what} {} r3 c{clients}", format_size(size))
+    }
+}
+
+fn free_addr() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Kills its processes however the run ends.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn run(args: &KvArgs) -> Result<()> {
+    let systems = if args.systems.is_empty() {
+        vec![KvSystem::Squall, KvSystem::Redis, KvSystem::Etcd]
+    } else {
+        args.systems.clone()
+    };
+    let dir = std::env::temp_dir().join(format!("squall-bench-kv-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut rows = Vec::new();
+    for system in systems {
+        let result = match system {
+            KvSystem::Squall => runtime.block_on(bench_squall(args, &dir.join("squall"))),
+            KvSystem::Redis => runtime.block_on(bench_redis(args, &dir.join("redis"))),
+            KvSystem::Etcd => runtime.block_on(bench_etcd(args, &dir.join("etcd"))),
+        };
+        match result {
+            Ok(mut r) => rows.append(&mut r),
+            Err(e) => eprintln!("{system:?}: not measured: {e:#}"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    report(args, &rows)
+}
+
+fn report(args: &KvArgs, rows: &[Row]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for row in rows {
+            writeln!(out, "{}", serde_json::to_string(row)?)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<8} {:<36} {:>9} {:>9} {:>11} {:>12}",
+        "system", "case", "p50 µs", "p99 µs", "ops/s", "bytes/s"
+    )?;
+    for row in rows {
+        writeln!(
+            out,
+            "{:<8} {:<36} {:>9} {:>9} {:>11.0} {:>12}",
+            row.system,
+            row.case,
+            row.p50_us,
+            row.p99_us,
+            row.ops_per_s,
+            format_rate(row.bytes_per_s)
+        )?;
+    }
+    writeln!(
+        out,
+        "\nratios (squall / peer, same case; latency: lower is better)"
+    )?;
+    for row in rows.iter().filter(|r| r.system == "squall") {
+        for peer in rows
+            .iter()
+            .filter(|r| r.system != "squall" && r.case == row.case)
+        {
+            writeln!(
+                out,
+                "{:<36} vs {:<6} p50 {:>6.2}x  ops/s {:>6.2}x",
+                row.case,
+                peer.system,
+                row.p50_us as f64 / peer.p50_us.max(1) as f64,
+                row.ops_per_s / peer.ops_per_s.max(1e-9)
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `clients` closed loops of `op` for the measured window; `op(client, i)` does
+/// request `i` of that client.
+async fn closed_loop<F, Fut>(
+    workload: Workload,
+    size: usize,
+    clients: usize,
+    seconds: f64,
+    op: F,
+) -> Result<Row>
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    // Warm up (and create every key) first, unmeasured.
+    let mut warm = Vec::new();
+    for c in 0..clients {
+        let op = Arc::clone(&op);
+        warm.push(tokio::spawn(async move {
+            for i in 0..KEYS_PER_CLIENT.min(16) {
+                op(c, i).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for w in warm {
+        w.await??;
+    }
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let op = Arc::clone(&op);
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).expect("a histogram");
+            let mut i = 0;
+            while Instant::now() < end {
+                let t = Instant::now();
+                op(c, i).await?;
+                hist.record(t.elapsed().as_micros() as u64)?;
+                i += 1;
+            }
+            anyhow::Ok(hist)
+        }));
+    }
+    let started = Instant::now();
+    let mut all = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        all.add(t.await??)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let ops = all.len() as f64 / elapsed;
+    Ok(Row {
+        bench: "kv",
+        system: workload.system().to_string(),
+        case: workload.case(size, clients),
+        p50_us: all.value_at_quantile(0.5),
+        p99_us: all.value_at_quantile(0.99),
+        ops_per_s: ops,
+        bytes_per_s: ops * size as f64,
+    })
+}
+
+fn value(size: usize) -> Bytes {
+    Bytes::from(vec![0x5a; size])
+}
+
+// ----- squall -------------------------------------------------------------------------
+
+async fn bench_squall(args: &KvArgs, dir: &Path) -> Result<Vec<Row>> {
+    std::fs::create_dir_all(dir)?;
+    let mut configs = config::try_local_cluster(3, 20_000, 21_000, dir)?;
+    let addrs: Vec<(SocketAddr, SocketAddr)> = (0..3)
+        .map(|_| Ok((free_addr()?, free_addr()?)))
+        .collect::<Result<_>>()?;
+    for cfg in &mut configs {
+        for (i, peer) in cfg.cluster.peers.iter_mut().enumerate() {
+            peer.addr = addrs[i].0;
+            peer.client_addr = addrs[i].1;
+        }
+        cfg.node.client_addr = addrs[cfg.node.id as usize].1;
+        cfg.limits.object_bytes_max = 16 << 20;
+        cfg.limits.frame_bytes_max = (16 << 20) + 8192;
+        cfg.validate()?;
+    }
+    let exe = std::env::current_exe()?;
+    let mut procs = Procs(Vec::new());
+    for cfg in &configs {
+        let path = dir.join(format!("n{}.toml", cfg.node.id));
+        std::fs::write(&path, cfg.to_toml_string())?;
+        let log = std::fs::File::create(dir.join(format!("n{}.log", cfg.node.id)))?;
+        procs.0.push(
+            Command::new(&exe)
+                .args(["kv-node", "--config"])
+                .arg(&path)
+                .stdout(Stdio::from(log.try_clone()?))
+                .stderr(Stdio::from(log))
+                .spawn()?,
+        );
+    }
+    let client_addrs: Vec<String> = configs
+        .iter()
+        .map(|c| c.node.client_addr.to_string())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(c) = Client::connect(&client_addrs, None, Policy::default()).await
+            && let Ok((_, m)) = c.members().await
+            && m.len() == 3
+            && c.list_pools().await.is_ok_and(|p| p.len() >= 2)
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the squall cluster did not form in 30 s (logs in {})",
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut rows = Vec::new();
+    for &size in &args.sizes {
+        for &clients in &args.clients {
+            for persistent in [false, true] {
+                let pool = if persistent { "/demo" } else { "/cache" };
+                let mut conns = Vec::new();
+                for c in 0..clients {
+                    // Spread clients over the nodes, as a deployment would.
+                    let mut a = client_addrs.clone();
+                    let n = a.len();
+                    a.rotate_left(c % n);
+                    conns.push(Client::connect(&a, None, Policy::default()).await?);
+                }
+                let conns = Arc::new(conns);
+                let blob = value(size);
+                for get in [false, true] {
+                    let (conns, blob) = (Arc::clone(&conns), blob.clone());
+                    let workload = if get {
+                        Workload::SquallGet { persistent }
+                    } else {
+                        Workload::SquallPut { persistent }
+                    };
+                    let row = closed_loop(workload, size, clients, args.seconds, move |c, i| {
+                        let (conns, blob) = (Arc::clone(&conns), blob.clone());
+                        async move {
+                            let key = format!("{pool}/b{c}-{}", i % KEYS_PER_CLIENT);
+                            if get {
+                                conns[c].get(&key).await?;
+                            } else {
+                                conns[c].put(&key, blob).await?;
+                            }
+                            Ok(())
+                        }
+                    })
+                    .await?;
+                    print_progress(args, &row);
+                    rows.push(row);
+                }
+            }
+        }
+    }
+    drop(procs);
+    Ok(rows)
+}
+
+fn print_progress(args: &KvArgs, row: &Row) {
+    if !args.json {
+        eprintln!(
+            "  {} {}: p50 {} µs, {:.0} ops/s",
+            row.system, row.case, row.p50_us, row.ops_per_s
+        );
+    }
+}
+
+/// The hidden `kv-node` subcommand: one Squall node process.
+pub fn node_main(config: &Path) -> Result<()> {
+    let config = Config::load(config)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        squall_adapters::node::run(config, shutdown).await
+    })?;
+    Ok(())
+}
+
+// ----- peers: installation --------------------------------------------------------------
+
+/// The path of `binary`, installing the Debian `packages` first if it is missing.
+fn ensure_installed(binary: &str, packages: &[&str]) -> Result<PathBuf> {
+    let find = || {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(binary))
+                .find(|p| p.is_file())
+        })
+    };
+    if let Some(path) = find() {
+        return Ok(path);
+    }
+    eprintln!(
+        "{binary} is missing: installing {} with apt",
+        packages.join(" ")
+    );
+    let status = Command::new("apt-get")
+        .arg("update")
+        .stdout(Stdio::null())
+        .status()
+        .context("running apt-get update")?;
+    if !status.success() {
+        bail!("apt-get update failed");
+    }
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null())
+        .status()
+        .context("running apt-get install")?;
+    if !status.success() {
+        bail!("apt-get install {} failed", packages.join(" "));
+    }
+    find().ok_or_else(|| anyhow!("{binary} is still missing after installing"))
+}
+
+async fn wait_port(addr: SocketAddr, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on {addr} in 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+// ----- redis ----------------------------------------------------------------------------
+
+/// A minimal RESP client: one connection, one request at a time.
+struct Resp {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    out: BytesMut,
+}
+
+impl Resp {
+    async fn connect(addr: SocketAddr) -> Result<Resp> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let (r, w) = s.into_split();
+        Ok(Resp {
+            reader: BufReader::with_capacity(1 << 20, r),
+            writer: w,
+            out: BytesMut::new(),
+        })
+    }
+
+    async fn call(&mut self, parts: &[&[u8]]) -> Result<Option<Bytes>> {
+        self.out.clear();
+        self.out
+            .extend_from_slice(format!("*{}\r\n", parts.len()).as_bytes());
+        for p in parts {
+            self.out
+                .extend_from_slice(format!("${}\r\n", p.len()).as_bytes());
+            self.out.extend_from_slice(p);
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.writer.write_all(&self.out).await?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line).await?;
+        let line = line.trim_end();
+        match line.as_bytes().first() {
+            Some(b'+') | Some(b':') => Ok(None),
+            Some(b'-') => bail!("redis: {line}"),
+            Some(b'$') => {
+                let n: i64 = line[1..].parse()?;
+                if n < 0 {
+                    return Ok(None);
+                }
+                let mut buf = vec![0u8; n as usize + 2];
+                self.reader.read_exact(&mut buf).await?;
+                buf.truncate(n as usize);
+                Ok(Some(Bytes::from(buf)))
+            }
+            _ => bail!("redis: unexpected reply `{line}`"),
+        }
+    }
+}
+
+async fn bench_redis(args: &KvArgs, dir: &Path) -> Result<Vec<Row>> {
+    let server = ensure_installed("redis-server", &["redis-server", "redis-tools"])?;
+    std::fs::create_dir_all(dir)?;
+    let (primary, replica) = (free_addr()?, free_addr()?);
+    let mut procs = Procs(Vec::new());
+    for (addr, replica_of) in [(primary, None), (replica, Some(primary))] {
+        let mut cmd = Command::new(&server);
+        cmd.args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(p) = replica_of {
+            cmd.args(["--replicaof", "127.0.0.1", &p.port().to_string()]);
+        }
+        procs.0.push(cmd.spawn().context("starting redis-server")?);
+        wait_port(addr, "redis-server").await?;
+    }
+    // The replica must be in sync before WAIT 1 means anything.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut c = Resp::connect(primary).await?;
+        c.call(&[b"SET", b"sync-probe", b"1"]).await?;
+        let mut r = Resp::connect(replica).await?;
+        if r.call(&[b"GET", b"sync-probe"]).await?.is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the redis replica did not sync in 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut rows = Vec::new();
+    for &size in &args.sizes {
+        for &clients in &args.clients {
+            for workload in [
+                Workload::RedisSet { wait_replica: true },
+                Workload::RedisSet {
+                    wait_replica: false,
+                },
+                Workload::RedisGet,
+            ] {
+                let mut conns = Vec::new();
+                for _ in 0..clients {
+                    conns.push(tokio::sync::Mutex::new(Resp::connect(primary).await?));
+                }
+                let conns = Arc::new(conns);
+                let blob = value(size);
+                let row = closed_loop(workload, size, clients, args.seconds, move |c, i| {
+                    let (conns, blob) = (Arc::clone(&conns), blob.clone());
+                    async move {
+                        let key = format!("b{c}-{}", i % KEYS_PER_CLIENT);
+                        let mut conn = conns[c].lock().await;
+                        match workload {
+                            Workload::RedisGet => {
+                                conn.call(&[b"GET", key.as_bytes()]).await?;
+                            }
+                            Workload::RedisSet { wait_replica } => {
+                                conn.call(&[b"SET", key.as_bytes(), &blob]).await?;
+                                if wait_replica {
+                                    conn.call(&[b"WAIT", b"1", b"0"]).await?;
+                                }
+                            }
+                            _ => unreachable!("redis workloads only"),
+                        }
+                        Ok(())
+                    }
+                })
+                .await?;
+                print_progress(args, &row);
+                rows.push(row);
+            }
+        }
+    }
+    drop(procs);
+    Ok(rows)
+}
+
+// ----- etcd -----------------------------------------------------------------------------
+
+/// A minimal HTTP/1.1 keep-alive client for etcd's v3 JSON gateway.
+struct Http {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    host: String,
+}
+
+impl Http {
+    async fn connect(addr: SocketAddr) -> Result<Http> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let (r, w) = s.into_split();
+        Ok(Http {
+            reader: BufReader::with_capacity(1 << 20, r),
+            writer: w,
+            host: addr.to_string(),
+        })
+    }
+
+    async fn post(&mut self, path: &str, body: &[u8]) -> Result<Vec<u8>> {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        );
+        self.writer.write_all(head.as_bytes()).await?;
+        self.writer.write_all(body).await?;
+        let mut status = String::new();
+        self.reader.read_line(&mut status).await?;
+        if !status.contains(" 200 ") {
+            bail!("etcd answered `{}`", status.trim());
+        }
+        let (mut length, mut chunked) = (None, false);
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).await?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = Some(v.trim().parse::<usize>()?);
+            }
+            if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+                chunked = true;
+            }
+        }
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                let mut size = String::new();
+                self.reader.read_line(&mut size).await?;
+                let n = usize::from_str_radix(size.trim(), 16)?;
+                let mut chunk = vec![0u8; n + 2];
+                self.reader.read_exact(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                chunk.truncate(n);
+                body.extend_from_slice(&chunk);
+            }
+        } else if let Some(n) = length {
+            body.resize(n, 0);
+            self.reader.read_exact(&mut body).await?;
+        }
+        Ok(body)
+    }
+}
+
+async fn bench_etcd(args: &KvArgs, dir: &Path) -> Result<Vec<Row>> {
+    let etcd = ensure_installed("etcd", &["etcd-server", "etcd-client"])?;
+    std::fs::create_dir_all(dir)?;
+    let members: Vec<(SocketAddr, SocketAddr)> = (0..3)
+        .map(|_| Ok((free_addr()?, free_addr()?)))
+        .collect::<Result<_>>()?;
+    let cluster = members
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("m{i}=http://{peer}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut procs = Procs(Vec::new());
+    for (i, (client, peer)) in members.iter().enumerate() {
+        let log = std::fs::File::create(dir.join(format!("m{i}.log")))?;
+        procs.0.push(
+            Command::new(&etcd)
+                .args(["--name", &format!("m{i}")])
+                .arg("--data-dir")
+                .arg(dir.join(format!("m{i}")))
+                .args(["--listen-client-urls", &format!("http://{client}")])
+                .args(["--advertise-client-urls", &format!("http://{client}")])
+                .args(["--listen-peer-urls", &format!("http://{peer}")])
+                .args(["--initial-advertise-peer-urls", &format!("http://{peer}")])
+                .args(["--initial-cluster", &cluster])
+                .args(["--initial-cluster-token", "squall-bench"])
+                .args(["--initial-cluster-state", "new"])
+                .args(["--max-request-bytes", &(64u64 << 20).to_string()])
+                .stdout(Stdio::from(log.try_clone()?))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .context("starting etcd")?,
+        );
+    }
+    let b64 = &base64::engine::general_purpose::STANDARD;
+    // Ready once a put through the first member succeeds (a leader exists).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut h) = Http::connect(members[0].0).await
+            && h.post(
+                "/v3/kv/put",
+                format!(
+                    "{{\"key\":\"{}\",\"value\":\"{}\"}}",
+                    b64.encode("probe"),
+                    b64.encode("1")
+                )
+                .as_bytes(),
+            )
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "etcd did not form a cluster in 30 s (logs in {})",
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut rows = Vec::new();
+    for &size in &args.sizes {
+        for &clients in &args.clients {
+            for workload in [Workload::EtcdPut, Workload::EtcdGet] {
+                let mut conns = Vec::new();
+                for c in 0..clients {
+                    let addr = members[c % members.len()].0;
+                    conns.push(tokio::sync::Mutex::new(Http::connect(addr).await?));
+                }
+                let conns = Arc::new(conns);
+                let encoded = Arc::new(b64.encode(value(size)));
+                let row = closed_loop(workload, size, clients, args.seconds, move |c, i| {
+                    let (conns, encoded) = (Arc::clone(&conns), Arc::clone(&encoded));
+                    async move {
+                        let key = b64.encode(format!("b{c}-{}", i % KEYS_PER_CLIENT));
+                        let mut conn = conns[c].lock().await;
+                        match workload {
+                            Workload::EtcdPut => {
+                                let body = format!("{{\"key\":\"{key}\",\"value\":\"{encoded}\"}}");
+                                conn.post("/v3/kv/put", body.as_bytes()).await?;
+                            }
+                            _ => {
+                                let body = format!("{{\"key\":\"{key}\"}}");
+                                conn.post("/v3/kv/range", body.as_bytes()).await?;
+                            }
+                        }
+                        Ok(())
+                    }
+                })
+                .await?;
+                print_progress(args, &row);
+                rows.push(row);
+            }
+        }
+    }
+    drop(procs);
+    Ok(rows)
+}
