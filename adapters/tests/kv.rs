@@ -328,6 +328,73 @@ async fn every_operation_and_its_errors_on_a_real_cluster() {
     assert_eq!(code(&too_large), Some(ErrorCode::TooLarge), "{too_large}");
     assert_eq!(c.get("/demo/huge").await.expect("get"), None);
 
+    let long_key = format!("/demo/{}", "k".repeat(2000));
+    let e = c
+        .put(&long_key, Bytes::from_static(b"v"))
+        .await
+        .expect_err("too long");
+    assert_eq!(code(&e), Some(ErrorCode::InvalidKey), "{e}");
+    // A put conditional on the shard's version: only if nothing was written since.
+    let last = c
+        .put("/demo/s1", Bytes::from_static(b"1"))
+        .await
+        .expect("put");
+    c.put_if(
+        "/demo/s2",
+        Bytes::from_static(b"2"),
+        Condition::ShardVersion(Some(last.version)),
+    )
+    .await
+    .expect("nothing written since");
+    let stale = c
+        .put_if(
+            "/demo/s3",
+            Bytes::from_static(b"3"),
+            Condition::ShardVersion(Some(last.version)),
+        )
+        .await
+        .expect_err("s2 was written since");
+    assert_eq!(code(&stale), Some(ErrorCode::Conflict));
+
+    // The command line: output on success, one line and status 1 on error.
+    let cli = |args: &[&str]| {
+        let out = Command::new(SQUALL)
+            .args(["--cluster", &cluster.addrs()[1]])
+            .args(args)
+            .output()
+            .expect("squall runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (status, stdout, _) = cli(&["put", "/demo/cli", "from the cli"]);
+    assert_eq!(status, Some(0), "{stdout}");
+    let (status, stdout, _) = cli(&["get", "/demo/cli"]);
+    assert_eq!(status, Some(0));
+    assert!(stdout.contains("from the cli"), "{stdout}");
+    let (_, stdout, _) = cli(&["ls", "/demo"]);
+    assert!(stdout.lines().any(|l| l == "/demo/cli"), "{stdout}");
+    let (_, stdout, _) = cli(&["pool", "ls"]);
+    assert!(
+        stdout.contains("/demo") && stdout.contains("persistent"),
+        "{stdout}"
+    );
+    let (_, stdout, _) = cli(&["members"]);
+    assert_eq!(
+        stdout.lines().filter(|l| l.contains("node ")).count(),
+        3,
+        "{stdout}"
+    );
+    let (status, _, stderr) = cli(&["put", "/demo/cli", "x", "--if-absent"]);
+    assert_eq!(status, Some(1));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: conflict"), "{stderr}");
+    let (status, _, stderr) = cli(&["get", "/nowhere/x"]);
+    assert_eq!(status, Some(1));
+    assert!(stderr.contains("no_pool_for_key"), "{stderr}");
+
     // Watch and members.
     let mut watch = c.watch("/demo").await.expect("watch");
     c.put("/demo/w", Bytes::from_static(b"seen"))
