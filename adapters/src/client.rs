@@ -28,6 +28,9 @@ use crate::wire::{
 pub const FRAME_BYTES_MAX: usize = 256 << 20;
 /// Attempts of one request across nodes before giving up.
 pub const ATTEMPTS_MAX: u32 = 30;
+/// How long one attempt waits for its answer before trying another node (a write keeps
+/// its message id, so a late first attempt and the retry apply once).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which replica of a shard serves a request, when the client has a choice.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -202,7 +205,16 @@ impl Conn {
             })
             .await
             .map_err(|_| lost())?;
-        answer.await.map_err(|_| lost())
+        match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
+            Ok(answer) => answer.map_err(|_| lost()),
+            Err(_) => {
+                self.pending.lock().await.remove(&request_id);
+                Err(ClientError::Connect {
+                    addr: self.addr.clone(),
+                    reason: format!("no answer in {} s", REQUEST_TIMEOUT.as_secs()),
+                })
+            }
+        }
     }
 }
 

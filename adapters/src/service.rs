@@ -355,6 +355,22 @@ impl Service {
             .retain(|(g, s), _| view.shard_of(*g as usize, me) == Some(*s as usize));
         self.history
             .retain(|(g, s), _| view.shard_of(*g as usize, me) == Some(*s as usize));
+        // Answers waiting for durability in a shard this node left would never come:
+        // the client retries elsewhere (same message id, so applied once).
+        let left: Vec<(u32, Version)> = self
+            .durable
+            .keys()
+            .filter(|(g, _)| view.shard_of(*g as usize, me).is_none())
+            .copied()
+            .collect();
+        for key in left {
+            for (reply, _) in self.durable.remove(&key).unwrap_or_default() {
+                let _ = reply.send(Response::error(
+                    ErrorCode::Unavailable,
+                    "this node left the shard before the write was durable everywhere; retry",
+                ));
+            }
+        }
         let leads = view.members.first() == Some(&me);
         self.view = Some(Arc::clone(&view));
         if leads {
