@@ -356,7 +356,10 @@ fn print_progress(args: &KvArgs, row: &Row) {
 /// The hidden `kv-node` subcommand: one Squall node process.
 pub fn node_main(config: &Path) -> Result<()> {
     let config = Config::load(config)?;
-    let rt = tokio::runtime::Runtime::new()?;
+    // As `squall node` runs: one thread.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
