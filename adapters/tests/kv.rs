@@ -387,6 +387,24 @@ async fn every_operation_and_its_errors_on_a_real_cluster() {
         3,
         "{stdout}"
     );
+    let (status, stdout, stderr) = cli(&[
+        "pool",
+        "create",
+        "/pinned",
+        "--kind",
+        "volatile",
+        "--override",
+        "/pinned/k=0",
+    ]);
+    assert_eq!(status, Some(0), "{stdout}{stderr}");
+    let pinned = c.find_pool("/pinned/k").await.expect("created by the cli");
+    assert_eq!(pinned.overrides.get("/pinned/k"), Some(&0));
+    let (status, _, stderr) = cli(&["pool", "create", "/bad", "--kind", "nope"]);
+    assert_eq!(status, Some(1));
+    assert!(
+        stderr.contains("expected volatile, persistent or trigger"),
+        "{stderr}"
+    );
     let (status, _, stderr) = cli(&["put", "/demo/cli", "x", "--if-absent"]);
     assert_eq!(status, Some(1));
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

@@ -7,7 +7,8 @@
 //! squall put KEY VALUE|@FILE [--if-version V | --if-absent]
 //! squall get KEY [--version V | --time T | --stable]
 //! squall rm KEY | ls PREFIX [--time T] | members | watch PREFIX
-//! squall pool create PATH --kind K [--shards N] [--affinity RE] | pool ls | pool rm PATH
+//! squall pool create PATH --kind K [--shards N] [--affinity RE] [--override KEY=SHARD]
+//! squall pool ls | pool rm PATH
 //! ```
 //! Client commands find the cluster from `--cluster ADDR`, `SQUALL_CLUSTER`, or the local
 //! `up` cluster (127.0.0.1:7200). Errors print one line and exit with status 1.
@@ -127,6 +128,9 @@ enum PoolCmd {
         /// The data subgroup (default: the first of that kind).
         #[arg(long)]
         subgroup: Option<u32>,
+        /// Pin a key to a shard: `--override /pool/key=SHARD` (repeatable).
+        #[arg(long = "override", value_name = "KEY=SHARD")]
+        overrides: Vec<String>,
     },
     Ls,
     Rm {
@@ -273,6 +277,7 @@ async fn client_command(cluster: &str, token: Option<String>, command: Cmd) -> R
                 shards,
                 affinity,
                 subgroup,
+                overrides,
             } => {
                 let kind = StoreKind::parse(&kind).ok_or_else(|| {
                     anyhow!("--kind {kind}: expected volatile, persistent or trigger")
@@ -284,6 +289,15 @@ async fn client_command(cluster: &str, token: Option<String>, command: Cmd) -> R
                 let mut spec = PoolSpec::new(path.clone(), kind, subgroup);
                 spec.shards = shards;
                 spec.affinity = affinity;
+                for o in overrides {
+                    let (key, shard) = o
+                        .rsplit_once('=')
+                        .ok_or_else(|| anyhow!("--override {o}: expected KEY=SHARD"))?;
+                    let shard = shard
+                        .parse()
+                        .with_context(|| format!("--override {o}: `{shard}` is not a shard"))?;
+                    spec.overrides.insert(key.to_string(), shard);
+                }
                 client.create_pool(spec).await?;
                 println!("pool {path} created");
             }
