@@ -395,18 +395,7 @@ impl Client {
                     target = None;
                     tokio::time::sleep(backoff(attempt)).await;
                 }
-                Ok(Response::Error {
-                    code,
-                    message,
-                    current,
-                    ..
-                }) => {
-                    return Err(ClientError::Server {
-                        code,
-                        message,
-                        current,
-                    });
-                }
+                Ok(error @ Response::Error { .. }) => return Err(Self::unexpected(error)),
                 Ok(response) => return Ok(response),
                 Err(e) => {
                     last = e.to_string();
@@ -434,10 +423,24 @@ impl Client {
         self.call(request, key).await
     }
 
+    /// A node's error as a `Server` error; any other answer the caller did not expect
+    /// as a protocol error.
     fn unexpected(response: Response) -> ClientError {
-        ClientError::Protocol {
-            addr: String::new(),
-            reason: format!("unexpected answer {response:?}"),
+        match response {
+            Response::Error {
+                code,
+                message,
+                current,
+                ..
+            } => ClientError::Server {
+                code,
+                message,
+                current,
+            },
+            other => ClientError::Protocol {
+                addr: String::new(),
+                reason: format!("unexpected answer {other:?}"),
+            },
         }
     }
 
@@ -632,18 +635,7 @@ impl Client {
             }
             match answer.await {
                 Ok(Response::Done) => return Ok(rx),
-                Ok(Response::Error {
-                    code,
-                    message,
-                    current,
-                    ..
-                }) => {
-                    return Err(ClientError::Server {
-                        code,
-                        message,
-                        current,
-                    });
-                }
+                Ok(error @ Response::Error { .. }) => return Err(Self::unexpected(error)),
                 Ok(other) => return Err(Self::unexpected(other)),
                 Err(_) => last = "connection lost".into(),
             }

@@ -139,7 +139,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let service_cfg = ServiceConfig {
         me,
-        kinds,
+        kinds: kinds.clone(),
         shards: std::iter::once(1)
             .chain(config.layout.subgroups.iter().map(|sg| sg.shards))
             .collect(),
@@ -159,17 +159,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         clock_skew_max_us: 60_000_000,
     };
     let mut service = Service::new(service_cfg, handle.clone());
+    // Only logged subgroups (metadata and persistent ones) have logs worth replaying.
     for (key, records) in &replays {
-        if !config
-            .layout
-            .subgroups
-            .get((key.subgroup as usize).wrapping_sub(1))
-            .is_some_and(|sg| sg.kind == SubgroupKind::Persistent)
-            && key.subgroup != 0
-        {
-            continue;
+        if kinds.get(key.subgroup as usize) == Some(&StoreKind::Persistent) {
+            service.replay(key.subgroup, key.shard, records);
         }
-        service.replay(key.subgroup, key.shard, records);
     }
     let (commands_tx, commands) = mpsc::channel(SERVICE_QUEUE_MAX);
     let server_cfg = ServerConfig {

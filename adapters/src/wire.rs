@@ -10,7 +10,7 @@
 //! bounded by the node's `frame_bytes_max`, checked before anything is allocated.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use squall_kvs::{PoolSpec, StoreKind};
+use squall_kvs::PoolSpec;
 use squall_platform::Version;
 use thiserror::Error;
 
@@ -254,6 +254,8 @@ pub enum WireError {
     UnknownTag { what: &'static str, tag: u64 },
     #[error("{what} is not UTF-8")]
     NotUtf8 { what: &'static str },
+    #[error("pool spec: {0}")]
+    PoolSpec(#[from] squall_kvs::OpError),
     #[error("{0} bytes after the end of the frame's content")]
     Trailing(usize),
     #[error("{what}: {count} entries exceed the limit of {max}")]
@@ -355,23 +357,6 @@ fn put_version(out: &mut BytesMut, v: Option<Version>) {
             out.put_u64_le(v.0);
         }
         None => out.put_u8(0),
-    }
-}
-
-fn put_spec(out: &mut BytesMut, spec: &PoolSpec) {
-    put_str(out, &spec.path);
-    out.put_u8(match spec.kind {
-        StoreKind::Volatile => 0,
-        StoreKind::Persistent => 1,
-        StoreKind::Trigger => 2,
-    });
-    out.put_u32_le(spec.subgroup);
-    out.put_u32_le(spec.shards);
-    put_opt_str(out, spec.affinity.as_deref());
-    out.put_u32_le(spec.overrides.len() as u32);
-    for (k, s) in &spec.overrides {
-        put_str(out, k);
-        out.put_u32_le(*s);
     }
 }
 
@@ -495,7 +480,7 @@ fn put_response(out: &mut BytesMut, r: &Response) {
             out.put_u8(7);
             out.put_u32_le(pools.len() as u32);
             for p in pools {
-                put_spec(out, p);
+                squall_kvs::op::put_pool_spec(out, p);
             }
         }
         Response::Members { view_id, members } => {
@@ -675,33 +660,6 @@ fn role(r: &mut Bytes) -> Result<Role, WireError> {
     }
 }
 
-fn spec(r: &mut Bytes) -> Result<PoolSpec, WireError> {
-    let path = str_(r, "pool path")?;
-    let kind = match u8_(r, "store kind")? {
-        0 => StoreKind::Volatile,
-        1 => StoreKind::Persistent,
-        2 => StoreKind::Trigger,
-        t => return Err(tag("store kind", t)),
-    };
-    let subgroup = u32_(r, "subgroup")?;
-    let shards = u32_(r, "shards")?;
-    let affinity = opt_str(r, "affinity")?;
-    let n = count(r, "overrides", 8)?;
-    let mut overrides = std::collections::BTreeMap::new();
-    for _ in 0..n {
-        let k = str_(r, "override key")?;
-        overrides.insert(k, u32_(r, "override shard")?);
-    }
-    Ok(PoolSpec {
-        path,
-        kind,
-        subgroup,
-        shards,
-        affinity,
-        overrides,
-    })
-}
-
 fn object(r: &mut Bytes) -> Result<Option<WireObject>, WireError> {
     match u8_(r, "object presence")? {
         0 => Ok(None),
@@ -797,7 +755,11 @@ fn response(r: &mut Bytes) -> Result<Response, WireError> {
         }
         7 => {
             let n = count(r, "pools", 14)?;
-            Response::Pools((0..n).map(|_| spec(r)).collect::<Result<_, _>>()?)
+            Response::Pools(
+                (0..n)
+                    .map(|_| squall_kvs::op::get_pool_spec(r))
+                    .collect::<Result<_, _>>()?,
+            )
         }
         8 => {
             let view_id = u32_(r, "view id")?;
@@ -839,6 +801,7 @@ fn response(r: &mut Bytes) -> Result<Response, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use squall_kvs::StoreKind;
 
     fn frames() -> Vec<Frame> {
         let mut spec = PoolSpec::new("/p", StoreKind::Persistent, 1);

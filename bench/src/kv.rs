@@ -419,6 +419,18 @@ async fn wait_port(addr: SocketAddr, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// A no-delay loopback connection, split for the peer clients below.
+async fn split_connection(
+    addr: SocketAddr,
+) -> Result<(
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::net::tcp::OwnedWriteHalf,
+)> {
+    let s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    Ok(s.into_split())
+}
+
 // ----- redis ----------------------------------------------------------------------------
 
 /// A minimal RESP client: one connection, one request at a time.
@@ -430,9 +442,7 @@ struct Resp {
 
 impl Resp {
     async fn connect(addr: SocketAddr) -> Result<Resp> {
-        let s = TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
-        let (r, w) = s.into_split();
+        let (r, w) = split_connection(addr).await?;
         Ok(Resp {
             reader: BufReader::with_capacity(1 << 20, r),
             writer: w,
@@ -562,9 +572,7 @@ struct Http {
 
 impl Http {
     async fn connect(addr: SocketAddr) -> Result<Http> {
-        let s = TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
-        let (r, w) = s.into_split();
+        let (r, w) = split_connection(addr).await?;
         Ok(Http {
             reader: BufReader::with_capacity(1 << 20, r),
             writer: w,

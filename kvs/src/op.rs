@@ -142,26 +142,7 @@ pub fn encode(op: &Op) -> Bytes {
         Op::CreatePool { id, spec } => {
             out.put_u8(TAG_CREATE_POOL);
             put_id(&mut out, *id);
-            put_str(&mut out, &spec.path);
-            out.put_u8(match spec.kind {
-                StoreKind::Volatile => 0,
-                StoreKind::Persistent => 1,
-                StoreKind::Trigger => 2,
-            });
-            out.put_u32_le(spec.subgroup);
-            out.put_u32_le(spec.shards);
-            match &spec.affinity {
-                Some(re) => {
-                    out.put_u8(1);
-                    put_str(&mut out, re);
-                }
-                None => out.put_u8(0),
-            }
-            out.put_u32_le(spec.overrides.len() as u32);
-            for (key, shard) in &spec.overrides {
-                put_str(&mut out, key);
-                out.put_u32_le(*shard);
-            }
+            put_pool_spec(&mut out, spec);
         }
         Op::RemovePool { id, path } => {
             out.put_u8(TAG_REMOVE_POOL);
@@ -201,53 +182,9 @@ pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
         TAG_READ => Op::Read { id: get_id(r)? },
         TAG_CREATE_POOL => {
             let id = get_id(r)?;
-            let path = get_str(r, "pool path")?;
-            let kind = match get_u8(r, "store kind")? {
-                0 => StoreKind::Volatile,
-                1 => StoreKind::Persistent,
-                2 => StoreKind::Trigger,
-                tag => {
-                    return Err(OpError::UnknownTag {
-                        what: "store kind",
-                        tag,
-                    });
-                }
-            };
-            let subgroup = get_u32(r, "subgroup")?;
-            let shards = get_u32(r, "shards")?;
-            let affinity = match get_u8(r, "affinity presence")? {
-                0 => None,
-                1 => Some(get_str(r, "affinity")?),
-                tag => {
-                    return Err(OpError::UnknownTag {
-                        what: "affinity presence",
-                        tag,
-                    });
-                }
-            };
-            let count = get_u32(r, "override count")? as usize;
-            if count > OVERRIDES_MAX {
-                return Err(OpError::TooLong {
-                    what: "override list",
-                    len: count,
-                    max: OVERRIDES_MAX,
-                });
-            }
-            let mut overrides = BTreeMap::new();
-            for _ in 0..count {
-                let key = get_str(r, "override key")?;
-                overrides.insert(key, get_u32(r, "override shard")?);
-            }
             Op::CreatePool {
                 id,
-                spec: PoolSpec {
-                    path,
-                    kind,
-                    subgroup,
-                    shards,
-                    affinity,
-                    overrides,
-                },
+                spec: get_pool_spec(r)?,
             }
         }
         TAG_REMOVE_POOL => Op::RemovePool {
@@ -267,17 +204,91 @@ pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
     Ok(op)
 }
 
+/// Appends a pool spec (the body of a pool creation, and of the client protocol's pool
+/// listings).
+pub fn put_pool_spec(out: &mut BytesMut, spec: &PoolSpec) {
+    put_str(out, &spec.path);
+    out.put_u8(match spec.kind {
+        StoreKind::Volatile => 0,
+        StoreKind::Persistent => 1,
+        StoreKind::Trigger => 2,
+    });
+    out.put_u32_le(spec.subgroup);
+    out.put_u32_le(spec.shards);
+    match &spec.affinity {
+        Some(re) => {
+            out.put_u8(1);
+            put_str(out, re);
+        }
+        None => out.put_u8(0),
+    }
+    out.put_u32_le(spec.overrides.len() as u32);
+    for (key, shard) in &spec.overrides {
+        put_str(out, key);
+        out.put_u32_le(*shard);
+    }
+}
+
+/// Reads what [`put_pool_spec`] wrote, from the front of `r`.
+pub fn get_pool_spec(r: &mut Bytes) -> Result<PoolSpec, OpError> {
+    let path = get_str(r, "pool path")?;
+    let kind = match get_u8(r, "store kind")? {
+        0 => StoreKind::Volatile,
+        1 => StoreKind::Persistent,
+        2 => StoreKind::Trigger,
+        tag => {
+            return Err(OpError::UnknownTag {
+                what: "store kind",
+                tag,
+            });
+        }
+    };
+    let subgroup = get_u32(r, "subgroup")?;
+    let shards = get_u32(r, "shards")?;
+    let affinity = match get_u8(r, "affinity presence")? {
+        0 => None,
+        1 => Some(get_str(r, "affinity")?),
+        tag => {
+            return Err(OpError::UnknownTag {
+                what: "affinity presence",
+                tag,
+            });
+        }
+    };
+    let count = get_u32(r, "override count")? as usize;
+    if count > OVERRIDES_MAX {
+        return Err(OpError::TooLong {
+            what: "override list",
+            len: count,
+            max: OVERRIDES_MAX,
+        });
+    }
+    let mut overrides = BTreeMap::new();
+    for _ in 0..count {
+        let key = get_str(r, "override key")?;
+        overrides.insert(key, get_u32(r, "override shard")?);
+    }
+    Ok(PoolSpec {
+        path,
+        kind,
+        subgroup,
+        shards,
+        affinity,
+        overrides,
+    })
+}
+
 fn put_id(out: &mut BytesMut, id: MessageId) {
     out.put_u64_le(id.client);
     out.put_u64_le(id.seq);
 }
 
-fn put_str(out: &mut BytesMut, s: &str) {
+pub(crate) fn put_str(out: &mut BytesMut, s: &str) {
     out.put_u32_le(s.len() as u32);
     out.put_slice(s.as_bytes());
 }
 
-fn put_version(out: &mut BytesMut, v: Option<Version>) {
+pub(crate) fn put_version(out: &mut BytesMut, v: Option<Version>) {
     match v {
         Some(v) => {
             out.put_u8(1);
@@ -301,14 +312,14 @@ fn put_condition(out: &mut BytesMut, c: Condition) {
     }
 }
 
-fn need(r: &Bytes, n: usize, what: &'static str) -> Result<(), OpError> {
+pub(crate) fn need(r: &Bytes, n: usize, what: &'static str) -> Result<(), OpError> {
     if r.remaining() < n {
         return Err(OpError::Truncated { what });
     }
     Ok(())
 }
 
-fn get_u8(r: &mut Bytes, what: &'static str) -> Result<u8, OpError> {
+pub(crate) fn get_u8(r: &mut Bytes, what: &'static str) -> Result<u8, OpError> {
     need(r, 1, what)?;
     Ok(r.get_u8())
 }
@@ -318,7 +329,7 @@ fn get_u32(r: &mut Bytes, what: &'static str) -> Result<u32, OpError> {
     Ok(r.get_u32_le())
 }
 
-fn get_u64(r: &mut Bytes, what: &'static str) -> Result<u64, OpError> {
+pub(crate) fn get_u64(r: &mut Bytes, what: &'static str) -> Result<u64, OpError> {
     need(r, 8, what)?;
     Ok(r.get_u64_le())
 }
@@ -330,7 +341,7 @@ fn get_id(r: &mut Bytes) -> Result<MessageId, OpError> {
     })
 }
 
-fn get_str(r: &mut Bytes, what: &'static str) -> Result<String, OpError> {
+pub(crate) fn get_str(r: &mut Bytes, what: &'static str) -> Result<String, OpError> {
     let len = get_u32(r, what)? as usize;
     if len > STRING_BYTES_MAX {
         return Err(OpError::TooLong {
@@ -344,7 +355,7 @@ fn get_str(r: &mut Bytes, what: &'static str) -> Result<String, OpError> {
     String::from_utf8(bytes.to_vec()).map_err(|_| OpError::NotUtf8 { what })
 }
 
-fn get_version(r: &mut Bytes) -> Result<Option<Version>, OpError> {
+pub(crate) fn get_version(r: &mut Bytes) -> Result<Option<Version>, OpError> {
     match get_u8(r, "version presence")? {
         0 => Ok(None),
         1 => Ok(Some(Version(get_u64(r, "version")?))),

@@ -14,7 +14,10 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use squall_platform::Version;
 use thiserror::Error;
 
-use crate::op::{Condition, MessageId, Op, OpError};
+use crate::op::{
+    Condition, MessageId, Op, OpError, get_str, get_u8, get_u64, get_version, need, put_str,
+    put_version,
+};
 use crate::pool::StoreKind;
 
 /// Bounds of one store. Duplicate detection remembers a window of recent requests per
@@ -424,8 +427,8 @@ impl ShardStore {
     /// where no log carries it (volatile stores). Blobs are copied into it once.
     pub fn snapshot(&self) -> Bytes {
         let mut out = BytesMut::new();
-        put_opt_version(&mut out, self.last_version);
-        put_opt_version(&mut out, self.last_delivered);
+        put_version(&mut out, self.last_version);
+        put_version(&mut out, self.last_delivered);
         out.put_u64_le(self.last_timestamp_us);
         let mut keys: Vec<&Arc<str>> = self.keys.keys().collect();
         keys.sort();
@@ -433,11 +436,11 @@ impl ShardStore {
         for key in keys {
             let e = &self.keys[key];
             let o = &e.latest;
-            put_snapshot_str(&mut out, key);
+            put_str(&mut out, key);
             out.put_u64_le(o.version.0);
             out.put_u64_le(o.timestamp_us);
-            put_opt_version(&mut out, o.previous_version);
-            put_opt_version(&mut out, o.previous_key_version);
+            put_version(&mut out, o.previous_version);
+            put_version(&mut out, o.previous_key_version);
             out.put_u64_le(o.message_id.client);
             out.put_u64_le(o.message_id.seq);
             out.put_u8(u8::from(o.tombstone));
@@ -456,7 +459,7 @@ impl ShardStore {
         out.put_u32_le(clients.len() as u32);
         for (client, w) in clients {
             out.put_u64_le(*client);
-            put_opt_version(&mut out, w.last_active);
+            put_version(&mut out, w.last_active);
             out.put_u32_le(w.recent.len() as u32);
             for (seq, outcome) in &w.recent {
                 out.put_u64_le(*seq);
@@ -474,16 +477,16 @@ impl ShardStore {
     ) -> Result<ShardStore, OpError> {
         let r = &mut bytes;
         let mut store = ShardStore::new(kind, limits);
-        store.last_version = get_opt_version(r)?;
-        store.last_delivered = get_opt_version(r)?;
+        store.last_version = get_version(r)?;
+        store.last_delivered = get_version(r)?;
         store.last_timestamp_us = get_u64(r, "timestamp")?;
         let keys = get_count(r, "keys", 47)?;
         for _ in 0..keys {
-            let key: Arc<str> = Arc::from(get_snapshot_str(r)?);
+            let key: Arc<str> = Arc::from(get_str(r, "key")?);
             let version = Version(get_u64(r, "version")?);
             let timestamp_us = get_u64(r, "timestamp")?;
-            let previous_version = get_opt_version(r)?;
-            let previous_key_version = get_opt_version(r)?;
+            let previous_version = get_version(r)?;
+            let previous_key_version = get_version(r)?;
             let message_id = MessageId {
                 client: get_u64(r, "message id")?,
                 seq: get_u64(r, "message id")?,
@@ -516,7 +519,7 @@ impl ShardStore {
         let clients = get_count(r, "clients", 13)?;
         for _ in 0..clients {
             let client = get_u64(r, "client")?;
-            let last_active = get_opt_version(r)?;
+            let last_active = get_version(r)?;
             let n = get_count(r, "requests", 9)?;
             let mut recent = VecDeque::with_capacity(n);
             for _ in 0..n {
@@ -541,21 +544,6 @@ impl ShardStore {
     }
 }
 
-fn put_opt_version(out: &mut BytesMut, v: Option<Version>) {
-    match v {
-        Some(v) => {
-            out.put_u8(1);
-            out.put_u64_le(v.0);
-        }
-        None => out.put_u8(0),
-    }
-}
-
-fn put_snapshot_str(out: &mut BytesMut, s: &str) {
-    out.put_u32_le(s.len() as u32);
-    out.put_slice(s.as_bytes());
-}
-
 fn put_outcome(out: &mut BytesMut, o: &Outcome) {
     match o {
         Outcome::Applied {
@@ -568,7 +556,7 @@ fn put_outcome(out: &mut BytesMut, o: &Outcome) {
         }
         Outcome::Conflict { current } => {
             out.put_u8(1);
-            put_opt_version(out, *current);
+            put_version(out, *current);
         }
         Outcome::NoSuchKey => out.put_u8(2),
         Outcome::TooLarge { size, max } => {
@@ -583,45 +571,12 @@ fn put_outcome(out: &mut BytesMut, o: &Outcome) {
     }
 }
 
-fn need(r: &Bytes, n: usize, what: &'static str) -> Result<(), OpError> {
-    if r.remaining() < n {
-        return Err(OpError::Truncated { what });
-    }
-    Ok(())
-}
-
-fn get_u8(r: &mut Bytes, what: &'static str) -> Result<u8, OpError> {
-    need(r, 1, what)?;
-    Ok(r.get_u8())
-}
-
-fn get_u64(r: &mut Bytes, what: &'static str) -> Result<u64, OpError> {
-    need(r, 8, what)?;
-    Ok(r.get_u64_le())
-}
-
 /// A count of entries of at least `min_bytes` each, refused if the rest cannot hold it.
 fn get_count(r: &mut Bytes, what: &'static str, min_bytes: usize) -> Result<usize, OpError> {
     need(r, 4, what)?;
     let n = r.get_u32_le() as usize;
     need(r, n.saturating_mul(min_bytes), what)?;
     Ok(n)
-}
-
-fn get_opt_version(r: &mut Bytes) -> Result<Option<Version>, OpError> {
-    match get_u8(r, "version presence")? {
-        0 => Ok(None),
-        1 => Ok(Some(Version(get_u64(r, "version")?))),
-        tag => Err(OpError::UnknownTag {
-            what: "version presence",
-            tag,
-        }),
-    }
-}
-
-fn get_snapshot_str(r: &mut Bytes) -> Result<String, OpError> {
-    let n = get_count(r, "key", 1)?;
-    String::from_utf8(r.split_to(n).to_vec()).map_err(|_| OpError::NotUtf8 { what: "key" })
 }
 
 fn get_outcome(r: &mut Bytes) -> Result<Outcome, OpError> {
@@ -631,7 +586,7 @@ fn get_outcome(r: &mut Bytes) -> Result<Outcome, OpError> {
             timestamp_us: get_u64(r, "timestamp")?,
         },
         1 => Outcome::Conflict {
-            current: get_opt_version(r)?,
+            current: get_version(r)?,
         },
         2 => Outcome::NoSuchKey,
         3 => Outcome::TooLarge {
