@@ -4,10 +4,13 @@
 //!
 //! Writes are validated here, then multicast in the key's shard as the very bytes the
 //! client sent; the answer waits for the delivery (volatile pools) or for the version to
-//! be durable on every replica (persistent pools). `get` of the latest value and
-//! `multi_get` are ordered reads: a read marker goes through the shard's order and the
-//! keys are read where it is delivered, so reads are linearizable. Reads by version, time
-//! or stability are answered from the local replica.
+//! be durable on every replica (persistent pools). `get` of the latest value, `get_size`
+//! and `list_keys` are linearizable local reads: the replica first applies every write
+//! it has received (a write that completed anywhere was stable, so it is among them;
+//! see `Core::read_barrier`), which costs no multicast and usually no wait. `multi_get`
+//! is an ordered read: a read marker goes through the shard's order and the keys are
+//! read where it is delivered. Reads by version, time or stability are answered from the
+//! local replica at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -118,6 +121,9 @@ pub struct Service {
     global: HashMap<u32, Version>,
     watchers: Vec<Watcher>,
     next_seq: u64,
+    /// Linearizable local reads waiting for their barrier ([`AppEvent::ReadReady`]).
+    reads: HashMap<u64, (Request, oneshot::Sender<Response>)>,
+    next_read: u64,
 }
 
 fn now_us() -> u64 {
@@ -201,6 +207,8 @@ impl Service {
             global: HashMap::new(),
             watchers: Vec::new(),
             next_seq: 0,
+            reads: HashMap::new(),
+            next_read: 0,
         }
     }
 
@@ -262,6 +270,9 @@ impl Service {
             };
             let _ = reply.send(Response::error(ErrorCode::Unavailable, "the node stopped"));
         }
+        for (_, (_, reply)) in self.reads.drain() {
+            let _ = reply.send(Response::error(ErrorCode::Unavailable, "the node stopped"));
+        }
     }
 
     // ----- platform events -------------------------------------------------------------
@@ -288,6 +299,18 @@ impl Service {
                 }
             }
             AppEvent::Installed(view) => self.on_view(view).await,
+            AppEvent::ReadReady { token, result } => {
+                if let Some((request, reply)) = self.reads.remove(&token) {
+                    let response = match result {
+                        Ok(()) => self.local_read(request),
+                        Err(e) => Response::error(
+                            ErrorCode::Unavailable,
+                            format!("cannot read here now ({e}); retry"),
+                        ),
+                    };
+                    let _ = reply.send(response);
+                }
+            }
             AppEvent::SendsAborted { subgroup, tickets } => {
                 for ticket in tickets {
                     if let Some(id) = self.tickets.remove(&(subgroup, ticket)) {
@@ -562,6 +585,100 @@ impl Service {
     }
 
     /// The shard of `key` and this node's standing in it.
+    /// Serves `request` from this replica once every write that completed before now is
+    /// applied here: the driver answers with [`AppEvent::ReadReady`] after the deliveries
+    /// it has to wait for (usually none, so no multicast and no round trip).
+    async fn read_after_barrier(
+        &mut self,
+        subgroup: u32,
+        request: Request,
+        reply: oneshot::Sender<Response>,
+    ) {
+        if self.reads.len() >= self.cfg.requests_in_flight_max {
+            let _ = reply.send(Response::error(
+                ErrorCode::Unavailable,
+                format!(
+                    "{} reads already wait on this node; retry",
+                    self.reads.len()
+                ),
+            ));
+            return;
+        }
+        self.next_read += 1;
+        let token = self.next_read;
+        if self.handle.read_barrier(subgroup, token).await.is_err() {
+            let _ = reply.send(Response::error(ErrorCode::Unavailable, "the node stopped"));
+            return;
+        }
+        self.reads.insert(token, (request, reply));
+    }
+
+    /// Reads of this replica's current state (the caller has waited for the barrier) or
+    /// of its past.
+    fn local_read(&self, request: Request) -> Response {
+        match request {
+            Request::Get { key, .. } => {
+                let (g, s, _) = match self.locate(&key) {
+                    Ok(l) => l,
+                    Err(r) => return r,
+                };
+                if let Err(r) = self.check_member(g, s) {
+                    return r;
+                }
+                let object = self.stores.get(&(g, s)).and_then(|st| st.latest(&key));
+                Response::Object(object.map(wire_object))
+            }
+            Request::GetSize { key } => {
+                let (g, s, _) = match self.locate(&key) {
+                    Ok(l) => l,
+                    Err(r) => return r,
+                };
+                if let Err(r) = self.check_member(g, s) {
+                    return r;
+                }
+                let size = self
+                    .stores
+                    .get(&(g, s))
+                    .and_then(|st| st.size(&key))
+                    .map(|n| n as u64);
+                Response::Size(size)
+            }
+            Request::ListKeys { prefix, at_time_us } => {
+                let (g, shards) = match self.list_pool(&prefix) {
+                    Ok(p) => p,
+                    Err(r) => return r,
+                };
+                let mut keys = Vec::new();
+                for s in 0..shards {
+                    if let Err(r) = self.check_member(g, s) {
+                        return r;
+                    }
+                    if let Some(store) = self.stores.get(&(g, s)) {
+                        keys.extend(
+                            store
+                                .list_keys(&prefix, at_time_us)
+                                .into_iter()
+                                .map(|k| k.to_string()),
+                        );
+                    }
+                }
+                keys.sort();
+                Response::Keys(keys)
+            }
+            _ => Response::error(ErrorCode::BadRequest, "not a local read"),
+        }
+    }
+
+    /// The subgroup and shard count of the pool `prefix` names or lies in.
+    fn list_pool(&self, prefix: &str) -> Result<(u32, u32), Response> {
+        self.pools
+            .get(prefix)
+            .map(Ok)
+            .unwrap_or_else(|| self.pools.find(prefix))
+            .map(|p| (p.spec.subgroup, p.shards))
+            .map_err(|e| pool_error(&e))
+    }
+
     fn locate(&self, key: &str) -> Result<(u32, u32, StoreKind), Response> {
         squall_kvs::validate_key(key, self.cfg.key_bytes_max)
             .map_err(|e| Response::error(ErrorCode::InvalidKey, e.to_string()))?;
@@ -781,14 +898,8 @@ impl Service {
                 };
                 let result = match at {
                     At::Latest => {
-                        let id = self.system_id();
-                        let bytes = op::encode(&Op::Read { id });
-                        let waiting = Waiting::Read {
-                            reply,
-                            keys: vec![key],
-                            multi: false,
-                        };
-                        self.multicast(g, id, bytes, waiting).await;
+                        let request = Request::Get { key, at };
+                        self.read_after_barrier(g, request, reply).await;
                         return Some(());
                     }
                     At::Version(v) => read_at(self, v),
@@ -847,48 +958,31 @@ impl Service {
                 self.multicast(g, id, bytes, waiting).await;
                 Some(())
             }
-            Request::GetSize { key } => {
-                let (g, s, _) = match self.locate(&key) {
+            Request::GetSize { ref key } => {
+                let (g, s, _) = match self.locate(key) {
                     Ok(l) => l,
                     Err(r) => return answer(reply, r),
                 };
                 if let Err(r) = self.check_member(g, s) {
                     return answer(reply, r);
                 }
-                let size = self
-                    .stores
-                    .get(&(g, s))
-                    .and_then(|st| st.size(&key))
-                    .map(|n| n as u64);
-                answer(reply, Response::Size(size))
+                self.read_after_barrier(g, request, reply).await;
+                Some(())
             }
-            Request::ListKeys { prefix, at_time_us } => {
-                let pool = match self
-                    .pools
-                    .get(&prefix)
-                    .map(Ok)
-                    .unwrap_or_else(|| self.pools.find(&prefix))
-                {
-                    Ok(p) => p.clone(),
-                    Err(e) => return answer(reply, pool_error(&e)),
+            Request::ListKeys {
+                ref prefix,
+                at_time_us,
+            } => {
+                let g = match self.list_pool(prefix) {
+                    Ok((g, _)) => g,
+                    Err(r) => return answer(reply, r),
                 };
-                let g = pool.spec.subgroup;
-                let mut keys = Vec::new();
-                for s in 0..pool.shards {
-                    if let Err(r) = self.check_member(g, s) {
-                        return answer(reply, r);
-                    }
-                    if let Some(store) = self.stores.get(&(g, s)) {
-                        keys.extend(
-                            store
-                                .list_keys(&prefix, at_time_us)
-                                .into_iter()
-                                .map(|k| k.to_string()),
-                        );
-                    }
+                if at_time_us.is_some() {
+                    // A read of the past: nothing in flight can change it.
+                    return answer(reply, self.local_read(request));
                 }
-                keys.sort();
-                answer(reply, Response::Keys(keys))
+                self.read_after_barrier(g, request, reply).await;
+                Some(())
             }
             Request::ListPools => answer(
                 reply,

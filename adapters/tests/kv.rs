@@ -628,7 +628,11 @@ async fn concurrent_clients_stay_linearizable_while_a_node_is_killed_and_restart
     let stamp = move || clock.elapsed().as_micros() as u64;
     let history = Arc::new(std::sync::Mutex::new(lin::History::new()));
     let next_value = Arc::new(AtomicU64::new(1));
-    let keys: Vec<String> = (0..4).map(|i| format!("/demo/lin{i}")).collect();
+    // Persistent and volatile keys: a volatile put completes at delivery, so a read
+    // elsewhere right after it is where a stale replica would show.
+    let keys: Vec<String> = ["/demo/lin0", "/demo/lin1", "/cache/lin0", "/cache/lin1"]
+        .map(String::from)
+        .to_vec();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
     for client_no in 0..5u32 {
@@ -690,7 +694,9 @@ async fn concurrent_clients_stay_linearizable_while_a_node_is_killed_and_restart
                         }
                     }
                     _ => {
-                        let pair = vec![keys[0].clone(), keys[1].clone()];
+                        // One shard per multi_get: both keys of one pool.
+                        let first = 2 * ((i / 3) % 2);
+                        let pair = keys[first..first + 2].to_vec();
                         if let Ok(objects) = c.multi_get(&pair).await {
                             let values = objects
                                 .into_iter()

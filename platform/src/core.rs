@@ -253,6 +253,9 @@ pub struct Core {
     my_rank: usize,
     rows: Vec<Arc<Row>>,
     row_dirty: bool,
+    /// My row changed in a way no peer waits on promptly (delivery and volatile
+    /// persistence counters): it rides on the next push, or goes at the next tick.
+    row_lazy: bool,
     last_push_ms: u64,
     last_heard_ms: Vec<u64>,
     last_tick_ms: u64,
@@ -346,6 +349,7 @@ impl Core {
             my_rank: 0,
             rows: Vec::new(),
             row_dirty: false,
+            row_lazy: false,
             last_push_ms: now_ms,
             last_heard_ms: Vec::new(),
             last_tick_ms: now_ms,
@@ -535,6 +539,43 @@ impl Core {
         Ok(ticket)
     }
 
+    /// The read barrier of `subgroup`: the newest ordered message this member has
+    /// received and not yet delivered. A read of local state is linearizable once every
+    /// message up to it is delivered here, or a later view is installed (whose state
+    /// includes every message any member delivered): a write that completed before the
+    /// read began was stable, so it had reached this member. `Ok(None)`: nothing is in
+    /// flight, read now. Raw subgroups have no order to wait for.
+    pub fn read_barrier(&self, subgroup: u32) -> Result<Option<Version>, SendError> {
+        if let Phase::Stopped(reason) = self.phase {
+            return Err(SendError::Stopped(reason));
+        }
+        if !self.is_member() {
+            return Err(SendError::NotJoined);
+        }
+        let g = subgroup as usize;
+        if g >= self.cfg.layout.subgroups.len() {
+            return Err(SendError::NoSuchSubgroup { subgroup });
+        }
+        let Some(shard) = self.shards[g].as_ref() else {
+            return Err(SendError::NotMember { subgroup });
+        };
+        if shard.mode == DeliveryMode::Raw {
+            return Ok(None);
+        }
+        let senders = shard.senders();
+        let newest = (0..shard.members.len())
+            .filter_map(|s| {
+                let last = shard.inbox[s].iter().rposition(Option::is_some)?;
+                let index = shard.popped[s] + last as u64;
+                Some(index * senders + s as u64)
+            })
+            .max();
+        Ok(newest.map(|slot| {
+            let slot = u32::try_from(slot).unwrap_or(u32::MAX);
+            Version::new(self.current_view().id, slot)
+        }))
+    }
+
     /// Advances the core's clock: heartbeats, suspicion timeouts, join retries.
     pub fn tick(&mut self, now_ms: u64) {
         let previous_tick_ms = self.last_tick_ms;
@@ -569,7 +610,10 @@ impl Core {
                         self.suspect_rank(r);
                     }
                 }
-                if self.now_ms.saturating_sub(self.last_push_ms) >= self.cfg.heartbeat_interval_ms {
+                if self.row_lazy
+                    || self.now_ms.saturating_sub(self.last_push_ms)
+                        >= self.cfg.heartbeat_interval_ms
+                {
                     self.row_dirty = true;
                 }
                 self.progress();
@@ -594,6 +638,17 @@ impl Core {
 
     /// The driver made every delivered version of `subgroup` up to `version` durable.
     pub fn persisted(&mut self, subgroup: u32, version: Version) {
+        self.record_persisted(subgroup, version, false);
+    }
+
+    /// Like [`Core::persisted`], for a subgroup whose persistence is immediate (no log):
+    /// nobody waits on it, so the news rides on the next row push (at the latest the next
+    /// tick) instead of costing a push of its own.
+    pub fn persisted_lazily(&mut self, subgroup: u32, version: Version) {
+        self.record_persisted(subgroup, version, true);
+    }
+
+    fn record_persisted(&mut self, subgroup: u32, version: Version, lazily: bool) {
         if !self.is_member() || version.view_id() != self.current_view().id {
             return;
         }
@@ -605,8 +660,13 @@ impl Core {
             return;
         }
         shard.persisted = Some(version);
+        let dirty = self.row_dirty;
         if let Some(row) = self.my_row_mut().shards[g].as_mut() {
             row.persisted = Some(version);
+        }
+        if lazily {
+            self.row_dirty = dirty;
+            self.row_lazy = true;
         }
         self.progress();
     }
@@ -1379,7 +1439,9 @@ impl Core {
                     {
                         row.delivered = delivered;
                     }
-                    self.row_dirty = true;
+                    // Only senders' windows read it, and they span many messages: a
+                    // push of its own would double the row traffic of every message.
+                    self.row_lazy = true;
                 }
             }
         }
@@ -2489,6 +2551,7 @@ impl Core {
         }
         if push_row {
             self.row_dirty = false;
+            self.row_lazy = false;
             self.last_push_ms = self.now_ms;
             self.heartbeat_next_view_joiners(&view);
         }

@@ -24,6 +24,9 @@ use crate::transport::{Inbound, Transport};
 /// it were, the node task would wait for the log (backpressure), never drop work.
 pub const LOG_QUEUE_MAX: usize = 65_536;
 
+/// Peer messages the node task takes in before it executes the core's outputs.
+pub const INBOUND_BATCH_MAX: usize = 64;
+
 /// Kinds of metadata records in the log.
 pub const META_VIEW: u8 = 1;
 pub const META_TRIM: u8 = 2;
@@ -109,6 +112,12 @@ pub enum AppEvent {
         shard: u32,
         received: Vec<u64>,
     },
+    /// The read asked for with [`NodeHandle::read_barrier`] may be served now (or not,
+    /// with the reason: this node holds no replica of the subgroup, or stopped).
+    ReadReady {
+        token: u64,
+        result: Result<(), SendError>,
+    },
     /// Answer with [`NodeHandle::supply_state`]: the shard's state as of now.
     StateRequested {
         view_id: ViewId,
@@ -139,6 +148,10 @@ enum Command {
         view_id: ViewId,
         subgroup: u32,
         state: Bytes,
+    },
+    ReadBarrier {
+        subgroup: u32,
+        token: u64,
     },
     Leave,
 }
@@ -179,6 +192,17 @@ impl NodeHandle {
             .await
             .map_err(|_| NodeSendError::Stopped)?
             .map_err(NodeSendError::Core)
+    }
+
+    /// Asks for [`AppEvent::ReadReady`] with `token` once a linearizable read of this
+    /// node's replica in `subgroup` may be served: every write that completed anywhere
+    /// before this call has then been delivered *to the application*, since the event
+    /// follows those deliveries in the event stream (see [`Core::read_barrier`]).
+    pub async fn read_barrier(&self, subgroup: u32, token: u64) -> Result<(), NodeSendError> {
+        self.commands
+            .send(Command::ReadBarrier { subgroup, token })
+            .await
+            .map_err(|_| NodeSendError::Stopped)
     }
 
     pub async fn supply_state(&self, view_id: ViewId, subgroup: u32, state: Bytes) {
@@ -304,6 +328,7 @@ pub fn start_node(
         last_hlc_us: 0,
         tails: Vec::new(),
         unlogged: cfg.unlogged_subgroups.clone(),
+        read_waits: Vec::new(),
     };
     // Every log line of the node carries its node, incarnation and current view.
     let span = info_span!(
@@ -333,6 +358,15 @@ struct Driver {
     /// Log tails being read for state transfers the application has yet to answer.
     tails: Vec<PendingTail>,
     unlogged: Vec<u32>,
+    /// Reads waiting for a delivery (see [`NodeHandle::read_barrier`]); the application
+    /// bounds how many it asks for.
+    read_waits: Vec<ReadWait>,
+}
+
+struct ReadWait {
+    subgroup: u32,
+    after: Version,
+    token: u64,
 }
 
 struct PendingTail {
@@ -394,21 +428,35 @@ impl Driver {
                 }
             }
             tokio::select! {
-                Some(msg) = inbound.recv() => match msg {
-                    Inbound::Message { from, msg } => {
-                        if cfg.report_arrivals {
-                            self.report_arrivals(from, &msg).await;
-                        }
-                        self.core.handle_message(from, msg);
+                Some(msg) = inbound.recv() => {
+                    self.inbound(&cfg, msg).await;
+                    // Take in what else has arrived before answering: one row push
+                    // then answers many messages.
+                    for _ in 1..INBOUND_BATCH_MAX {
+                        let Ok(msg) = inbound.try_recv() else { break };
+                        self.inbound(&cfg, msg).await;
                     }
-                    Inbound::Broken { peer, reason } => {
-                        info!(%peer, %reason, "suspecting");
-                        self.core.suspect(peer);
-                    }
-                },
+                }
                 Some(command) = commands.recv() => match command {
                     Command::Send { subgroup, payload, reply } => {
                         let _ = reply.send(self.core.send(subgroup, payload));
+                    }
+                    Command::ReadBarrier { subgroup, token } => {
+                        match self.core.read_barrier(subgroup) {
+                            Ok(Some(after)) => self.read_waits.push(ReadWait {
+                                subgroup,
+                                after,
+                                token,
+                            }),
+                            Ok(None) => {
+                                self.emit(AppEvent::ReadReady { token, result: Ok(()) })
+                                    .await;
+                            }
+                            Err(e) => {
+                                self.emit(AppEvent::ReadReady { token, result: Err(e) })
+                                    .await;
+                            }
+                        }
                     }
                     Command::SupplyState { view_id, subgroup, state } => {
                         self.supply_state(view_id, subgroup, state).await;
@@ -423,6 +471,38 @@ impl Driver {
             }
             if self.execute_outputs().await.is_some() {
                 return;
+            }
+        }
+    }
+
+    async fn release_reads(&mut self, ready: impl Fn(&ReadWait) -> bool) {
+        if self.read_waits.is_empty() {
+            return;
+        }
+        let (now, later): (Vec<ReadWait>, Vec<ReadWait>) = std::mem::take(&mut self.read_waits)
+            .into_iter()
+            .partition(ready);
+        self.read_waits = later;
+        for wait in now {
+            self.emit(AppEvent::ReadReady {
+                token: wait.token,
+                result: Ok(()),
+            })
+            .await;
+        }
+    }
+
+    async fn inbound(&mut self, cfg: &NodeConfig, msg: Inbound) {
+        match msg {
+            Inbound::Message { from, msg } => {
+                if cfg.report_arrivals {
+                    self.report_arrivals(from, &msg).await;
+                }
+                self.core.handle_message(from, msg);
+            }
+            Inbound::Broken { peer, reason } => {
+                info!(%peer, %reason, "suspecting");
+                self.core.suspect(peer);
             }
         }
     }
@@ -445,7 +525,11 @@ impl Driver {
             LogDone::Persisted { subgroup, version } => {
                 // Stamped before the core can tell any peer.
                 let at_us = wall_clock_us();
-                self.core.persisted(subgroup, version);
+                if self.logs(subgroup) {
+                    self.core.persisted(subgroup, version);
+                } else {
+                    self.core.persisted_lazily(subgroup, version);
+                }
                 self.emit_at(at_us, AppEvent::Persisted { subgroup, version })
                     .await;
             }
@@ -565,7 +649,12 @@ impl Driver {
                     };
                     self.queue_log_work(LogWork::Append(key, record));
                 }
+                let delivered = delivery.version.map(|v| (delivery.subgroup, v));
                 self.emit(AppEvent::Delivered(delivery)).await;
+                if let Some((subgroup, version)) = delivered {
+                    self.release_reads(|w| w.subgroup == subgroup && w.after <= version)
+                        .await;
+                }
             }
             Output::Persist { subgroup, version } => {
                 if self.logs(subgroup) {
@@ -656,7 +745,11 @@ impl Driver {
                         then: None,
                     });
                 }
+                let view_id = view.id;
                 self.emit(AppEvent::Installed(view)).await;
+                // The new view's state holds everything any member delivered in older
+                // views; what the trim dropped was never completed.
+                self.release_reads(|w| w.after.view_id() < view_id).await;
             }
             Output::StateTransferRequest {
                 view_id,

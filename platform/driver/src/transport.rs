@@ -431,8 +431,11 @@ impl TcpTransport {
         self.link_failed(peer, serial, reason);
     }
 
-    async fn read_loop(self: Arc<Self>, peer: MemberId, serial: u64, mut rd: OwnedReadHalf) {
+    async fn read_loop(self: Arc<Self>, peer: MemberId, serial: u64, rd: OwnedReadHalf) {
         let timeout = Duration::from_millis(self.cfg.suspicion_timeout_ms);
+        // Frames are small and many (rows, headers): read them from a buffer, one system
+        // call for many. A body larger than the buffer bypasses it.
+        let mut rd = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, rd);
         let mut assembling: Option<BytesMut> = None;
         let reason = loop {
             let incoming = tokio::time::timeout(
@@ -468,6 +471,9 @@ impl TcpTransport {
         self.link_failed(peer, serial, reason);
     }
 }
+
+/// Read buffer of a peer link.
+pub const READ_BUFFER_BYTES: usize = 64 << 10;
 
 /// Parts this small are copied into the output buffer; larger ones are written from
 /// their own buffers (no copy), after what is buffered.

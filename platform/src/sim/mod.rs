@@ -73,6 +73,9 @@ pub struct Scenario {
     pub split_lanes: bool,
     /// Every node stops at once at this time and all restart, in a shuffled order.
     pub total_restart_at_us: Option<u64>,
+    /// Odd subgroups report persistence lazily (`Core::persisted_lazily`), as a driver
+    /// does for volatile subgroups: their news waits for the next row push or tick.
+    pub lazy_persistence: bool,
 }
 
 impl Scenario {
@@ -148,6 +151,7 @@ impl Scenario {
             codec_check: seed.is_multiple_of(4),
             split_lanes: seed % 3 == 1,
             total_restart_at_us,
+            lazy_persistence: (seed / 5) % 2 == 1,
         }
     }
 }
@@ -653,8 +657,13 @@ impl Simulation {
                             .insert(v, payload);
                     }
                 }
+                let lazily = self.sc.lazy_persistence && subgroup % 2 == 1;
                 if let Some(core) = self.core_mut(node) {
-                    core.persisted(subgroup, version);
+                    if lazily {
+                        core.persisted_lazily(subgroup, version);
+                    } else {
+                        core.persisted(subgroup, version);
+                    }
                 }
                 self.pump(node);
             }

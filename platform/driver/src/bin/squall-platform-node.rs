@@ -356,6 +356,8 @@ async fn main() -> Result<()> {
                         digest = decode_digest(&state).ok_or_else(|| anyhow!("malformed state from the source"))?;
                         rec.record(Event::StateReceived { at_us, member: me, view_id, subgroup, digest })?;
                     }
+                    // This node asks for no reads.
+                    AppEvent::ReadReady { .. } => {}
                     AppEvent::Stopped(reason) => {
                         rec.record(Event::Stopped { at_us, member: me, reason })?;
                         eprintln!("node {me}: stopped: {reason:?}");
