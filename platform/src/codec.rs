@@ -19,7 +19,7 @@ use crate::view::{ShardView, View};
 use crate::wire::{DataRun, Item, Wire};
 
 /// Bumped whenever the encoding changes; peers with another version are refused.
-pub const CODEC_VERSION: u16 = 2;
+pub const CODEC_VERSION: u16 = 3;
 
 const TAG_UPDATE: u8 = 1;
 const TAG_JOIN_REQUEST: u8 = 2;
@@ -31,6 +31,8 @@ const TAG_RESTART_HELLO: u8 = 7;
 const TAG_RESTART_PREPARE: u8 = 8;
 const TAG_RESTART_ACK: u8 = 9;
 const TAG_RESTART_COMMIT: u8 = 10;
+const TAG_READ_PROBE: u8 = 11;
+const TAG_READ_PROBE_ACK: u8 = 12;
 
 const ITEM_MESSAGE: u8 = 0;
 const ITEM_NULLS: u8 = 1;
@@ -210,6 +212,16 @@ fn encode_into(msg: &Wire, sink: &mut impl Sink) {
             sink.buf().put_u8(TAG_RESTART_COMMIT);
             sink.buf().put_u32_le(*view_id);
         }
+        Wire::ReadProbe { view_id, round } => {
+            sink.buf().put_u8(TAG_READ_PROBE);
+            sink.buf().put_u32_le(*view_id);
+            sink.buf().put_u64_le(*round);
+        }
+        Wire::ReadProbeAck { view_id, round } => {
+            sink.buf().put_u8(TAG_READ_PROBE_ACK);
+            sink.buf().put_u32_le(*view_id);
+            sink.buf().put_u64_le(*round);
+        }
     }
 }
 
@@ -299,6 +311,14 @@ pub fn decode(frame: Bytes, limits: &DecodeLimits) -> Result<Wire, DecodeError> 
         },
         TAG_RESTART_COMMIT => Wire::RestartCommit {
             view_id: r.u32("view id")?,
+        },
+        TAG_READ_PROBE => Wire::ReadProbe {
+            view_id: r.u32("view id")?,
+            round: r.u64("probe round")?,
+        },
+        TAG_READ_PROBE_ACK => Wire::ReadProbeAck {
+            view_id: r.u32("view id")?,
+            round: r.u64("probe round")?,
         },
         tag => {
             return Err(DecodeError::UnknownTag {
@@ -873,6 +893,14 @@ mod tests {
             },
             Wire::RestartAck { view_id: 5 },
             Wire::RestartCommit { view_id: 5 },
+            Wire::ReadProbe {
+                view_id: 5,
+                round: 77,
+            },
+            Wire::ReadProbeAck {
+                view_id: 5,
+                round: u64::MAX,
+            },
             Wire::RestartPrepare {
                 plan: Arc::new(RestartPlan {
                     view: Arc::new(view.clone()),

@@ -143,7 +143,41 @@ pub enum Output {
         subgroup: u32,
         tickets: Vec<SendTicket>,
     },
+    /// The read asked for with [`Core::request_read`] may be served from local state
+    /// once every delivery up to the version given is applied (`None`: at once, after
+    /// the deliveries already output). An error: it cannot be served here.
+    ReadReady {
+        ticket: u64,
+        /// The view the answer is relative to: the read is served in it (or later).
+        view_id: ViewId,
+        result: Result<Option<Version>, SendError>,
+    },
     Stopped(StopReason),
+}
+
+/// A local read waiting for its probe round (see [`Core::request_read`]).
+#[derive(Debug)]
+struct PendingRead {
+    ticket: u64,
+    subgroup: u32,
+    /// The newest ordered message received and not yet delivered when it was asked.
+    barrier: Option<Version>,
+}
+
+/// Read probes: before a member serves local reads, a majority of its view confirms,
+/// after the reads were asked, that it is still a member (see [`Core::request_read`]).
+#[derive(Debug, Default)]
+struct Reads {
+    next_ticket: u64,
+    /// Asked while a round was in flight: they need a round that starts after them.
+    waiting: Vec<PendingRead>,
+    /// Covered by the round in flight.
+    probing: Vec<PendingRead>,
+    /// The round in flight (or the last one); rounds only grow.
+    round: u64,
+    in_flight: bool,
+    /// By rank, for the round in flight; my own rank counts.
+    acks: Vec<bool>,
 }
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -271,6 +305,7 @@ pub struct Core {
     evicted_notified: Vec<MemberId>,
     outbox: Vec<Vec<DataRun>>,
     outputs: Vec<Output>,
+    reads: Reads,
     /// The restart plan being installed (its view's setup reads the shards' holds).
     restart: Option<Arc<RestartPlan>>,
     /// A proposal I agreed to (as leader or follower) whose agreement is being logged;
@@ -365,6 +400,7 @@ impl Core {
             evicted_notified: Vec::new(),
             outbox: Vec::new(),
             outputs: Vec::new(),
+            reads: Reads::default(),
             restart: None,
             ack_logging: None,
         })
@@ -539,13 +575,37 @@ impl Core {
         Ok(ticket)
     }
 
-    /// The read barrier of `subgroup`: the newest ordered message this member has
-    /// received and not yet delivered. A read of local state is linearizable once every
-    /// message up to it is delivered here, or a later view is installed (whose state
-    /// includes every message any member delivered): a write that completed before the
-    /// read began was stable, so it had reached this member. `Ok(None)`: nothing is in
-    /// flight, read now. Raw subgroups have no order to wait for.
-    pub fn read_barrier(&self, subgroup: u32) -> Result<Option<Version>, SendError> {
+    /// Asks for a linearizable read of this member's replica in `subgroup`; the answer
+    /// comes as [`Output::ReadReady`] with the returned ticket.
+    ///
+    /// Two things make a local read linearizable. First, a write that completed anywhere
+    /// before the read began was stable, hence received here: the read waits for the
+    /// newest message received and not yet delivered (the barrier). Second, that
+    /// argument needs this member to still be in the view: a member cut off in a
+    /// minority, or paused long enough to be evicted, does not receive what the others
+    /// deliver after excluding it. So a round of [`Wire::ReadProbe`]s goes out after the
+    /// read was asked, and the read is ready once a majority of the view (counting this
+    /// member) answered that it still counts this member in: a view excluding it needs
+    /// the agreement of a majority that suspects it, and none of those answered yet.
+    /// Reads asked while a round is in flight wait for the next one; one round serves
+    /// them all. A new view answers every pending read (its state holds everything any
+    /// member delivered in the old one).
+    pub fn request_read(&mut self, subgroup: u32) -> Result<u64, SendError> {
+        let barrier = self.received_barrier(subgroup)?;
+        let ticket = self.reads.next_ticket;
+        self.reads.next_ticket += 1;
+        self.reads.waiting.push(PendingRead {
+            ticket,
+            subgroup,
+            barrier,
+        });
+        self.start_read_round();
+        Ok(ticket)
+    }
+
+    /// The newest ordered message of `subgroup` this member has received and not yet
+    /// delivered. Raw subgroups have no order to wait for.
+    fn received_barrier(&self, subgroup: u32) -> Result<Option<Version>, SendError> {
         if let Phase::Stopped(reason) = self.phase {
             return Err(SendError::Stopped(reason));
         }
@@ -574,6 +634,73 @@ impl Core {
             let slot = u32::try_from(slot).unwrap_or(u32::MAX);
             Version::new(self.current_view().id, slot)
         }))
+    }
+
+    fn start_read_round(&mut self) {
+        if self.reads.in_flight || self.reads.waiting.is_empty() || !self.is_member() {
+            return;
+        }
+        let view = Arc::clone(self.current_view());
+        self.reads.round += 1;
+        self.reads.in_flight = true;
+        self.reads.probing = std::mem::take(&mut self.reads.waiting);
+        self.reads.acks = vec![false; view.members.len()];
+        self.reads.acks[self.my_rank] = true;
+        let round = self.reads.round;
+        for (r, member) in view.members.iter().enumerate() {
+            if r == self.my_rank || self.is_suspected(r) {
+                continue;
+            }
+            self.send_to(
+                member.node,
+                Some(member.incarnation),
+                Wire::ReadProbe {
+                    view_id: view.id,
+                    round,
+                },
+            );
+        }
+        self.finish_read_round();
+    }
+
+    /// Answers the reads of the round in flight once a majority acknowledged it.
+    fn finish_read_round(&mut self) {
+        let acked = self.reads.acks.iter().filter(|a| **a).count();
+        if !self.reads.in_flight || acked * 2 <= self.reads.acks.len() {
+            return;
+        }
+        self.reads.in_flight = false;
+        for read in std::mem::take(&mut self.reads.probing) {
+            // Delivered meanwhile (those deliveries are output already): read at once.
+            let delivered = self
+                .shards
+                .get(read.subgroup as usize)
+                .and_then(Option::as_ref)
+                .and_then(|s| s.last_version);
+            let barrier = read.barrier.filter(|b| delivered < Some(*b));
+            self.outputs.push(Output::ReadReady {
+                ticket: read.ticket,
+                view_id: self.current_view().id,
+                result: Ok(barrier),
+            });
+        }
+        self.start_read_round();
+    }
+
+    /// A new view (this member installed it) or a stop answers every pending read.
+    fn settle_reads(&mut self, view_id: ViewId, result: Result<Option<Version>, SendError>) {
+        self.reads.in_flight = false;
+        let pending: Vec<PendingRead> = std::mem::take(&mut self.reads.probing)
+            .into_iter()
+            .chain(std::mem::take(&mut self.reads.waiting))
+            .collect();
+        for read in pending {
+            self.outputs.push(Output::ReadReady {
+                ticket: read.ticket,
+                view_id,
+                result: result.clone(),
+            });
+        }
     }
 
     /// Advances the core's clock: heartbeats, suspicion timeouts, join retries.
@@ -795,7 +922,9 @@ impl Core {
                     Wire::RestartHello { .. }
                     | Wire::RestartPrepare { .. }
                     | Wire::RestartAck { .. }
-                    | Wire::RestartCommit { .. } => {}
+                    | Wire::RestartCommit { .. }
+                    | Wire::ReadProbe { .. }
+                    | Wire::ReadProbeAck { .. } => {}
                     _ => self.buffer_future(from, msg),
                 }
                 self.progress();
@@ -834,7 +963,9 @@ impl Core {
                 | Wire::RestartHello { .. }
                 | Wire::RestartPrepare { .. }
                 | Wire::RestartAck { .. }
-                | Wire::RestartCommit { .. } => {}
+                | Wire::RestartCommit { .. }
+                | Wire::ReadProbe { .. }
+                | Wire::ReadProbeAck { .. } => {}
             },
             Phase::Restarting(_) => self.on_restarting_message(from, msg),
             Phase::Member => {
@@ -867,6 +998,30 @@ impl Core {
             | Wire::RestartPrepare { .. }
             | Wire::RestartAck { .. }
             | Wire::RestartCommit { .. } => {}
+            Wire::ReadProbe { view_id, round } => {
+                // Only while I count the asker in, in its view: see `request_read`.
+                if let Some(r) = from_rank
+                    && view_id == view.id
+                    && !self.is_suspected(r)
+                {
+                    self.send_to(
+                        from.node,
+                        Some(from.incarnation),
+                        Wire::ReadProbeAck { view_id, round },
+                    );
+                }
+            }
+            Wire::ReadProbeAck { view_id, round } => {
+                if let Some(r) = from_rank
+                    && view_id == view.id
+                    && self.reads.in_flight
+                    && round == self.reads.round
+                    && let Some(ack) = self.reads.acks.get_mut(r)
+                {
+                    *ack = true;
+                    self.finish_read_round();
+                }
+            }
             Wire::Evicted { view_id } => {
                 // Only a member we still trust can evict us: a member we suspect is
                 // already on its way out and its opinion no longer counts.
@@ -1105,7 +1260,10 @@ impl Core {
                 ..
             } if data.is_empty() => {}
             Wire::Update { .. } | Wire::State { .. } => self.buffer_future(from, msg),
-            Wire::JoinRequest | Wire::Evicted { .. } => {}
+            Wire::JoinRequest
+            | Wire::Evicted { .. }
+            | Wire::ReadProbe { .. }
+            | Wire::ReadProbeAck { .. } => {}
         }
     }
 
@@ -2359,6 +2517,7 @@ impl Core {
             my_row.wedged = true;
         }
         self.outputs.push(Output::InstallView(Arc::clone(&view)));
+        self.settle_reads(view.id, Ok(None));
         let mut aborted = Vec::new();
         for g in 0..subgroups {
             let Some(s) = view.shard_of(g, self.me) else {
@@ -2515,6 +2674,8 @@ impl Core {
                 });
             }
         }
+        let view_id = self.view().map_or(0, |v| v.id);
+        self.settle_reads(view_id, Err(SendError::Stopped(reason)));
         self.outputs.push(Output::Stopped(reason));
     }
 

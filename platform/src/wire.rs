@@ -72,6 +72,12 @@ pub enum Wire {
     RestartAck { view_id: ViewId },
     /// Every member agreed durably: install the prepared restart view `view_id`.
     RestartCommit { view_id: ViewId },
+    /// "Do you still count me as a member of view `view_id`?" A member asks before it
+    /// serves local reads (read probes, round `round`): a majority that says yes after
+    /// the reads began proves no view excluding it had been committed by then.
+    ReadProbe { view_id: ViewId, round: u64 },
+    /// "Yes, as of now": the answer to a `ReadProbe` of the same view and round.
+    ReadProbeAck { view_id: ViewId, round: u64 },
 }
 
 impl Wire {

@@ -217,6 +217,48 @@ impl Run {
         })
     }
 
+    /// `member` asks read `ticket` of subgroup 0 shard 0 in view `view_id`.
+    fn ask_read(&mut self, member: MemberId, view_id: ViewId, ticket: u64) -> &mut Self {
+        self.event(|at_us| Event::ReadRequested {
+            at_us,
+            member,
+            ticket,
+            view_id,
+            subgroup: 0,
+            shard: 0,
+        })
+    }
+
+    /// ... and its core answers it in view `view_id` with `barrier`.
+    fn answer_read(
+        &mut self,
+        member: MemberId,
+        view_id: ViewId,
+        ticket: u64,
+        barrier: Option<Version>,
+    ) -> &mut Self {
+        self.event(|at_us| Event::ReadBarrier {
+            at_us,
+            member,
+            ticket,
+            view_id,
+            subgroup: 0,
+            shard: 0,
+            barrier,
+        })
+    }
+
+    /// A read asked and answered at once (ticket 0).
+    fn read_barrier(
+        &mut self,
+        member: MemberId,
+        view_id: ViewId,
+        barrier: Option<Version>,
+    ) -> &mut Self {
+        self.ask_read(member, view_id, 0)
+            .answer_read(member, view_id, 0, barrier)
+    }
+
     fn finish(&mut self, live: &[MemberId], converged: bool) -> History {
         self.event(|at_us| Event::Finished {
             at_us,
@@ -280,6 +322,7 @@ fn every_checker_has_a_failing_test() {
             "persistence_frontier",
             "state_transfer",
             "restart_recovery",
+            "read_barrier",
             "liveness_after_heal",
         ],
         "a checker was added or renamed: give it a test here"
@@ -677,6 +720,169 @@ fn state_transfer() {
         ],
     );
     assert_passes(checkers::state_transfer, &with_received(held));
+}
+
+#[test]
+fn read_barrier() {
+    let v0 = ordered(0, &[A, B, C]);
+    let first = msg(&v0, A, 0, 0);
+    let second = msg(&v0, B, 0, 1);
+    let (v00, v01) = (Version::new(0, 0), Version::new(0, 1));
+    // Both messages reach everyone; A delivers them, then C asks for its barrier, then B
+    // and C deliver.
+    let with_c_barrier = |barrier: Option<Version>| {
+        Run::new()
+            .install(&v0, &[A, B, C])
+            .send(&first)
+            .arrive(&first, &[B, C])
+            .send(&second)
+            .arrive(&second, &[A, C])
+            .deliver(&first, &[A])
+            .deliver(&second, &[A])
+            .read_barrier(C, 0, barrier)
+            .deliver(&first, &[B, C])
+            .deliver(&second, &[B, C])
+            .finish(&[A, B, C], true)
+    };
+    assert_fails(
+        checkers::read_barrier,
+        "read_barrier",
+        &with_c_barrier(None),
+        &[
+            "n2.1 got read barrier none of view 0 subgroup 0 shard 0",
+            "but n0.1 had delivered (Stable) v0:0",
+            "and n2.1 had not",
+        ],
+    );
+    assert_fails(
+        checkers::read_barrier,
+        "read_barrier",
+        &with_c_barrier(Some(v00)),
+        &[
+            "n2.1 got read barrier v0:0 of view 0",
+            "n0.1 had delivered (Stable) v0:1",
+        ],
+    );
+    assert_fails(
+        checkers::read_barrier,
+        "read_barrier",
+        &with_c_barrier(Some(Version::new(1, 5))),
+        &["n2.1 answered read 0 in view 0 with barrier v1:5: a version of another view"],
+    );
+    assert_passes(checkers::read_barrier, &with_c_barrier(Some(v01)));
+
+    // What C delivered before asking needs no cover; what it delivers later does.
+    let with_c_delivering_first = |c_first: bool| {
+        let mut run = Run::new();
+        run.install(&v0, &[A, B, C])
+            .multicast(&first, &[A, B, C])
+            .send(&second)
+            .arrive(&second, &[A, C])
+            .deliver(&second, &[A]);
+        if c_first {
+            run.deliver(&second, &[C]).read_barrier(C, 0, None);
+        } else {
+            run.read_barrier(C, 0, None).deliver(&second, &[C]);
+        }
+        run.deliver(&second, &[B]).finish(&[A, B, C], true)
+    };
+    assert_fails(
+        checkers::read_barrier,
+        "read_barrier",
+        &with_c_delivering_first(false),
+        &[
+            "n2.1 got read barrier none",
+            "n0.1 had delivered (Stable) v0:1",
+        ],
+    );
+    assert_passes(checkers::read_barrier, &with_c_delivering_first(true));
+
+    // Events at the same `at_us` are ordered by the history: a barrier recorded before a
+    // delivery at the same instant need not cover it, one recorded after must.
+    let same_instant = |barrier_first: bool| {
+        let mut run = Run::new();
+        run.install(&v0, &[A, B, C])
+            .send(&first)
+            .arrive(&first, &[B, C]);
+        let mut history = run
+            .deliver(&first, &[A])
+            .read_barrier(C, 0, None)
+            .deliver(&first, &[B, C])
+            .finish(&[A, B, C], true);
+        let at = |e: &Event| matches!(e, Event::ReadRequested { .. });
+        let i = history.events.iter().position(at).expect("recorded");
+        let now_us = history.events[i].at_us();
+        if let Event::Delivered { at_us, .. } = &mut history.events[i - 1] {
+            *at_us = now_us;
+        }
+        if barrier_first {
+            history.events.swap(i - 1, i);
+        }
+        history
+    };
+    assert_fails(
+        checkers::read_barrier,
+        "read_barrier",
+        &same_instant(false),
+        &["at 800 us, but n0.1 had delivered (Stable) v0:0 at 800 us"],
+    );
+    assert_passes(checkers::read_barrier, &same_instant(true));
+
+    // A barrier must come from the member's current view.
+    let v1 = ordered(1, &[A, B, C]);
+    let in_view = |view_id: ViewId| {
+        Run::new()
+            .install(&v0, &[A, B, C])
+            .multicast(&first, &[A, B, C])
+            .install(&v1, &[A, B, C])
+            .read_barrier(C, view_id, None)
+            .finish(&[A, B, C], true)
+    };
+    assert_fails(
+        checkers::read_barrier,
+        "read_barrier",
+        &in_view(0),
+        &["n2.1 asked read 0 in view 0 at", "while in view Some(1)"],
+    );
+    assert_passes(checkers::read_barrier, &in_view(1));
+
+    // A read asked after the others delivered what C has not: answered in the same view
+    // without covering it, it fails; answered in the next view, the install covers it.
+    let cut_off = |answer_view: ViewId| {
+        let mut run = Run::new();
+        run.install(&v0, &[A, B, C])
+            .send(&first)
+            .arrive(&first, &[B, C])
+            .deliver(&first, &[A, B])
+            .ask_read(C, 0, 7);
+        if answer_view == 1 {
+            run.deliver(&first, &[C]).install(&v1, &[A, B, C]);
+        }
+        run.answer_read(C, answer_view, 7, None)
+            .finish(&[A, B, C], true)
+    };
+    assert_fails(
+        checkers::read_barrier,
+        "read_barrier",
+        &cut_off(0),
+        &[
+            "n2.1 got read barrier none of view 0",
+            "for read 7 asked at",
+            "n0.1 had delivered (Stable) v0:0",
+        ],
+    );
+    assert_passes(checkers::read_barrier, &cut_off(1));
+    // An answer to a read nobody asked is a bug too.
+    let unasked = Run::new()
+        .install(&v0, &[A, B, C])
+        .answer_read(C, 0, 3, None)
+        .finish(&[A, B, C], true);
+    assert_fails(
+        checkers::read_barrier,
+        "read_barrier",
+        &unasked,
+        &["n2.1 answered read 3 at", "never asked"],
+    );
 }
 
 /// The state a shard's application reaches by applying `payloads` in order (the

@@ -329,6 +329,7 @@ pub fn start_node(
         tails: Vec::new(),
         unlogged: cfg.unlogged_subgroups.clone(),
         read_waits: Vec::new(),
+        reads_asked: std::collections::HashMap::new(),
     };
     // Every log line of the node carries its node, incarnation and current view.
     let span = info_span!(
@@ -361,6 +362,9 @@ struct Driver {
     /// Reads waiting for a delivery (see [`NodeHandle::read_barrier`]); the application
     /// bounds how many it asks for.
     read_waits: Vec<ReadWait>,
+    /// Reads the core is confirming (read probes): its ticket to the subgroup and the
+    /// application's token.
+    reads_asked: std::collections::HashMap<u64, (u32, u64)>,
 }
 
 struct ReadWait {
@@ -442,15 +446,9 @@ impl Driver {
                         let _ = reply.send(self.core.send(subgroup, payload));
                     }
                     Command::ReadBarrier { subgroup, token } => {
-                        match self.core.read_barrier(subgroup) {
-                            Ok(Some(after)) => self.read_waits.push(ReadWait {
-                                subgroup,
-                                after,
-                                token,
-                            }),
-                            Ok(None) => {
-                                self.emit(AppEvent::ReadReady { token, result: Ok(()) })
-                                    .await;
+                        match self.core.request_read(subgroup) {
+                            Ok(ticket) => {
+                                self.reads_asked.insert(ticket, (subgroup, token));
                             }
                             Err(e) => {
                                 self.emit(AppEvent::ReadReady { token, result: Err(e) })
@@ -724,6 +722,31 @@ impl Driver {
             Output::GlobalPersisted { subgroup, version } => {
                 self.emit(AppEvent::GlobalPersisted { subgroup, version })
                     .await;
+            }
+            Output::ReadReady { ticket, result, .. } => {
+                // Asked by this driver; the core answers each ticket once.
+                let (subgroup, token) = self.reads_asked.remove(&ticket)?;
+                match result {
+                    Ok(Some(after)) => self.read_waits.push(ReadWait {
+                        subgroup,
+                        after,
+                        token,
+                    }),
+                    Ok(None) => {
+                        self.emit(AppEvent::ReadReady {
+                            token,
+                            result: Ok(()),
+                        })
+                        .await;
+                    }
+                    Err(e) => {
+                        self.emit(AppEvent::ReadReady {
+                            token,
+                            result: Err(e),
+                        })
+                        .await;
+                    }
+                }
             }
             Output::InstallView(view) => {
                 tracing::Span::current().record("view", view.id);

@@ -420,6 +420,8 @@ impl TcpTransport {
                 wr.write_all(&out).await?;
                 out.clear();
                 wr.flush().await?;
+                // What was just written is the sign of life: beat only after a silence.
+                beat.reset();
             }
         }
         .await;

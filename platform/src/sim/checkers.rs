@@ -47,6 +47,7 @@ pub const CHECKERS: &[Checker] = &[
     ("persistence_frontier", persistence_frontier),
     ("state_transfer", state_transfer),
     ("restart_recovery", restart_recovery),
+    ("read_barrier", read_barrier),
     ("liveness_after_heal", liveness_after_heal),
 ];
 
@@ -860,6 +861,187 @@ pub fn restart_recovery(h: &History) -> Check {
                     }
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Linearizable local reads (`Core::request_read`). When member M asks for a read in
+/// its view v, let S be the ordered messages of its shard that some member delivered in
+/// view v before the request and M had not. When the core answers in view v with
+/// barrier b, every message of S is delivered at M by then or has a version at most b
+/// (`None`: below every version), so M serves the read after applying all of S. An
+/// answer in a later view is covered by that view's install (whose state holds all of
+/// view v that anyone delivered; `same_delivered_set_per_view` judges that). A member
+/// that is excluded from v's successor must never get an answer in v for a read asked
+/// after the others delivered without it: that is what the read probes are for.
+///
+/// Also: the request names M's current view and the shard M holds in it; the answer
+/// names M's current view, the request's subgroup and shard, and a version of its view.
+/// "Before" is the history's order, not `at_us`: the simulator records events in the
+/// order it executes them.
+pub fn read_barrier(h: &History) -> Check {
+    type ShardKey = (ViewId, u32, u32);
+    struct Asked {
+        at_us: u64,
+        view_id: ViewId,
+        subgroup: u32,
+        shard: u32,
+        missing: BTreeSet<Version>,
+    }
+    let views = h.views();
+    let mut current: HashMap<MemberId, ViewId> = HashMap::new();
+    // The first delivery of each version anywhere: by whom, when, and how.
+    let mut first: HashMap<(ShardKey, Version), (MemberId, u64, DeliveryKind)> = HashMap::new();
+    // Per shard member: versions delivered somewhere in its shard and not yet by it.
+    let mut missing: HashMap<(ShardKey, MemberId), BTreeSet<Version>> = HashMap::new();
+    let mut asked: HashMap<(MemberId, u64), Asked> = HashMap::new();
+    for event in &h.events {
+        match event {
+            Event::Installed { member, view, .. } => {
+                current.insert(*member, view.id);
+            }
+            Event::Delivered {
+                at_us,
+                member,
+                view_id,
+                subgroup,
+                shard,
+                version: Some(version),
+                kind,
+                ..
+            } => {
+                let key = (*view_id, *subgroup, *shard);
+                if first.contains_key(&(key, *version)) {
+                    if let Some(versions) = missing.get_mut(&(key, *member)) {
+                        versions.remove(version);
+                    }
+                    continue;
+                }
+                first.insert((key, *version), (*member, *at_us, *kind));
+                let members = views
+                    .get(view_id)
+                    .and_then(|v| v.shards.get(*subgroup as usize)?.get(*shard as usize))
+                    .map_or(&[][..], |sv| sv.members.as_slice());
+                for m in members.iter().filter(|m| *m != member) {
+                    missing.entry((key, *m)).or_default().insert(*version);
+                }
+            }
+            Event::ReadRequested {
+                at_us,
+                member,
+                ticket,
+                view_id,
+                subgroup,
+                shard,
+            } => {
+                let installed = current.get(member).copied();
+                if installed != Some(*view_id) {
+                    return fail(
+                        "read_barrier",
+                        format!(
+                            "{member} asked read {ticket} in view {view_id} at {at_us} us while in \
+ view {installed:?}"
+                        ),
+                    );
+                }
+                let held = views
+                    .get(view_id)
+                    .and_then(|v| v.shard_of(*subgroup as usize, *member));
+                if held != Some(*shard as usize) {
+                    return fail(
+                        "read_barrier",
+                        format!(
+                            "{member} asked read {ticket} of subgroup {subgroup} shard {shard} in \
+ view {view_id}, but holds shard {held:?} there"
+                        ),
+                    );
+                }
+                let key = (*view_id, *subgroup, *shard);
+                let snapshot = missing.get(&(key, *member)).cloned().unwrap_or_default();
+                asked.insert(
+                    (*member, *ticket),
+                    Asked {
+                        at_us: *at_us,
+                        view_id: *view_id,
+                        subgroup: *subgroup,
+                        shard: *shard,
+                        missing: snapshot,
+                    },
+                );
+            }
+            Event::ReadBarrier {
+                at_us,
+                member,
+                ticket,
+                view_id,
+                subgroup,
+                shard,
+                barrier,
+            } => {
+                let shown = barrier.map_or_else(|| "none".to_string(), |b| b.to_string());
+                let Some(ask) = asked.remove(&(*member, *ticket)) else {
+                    return fail(
+                        "read_barrier",
+                        format!("{member} answered read {ticket} at {at_us} us, never asked"),
+                    );
+                };
+                if (ask.subgroup, ask.shard) != (*subgroup, *shard) {
+                    return fail(
+                        "read_barrier",
+                        format!(
+                            "{member} answered read {ticket} for subgroup {subgroup} shard {shard}, \
+ asked for subgroup {} shard {}",
+                            ask.subgroup, ask.shard
+                        ),
+                    );
+                }
+                let installed = current.get(member).copied();
+                if installed != Some(*view_id) || *view_id < ask.view_id {
+                    return fail(
+                        "read_barrier",
+                        format!(
+                            "{member} answered read {ticket} (asked in view {}) in view {view_id} \
+ at {at_us} us while in view {installed:?}",
+                            ask.view_id
+                        ),
+                    );
+                }
+                if let Some(b) = barrier
+                    && b.view_id() != *view_id
+                {
+                    return fail(
+                        "read_barrier",
+                        format!(
+                            "{member} answered read {ticket} in view {view_id} with barrier {b}: a \
+ version of another view"
+                        ),
+                    );
+                }
+                if *view_id > ask.view_id {
+                    continue;
+                }
+                let key = (*view_id, *subgroup, *shard);
+                let still = missing.get(&(key, *member));
+                let uncovered = ask
+                    .missing
+                    .iter()
+                    .filter(|v| still.is_some_and(|s| s.contains(v)))
+                    .find(|v| barrier.is_none_or(|b| **v > b));
+                if let Some(version) = uncovered {
+                    let (by, when_us, kind) = first[&(key, *version)];
+                    return fail(
+                        "read_barrier",
+                        format!(
+                            "{member} got read barrier {shown} of view {view_id} subgroup {subgroup} \
+ shard {shard} at {at_us} us for read {ticket} asked at {} us, but {by} had delivered \
+ ({kind:?}) {version} at {when_us} us before the read was asked and {member} had not",
+                            ask.at_us
+                        ),
+                    );
+                }
+            }
+            _ => {}
         }
     }
     Ok(())

@@ -75,6 +75,27 @@ pub enum Event {
         payload: PayloadId,
         ticket: Option<SendTicket>,
     },
+    /// `member` asked its core for a linearizable local read of `subgroup` (its shard
+    /// `shard` of view `view_id`, its current view): `Core::request_read`.
+    ReadRequested {
+        at_us: u64,
+        member: MemberId,
+        ticket: u64,
+        view_id: ViewId,
+        subgroup: u32,
+        shard: u32,
+    },
+    /// ... and the core answered the read `ticket`: serve it in view `view_id` once
+    /// deliveries reach `barrier` (`None`: at once).
+    ReadBarrier {
+        at_us: u64,
+        member: MemberId,
+        ticket: u64,
+        view_id: ViewId,
+        subgroup: u32,
+        shard: u32,
+        barrier: Option<Version>,
+    },
     Persisted {
         at_us: u64,
         member: MemberId,
@@ -158,6 +179,8 @@ impl Event {
             | Event::Aborted { at_us, .. }
             | Event::Arrived { at_us, .. }
             | Event::Delivered { at_us, .. }
+            | Event::ReadRequested { at_us, .. }
+            | Event::ReadBarrier { at_us, .. }
             | Event::Persisted { at_us, .. }
             | Event::GlobalPersisted { at_us, .. }
             | Event::TrimLogged { at_us, .. }

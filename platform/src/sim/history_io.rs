@@ -15,6 +15,8 @@
 //! ```text
 //! Sent at_us=1200 member=n1.0 subgroup=0 ticket=3 payload=17 len=64 probe=false
 //! Delivered at_us=1900 member=n2.0 view_id=1 subgroup=0 shard=0 sender=n1.0 sender_index=4 version=4294967300 kind=Stable payload=17 ticket=-
+//! ReadRequested at_us=1950 member=n1.0 ticket=0 view_id=1 subgroup=0 shard=0
+//! ReadBarrier at_us=2000 member=n1.0 ticket=0 view_id=1 subgroup=0 shard=0 barrier=-
 //! Trimmed at_us=2500 member=n2.0 view_id=1 subgroup=0 shard=0 received=5,4,0
 //! Stopped at_us=3000 member=n3.1 reason=Evicted
 //! ```
@@ -338,6 +340,8 @@ event_lines! {
         at_us, member, view_id, subgroup, shard, sender, sender_index, version, kind, payload,
         ticket
     }
+    ReadRequested { at_us, member, ticket, view_id, subgroup, shard }
+    ReadBarrier { at_us, member, ticket, view_id, subgroup, shard, barrier }
     Persisted { at_us, member, subgroup, version }
     GlobalPersisted { at_us, member, subgroup, version }
     TrimLogged { at_us, member, view_id, subgroup, received }
@@ -468,6 +472,32 @@ mod tests {
                 payload: UNKNOWN_PAYLOAD,
                 ticket: None,
             },
+            Event::ReadRequested {
+                at_us: 4,
+                member: a,
+                ticket: 0,
+                view_id: 3,
+                subgroup: 0,
+                shard: 1,
+            },
+            Event::ReadBarrier {
+                at_us: 4,
+                member: a,
+                ticket: 0,
+                view_id: 3,
+                subgroup: 0,
+                shard: 1,
+                barrier: Some(Version::new(3, 7)),
+            },
+            Event::ReadBarrier {
+                at_us: 4,
+                member: b,
+                ticket: u64::MAX,
+                view_id: 3,
+                subgroup: 1,
+                shard: 0,
+                barrier: None,
+            },
             Event::Persisted {
                 at_us: 5,
                 member: a,
@@ -573,6 +603,12 @@ mod tests {
         let text = String::from_utf8(buf).unwrap();
         assert!(
             text.contains("Crashed at_us=12 member=n4294967295.7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ReadBarrier at_us=4 member=n4294967295.7 ticket=18446744073709551615 view_id=3 subgroup=1 shard=0 barrier=-\n"
+            ),
             "{text}"
         );
         assert!(

@@ -12,6 +12,11 @@
 //! shuffled order: a total restart from the simulated disks (each node's log survives its
 //! crashes; what it had not made durable does not).
 //!
+//! Throughout, members ask their core for read barriers ([`Core::read_barrier`]) at
+//! random moments and right after another shard member delivered: the `read_barrier`
+//! checker judges the answers. These draws come from an RNG of their own, so a seed's
+//! run is the same with or without them.
+//!
 //! Fault injection keeps the preconditions under which the protocol promises progress:
 //! every view in play keeps a live majority and a live member in each shard. Safety
 //! checkers hold regardless; liveness is only claimed under those preconditions.
@@ -45,6 +50,14 @@ const TICK_INTERVAL_US: u64 = 5_000;
 const HEAL_DEADLINE_US: u64 = 30_000_000;
 /// Large payloads (up to 1 MiB) per run, to bound memory.
 const LARGE_PAYLOADS_MAX: usize = 3;
+/// Mixed into the seed for the read-barrier RNG, so that read barriers draw nothing from
+/// the scenario's or the run's RNG: a seed runs exactly as it did without them.
+const READ_BARRIER_SEED_MIX: u64 = 0x4ead_ba55_1e55_0b5e;
+/// Longest gap between two read barriers at random members.
+const READ_BARRIER_GAP_MAX_US: u64 = 4_000;
+/// Chance, in percent, that an ordered delivery is followed by a read barrier at another
+/// member of the shard (the moment its contract is most at risk).
+const READ_BARRIER_AFTER_DELIVERY_PERCENT: u32 = 10;
 
 /// Everything a seed decides about a run.
 #[derive(Clone, Debug)]
@@ -228,6 +241,14 @@ enum Action {
         node: NodeId,
         incarnation: u32,
     },
+    /// A read barrier at a random member, then the next one is scheduled.
+    ReadBarriers,
+    /// A read barrier at one member in one subgroup.
+    ReadBarrier {
+        node: NodeId,
+        incarnation: u32,
+        subgroup: u32,
+    },
     Resume {
         node: NodeId,
     },
@@ -317,6 +338,10 @@ struct SimNode {
 struct Simulation {
     sc: Scenario,
     rng: ChaCha8Rng,
+    /// Draws only when and where read barriers happen (see `READ_BARRIER_SEED_MIX`).
+    barrier_rng: ChaCha8Rng,
+    /// Reads asked and not answered: their subgroup and shard.
+    reads: HashMap<(MemberId, u64), (u32, u32)>,
     now_us: u64,
     queue: BTreeMap<(u64, u64), Action>,
     next_seq: u64,
@@ -351,10 +376,13 @@ struct Simulation {
 impl Simulation {
     fn new(sc: Scenario) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(sc.seed ^ 0x5eed_5eed_5eed_5eed);
+        let barrier_rng = ChaCha8Rng::seed_from_u64(sc.seed ^ READ_BARRIER_SEED_MIX);
         Simulation {
             history: History::new(sc.seed),
             sc,
             rng,
+            barrier_rng,
+            reads: HashMap::new(),
             now_us: 0,
             queue: BTreeMap::new(),
             next_seq: 0,
@@ -411,6 +439,8 @@ impl Simulation {
             self.schedule(at, Action::TotalStop);
         }
         self.schedule(end, Action::HealPhase);
+        let first_barrier_at = self.barrier_rng.random_range(0..=READ_BARRIER_GAP_MAX_US);
+        self.schedule(first_barrier_at, Action::ReadBarriers);
         while let Some(((at, _), action)) = self.queue.pop_first() {
             self.now_us = at;
             self.apply(action);
@@ -725,6 +755,32 @@ impl Simulation {
                 self.pump(node);
             }
             Action::AppSend { node, incarnation } => self.app_send(node, incarnation),
+            Action::ReadBarriers => {
+                let members: Vec<NodeId> = self
+                    .nodes
+                    .iter()
+                    .filter(|(_, n)| n.core.as_ref().is_some_and(Core::is_member))
+                    .map(|(id, _)| *id)
+                    .collect();
+                if !members.is_empty() {
+                    let node = members[self.barrier_rng.random_range(0..members.len())];
+                    self.read_barrier(node, None);
+                }
+                // The heal deadline ends every run; stop there so the queue can drain.
+                if self.now_us <= self.sc.safety_phase_us + HEAL_DEADLINE_US {
+                    let gap = self.barrier_rng.random_range(1..=READ_BARRIER_GAP_MAX_US);
+                    self.schedule(self.now_us + gap, Action::ReadBarriers);
+                }
+            }
+            Action::ReadBarrier {
+                node,
+                incarnation,
+                subgroup,
+            } => {
+                if self.alive(node, incarnation) {
+                    self.read_barrier(node, Some(subgroup));
+                }
+            }
             Action::Resume { node } => self.resume(node),
             Action::Restart { node } => {
                 if self.nodes.get(&node).is_some_and(|n| n.core.is_none()) {
@@ -1307,6 +1363,9 @@ impl Simulation {
                     node.unpersisted
                         .push((d.subgroup, d.shard, version, payload));
                 }
+                if d.version.is_some() {
+                    self.read_barrier_after_delivery(id, me, d.subgroup);
+                }
                 self.history.push(Event::Delivered {
                     at_us: now,
                     member: me,
@@ -1414,6 +1473,30 @@ impl Simulation {
                     node.app[g] = digest_of(log.values());
                 }
             }
+            Output::ReadReady {
+                ticket,
+                view_id,
+                result,
+            } => {
+                let Some((subgroup, shard)) = self.reads.remove(&(me, ticket)) else {
+                    panic!(
+                        "seed {}: {me} answered read {ticket}, which it was never asked",
+                        self.sc.seed
+                    );
+                };
+                // A read that cannot be served (the member stopped) is no read.
+                if let Ok(barrier) = result {
+                    self.history.push(Event::ReadBarrier {
+                        at_us: now,
+                        member: me,
+                        ticket,
+                        view_id,
+                        subgroup,
+                        shard,
+                        barrier,
+                    });
+                }
+            }
             Output::InstallView(view) => {
                 let node = self.nodes.get_mut(&id).expect("a node produced it");
                 node.disk.view = Some(Arc::clone(&view));
@@ -1515,6 +1598,95 @@ impl Simulation {
                 self.take_down(id, false);
             }
         }
+    }
+
+    /// Asks `id`'s core for the read barrier of `subgroup` (`None`: a random subgroup it
+    /// is in) and records the answer. Members only: before that, and while restarting,
+    /// the core has no barrier to give. The core is asked even while the node is paused:
+    /// the contract is the core's, and a lagging core is its hardest case.
+    fn read_barrier(&mut self, id: NodeId, subgroup: Option<u32>) {
+        let Some(core) = self.nodes.get(&id).and_then(|n| n.core.as_ref()) else {
+            return;
+        };
+        if !core.is_member() {
+            return;
+        }
+        let Some(view) = core.view() else {
+            return;
+        };
+        let me = core.me();
+        let mine: Vec<(u32, u32)> = (0..view.shards.len())
+            .filter_map(|g| view.shard_of(g, me).map(|s| (g as u32, s as u32)))
+            .collect();
+        let chosen = match subgroup {
+            Some(g) => mine.iter().copied().find(|(mine, _)| *mine == g),
+            None if mine.is_empty() => None,
+            None => Some(mine[self.barrier_rng.random_range(0..mine.len())]),
+        };
+        let Some((subgroup, shard)) = chosen else {
+            return;
+        };
+        let view_id = view.id;
+        let Some(core) = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) else {
+            return;
+        };
+        let ticket = match core.request_read(subgroup) {
+            Ok(ticket) => ticket,
+            Err(e) => panic!(
+                "seed {}: {me} is in subgroup {subgroup} shard {shard} of its view {view_id}, \
+                 but request_read failed: {e:?}",
+                self.sc.seed
+            ),
+        };
+        self.reads.insert((me, ticket), (subgroup, shard));
+        self.history.push(Event::ReadRequested {
+            at_us: self.now_us,
+            member: me,
+            ticket,
+            view_id,
+            subgroup,
+            shard,
+        });
+        self.pump(id);
+    }
+
+    /// Sometimes, right after `me` delivered an ordered message of `subgroup`, schedules
+    /// a read barrier at another member of its shard: the one that may not have
+    /// delivered it yet.
+    fn read_barrier_after_delivery(&mut self, id: NodeId, me: MemberId, subgroup: u32) {
+        if self.barrier_rng.random_range(0..100) >= READ_BARRIER_AFTER_DELIVERY_PERCENT {
+            return;
+        }
+        let Some(view) = self.nodes.get(&id).and_then(|n| n.core.as_ref()?.view()) else {
+            return;
+        };
+        let Some(shard) = view.shard_of(subgroup as usize, me) else {
+            return;
+        };
+        let others: Vec<MemberId> = view.shards[subgroup as usize][shard]
+            .members
+            .iter()
+            .copied()
+            .filter(|m| *m != me)
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        let other = others[self.barrier_rng.random_range(0..others.len())];
+        let delay_us = if self.barrier_rng.random_bool(0.5) {
+            0
+        } else {
+            self.barrier_rng
+                .random_range(0..=self.sc.link_delay_base_us + self.sc.link_jitter_us)
+        };
+        self.schedule(
+            self.now_us + delay_us,
+            Action::ReadBarrier {
+                node: other.node,
+                incarnation: other.incarnation,
+                subgroup,
+            },
+        );
     }
 
     fn disk_done_at(&mut self, id: NodeId) -> u64 {
