@@ -1,0 +1,83 @@
+//! The console printer: prints one line per object it sees and passes the object on,
+//! unchanged and uncopied, to every destination of its vertex.
+//!
+//! Configuration (`user_defined_logic_config_list`), all optional:
+//! - `"quiet": true`: print nothing;
+//! - `"fail_on": "TEXT"`: an object whose value contains TEXT fails the invocation;
+//! - `"panic_on": "TEXT"`: ... panics instead (the node catches it and counts an error).
+//!
+//! It reads its configuration by hand to stay free of dependencies beyond the SDK.
+
+use squall_udl::{Context, Input, Udl, UdlError, export_udl};
+
+struct Printer {
+    quiet: bool,
+    fail_on: Option<String>,
+    panic_on: Option<String>,
+}
+
+/// The string value of `"field": "..."` in a flat JSON object (no escapes), if any.
+fn string_field(config: &str, field: &str) -> Option<String> {
+    let at = config.find(&format!("\"{field}\""))?;
+    let rest = &config[at + field.len() + 2..];
+    let rest = rest
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start()
+        .strip_prefix('"')?;
+    Some(rest[..rest.find('"')?].to_string())
+}
+
+impl Printer {
+    fn new(config: &str) -> Result<Printer, String> {
+        if !config.trim_start().starts_with('{') {
+            return Err(format!(
+                "the configuration must be a JSON object, not {config}"
+            ));
+        }
+        Ok(Printer {
+            quiet: config.contains("\"quiet\": true") || config.contains("\"quiet\":true"),
+            fail_on: string_field(config, "fail_on"),
+            panic_on: string_field(config, "panic_on"),
+        })
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    !needle.is_empty()
+        && haystack
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+}
+
+impl Udl for Printer {
+    fn handle(&self, input: &Input<'_>, ctx: &mut dyn Context) -> Result<(), UdlError> {
+        if let Some(text) = &self.panic_on
+            && contains(&input.blob, text)
+        {
+            panic!("asked to panic on {text:?}");
+        }
+        if let Some(text) = &self.fail_on
+            && contains(&input.blob, text)
+        {
+            return Err(UdlError::new(format!("asked to fail on {text:?}")));
+        }
+        if !self.quiet {
+            println!(
+                "[printer worker {}] {} v{} {} bytes",
+                ctx.worker_id(),
+                input.key,
+                input.version,
+                input.blob.len()
+            );
+        }
+        // The same buffer goes on: a clone of `Bytes` shares it.
+        ctx.emit(input.key_suffix(), input.blob.clone())
+    }
+}
+
+export_udl! {
+    uuid: "48e60f7c-8500-11eb-8755-0242ac110002",
+    description: "console printer: prints each object and passes it on unchanged",
+    constructor: Printer::new,
+}
