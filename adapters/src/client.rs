@@ -581,6 +581,80 @@ impl Client {
         self.write(op, false, None).await.map(drop)
     }
 
+    /// A put under a caller-chosen message id: a repeat with the same id is applied once.
+    /// UDL outputs use ids derived from their input, so a re-run writes nothing new.
+    pub async fn put_with_id(
+        &self,
+        key: &str,
+        value: Bytes,
+        id: MessageId,
+    ) -> Result<Written, ClientError> {
+        let op = Op::Put {
+            id,
+            hlc_us: now_us(),
+            condition: Condition::Always,
+            key: key.to_string(),
+            blob: value,
+        };
+        Self::written(self.write(op, false, Some(key)).await?)
+    }
+
+    /// Stores a UDL plugin library in the cluster (admin); the node checks it loads (ABI
+    /// version, entry points) and stores it under the UUID it exports, which every node
+    /// then loads. Replaces a stored plugin with the same UUID.
+    pub async fn upload_udl(&self, name: &str, plugin: Bytes) -> Result<(), ClientError> {
+        let op = Op::PutUdl {
+            id: self.next_id(),
+            uuid: String::new(),
+            name: name.to_string(),
+            checksum: crate::udl::checksum(&plugin),
+            plugin,
+        };
+        self.write(op, false, None).await.map(drop)
+    }
+
+    pub async fn remove_udl(&self, uuid: &str) -> Result<(), ClientError> {
+        let op = Op::RemoveUdl {
+            id: self.next_id(),
+            uuid: uuid.to_string(),
+        };
+        self.write(op, false, None).await.map(drop)
+    }
+
+    /// Adds the DFGs of a Cascade `dfgs.json` text (admin): refused whole if invalid or
+    /// naming a UDL that is not uploaded.
+    pub async fn add_dfgs(&self, json: Bytes) -> Result<(), ClientError> {
+        let op = Op::AddDfgs {
+            id: self.next_id(),
+            json,
+        };
+        self.write(op, false, None).await.map(drop)
+    }
+
+    pub async fn remove_dfg(&self, id: &str) -> Result<(), ClientError> {
+        let op = Op::RemoveDfg {
+            id: self.next_id(),
+            dfg: id.to_string(),
+        };
+        self.write(op, false, None).await.map(drop)
+    }
+
+    /// The stored UDL plugins, as a JSON array.
+    pub async fn list_udls(&self) -> Result<String, ClientError> {
+        match self.call(Request::ListUdls, None).await? {
+            Response::Json(j) => Ok(j),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// The DFGs in force, in Cascade's `dfgs.json` form.
+    pub async fn list_dfgs(&self) -> Result<String, ClientError> {
+        match self.call(Request::ListDfgs, None).await? {
+            Response::Json(j) => Ok(j),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
     pub async fn list_pools(&self) -> Result<Vec<PoolSpec>, ClientError> {
         match self.call(Request::ListPools, None).await? {
             Response::Pools(p) => Ok(p),

@@ -75,6 +75,9 @@
 //! dedup_clients_max = 4096
 //! dedup_per_client_max = 256
 //! pools_max = 1024
+//! udl_workers = 4
+//! udl_queue_max = 1024
+//! udl_emit_queue_max = 1024
 //!
 //! [timing]
 //! heartbeat_interval_ms = 20
@@ -348,6 +351,13 @@ pub struct Limits {
     /// Recent requests remembered per client.
     pub dedup_per_client_max: usize,
     pub pools_max: usize,
+    /// Worker threads running UDL invocations.
+    pub udl_workers: usize,
+    /// UDL invocations queued or running per worker; beyond it, jobs wait in a bounded
+    /// overflow and then writes are refused until the workers catch up.
+    pub udl_queue_max: usize,
+    /// UDL outputs waiting to be written; a full queue makes the UDL's `emit` wait.
+    pub udl_emit_queue_max: usize,
 }
 
 impl Default for Limits {
@@ -363,6 +373,9 @@ impl Default for Limits {
             dedup_clients_max: 4096,
             dedup_per_client_max: 256,
             pools_max: 1024,
+            udl_workers: 4,
+            udl_queue_max: 1024,
+            udl_emit_queue_max: 1024,
         }
     }
 }
@@ -936,6 +949,9 @@ impl Config {
             ("dedup_clients_max", l.dedup_clients_max),
             ("dedup_per_client_max", l.dedup_per_client_max),
             ("pools_max", l.pools_max),
+            ("udl_workers", l.udl_workers),
+            ("udl_queue_max", l.udl_queue_max),
+            ("udl_emit_queue_max", l.udl_emit_queue_max),
         ] {
             if value == 0 {
                 return Err(invalid(format!("limits.{name}"), "must be at least 1"));

@@ -10,7 +10,10 @@
 //! founds the cluster and the others join.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+
+use squall_udl_host::engine::{Engine, EngineConfig, EngineMetrics};
 
 use squall_driver::{NodeConfig, TcpConfig, TcpTransport, next_incarnation, start_node};
 use squall_kvs::StoreKind;
@@ -21,9 +24,12 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::client::{Client, Policy};
+use crate::config::Role;
 use crate::config::{Config, SubgroupKind};
 use crate::server::{self, ServerConfig};
 use crate::service::{Service, ServiceConfig};
+use crate::udl::{Emit, UdlRuntime};
 
 /// Requests queued for the service before connections wait.
 pub const SERVICE_QUEUE_MAX: usize = 4096;
@@ -43,6 +49,8 @@ pub enum RunError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("starting the UDL engine: {0}")]
+    Udl(#[from] squall_udl_host::engine::EngineError),
 }
 
 /// The platform layout of a config: the metadata subgroup, then the data subgroups.
@@ -158,7 +166,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         default_pools: config.pools.iter().map(|p| config.pool_spec(p)).collect(),
         clock_skew_max_us: 60_000_000,
     };
-    let mut service = Service::new(service_cfg, handle.clone());
+    let registry = prometheus::Registry::new();
+    let engine = Engine::start(
+        &EngineConfig {
+            workers: config.limits.udl_workers,
+            queue_capacity: config.limits.udl_queue_max,
+        },
+        EngineMetrics::new(&registry)?,
+    )?;
+    let (emits_tx, emits) = mpsc::channel(config.limits.udl_emit_queue_max);
+    let runtime = UdlRuntime::new(
+        config.node.data_dir.join("udls"),
+        Arc::new(engine),
+        emits_tx,
+    );
+    let emitter = tokio::spawn(emit_outputs(
+        config
+            .client_map()
+            .values()
+            .map(ToString::to_string)
+            .collect(),
+        config
+            .auth
+            .tokens
+            .iter()
+            .find(|t| t.role >= Role::Write)
+            .map(|t| t.token.clone()),
+        emits,
+    ));
+    let mut service = Service::new(service_cfg, handle.clone(), runtime);
     // Only logged subgroups (metadata and persistent ones) have logs worth replaying.
     for (key, records) in &replays {
         if kinds.get(key.subgroup as usize) == Some(&StoreKind::Persistent) {
@@ -196,5 +232,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         _ = &mut service_task => {}
     }
     server.abort();
+    emitter.abort();
     Ok(())
+}
+
+/// Writes what UDLs emit, in order, through a client of the cluster (with the first
+/// token of the config that may write). A write that fails for good is logged and
+/// dropped; the client itself retries across view changes and failovers.
+async fn emit_outputs(addrs: Vec<String>, token: Option<String>, mut emits: mpsc::Receiver<Emit>) {
+    let mut client: Option<Client> = None;
+    while let Some(out) = emits.recv().await {
+        let c = loop {
+            if let Some(c) = &client {
+                break c;
+            }
+            match Client::connect(&addrs, token.clone(), Policy::default()).await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    warn!(error = %e, "the UDL output writer cannot reach the cluster; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        let result = if out.trigger {
+            c.trigger_put(&out.key, out.value).await
+        } else {
+            c.put_with_id(&out.key, out.value, out.id).await.map(drop)
+        };
+        if let Err(e) = result {
+            warn!(key = %out.key, error = %e, "a UDL output could not be written");
+        }
+    }
 }

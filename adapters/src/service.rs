@@ -29,6 +29,7 @@ use squall_platform::{MemberId, SendError, SendTicket, Version, View};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use crate::udl::{self, Arrival, Arrived, UdlRuntime};
 use crate::wire::{At, ErrorCode, MemberInfo, Request, Response, Role, WatchEvent, WireObject};
 
 /// Everything the service needs to know about its node and cluster.
@@ -124,6 +125,7 @@ pub struct Service {
     /// Linearizable local reads waiting for their barrier ([`AppEvent::ReadReady`]).
     reads: HashMap<u64, (Request, oneshot::Sender<Response>)>,
     next_read: u64,
+    udl: UdlRuntime,
 }
 
 fn now_us() -> u64 {
@@ -190,7 +192,7 @@ fn read_error(e: ReadError) -> Response {
 }
 
 impl Service {
-    pub fn new(cfg: ServiceConfig, handle: NodeHandle) -> Service {
+    pub fn new(cfg: ServiceConfig, handle: NodeHandle, udl: UdlRuntime) -> Service {
         let pools = PoolTable::new(cfg.key_bytes_max, cfg.pools_max);
         let meta = ShardStore::new(StoreKind::Trigger, cfg.store_limits);
         Service {
@@ -209,6 +211,7 @@ impl Service {
             next_seq: 0,
             reads: HashMap::new(),
             next_read: 0,
+            udl,
         }
     }
 
@@ -251,6 +254,7 @@ impl Service {
         mut commands: mpsc::Receiver<Command>,
     ) {
         loop {
+            self.udl.drain_overflow();
             tokio::select! {
                 event = events.recv() => {
                     let Some(NodeEvent { event, .. }) = event else { break };
@@ -442,7 +446,29 @@ impl Service {
                         Ok(_) => Response::Done,
                         Err(e) => pool_error(&e),
                     },
-                    _ => Response::error(ErrorCode::BadRequest, "not a pool operation"),
+                    Op::PutUdl {
+                        uuid,
+                        name,
+                        checksum,
+                        plugin,
+                        ..
+                    } => {
+                        self.udl.put_udl(&uuid, &name, checksum, &plugin);
+                        Response::Done
+                    }
+                    Op::RemoveUdl { uuid, .. } => {
+                        self.udl.remove_udl(&uuid);
+                        Response::Done
+                    }
+                    Op::AddDfgs { json, .. } => match self.udl.add_dfgs(&json) {
+                        Ok(_) => Response::Done,
+                        Err(e) => Response::error(ErrorCode::InvalidDfg, e),
+                    },
+                    Op::RemoveDfg { dfg, .. } => {
+                        self.udl.remove_dfg(&dfg);
+                        Response::Done
+                    }
+                    _ => Response::error(ErrorCode::BadRequest, "not a metadata operation"),
                 }
             };
             if live && let Some(Waiting::Write { reply, .. }) = self.waiting.remove(&id) {
@@ -469,6 +495,27 @@ impl Service {
             }
             if live {
                 self.notify(&op, version, *timestamp_us);
+                if let Op::Put { key, .. } = &op
+                    && let Some(object) = self
+                        .stores
+                        .get(&(subgroup, shard))
+                        .and_then(|st| st.latest(key))
+                        .cloned()
+                {
+                    let chosen = self.chosen(subgroup, shard, key);
+                    self.udl.dispatch(&Arrived {
+                        key,
+                        version: version.0,
+                        timestamp_us: object.timestamp_us,
+                        previous_version: object.previous_version.map(|v| v.0),
+                        previous_version_by_key: object.previous_key_version.map(|v| v.0),
+                        id,
+                        blob: &object.blob,
+                        sender: self.cfg.me.node,
+                        arrival: Arrival::Ordered,
+                        chosen,
+                    });
+                }
             }
         }
         if !live {
@@ -686,6 +733,26 @@ impl Service {
         Ok((pool.spec.subgroup, pool.shard_of(key), pool.spec.kind))
     }
 
+    /// Whether this node is the one replica of `key`'s shard that runs `one`-dispatched
+    /// UDLs for it: the member at `hash(key) % n` of the shard's current member list.
+    fn chosen(&self, subgroup: u32, shard: u32, key: &str) -> bool {
+        let Some(members) = self.view.as_ref().and_then(|v| {
+            Some(
+                &v.shards
+                    .get(subgroup as usize)?
+                    .get(shard as usize)?
+                    .members,
+            )
+        }) else {
+            return false;
+        };
+        if members.is_empty() {
+            return false;
+        }
+        let at = xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % members.len() as u64;
+        members[at as usize] == self.cfg.me
+    }
+
     /// `NotHere` with the client addresses of the shard's members, unless this node is one.
     fn check_member(&self, subgroup: u32, shard: u32) -> Result<(), Response> {
         let Some(view) = &self.view else {
@@ -780,7 +847,12 @@ impl Service {
                     }
                 };
                 let needed = match op {
-                    Op::CreatePool { .. } | Op::RemovePool { .. } => Role::Admin,
+                    Op::CreatePool { .. }
+                    | Op::RemovePool { .. }
+                    | Op::PutUdl { .. }
+                    | Op::RemoveUdl { .. }
+                    | Op::AddDfgs { .. }
+                    | Op::RemoveDfg { .. } => Role::Admin,
                     Op::Read { .. } => {
                         return answer(
                             reply,
@@ -863,8 +935,104 @@ impl Service {
                         }
                         (0, false)
                     }
+                    Op::PutUdl {
+                        id,
+                        name,
+                        checksum,
+                        plugin,
+                        ..
+                    } => {
+                        if udl::checksum(plugin) != *checksum {
+                            return answer(
+                                reply,
+                                Response::error(
+                                    ErrorCode::InvalidPlugin,
+                                    "the plugin's checksum does not match its bytes",
+                                ),
+                            );
+                        }
+                        let uuid = match udl::inspect(&self.udl.dir().join("incoming"), plugin) {
+                            Ok((uuid, _)) => uuid,
+                            Err(e) => {
+                                return answer(reply, Response::error(ErrorCode::InvalidPlugin, e));
+                            }
+                        };
+                        // Stored under the UUID the library exports, as every node checks.
+                        let op = Op::PutUdl {
+                            id: *id,
+                            uuid,
+                            name: name.clone(),
+                            checksum: *checksum,
+                            plugin: plugin.clone(),
+                        };
+                        self.multicast(
+                            0,
+                            *id,
+                            op::encode(&op),
+                            Waiting::Write {
+                                reply,
+                                persistent: false,
+                            },
+                        )
+                        .await;
+                        return Some(());
+                    }
+                    Op::RemoveUdl { uuid, .. } => {
+                        if !self.udl.has_udl(uuid) {
+                            return answer(
+                                reply,
+                                Response::error(ErrorCode::NoSuchUdl, format!("no UDL {uuid}")),
+                            );
+                        }
+                        (0, false)
+                    }
+                    Op::AddDfgs { json, .. } => {
+                        let parsed = std::str::from_utf8(json)
+                            .map_err(|_| "the DFG text is not UTF-8".to_string())
+                            .and_then(|t| {
+                                squall_udl_host::dfg::parse_dfgs(t).map_err(|e| e.to_string())
+                            });
+                        let dfgs = match parsed {
+                            Ok(d) => d,
+                            Err(e) => {
+                                return answer(reply, Response::error(ErrorCode::InvalidDfg, e));
+                            }
+                        };
+                        let unknown = self.udl.unknown_udls(&dfgs);
+                        if !unknown.is_empty() {
+                            return answer(
+                                reply,
+                                Response::error(
+                                    ErrorCode::NoSuchUdl,
+                                    format!(
+                                        "the DFGs name UDLs that are not uploaded: {}",
+                                        unknown.join(", ")
+                                    ),
+                                ),
+                            );
+                        }
+                        (0, false)
+                    }
+                    Op::RemoveDfg { dfg, .. } => {
+                        if !self.udl.has_dfg(dfg) {
+                            return answer(
+                                reply,
+                                Response::error(ErrorCode::NoSuchDfg, format!("no DFG {dfg}")),
+                            );
+                        }
+                        (0, false)
+                    }
                     Op::Read { .. } => unreachable!("refused above"),
                 };
+                if self.udl.saturated() && subgroup != 0 {
+                    return answer(
+                        reply,
+                        Response::error(
+                            ErrorCode::Unavailable,
+                            "UDL queues are full on this node; retry",
+                        ),
+                    );
+                }
                 if forget {
                     let _ = self.handle.send(subgroup, bytes).await;
                     return answer(reply, Response::Done);
@@ -873,13 +1041,43 @@ impl Service {
                     .await;
                 Some(())
             }
-            Request::TriggerPut { key, .. } => {
-                // Nothing stored: it only matters to logic triggered on arrival (UDLs).
-                match self.locate(&key) {
-                    Ok(_) => answer(reply, Response::Done),
-                    Err(r) => answer(reply, r),
+            Request::TriggerPut { key, blob } => {
+                // Nothing stored: it only runs the logic triggered on arrival (UDLs), on
+                // a node holding the key's shard.
+                let (g, s) = match self.locate(&key) {
+                    Ok((g, s, _)) => (g, s),
+                    Err(r) => return answer(reply, r),
+                };
+                if let Err(r) = self.check_member(g, s) {
+                    return answer(reply, r);
                 }
+                if role < Role::Write {
+                    return answer(
+                        reply,
+                        Response::error(ErrorCode::Forbidden, "trigger_put needs the Write role"),
+                    );
+                }
+                self.next_seq += 1;
+                let id = MessageId {
+                    client: SYSTEM_CLIENT_BIT | (u64::from(self.cfg.me.node) << 32) | 0x7f,
+                    seq: self.next_seq,
+                };
+                self.udl.dispatch(&Arrived {
+                    key: &key,
+                    version: 0,
+                    timestamp_us: now_us(),
+                    previous_version: None,
+                    previous_version_by_key: None,
+                    id,
+                    blob: &blob,
+                    sender: self.cfg.me.node,
+                    arrival: Arrival::Trigger,
+                    chosen: true,
+                });
+                answer(reply, Response::Done)
             }
+            Request::ListUdls => answer(reply, Response::Json(self.udl.list_udls())),
+            Request::ListDfgs => answer(reply, Response::Json(self.udl.list_dfgs())),
             Request::Get { key, at } => {
                 let (g, s, kind) = match self.locate(&key) {
                     Ok(l) => l,

@@ -77,6 +77,10 @@ pub enum Request {
     Watch {
         prefix: String,
     },
+    /// The UDL plugins stored in the cluster: a JSON array in [`Response::Json`].
+    ListUdls,
+    /// The DFGs in force: Cascade's `dfgs.json` form, in [`Response::Json`].
+    ListDfgs,
 }
 
 /// An object as a client sees it.
@@ -119,6 +123,13 @@ pub enum ErrorCode {
     /// Try again (a view change aborted the request, or the node is busy).
     Unavailable = 15,
     Internal = 16,
+    /// No UDL plugin with that UUID is stored.
+    NoSuchUdl = 17,
+    NoSuchDfg = 18,
+    /// A `dfgs.json` refused whole (the message says where and why).
+    InvalidDfg = 19,
+    /// A library that is not a loadable UDL plugin (ABI, entry points, checksum).
+    InvalidPlugin = 20,
 }
 
 impl ErrorCode {
@@ -141,6 +152,10 @@ impl ErrorCode {
             NotHere,
             Unavailable,
             Internal,
+            NoSuchUdl,
+            NoSuchDfg,
+            InvalidDfg,
+            InvalidPlugin,
         ]
         .into_iter()
         .find(|c| *c as u16 == v)
@@ -165,6 +180,10 @@ impl ErrorCode {
             NotHere => "not_here",
             Unavailable => "unavailable",
             Internal => "internal",
+            NoSuchUdl => "no_such_udl",
+            NoSuchDfg => "no_such_dfg",
+            InvalidDfg => "invalid_dfg",
+            InvalidPlugin => "invalid_plugin",
         }
     }
 }
@@ -193,6 +212,8 @@ pub enum Response {
         /// `NotHere`: client addresses of nodes that hold the shard.
         redirect: Vec<String>,
     },
+    /// A JSON document (listings of UDLs and DFGs).
+    Json(String),
 }
 
 impl Response {
@@ -434,6 +455,8 @@ fn put_request(out: &mut BytesMut, r: &Request) {
             out.put_u8(13);
             put_str(out, prefix);
         }
+        Request::ListUdls => out.put_u8(14),
+        Request::ListDfgs => out.put_u8(15),
     }
 }
 
@@ -507,6 +530,11 @@ fn put_response(out: &mut BytesMut, r: &Response) {
             for r in redirect {
                 put_str(out, r);
             }
+        }
+        Response::Json(text) => {
+            out.put_u8(10);
+            out.put_u32_le(text.len() as u32);
+            out.put_slice(text.as_bytes());
         }
     }
 }
@@ -728,6 +756,8 @@ fn request(r: &mut Bytes) -> Result<Request, WireError> {
         13 => Request::Watch {
             prefix: str_(r, "prefix")?,
         },
+        14 => Request::ListUdls,
+        15 => Request::ListDfgs,
         t => return Err(tag("request", t)),
     })
 }
@@ -794,6 +824,7 @@ fn response(r: &mut Bytes) -> Result<Response, WireError> {
                 redirect,
             }
         }
+        10 => Response::Json(str_(r, "JSON document")?),
         t => return Err(tag("response", t)),
     })
 }
@@ -841,6 +872,8 @@ mod tests {
                 at_time_us: Some(3),
             },
             Request::ListPools,
+            Request::ListUdls,
+            Request::ListDfgs,
             Request::FindPool { key: "/p/a".into() },
             Request::Members,
             Request::Watch {
@@ -858,6 +891,7 @@ mod tests {
             Response::Objects(vec![Some(object), None]),
             Response::Size(Some(5)),
             Response::Keys(vec!["/p/a".into()]),
+            Response::Json("[{\"uuid\": \"x\"}]".into()),
             Response::Pools(vec![spec]),
             Response::Members {
                 view_id: 4,

@@ -3,153 +3,23 @@
 //! the client port, and a linearizability check of concurrent clients while a node is
 //! killed and restarted.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use squall_adapters::client::{Client, ClientError, Policy};
-use squall_adapters::config::{self, Config, Role, TokenEntry};
+use squall_adapters::config::Role;
 use squall_adapters::wire::{self, At, ErrorCode, Frame, Request, Response};
 use squall_kvs::op::{self, Op};
 use squall_kvs::{Condition, MessageId, PoolSpec, StoreKind};
 use squall_lincheck as lin;
 use squall_platform::Version;
 
-const SQUALL: &str = env!("CARGO_BIN_EXE_squall");
-
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    l.local_addr().expect("bound")
-}
-
-struct Cluster {
-    dir: tempfile::TempDir,
-    configs: Vec<Config>,
-    procs: BTreeMap<u32, Child>,
-}
-
-impl Cluster {
-    /// `nodes` node configs with free ports; `tokens` configured when given.
-    fn new(nodes: u32, tokens: &[(&str, Role)]) -> Cluster {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let mut configs =
-            config::try_local_cluster(nodes, 20_000, 21_000, dir.path()).expect("local configs");
-        let addrs: Vec<(SocketAddr, SocketAddr)> =
-            (0..nodes).map(|_| (free_addr(), free_addr())).collect();
-        for cfg in &mut configs {
-            for (i, peer) in cfg.cluster.peers.iter_mut().enumerate() {
-                peer.addr = addrs[i].0;
-                peer.client_addr = addrs[i].1;
-            }
-            cfg.node.client_addr = addrs[cfg.node.id as usize].1;
-            cfg.timing.suspicion_timeout_ms = 1_000;
-            cfg.limits.object_bytes_max = 1 << 20;
-            cfg.limits.frame_bytes_max = (1 << 20) + 8192;
-            cfg.auth.tokens = tokens
-                .iter()
-                .map(|(t, r)| TokenEntry {
-                    token: t.to_string(),
-                    role: *r,
-                })
-                .collect();
-            cfg.validate().expect("a valid test config");
-        }
-        Cluster {
-            dir,
-            configs,
-            procs: BTreeMap::new(),
-        }
-    }
-
-    fn start(&mut self, node: u32) {
-        let cfg = &self.configs[node as usize];
-        let path = self.dir.path().join(format!("n{node}.toml"));
-        std::fs::write(&path, cfg.to_toml_string()).expect("config written");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("n{node}.log")))
-            .expect("log file");
-        let child = Command::new(SQUALL)
-            .args(["node", "--config"])
-            .arg(&path)
-            .env("SQUALL_LOG", "info")
-            .stdout(Stdio::from(log.try_clone().expect("log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("squall node starts");
-        self.procs.insert(node, child);
-    }
-
-    fn start_all(&mut self) {
-        for node in 0..self.configs.len() as u32 {
-            self.start(node);
-        }
-    }
-
-    fn kill9(&mut self, node: u32) {
-        if let Some(mut child) = self.procs.remove(&node) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn addrs(&self) -> Vec<String> {
-        self.configs
-            .iter()
-            .map(|c| c.node.client_addr.to_string())
-            .collect()
-    }
-
-    fn logs(&self) -> String {
-        let mut all = String::new();
-        for c in &self.configs {
-            let path = self.dir.path().join(format!("n{}.log", c.node.id));
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(20).collect();
-            all += &format!("\n--- node {} ---\n", c.node.id);
-            for line in tail.into_iter().rev() {
-                all += line;
-                all.push('\n');
-            }
-        }
-        all
-    }
-
-    /// A client once every running node is in one view of `members` nodes.
-    async fn client(&self, token: Option<&str>, members: usize) -> Client {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(c) =
-                Client::connect(&self.addrs(), token.map(str::to_string), Policy::default()).await
-                && let Ok((_, m)) = c.members().await
-                && m.len() == members
-                && let Ok(pools) = c.list_pools().await
-                && pools.len() >= 2
-            {
-                return c;
-            }
-            if Instant::now() > deadline {
-                panic!("the cluster did not form; {}", self.logs());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in self.procs.values_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+mod common;
+use common::{Cluster, SQUALL};
 
 fn code(e: &ClientError) -> Option<ErrorCode> {
     e.code()

@@ -62,6 +62,29 @@ pub enum Op {
         id: MessageId,
         path: String,
     },
+    /// Stores (or replaces) a UDL plugin library, named by the UUID it exports; its
+    /// xxh3-64 `checksum` is checked by every node before it loads the plugin.
+    PutUdl {
+        id: MessageId,
+        uuid: String,
+        name: String,
+        checksum: u64,
+        plugin: Bytes,
+    },
+    RemoveUdl {
+        id: MessageId,
+        uuid: String,
+    },
+    /// Adds the data-flow graphs of a Cascade `dfgs.json` text (replacing DFGs with the
+    /// same ids).
+    AddDfgs {
+        id: MessageId,
+        json: Bytes,
+    },
+    RemoveDfg {
+        id: MessageId,
+        dfg: String,
+    },
 }
 
 impl Op {
@@ -71,7 +94,11 @@ impl Op {
             | Op::Remove { id, .. }
             | Op::Read { id }
             | Op::CreatePool { id, .. }
-            | Op::RemovePool { id, .. } => *id,
+            | Op::RemovePool { id, .. }
+            | Op::PutUdl { id, .. }
+            | Op::RemoveUdl { id, .. }
+            | Op::AddDfgs { id, .. }
+            | Op::RemoveDfg { id, .. } => *id,
         }
     }
 }
@@ -99,6 +126,10 @@ const TAG_REMOVE: u8 = 2;
 const TAG_READ: u8 = 3;
 const TAG_CREATE_POOL: u8 = 4;
 const TAG_REMOVE_POOL: u8 = 5;
+const TAG_PUT_UDL: u8 = 6;
+const TAG_REMOVE_UDL: u8 = 7;
+const TAG_ADD_DFGS: u8 = 8;
+const TAG_REMOVE_DFG: u8 = 9;
 
 /// Bounds on decoded strings and collections: a frame costs at most its own size.
 const STRING_BYTES_MAX: usize = 64 << 10;
@@ -149,6 +180,39 @@ pub fn encode(op: &Op) -> Bytes {
             put_id(&mut out, *id);
             put_str(&mut out, path);
         }
+        Op::PutUdl {
+            id,
+            uuid,
+            name,
+            checksum,
+            plugin,
+        } => {
+            out.reserve(plugin.len());
+            out.put_u8(TAG_PUT_UDL);
+            put_id(&mut out, *id);
+            put_str(&mut out, uuid);
+            put_str(&mut out, name);
+            out.put_u64_le(*checksum);
+            out.put_u32_le(plugin.len() as u32);
+            out.put_slice(plugin);
+        }
+        Op::RemoveUdl { id, uuid } => {
+            out.put_u8(TAG_REMOVE_UDL);
+            put_id(&mut out, *id);
+            put_str(&mut out, uuid);
+        }
+        Op::AddDfgs { id, json } => {
+            out.reserve(json.len());
+            out.put_u8(TAG_ADD_DFGS);
+            put_id(&mut out, *id);
+            out.put_u32_le(json.len() as u32);
+            out.put_slice(json);
+        }
+        Op::RemoveDfg { id, dfg } => {
+            out.put_u8(TAG_REMOVE_DFG);
+            put_id(&mut out, *id);
+            put_str(&mut out, dfg);
+        }
     }
     out.freeze()
 }
@@ -190,6 +254,38 @@ pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
         TAG_REMOVE_POOL => Op::RemovePool {
             id: get_id(r)?,
             path: get_str(r, "pool path")?,
+        },
+        TAG_PUT_UDL => {
+            let id = get_id(r)?;
+            let uuid = get_str(r, "UDL uuid")?;
+            let name = get_str(r, "UDL name")?;
+            let checksum = get_u64(r, "checksum")?;
+            let len = get_u32(r, "plugin length")? as usize;
+            need(r, len, "plugin")?;
+            Op::PutUdl {
+                id,
+                uuid,
+                name,
+                checksum,
+                plugin: r.split_to(len),
+            }
+        }
+        TAG_REMOVE_UDL => Op::RemoveUdl {
+            id: get_id(r)?,
+            uuid: get_str(r, "UDL uuid")?,
+        },
+        TAG_ADD_DFGS => {
+            let id = get_id(r)?;
+            let len = get_u32(r, "DFG length")? as usize;
+            need(r, len, "DFG text")?;
+            Op::AddDfgs {
+                id,
+                json: r.split_to(len),
+            }
+        }
+        TAG_REMOVE_DFG => Op::RemoveDfg {
+            id: get_id(r)?,
+            dfg: get_str(r, "DFG id")?,
         },
         tag => {
             return Err(OpError::UnknownTag {
@@ -413,6 +509,25 @@ mod tests {
             Op::RemovePool {
                 id,
                 path: "/p".into(),
+            },
+            Op::PutUdl {
+                id,
+                uuid: "48e60f7c-8500-11eb-8755-0242ac110002".into(),
+                name: "printer".into(),
+                checksum: 0xfeed_beef,
+                plugin: Bytes::from_static(b"\x7fELF..."),
+            },
+            Op::RemoveUdl {
+                id,
+                uuid: "48e60f7c-8500-11eb-8755-0242ac110002".into(),
+            },
+            Op::AddDfgs {
+                id,
+                json: Bytes::from_static(b"[]"),
+            },
+            Op::RemoveDfg {
+                id,
+                dfg: "1d5f0c4e-0000-4000-8000-000000000001".into(),
             },
         ]
     }

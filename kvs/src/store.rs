@@ -193,7 +193,12 @@ impl ShardStore {
             } => self.put(version, *hlc_us, *condition, key, Bytes::new(), id, true),
             Op::Read { .. } => Outcome::ReadPoint { version },
             // Pool operations belong to the metadata shard, not to a data store.
-            Op::CreatePool { .. } | Op::RemovePool { .. } => Outcome::ReadPoint { version },
+            Op::CreatePool { .. }
+            | Op::RemovePool { .. }
+            | Op::PutUdl { .. }
+            | Op::RemoveUdl { .. }
+            | Op::AddDfgs { .. }
+            | Op::RemoveDfg { .. } => Outcome::ReadPoint { version },
         };
         if matches!(outcome, Outcome::Applied { .. }) {
             self.last_version = Some(version);

@@ -113,6 +113,44 @@ enum Cmd {
     Watch { prefix: String },
     /// The current view's members.
     Members,
+    /// UDL plugins stored in the cluster (admin).
+    Udl {
+        #[command(subcommand)]
+        command: UdlCmd,
+    },
+    /// Data-flow graphs (Cascade's dfgs.json) in force (admin).
+    Dfg {
+        #[command(subcommand)]
+        command: DfgCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UdlCmd {
+    /// Upload a plugin library (`.so`); it replaces a stored one with the same UUID on
+    /// every node, without a restart.
+    Upload {
+        file: PathBuf,
+        /// A name to list it by (default: the file name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    Ls,
+    Rm {
+        uuid: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DfgCmd {
+    /// Add the DFGs of a dfgs.json file (refused whole if invalid).
+    Add {
+        file: PathBuf,
+    },
+    Ls,
+    Rm {
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -345,6 +383,56 @@ async fn client_command(cluster: &str, token: Option<String>, command: Cmd) -> R
                 );
             }
         }
+        Cmd::Udl { command } => match command {
+            UdlCmd::Upload { file, name } => {
+                let plugin =
+                    std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                let name = name.unwrap_or_else(|| {
+                    file.file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+                });
+                client.upload_udl(&name, Bytes::from(plugin)).await?;
+                println!("UDL {name} uploaded");
+            }
+            UdlCmd::Ls => {
+                let list: serde_json::Value = serde_json::from_str(&client.list_udls().await?)?;
+                for u in list.as_array().into_iter().flatten() {
+                    let field = |f: &str| u[f].as_str().unwrap_or_default().to_string();
+                    let error = u["load_error"]
+                        .as_str()
+                        .map(|e| format!("\tNOT LOADED: {e}"))
+                        .unwrap_or_default();
+                    println!(
+                        "{}\t{}\t{} bytes\tchecksum {}\t{}{error}",
+                        field("uuid"),
+                        field("name"),
+                        u["bytes"],
+                        field("checksum"),
+                        field("description")
+                    );
+                }
+            }
+            UdlCmd::Rm { uuid } => {
+                client.remove_udl(&uuid).await?;
+                println!("UDL {uuid} removed");
+            }
+        },
+        Cmd::Dfg { command } => match command {
+            DfgCmd::Add { file } => {
+                let json =
+                    std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                client.add_dfgs(Bytes::from(json)).await?;
+                println!("DFGs of {} added", file.display());
+            }
+            DfgCmd::Ls => {
+                let list: serde_json::Value = serde_json::from_str(&client.list_dfgs().await?)?;
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            }
+            DfgCmd::Rm { id } => {
+                client.remove_dfg(&id).await?;
+                println!("DFG {id} removed");
+            }
+        },
         Cmd::Up { .. } | Cmd::Demo { .. } | Cmd::Node { .. } => unreachable!("handled above"),
     }
     Ok(())

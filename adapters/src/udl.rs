@@ -1,0 +1,444 @@
+//! The node's UDL runtime: the plugins and DFGs stored in the cluster (applied from the
+//! metadata subgroup, identically at every node), one instance per DFG vertex using a
+//! UDL, dispatch of arriving objects to them, and the hand-off of their outputs.
+//!
+//! Dispatch happens when an object is applied (hook `ordered`: a delivered put) or
+//! received (hook `trigger`: a `trigger_put` to this node). Every vertex whose pathname
+//! is the object's key or an ancestor prefix of it is matched. Dispatcher `all` runs the
+//! UDL on every replica of the shard; `one` on exactly one, the member at
+//! `hash(key) % n` of the shard's current member list, which every replica computes
+//! alike. Jobs go to the [`Engine`]'s bounded queues; the delivery path never waits.
+//!
+//! Outputs (`emit`) go to every destination of the vertex as `destination + key`, `put`
+//! or `trigger_put`, with a message id derived from the input's, the UDL and the
+//! destination: a re-run of the same input is applied at most once (within the
+//! store's per-client retry memory).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::json;
+use squall_kvs::MessageId;
+use squall_udl::{Input, Resources};
+use squall_udl_host::dfg::{self, DestinationAction, Dfg, Dispatcher, Statefulness, VertexUdl};
+use squall_udl_host::engine::{Engine, Job, Placement};
+use squall_udl_host::plugin::{Instance, Invocation, Plugin};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// Jobs held while the engine's queues are full; beyond this, writes to pools with
+/// UDLs are refused until the workers catch up.
+pub const OVERFLOW_MAX: usize = 65_536;
+
+/// Marks message ids derived for UDL outputs (client ids of real clients and of the
+/// node itself use other top bits).
+const DERIVED_CLIENT_BIT: u64 = 1 << 62;
+
+/// One output of a UDL, for the node's emitter to write.
+#[derive(Debug)]
+pub struct Emit {
+    pub key: String,
+    pub value: Bytes,
+    pub trigger: bool,
+    pub id: MessageId,
+}
+
+/// How an object reached this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// A put delivered in its shard's order.
+    Ordered,
+    /// A `trigger_put` received by this node (not stored).
+    Trigger,
+}
+
+/// An arrived object, as dispatch needs it.
+#[derive(Debug)]
+pub struct Arrived<'a> {
+    pub key: &'a str,
+    pub version: u64,
+    pub timestamp_us: u64,
+    pub previous_version: Option<u64>,
+    pub previous_version_by_key: Option<u64>,
+    pub id: MessageId,
+    pub blob: &'a Bytes,
+    pub sender: u32,
+    pub arrival: Arrival,
+    /// Ordered arrivals: is this node the one replica that runs `one`-dispatched UDLs
+    /// for this key?
+    pub chosen: bool,
+}
+
+#[derive(Debug)]
+struct StoredUdl {
+    name: String,
+    checksum: u64,
+    bytes: usize,
+    /// `Err`: why this node could not load it (every node reports it the same way
+    /// unless its disk failed).
+    plugin: Result<Plugin, String>,
+}
+
+/// A vertex's use of one UDL.
+#[derive(Debug)]
+struct Handler {
+    dfg: String,
+    pathname: String,
+    udl: VertexUdl,
+    instance: Option<Arc<Instance>>,
+}
+
+#[derive(Debug)]
+pub struct UdlRuntime {
+    dir: PathBuf,
+    udls: BTreeMap<String, StoredUdl>,
+    dfgs: BTreeMap<String, Dfg>,
+    handlers: Vec<Handler>,
+    engine: Arc<Engine>,
+    emits: mpsc::Sender<Emit>,
+    overflow: VecDeque<Job>,
+    resources: Arc<Resources>,
+}
+
+/// The checksum a stored plugin carries: xxh3-64 of its bytes.
+pub fn checksum(plugin: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(plugin)
+}
+
+/// Loads `plugin` from a scratch file in `dir` to check it, and returns its UUID and
+/// description: what the node does before it accepts an upload.
+pub fn inspect(dir: &std::path::Path, plugin: &[u8]) -> Result<(String, String), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let path = dir.join(format!("inspect-{:016x}.so", checksum(plugin)));
+    std::fs::write(&path, plugin).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let loaded = Plugin::load(&path).map_err(|e| e.to_string());
+    let _ = std::fs::remove_file(&path);
+    let loaded = loaded?;
+    Ok((loaded.uuid.clone(), loaded.description.clone()))
+}
+
+fn hash64(parts: &[&[u8]]) -> u64 {
+    let mut all = Vec::new();
+    for p in parts {
+        all.extend_from_slice(&(p.len() as u64).to_le_bytes());
+        all.extend_from_slice(p);
+    }
+    xxhash_rust::xxh3::xxh3_64(&all)
+}
+
+impl UdlRuntime {
+    pub fn new(dir: PathBuf, engine: Arc<Engine>, emits: mpsc::Sender<Emit>) -> Self {
+        UdlRuntime {
+            dir,
+            udls: BTreeMap::new(),
+            dfgs: BTreeMap::new(),
+            handlers: Vec::new(),
+            engine,
+            emits,
+            overflow: VecDeque::new(),
+            resources: Arc::new(Resources {
+                cpu_cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+                gpus: Vec::new(),
+            }),
+        }
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    pub fn has_udl(&self, uuid: &str) -> bool {
+        self.udls.contains_key(uuid)
+    }
+
+    pub fn has_dfg(&self, id: &str) -> bool {
+        self.dfgs.contains_key(id)
+    }
+
+    /// True while held jobs wait for room: new writes to pools with UDLs should wait.
+    pub fn saturated(&self) -> bool {
+        self.overflow.len() >= OVERFLOW_MAX
+    }
+
+    /// Stores a plugin (replacing one with the same UUID): every vertex using it gets a
+    /// new instance; invocations in flight finish on the old one.
+    pub fn put_udl(&mut self, uuid: &str, name: &str, sum: u64, plugin: &Bytes) {
+        let loaded = if checksum(plugin) != sum {
+            Err(format!(
+                "checksum mismatch: stored {sum:016x}, computed {:016x}",
+                checksum(plugin)
+            ))
+        } else {
+            self.load(uuid, sum, plugin)
+        };
+        if let Err(e) = &loaded {
+            warn!(%uuid, error = %e, "cannot load a stored UDL");
+        } else {
+            info!(%uuid, %name, bytes = plugin.len(), "UDL stored and loaded");
+        }
+        self.udls.insert(
+            uuid.to_string(),
+            StoredUdl {
+                name: name.to_string(),
+                checksum: sum,
+                bytes: plugin.len(),
+                plugin: loaded,
+            },
+        );
+        self.rebuild();
+    }
+
+    fn load(&self, uuid: &str, sum: u64, plugin: &Bytes) -> Result<Plugin, String> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
+        // A new file per version: a library in use is never overwritten.
+        let path = self.dir.join(format!("{uuid}-{sum:016x}.so"));
+        if !path.exists() {
+            std::fs::write(&path, plugin)
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        }
+        let loaded = Plugin::load(&path).map_err(|e| e.to_string())?;
+        if loaded.uuid != uuid {
+            return Err(format!(
+                "the library exports UDL {}, not {uuid}",
+                loaded.uuid
+            ));
+        }
+        Ok(loaded)
+    }
+
+    pub fn remove_udl(&mut self, uuid: &str) {
+        if self.udls.remove(uuid).is_some() {
+            info!(%uuid, "UDL removed");
+            self.rebuild();
+        }
+    }
+
+    /// Adds the DFGs of a `dfgs.json` (already validated by the node that took the
+    /// request; checked again here, identically everywhere).
+    pub fn add_dfgs(&mut self, json: &[u8]) -> Result<Vec<String>, String> {
+        let text = std::str::from_utf8(json).map_err(|_| "the DFG text is not UTF-8")?;
+        let dfgs = dfg::parse_dfgs(text).map_err(|e| e.to_string())?;
+        let ids: Vec<String> = dfgs.iter().map(|d| d.id.clone()).collect();
+        for d in dfgs {
+            self.dfgs.insert(d.id.clone(), d);
+        }
+        info!(?ids, "DFGs added");
+        self.rebuild();
+        Ok(ids)
+    }
+
+    pub fn remove_dfg(&mut self, id: &str) -> bool {
+        let removed = self.dfgs.remove(id).is_some();
+        if removed {
+            info!(%id, "DFG removed");
+            self.rebuild();
+        }
+        removed
+    }
+
+    /// UDL UUIDs a DFG text names that are not stored.
+    pub fn unknown_udls(&self, dfgs: &[Dfg]) -> Vec<String> {
+        let mut unknown: Vec<String> = dfgs
+            .iter()
+            .flat_map(|d| d.vertices.iter())
+            .flat_map(|v| v.udls.iter())
+            .filter(|u| !self.udls.contains_key(&u.uuid))
+            .map(|u| u.uuid.clone())
+            .collect();
+        unknown.sort();
+        unknown.dedup();
+        unknown
+    }
+
+    /// New instances for every vertex (their configuration or plugin may have changed).
+    fn rebuild(&mut self) {
+        let mut handlers = Vec::new();
+        for dfg in self.dfgs.values() {
+            for vertex in &dfg.vertices {
+                for udl in &vertex.udls {
+                    let instance = match self.udls.get(&udl.uuid).map(|u| &u.plugin) {
+                        Some(Ok(plugin)) => match plugin.instantiate(&udl.config.to_string()) {
+                            Ok(i) => Some(Arc::new(i)),
+                            Err(e) => {
+                                warn!(dfg = %dfg.id, vertex = %vertex.pathname, error = %e, "cannot instantiate a UDL");
+                                None
+                            }
+                        },
+                        _ => None,
+                    };
+                    handlers.push(Handler {
+                        dfg: dfg.id.clone(),
+                        pathname: vertex.pathname.clone(),
+                        udl: udl.clone(),
+                        instance,
+                    });
+                }
+            }
+        }
+        self.handlers = handlers;
+    }
+
+    /// Runs every matching UDL for an arrived object (queued; never waits).
+    pub fn dispatch(&mut self, arrived: &Arrived<'_>) {
+        self.drain_overflow();
+        for h in &self.handlers {
+            if !arrived.key.starts_with(&h.pathname) {
+                continue;
+            }
+            let fires = match arrived.arrival {
+                Arrival::Ordered => {
+                    h.udl.hook.fires_on_ordered()
+                        && (h.udl.dispatcher == Dispatcher::All || arrived.chosen)
+                }
+                Arrival::Trigger => h.udl.hook.fires_on_trigger(),
+            };
+            if !fires {
+                continue;
+            }
+            let Some(instance) = h.instance.clone() else {
+                warn!(vertex = %h.pathname, udl = %h.udl.uuid, key = %arrived.key, "no loaded UDL for this vertex; input skipped");
+                continue;
+            };
+            let job = self.job(h, instance, arrived);
+            if let Err(full) = self.engine.try_submit(job) {
+                if self.overflow.len() >= OVERFLOW_MAX {
+                    warn!(vertex = %h.pathname, udl = %h.udl.uuid, key = %arrived.key, "UDL queues and overflow full; input dropped");
+                } else {
+                    self.overflow.push_back(full.0);
+                }
+            }
+        }
+    }
+
+    /// Moves held jobs into the engine while it has room.
+    pub fn drain_overflow(&mut self) {
+        while let Some(job) = self.overflow.pop_front() {
+            if let Err(full) = self.engine.try_submit(job) {
+                self.overflow.push_front(full.0);
+                return;
+            }
+        }
+    }
+
+    pub fn overflow_len(&self) -> usize {
+        self.overflow.len()
+    }
+
+    fn job(&self, h: &Handler, instance: Arc<Instance>, a: &Arrived<'_>) -> Job {
+        let placement = match h.udl.statefulness {
+            Statefulness::Stateful => Placement::Stateful,
+            Statefulness::Stateless => Placement::Stateless,
+            Statefulness::SingleThreaded => Placement::SingleThreaded,
+        };
+        let key = a.key.to_string();
+        let pathname = h.pathname.clone();
+        let (version, timestamp_us, sender, id) = (a.version, a.timestamp_us, a.sender, a.id);
+        let (previous_version, previous_version_by_key) =
+            (a.previous_version, a.previous_version_by_key);
+        let blob = a.blob.clone();
+        let destinations: Vec<(String, bool)> = h
+            .udl
+            .destinations
+            .iter()
+            // Remote sites arrive with the deployment issue; until then, local pools.
+            .filter(|d| d.site.is_none())
+            .map(|d| (d.pool.clone(), d.action == DestinationAction::TriggerPut))
+            .collect();
+        let emits = self.emits.clone();
+        let resources = Arc::clone(&self.resources);
+        let udl_uuid = h.udl.uuid.clone();
+        let vertex_key = format!("{}{}", h.dfg, h.pathname);
+        Job {
+            vertex: h.pathname.clone(),
+            udl: h.udl.uuid.clone(),
+            placement,
+            key: key.clone(),
+            run: Box::new(move |worker_id| {
+                let input = Input {
+                    pathname: &pathname,
+                    key: &key,
+                    version,
+                    timestamp_us,
+                    previous_version,
+                    previous_version_by_key,
+                    message_id: squall_udl::MessageId {
+                        client: id.client,
+                        seq: id.seq,
+                    },
+                    sender,
+                    blob,
+                };
+                let mut emitted: u64 = 0;
+                let mut emit = |out_key: &str, value: Bytes| -> Result<(), String> {
+                    for (d, (pool, trigger)) in destinations.iter().enumerate() {
+                        // Derived from the input, the vertex, the destination and the
+                        // output's place: the same on a re-run, distinct otherwise.
+                        let client = DERIVED_CLIENT_BIT
+                            | (hash64(&[
+                                &id.client.to_le_bytes(),
+                                udl_uuid.as_bytes(),
+                                vertex_key.as_bytes(),
+                                pool.as_bytes(),
+                            ]) >> 2);
+                        let seq = id.seq.wrapping_mul(1 << 16).wrapping_add(emitted);
+                        let out = Emit {
+                            key: format!("{pool}{}", out_key.trim_start_matches('/')),
+                            value: value.clone(),
+                            trigger: *trigger,
+                            id: MessageId { client, seq },
+                        };
+                        emits
+                            .blocking_send(out)
+                            .map_err(|_| "the node is stopping".to_string())?;
+                        let _ = d;
+                    }
+                    emitted += 1;
+                    Ok(())
+                };
+                instance
+                    .invoke(
+                        &input,
+                        Invocation {
+                            worker_id,
+                            resources: &resources,
+                            emit: &mut emit,
+                        },
+                    )
+                    .map_err(|e| e.to_string())
+            }),
+        }
+    }
+
+    /// `squall udl ls`: a JSON array.
+    pub fn list_udls(&self) -> String {
+        let list: Vec<serde_json::Value> = self
+            .udls
+            .iter()
+            .map(|(uuid, u)| {
+                let (description, sdk, error) = match &u.plugin {
+                    Ok(p) => (p.description.clone(), p.sdk_version.clone(), None),
+                    Err(e) => (String::new(), String::new(), Some(e.clone())),
+                };
+                json!({
+                    "uuid": uuid,
+                    "name": u.name,
+                    "checksum": format!("{:016x}", u.checksum),
+                    "bytes": u.bytes,
+                    "description": description,
+                    "sdk_version": sdk,
+                    "load_error": error,
+                })
+            })
+            .collect();
+        serde_json::Value::Array(list).to_string()
+    }
+
+    /// `squall dfg ls`: Cascade's `dfgs.json` form.
+    pub fn list_dfgs(&self) -> String {
+        let list: Vec<Dfg> = self.dfgs.values().cloned().collect();
+        dfg::dfgs_to_json(&list).to_string()
+    }
+}

@@ -1,0 +1,173 @@
+//! UDLs on real node processes: upload the example printer plugin, add a DFG, put and
+//! trigger_put inputs, read the outputs, refuse bad uploads and DFGs, and stop
+//! triggering once the DFG is removed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::Cluster;
+use squall_adapters::client::Client;
+use squall_adapters::wire::ErrorCode;
+
+const PRINTER_UUID: &str = "48e60f7c-8500-11eb-8755-0242ac110002";
+
+/// Builds the printer plugin in its own target directory (the outer cargo holds the
+/// workspace's) and returns the library's path.
+fn printer() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's path");
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let release = profile.file_name().is_some_and(|n| n == "release");
+    let target = profile.parent().expect("target/").join("udl-plugins");
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo
+        .args(["build", "--quiet", "-p", "squall-udl-example-printer"])
+        .env("CARGO_TARGET_DIR", &target);
+    if release {
+        cargo.arg("--release");
+    }
+    assert!(
+        cargo.status().expect("run cargo").success(),
+        "building the plugin"
+    );
+    target
+        .join(if release { "release" } else { "debug" })
+        .join("libsquall_udl_example_printer.so")
+}
+
+/// Waits for `key` to hold a value, up to `within`.
+async fn eventually(c: &Client, key: &str, within: Duration) -> Option<Bytes> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(o)) = c.get(key).await {
+            return Some(o.blob);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn dfg(id: &str, udl: &str) -> Bytes {
+    Bytes::from(format!(
+        r#"[{{
+            "id": "{id}",
+            "desc": "printer from /cache/in to /demo/out",
+            "graph": [{{
+                "pathname": "/cache/in",
+                "user_defined_logic_list": ["{udl}"],
+                "shard_dispatcher_list": ["one"],
+                "user_defined_logic_hook_list": ["both"],
+                "user_defined_logic_config_list": [{{"quiet": true}}],
+                "destinations": [{{"/demo/out": "put"}}]
+            }}]
+        }}]"#
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploaded_plugins_run_on_arrival_and_stop_with_their_dfg() {
+    let plugin = std::fs::read(printer()).expect("the plugin library");
+    let mut cluster = Cluster::new(3, &[]);
+    // Plugin libraries are megabytes: the test cluster's 1 MiB limits are too small.
+    for cfg in &mut cluster.configs {
+        cfg.limits.object_bytes_max = 64 << 20;
+        cfg.limits.frame_bytes_max = (64 << 20) + (1 << 20);
+    }
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+
+    // Bad uploads and DFGs change nothing.
+    let e = c
+        .upload_udl("junk", Bytes::from_static(b"\x7fELF not a library"))
+        .await
+        .expect_err("not a plugin");
+    assert_eq!(e.code(), Some(ErrorCode::InvalidPlugin), "{e}");
+    let dfg_id = "2a9c7b1e-1111-4a2b-9c3d-000000000001";
+    let e = c
+        .add_dfgs(dfg(dfg_id, PRINTER_UUID))
+        .await
+        .expect_err("the UDL is not uploaded yet");
+    assert_eq!(e.code(), Some(ErrorCode::NoSuchUdl), "{e}");
+    let e = c
+        .add_dfgs(Bytes::from_static(b"[{\"id\": 3}]"))
+        .await
+        .expect_err("not a DFG");
+    assert_eq!(e.code(), Some(ErrorCode::InvalidDfg), "{e}");
+    assert_eq!(c.list_dfgs().await.expect("list"), "[]");
+
+    if let Err(e) = c.upload_udl("printer", Bytes::from(plugin)).await {
+        panic!("upload: {e}; {}", cluster.logs());
+    }
+    let udls = c.list_udls().await.expect("list");
+    assert!(udls.contains(PRINTER_UUID), "{udls}");
+    assert!(
+        !udls.contains("NOT LOADED") && udls.contains("\"load_error\":null"),
+        "{udls}"
+    );
+    c.add_dfgs(dfg(dfg_id, PRINTER_UUID))
+        .await
+        .expect("add the DFG");
+    assert!(c.list_dfgs().await.expect("list").contains(dfg_id));
+
+    // Ordered puts: every input has its output, with the same bytes.
+    for i in 0..20 {
+        c.put(
+            &format!("/cache/in/k{i}"),
+            Bytes::from(format!("value {i}")),
+        )
+        .await
+        .expect("put an input");
+    }
+    for i in 0..20 {
+        let out = eventually(&c, &format!("/demo/out/k{i}"), Duration::from_secs(10)).await;
+        assert_eq!(
+            out.as_deref(),
+            Some(format!("value {i}").as_bytes()),
+            "output of k{i}; {}",
+            cluster.logs()
+        );
+    }
+    // A trigger_put is not stored, yet triggers the vertex.
+    c.trigger_put("/cache/in/t1", Bytes::from_static(b"triggered"))
+        .await
+        .expect("trigger_put");
+    assert_eq!(
+        eventually(&c, "/demo/out/t1", Duration::from_secs(10))
+            .await
+            .as_deref(),
+        Some(&b"triggered"[..])
+    );
+    assert!(c.get("/cache/in/t1").await.expect("get").is_none());
+
+    // Removing the DFG stops the triggering.
+    let e = c.remove_dfg("2a9c7b1e-1111-4a2b-9c3d-00000000ffff").await;
+    assert_eq!(
+        e.expect_err("no such DFG").code(),
+        Some(ErrorCode::NoSuchDfg)
+    );
+    c.remove_dfg(dfg_id).await.expect("remove the DFG");
+    c.put("/cache/in/after", Bytes::from_static(b"late"))
+        .await
+        .expect("put");
+    c.trigger_put("/cache/in/after2", Bytes::from_static(b"late"))
+        .await
+        .expect("trigger_put");
+    assert_eq!(
+        eventually(&c, "/demo/out/after", Duration::from_secs(2)).await,
+        None
+    );
+    assert_eq!(c.get("/demo/out/after2").await.expect("get"), None);
+    // And the UDL can go too.
+    c.remove_udl(PRINTER_UUID).await.expect("remove the UDL");
+    assert_eq!(c.list_udls().await.expect("list"), "[]");
+    let e = c.remove_udl(PRINTER_UUID).await.expect_err("gone");
+    assert_eq!(e.code(), Some(ErrorCode::NoSuchUdl));
+}
