@@ -29,7 +29,7 @@ use crate::config::Role;
 use crate::config::{Config, SubgroupKind};
 use crate::server::{self, ServerConfig};
 use crate::service::{Service, ServiceConfig};
-use crate::udl::{Emit, UdlRuntime};
+use crate::udl::{EmitItem, InputRef, UdlRuntime};
 
 /// Requests queued for the service before connections wait.
 pub const SERVICE_QUEUE_MAX: usize = 4096;
@@ -176,11 +176,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     )?;
     let (emits_tx, emits) = mpsc::channel(config.limits.udl_emit_queue_max);
     let runtime = UdlRuntime::new(
+        me,
         config.node.data_dir.join("udls"),
         Arc::new(engine),
         emits_tx,
     );
+    let (done_tx, udl_done) = mpsc::channel(config.limits.udl_emit_queue_max);
     let emitter = tokio::spawn(emit_outputs(
+        done_tx,
         config
             .client_map()
             .values()
@@ -220,7 +223,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "node {} (incarnation {incarnation}) serving clients on {}",
         me.node, config.node.client_addr
     );
-    let mut service_task = tokio::spawn(service.run(events, commands));
+    let mut service_task = tokio::spawn(service.run(events, commands, udl_done));
     tokio::select! {
         _ = shutdown => {
             info!("leaving the group");
@@ -239,9 +242,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// Writes what UDLs emit, in order, through a client of the cluster (with the first
 /// token of the config that may write). A write that fails for good is logged and
 /// dropped; the client itself retries across view changes and failovers.
-async fn emit_outputs(addrs: Vec<String>, token: Option<String>, mut emits: mpsc::Receiver<Emit>) {
+async fn emit_outputs(
+    done: mpsc::Sender<InputRef>,
+    addrs: Vec<String>,
+    token: Option<String>,
+    mut emits: mpsc::Receiver<EmitItem>,
+) {
     let mut client: Option<Client> = None;
-    while let Some(out) = emits.recv().await {
+    while let Some(item) = emits.recv().await {
+        let out = match item {
+            EmitItem::Output(out) => out,
+            // Every output of that job was written before this arrived.
+            EmitItem::Done(input) => {
+                let _ = done.send(input).await;
+                continue;
+            }
+        };
         let c = loop {
             if let Some(c) = &client {
                 break c;

@@ -70,6 +70,9 @@ pub enum Command {
     },
 }
 
+/// How often a node tells its shards how far its `one` UDL work is done.
+pub const UDL_PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Requests of the node itself (read markers, default pools) use ids of this client.
 const SYSTEM_CLIENT_BIT: u64 = 1 << 63;
 
@@ -252,10 +255,15 @@ impl Service {
         mut self,
         mut events: mpsc::Receiver<NodeEvent>,
         mut commands: mpsc::Receiver<Command>,
+        mut udl_done: mpsc::Receiver<udl::InputRef>,
     ) {
+        let mut progress = tokio::time::interval(UDL_PROGRESS_INTERVAL);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.udl.drain_overflow();
             tokio::select! {
+                Some(done) = udl_done.recv() => self.udl.job_done(done),
+                _ = progress.tick() => self.announce_udl_progress().await,
                 event = events.recv() => {
                     let Some(NodeEvent { event, .. }) = event else { break };
                     if !self.on_event(event).await {
@@ -400,6 +408,7 @@ impl Service {
         }
         let leads = view.members.first() == Some(&me);
         self.view = Some(Arc::clone(&view));
+        self.udl.reassign(&view);
         if leads {
             // Default pools, once: a deterministic id makes every repeat a duplicate.
             for spec in self.cfg.default_pools.clone() {
@@ -483,6 +492,11 @@ impl Service {
             .entry((subgroup, shard))
             .or_insert_with(|| ShardStore::new(kind, limits));
         let (outcome, duplicate) = store.apply(version, &op);
+        if let Op::UdlDone { member, below, .. } = &op {
+            let member = MemberId::new((member >> 32) as u32, *member as u32);
+            self.udl.done_by(subgroup, shard, member, *below);
+            return;
+        }
         if let (Outcome::Applied { timestamp_us, .. }, false) = (&outcome, duplicate) {
             if let Op::Put { blob, .. } = &op
                 && kind == StoreKind::Persistent
@@ -502,8 +516,10 @@ impl Service {
                         .and_then(|st| st.latest(key))
                         .cloned()
                 {
-                    let chosen = self.chosen(subgroup, shard, key);
+                    let assignee = self.assignee(subgroup, shard, key);
                     self.udl.dispatch(&Arrived {
+                        subgroup,
+                        shard,
                         key,
                         version: version.0,
                         timestamp_us: object.timestamp_us,
@@ -513,7 +529,7 @@ impl Service {
                         blob: &object.blob,
                         sender: self.cfg.me.node,
                         arrival: Arrival::Ordered,
-                        chosen,
+                        assignee,
                     });
                 }
             }
@@ -733,24 +749,37 @@ impl Service {
         Ok((pool.spec.subgroup, pool.shard_of(key), pool.spec.kind))
     }
 
-    /// Whether this node is the one replica of `key`'s shard that runs `one`-dispatched
-    /// UDLs for it: the member at `hash(key) % n` of the shard's current member list.
-    fn chosen(&self, subgroup: u32, shard: u32, key: &str) -> bool {
-        let Some(members) = self.view.as_ref().and_then(|v| {
-            Some(
-                &v.shards
-                    .get(subgroup as usize)?
-                    .get(shard as usize)?
-                    .members,
-            )
-        }) else {
-            return false;
-        };
+    /// The one replica of `key`'s shard that runs `one`-dispatched UDLs for it: the
+    /// member at `hash(key) % n` of the shard's current member list.
+    fn assignee(&self, subgroup: u32, shard: u32, key: &str) -> Option<MemberId> {
+        let members = &self
+            .view
+            .as_ref()?
+            .shards
+            .get(subgroup as usize)?
+            .get(shard as usize)?
+            .members;
         if members.is_empty() {
-            return false;
+            return None;
         }
         let at = xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % members.len() as u64;
-        members[at as usize] == self.cfg.me
+        Some(members[at as usize])
+    }
+
+    /// Tells each shard how far this node's `one` UDL work is done (see `Op::UdlDone`).
+    async fn announce_udl_progress(&mut self) {
+        let me = self.cfg.me;
+        for ((subgroup, _shard), below) in self.udl.announcements() {
+            let id = self.system_id();
+            let op = Op::UdlDone {
+                id,
+                member: (u64::from(me.node) << 32) | u64::from(me.incarnation),
+                below,
+            };
+            if let Err(e) = self.handle.send(subgroup, op::encode(&op)).await {
+                warn!(error = %e, subgroup, "announcing UDL progress");
+            }
+        }
     }
 
     /// `NotHere` with the client addresses of the shard's members, unless this node is one.
@@ -847,6 +876,15 @@ impl Service {
                     }
                 };
                 let needed = match op {
+                    Op::UdlDone { .. } => {
+                        return answer(
+                            reply,
+                            Response::error(
+                                ErrorCode::BadRequest,
+                                "UDL progress markers are the nodes' own",
+                            ),
+                        );
+                    }
                     Op::CreatePool { .. }
                     | Op::RemovePool { .. }
                     | Op::PutUdl { .. }
@@ -1022,7 +1060,7 @@ impl Service {
                         }
                         (0, false)
                     }
-                    Op::Read { .. } => unreachable!("refused above"),
+                    Op::Read { .. } | Op::UdlDone { .. } => unreachable!("refused above"),
                 };
                 if self.udl.saturated() && subgroup != 0 {
                     return answer(
@@ -1063,6 +1101,8 @@ impl Service {
                     seq: self.next_seq,
                 };
                 self.udl.dispatch(&Arrived {
+                    subgroup: g,
+                    shard: s,
                     key: &key,
                     version: 0,
                     timestamp_us: now_us(),
@@ -1072,7 +1112,7 @@ impl Service {
                     blob: &blob,
                     sender: self.cfg.me.node,
                     arrival: Arrival::Trigger,
-                    chosen: true,
+                    assignee: None,
                 });
                 answer(reply, Response::Done)
             }

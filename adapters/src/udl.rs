@@ -14,13 +14,14 @@
 //! destination: a re-run of the same input is applied at most once (within the
 //! store's per-client retry memory).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::json;
 use squall_kvs::MessageId;
+use squall_platform::MemberId;
 use squall_udl::{Input, Resources};
 use squall_udl_host::dfg::{self, DestinationAction, Dfg, Dispatcher, Statefulness, VertexUdl};
 use squall_udl_host::engine::{Engine, Job, Placement};
@@ -45,6 +46,40 @@ pub struct Emit {
     pub id: MessageId,
 }
 
+/// What the emitter receives, in order: outputs, and after all outputs of a `one` job,
+/// its completion (reported back once those outputs are written).
+#[derive(Debug)]
+pub enum EmitItem {
+    Output(Emit),
+    Done(InputRef),
+}
+
+/// An input by its place: shard and version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InputRef {
+    pub subgroup: u32,
+    pub shard: u32,
+    pub version: u64,
+}
+
+/// A `one`-dispatched input another replica runs, kept until it says it is done (and
+/// re-run here if it fails first and this node is the new choice).
+#[derive(Debug)]
+struct PendingInput {
+    assignee: MemberId,
+    key: String,
+    timestamp_us: u64,
+    previous_version: Option<u64>,
+    previous_version_by_key: Option<u64>,
+    id: MessageId,
+    blob: Bytes,
+    sender: u32,
+}
+
+/// Inputs held for other replicas, over all shards; beyond it the oldest are forgotten
+/// (logged: a failure of their replica would then lose them).
+pub const PENDING_INPUTS_MAX: usize = 65_536;
+
 /// How an object reached this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arrival {
@@ -57,6 +92,8 @@ pub enum Arrival {
 /// An arrived object, as dispatch needs it.
 #[derive(Debug)]
 pub struct Arrived<'a> {
+    pub subgroup: u32,
+    pub shard: u32,
     pub key: &'a str,
     pub version: u64,
     pub timestamp_us: u64,
@@ -66,9 +103,9 @@ pub struct Arrived<'a> {
     pub blob: &'a Bytes,
     pub sender: u32,
     pub arrival: Arrival,
-    /// Ordered arrivals: is this node the one replica that runs `one`-dispatched UDLs
-    /// for this key?
-    pub chosen: bool,
+    /// Ordered arrivals: the one replica that runs `one`-dispatched UDLs for this key
+    /// (the shard member at `hash(key) % n`).
+    pub assignee: Option<MemberId>,
 }
 
 #[derive(Debug)]
@@ -92,14 +129,23 @@ struct Handler {
 
 #[derive(Debug)]
 pub struct UdlRuntime {
+    me: MemberId,
     dir: PathBuf,
     udls: BTreeMap<String, StoredUdl>,
     dfgs: BTreeMap<String, Dfg>,
     handlers: Vec<Handler>,
     engine: Arc<Engine>,
-    emits: mpsc::Sender<Emit>,
+    emits: mpsc::Sender<EmitItem>,
     overflow: VecDeque<Job>,
     resources: Arc<Resources>,
+    /// `one` inputs this node runs: per shard, jobs not done per input version.
+    assigned: HashMap<(u32, u32), BTreeMap<u64, usize>>,
+    /// Per shard: the newest input version this node was assigned.
+    assigned_top: HashMap<(u32, u32), u64>,
+    /// Per shard: the last `below` this node announced.
+    announced: HashMap<(u32, u32), u64>,
+    /// `one` inputs other replicas run, until they announce them done.
+    pending: HashMap<(u32, u32), BTreeMap<u64, PendingInput>>,
 }
 
 /// The checksum a stored plugin carries: xxh3-64 of its bytes.
@@ -129,8 +175,18 @@ fn hash64(parts: &[&[u8]]) -> u64 {
 }
 
 impl UdlRuntime {
-    pub fn new(dir: PathBuf, engine: Arc<Engine>, emits: mpsc::Sender<Emit>) -> Self {
+    pub fn new(
+        me: MemberId,
+        dir: PathBuf,
+        engine: Arc<Engine>,
+        emits: mpsc::Sender<EmitItem>,
+    ) -> Self {
         UdlRuntime {
+            me,
+            assigned: HashMap::new(),
+            assigned_top: HashMap::new(),
+            announced: HashMap::new(),
+            pending: HashMap::new(),
             dir,
             udls: BTreeMap::new(),
             dfgs: BTreeMap::new(),
@@ -281,35 +337,193 @@ impl UdlRuntime {
         self.handlers = handlers;
     }
 
-    /// Runs every matching UDL for an arrived object (queued; never waits).
-    pub fn dispatch(&mut self, arrived: &Arrived<'_>) {
+    /// Runs every matching UDL for an arrived object (queued; never waits). For an
+    /// ordered arrival, `one` UDLs run only at the assignee; the other replicas keep the
+    /// input until the assignee announces it done, to re-run it if the assignee fails.
+    pub fn dispatch(&mut self, a: &Arrived<'_>) {
         self.drain_overflow();
+        let ordered = a.arrival == Arrival::Ordered;
+        let mine = !ordered || a.assignee == Some(self.me);
+        let input = InputRef {
+            subgroup: a.subgroup,
+            shard: a.shard,
+            version: a.version,
+        };
+        let mut one_matched = false;
+        let mut one_jobs = 0usize;
+        let mut jobs = Vec::new();
         for h in &self.handlers {
-            if !arrived.key.starts_with(&h.pathname) {
+            if !a.key.starts_with(&h.pathname) {
                 continue;
             }
-            let fires = match arrived.arrival {
-                Arrival::Ordered => {
-                    h.udl.hook.fires_on_ordered()
-                        && (h.udl.dispatcher == Dispatcher::All || arrived.chosen)
-                }
-                Arrival::Trigger => h.udl.hook.fires_on_trigger(),
+            let fires = if ordered {
+                h.udl.hook.fires_on_ordered()
+            } else {
+                h.udl.hook.fires_on_trigger()
             };
             if !fires {
                 continue;
             }
+            let one = ordered && h.udl.dispatcher == Dispatcher::One;
+            one_matched |= one;
+            if one && !mine {
+                continue;
+            }
             let Some(instance) = h.instance.clone() else {
-                warn!(vertex = %h.pathname, udl = %h.udl.uuid, key = %arrived.key, "no loaded UDL for this vertex; input skipped");
+                warn!(vertex = %h.pathname, udl = %h.udl.uuid, key = %a.key, "no loaded UDL for this vertex; input skipped");
                 continue;
             };
-            let job = self.job(h, instance, arrived);
-            if let Err(full) = self.engine.try_submit(job) {
-                if self.overflow.len() >= OVERFLOW_MAX {
-                    warn!(vertex = %h.pathname, udl = %h.udl.uuid, key = %arrived.key, "UDL queues and overflow full; input dropped");
+            if one {
+                one_jobs += 1;
+            }
+            jobs.push(self.job(h, instance, a, one.then_some(input)));
+        }
+        if one_matched && ordered {
+            let key = (a.subgroup, a.shard);
+            if mine {
+                if one_jobs > 0 {
+                    *self
+                        .assigned
+                        .entry(key)
+                        .or_default()
+                        .entry(a.version)
+                        .or_default() += one_jobs;
+                }
+                let top = self.assigned_top.entry(key).or_default();
+                *top = (*top).max(a.version);
+            } else if let Some(assignee) = a.assignee {
+                self.hold(key, a, assignee);
+            }
+        }
+        for job in jobs {
+            self.submit(job);
+        }
+    }
+
+    fn submit(&mut self, job: Job) {
+        if let Err(full) = self.engine.try_submit(job) {
+            if self.overflow.len() >= OVERFLOW_MAX {
+                warn!(vertex = %full.0.vertex, udl = %full.0.udl, key = %full.0.key, "UDL queues and overflow full; input dropped");
+            } else {
+                self.overflow.push_back(full.0);
+            }
+        }
+    }
+
+    fn hold(&mut self, key: (u32, u32), a: &Arrived<'_>, assignee: MemberId) {
+        let held: usize = self.pending.values().map(BTreeMap::len).sum();
+        if held >= PENDING_INPUTS_MAX
+            && let Some(oldest) = self.pending.get_mut(&key).and_then(|p| p.pop_first())
+        {
+            warn!(
+                version = oldest.0,
+                "too many inputs held for other replicas; forgetting the oldest"
+            );
+        }
+        self.pending.entry(key).or_default().insert(
+            a.version,
+            PendingInput {
+                assignee,
+                key: a.key.to_string(),
+                timestamp_us: a.timestamp_us,
+                previous_version: a.previous_version,
+                previous_version_by_key: a.previous_version_by_key,
+                id: a.id,
+                blob: a.blob.clone(),
+                sender: a.sender,
+            },
+        );
+    }
+
+    /// A `one` job of this node ended and its outputs are written.
+    pub fn job_done(&mut self, input: InputRef) {
+        let key = (input.subgroup, input.shard);
+        if let Some(versions) = self.assigned.get_mut(&key)
+            && let Some(left) = versions.get_mut(&input.version)
+        {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                versions.remove(&input.version);
+            }
+        }
+    }
+
+    /// Per shard, the `below` to announce now (everything assigned to this node below it
+    /// is done), where it moved since the last announcement.
+    pub fn announcements(&mut self) -> Vec<((u32, u32), u64)> {
+        let mut out = Vec::new();
+        for (key, top) in &self.assigned_top {
+            let below = self
+                .assigned
+                .get(key)
+                .and_then(|v| v.keys().next().copied())
+                .unwrap_or(top + 1);
+            let last = self.announced.entry(*key).or_default();
+            if below > *last {
+                *last = below;
+                out.push((*key, below));
+            }
+        }
+        out
+    }
+
+    /// `member` announced its `one` inputs below `below` in this shard done.
+    pub fn done_by(&mut self, subgroup: u32, shard: u32, member: MemberId, below: u64) {
+        if let Some(held) = self.pending.get_mut(&(subgroup, shard)) {
+            held.retain(|version, p| !(p.assignee == member && *version < below));
+        }
+    }
+
+    /// After a view change: inputs held for members that are gone go to the new
+    /// assignee; those that are now this node's run here.
+    pub fn reassign(&mut self, view: &squall_platform::View) {
+        let mut rerun = Vec::new();
+        for (&(g, s), held) in &mut self.pending {
+            let Some(members) = view
+                .shards
+                .get(g as usize)
+                .and_then(|sh| sh.get(s as usize))
+                .map(|sv| &sv.members)
+            else {
+                continue;
+            };
+            if members.is_empty() {
+                continue;
+            }
+            let gone: Vec<u64> = held
+                .iter()
+                .filter(|(_, p)| !members.contains(&p.assignee))
+                .map(|(v, _)| *v)
+                .collect();
+            for version in gone {
+                let Some(mut p) = held.remove(&version) else {
+                    continue;
+                };
+                let at = xxhash_rust::xxh3::xxh3_64(p.key.as_bytes()) % members.len() as u64;
+                p.assignee = members[at as usize];
+                if p.assignee == self.me {
+                    rerun.push((g, s, version, p));
                 } else {
-                    self.overflow.push_back(full.0);
+                    held.insert(version, p);
                 }
             }
+        }
+        for (g, s, version, p) in rerun {
+            info!(subgroup = g, shard = s, version, key = %p.key, "re-running a UDL input whose replica failed");
+            self.dispatch(&Arrived {
+                subgroup: g,
+                shard: s,
+                key: &p.key,
+                version,
+                timestamp_us: p.timestamp_us,
+                previous_version: p.previous_version,
+                previous_version_by_key: p.previous_version_by_key,
+                id: p.id,
+                blob: &p.blob,
+                sender: p.sender,
+                arrival: Arrival::Ordered,
+                assignee: Some(self.me),
+            });
         }
     }
 
@@ -327,7 +541,13 @@ impl UdlRuntime {
         self.overflow.len()
     }
 
-    fn job(&self, h: &Handler, instance: Arc<Instance>, a: &Arrived<'_>) -> Job {
+    fn job(
+        &self,
+        h: &Handler,
+        instance: Arc<Instance>,
+        a: &Arrived<'_>,
+        done: Option<InputRef>,
+    ) -> Job {
         let placement = match h.udl.statefulness {
             Statefulness::Stateful => Placement::Stateful,
             Statefulness::Stateless => Placement::Stateless,
@@ -348,6 +568,7 @@ impl UdlRuntime {
             .map(|d| (d.pool.clone(), d.action == DestinationAction::TriggerPut))
             .collect();
         let emits = self.emits.clone();
+        let done_emits = self.emits.clone();
         let resources = Arc::clone(&self.resources);
         let udl_uuid = h.udl.uuid.clone();
         let vertex_key = format!("{}{}", h.dfg, h.pathname);
@@ -391,14 +612,14 @@ impl UdlRuntime {
                             id: MessageId { client, seq },
                         };
                         emits
-                            .blocking_send(out)
+                            .blocking_send(EmitItem::Output(out))
                             .map_err(|_| "the node is stopping".to_string())?;
                         let _ = d;
                     }
                     emitted += 1;
                     Ok(())
                 };
-                instance
+                let result = instance
                     .invoke(
                         &input,
                         Invocation {
@@ -407,7 +628,12 @@ impl UdlRuntime {
                             emit: &mut emit,
                         },
                     )
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string());
+                // Done (a failure too: it is not retried), once its outputs are written.
+                if let Some(done) = done {
+                    let _ = done_emits.blocking_send(EmitItem::Done(done));
+                }
+                result
             }),
         }
     }

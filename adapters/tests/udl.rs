@@ -171,3 +171,93 @@ async fn uploaded_plugins_run_on_arrival_and_stop_with_their_dfg() {
     let e = c.remove_udl(PRINTER_UUID).await.expect_err("gone");
     assert_eq!(e.code(), Some(ErrorCode::NoSuchUdl));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_input_is_lost_when_the_replica_running_it_is_killed() {
+    let plugin = std::fs::read(printer()).expect("the plugin library");
+    let mut cluster = Cluster::new(3, &[]);
+    for cfg in &mut cluster.configs {
+        cfg.limits.object_bytes_max = 64 << 20;
+        cfg.limits.frame_bytes_max = (64 << 20) + (1 << 20);
+    }
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    c.upload_udl("printer", Bytes::from(plugin))
+        .await
+        .expect("upload");
+    c.add_dfgs(dfg("2a9c7b1e-1111-4a2b-9c3d-000000000002", PRINTER_UUID))
+        .await
+        .expect("add the DFG");
+    const INPUTS: usize = 1000;
+    // Inputs stream in; a third of the way, the node running a third of them dies.
+    let feeder = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            for i in 0..INPUTS {
+                let mut tries = 0;
+                loop {
+                    match c
+                        .put(&format!("/cache/in/k{i}"), Bytes::from(format!("v{i}")))
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(e) if tries < 5 => {
+                            tries += 1;
+                            eprintln!("put k{i}: {e}; again");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(e) => panic!("put k{i}: {e}"),
+                    }
+                }
+                // A steady stream, so the kill lands in the middle of it.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.get("/demo/out/k300").await.ok().flatten().is_none() {
+        assert!(Instant::now() < deadline, "no outputs; {}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!feeder.is_finished(), "the inputs ended before the kill");
+    cluster.kill9(2);
+    feeder.await.expect("every input was put");
+    // Every input has exactly one output: present, with no earlier version.
+    let mut missing = Vec::new();
+    for i in 0..INPUTS {
+        let key = format!("/demo/out/k{i}");
+        let deadline =
+            Instant::now() + Duration::from_secs(if missing.is_empty() { 30 } else { 1 });
+        let found = loop {
+            if let Ok(Some(o)) = c.get(&key).await {
+                break Some(o);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        match found {
+            Some(o) => {
+                assert_eq!(o.blob, Bytes::from(format!("v{i}")), "{key}");
+                assert_eq!(
+                    o.previous_key_version, None,
+                    "{key} was written more than once"
+                );
+            }
+            None => missing.push(i),
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} inputs without output: {:?}; {}",
+        missing.len(),
+        &missing[..missing.len().min(20)],
+        cluster.logs()
+    );
+    // The survivors did re-run work of the killed node (else this proved nothing).
+    let logs = cluster.logs();
+    let reruns = logs.matches("re-running a UDL input").count();
+    assert!(reruns > 0, "no input was re-run; {logs}");
+    println!("{reruns} inputs re-run after the kill");
+}

@@ -85,6 +85,15 @@ pub enum Op {
         id: MessageId,
         dfg: String,
     },
+    /// In a data shard: the member `member` (node << 32 | incarnation) has run, and
+    /// written the outputs of, every `one`-dispatched UDL it was assigned for inputs
+    /// below version `below`. Replicas forget those inputs; the rest they re-run if the
+    /// member fails.
+    UdlDone {
+        id: MessageId,
+        member: u64,
+        below: u64,
+    },
 }
 
 impl Op {
@@ -98,7 +107,8 @@ impl Op {
             | Op::PutUdl { id, .. }
             | Op::RemoveUdl { id, .. }
             | Op::AddDfgs { id, .. }
-            | Op::RemoveDfg { id, .. } => *id,
+            | Op::RemoveDfg { id, .. }
+            | Op::UdlDone { id, .. } => *id,
         }
     }
 }
@@ -130,6 +140,7 @@ const TAG_PUT_UDL: u8 = 6;
 const TAG_REMOVE_UDL: u8 = 7;
 const TAG_ADD_DFGS: u8 = 8;
 const TAG_REMOVE_DFG: u8 = 9;
+const TAG_UDL_DONE: u8 = 10;
 
 /// Bounds on decoded strings and collections: a frame costs at most its own size.
 const STRING_BYTES_MAX: usize = 64 << 10;
@@ -213,6 +224,12 @@ pub fn encode(op: &Op) -> Bytes {
             put_id(&mut out, *id);
             put_str(&mut out, dfg);
         }
+        Op::UdlDone { id, member, below } => {
+            out.put_u8(TAG_UDL_DONE);
+            put_id(&mut out, *id);
+            out.put_u64_le(*member);
+            out.put_u64_le(*below);
+        }
     }
     out.freeze()
 }
@@ -286,6 +303,11 @@ pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
         TAG_REMOVE_DFG => Op::RemoveDfg {
             id: get_id(r)?,
             dfg: get_str(r, "DFG id")?,
+        },
+        TAG_UDL_DONE => Op::UdlDone {
+            id: get_id(r)?,
+            member: get_u64(r, "member")?,
+            below: get_u64(r, "version")?,
         },
         tag => {
             return Err(OpError::UnknownTag {
@@ -528,6 +550,11 @@ mod tests {
             Op::RemoveDfg {
                 id,
                 dfg: "1d5f0c4e-0000-4000-8000-000000000001".into(),
+            },
+            Op::UdlDone {
+                id,
+                member: (2 << 32) | 3,
+                below: 0x0000_0004_0000_0011,
             },
         ]
     }

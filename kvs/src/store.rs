@@ -198,7 +198,8 @@ impl ShardStore {
             | Op::PutUdl { .. }
             | Op::RemoveUdl { .. }
             | Op::AddDfgs { .. }
-            | Op::RemoveDfg { .. } => Outcome::ReadPoint { version },
+            | Op::RemoveDfg { .. }
+            | Op::UdlDone { .. } => Outcome::ReadPoint { version },
         };
         if matches!(outcome, Outcome::Applied { .. }) {
             self.last_version = Some(version);
