@@ -56,6 +56,10 @@ async fn eventually(c: &Client, key: &str, within: Duration) -> Option<Bytes> {
 }
 
 fn dfg(id: &str, udl: &str) -> Bytes {
+    dfg_with(id, udl, r#"{"quiet": true}"#)
+}
+
+fn dfg_with(id: &str, udl: &str, config: &str) -> Bytes {
     Bytes::from(format!(
         r#"[{{
             "id": "{id}",
@@ -65,7 +69,7 @@ fn dfg(id: &str, udl: &str) -> Bytes {
                 "user_defined_logic_list": ["{udl}"],
                 "shard_dispatcher_list": ["one"],
                 "user_defined_logic_hook_list": ["both"],
-                "user_defined_logic_config_list": [{{"quiet": true}}],
+                "user_defined_logic_config_list": [{config}],
                 "destinations": [{{"/demo/out": "put"}}]
             }}]
         }}]"#
@@ -185,9 +189,14 @@ async fn no_input_is_lost_when_the_replica_running_it_is_killed() {
     c.upload_udl("printer", Bytes::from(plugin))
         .await
         .expect("upload");
-    c.add_dfgs(dfg("2a9c7b1e-1111-4a2b-9c3d-000000000002", PRINTER_UUID))
-        .await
-        .expect("add the DFG");
+    // Each invocation takes 20 ms: the node killed has work in flight.
+    c.add_dfgs(dfg_with(
+        "2a9c7b1e-1111-4a2b-9c3d-000000000002",
+        PRINTER_UUID,
+        r#"{"quiet": true, "work_ms": 20}"#,
+    ))
+    .await
+    .expect("add the DFG");
     const INPUTS: usize = 1000;
     // Inputs stream in; a third of the way, the node running a third of them dies.
     let feeder = {

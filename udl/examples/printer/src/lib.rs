@@ -4,7 +4,9 @@
 //! Configuration (`user_defined_logic_config_list`), all optional:
 //! - `"quiet": true`: print nothing;
 //! - `"fail_on": "TEXT"`: an object whose value contains TEXT fails the invocation;
-//! - `"panic_on": "TEXT"`: ... panics instead (the node catches it and counts an error).
+//! - `"panic_on": "TEXT"`: ... panics instead (the node catches it and counts an error);
+//! - `"work_ms": N`: takes N ms per object, as a heavier UDL would (tests use it to have
+//!   work in flight when they kill a node).
 //!
 //! It reads its configuration by hand to stay free of dependencies beyond the SDK.
 
@@ -12,8 +14,23 @@ use squall_udl::{Context, Input, Udl, UdlError, export_udl};
 
 struct Printer {
     quiet: bool,
+    work_ms: u64,
     fail_on: Option<String>,
     panic_on: Option<String>,
+}
+
+/// The number value of `"field": N` in a flat JSON object, if any.
+fn number_field(config: &str, field: &str) -> Option<u64> {
+    let at = config.find(&format!("\"{field}\""))?;
+    let rest = config[at + field.len() + 2..]
+        .trim_start()
+        .strip_prefix(':')?;
+    let digits: String = rest
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }
 
 /// The string value of `"field": "..."` in a flat JSON object (no escapes), if any.
@@ -37,6 +54,7 @@ impl Printer {
         }
         Ok(Printer {
             quiet: config.contains("\"quiet\": true") || config.contains("\"quiet\":true"),
+            work_ms: number_field(config, "work_ms").unwrap_or(0),
             fail_on: string_field(config, "fail_on"),
             panic_on: string_field(config, "panic_on"),
         })
@@ -61,6 +79,9 @@ impl Udl for Printer {
             && contains(&input.blob, text)
         {
             return Err(UdlError::new(format!("asked to fail on {text:?}")));
+        }
+        if self.work_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(self.work_ms));
         }
         if !self.quiet {
             println!(
