@@ -648,9 +648,19 @@ impl UdlRuntime {
                     Ok(p) => (p.description.clone(), p.sdk_version.clone(), None),
                     Err(e) => (String::new(), String::new(), Some(e.clone())),
                 };
+                // Over every vertex using it, on this node.
+                let metrics = self.engine.metrics();
+                let (mut invocations, mut errors) = (0u64, 0u64);
+                for h in self.handlers.iter().filter(|h| h.udl.uuid == *uuid) {
+                    let labels = [uuid.as_str(), h.pathname.as_str()];
+                    invocations += metrics.invocations.with_label_values(&labels).get();
+                    errors += metrics.errors.with_label_values(&labels).get();
+                }
                 json!({
                     "uuid": uuid,
                     "name": u.name,
+                    "invocations": invocations,
+                    "errors": errors,
                     "checksum": format!("{:016x}", u.checksum),
                     "bytes": u.bytes,
                     "description": description,

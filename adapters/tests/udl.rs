@@ -4,42 +4,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::Cluster;
+use common::{Cluster, printer};
 use squall_adapters::client::Client;
 use squall_adapters::wire::ErrorCode;
 
 const PRINTER_UUID: &str = "48e60f7c-8500-11eb-8755-0242ac110002";
-
-/// Builds the printer plugin in its own target directory (the outer cargo holds the
-/// workspace's) and returns the library's path.
-fn printer() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's path");
-    let profile = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let release = profile.file_name().is_some_and(|n| n == "release");
-    let target = profile.parent().expect("target/").join("udl-plugins");
-    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cargo
-        .args(["build", "--quiet", "-p", "squall-udl-example-printer"])
-        .env("CARGO_TARGET_DIR", &target);
-    if release {
-        cargo.arg("--release");
-    }
-    assert!(
-        cargo.status().expect("run cargo").success(),
-        "building the plugin"
-    );
-    target
-        .join(if release { "release" } else { "debug" })
-        .join("libsquall_udl_example_printer.so")
-}
 
 /// Waits for `key` to hold a value, up to `within`.
 async fn eventually(c: &Client, key: &str, within: Duration) -> Option<Bytes> {
@@ -269,4 +241,72 @@ async fn no_input_is_lost_when_the_replica_running_it_is_killed() {
     let reruns = logs.matches("re-running a UDL input").count();
     assert!(reruns > 0, "no input was re-run; {logs}");
     println!("{reruns} inputs re-run after the kill");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_or_failing_udl_is_counted_and_the_node_goes_on() {
+    let plugin = std::fs::read(printer()).expect("the plugin library");
+    let mut cluster = Cluster::new(3, &[]);
+    for cfg in &mut cluster.configs {
+        cfg.limits.object_bytes_max = 64 << 20;
+        cfg.limits.frame_bytes_max = (64 << 20) + (1 << 20);
+    }
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    c.upload_udl("printer", Bytes::from(plugin))
+        .await
+        .expect("upload");
+    // `all`: every replica runs it, so every node meets the panic.
+    let text = String::from_utf8(
+        dfg_with(
+            "2a9c7b1e-1111-4a2b-9c3d-000000000003",
+            PRINTER_UUID,
+            r#"{"quiet": true, "panic_on": "boom", "fail_on": "bad"}"#,
+        )
+        .to_vec(),
+    )
+    .expect("utf-8")
+    .replace(r#"["one"]"#, r#"["all"]"#);
+    c.add_dfgs(Bytes::from(text)).await.expect("add the DFG");
+    for (key, value) in [("p", "boom"), ("f", "bad"), ("ok", "fine")] {
+        c.put(&format!("/cache/in/{key}"), Bytes::from(value))
+            .await
+            .expect("put");
+    }
+    assert_eq!(
+        eventually(&c, "/demo/out/ok", Duration::from_secs(10))
+            .await
+            .as_deref(),
+        Some(&b"fine"[..])
+    );
+    assert_eq!(c.get("/demo/out/p").await.expect("get"), None);
+    assert_eq!(c.get("/demo/out/f").await.expect("get"), None);
+    // Each node counted three invocations, two of them errors, and is still serving.
+    for addr in cluster.addrs() {
+        let node = Client::connect(
+            std::slice::from_ref(&addr),
+            None,
+            squall_adapters::client::Policy::Fixed,
+        )
+        .await
+        .expect("the node is up");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let list: serde_json::Value =
+                serde_json::from_str(&node.list_udls().await.expect("list")).expect("JSON");
+            let (invocations, errors) = (&list[0]["invocations"], &list[0]["errors"]);
+            if invocations == 3 && errors == 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{addr}: {invocations} invocations, {errors} errors; {}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let logs = cluster.logs();
+    assert!(logs.contains("panicked"), "the panic is logged");
+    assert!(logs.contains("asked to fail on"), "the failure is logged");
 }

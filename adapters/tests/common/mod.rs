@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -139,4 +140,30 @@ impl Drop for Cluster {
             let _ = child.wait();
         }
     }
+}
+
+/// Builds the printer plugin in its own target directory (the outer cargo holds the
+/// workspace's) and returns the library's path.
+pub fn printer() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's path");
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let release = profile.file_name().is_some_and(|n| n == "release");
+    let target = profile.parent().expect("target/").join("udl-plugins");
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo
+        .args(["build", "--quiet", "-p", "squall-udl-example-printer"])
+        .env("CARGO_TARGET_DIR", &target);
+    if release {
+        cargo.arg("--release");
+    }
+    assert!(
+        cargo.status().expect("run cargo").success(),
+        "building the plugin"
+    );
+    target
+        .join(if release { "release" } else { "debug" })
+        .join("libsquall_udl_example_printer.so")
 }
