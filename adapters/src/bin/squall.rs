@@ -23,7 +23,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use squall_adapters::client::{Client, Policy};
 use squall_adapters::config::{self, Config};
-use squall_adapters::wire::{At, WireObject};
+use squall_adapters::wire::{At, ErrorCode, WireObject};
 use squall_kvs::{Condition, PoolSpec, StoreKind};
 use squall_platform::Version;
 
@@ -637,6 +637,72 @@ async fn demo(addrs: &[String]) -> Result<()> {
             _ => bail!("the watch saw nothing"),
         }
     }
+    pipeline_demo(&client).await?;
     println!("== demo done");
+    Ok(())
+}
+
+/// The two-stage UDL pipeline of `udl/examples/pipeline`, from the plugin built next to
+/// this binary (`cargo build --release -p squall-udl-example-pipeline`).
+async fn pipeline_demo(client: &Client) -> Result<()> {
+    let plugin_path = std::env::current_exe()?
+        .parent()
+        .map(|d| d.join("libsquall_udl_example_pipeline.so"))
+        .ok_or_else(|| anyhow!("no directory for this binary"))?;
+    let Ok(plugin) = std::fs::read(&plugin_path) else {
+        println!(
+            "== (no UDL pipeline: {} is not built; build it with \
+             `cargo build --release -p squall-udl-example-pipeline`)",
+            plugin_path.display()
+        );
+        return Ok(());
+    };
+    println!(
+        "\n== UDL pipeline: /pipeline/in -> upper-case -> trigger_put /pipeline/stage1 -> tag -> /pipeline/out"
+    );
+    for (path, kind) in [
+        ("/pipeline/in", StoreKind::Volatile),
+        // trigger_put stores nothing, whatever the pool's kind.
+        ("/pipeline/stage1", StoreKind::Volatile),
+        ("/pipeline/out", StoreKind::Persistent),
+    ] {
+        let subgroup = first_subgroup_of(client, kind).await?;
+        match client
+            .create_pool(PoolSpec::new(path.to_string(), kind, subgroup))
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.code() == Some(ErrorCode::PoolExists) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    client.upload_udl("pipeline", Bytes::from(plugin)).await?;
+    client
+        .add_dfgs(Bytes::from_static(include_bytes!(
+            "../../../udl/examples/pipeline/dfgs.json"
+        )))
+        .await?;
+    println!("uploaded {} and added its dfgs.json", plugin_path.display());
+    let inputs = ["a frame from camera one", "another frame", "the last frame"];
+    for (i, text) in inputs.iter().enumerate() {
+        client
+            .put(&format!("/pipeline/in/item{i}"), Bytes::from(*text))
+            .await?;
+        println!("put /pipeline/in/item{i} = {text}");
+    }
+    for i in 0..inputs.len() {
+        let key = format!("/pipeline/out/item{i}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let out = loop {
+            if let Some(o) = client.get(&key).await? {
+                break o;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("{key} did not appear: the pipeline did not run");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        println!("get {key} -> {}", show(&out));
+    }
     Ok(())
 }
