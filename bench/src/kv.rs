@@ -90,12 +90,12 @@ impl Workload {
     }
 }
 
-fn free_addr() -> Result<SocketAddr> {
+pub(crate) fn free_addr() -> Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// Kills its processes however the run ends.
-struct Procs(Vec<Child>);
+pub(crate) struct Procs(pub(crate) Vec<Child>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
@@ -247,7 +247,9 @@ fn value(size: usize) -> Bytes {
 
 // ----- squall -------------------------------------------------------------------------
 
-async fn bench_squall(args: &KvArgs, dir: &Path) -> Result<Vec<Row>> {
+/// Starts a 3-node Squall cluster (this binary's hidden `kv-node`) with objects up to
+/// 16 MiB; returns its processes and client addresses once every node sees all members.
+pub(crate) async fn start_squall(dir: &Path) -> Result<(Procs, Vec<String>)> {
     std::fs::create_dir_all(dir)?;
     let mut configs = config::try_local_cluster(3, 20_000, 21_000, dir)?;
     let addrs: Vec<(SocketAddr, SocketAddr)> = (0..3)
@@ -299,6 +301,11 @@ async fn bench_squall(args: &KvArgs, dir: &Path) -> Result<Vec<Row>> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok((procs, client_addrs))
+}
+
+async fn bench_squall(args: &KvArgs, dir: &Path) -> Result<Vec<Row>> {
+    let (procs, client_addrs) = start_squall(dir).await?;
     let mut rows = Vec::new();
     for &size in &args.sizes {
         for &clients in &args.clients {
@@ -372,7 +379,7 @@ pub fn node_main(config: &Path) -> Result<()> {
 // ----- peers: installation --------------------------------------------------------------
 
 /// The path of `binary`, installing the Debian `packages` first if it is missing.
-fn ensure_installed(binary: &str, packages: &[&str]) -> Result<PathBuf> {
+pub(crate) fn ensure_installed(binary: &str, packages: &[&str]) -> Result<PathBuf> {
     let find = || {
         std::env::var_os("PATH").and_then(|paths| {
             std::env::split_paths(&paths)
@@ -408,7 +415,7 @@ fn ensure_installed(binary: &str, packages: &[&str]) -> Result<PathBuf> {
     find().ok_or_else(|| anyhow!("{binary} is still missing after installing"))
 }
 
-async fn wait_port(addr: SocketAddr, what: &str) -> Result<()> {
+pub(crate) async fn wait_port(addr: SocketAddr, what: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).await.is_err() {
         if Instant::now() > deadline {
@@ -420,7 +427,7 @@ async fn wait_port(addr: SocketAddr, what: &str) -> Result<()> {
 }
 
 /// A no-delay loopback connection, split for the peer clients below.
-async fn split_connection(
+pub(crate) async fn split_connection(
     addr: SocketAddr,
 ) -> Result<(
     tokio::net::tcp::OwnedReadHalf,
@@ -482,7 +489,8 @@ impl Resp {
     }
 }
 
-async fn bench_redis(args: &KvArgs, dir: &Path) -> Result<Vec<Row>> {
+/// Starts a Redis primary and an in-sync replica on free loopback ports.
+pub(crate) async fn start_redis(dir: &Path) -> Result<(Procs, SocketAddr, SocketAddr)> {
     let server = ensure_installed("redis-server", &["redis-server", "redis-tools"])?;
     std::fs::create_dir_all(dir)?;
     let (primary, replica) = (free_addr()?, free_addr()?);
@@ -515,6 +523,11 @@ async fn bench_redis(args: &KvArgs, dir: &Path) -> Result<Vec<Row>> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok((procs, primary, replica))
+}
+
+async fn bench_redis(args: &KvArgs, dir: &Path) -> Result<Vec<Row>> {
+    let (procs, primary, _replica) = start_redis(dir).await?;
     let mut rows = Vec::new();
     for &size in &args.sizes {
         for &clients in &args.clients {

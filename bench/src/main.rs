@@ -21,6 +21,7 @@ mod node_raw;
 mod node_squall;
 mod size;
 mod stats;
+mod trigger;
 
 use std::process::ExitCode;
 
@@ -41,15 +42,46 @@ enum Command {
     /// Object store put/get latency and throughput (3 node processes, 3 replicas)
     /// against Redis (primary + replica) and a 3-member etcd, in the same run.
     Kv(KvArgs),
+    /// Data-triggered logic end to end: put -> UDL -> output, and a two-stage pipeline,
+    /// against Redis Streams with worker processes, in the same run.
+    Trigger(TriggerArgs),
     /// One process of a run (started by the harness itself).
     #[command(hide = true)]
     Node(NodeArgs),
+    /// A Redis Streams worker of a `trigger` run (started by the harness itself).
+    #[command(hide = true)]
+    RedisWorker {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        stage: String,
+    },
     /// One Squall object store node of a `kv` run (started by the harness itself).
     #[command(hide = true)]
     KvNode {
         #[arg(long)]
         config: std::path::PathBuf,
     },
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct TriggerArgs {
+    /// Object sizes (bytes, or with a unit: KiB, MiB, KB, MB).
+    #[arg(long, value_delimiter = ',', default_value = "1KiB,1MiB", value_parser = size::parse_size)]
+    pub sizes: Vec<usize>,
+    /// Measured round trips per case (one client, one at a time).
+    #[arg(long, default_value_t = 300)]
+    pub count: usize,
+    /// Unmeasured round trips first.
+    #[arg(long, default_value_t = 30)]
+    pub warmup: usize,
+    /// One JSON object per line per measured case instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -241,6 +273,13 @@ fn main() -> ExitCode {
         Command::Multicast(args) => multicast::run(&args),
         Command::Kv(args) => kv::run(&args),
         Command::KvNode { config } => kv::node_main(&config),
+        Command::Trigger(args) => trigger::run(&args),
+        Command::RedisWorker {
+            addr,
+            from,
+            to,
+            stage,
+        } => trigger::worker_main(addr, &from, &to, &stage),
         Command::Node(args) => match args.system {
             System::Squall => node_squall::main(&args),
             System::RawTcp => node_raw::main(&args),
