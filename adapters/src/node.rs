@@ -262,7 +262,9 @@ async fn emit_outputs(
             if let Some(c) = &client {
                 break c;
             }
-            match Client::connect(&addrs, token.clone(), Policy::default()).await {
+            // By key: every trigger_put of one key reaches the same replica, so a
+            // stateful UDL behind it (a reducer) sees all of them in one place.
+            match Client::connect(&addrs, token.clone(), Policy::KeyHash).await {
                 Ok(c) => client = Some(c),
                 Err(e) => {
                     warn!(error = %e, "the UDL output writer cannot reach the cluster; retrying");

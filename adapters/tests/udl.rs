@@ -310,3 +310,76 @@ async fn a_panicking_or_failing_udl_is_counted_and_the_node_goes_on() {
     assert!(logs.contains("panicked"), "the panic is logged");
     assert!(logs.contains("asked to fail on"), "the failure is logged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_word_count_example_counts_words_over_two_pools() {
+    let plugin = std::fs::read(common::example_plugin("wordcount")).expect("the plugin");
+    let mut cluster = Cluster::new(3, &[]);
+    for cfg in &mut cluster.configs {
+        cfg.limits.object_bytes_max = 64 << 20;
+        cfg.limits.frame_bytes_max = (64 << 20) + (1 << 20);
+    }
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    let volatile = c
+        .list_pools()
+        .await
+        .expect("pools")
+        .iter()
+        .find(|p| p.kind == squall_kvs::StoreKind::Volatile)
+        .map(|p| p.subgroup)
+        .expect("a volatile pool");
+    for path in ["/wc/text", "/wc/words", "/wc/counts"] {
+        c.create_pool(squall_kvs::PoolSpec::new(
+            path.to_string(),
+            squall_kvs::StoreKind::Volatile,
+            volatile,
+        ))
+        .await
+        .expect("a pool");
+    }
+    c.upload_udl("wordcount", Bytes::from(plugin))
+        .await
+        .expect("upload");
+    c.add_dfgs(Bytes::from(
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../udl/examples/wordcount/dfgs.json"
+        ))
+        .expect("the example's dfgs.json"),
+    ))
+    .await
+    .expect("add the DFG");
+    let docs = [
+        "the quick brown fox",
+        "The lazy dog and the fox",
+        "a fox, a dog; THE end",
+    ];
+    for (i, d) in docs.iter().enumerate() {
+        c.put(&format!("/wc/text/doc{i}"), Bytes::from(*d))
+            .await
+            .expect("put a document");
+    }
+    for (word, count) in [
+        ("the", "4"),
+        ("fox", "3"),
+        ("dog", "2"),
+        ("a", "2"),
+        ("end", "1"),
+    ] {
+        let key = format!("/wc/counts/{word}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = c.get(&key).await.expect("get").map(|o| o.blob);
+            if got.as_deref() == Some(count.as_bytes()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{key}: {got:?}, expected {count}; {}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -142,9 +142,9 @@ impl Drop for Cluster {
     }
 }
 
-/// Builds the printer plugin in its own target directory (the outer cargo holds the
-/// workspace's) and returns the library's path.
-pub fn printer() -> PathBuf {
+/// Builds an example plugin (`udl/examples/<name>`) in its own target directory (the
+/// outer cargo holds the workspace's) and returns the library's path.
+pub fn example_plugin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test's path");
     let profile = exe
         .parent()
@@ -152,18 +152,24 @@ pub fn printer() -> PathBuf {
         .expect("target/<profile>/deps/<test>");
     let release = profile.file_name().is_some_and(|n| n == "release");
     let target = profile.parent().expect("target/").join("udl-plugins");
+    let package = format!("squall-udl-example-{name}");
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cargo
-        .args(["build", "--quiet", "-p", "squall-udl-example-printer"])
+        .args(["build", "--quiet", "-p", &package])
         .env("CARGO_TARGET_DIR", &target);
     if release {
         cargo.arg("--release");
     }
     assert!(
         cargo.status().expect("run cargo").success(),
-        "building the plugin"
+        "building {package}"
     );
     target
         .join(if release { "release" } else { "debug" })
-        .join("libsquall_udl_example_printer.so")
+        .join(format!("libsquall_udl_example_{name}.so"))
+}
+
+/// The printer example plugin.
+pub fn printer() -> PathBuf {
+    example_plugin("printer")
 }
