@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{Cluster, printer};
 use squall_adapters::client::Client;
+use squall_adapters::config::Role;
 use squall_adapters::wire::ErrorCode;
 
 const PRINTER_UUID: &str = "48e60f7c-8500-11eb-8755-0242ac110002";
@@ -382,4 +383,86 @@ async fn the_word_count_example_counts_words_over_two_pools() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_plugin_version_takes_over_while_inputs_flow_and_none_is_lost() {
+    let v1 = std::fs::read(printer()).expect("version 1");
+    let v2 = std::fs::read(common::example_plugin_in(
+        "printer",
+        "udl-plugins-v2",
+        &[("SQUALL_PRINTER_TAG", "v2:")],
+    ))
+    .expect("version 2");
+    assert_ne!(v1, v2, "two different builds");
+    let mut cluster = Cluster::new(3, &[("admin", Role::Admin), ("writer", Role::Write)]);
+    for cfg in &mut cluster.configs {
+        cfg.limits.object_bytes_max = 64 << 20;
+        cfg.limits.frame_bytes_max = (64 << 20) + (1 << 20);
+    }
+    cluster.start_all();
+    // Uploads and DFGs need the admin role.
+    let writer = cluster.client(Some("writer"), 3).await;
+    let e = writer
+        .upload_udl("printer", Bytes::from(v1.clone()))
+        .await
+        .expect_err("not admin");
+    assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{e}");
+    let e = writer
+        .add_dfgs(dfg("2a9c7b1e-1111-4a2b-9c3d-000000000004", PRINTER_UUID))
+        .await
+        .expect_err("not admin");
+    assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{e}");
+    let admin = cluster.client(Some("admin"), 3).await;
+    assert_eq!(admin.list_udls().await.expect("list"), "[]");
+    admin
+        .upload_udl("printer", Bytes::from(v1))
+        .await
+        .expect("upload version 1");
+    admin
+        .add_dfgs(dfg("2a9c7b1e-1111-4a2b-9c3d-000000000004", PRINTER_UUID))
+        .await
+        .expect("add the DFG");
+    const INPUTS: usize = 300;
+    let feeder = {
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            for i in 0..INPUTS {
+                writer
+                    .put(&format!("/cache/in/r{i}"), Bytes::from(format!("x{i}")))
+                    .await
+                    .expect("put");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while writer.get("/demo/out/r100").await.ok().flatten().is_none() {
+        assert!(Instant::now() < deadline, "no outputs; {}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!feeder.is_finished(), "the inputs ended before the upload");
+    admin
+        .upload_udl("printer", Bytes::from(v2))
+        .await
+        .expect("upload version 2");
+    feeder.await.expect("every input was put");
+    // Every input has its output, from one version or the other; the new one takes over.
+    let mut versions = Vec::new();
+    for i in 0..INPUTS {
+        let out = eventually(&writer, &format!("/demo/out/r{i}"), Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|| panic!("no output for r{i}; {}", cluster.logs()));
+        let v2 = out.starts_with(b"v2:");
+        let body = if v2 { &out[3..] } else { &out[..] };
+        assert_eq!(body, format!("x{i}").as_bytes());
+        versions.push(v2);
+    }
+    assert!(!versions[0], "the first inputs ran on version 1");
+    assert!(versions[INPUTS - 1], "the last inputs ran on version 2");
+    let switches = versions.windows(2).filter(|w| w[0] != w[1]).count();
+    println!(
+        "{} of {INPUTS} outputs from version 2; {switches} switches",
+        versions.iter().filter(|v| **v).count()
+    );
 }

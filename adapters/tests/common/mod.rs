@@ -145,18 +145,24 @@ impl Drop for Cluster {
 /// Builds an example plugin (`udl/examples/<name>`) in its own target directory (the
 /// outer cargo holds the workspace's) and returns the library's path.
 pub fn example_plugin(name: &str) -> PathBuf {
+    example_plugin_in(name, "udl-plugins", &[])
+}
+
+/// ... in `target/<dir>`, with `env` set for the build (a variant of the plugin).
+pub fn example_plugin_in(name: &str, dir: &str, env: &[(&str, &str)]) -> PathBuf {
     let exe = std::env::current_exe().expect("the test's path");
     let profile = exe
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>/deps/<test>");
     let release = profile.file_name().is_some_and(|n| n == "release");
-    let target = profile.parent().expect("target/").join("udl-plugins");
+    let target = profile.parent().expect("target/").join(dir);
     let package = format!("squall-udl-example-{name}");
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cargo
         .args(["build", "--quiet", "-p", &package])
-        .env("CARGO_TARGET_DIR", &target);
+        .env("CARGO_TARGET_DIR", &target)
+        .envs(env.iter().copied());
     if release {
         cargo.arg("--release");
     }

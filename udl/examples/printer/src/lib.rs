@@ -8,6 +8,9 @@
 //! - `"work_ms": N`: takes N ms per object, as a heavier UDL would (tests use it to have
 //!   work in flight when they kill a node).
 //!
+//! Built with `SQUALL_PRINTER_TAG=TEXT` in the environment, it prefixes what it passes on
+//! with TEXT (a copy, then): tests use such a build as a new version of the same UDL.
+//!
 //! It reads its configuration by hand to stay free of dependencies beyond the SDK.
 
 use squall_udl::{Context, Input, Udl, UdlError, export_udl};
@@ -92,8 +95,15 @@ impl Udl for Printer {
                 input.blob.len()
             );
         }
-        // The same buffer goes on: a clone of `Bytes` shares it.
-        ctx.emit(input.key_suffix(), input.blob.clone())
+        match option_env!("SQUALL_PRINTER_TAG") {
+            Some(tag) => {
+                let mut tagged = tag.as_bytes().to_vec();
+                tagged.extend_from_slice(&input.blob);
+                ctx.emit(input.key_suffix(), tagged.into())
+            }
+            // The same buffer goes on: a clone of `Bytes` shares it.
+            None => ctx.emit(input.key_suffix(), input.blob.clone()),
+        }
     }
 }
 
