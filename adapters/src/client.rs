@@ -162,6 +162,23 @@ impl Conn {
                             w.lock().await.remove(&request_id);
                         }
                     }
+                    // The node refused what this connection sent (a frame over its
+                    // limit, a malformed one) and closes it: the requests in flight
+                    // fail for good, with the reason, rather than be retried.
+                    Ok(Some(Frame::Refused { reason })) => {
+                        let code = if reason.contains("exceeds the limit") {
+                            ErrorCode::TooLarge
+                        } else {
+                            ErrorCode::BadRequest
+                        };
+                        for (_, reply) in p.lock().await.drain() {
+                            let _ = reply.send(Response::error(
+                                code,
+                                format!("the node refused the request: {reason}"),
+                            ));
+                        }
+                        break;
+                    }
                     Ok(Some(Frame::Event { request_id, event })) => {
                         let sink = w.lock().await.get(&request_id).cloned();
                         if let Some(sink) = sink

@@ -208,6 +208,13 @@ async fn connection(
             Ok(None) => break Ok(()),
             Err(reason) => {
                 warn!(%peer, %reason, "dropping a client");
+                // Say why before closing: a client then fails the request at once
+                // instead of retrying it elsewhere as a lost connection.
+                let _ = out_tx
+                    .send(Frame::Refused {
+                        reason: reason.clone(),
+                    })
+                    .await;
                 break Err(reason);
             }
         };
