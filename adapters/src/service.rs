@@ -5,11 +5,11 @@
 //! Writes are validated here, then multicast in the key's shard as the very bytes the
 //! client sent; the answer waits for the delivery (volatile pools) or for the version to
 //! be durable on every replica (persistent pools). `get` of the latest value, `get_size`
-//! and `list_keys` are linearizable local reads: the replica first applies every write
-//! it has received (a write that completed anywhere was stable, so it is among them;
-//! see `Core::read_barrier`), which costs no multicast and usually no wait. `multi_get`
-//! is an ordered read: a read marker goes through the shard's order and the keys are
-//! read where it is delivered. Reads by version, time or stability are answered from the
+//! and `list_keys` are linearizable local reads: a majority of the view confirms this
+//! replica is still a member, and it first applies every write it has received (a write
+//! that completed anywhere was stable, so it is among them; see `Core::request_read`):
+//! one round trip among replicas, no multicast. `multi_get` is an ordered read: a read
+//! marker goes through the shard's order and the keys are read where it is delivered. Reads by version, time or stability are answered from the
 //! local replica at once.
 
 use std::collections::{BTreeMap, HashMap};
@@ -82,10 +82,10 @@ enum Waiting {
         reply: oneshot::Sender<Response>,
         persistent: bool,
     },
+    /// A `multi_get`: read where its marker is delivered.
     Read {
         reply: oneshot::Sender<Response>,
         keys: Vec<String>,
-        multi: bool,
     },
 }
 
@@ -510,6 +510,7 @@ impl Service {
             if live {
                 self.notify(&op, version, *timestamp_us);
                 if let Op::Put { key, .. } = &op
+                    && self.udl.has_handlers()
                     && let Some(object) = self
                         .stores
                         .get(&(subgroup, shard))
@@ -554,18 +555,13 @@ impl Service {
                     }
                 }
             }
-            Some(Waiting::Read { reply, keys, multi }) => {
+            Some(Waiting::Read { reply, keys }) => {
                 let store = &self.stores[&(subgroup, shard)];
                 let objects: Vec<Option<WireObject>> = keys
                     .iter()
                     .map(|k| store.latest(k).map(wire_object))
                     .collect();
-                let response = if multi {
-                    Response::Objects(objects)
-                } else {
-                    Response::Object(objects.into_iter().next().flatten())
-                };
-                let _ = reply.send(response);
+                let _ = reply.send(Response::Objects(objects));
             }
             None => {}
         }
@@ -759,11 +755,7 @@ impl Service {
             .get(subgroup as usize)?
             .get(shard as usize)?
             .members;
-        if members.is_empty() {
-            return None;
-        }
-        let at = xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % members.len() as u64;
-        Some(members[at as usize])
+        udl::assignee_of(members, key)
     }
 
     /// Tells each shard how far this node's `one` UDL work is done (see `Op::UdlDone`).
@@ -1188,11 +1180,7 @@ impl Service {
                 }
                 let id = self.system_id();
                 let bytes = op::encode(&Op::Read { id });
-                let waiting = Waiting::Read {
-                    reply,
-                    keys,
-                    multi: true,
-                };
+                let waiting = Waiting::Read { reply, keys };
                 self.multicast(g, id, bytes, waiting).await;
                 Some(())
             }

@@ -165,6 +165,17 @@ pub fn inspect(dir: &std::path::Path, plugin: &[u8]) -> Result<(String, String),
     Ok((loaded.uuid.clone(), loaded.description.clone()))
 }
 
+/// The one replica of a shard that runs `one`-dispatched UDLs for `key`: the member at
+/// `xxh3(key) % n` of the shard's member list. Every replica computes it alike, at
+/// dispatch and again for a new view.
+pub fn assignee_of(members: &[MemberId], key: &str) -> Option<MemberId> {
+    if members.is_empty() {
+        return None;
+    }
+    let at = xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % members.len() as u64;
+    Some(members[at as usize])
+}
+
 fn hash64(parts: &[&[u8]]) -> u64 {
     let mut all = Vec::new();
     for p in parts {
@@ -207,6 +218,11 @@ impl UdlRuntime {
 
     pub fn has_udl(&self, uuid: &str) -> bool {
         self.udls.contains_key(uuid)
+    }
+
+    /// Whether any DFG vertex is in force: without one, arrivals need no UDL work.
+    pub fn has_handlers(&self) -> bool {
+        !self.handlers.is_empty()
     }
 
     pub fn has_dfg(&self, id: &str) -> bool {
@@ -487,9 +503,6 @@ impl UdlRuntime {
             else {
                 continue;
             };
-            if members.is_empty() {
-                continue;
-            }
             let gone: Vec<u64> = held
                 .iter()
                 .filter(|(_, p)| !members.contains(&p.assignee))
@@ -499,8 +512,11 @@ impl UdlRuntime {
                 let Some(mut p) = held.remove(&version) else {
                     continue;
                 };
-                let at = xxhash_rust::xxh3::xxh3_64(p.key.as_bytes()) % members.len() as u64;
-                p.assignee = members[at as usize];
+                let Some(assignee) = assignee_of(members, &p.key) else {
+                    held.insert(version, p);
+                    continue;
+                };
+                p.assignee = assignee;
                 if p.assignee == self.me {
                     rerun.push((g, s, version, p));
                 } else {

@@ -14,6 +14,18 @@ use squall_adapters::wire::ErrorCode;
 
 const PRINTER_UUID: &str = "48e60f7c-8500-11eb-8755-0242ac110002";
 
+/// Three started nodes whose limits admit plugin libraries (megabytes: the test
+/// cluster's 1 MiB limits are too small).
+fn udl_cluster(tokens: &[(&str, Role)]) -> Cluster {
+    let mut cluster = Cluster::new(3, tokens);
+    for cfg in &mut cluster.configs {
+        cfg.limits.object_bytes_max = 64 << 20;
+        cfg.limits.frame_bytes_max = (64 << 20) + (1 << 20);
+    }
+    cluster.start_all();
+    cluster
+}
+
 /// Waits for `key` to hold a value, up to `within`.
 async fn eventually(c: &Client, key: &str, within: Duration) -> Option<Bytes> {
     let deadline = Instant::now() + within;
@@ -52,13 +64,7 @@ fn dfg_with(id: &str, udl: &str, config: &str) -> Bytes {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploaded_plugins_run_on_arrival_and_stop_with_their_dfg() {
     let plugin = std::fs::read(printer()).expect("the plugin library");
-    let mut cluster = Cluster::new(3, &[]);
-    // Plugin libraries are megabytes: the test cluster's 1 MiB limits are too small.
-    for cfg in &mut cluster.configs {
-        cfg.limits.object_bytes_max = 64 << 20;
-        cfg.limits.frame_bytes_max = (64 << 20) + (1 << 20);
-    }
-    cluster.start_all();
+    let cluster = udl_cluster(&[]);
     let c = cluster.client(None, 3).await;
 
     // Bad uploads and DFGs change nothing.
@@ -152,12 +158,7 @@ async fn uploaded_plugins_run_on_arrival_and_stop_with_their_dfg() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_input_is_lost_when_the_replica_running_it_is_killed() {
     let plugin = std::fs::read(printer()).expect("the plugin library");
-    let mut cluster = Cluster::new(3, &[]);
-    for cfg in &mut cluster.configs {
-        cfg.limits.object_bytes_max = 64 << 20;
-        cfg.limits.frame_bytes_max = (64 << 20) + (1 << 20);
-    }
-    cluster.start_all();
+    let mut cluster = udl_cluster(&[]);
     let c = cluster.client(None, 3).await;
     c.upload_udl("printer", Bytes::from(plugin))
         .await
@@ -247,12 +248,7 @@ async fn no_input_is_lost_when_the_replica_running_it_is_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_or_failing_udl_is_counted_and_the_node_goes_on() {
     let plugin = std::fs::read(printer()).expect("the plugin library");
-    let mut cluster = Cluster::new(3, &[]);
-    for cfg in &mut cluster.configs {
-        cfg.limits.object_bytes_max = 64 << 20;
-        cfg.limits.frame_bytes_max = (64 << 20) + (1 << 20);
-    }
-    cluster.start_all();
+    let cluster = udl_cluster(&[]);
     let c = cluster.client(None, 3).await;
     c.upload_udl("printer", Bytes::from(plugin))
         .await
@@ -315,12 +311,7 @@ async fn a_panicking_or_failing_udl_is_counted_and_the_node_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_word_count_example_counts_words_over_two_pools() {
     let plugin = std::fs::read(common::example_plugin("wordcount")).expect("the plugin");
-    let mut cluster = Cluster::new(3, &[]);
-    for cfg in &mut cluster.configs {
-        cfg.limits.object_bytes_max = 64 << 20;
-        cfg.limits.frame_bytes_max = (64 << 20) + (1 << 20);
-    }
-    cluster.start_all();
+    let cluster = udl_cluster(&[]);
     let c = cluster.client(None, 3).await;
     let volatile = c
         .list_pools()
@@ -395,12 +386,7 @@ async fn a_new_plugin_version_takes_over_while_inputs_flow_and_none_is_lost() {
     ))
     .expect("version 2");
     assert_ne!(v1, v2, "two different builds");
-    let mut cluster = Cluster::new(3, &[("admin", Role::Admin), ("writer", Role::Write)]);
-    for cfg in &mut cluster.configs {
-        cfg.limits.object_bytes_max = 64 << 20;
-        cfg.limits.frame_bytes_max = (64 << 20) + (1 << 20);
-    }
-    cluster.start_all();
+    let cluster = udl_cluster(&[("admin", Role::Admin), ("writer", Role::Write)]);
     // Uploads and DFGs need the admin role.
     let writer = cluster.client(Some("writer"), 3).await;
     let e = writer

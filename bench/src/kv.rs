@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use squall_adapters::client::{Client, Policy};
@@ -28,6 +28,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::KvArgs;
+use crate::resp::{Redis, Value};
 use crate::size::{format_rate, format_size};
 
 /// Distinct keys each client cycles through.
@@ -440,55 +441,6 @@ pub(crate) async fn split_connection(
 
 // ----- redis ----------------------------------------------------------------------------
 
-/// A minimal RESP client: one connection, one request at a time.
-struct Resp {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
-    out: BytesMut,
-}
-
-impl Resp {
-    async fn connect(addr: SocketAddr) -> Result<Resp> {
-        let (r, w) = split_connection(addr).await?;
-        Ok(Resp {
-            reader: BufReader::with_capacity(1 << 20, r),
-            writer: w,
-            out: BytesMut::new(),
-        })
-    }
-
-    async fn call(&mut self, parts: &[&[u8]]) -> Result<Option<Bytes>> {
-        self.out.clear();
-        self.out
-            .extend_from_slice(format!("*{}\r\n", parts.len()).as_bytes());
-        for p in parts {
-            self.out
-                .extend_from_slice(format!("${}\r\n", p.len()).as_bytes());
-            self.out.extend_from_slice(p);
-            self.out.extend_from_slice(b"\r\n");
-        }
-        self.writer.write_all(&self.out).await?;
-        let mut line = String::new();
-        self.reader.read_line(&mut line).await?;
-        let line = line.trim_end();
-        match line.as_bytes().first() {
-            Some(b'+') | Some(b':') => Ok(None),
-            Some(b'-') => bail!("redis: {line}"),
-            Some(b'$') => {
-                let n: i64 = line[1..].parse()?;
-                if n < 0 {
-                    return Ok(None);
-                }
-                let mut buf = vec![0u8; n as usize + 2];
-                self.reader.read_exact(&mut buf).await?;
-                buf.truncate(n as usize);
-                Ok(Some(Bytes::from(buf)))
-            }
-            _ => bail!("redis: unexpected reply `{line}`"),
-        }
-    }
-}
-
 /// Starts a Redis primary and an in-sync replica on free loopback ports.
 pub(crate) async fn start_redis(dir: &Path) -> Result<(Procs, SocketAddr, SocketAddr)> {
     let server = ensure_installed("redis-server", &["redis-server", "redis-tools"])?;
@@ -512,10 +464,13 @@ pub(crate) async fn start_redis(dir: &Path) -> Result<(Procs, SocketAddr, Socket
     // The replica must be in sync before WAIT 1 means anything.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let mut c = Resp::connect(primary).await?;
+        let mut c = Redis::connect(primary).await?;
         c.call(&[b"SET", b"sync-probe", b"1"]).await?;
-        let mut r = Resp::connect(replica).await?;
-        if r.call(&[b"GET", b"sync-probe"]).await?.is_some() {
+        let mut r = Redis::connect(replica).await?;
+        if matches!(
+            r.call(&[b"GET", b"sync-probe"]).await?,
+            Value::Bulk(Some(_))
+        ) {
             break;
         }
         if Instant::now() > deadline {
@@ -540,7 +495,7 @@ async fn bench_redis(args: &KvArgs, dir: &Path) -> Result<Vec<Row>> {
             ] {
                 let mut conns = Vec::new();
                 for _ in 0..clients {
-                    conns.push(tokio::sync::Mutex::new(Resp::connect(primary).await?));
+                    conns.push(tokio::sync::Mutex::new(Redis::connect(primary).await?));
                 }
                 let conns = Arc::new(conns);
                 let blob = value(size);

@@ -19,6 +19,7 @@ mod kv;
 mod multicast;
 mod node_raw;
 mod node_squall;
+mod resp;
 mod size;
 mod stats;
 mod trigger;

@@ -14,23 +14,21 @@
 //! Squall runs 3 node processes (3 replicas); Redis a primary with one replica. The
 //! plugins are the example `cdylib`s next to this binary, built with cargo if missing.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use hdrhistogram::Histogram;
 use squall_adapters::client::{Client, Policy};
 use squall_adapters::wire::ErrorCode;
 use squall_kvs::{PoolSpec, StoreKind};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::TriggerArgs;
-use crate::kv::{split_connection, start_redis, start_squall};
+use crate::kv::{start_redis, start_squall};
+use crate::resp::{Redis, Value};
 use crate::size::format_size;
 
 const PRINTER_UUID: &str = "48e60f7c-8500-11eb-8755-0242ac110002";
@@ -219,126 +217,6 @@ async fn bench_squall(args: &TriggerArgs, dir: &Path) -> Result<Vec<Row>> {
 }
 
 // ----- redis streams --------------------------------------------------------------------
-
-/// A RESP value, as much of it as these streams need.
-#[derive(Debug)]
-enum Value {
-    Simple,
-    Bulk(Option<Bytes>),
-    Array(Option<Vec<Value>>),
-}
-
-type Boxed<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
-
-fn read_value<'a>(r: &'a mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Boxed<'a, Value> {
-    Box::pin(async move {
-        let mut line = String::new();
-        if r.read_line(&mut line).await? == 0 {
-            bail!("redis closed the connection");
-        }
-        let line = line.trim_end();
-        let (kind, rest) = line.split_at(1.min(line.len()));
-        match kind {
-            "+" | ":" => Ok(Value::Simple),
-            "-" => bail!("redis: {line}"),
-            "$" => {
-                let n: i64 = rest.parse()?;
-                if n < 0 {
-                    return Ok(Value::Bulk(None));
-                }
-                let mut buf = vec![0u8; n as usize + 2];
-                r.read_exact(&mut buf).await?;
-                buf.truncate(n as usize);
-                Ok(Value::Bulk(Some(Bytes::from(buf))))
-            }
-            "*" => {
-                let n: i64 = rest.parse()?;
-                if n < 0 {
-                    return Ok(Value::Array(None));
-                }
-                let mut items = Vec::with_capacity(n as usize);
-                for _ in 0..n {
-                    items.push(read_value(r).await?);
-                }
-                Ok(Value::Array(Some(items)))
-            }
-            _ => bail!("redis: unexpected reply `{line}`"),
-        }
-    })
-}
-
-struct Redis {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
-    out: BytesMut,
-}
-
-/// One stream entry: its id and its `v` field.
-struct Entry {
-    id: Bytes,
-    value: Bytes,
-}
-
-impl Redis {
-    async fn connect(addr: SocketAddr) -> Result<Redis> {
-        let (r, w) = split_connection(addr).await?;
-        Ok(Redis {
-            reader: BufReader::with_capacity(1 << 20, r),
-            writer: w,
-            out: BytesMut::new(),
-        })
-    }
-
-    async fn call(&mut self, parts: &[&[u8]]) -> Result<Value> {
-        self.out.clear();
-        self.out
-            .extend_from_slice(format!("*{}\r\n", parts.len()).as_bytes());
-        for p in parts {
-            self.out
-                .extend_from_slice(format!("${}\r\n", p.len()).as_bytes());
-            self.out.extend_from_slice(p);
-            self.out.extend_from_slice(b"\r\n");
-        }
-        self.writer.write_all(&self.out).await?;
-        read_value(&mut self.reader).await
-    }
-
-    /// Blocks until entries after `after` arrive in `stream`.
-    async fn read(&mut self, stream: &[u8], after: &[u8]) -> Result<Vec<Entry>> {
-        let reply = self
-            .call(&[b"XREAD", b"BLOCK", b"0", b"STREAMS", stream, after])
-            .await?;
-        let mut entries = Vec::new();
-        let Value::Array(Some(streams)) = reply else {
-            return Ok(entries);
-        };
-        for s in streams {
-            let Value::Array(Some(mut pair)) = s else {
-                continue;
-            };
-            let Some(Value::Array(Some(list))) = pair.pop() else {
-                continue;
-            };
-            for e in list {
-                let Value::Array(Some(mut e)) = e else {
-                    continue;
-                };
-                let (Some(Value::Array(Some(fields))), Some(Value::Bulk(Some(id)))) =
-                    (e.pop(), e.pop())
-                else {
-                    continue;
-                };
-                // Fields come as name, value pairs: `k`, the key, then `v`, the value.
-                let value = match fields.into_iter().nth(3) {
-                    Some(Value::Bulk(Some(v))) => v,
-                    _ => Bytes::new(),
-                };
-                entries.push(Entry { id, value });
-            }
-        }
-        Ok(entries)
-    }
-}
 
 /// The hidden `redis-worker` subcommand: moves every entry of stream `from` to stream
 /// `to`, doing a pipeline stage's work on the way (none, `upper`, or `tag`).

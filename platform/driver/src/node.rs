@@ -197,7 +197,7 @@ impl NodeHandle {
     /// Asks for [`AppEvent::ReadReady`] with `token` once a linearizable read of this
     /// node's replica in `subgroup` may be served: every write that completed anywhere
     /// before this call has then been delivered *to the application*, since the event
-    /// follows those deliveries in the event stream (see [`Core::read_barrier`]).
+    /// follows those deliveries in the event stream (see [`Core::request_read`]).
     pub async fn read_barrier(&self, subgroup: u32, token: u64) -> Result<(), NodeSendError> {
         self.commands
             .send(Command::ReadBarrier { subgroup, token })
