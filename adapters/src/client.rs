@@ -1,18 +1,22 @@
 //! The async Rust client. It keeps one connection per node it talks to, multiplexes
-//! requests over it by request id, follows `NotHere` redirects to a replica of the key's
-//! shard (chosen by the replica selection policy), and retries on another node when a
-//! node fails or a view change aborts a request. A write keeps its message id across
-//! retries, so a retried put is applied once.
+//! requests over it by request id, and caches the cluster's layout (pools and shard
+//! members) to send each request straight to a replica of its key's shard: reads to the
+//! replica the selection policy picks, writes to the shard's first member, which orders
+//! them without waiting for other senders' nulls (one network hop less than any other
+//! member). It follows `NotHere` redirects, refreshes the layout after one or after a
+//! failure, and retries on another node when a node fails or a view change aborts a
+//! request. A write keeps its message id across retries, so a retried put is applied
+//! once.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use squall_kvs::op::{self, Op};
-use squall_kvs::{Condition, MessageId, PoolSpec};
+use squall_kvs::{Condition, MessageId, PoolSpec, PoolTable};
 use squall_platform::Version;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,8 +24,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::wire::{
-    self, At, ErrorCode, Frame, MAGIC, MemberInfo, PROTOCOL_VERSION, Request, Response, WatchEvent,
-    WireObject,
+    self, At, ErrorCode, Frame, Layout, MAGIC, MemberInfo, PROTOCOL_VERSION, Request, Response,
+    WatchEvent, WireObject,
 };
 
 /// Largest frame the client accepts from a node.
@@ -82,7 +86,11 @@ pub struct Written {
 #[derive(Debug)]
 struct Conn {
     addr: String,
-    out: mpsc::Sender<Frame>,
+    /// Requests are written by their callers, one frame per write: a writer task would
+    /// add a task hop (often a thread hop) to every request's latency.
+    writer: Mutex<(tokio::net::tcp::OwnedWriteHalf, BytesMut)>,
+    /// Set when the reader ends or a write fails: the connection is not reused.
+    closed: Arc<AtomicBool>,
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>,
     watches: Arc<Mutex<HashMap<u64, mpsc::Sender<WatchEvent>>>>,
     next_request: AtomicU64,
@@ -129,24 +137,15 @@ impl Conn {
                 });
             }
         }
-        let (mut reader, mut writer) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Frame>(1024);
+        let (mut reader, writer) = stream.into_split();
         let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>> = Arc::default();
         let watches: Arc<Mutex<HashMap<u64, mpsc::Sender<WatchEvent>>>> = Arc::default();
-        tokio::spawn(async move {
-            let mut out = BytesMut::new();
-            while let Some(frame) = rx.recv().await {
-                out.clear();
-                wire::put_frame(&mut out, &frame);
-                while let Ok(more) = rx.try_recv() {
-                    wire::put_frame(&mut out, &more);
-                }
-                if writer.write_all(&out).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let (p, w) = (Arc::clone(&pending), Arc::clone(&watches));
+        let closed = Arc::new(AtomicBool::new(false));
+        let (p, w, c) = (
+            Arc::clone(&pending),
+            Arc::clone(&watches),
+            Arc::clone(&closed),
+        );
         let name = addr.to_string();
         tokio::spawn(async move {
             loop {
@@ -191,20 +190,43 @@ impl Conn {
                 }
             }
             // The connection is gone: every waiter learns it (its sender drops).
+            c.store(true, Ordering::Relaxed);
             p.lock().await.clear();
             w.lock().await.clear();
         });
         Ok(Arc::new(Conn {
             addr: addr.to_string(),
-            out: tx,
+            writer: Mutex::new((writer, BytesMut::new())),
+            closed,
             pending,
             watches,
             next_request: AtomicU64::new(1),
         }))
     }
 
+    async fn send(&self, frame: &Frame) -> std::io::Result<()> {
+        /// A caller dropped mid-write leaves half a frame on the wire: the connection
+        /// is then done for (its other requests fail over like on any lost connection).
+        struct Unfinished<'a>(&'a AtomicBool);
+        impl Drop for Unfinished<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let mut guard = self.writer.lock().await;
+        let (writer, buf) = &mut *guard;
+        buf.clear();
+        wire::put_frame(buf, frame);
+        let unfinished = Unfinished(&self.closed);
+        let result = writer.write_all(buf).await;
+        if result.is_ok() {
+            std::mem::forget(unfinished);
+        }
+        result
+    }
+
     fn is_closed(&self) -> bool {
-        self.out.is_closed()
+        self.closed.load(Ordering::Relaxed)
     }
 
     async fn call(&self, request: Request) -> Result<Response, ClientError> {
@@ -215,13 +237,17 @@ impl Conn {
             addr: self.addr.clone(),
             reason: "connection lost".into(),
         };
-        self.out
-            .send(Frame::Request {
+        if self
+            .send(&Frame::Request {
                 request_id,
                 request,
             })
             .await
-            .map_err(|_| lost())?;
+            .is_err()
+        {
+            self.pending.lock().await.remove(&request_id);
+            return Err(lost());
+        }
         match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
             Ok(answer) => answer.map_err(|_| lost()),
             Err(_) => {
@@ -282,6 +308,39 @@ struct Inner {
     seq: AtomicU64,
     turn: AtomicU64,
     policy: Policy,
+    /// The cached layout; `None` until fetched. A plain mutex: held for a lookup only.
+    routing: std::sync::Mutex<Option<Arc<Routing>>>,
+    /// Set when the layout may be out of date (a redirect, a failed node): the next
+    /// keyed request fetches it first.
+    routing_stale: AtomicBool,
+}
+
+/// The layout as the client routes with it.
+#[derive(Debug)]
+struct Routing {
+    pools: PoolTable,
+    /// Per subgroup, per shard: member client addresses in rank order.
+    shards: Vec<Vec<Vec<String>>>,
+}
+
+/// Where a request goes first.
+#[derive(Clone, Copy, Debug)]
+enum Route<'a> {
+    /// Any node: cluster-wide requests.
+    Any,
+    /// A replica of the key's shard, as the policy picks.
+    Read(&'a str),
+    /// The key's shard's first member.
+    Write(&'a str),
+}
+
+impl Route<'_> {
+    fn key(&self) -> Option<&str> {
+        match self {
+            Route::Any => None,
+            Route::Read(key) | Route::Write(key) => Some(key),
+        }
+    }
 }
 
 fn now_us() -> u64 {
@@ -310,6 +369,8 @@ impl Client {
                 seq: AtomicU64::new(0),
                 turn: AtomicU64::new(0),
                 policy,
+                routing: std::sync::Mutex::new(None),
+                routing_stale: AtomicBool::new(true),
             }),
         };
         let mut last = None;
@@ -325,6 +386,7 @@ impl Client {
                             }
                         }
                     }
+                    client.refresh_routing().await;
                     return Ok(client);
                 }
                 Err(e @ ClientError::Refused { .. }) => return Err(e),
@@ -367,10 +429,80 @@ impl Client {
         replicas[i].clone()
     }
 
-    /// Sends `request` where it can be served: follows redirects, fails over to other
-    /// nodes on errors that a retry can fix, up to [`ATTEMPTS_MAX`] attempts.
-    async fn call(&self, request: Request, key: Option<&str>) -> Result<Response, ClientError> {
-        let mut target: Option<String> = None;
+    /// Fetches the layout from the first node that gives it; keeps the old one (or none)
+    /// if none does: routing is an optimisation, the nodes redirect anyway.
+    async fn refresh_routing(&self) {
+        self.inner.routing_stale.store(false, Ordering::Relaxed);
+        let nodes = self.inner.nodes.lock().await.clone();
+        for addr in nodes {
+            let Ok(conn) = self.conn(&addr).await else {
+                continue;
+            };
+            if let Ok(Response::Layout(layout)) = conn.call(Request::Layout).await {
+                self.install_routing(layout);
+                return;
+            }
+        }
+        self.inner.routing_stale.store(true, Ordering::Relaxed);
+    }
+
+    fn install_routing(&self, layout: Layout) {
+        let shards_per_subgroup: Vec<u32> = layout.shards.iter().map(|s| s.len() as u32).collect();
+        let mut pools = PoolTable::new(usize::MAX, usize::MAX);
+        for spec in layout.pools {
+            // The nodes validated every pool; one this client cannot place is left to the
+            // nodes' redirects.
+            let _ = pools.create(spec, &shards_per_subgroup);
+        }
+        let routing = Routing {
+            pools,
+            shards: layout.shards,
+        };
+        *self
+            .inner
+            .routing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(routing));
+    }
+
+    /// The node `route` names under the cached layout, if it knows one.
+    fn routed(&self, route: Route<'_>) -> Option<String> {
+        let (key, write) = match route {
+            Route::Any => return None,
+            Route::Read(key) => (key, false),
+            Route::Write(key) => (key, true),
+        };
+        let routing = self
+            .inner
+            .routing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()?;
+        let pool = routing.pools.find(key).ok()?;
+        let members = routing
+            .shards
+            .get(pool.spec.subgroup as usize)?
+            .get(pool.shard_of(key) as usize)?;
+        match members.first() {
+            None => None,
+            Some(first) if write => Some(first.clone()),
+            Some(_) => Some(self.pick(members, Some(key))),
+        }
+    }
+
+    fn routing_changed(&self) {
+        self.inner.routing_stale.store(true, Ordering::Relaxed);
+    }
+
+    /// Sends `request` where it can be served: first where the cached layout routes it,
+    /// then follows redirects and fails over to other nodes on errors that a retry can
+    /// fix, up to [`ATTEMPTS_MAX`] attempts.
+    async fn call(&self, request: Request, route: Route<'_>) -> Result<Response, ClientError> {
+        let key = route.key();
+        if key.is_some() && self.inner.routing_stale.load(Ordering::Relaxed) {
+            self.refresh_routing().await;
+        }
+        let mut target: Option<String> = self.routed(route);
         let mut last = String::new();
         for attempt in 0..ATTEMPTS_MAX {
             let addr = match &target {
@@ -389,6 +521,7 @@ impl Client {
                 Err(e) => {
                     last = e.to_string();
                     target = None;
+                    self.routing_changed();
                     tokio::time::sleep(backoff(attempt)).await;
                     continue;
                 }
@@ -401,7 +534,11 @@ impl Client {
                     ..
                 }) if !redirect.is_empty() => {
                     last = message;
-                    target = Some(self.pick(&redirect, key));
+                    self.routing_changed();
+                    target = Some(match route {
+                        Route::Write(_) => redirect[0].clone(),
+                        _ => self.pick(&redirect, key),
+                    });
                 }
                 Ok(Response::Error {
                     code: ErrorCode::Unavailable,
@@ -417,6 +554,7 @@ impl Client {
                 Err(e) => {
                     last = e.to_string();
                     target = None;
+                    self.routing_changed();
                     tokio::time::sleep(backoff(attempt)).await;
                 }
             }
@@ -437,7 +575,8 @@ impl Client {
             forget,
             op: op::encode(&op),
         };
-        self.call(request, key).await
+        let route = key.map_or(Route::Any, Route::Write);
+        self.call(request, route).await
     }
 
     /// A node's error as a `Server` error; any other answer the caller did not expect
@@ -527,7 +666,7 @@ impl Client {
             key: key.to_string(),
             blob: value,
         };
-        self.call(request, Some(key)).await.map(drop)
+        self.call(request, Route::Read(key)).await.map(drop)
     }
 
     /// The latest value of `key` (linearizable).
@@ -540,7 +679,7 @@ impl Client {
             key: key.to_string(),
             at,
         };
-        match self.call(request, Some(key)).await? {
+        match self.call(request, Route::Read(key)).await? {
             Response::Object(o) => Ok(o),
             other => Err(Self::unexpected(other)),
         }
@@ -551,7 +690,8 @@ impl Client {
         let request = Request::MultiGet {
             keys: keys.to_vec(),
         };
-        match self.call(request, keys.first().map(String::as_str)).await? {
+        let route = keys.first().map_or(Route::Any, |k| Route::Read(k));
+        match self.call(request, route).await? {
             Response::Objects(list) => Ok(list),
             other => Err(Self::unexpected(other)),
         }
@@ -561,7 +701,7 @@ impl Client {
         let request = Request::GetSize {
             key: key.to_string(),
         };
-        match self.call(request, Some(key)).await? {
+        match self.call(request, Route::Read(key)).await? {
             Response::Size(s) => Ok(s),
             other => Err(Self::unexpected(other)),
         }
@@ -576,7 +716,7 @@ impl Client {
             prefix: prefix.to_string(),
             at_time_us,
         };
-        match self.call(request, None).await? {
+        match self.call(request, Route::Any).await? {
             Response::Keys(keys) => Ok(keys),
             other => Err(Self::unexpected(other)),
         }
@@ -587,7 +727,9 @@ impl Client {
             id: self.next_id(),
             spec,
         };
-        self.write(op, false, None).await.map(drop)
+        let result = self.write(op, false, None).await.map(drop);
+        self.routing_changed();
+        result
     }
 
     pub async fn remove_pool(&self, path: &str) -> Result<(), ClientError> {
@@ -595,7 +737,9 @@ impl Client {
             id: self.next_id(),
             path: path.to_string(),
         };
-        self.write(op, false, None).await.map(drop)
+        let result = self.write(op, false, None).await.map(drop);
+        self.routing_changed();
+        result
     }
 
     /// A put under a caller-chosen message id: a repeat with the same id is applied once.
@@ -658,7 +802,7 @@ impl Client {
 
     /// The stored UDL plugins, as a JSON array.
     pub async fn list_udls(&self) -> Result<String, ClientError> {
-        match self.call(Request::ListUdls, None).await? {
+        match self.call(Request::ListUdls, Route::Any).await? {
             Response::Json(j) => Ok(j),
             other => Err(Self::unexpected(other)),
         }
@@ -666,14 +810,14 @@ impl Client {
 
     /// The DFGs in force, in Cascade's `dfgs.json` form.
     pub async fn list_dfgs(&self) -> Result<String, ClientError> {
-        match self.call(Request::ListDfgs, None).await? {
+        match self.call(Request::ListDfgs, Route::Any).await? {
             Response::Json(j) => Ok(j),
             other => Err(Self::unexpected(other)),
         }
     }
 
     pub async fn list_pools(&self) -> Result<Vec<PoolSpec>, ClientError> {
-        match self.call(Request::ListPools, None).await? {
+        match self.call(Request::ListPools, Route::Any).await? {
             Response::Pools(p) => Ok(p),
             other => Err(Self::unexpected(other)),
         }
@@ -683,7 +827,7 @@ impl Client {
         let request = Request::FindPool {
             key: key.to_string(),
         };
-        match self.call(request, None).await? {
+        match self.call(request, Route::Any).await? {
             Response::Pools(mut p) if p.len() == 1 => Ok(p.remove(0)),
             other => Err(Self::unexpected(other)),
         }
@@ -691,7 +835,7 @@ impl Client {
 
     /// The current view: its id and members with their client addresses.
     pub async fn members(&self) -> Result<(u32, Vec<MemberInfo>), ClientError> {
-        match self.call(Request::Members, None).await? {
+        match self.call(Request::Members, Route::Any).await? {
             Response::Members { view_id, members } => Ok((view_id, members)),
             other => Err(Self::unexpected(other)),
         }
@@ -721,7 +865,7 @@ impl Client {
                     prefix: prefix.to_string(),
                 },
             };
-            if conn.out.send(frame).await.is_err() {
+            if conn.send(&frame).await.is_err() {
                 continue;
             }
             match answer.await {

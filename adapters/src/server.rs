@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::service::Command;
+use crate::service::{Command, Reply};
 use crate::wire::{
     self, ErrorCode, Frame, MAGIC, PROTOCOL_VERSION, Request, Response, Role, WireError,
 };
@@ -270,27 +270,14 @@ async fn connection(
                 });
             }
             request => {
-                let (reply, answer) = oneshot::channel();
                 let command = Command::Request {
                     request,
                     role,
-                    reply,
+                    reply: Reply::new(request_id, out_tx.clone()),
                 };
                 if commands.send(command).await.is_err() {
                     break Err("the node stopped".to_string());
                 }
-                let out = out_tx.clone();
-                tokio::spawn(async move {
-                    let response = answer.await.unwrap_or_else(|_| {
-                        Response::error(ErrorCode::Unavailable, "the node stopped")
-                    });
-                    let _ = out
-                        .send(Frame::Response {
-                            request_id,
-                            response,
-                        })
-                        .await;
-                });
             }
         }
     };

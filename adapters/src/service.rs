@@ -26,11 +26,13 @@ use squall_kvs::{
 };
 use squall_log::Record;
 use squall_platform::{MemberId, SendError, SendTicket, Version, View};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::udl::{self, Arrival, Arrived, UdlRuntime};
-use crate::wire::{At, ErrorCode, MemberInfo, Request, Response, Role, WatchEvent, WireObject};
+use crate::wire::{
+    At, ErrorCode, Frame, Layout, MemberInfo, Request, Response, Role, WatchEvent, WireObject,
+};
 
 /// Everything the service needs to know about its node and cluster.
 #[derive(Clone, Debug)]
@@ -61,14 +63,76 @@ pub enum Command {
     Request {
         request: Request,
         role: Role,
-        reply: oneshot::Sender<Response>,
+        reply: Reply,
     },
     Watch {
         prefix: String,
         events: mpsc::Sender<WatchEvent>,
-        reply: oneshot::Sender<Response>,
+        reply: tokio::sync::oneshot::Sender<Response>,
     },
 }
+
+/// Where a request's answer goes: straight into its connection's write queue, so an
+/// answer costs no task of its own on the way out.
+#[derive(Debug)]
+pub struct Reply {
+    request_id: u64,
+    /// `None` once answered.
+    out: Option<mpsc::Sender<Frame>>,
+}
+
+impl Reply {
+    pub fn new(request_id: u64, out: mpsc::Sender<Frame>) -> Reply {
+        Reply {
+            request_id,
+            out: Some(out),
+        }
+    }
+
+    /// Queues the answer; `Err` if the connection is gone (nobody to tell).
+    pub fn send(mut self, response: Response) -> Result<(), ConnectionGone> {
+        self.answer(response)
+    }
+
+    fn answer(&mut self, response: Response) -> Result<(), ConnectionGone> {
+        let Some(out) = self.out.take() else {
+            return Ok(());
+        };
+        let frame = Frame::Response {
+            request_id: self.request_id,
+            response,
+        };
+        match out.try_send(frame) {
+            Ok(()) => Ok(()),
+            // A client that does not read its answers fills its queue; the service
+            // never waits on one, so this answer waits in a task of its own.
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                tokio::spawn(async move {
+                    let _ = out.send(frame).await;
+                });
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(ConnectionGone),
+        }
+    }
+}
+
+impl Drop for Reply {
+    /// A request the service let go of unanswered still gets an answer, so its client
+    /// retries at once instead of waiting out its timeout.
+    fn drop(&mut self) {
+        if self.out.is_some() {
+            let _ = self.answer(Response::error(
+                ErrorCode::Unavailable,
+                "the node dropped the request",
+            ));
+        }
+    }
+}
+
+/// The client connection a [`Reply`] was for has closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionGone;
 
 /// How often a node tells its shards how far its `one` UDL work is done.
 pub const UDL_PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
@@ -79,12 +143,12 @@ const SYSTEM_CLIENT_BIT: u64 = 1 << 63;
 #[derive(Debug)]
 enum Waiting {
     Write {
-        reply: oneshot::Sender<Response>,
+        reply: Reply,
         persistent: bool,
     },
     /// A `multi_get`: read where its marker is delivered.
     Read {
-        reply: oneshot::Sender<Response>,
+        reply: Reply,
         keys: Vec<String>,
     },
 }
@@ -96,7 +160,7 @@ struct Watcher {
 }
 
 /// A response held until it may be sent.
-type Answer = (oneshot::Sender<Response>, Response);
+type Answer = (Reply, Response);
 
 /// Blobs of older versions of a persistent shard, sharing the delivered buffers.
 #[derive(Debug, Default)]
@@ -126,7 +190,7 @@ pub struct Service {
     watchers: Vec<Watcher>,
     next_seq: u64,
     /// Linearizable local reads waiting for their barrier ([`AppEvent::ReadReady`]).
-    reads: HashMap<u64, (Request, oneshot::Sender<Response>)>,
+    reads: HashMap<u64, (Request, Reply)>,
     next_read: u64,
     udl: UdlRuntime,
 }
@@ -643,16 +707,10 @@ impl Service {
         }
     }
 
-    /// The shard of `key` and this node's standing in it.
     /// Serves `request` from this replica once every write that completed before now is
     /// applied here: the driver answers with [`AppEvent::ReadReady`] after the deliveries
     /// it has to wait for (usually none, so no multicast and no round trip).
-    async fn read_after_barrier(
-        &mut self,
-        subgroup: u32,
-        request: Request,
-        reply: oneshot::Sender<Response>,
-    ) {
+    async fn read_after_barrier(&mut self, subgroup: u32, request: Request, reply: Reply) {
         if self.reads.len() >= self.cfg.requests_in_flight_max {
             let _ = reply.send(Response::error(
                 ErrorCode::Unavailable,
@@ -724,8 +782,39 @@ impl Service {
                 keys.sort();
                 Response::Keys(keys)
             }
+            Request::ListPools => {
+                Response::Pools(self.pools.list().map(|p| p.spec.clone()).collect())
+            }
+            Request::FindPool { key } => match self.pools.find(&key) {
+                Ok(p) => Response::Pools(vec![p.spec.clone()]),
+                Err(e) => pool_error(&e),
+            },
+            Request::Layout => self.layout(),
             _ => Response::error(ErrorCode::BadRequest, "not a local read"),
         }
+    }
+
+    /// The pools and every shard's members, for clients to route by.
+    fn layout(&self) -> Response {
+        let Some(view) = &self.view else {
+            return Response::error(ErrorCode::Unavailable, "not joined yet");
+        };
+        let addr = |m: &MemberId| self.cfg.client_addrs.get(&m.node).cloned();
+        let shards = view
+            .shards
+            .iter()
+            .map(|subgroup| {
+                subgroup
+                    .iter()
+                    .map(|sv| sv.members.iter().filter_map(addr).collect())
+                    .collect()
+            })
+            .collect();
+        Response::Layout(Layout {
+            view_id: view.id,
+            pools: self.pools.list().map(|p| p.spec.clone()).collect(),
+            shards,
+        })
     }
 
     /// The subgroup and shard count of the pool `prefix` names or lies in.
@@ -846,13 +935,8 @@ impl Service {
         }
     }
 
-    async fn request(
-        &mut self,
-        request: Request,
-        role: Role,
-        reply: oneshot::Sender<Response>,
-    ) -> Option<()> {
-        let answer = |reply: oneshot::Sender<Response>, r: Response| {
+    async fn request(&mut self, request: Request, role: Role, reply: Reply) -> Option<()> {
+        let answer = |reply: Reply, r: Response| {
             let _ = reply.send(r);
             Some(())
         };
@@ -1210,14 +1294,12 @@ impl Service {
                 self.read_after_barrier(g, request, reply).await;
                 Some(())
             }
-            Request::ListPools => answer(
-                reply,
-                Response::Pools(self.pools.list().map(|p| p.spec.clone()).collect()),
-            ),
-            Request::FindPool { key } => match self.pools.find(&key) {
-                Ok(p) => answer(reply, Response::Pools(vec![p.spec.clone()])),
-                Err(e) => answer(reply, pool_error(&e)),
-            },
+            // The pool table is read like any replicated state: after every metadata
+            // change that completed before the request, wherever it was made.
+            Request::ListPools | Request::FindPool { .. } | Request::Layout => {
+                self.read_after_barrier(0, request, reply).await;
+                Some(())
+            }
             Request::Members => {
                 let Some(view) = &self.view else {
                     return answer(

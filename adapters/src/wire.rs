@@ -81,6 +81,9 @@ pub enum Request {
     ListUdls,
     /// The DFGs in force: Cascade's `dfgs.json` form, in [`Response::Json`].
     ListDfgs,
+    /// What a client needs to route requests itself: the pools and the members of every
+    /// shard ([`Response::Layout`]).
+    Layout,
 }
 
 /// An object as a client sees it.
@@ -214,6 +217,16 @@ pub enum Response {
     },
     /// A JSON document (listings of UDLs and DFGs).
     Json(String),
+    Layout(Layout),
+}
+
+/// The pools and, per subgroup and shard, the client addresses of the shard's members in
+/// rank order (the first is the shard's first sender, whose writes need no nulls).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    pub view_id: u32,
+    pub pools: Vec<PoolSpec>,
+    pub shards: Vec<Vec<Vec<String>>>,
 }
 
 impl Response {
@@ -457,6 +470,7 @@ fn put_request(out: &mut BytesMut, r: &Request) {
         }
         Request::ListUdls => out.put_u8(14),
         Request::ListDfgs => out.put_u8(15),
+        Request::Layout => out.put_u8(16),
     }
 }
 
@@ -535,6 +549,24 @@ fn put_response(out: &mut BytesMut, r: &Response) {
             out.put_u8(10);
             out.put_u32_le(text.len() as u32);
             out.put_slice(text.as_bytes());
+        }
+        Response::Layout(layout) => {
+            out.put_u8(11);
+            out.put_u32_le(layout.view_id);
+            out.put_u32_le(layout.pools.len() as u32);
+            for p in &layout.pools {
+                squall_kvs::op::put_pool_spec(out, p);
+            }
+            out.put_u32_le(layout.shards.len() as u32);
+            for subgroup in &layout.shards {
+                out.put_u32_le(subgroup.len() as u32);
+                for shard in subgroup {
+                    out.put_u32_le(shard.len() as u32);
+                    for addr in shard {
+                        put_str(out, addr);
+                    }
+                }
+            }
         }
     }
 }
@@ -758,6 +790,7 @@ fn request(r: &mut Bytes) -> Result<Request, WireError> {
         },
         14 => Request::ListUdls,
         15 => Request::ListDfgs,
+        16 => Request::Layout,
         t => return Err(tag("request", t)),
     })
 }
@@ -825,6 +858,33 @@ fn response(r: &mut Bytes) -> Result<Response, WireError> {
             }
         }
         10 => Response::Json(str_(r, "JSON document")?),
+        11 => {
+            let view_id = u32_(r, "view id")?;
+            let n = count(r, "pools", 14)?;
+            let pools = (0..n)
+                .map(|_| squall_kvs::op::get_pool_spec(r))
+                .collect::<Result<_, _>>()?;
+            let n = count(r, "subgroups", 4)?;
+            let mut shards = Vec::with_capacity(n);
+            for _ in 0..n {
+                let m = count(r, "shards", 4)?;
+                let mut subgroup = Vec::with_capacity(m);
+                for _ in 0..m {
+                    let k = count(r, "shard members", 4)?;
+                    subgroup.push(
+                        (0..k)
+                            .map(|_| str_(r, "member address"))
+                            .collect::<Result<_, _>>()?,
+                    );
+                }
+                shards.push(subgroup);
+            }
+            Response::Layout(Layout {
+                view_id,
+                pools,
+                shards,
+            })
+        }
         t => return Err(tag("response", t)),
     })
 }
@@ -874,6 +934,7 @@ mod tests {
             Request::ListPools,
             Request::ListUdls,
             Request::ListDfgs,
+            Request::Layout,
             Request::FindPool { key: "/p/a".into() },
             Request::Members,
             Request::Watch {
@@ -892,6 +953,11 @@ mod tests {
             Response::Size(Some(5)),
             Response::Keys(vec!["/p/a".into()]),
             Response::Json("[{\"uuid\": \"x\"}]".into()),
+            Response::Layout(Layout {
+                view_id: 3,
+                pools: vec![spec.clone()],
+                shards: vec![vec![vec!["a:1".into(), "b:2".into()]], vec![]],
+            }),
             Response::Pools(vec![spec]),
             Response::Members {
                 view_id: 4,
