@@ -490,6 +490,13 @@ impl Client {
         }
     }
 
+    /// The replica a read (or `trigger_put`) of `key` goes to first, by the cached layout
+    /// and the policy; `None` if the layout does not say. (Under round robin, asking
+    /// takes a turn.)
+    pub fn replica_for(&self, key: &str) -> Option<String> {
+        self.routed(Route::Read(key))
+    }
+
     fn routing_changed(&self) {
         self.inner.routing_stale.store(true, Ordering::Relaxed);
     }

@@ -28,8 +28,9 @@ use crate::client::{Client, Policy};
 use crate::config::Role;
 use crate::config::{Config, SubgroupKind};
 use crate::server::{self, ServerConfig};
-use crate::service::{Service, ServiceConfig};
+use crate::service::{Command, Reply, Service, ServiceConfig};
 use crate::udl::{EmitItem, InputRef, UdlRuntime};
+use crate::wire::{Frame, Request, Response};
 
 /// Requests queued for the service before connections wait.
 pub const SERVICE_QUEUE_MAX: usize = 4096;
@@ -182,8 +183,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         emits_tx,
     );
     let (done_tx, udl_done) = mpsc::channel(config.limits.udl_emit_queue_max);
+    let (commands_tx, commands) = mpsc::channel(SERVICE_QUEUE_MAX);
     let emitter = tokio::spawn(emit_outputs(
         done_tx,
+        commands_tx.clone(),
+        config.node.client_addr.to_string(),
         config
             .client_map()
             .values()
@@ -204,7 +208,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             service.replay(key.subgroup, key.shard, records);
         }
     }
-    let (commands_tx, commands) = mpsc::channel(SERVICE_QUEUE_MAX);
     let server_cfg = ServerConfig {
         node: me.node,
         frame_bytes_max: config.limits.frame_bytes_max,
@@ -242,8 +245,32 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// Writes what UDLs emit, in order, through a client of the cluster (with the first
 /// token of the config that may write). A write that fails for good is logged and
 /// dropped; the client itself retries across view changes and failovers.
+/// A `trigger_put` handed to this node's own service, as a client's would be.
+async fn trigger_here(
+    service: &mpsc::Sender<Command>,
+    key: &str,
+    blob: bytes::Bytes,
+) -> Option<Response> {
+    let (answers, mut answer) = mpsc::channel(1);
+    let command = Command::Request {
+        request: Request::TriggerPut {
+            key: key.to_string(),
+            blob,
+        },
+        role: Role::Write,
+        reply: Reply::new(0, answers),
+    };
+    service.send(command).await.ok()?;
+    match answer.recv().await? {
+        Frame::Response { response, .. } => Some(response),
+        _ => None,
+    }
+}
+
 async fn emit_outputs(
     done: mpsc::Sender<InputRef>,
+    service: mpsc::Sender<Command>,
+    own_addr: String,
     addrs: Vec<String>,
     token: Option<String>,
     mut emits: mpsc::Receiver<EmitItem>,
@@ -273,7 +300,18 @@ async fn emit_outputs(
             }
         };
         let result = if out.trigger {
-            c.trigger_put(&out.key, out.value).await
+            // The replica its key routes to may be this node: then straight to the
+            // local service, without a network round trip.
+            let here = c.replica_for(&out.key).is_some_and(|a| a == own_addr);
+            if here
+                && let Some(Response::Done) =
+                    trigger_here(&service, &out.key, out.value.clone()).await
+            {
+                Ok(())
+            } else {
+                // Elsewhere, or not (or no longer) served here: the cluster says where.
+                c.trigger_put(&out.key, out.value).await
+            }
         } else {
             c.put_with_id(&out.key, out.value, out.id).await.map(drop)
         };

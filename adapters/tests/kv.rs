@@ -306,6 +306,61 @@ async fn every_operation_and_its_errors_on_a_real_cluster() {
     assert_eq!(members.len(), 3);
 }
 
+/// Pool metadata is replicated state and read like it: a pool created through one node is
+/// there at once for a client of any other node, and a client routes to it (its cached
+/// layout refreshed after the change) without errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_created_through_one_node_is_seen_at_once_through_every_node() {
+    let mut cluster = Cluster::new(3, &[]);
+    cluster.start_all();
+    let _ready = cluster.client(None, 3).await;
+    // One client per node: each sends cluster-wide requests to its own node first.
+    let mut clients = Vec::new();
+    for addr in cluster.addrs() {
+        clients.push(
+            Client::connect(&[addr], None, Policy::default())
+                .await
+                .expect("connect"),
+        );
+    }
+    let subgroup = clients[0]
+        .list_pools()
+        .await
+        .expect("pools")
+        .iter()
+        .find(|p| p.kind == StoreKind::Volatile)
+        .map(|p| p.subgroup)
+        .expect("a default volatile pool");
+    for round in 0..20 {
+        let creator = &clients[round % 3];
+        let path = format!("/fresh{round}");
+        creator
+            .create_pool(PoolSpec::new(path.clone(), StoreKind::Volatile, subgroup))
+            .await
+            .expect("create");
+        for (i, c) in clients.iter().enumerate() {
+            let found = c.find_pool(&format!("{path}/k")).await;
+            assert_eq!(
+                found.map(|p| p.path),
+                Ok(path.clone()),
+                "round {round}: node {i} does not see the pool node {} created",
+                round % 3
+            );
+        }
+        let key = format!("{path}/k");
+        let written = clients[(round + 1) % 3]
+            .put(&key, Bytes::from(format!("v{round}")))
+            .await
+            .expect("put into the new pool");
+        let read = clients[(round + 2) % 3]
+            .get(&key)
+            .await
+            .expect("get")
+            .expect("present");
+        assert_eq!(read.version, written.version);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_objects_and_time_travel_survive_a_restart_of_every_node() {
     let mut cluster = Cluster::new(3, &[]);

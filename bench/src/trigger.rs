@@ -7,6 +7,12 @@
 //!   XADDs it to `out`). The latency is from the client's put until the client is told
 //!   of the output (Squall: a watch on `/trig/out`; Redis: a blocking XREAD on `out`),
 //!   so it covers the put, the trigger, the UDL start and the output's write.
+//! - `start`: put → UDL start, the issue's measure: the UDL (the printer with
+//!   `"stamp": true`; Redis: the worker) passes on the wall-clock time its handler
+//!   started, and the latency is that minus the time the client sent the put (one
+//!   machine, one clock). `start trigger_put` is the same for Squall's unstored
+//!   `trigger_put` (hook `trigger`); Redis has no unstored path, so both compare with
+//!   its XADD.
 //! - `pipeline`: the two-stage pipeline of `udl/examples/pipeline` (`/pipeline/in` ->
 //!   upper-case -> trigger_put `/pipeline/stage1` -> tag -> put `/pipeline/out`); Redis:
 //!   `in` -> worker -> `s1` -> worker -> `out`, each worker doing the same work.
@@ -79,7 +85,8 @@ pub fn run(args: &TriggerArgs) -> Result<()> {
     for r in rows.iter().filter(|r| r.system == "squall") {
         if let Some(peer) = rows
             .iter()
-            .find(|p| p.system == "redis" && p.case == r.case)
+            // Redis has no unstored path: its stored one is the comparison.
+            .find(|p| p.system == "redis" && p.case == r.case.replace(" trigger_put", ""))
         {
             println!(
                 "{:<28} p50 {:>6.2}x  p99 {:>6.2}x",
@@ -90,6 +97,31 @@ pub fn run(args: &TriggerArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What a case's latency is taken to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Measure {
+    /// The UDL's start, of a stored put.
+    Start,
+    /// The UDL's start, of an unstored `trigger_put`.
+    StartUnstored,
+    /// The client learning of the (last) output.
+    Output,
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The start time a stamping UDL or worker passed on.
+fn stamp(blob: Option<&[u8]>) -> Result<u64> {
+    let bytes: [u8; 8] = blob
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| anyhow!("the output is not an 8-byte stamp"))?;
+    Ok(u64::from_le_bytes(bytes))
 }
 
 fn row(system: &'static str, case: String, hist: &Histogram<u64>) -> Row {
@@ -144,6 +176,9 @@ async fn bench_squall(args: &TriggerArgs, dir: &Path) -> Result<Vec<Row>> {
     for path in [
         "/trig/in",
         "/trig/out",
+        "/trig/start",
+        "/trig/tstart",
+        "/trig/stamps",
         "/pipeline/in",
         "/pipeline/stage1",
         "/pipeline/out",
@@ -174,15 +209,36 @@ async fn bench_squall(args: &TriggerArgs, dir: &Path) -> Result<Vec<Row>> {
             "destinations": [{{"/trig/out": "put"}}]}}]}}]"#
     )))
     .await?;
+    c.add_dfgs(Bytes::from(format!(
+        r#"[{{"id": "8c1e2f3a-4b5d-4c6e-8f7a-9b0c1d2e3f4a", "desc": "UDL start stamps",
+            "graph": [{{"pathname": "/trig/start", "user_defined_logic_list": ["{PRINTER_UUID}"],
+            "user_defined_logic_hook_list": ["ordered"],
+            "user_defined_logic_stateful_list": ["stateless"],
+            "user_defined_logic_config_list": [{{"quiet": true, "stamp": true}}],
+            "destinations": [{{"/trig/stamps": "put"}}]}},
+            {{"pathname": "/trig/tstart", "user_defined_logic_list": ["{PRINTER_UUID}"],
+            "user_defined_logic_hook_list": ["trigger"],
+            "user_defined_logic_stateful_list": ["stateless"],
+            "user_defined_logic_config_list": [{{"quiet": true, "stamp": true}}],
+            "destinations": [{{"/trig/stamps": "put"}}]}}]}}]"#
+    )))
+    .await?;
     c.add_dfgs(Bytes::from_static(include_bytes!(
         "../../udl/examples/pipeline/dfgs.json"
     )))
     .await?;
     let mut rows = Vec::new();
     for &size in &args.sizes {
-        for (case, input, output) in [
-            ("trigger", "/trig/in", "/trig/out"),
-            ("pipeline", "/pipeline/in", "/pipeline/out"),
+        for (case, input, output, measure) in [
+            ("start", "/trig/start", "/trig/stamps", Measure::Start),
+            (
+                "start trigger_put",
+                "/trig/tstart",
+                "/trig/stamps",
+                Measure::StartUnstored,
+            ),
+            ("trigger", "/trig/in", "/trig/out", Measure::Output),
+            ("pipeline", "/pipeline/in", "/pipeline/out", Measure::Output),
         ] {
             let mut events = c.watch(output).await?;
             let blob = Bytes::from(vec![b'z'; size]);
@@ -191,18 +247,28 @@ async fn bench_squall(args: &TriggerArgs, dir: &Path) -> Result<Vec<Row>> {
                 let key = format!("{input}/s{size}-{i}");
                 let want = format!("{output}/s{size}-{i}");
                 let started = Instant::now();
-                c.put(&key, blob.clone()).await?;
-                loop {
+                let sent_us = now_us();
+                if measure == Measure::StartUnstored {
+                    c.trigger_put(&key, blob.clone()).await?;
+                } else {
+                    c.put(&key, blob.clone()).await?;
+                }
+                let latency_us = loop {
                     let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
                         .await
                         .map_err(|_| anyhow!("no output for {key} in 10 s"))?
                         .ok_or_else(|| anyhow!("the watch ended"))?;
                     if event.key == want {
-                        break;
+                        break match measure {
+                            Measure::Output => started.elapsed().as_micros() as u64,
+                            Measure::Start | Measure::StartUnstored => {
+                                stamp(event.blob.as_deref())?.saturating_sub(sent_us)
+                            }
+                        };
                     }
-                }
+                };
                 if i >= args.warmup {
-                    hist.record(started.elapsed().as_micros() as u64)?;
+                    hist.record(latency_us)?;
                 }
             }
             rows.push(row(
@@ -231,6 +297,7 @@ pub fn worker_main(addr: SocketAddr, from: &str, to: &str, stage: &str) -> Resul
         loop {
             for e in input.read(from.as_bytes(), &after).await? {
                 let value = match stage {
+                    "stamp" => Bytes::copy_from_slice(&now_us().to_le_bytes()),
                     "upper" => Bytes::from(e.value.to_ascii_uppercase()),
                     "tag" => {
                         let mut v = e.value.to_vec();
@@ -276,6 +343,7 @@ async fn bench_redis(args: &TriggerArgs, dir: &Path) -> Result<Vec<Row>> {
         Ok(())
     };
     worker("tin", "tout", "none")?;
+    worker("sin", "sout", "stamp")?;
     worker("pin", "ps1", "upper")?;
     worker("ps1", "pout", "tag")?;
     // Workers block in XREAD from "$": give them a moment to be there.
@@ -284,7 +352,11 @@ async fn bench_redis(args: &TriggerArgs, dir: &Path) -> Result<Vec<Row>> {
     let mut consumer = Redis::connect(primary).await?;
     let mut rows = Vec::new();
     for &size in &args.sizes {
-        for (case, input, output) in [("trigger", "tin", "tout"), ("pipeline", "pin", "pout")] {
+        for (case, input, output, measure) in [
+            ("start", "sin", "sout", Measure::Start),
+            ("trigger", "tin", "tout", Measure::Output),
+            ("pipeline", "pin", "pout", Measure::Output),
+        ] {
             let blob = Bytes::from(vec![b'z'; size]);
             let mut hist = Histogram::<u64>::new(3)?;
             // The newest entry of the output stream: what follows it is ours.
@@ -302,6 +374,7 @@ async fn bench_redis(args: &TriggerArgs, dir: &Path) -> Result<Vec<Row>> {
             }
             for i in 0..args.warmup + args.count {
                 let started = Instant::now();
+                let sent_us = now_us();
                 producer
                     .call(&[
                         b"XADD",
@@ -321,8 +394,12 @@ async fn bench_redis(args: &TriggerArgs, dir: &Path) -> Result<Vec<Row>> {
                     .last()
                     .ok_or_else(|| anyhow!("XREAD returned nothing"))?;
                 after = last.id.clone();
+                let latency_us = match measure {
+                    Measure::Output => started.elapsed().as_micros() as u64,
+                    _ => stamp(Some(&last.value))?.saturating_sub(sent_us),
+                };
                 if i >= args.warmup {
-                    hist.record(started.elapsed().as_micros() as u64)?;
+                    hist.record(latency_us)?;
                 }
             }
             rows.push(row("redis", format!("{case} {}", format_size(size)), &hist));

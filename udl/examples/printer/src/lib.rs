@@ -6,7 +6,10 @@
 //! - `"fail_on": "TEXT"`: an object whose value contains TEXT fails the invocation;
 //! - `"panic_on": "TEXT"`: ... panics instead (the node catches it and counts an error);
 //! - `"work_ms": N`: takes N ms per object, as a heavier UDL would (tests use it to have
-//!   work in flight when they kill a node).
+//!   work in flight when they kill a node);
+//! - `"stamp": true`: passes on, instead of the object, the time its handler started
+//!   (microseconds since the Unix epoch, 8 bytes little-endian): the trigger bench reads
+//!   it to measure put → UDL start.
 //!
 //! Built with `SQUALL_PRINTER_TAG=TEXT` in the environment, it prefixes what it passes on
 //! with TEXT (a copy, then): tests use such a build as a new version of the same UDL.
@@ -17,6 +20,7 @@ use squall_udl::{Context, Input, Udl, UdlError, export_udl};
 
 struct Printer {
     quiet: bool,
+    stamp: bool,
     work_ms: u64,
     fail_on: Option<String>,
     panic_on: Option<String>,
@@ -57,11 +61,16 @@ impl Printer {
         }
         Ok(Printer {
             quiet: config.contains("\"quiet\": true") || config.contains("\"quiet\":true"),
+            stamp: config.contains("\"stamp\": true") || config.contains("\"stamp\":true"),
             work_ms: number_field(config, "work_ms").unwrap_or(0),
             fail_on: string_field(config, "fail_on"),
             panic_on: string_field(config, "panic_on"),
         })
     }
+}
+
+fn bytes_of(value: u64) -> squall_udl::Bytes {
+    squall_udl::Bytes::copy_from_slice(&value.to_le_bytes())
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
@@ -73,6 +82,13 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 
 impl Udl for Printer {
     fn handle(&self, input: &Input<'_>, ctx: &mut dyn Context) -> Result<(), UdlError> {
+        if self.stamp {
+            let now_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            let stamp = bytes_of(now_us);
+            return ctx.emit(input.key_suffix(), stamp);
+        }
         if let Some(text) = &self.panic_on
             && contains(&input.blob, text)
         {
