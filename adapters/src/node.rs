@@ -29,7 +29,7 @@ use crate::config::Role;
 use crate::config::{Config, SubgroupKind};
 use crate::server::{self, ServerConfig};
 use crate::service::{Command, Reply, Service, ServiceConfig};
-use crate::udl::{EmitItem, InputRef, UdlRuntime};
+use crate::udl::{ClientCall, EmitItem, InputRef, UdlRuntime};
 use crate::wire::{Frame, Request, Response};
 
 /// Requests queued for the service before connections wait.
@@ -176,29 +176,38 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         EngineMetrics::new(&registry)?,
     )?;
     let (emits_tx, emits) = mpsc::channel(config.limits.udl_emit_queue_max);
-    let runtime = UdlRuntime::new(
+    let mut runtime = UdlRuntime::new(
         me,
         config.node.data_dir.join("udls"),
         Arc::new(engine),
         emits_tx,
     );
+    let (calls_tx, calls) = mpsc::channel(config.limits.udl_emit_queue_max);
+    runtime.set_client_calls(calls_tx);
     let (done_tx, udl_done) = mpsc::channel(config.limits.udl_emit_queue_max);
+    let output_token = config
+        .auth
+        .tokens
+        .iter()
+        .find(|t| t.role >= Role::Write)
+        .map(|t| t.token.clone());
+    let client_addrs: Vec<String> = config
+        .client_map()
+        .values()
+        .map(ToString::to_string)
+        .collect();
+    let client_calls = tokio::spawn(serve_client_calls(
+        calls,
+        client_addrs.clone(),
+        output_token.clone(),
+    ));
     let (commands_tx, commands) = mpsc::channel(SERVICE_QUEUE_MAX);
     let emitter = tokio::spawn(emit_outputs(
         done_tx,
         commands_tx.clone(),
         config.node.client_addr.to_string(),
-        config
-            .client_map()
-            .values()
-            .map(ToString::to_string)
-            .collect(),
-        config
-            .auth
-            .tokens
-            .iter()
-            .find(|t| t.role >= Role::Write)
-            .map(|t| t.token.clone()),
+        client_addrs,
+        output_token,
         emits,
     ));
     let mut service = Service::new(service_cfg, handle.clone(), runtime);
@@ -239,12 +248,62 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     server.abort();
     emitter.abort();
+    client_calls.abort();
     Ok(())
 }
 
 /// Writes what UDLs emit, in order, through a client of the cluster (with the first
 /// token of the config that may write). A write that fails for good is logged and
 /// dropped; the client itself retries across view changes and failovers.
+/// Runs UDL contexts' `get` and `put` through a cluster client, each call in a task of
+/// its own (a worker waits on each, so at most one per worker is in flight).
+async fn serve_client_calls(
+    mut calls: mpsc::Receiver<ClientCall>,
+    addrs: Vec<String>,
+    token: Option<String>,
+) {
+    let mut client: Option<Client> = None;
+    while let Some(call) = calls.recv().await {
+        let c = loop {
+            if let Some(c) = &client {
+                break c.clone();
+            }
+            match Client::connect(&addrs, token.clone(), Policy::default()).await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    warn!(error = %e, "UDL client calls cannot reach the cluster; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        tokio::spawn(async move {
+            match call {
+                ClientCall::Get { key, reply } => {
+                    let result = c
+                        .get(&key)
+                        .await
+                        .map(|o| o.map(|o| o.blob))
+                        .map_err(|e| e.to_string());
+                    let _ = reply.send(result);
+                }
+                ClientCall::Put {
+                    key,
+                    value,
+                    id,
+                    reply,
+                } => {
+                    let result = c
+                        .put_with_id(&key, value, id)
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string());
+                    let _ = reply.send(result);
+                }
+            }
+        });
+    }
+}
+
 /// A `trigger_put` handed to this node's own service, as a client's would be.
 async fn trigger_here(
     service: &mpsc::Sender<Command>,

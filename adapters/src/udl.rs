@@ -25,8 +25,8 @@ use squall_platform::MemberId;
 use squall_udl::{Input, Resources};
 use squall_udl_host::dfg::{self, DestinationAction, Dfg, Dispatcher, Statefulness, VertexUdl};
 use squall_udl_host::engine::{Engine, Job, Placement};
-use squall_udl_host::plugin::{Instance, Invocation, Plugin};
-use tokio::sync::mpsc;
+use squall_udl_host::plugin::{ContextClient, Instance, Invocation, Plugin};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 /// Jobs held while the engine's queues are full; beyond this, writes to pools with
@@ -44,6 +44,67 @@ pub struct Emit {
     pub value: Bytes,
     pub trigger: bool,
     pub id: MessageId,
+}
+
+/// A UDL context's `get` or `put`, for the node's client-call task to run; the worker
+/// waits on `reply`.
+#[derive(Debug)]
+pub enum ClientCall {
+    Get {
+        key: String,
+        reply: oneshot::Sender<Result<Option<Bytes>, String>>,
+    },
+    Put {
+        key: String,
+        value: Bytes,
+        id: MessageId,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// The context's client for one invocation: its calls go to the node's client-call
+/// task; its puts get ids derived from the input and their order in the invocation.
+struct InvocationClient {
+    calls: mpsc::Sender<ClientCall>,
+    /// The derived client id of this invocation's puts.
+    client: u64,
+    input_seq: u64,
+    puts: u64,
+}
+
+const STOPPING: &str = "the node is stopping";
+
+impl ContextClient for InvocationClient {
+    fn get(&mut self, key: &str) -> Result<Option<Bytes>, String> {
+        let (reply, answer) = oneshot::channel();
+        let call = ClientCall::Get {
+            key: key.to_string(),
+            reply,
+        };
+        self.calls
+            .blocking_send(call)
+            .map_err(|_| STOPPING.to_string())?;
+        answer.blocking_recv().map_err(|_| STOPPING.to_string())?
+    }
+
+    fn put(&mut self, key: &str, value: Bytes) -> Result<(), String> {
+        let id = MessageId {
+            client: self.client,
+            seq: self.input_seq.wrapping_mul(1 << 16).wrapping_add(self.puts),
+        };
+        self.puts += 1;
+        let (reply, answer) = oneshot::channel();
+        let call = ClientCall::Put {
+            key: key.to_string(),
+            value,
+            id,
+            reply,
+        };
+        self.calls
+            .blocking_send(call)
+            .map_err(|_| STOPPING.to_string())?;
+        answer.blocking_recv().map_err(|_| STOPPING.to_string())?
+    }
 }
 
 /// What the emitter receives, in order: outputs, and after all outputs of a `one` job,
@@ -136,6 +197,8 @@ pub struct UdlRuntime {
     handlers: Vec<Handler>,
     engine: Arc<Engine>,
     emits: mpsc::Sender<EmitItem>,
+    /// Where UDL contexts' `get` and `put` go; without it they fail.
+    calls: Option<mpsc::Sender<ClientCall>>,
     overflow: VecDeque<Job>,
     resources: Arc<Resources>,
     /// `one` inputs this node runs: per shard, jobs not done per input version.
@@ -186,6 +249,11 @@ fn hash64(parts: &[&[u8]]) -> u64 {
 }
 
 impl UdlRuntime {
+    /// Lets UDL contexts `get` and `put` through `calls` (served by the node).
+    pub fn set_client_calls(&mut self, calls: mpsc::Sender<ClientCall>) {
+        self.calls = Some(calls);
+    }
+
     pub fn new(
         me: MemberId,
         dir: PathBuf,
@@ -204,6 +272,7 @@ impl UdlRuntime {
             handlers: Vec::new(),
             engine,
             emits,
+            calls: None,
             overflow: VecDeque::new(),
             resources: Arc::new(Resources {
                 cpu_cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
@@ -585,6 +654,7 @@ impl UdlRuntime {
             .collect();
         let emits = self.emits.clone();
         let done_emits = self.emits.clone();
+        let calls = self.calls.clone();
         let resources = Arc::clone(&self.resources);
         let udl_uuid = h.udl.uuid.clone();
         let vertex_key = format!("{}{}", h.dfg, h.pathname);
@@ -608,6 +678,18 @@ impl UdlRuntime {
                     sender,
                     blob,
                 };
+                let mut client = calls.map(|calls| InvocationClient {
+                    calls,
+                    client: DERIVED_CLIENT_BIT
+                        | (hash64(&[
+                            &id.client.to_le_bytes(),
+                            udl_uuid.as_bytes(),
+                            vertex_key.as_bytes(),
+                            b"context put",
+                        ]) >> 2),
+                    input_seq: id.seq,
+                    puts: 0,
+                });
                 let mut emitted: u64 = 0;
                 let mut emit = |out_key: &str, value: Bytes| -> Result<(), String> {
                     for (d, (pool, trigger)) in destinations.iter().enumerate() {
@@ -642,6 +724,7 @@ impl UdlRuntime {
                             worker_id,
                             resources: &resources,
                             emit: &mut emit,
+                            client: client.as_mut().map(|c| c as &mut dyn ContextClient),
                         },
                     )
                     .map_err(|e| e.to_string());

@@ -155,6 +155,78 @@ async fn uploaded_plugins_run_on_arrival_and_stop_with_their_dfg() {
     assert_eq!(e.code(), Some(ErrorCode::NoSuchUdl));
 }
 
+/// A UDL's context reaches the whole cluster: the printer puts a copy of each input
+/// elsewhere and reads it back (failing unless it reads what it wrote) before it emits.
+/// A call that fails (a key in no pool) fails the invocation: no output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udl_gets_and_puts_through_its_context() {
+    let plugin = std::fs::read(printer()).expect("the plugin library");
+    let cluster = udl_cluster(&[]);
+    let c = cluster.client(None, 3).await;
+    c.upload_udl("printer", Bytes::from(plugin))
+        .await
+        .expect("upload");
+    let dfg_id = "2a9c7b1e-1111-4a2b-9c3d-0000000000c1";
+    c.add_dfgs(dfg_with(
+        dfg_id,
+        PRINTER_UUID,
+        r#"{"quiet": true, "copy_to": "/cache/copies/"}"#,
+    ))
+    .await
+    .expect("add the DFG");
+    for i in 0..10 {
+        c.put(&format!("/cache/in/c{i}"), Bytes::from(format!("copy {i}")))
+            .await
+            .expect("put an input");
+    }
+    for i in 0..10 {
+        let want = format!("copy {i}");
+        let out = eventually(&c, &format!("/demo/out/c{i}"), Duration::from_secs(10)).await;
+        assert_eq!(
+            out.as_deref(),
+            Some(want.as_bytes()),
+            "output of c{i}; {}",
+            cluster.logs()
+        );
+        let copy = c
+            .get(&format!("/cache/copies/c{i}"))
+            .await
+            .expect("get the copy")
+            .map(|o| o.blob);
+        assert_eq!(copy.as_deref(), Some(want.as_bytes()));
+    }
+    c.remove_dfg(dfg_id).await.expect("remove the DFG");
+
+    let failing = "2a9c7b1e-1111-4a2b-9c3d-0000000000c2";
+    c.add_dfgs(dfg_with(
+        failing,
+        PRINTER_UUID,
+        r#"{"quiet": true, "copy_to": "/nowhere/"}"#,
+    ))
+    .await
+    .expect("add the DFG");
+    c.put("/cache/in/lost", Bytes::from_static(b"no copy"))
+        .await
+        .expect("put an input");
+    assert_eq!(
+        eventually(&c, "/demo/out/lost", Duration::from_secs(2)).await,
+        None,
+        "the put into no pool should have failed the invocation"
+    );
+    // The cluster and the UDL go on.
+    c.remove_dfg(failing).await.expect("remove the DFG");
+    c.add_dfgs(dfg(dfg_id, PRINTER_UUID)).await.expect("add");
+    c.put("/cache/in/again", Bytes::from_static(b"fine"))
+        .await
+        .expect("put");
+    assert_eq!(
+        eventually(&c, "/demo/out/again", Duration::from_secs(10))
+            .await
+            .as_deref(),
+        Some(&b"fine"[..])
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_input_is_lost_when_the_replica_running_it_is_killed() {
     let plugin = std::fs::read(printer()).expect("the plugin library");

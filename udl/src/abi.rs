@@ -197,6 +197,23 @@ pub struct FfiContext {
     pub cpu_cores: u32,
     pub gpus: *const u32,
     pub gpus_len: usize,
+    /// Reads `key`: on [`STATUS_OK`], `*found` is 1 and `*value` holds the value moved to
+    /// the plugin, or `*found` is 0 (no such key) and `*value` is untouched. A failure's
+    /// message goes to `errors`.
+    pub get: unsafe extern "C" fn(
+        host: *mut c_void,
+        key: FfiStr,
+        found: *mut u8,
+        value: *mut FfiBytes,
+        errors: *const ErrorSink,
+    ) -> i32,
+    /// Stores `value` (moved to the node) under `key`; returns once it is applied.
+    pub put: unsafe extern "C" fn(
+        host: *mut c_void,
+        key: FfiStr,
+        value: FfiBytes,
+        errors: *const ErrorSink,
+    ) -> i32,
 }
 
 /// What a plugin exports (through [`crate::ENTRY_SYMBOL`]). Every string is static in
@@ -317,6 +334,51 @@ impl Context for PluginContext<'_> {
 
     fn resources(&self) -> &Resources {
         &self.resources
+    }
+
+    fn get(&mut self, key: &str) -> Result<Option<Bytes>, UdlError> {
+        let mut message = String::new();
+        let sink = ErrorSink::to_string(&mut message);
+        let mut found = 0u8;
+        let mut value = std::mem::MaybeUninit::<FfiBytes>::uninit();
+        // SAFETY: the node's get takes its own host pointer, a borrowed key, out-pointers
+        // valid for the call and a sink valid for the call.
+        let status = unsafe {
+            (self.ffi.get)(
+                self.ffi.host,
+                FfiStr::new(key),
+                &mut found,
+                value.as_mut_ptr(),
+                &sink,
+            )
+        };
+        match (status, found) {
+            (STATUS_OK, 0) => Ok(None),
+            // SAFETY: with `found` set, the node wrote a value it made with
+            // `FfiBytes::from_bytes` and moved to us; its `release` is node code, loaded
+            // for as long as the plugin is.
+            (STATUS_OK, _) => Ok(Some(unsafe { value.assume_init().into_bytes(()) })),
+            _ => Err(UdlError::new(message)),
+        }
+    }
+
+    fn put(&mut self, key: &str, value: Bytes) -> Result<(), UdlError> {
+        let mut message = String::new();
+        let sink = ErrorSink::to_string(&mut message);
+        // SAFETY: as for `emit`.
+        let status = unsafe {
+            (self.ffi.put)(
+                self.ffi.host,
+                FfiStr::new(key),
+                FfiBytes::from_bytes(value),
+                &sink,
+            )
+        };
+        if status == STATUS_OK {
+            Ok(())
+        } else {
+            Err(UdlError::new(message))
+        }
     }
 }
 

@@ -5,8 +5,8 @@
 //! the moment an object arrives under a data-flow-graph vertex it is attached to. It gets
 //! the object ([`Input`]: key, version, timestamp, previous versions, message id and the
 //! blob as a [`Bytes`] that *shares the node's receive buffer*) and a [`Context`] to emit
-//! results to the vertex's destinations, read its JSON configuration and learn its worker
-//! id and resources.
+//! results to the vertex's destinations, get and put objects anywhere in the cluster, read
+//! its JSON configuration and learn its worker id and resources.
 //!
 //! A plugin is a `cdylib` that names its UDL with [`export_udl!`]:
 //!
@@ -45,7 +45,7 @@ pub use bytes::Bytes;
 
 /// The version of the plugin interface ([`abi`]). The node refuses a plugin that exports
 /// another one, before it reads anything else from it.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// The symbol of `extern "C" fn() -> u32` returning the plugin's [`ABI_VERSION`].
 pub const ABI_VERSION_SYMBOL: &str = "squall_udl_abi_version";
@@ -107,6 +107,15 @@ pub trait Context {
     /// Which of the vertex's workers runs this invocation.
     fn worker_id(&self) -> u32;
     fn resources(&self) -> &Resources;
+    /// The latest value of `key` in the cluster (`None`: no such key), read like a
+    /// client's `get`: linearizable. It blocks this worker until answered.
+    fn get(&mut self, key: &str) -> Result<Option<Bytes>, UdlError>;
+    /// Stores `value` under `key` (any pool), like a client's `put`: answered once
+    /// applied (volatile) or durable on every replica (persistent). It blocks this worker
+    /// until then. The put carries a message id derived from the input and its place
+    /// among this invocation's puts, so a re-run of a handler that puts the same things
+    /// in the same order is applied once.
+    fn put(&mut self, key: &str, value: Bytes) -> Result<(), UdlError>;
 }
 
 /// A handler's failure: counted and logged by the node, reported as that invocation's

@@ -191,6 +191,14 @@ pub struct Invocation<'a> {
     pub resources: &'a Resources,
     /// Receives each `emit(key, value)`; an `Err` is the UDL's `emit` error.
     pub emit: &'a mut dyn FnMut(&str, Bytes) -> Result<(), String>,
+    /// Serves the context's `get` and `put`; without one they fail.
+    pub client: Option<&'a mut dyn ContextClient>,
+}
+
+/// The cluster as a UDL's context reaches it (blocking calls from the worker).
+pub trait ContextClient {
+    fn get(&mut self, key: &str) -> Result<Option<Bytes>, String>;
+    fn put(&mut self, key: &str, value: Bytes) -> Result<(), String>;
 }
 
 impl std::fmt::Debug for Invocation<'_> {
@@ -202,10 +210,98 @@ impl std::fmt::Debug for Invocation<'_> {
     }
 }
 
-/// The state `host_emit` sees through the `host` pointer.
+/// The state `host_emit`, `host_get` and `host_put` see through the `host` pointer.
 struct EmitState<'a, 'b> {
     emit: &'a mut dyn FnMut(&str, Bytes) -> Result<(), String>,
+    client: Option<&'a mut dyn ContextClient>,
     library: &'b Arc<Library>,
+}
+
+/// The key of a context call, or the status to return after reporting why not.
+///
+/// # Safety
+/// `key` must be borrowed for the call and `errors` valid for it.
+unsafe fn context_key<'k>(key: FfiStr, errors: *const ErrorSink) -> Result<&'k str, i32> {
+    // SAFETY: per the caller.
+    match unsafe { key.to_str() } {
+        Ok(k) => Ok(k),
+        Err(_) => {
+            // SAFETY: per the caller.
+            unsafe { ErrorSink::report(errors, "the key is not UTF-8") };
+            Err(abi::STATUS_ERROR)
+        }
+    }
+}
+
+const NO_CLIENT: &str = "client calls are not available to this invocation";
+
+unsafe extern "C" fn host_get(
+    host: *mut c_void,
+    key: FfiStr,
+    found: *mut u8,
+    value: *mut FfiBytes,
+    errors: *const ErrorSink,
+) -> i32 {
+    // SAFETY: `host` is the `EmitState` of the running `invoke`, which outlives the call.
+    let state = unsafe { &mut *host.cast::<EmitState<'_, '_>>() };
+    // SAFETY: the plugin borrows the key and its sink for the call.
+    let key = match unsafe { context_key(key, errors) } {
+        Ok(k) => k,
+        Err(status) => return status,
+    };
+    let result = match state.client.as_mut() {
+        Some(client) => client.get(key),
+        None => Err(NO_CLIENT.to_string()),
+    };
+    match result {
+        Ok(found_value) => {
+            // SAFETY: the plugin passes out-pointers valid for the call.
+            unsafe {
+                match found_value {
+                    Some(bytes) => {
+                        value.write(FfiBytes::from_bytes(bytes));
+                        found.write(1);
+                    }
+                    None => found.write(0),
+                }
+            }
+            abi::STATUS_OK
+        }
+        Err(message) => {
+            // SAFETY: the plugin's sink is valid for the call.
+            unsafe { ErrorSink::report(errors, &message) };
+            abi::STATUS_ERROR
+        }
+    }
+}
+
+unsafe extern "C" fn host_put(
+    host: *mut c_void,
+    key: FfiStr,
+    value: FfiBytes,
+    errors: *const ErrorSink,
+) -> i32 {
+    // SAFETY: as in `host_get`.
+    let state = unsafe { &mut *host.cast::<EmitState<'_, '_>>() };
+    // SAFETY: as in `host_emit`: the library stays loaded as long as the bytes.
+    let value = unsafe { value.into_bytes(Arc::clone(state.library)) };
+    // SAFETY: the plugin borrows the key and its sink for the call.
+    let key = match unsafe { context_key(key, errors) } {
+        Ok(k) => k,
+        Err(status) => return status,
+    };
+    let result = match state.client.as_mut() {
+        Some(client) => client.put(key, value),
+        None => Err(NO_CLIENT.to_string()),
+    };
+    match result {
+        Ok(()) => abi::STATUS_OK,
+        Err(message) => {
+            // SAFETY: the plugin's sink is valid for the call.
+            unsafe { ErrorSink::report(errors, &message) };
+            abi::STATUS_ERROR
+        }
+    }
 }
 
 unsafe extern "C" fn host_emit(
@@ -247,6 +343,7 @@ impl Instance {
     pub fn invoke(&self, input: &Input<'_>, call: Invocation<'_>) -> Result<(), InvokeError> {
         let mut state = EmitState {
             emit: call.emit,
+            client: call.client,
             library: &self.plugin.library,
         };
         let context = FfiContext {
@@ -257,6 +354,8 @@ impl Instance {
             cpu_cores: call.resources.cpu_cores,
             gpus: call.resources.gpus.as_ptr(),
             gpus_len: call.resources.gpus.len(),
+            get: host_get,
+            put: host_put,
         };
         let mut ffi_input = FfiInput {
             pathname: FfiStr::new(input.pathname),

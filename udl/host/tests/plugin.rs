@@ -96,6 +96,7 @@ fn the_printer_passes_its_input_on_without_a_copy() {
                 worker_id: 3,
                 resources: &resources,
                 emit: &mut emit,
+                client: None,
             },
         )
         .expect("the handler succeeds");
@@ -132,6 +133,7 @@ fn failures_and_panics_are_that_invocations_error_and_the_instance_goes_on() {
                 worker_id: 0,
                 resources: &resources,
                 emit: &mut emit,
+                client: None,
             },
         )
     };
@@ -165,6 +167,7 @@ fn an_emit_refused_by_the_node_is_the_handlers_error() {
                 worker_id: 0,
                 resources: &resources,
                 emit: &mut emit,
+                client: None,
             },
         )
         .expect_err("refused");
@@ -217,7 +220,7 @@ fn libraries_that_are_not_good_plugins_are_refused_with_the_reason() {
             e,
             PluginError::WrongAbi {
                 found: 99,
-                expected: 1,
+                expected: squall_udl::ABI_VERSION,
                 ..
             }
         ),
@@ -227,7 +230,10 @@ fn libraries_that_are_not_good_plugins_are_refused_with_the_reason() {
     let half = compile(
         dir.path(),
         "half",
-        "#[unsafe(no_mangle)] pub extern \"C\" fn squall_udl_abi_version() -> u32 { 1 }",
+        &format!(
+            "#[unsafe(no_mangle)] pub extern \"C\" fn squall_udl_abi_version() -> u32 {{ {} }}",
+            squall_udl::ABI_VERSION
+        ),
     );
     let e = Plugin::load(&half).expect_err("no entry");
     assert!(

@@ -7,6 +7,9 @@
 //! - `"panic_on": "TEXT"`: ... panics instead (the node catches it and counts an error);
 //! - `"work_ms": N`: takes N ms per object, as a heavier UDL would (tests use it to have
 //!   work in flight when they kill a node);
+//! - `"copy_to": "/pool/prefix/"`: also puts the object under that prefix through the
+//!   context's client, reads it back with the context's `get`, and fails the invocation
+//!   unless it reads what it wrote (tests use it for a UDL's client calls);
 //! - `"stamp": true`: passes on, instead of the object, the time its handler started
 //!   (microseconds since the Unix epoch, 8 bytes little-endian): the trigger bench reads
 //!   it to measure put → UDL start.
@@ -21,6 +24,7 @@ use squall_udl::{Context, Input, Udl, UdlError, export_udl};
 struct Printer {
     quiet: bool,
     stamp: bool,
+    copy_to: Option<String>,
     work_ms: u64,
     fail_on: Option<String>,
     panic_on: Option<String>,
@@ -63,6 +67,7 @@ impl Printer {
             quiet: config.contains("\"quiet\": true") || config.contains("\"quiet\":true"),
             stamp: config.contains("\"stamp\": true") || config.contains("\"stamp\":true"),
             work_ms: number_field(config, "work_ms").unwrap_or(0),
+            copy_to: string_field(config, "copy_to"),
             fail_on: string_field(config, "fail_on"),
             panic_on: string_field(config, "panic_on"),
         })
@@ -98,6 +103,19 @@ impl Udl for Printer {
             && contains(&input.blob, text)
         {
             return Err(UdlError::new(format!("asked to fail on {text:?}")));
+        }
+        if let Some(prefix) = &self.copy_to {
+            let key = format!("{prefix}{}", input.key_suffix());
+            ctx.put(&key, input.blob.clone())?;
+            match ctx.get(&key)? {
+                Some(read) if read == input.blob => {}
+                other => {
+                    return Err(UdlError::new(format!(
+                        "{key} read back as {:?}, not what was put",
+                        other.map(|b| b.len())
+                    )));
+                }
+            }
         }
         if self.work_ms > 0 {
             std::thread::sleep(std::time::Duration::from_millis(self.work_ms));
