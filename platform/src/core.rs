@@ -1702,28 +1702,12 @@ impl Core {
             return false;
         };
         let mine = row.received[shard.me];
-        let target = row
-            .received
-            .iter()
-            .zip(&shard.message_end)
-            .enumerate()
-            .filter(|(s, _)| *s != shard.me)
-            .map(|(s, (count, message_end))| {
-                // My slot of a round comes before sender `s`'s slot iff I rank lower.
-                let before = u64::from(shard.me < s);
-                let received = (*count + before).saturating_sub(1);
-                let next_message = if *message_end > 0 {
-                    *message_end + before
-                } else {
-                    0
-                };
-                received.max(next_message)
-            })
-            .max()
-            .unwrap_or(0)
-            // Never past the view's slots: the fill that delivery needs always fits (the
-            // messages it follows did), the look-ahead may not.
-            .min(self.cfg.view_slots_max / shard.senders());
+        let target = null_target(
+            shard.me,
+            &row.received,
+            &shard.message_end,
+            self.cfg.view_slots_max / shard.senders(),
+        );
         if target <= mine {
             return false;
         }
@@ -2821,6 +2805,34 @@ fn restart_ballot(leader: MemberId) -> Ballot {
     }
 }
 
+/// How far sender `me` of an ordered shard fills its stream with nulls: up to every
+/// slot received from the others (`received`, what delivery needs), and one round further
+/// for each sender of a message (`message_end`: one past its newest message's index), up
+/// to just before that sender's next slot; never past `count_max` slots of its own.
+fn null_target(me: usize, received: &[u64], message_end: &[u64], count_max: u64) -> u64 {
+    received
+        .iter()
+        .zip(message_end)
+        .enumerate()
+        .filter(|(s, _)| *s != me)
+        .map(|(s, (count, message_end))| {
+            // My slot of a round comes before sender `s`'s slot iff I rank lower.
+            let before = u64::from(me < s);
+            let for_delivery = (*count + before).saturating_sub(1);
+            let for_next_message = if *message_end > 0 {
+                *message_end + before
+            } else {
+                0
+            };
+            for_delivery.max(for_next_message)
+        })
+        .max()
+        .unwrap_or(0)
+        // The fill that delivery needs always fits (the messages it follows did); the
+        // look-ahead may not.
+        .min(count_max)
+}
+
 /// Whether an ordered shard's undelivered slots `from..to` hold a message (not only
 /// nulls). Long ranges count as holding one: the answer only saves a row push.
 fn holds_message(shard: &ShardState, from: u64, to: u64) -> bool {
@@ -2916,4 +2928,52 @@ pub fn next_view(cfg: &CoreConfig, view: &View, change: &Change) -> Result<View,
         left: change.left.clone(),
         shards,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{null_target, seq_received};
+
+    /// Slot `index * senders + s` of sender `s`: what `seq_received` counts.
+    fn covers(received: &[u64], sender: usize, index: u64) -> bool {
+        seq_received(received) > index * received.len() as u64 + sender as u64
+    }
+
+    #[test]
+    fn a_lone_senders_next_message_finds_every_earlier_slot_filled() {
+        // Three senders; only sender 0 sends, and its message k = 5 just arrived.
+        let count_max = u64::MAX;
+        let message_end = [6, 0, 0];
+        // The others fill up to just before sender 0's next slot (index 6).
+        let b = null_target(1, &[6, 5, 5], &message_end, count_max);
+        let c = null_target(2, &[6, 5, 5], &message_end, count_max);
+        assert_eq!((b, c), (6, 6));
+        // So when message 6 arrives, a member holding it covers it at once: its ack is
+        // the only hop after the send.
+        assert!(covers(&[7, b, c], 0, 6));
+        // Without the look-ahead (filling only what delivery of message 5 needs) it
+        // could not: message 6 would wait for the others' nulls first.
+        assert!(!covers(&[7, 5, 5], 0, 6));
+    }
+
+    #[test]
+    fn a_middle_sender_gets_the_same() {
+        // Sender 1 sends alone; its message 5 just arrived.
+        let message_end = [0, 6, 0];
+        let a = null_target(0, &[5, 6, 5], &message_end, u64::MAX);
+        let c = null_target(2, &[5, 6, 5], &message_end, u64::MAX);
+        // Sender 0's slot of round 6 comes before sender 1's: it fills round 6 too.
+        assert_eq!((a, c), (7, 6));
+        assert!(covers(&[a, 7, c], 1, 6));
+    }
+
+    #[test]
+    fn nulls_never_chase_nulls_and_stop_at_the_view_end() {
+        // Everyone's streams are equal and nobody sent a message: nothing to fill.
+        assert_eq!(null_target(1, &[9, 9, 9], &[0, 0, 0], u64::MAX), 9);
+        // Others' nulls ahead of me (and no message there) ask only for delivery's fill.
+        assert_eq!(null_target(1, &[12, 9, 12], &[3, 0, 3], u64::MAX), 12);
+        // The look-ahead stops at the view's slots; the delivery fill still fits.
+        assert_eq!(null_target(2, &[48, 48, 47, 48], &[0, 0, 0, 48], 48), 48);
+    }
 }
