@@ -478,7 +478,11 @@ impl Client {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()?;
-        let pool = routing.pools.find(key).ok()?;
+        let Ok(pool) = routing.pools.find(key) else {
+            // A pool created since (through another client): the next request learns it.
+            self.routing_changed();
+            return None;
+        };
         let members = routing
             .shards
             .get(pool.spec.subgroup as usize)?
