@@ -323,6 +323,14 @@ struct Routing {
     shards: Vec<Vec<Vec<String>>>,
 }
 
+/// Nodes covering a pool's shards (see [`Client::shard_plan`]).
+struct ShardPlan {
+    routing: Arc<Routing>,
+    pool: String,
+    /// Each node with the shards it covers.
+    nodes: Vec<(String, Vec<u32>)>,
+}
+
 /// Where a request goes first.
 #[derive(Clone, Copy, Debug)]
 enum Route<'a> {
@@ -332,12 +340,14 @@ enum Route<'a> {
     Read(&'a str),
     /// The key's shard's first member.
     Write(&'a str),
+    /// This node first.
+    Node(&'a str),
 }
 
 impl Route<'_> {
     fn key(&self) -> Option<&str> {
         match self {
-            Route::Any => None,
+            Route::Any | Route::Node(_) => None,
             Route::Read(key) | Route::Write(key) => Some(key),
         }
     }
@@ -469,6 +479,7 @@ impl Client {
     fn routed(&self, route: Route<'_>) -> Option<String> {
         let (key, write) = match route {
             Route::Any => return None,
+            Route::Node(addr) => return Some(addr.to_string()),
             Route::Read(key) => (key, false),
             Route::Write(key) => (key, true),
         };
@@ -718,6 +729,8 @@ impl Client {
         }
     }
 
+    /// The keys under `prefix` (in one pool), sorted: from a set of nodes that together
+    /// hold every shard of the pool, each read linearizably.
     pub async fn list_keys(
         &self,
         prefix: &str,
@@ -727,10 +740,58 @@ impl Client {
             prefix: prefix.to_string(),
             at_time_us,
         };
-        match self.call(request, Route::Any).await? {
-            Response::Keys(keys) => Ok(keys),
-            other => Err(Self::unexpected(other)),
+        if self.inner.routing_stale.load(Ordering::Relaxed) {
+            self.refresh_routing().await;
         }
+        let cover: Vec<String> = self
+            .shard_plan(prefix)
+            .map(|plan| plan.nodes.into_iter().map(|(addr, _)| addr).collect())
+            .unwrap_or_default();
+        if cover.is_empty() {
+            return match self.call(request, Route::Any).await? {
+                Response::Keys(keys) => Ok(keys),
+                other => Err(Self::unexpected(other)),
+            };
+        }
+        let mut all = std::collections::BTreeSet::new();
+        for addr in &cover {
+            match self.call(request.clone(), Route::Node(addr)).await? {
+                Response::Keys(keys) => all.extend(keys),
+                other => return Err(Self::unexpected(other)),
+            }
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    /// Nodes that together hold every shard of the pool `prefix` names or lies in, each
+    /// with the shards it is asked for, by the cached layout; `None` if it does not know
+    /// the pool. Also the layout and the pool's path, to place keys with.
+    fn shard_plan(&self, prefix: &str) -> Option<ShardPlan> {
+        let routing = self
+            .inner
+            .routing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()?;
+        let pool = routing
+            .pools
+            .get(prefix)
+            .or_else(|| routing.pools.find(prefix).ok())?;
+        let shards = routing.shards.get(pool.spec.subgroup as usize)?;
+        let mut nodes: Vec<(String, Vec<u32>)> = Vec::new();
+        for s in 0..pool.shards {
+            let members = shards.get(s as usize).filter(|m| !m.is_empty())?;
+            match nodes.iter_mut().find(|(addr, _)| members.contains(addr)) {
+                Some((_, mine)) => mine.push(s),
+                None => nodes.push((self.pick(members, Some(prefix)), vec![s])),
+            }
+        }
+        let pool = pool.spec.path.clone();
+        Some(ShardPlan {
+            routing,
+            pool,
+            nodes,
+        })
     }
 
     pub async fn create_pool(&self, spec: PoolSpec) -> Result<(), ClientError> {
@@ -852,41 +913,99 @@ impl Client {
         }
     }
 
-    /// Every change delivered under `prefix` from now on, at the node serving it. The
-    /// stream ends if the node drops the watch (it fell behind) or the connection ends.
+    /// Every change delivered under `prefix` from now on. A pool spread over several
+    /// nodes is watched at a set of nodes holding all its shards, each passing on the
+    /// changes of the shards it was asked for, merged into one stream. The stream ends if
+    /// a node drops its watch (it fell behind) or a connection ends: then some changes
+    /// may be missing, and the caller watches again.
     pub async fn watch(&self, prefix: &str) -> Result<mpsc::Receiver<WatchEvent>, ClientError> {
-        let nodes = self.inner.nodes.lock().await.clone();
-        let mut last = String::new();
-        for addr in nodes {
-            let conn = match self.conn(&addr).await {
-                Ok(c) => c,
-                Err(e) => {
-                    last = e.to_string();
-                    continue;
-                }
-            };
-            let request_id = conn.next_request.fetch_add(1, Ordering::Relaxed);
-            let (tx, rx) = mpsc::channel(1024);
-            let (reply, answer) = oneshot::channel();
-            conn.watches.lock().await.insert(request_id, tx);
-            conn.pending.lock().await.insert(request_id, reply);
-            let frame = Frame::Request {
-                request_id,
-                request: Request::Watch {
-                    prefix: prefix.to_string(),
-                },
-            };
-            if conn.send(&frame).await.is_err() {
-                continue;
-            }
-            match answer.await {
-                Ok(Response::Done) => return Ok(rx),
-                Ok(error @ Response::Error { .. }) => return Err(Self::unexpected(error)),
-                Ok(other) => return Err(Self::unexpected(other)),
-                Err(_) => last = "connection lost".into(),
-            }
+        if self.inner.routing_stale.load(Ordering::Relaxed) {
+            self.refresh_routing().await;
         }
-        Err(ClientError::Unavailable { attempts: 1, last })
+        let plan = self.shard_plan(prefix);
+        let Some(plan) = plan.filter(|p| p.nodes.len() > 1) else {
+            let mut nodes = self.inner.nodes.lock().await.clone();
+            if let Some(first) = self
+                .shard_plan(prefix)
+                .and_then(|p| p.nodes.first().cloned())
+            {
+                // The one node holding the pool's shards first.
+                nodes.retain(|n| *n != first.0);
+                nodes.insert(0, first.0);
+            }
+            let mut last = String::new();
+            for addr in nodes {
+                match self.watch_at(&addr, prefix).await {
+                    Ok(rx) => return Ok(rx),
+                    Err(e @ ClientError::Server { .. }) => return Err(e),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            return Err(ClientError::Unavailable { attempts: 1, last });
+        };
+        let (merged, rx) = mpsc::channel(1024);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut streams = Vec::new();
+        for (addr, shards) in &plan.nodes {
+            streams.push((self.watch_at(addr, prefix).await?, shards.clone()));
+        }
+        let routing = plan.routing;
+        let pool = plan.pool;
+        for (mut events, shards) in streams {
+            let (merged, stop, mut stopped) = (merged.clone(), stop.clone(), stopped.clone());
+            let (routing, pool) = (Arc::clone(&routing), pool.clone());
+            tokio::spawn(async move {
+                loop {
+                    let event = tokio::select! {
+                        event = events.recv() => event,
+                        _ = stopped.changed() => None,
+                    };
+                    let Some(event) = event else { break };
+                    let shard = routing.pools.get(&pool).map(|p| p.shard_of(&event.key));
+                    if shard.is_some_and(|s| shards.contains(&s))
+                        && merged.send(event).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                // One stream ending ends them all: the merged stream must not go on
+                // silently missing a shard.
+                let _ = stop.send(true);
+            });
+        }
+        Ok(rx)
+    }
+
+    /// A watch of `prefix` at the node `addr`.
+    async fn watch_at(
+        &self,
+        addr: &str,
+        prefix: &str,
+    ) -> Result<mpsc::Receiver<WatchEvent>, ClientError> {
+        let lost = |reason: &str| ClientError::Connect {
+            addr: addr.to_string(),
+            reason: reason.to_string(),
+        };
+        let conn = self.conn(addr).await?;
+        let request_id = conn.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(1024);
+        let (reply, answer) = oneshot::channel();
+        conn.watches.lock().await.insert(request_id, tx);
+        conn.pending.lock().await.insert(request_id, reply);
+        let frame = Frame::Request {
+            request_id,
+            request: Request::Watch {
+                prefix: prefix.to_string(),
+            },
+        };
+        if conn.send(&frame).await.is_err() {
+            return Err(lost("connection lost"));
+        }
+        match answer.await {
+            Ok(Response::Done) => Ok(rx),
+            Ok(other) => Err(Self::unexpected(other)),
+            Err(_) => Err(lost("connection lost")),
+        }
     }
 }
 

@@ -765,11 +765,18 @@ impl Service {
                     Ok(p) => p,
                     Err(r) => return r,
                 };
+                // The shards of the pool held here; a client lists a pool spread over
+                // several nodes by asking a set of nodes that covers its shards.
+                let held: Vec<u32> = (0..shards)
+                    .filter(|s| self.check_member(g, *s).is_ok())
+                    .collect();
+                if held.is_empty()
+                    && let Err(r) = self.check_member(g, 0)
+                {
+                    return r;
+                }
                 let mut keys = Vec::new();
-                for s in 0..shards {
-                    if let Err(r) = self.check_member(g, s) {
-                        return r;
-                    }
+                for s in held {
                     if let Some(store) = self.stores.get(&(g, s)) {
                         keys.extend(
                             store

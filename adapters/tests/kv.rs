@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use squall_adapters::client::{Client, ClientError, Policy};
-use squall_adapters::config::Role;
+use squall_adapters::config::{Role, SubgroupKind, SubgroupSpec};
 use squall_adapters::wire::{self, At, ErrorCode, Frame, Request, Response};
 use squall_kvs::op::{self, Op};
 use squall_kvs::{Condition, MessageId, PoolSpec, StoreKind};
@@ -359,6 +359,73 @@ async fn a_pool_created_through_one_node_is_seen_at_once_through_every_node() {
             .expect("present");
         assert_eq!(read.version, written.version);
     }
+}
+
+/// A pool over three shards held by one node each: every key is reached from any client
+/// (routed to its shard), and `list_keys` lists all of them, whichever node the client
+/// knows first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_spread_over_nodes_lists_every_key() {
+    let mut cluster = Cluster::new(3, &[]);
+    for cfg in &mut cluster.configs {
+        cfg.layout.subgroups.push(SubgroupSpec {
+            kind: SubgroupKind::Volatile,
+            shards: 3,
+            min_nodes: 1,
+            max_nodes: 1,
+        });
+    }
+    let spread_subgroup = cluster.configs[0].layout.subgroups.len() as u32;
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    c.create_pool(PoolSpec::new(
+        "/spread".to_string(),
+        StoreKind::Volatile,
+        spread_subgroup,
+    ))
+    .await
+    .expect("create a pool over three shards");
+    let mut keys: Vec<String> = (0..30).map(|i| format!("/spread/k{i:02}")).collect();
+    for key in &keys {
+        c.put(key, Bytes::from(key.clone())).await.expect("put");
+    }
+    keys.sort();
+    for addr in cluster.addrs() {
+        let one = Client::connect(std::slice::from_ref(&addr), None, Policy::default())
+            .await
+            .expect("connect");
+        assert_eq!(
+            one.list_keys("/spread", None).await.expect("list"),
+            keys,
+            "listed through a client of {addr}"
+        );
+        let got = one.get("/spread/k07").await.expect("get").expect("present");
+        assert_eq!(&got.blob[..], b"/spread/k07");
+    }
+    // A watch sees the changes of every shard, each once.
+    let watcher = Client::connect(&cluster.addrs()[1..2], None, Policy::default())
+        .await
+        .expect("connect");
+    let mut events = watcher.watch("/spread").await.expect("watch");
+    for key in &keys {
+        c.put(key, Bytes::from_static(b"again")).await.expect("put");
+    }
+    let mut seen = Vec::new();
+    while seen.len() < keys.len() {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {} changes seen", seen.len(), keys.len()))
+            .expect("the watch goes on");
+        seen.push(event.key);
+    }
+    seen.sort();
+    assert_eq!(seen, keys);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), events.recv())
+            .await
+            .is_err(),
+        "a change was passed on twice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
