@@ -78,6 +78,7 @@
 //! udl_workers = 4
 //! udl_queue_max = 1024
 //! udl_emit_queue_max = 1024
+//! history_cache_bytes = 67108864
 //!
 //! [timing]
 //! heartbeat_interval_ms = 20
@@ -358,6 +359,9 @@ pub struct Limits {
     pub udl_queue_max: usize,
     /// UDL outputs waiting to be written; a full queue makes the UDL's `emit` wait.
     pub udl_emit_queue_max: usize,
+    /// Bytes of older versions of a persistent shard's objects kept in memory for reads
+    /// by version or time; older ones are read back from the log.
+    pub history_cache_bytes: usize,
 }
 
 impl Default for Limits {
@@ -376,6 +380,7 @@ impl Default for Limits {
             udl_workers: 4,
             udl_queue_max: 1024,
             udl_emit_queue_max: 1024,
+            history_cache_bytes: 64 << 20,
         }
     }
 }
@@ -952,6 +957,7 @@ impl Config {
             ("udl_workers", l.udl_workers),
             ("udl_queue_max", l.udl_queue_max),
             ("udl_emit_queue_max", l.udl_emit_queue_max),
+            ("history_cache_bytes", l.history_cache_bytes),
         ] {
             if value == 0 {
                 return Err(invalid(format!("limits.{name}"), "must be at least 1"));

@@ -158,6 +158,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         store_limits: config.limits.store_limits(),
         watchers_max: config.limits.watchers_max,
         watch_queue_max: config.limits.watch_queue_max,
+        history_cache_bytes: config.limits.history_cache_bytes,
         requests_in_flight_max: config.limits.requests_in_flight_max,
         client_addrs: config
             .client_map()

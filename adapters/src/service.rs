@@ -49,6 +49,8 @@ pub struct ServiceConfig {
     pub watchers_max: usize,
     pub watch_queue_max: usize,
     pub requests_in_flight_max: usize,
+    /// See `Limits::history_cache_bytes`.
+    pub history_cache_bytes: usize,
     /// Where clients reach each node (for redirects and `members`).
     pub client_addrs: BTreeMap<u32, String>,
     /// Pools the cluster creates when it first forms.
@@ -162,14 +164,79 @@ struct Watcher {
 /// A response held until it may be sent.
 type Answer = (Reply, Response);
 
-/// Blobs of older versions of a persistent shard, sharing the delivered buffers.
+/// The newest blobs of older versions of a persistent shard, sharing the delivered
+/// buffers, up to `history_cache_bytes`; the rest are read back from the log.
 #[derive(Debug, Default)]
-struct History(BTreeMap<Version, Bytes>);
+struct History {
+    blobs: BTreeMap<Version, Bytes>,
+    bytes: usize,
+}
+
+impl History {
+    fn insert(&mut self, version: Version, blob: Bytes, bytes_max: usize) {
+        // One blob may not push out everything else: a large one is only in the log.
+        if blob.len() > bytes_max / 4 {
+            return;
+        }
+        self.bytes += blob.len();
+        if let Some(old) = self.blobs.insert(version, blob) {
+            self.bytes -= old.len();
+        }
+        while self.bytes > bytes_max {
+            let Some((_, oldest)) = self.blobs.pop_first() else {
+                break;
+            };
+            self.bytes -= oldest.len();
+        }
+    }
+}
 
 impl VersionReader for History {
     fn read(&self, version: Version) -> Result<Option<Bytes>, String> {
-        Ok(self.0.get(&version).cloned())
+        Ok(self.blobs.get(&version).cloned())
     }
+}
+
+/// The one blob a read of the past fetched from the log.
+struct Fetched {
+    version: Version,
+    blob: Bytes,
+}
+
+impl VersionReader for Fetched {
+    fn read(&self, version: Version) -> Result<Option<Bytes>, String> {
+        Ok((version == self.version).then(|| self.blob.clone()))
+    }
+}
+
+/// Which past a read asked for.
+#[derive(Clone, Copy, Debug)]
+enum PastRead {
+    Version(Version),
+    Time(u64),
+}
+
+/// A `stable` read waiting for the global persistence frontier to reach `target`.
+#[derive(Debug)]
+struct StableWait {
+    subgroup: u32,
+    target: Version,
+    key: String,
+    reply: Reply,
+}
+
+/// A log read's token and what the log answered.
+type LogReadDone = (u64, Result<Option<Bytes>, String>);
+
+/// A read of the past waiting for a blob from the log.
+#[derive(Debug)]
+struct LogRead {
+    subgroup: u32,
+    shard: u32,
+    key: String,
+    at: PastRead,
+    version: Version,
+    reply: Reply,
 }
 
 #[derive(Debug)]
@@ -181,6 +248,12 @@ pub struct Service {
     meta: ShardStore,
     stores: HashMap<(u32, u32), ShardStore>,
     history: HashMap<(u32, u32), History>,
+    stable_waits: Vec<StableWait>,
+    /// Reads of the past waiting for the log, by token.
+    log_reads: HashMap<u64, LogRead>,
+    next_log_read: u64,
+    log_read_done: mpsc::Sender<LogReadDone>,
+    log_read_done_rx: Option<mpsc::Receiver<LogReadDone>>,
     view: Option<Arc<View>>,
     waiting: HashMap<MessageId, Waiting>,
     tickets: HashMap<(u32, SendTicket), MessageId>,
@@ -262,6 +335,7 @@ impl Service {
     pub fn new(cfg: ServiceConfig, handle: NodeHandle, udl: UdlRuntime) -> Service {
         let pools = PoolTable::new(cfg.key_bytes_max, cfg.pools_max);
         let meta = ShardStore::new(StoreKind::Trigger, cfg.store_limits);
+        let (log_read_done, log_read_done_rx) = mpsc::channel(cfg.requests_in_flight_max);
         Service {
             cfg,
             handle,
@@ -269,6 +343,11 @@ impl Service {
             meta,
             stores: HashMap::new(),
             history: HashMap::new(),
+            log_reads: HashMap::new(),
+            stable_waits: Vec::new(),
+            next_log_read: 0,
+            log_read_done,
+            log_read_done_rx: Some(log_read_done_rx),
             view: None,
             waiting: HashMap::new(),
             tickets: HashMap::new(),
@@ -323,10 +402,14 @@ impl Service {
     ) {
         let mut progress = tokio::time::interval(UDL_PROGRESS_INTERVAL);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let Some(mut log_read_done) = self.log_read_done_rx.take() else {
+            return;
+        };
         loop {
             self.udl.drain_overflow();
             tokio::select! {
                 Some(done) = udl_done.recv() => self.udl.job_done(done),
+                Some((token, result)) = log_read_done.recv() => self.finish_log_read(token, result),
                 _ = progress.tick() => self.announce_udl_progress().await,
                 event = events.recv() => {
                     let Some(NodeEvent { event, .. }) = event else { break };
@@ -363,6 +446,18 @@ impl Service {
             }
             AppEvent::GlobalPersisted { subgroup, version } => {
                 self.global.insert(subgroup, version);
+                let (ready, waiting): (Vec<StableWait>, Vec<StableWait>) =
+                    std::mem::take(&mut self.stable_waits)
+                        .into_iter()
+                        .partition(|w| w.subgroup == subgroup && w.target <= version);
+                self.stable_waits = waiting;
+                for wait in ready {
+                    let Ok((g, s, _)) = self.locate(&wait.key) else {
+                        continue;
+                    };
+                    self.serve_past(g, s, wait.key, PastRead::Version(version), wait.reply)
+                        .await;
+                }
                 let ready: Vec<(u32, Version)> = self
                     .durable
                     .range((subgroup, Version(0))..=(subgroup, version))
@@ -377,6 +472,17 @@ impl Service {
             AppEvent::Installed(view) => self.on_view(view).await,
             AppEvent::ReadReady { token, result } => {
                 if let Some((request, reply)) = self.reads.remove(&token) {
+                    if let (
+                        Ok(()),
+                        Request::Get {
+                            key,
+                            at: At::Stable,
+                        },
+                    ) = (&result, &request)
+                    {
+                        self.serve_stable(key.clone(), reply).await;
+                        return true;
+                    }
                     let response = match result {
                         Ok(()) => self.local_read(request),
                         Err(e) => Response::error(
@@ -454,6 +560,13 @@ impl Service {
             .retain(|(g, s), _| view.shard_of(*g as usize, me) == Some(*s as usize));
         self.history
             .retain(|(g, s), _| view.shard_of(*g as usize, me) == Some(*s as usize));
+        // A stable read may wait for versions the view change trimmed: it retries.
+        for wait in std::mem::take(&mut self.stable_waits) {
+            let _ = wait.reply.send(Response::error(
+                ErrorCode::Unavailable,
+                "a view change came before the stable read's versions were durable; retry",
+            ));
+        }
         // Answers waiting for durability in a shard this node left would never come:
         // the client retries elsewhere (same message id, so applied once).
         let left: Vec<(u32, Version)> = self
@@ -565,11 +678,11 @@ impl Service {
             if let Op::Put { blob, .. } = &op
                 && kind == StoreKind::Persistent
             {
-                self.history
-                    .entry((subgroup, shard))
-                    .or_default()
-                    .0
-                    .insert(version, blob.clone());
+                self.history.entry((subgroup, shard)).or_default().insert(
+                    version,
+                    blob.clone(),
+                    self.cfg.history_cache_bytes,
+                );
             }
             if live {
                 self.notify(&op, version, *timestamp_us);
@@ -705,6 +818,169 @@ impl Service {
                 self.request(request, role, reply).await;
             }
         }
+    }
+
+    /// Answers a read of `key` as of `past`, from memory or, for a version no longer
+    /// kept there, from the log.
+    async fn serve_past(&mut self, g: u32, s: u32, key: String, past: PastRead, reply: Reply) {
+        let result = match self.stores.get(&(g, s)) {
+            None => Ok(None),
+            Some(store) => {
+                let empty = History::default();
+                let history = self.history.get(&(g, s)).unwrap_or(&empty);
+                match past {
+                    PastRead::Version(v) => store.at_version(&key, v, history),
+                    PastRead::Time(t) => store.at_time(&key, t, history),
+                }
+            }
+        };
+        match result {
+            Ok(o) => {
+                let _ = reply.send(Response::Object(o.as_ref().map(wire_object)));
+            }
+            Err(ReadError::Missing { version, .. }) => {
+                let read = LogRead {
+                    subgroup: g,
+                    shard: s,
+                    key,
+                    at: past,
+                    version,
+                    reply,
+                };
+                self.read_from_log(read).await;
+            }
+            Err(e) => {
+                let _ = reply.send(read_error(e));
+            }
+        }
+    }
+
+    /// A `stable` read, once past its barrier: every write that completed before it is
+    /// delivered here; it is answered at the global persistence frontier once that
+    /// frontier covers them (the last version delivered now), so a client reads its own
+    /// durable writes wherever it reads.
+    async fn serve_stable(&mut self, key: String, reply: Reply) {
+        let (g, s) = match self.locate(&key) {
+            Ok((g, s, _)) => (g, s),
+            Err(r) => {
+                let _ = reply.send(r);
+                return;
+            }
+        };
+        let target = self.stores.get(&(g, s)).and_then(ShardStore::last_version);
+        let view_id = self.view.as_ref().map(|v| v.id);
+        match (target, self.global.get(&g).copied()) {
+            (_, None) => {
+                // No frontier known in this view yet (none is until a write of this view
+                // is durable everywhere): nothing to read as stable.
+                let _ = reply.send(Response::Object(None));
+            }
+            (Some(target), Some(frontier))
+                if frontier < target && Some(target.view_id()) == view_id =>
+            {
+                if self.stable_waits.len() >= self.cfg.requests_in_flight_max {
+                    let _ = reply.send(Response::error(
+                        ErrorCode::Unavailable,
+                        "too many stable reads wait on persistence; retry",
+                    ));
+                    return;
+                }
+                self.stable_waits.push(StableWait {
+                    subgroup: g,
+                    target,
+                    key,
+                    reply,
+                });
+            }
+            (_, Some(frontier)) => {
+                self.serve_past(g, s, key, PastRead::Version(frontier), reply)
+                    .await;
+            }
+        }
+    }
+
+    /// Fetches the blob `read` needs from this node's log; answered in
+    /// [`Service::finish_log_read`].
+    async fn read_from_log(&mut self, read: LogRead) {
+        if self.log_reads.len() >= self.cfg.requests_in_flight_max {
+            let _ = read.reply.send(Response::error(
+                ErrorCode::Unavailable,
+                "too many reads of the past wait on the log; retry",
+            ));
+            return;
+        }
+        let answer = match self
+            .handle
+            .read_logged(read.subgroup, read.shard, read.version)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(_) => {
+                let _ = read
+                    .reply
+                    .send(Response::error(ErrorCode::Unavailable, "the node stopped"));
+                return;
+            }
+        };
+        self.next_log_read += 1;
+        let token = self.next_log_read;
+        self.log_reads.insert(token, read);
+        let done = self.log_read_done.clone();
+        tokio::spawn(async move {
+            let result = answer
+                .await
+                .unwrap_or_else(|_| Err("the log stopped".to_string()));
+            let _ = done.send((token, result)).await;
+        });
+    }
+
+    fn finish_log_read(&mut self, token: u64, result: Result<Option<Bytes>, String>) {
+        let Some(read) = self.log_reads.remove(&token) else {
+            return;
+        };
+        let LogRead {
+            subgroup,
+            shard,
+            key,
+            at,
+            version,
+            reply,
+        } = read;
+        let missing = || ReadError::Missing {
+            key: key.clone(),
+            version,
+        };
+        let blob = match result {
+            Ok(Some(payload)) => match op::decode(payload) {
+                Ok(Op::Put { blob, .. }) => Ok(blob),
+                _ => Err(ReadError::Log(format!(
+                    "the log's record {version:?} is not a put"
+                ))),
+            },
+            Ok(None) => Err(missing()),
+            Err(e) => Err(ReadError::Log(e)),
+        };
+        let response = match blob {
+            Err(e) => read_error(e),
+            Ok(blob) => match self.stores.get(&(subgroup, shard)) {
+                None => Response::error(
+                    ErrorCode::Unavailable,
+                    "this node no longer holds the shard; retry",
+                ),
+                Some(store) => {
+                    let fetched = Fetched { version, blob };
+                    let object = match at {
+                        PastRead::Version(v) => store.at_version(&key, v, &fetched),
+                        PastRead::Time(t) => store.at_time(&key, t, &fetched),
+                    };
+                    match object {
+                        Ok(o) => Response::Object(o.as_ref().map(wire_object)),
+                        Err(e) => read_error(e),
+                    }
+                }
+            },
+        };
+        let _ = reply.send(response);
     }
 
     /// Serves `request` from this replica once every write that completed before now is
@@ -1209,41 +1485,28 @@ impl Service {
                 if let Err(r) = self.check_member(g, s) {
                     return answer(reply, r);
                 }
-                let read_at = |this: &Self, at: Version| {
-                    let Some(store) = this.stores.get(&(g, s)) else {
-                        return Ok(None);
-                    };
-                    let empty = History::default();
-                    let history = this.history.get(&(g, s)).unwrap_or(&empty);
-                    store.at_version(&key, at, history)
-                };
-                let result = match at {
-                    At::Latest => {
+                let past = match (at, kind) {
+                    (At::Latest, _) => {
                         let request = Request::Get { key, at };
                         self.read_after_barrier(g, request, reply).await;
                         return Some(());
                     }
-                    At::Version(v) => read_at(self, v),
-                    At::Stable => match kind {
-                        StoreKind::Persistent => match self.global.get(&g) {
-                            Some(v) => read_at(self, *v),
-                            None => Ok(None),
-                        },
-                        other => Err(ReadError::NotVersioned { kind: other.name() }),
-                    },
-                    At::Time(t) => match self.stores.get(&(g, s)) {
-                        Some(store) => {
-                            let empty = History::default();
-                            let history = self.history.get(&(g, s)).unwrap_or(&empty);
-                            store.at_time(&key, t, history)
-                        }
-                        None => Ok(None),
-                    },
+                    // Durable everywhere as of now: after every write completed before
+                    // this read (see `serve_stable`).
+                    (At::Stable, StoreKind::Persistent) => {
+                        let request = Request::Get { key, at };
+                        self.read_after_barrier(g, request, reply).await;
+                        return Some(());
+                    }
+                    (At::Stable, other) => {
+                        let e = ReadError::NotVersioned { kind: other.name() };
+                        return answer(reply, read_error(e));
+                    }
+                    (At::Version(v), _) => PastRead::Version(v),
+                    (At::Time(t), _) => PastRead::Time(t),
                 };
-                match result {
-                    Ok(o) => answer(reply, Response::Object(o.as_ref().map(wire_object))),
-                    Err(e) => answer(reply, read_error(e)),
-                }
+                self.serve_past(g, s, key, past, reply).await;
+                Some(())
             }
             Request::MultiGet { keys } => {
                 let mut target = None;

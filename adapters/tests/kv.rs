@@ -466,6 +466,57 @@ async fn persistent_objects_and_time_travel_survive_a_restart_of_every_node() {
     assert!(third.version > second.version);
 }
 
+/// Older versions beyond the in-memory history cache are read back from the log: by
+/// version, by time and `stable`, before and after a restart of every node; memory keeps
+/// only `history_cache_bytes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_versions_beyond_the_history_cache_come_from_the_log() {
+    let mut cluster = Cluster::new(3, &[]);
+    for cfg in &mut cluster.configs {
+        // Room for a few 1 KiB versions; anything older is only in the log.
+        cfg.limits.history_cache_bytes = 8 << 10;
+    }
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    let value = |i: usize| Bytes::from(format!("{i:04}").repeat(256));
+    let mut written = Vec::new();
+    for i in 0..40 {
+        written.push(c.put("/demo/h", value(i)).await.expect("put"));
+    }
+    for round in ["before", "after"] {
+        for i in [0, 1, 17, 38] {
+            let by_version = c
+                .get_at("/demo/h", At::Version(written[i].version))
+                .await
+                .expect("by version")
+                .expect("kept");
+            assert_eq!(by_version.blob, value(i), "{round} a restart: version {i}");
+            assert_eq!(by_version.version, written[i].version);
+            let by_time = c
+                .get_at("/demo/h", At::Time(written[i].timestamp_us))
+                .await
+                .expect("by time")
+                .expect("kept");
+            assert_eq!(by_time.blob, value(i), "{round} a restart: time {i}");
+        }
+        if round == "before" {
+            // A client reads its own durable writes as stable, wherever it reads.
+            for _ in 0..6 {
+                let stable = c
+                    .get_at("/demo/h", At::Stable)
+                    .await
+                    .expect("stable")
+                    .expect("durable");
+                assert_eq!(stable.blob, value(39));
+            }
+            for node in 0..3 {
+                cluster.kill9(node);
+            }
+            cluster.start_all();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_put_is_applied_once() {
     let mut cluster = Cluster::new(3, &[]);

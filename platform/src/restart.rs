@@ -172,6 +172,8 @@ pub fn plan(layout: &Layout, reports: &[(MemberId, &LoggedState)]) -> Result<Res
             .collect()
     };
     let mut stateless = Vec::new();
+    // Members fed in the last view that logged in it hold its state like any other.
+    let mut fed_holders: Vec<(MemberId, usize, usize)> = Vec::new();
     let mut holders: Vec<Vec<Vec<Holder>>> = Vec::new();
     let mut previous = (**last).clone();
     for (g, shards) in last.shards.iter().enumerate() {
@@ -185,6 +187,9 @@ pub fn plan(layout: &Layout, reports: &[(MemberId, &LoggedState)]) -> Result<Res
                 let tail = report.tail(g, s);
                 let logged_in_last = tail.is_some_and(|t| t.view_id() >= last.id);
                 if !sv.joined.contains(old) || logged_in_last {
+                    if sv.joined.contains(old) {
+                        fed_holders.push((*old, g, s));
+                    }
                     shard_holders.push((*now, tail));
                 } else {
                     stateless.push((*now, g as u32));
@@ -202,9 +207,22 @@ pub fn plan(layout: &Layout, reports: &[(MemberId, &LoggedState)]) -> Result<Res
         holders.push(per_shard);
     }
     previous.members = renamed(&last.members);
-    for shards in &mut previous.shards {
-        for sv in shards.iter_mut() {
+    for (g, shards) in previous.shards.iter_mut().enumerate() {
+        for (s, sv) in shards.iter_mut().enumerate() {
             sv.members = renamed(&sv.members);
+            // Longest logs first: a shard that must give a member to another gives its
+            // last one, never the holder whose log is the source.
+            let tail_of = |m: &MemberId| {
+                holders
+                    .get(g)
+                    .and_then(|h| h.get(s))
+                    .and_then(|h| h.iter().find(|(holder, _)| holder == m))
+                    .and_then(|(_, tail)| *tail)
+            };
+            sv.members.sort_by_key(|m| std::cmp::Reverse(tail_of(m)));
+            // The allocator keeps holders in their shard; a fed member that logged in the
+            // last view is one (its log may be the longest), not a joiner to move.
+            sv.joined.retain(|j| !fed_holders.contains(&(*j, g, s)));
             sv.joined = renamed(&sv.joined);
         }
     }
@@ -373,6 +391,32 @@ mod tests {
         assert_eq!(plan.shards[0][0].joiners_hold, Some(Version::new(7, 3)));
         assert_eq!(plan.shards[0][1].trim, Some(Version::new(6, 2)));
         assert!(plan.view.is_restart());
+    }
+
+    #[test]
+    fn a_shard_giving_a_member_to_another_keeps_its_longest_log() {
+        // Shards of at least two: with node 4 gone, shard 1 takes one of shard 0's
+        // three. Node 2 holds shard 0's longest log, so another one must go.
+        let mut layout = layout(2);
+        for shard in &mut layout.subgroups[0].shards {
+            shard.min_nodes = 2;
+        }
+        let l = last();
+        let short = report(Some(l.clone()), &[(0, Version::new(7, 3))]);
+        let long = report(Some(l.clone()), &[(0, Version::new(7, 9))]);
+        let r3 = report(Some(l.clone()), &[(1, Version::new(7, 2))]);
+        let reports = [
+            (m(0, 2), &short),
+            (m(1, 2), &short),
+            (m(2, 2), &long),
+            (m(3, 2), &r3),
+        ];
+        let plan = plan(&layout, &reports).expect("a majority, every shard held");
+        let shard0 = &plan.view.shards[0][0];
+        assert!(shard0.members.contains(&m(2, 2)), "{:?}", shard0.members);
+        assert_eq!(shard0.state_source, Some(m(2, 2)));
+        assert_eq!(plan.shards[0][0].trim, Some(Version::new(7, 9)));
+        assert_eq!(plan.view.shards[0][1].members.len(), 2);
     }
 
     #[test]

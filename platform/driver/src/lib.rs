@@ -11,5 +11,7 @@ pub mod state;
 pub mod transport;
 
 pub use incarnation::next_incarnation;
-pub use node::{AppEvent, NodeConfig, NodeError, NodeEvent, NodeHandle, NodeSendError, start_node};
+pub use node::{
+    AppEvent, LoggedRead, NodeConfig, NodeError, NodeEvent, NodeHandle, NodeSendError, start_node,
+};
 pub use transport::{Inbound, TcpConfig, TcpTransport, Transport};

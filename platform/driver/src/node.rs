@@ -153,6 +153,12 @@ enum Command {
         subgroup: u32,
         token: u64,
     },
+    ReadLogged {
+        subgroup: u32,
+        shard: u32,
+        version: Version,
+        reply: oneshot::Sender<Result<Option<Bytes>, String>>,
+    },
     Leave,
 }
 
@@ -205,6 +211,28 @@ impl NodeHandle {
             .map_err(|_| NodeSendError::Stopped)
     }
 
+    /// The payload this node logged for `version` of its shard (`None`: not in its log),
+    /// read by the log thread; the answer comes on the returned channel, so the caller
+    /// need not wait for it in place.
+    pub async fn read_logged(
+        &self,
+        subgroup: u32,
+        shard: u32,
+        version: Version,
+    ) -> Result<LoggedRead, NodeSendError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::ReadLogged {
+                subgroup,
+                shard,
+                version,
+                reply,
+            })
+            .await
+            .map_err(|_| NodeSendError::Stopped)?;
+        Ok(answer)
+    }
+
     pub async fn supply_state(&self, view_id: ViewId, subgroup: u32, state: Bytes) {
         let _ = self
             .commands
@@ -220,6 +248,9 @@ impl NodeHandle {
         let _ = self.commands.send(Command::Leave).await;
     }
 }
+
+/// The answer of [`NodeHandle::read_logged`].
+pub type LoggedRead = oneshot::Receiver<Result<Option<Bytes>, String>>;
 
 #[derive(Debug, Error)]
 pub enum NodeSendError {
@@ -242,6 +273,12 @@ enum LogWork {
         kind: u8,
         bytes: Bytes,
         then: Option<LogDone>,
+    },
+    /// The payload of `key`'s record `version`, for a read of the past.
+    ReadRecord {
+        key: ShardKey,
+        version: u64,
+        reply: oneshot::Sender<Result<Option<Bytes>, String>>,
     },
     /// Records of `key` after `after`, for a state transfer.
     ReadTail {
@@ -444,6 +481,22 @@ impl Driver {
                 Some(command) = commands.recv() => match command {
                     Command::Send { subgroup, payload, reply } => {
                         let _ = reply.send(self.core.send(subgroup, payload));
+                    }
+                    Command::ReadLogged {
+                        subgroup,
+                        shard,
+                        version,
+                        reply,
+                    } => {
+                        if self.log.is_some() {
+                            self.queue_log_work(LogWork::ReadRecord {
+                                key: ShardKey { subgroup, shard },
+                                version: version.0,
+                                reply,
+                            });
+                        } else {
+                            let _ = reply.send(Ok(None));
+                        }
                     }
                     Command::ReadBarrier { subgroup, token } => {
                         match self.core.request_read(subgroup) {
@@ -949,6 +1002,17 @@ fn spawn_log_thread(
                                 return fail(&done, e);
                             }
                             after_sync.extend(then);
+                        }
+                        LogWork::ReadRecord {
+                            key,
+                            version,
+                            reply,
+                        } => {
+                            let record = store
+                                .get(key, version)
+                                .map(|r| r.map(|r| r.payload))
+                                .map_err(|e| e.to_string());
+                            let _ = reply.send(record);
                         }
                         LogWork::ReadTail { key, after, reply } => {
                             let from = after.map_or(0, |v| v.0 + 1);
