@@ -648,25 +648,13 @@ impl Client {
         value: Bytes,
         condition: Condition,
     ) -> Result<Written, ClientError> {
-        let op = Op::Put {
-            id: self.next_id(),
-            hlc_us: now_us(),
-            condition,
-            key: key.to_string(),
-            blob: value,
-        };
+        let op = put_op(self.next_id(), condition, key, value);
         Self::written(self.write(op, false, Some(key)).await?)
     }
 
     /// Sends a put and returns once a node accepted it, not once applied.
     pub async fn put_and_forget(&self, key: &str, value: Bytes) -> Result<(), ClientError> {
-        let op = Op::Put {
-            id: self.next_id(),
-            hlc_us: now_us(),
-            condition: Condition::Always,
-            key: key.to_string(),
-            blob: value,
-        };
+        let op = put_op(self.next_id(), Condition::Always, key, value);
         self.write(op, true, Some(key)).await.map(drop)
     }
 
@@ -822,13 +810,7 @@ impl Client {
         value: Bytes,
         id: MessageId,
     ) -> Result<Written, ClientError> {
-        let op = Op::Put {
-            id,
-            hlc_us: now_us(),
-            condition: Condition::Always,
-            key: key.to_string(),
-            blob: value,
-        };
+        let op = put_op(id, Condition::Always, key, value);
         Self::written(self.write(op, false, Some(key)).await?)
     }
 
@@ -923,12 +905,11 @@ impl Client {
             self.refresh_routing().await;
         }
         let plan = self.shard_plan(prefix);
+        let single = plan.as_ref().filter(|p| p.nodes.len() == 1);
+        let single = single.and_then(|p| p.nodes.first().cloned());
         let Some(plan) = plan.filter(|p| p.nodes.len() > 1) else {
             let mut nodes = self.inner.nodes.lock().await.clone();
-            if let Some(first) = self
-                .shard_plan(prefix)
-                .and_then(|p| p.nodes.first().cloned())
-            {
+            if let Some(first) = single {
                 // The one node holding the pool's shards first.
                 nodes.retain(|n| *n != first.0);
                 nodes.insert(0, first.0);
@@ -1006,6 +987,16 @@ impl Client {
             Ok(other) => Err(Self::unexpected(other)),
             Err(_) => Err(lost("connection lost")),
         }
+    }
+}
+
+fn put_op(id: MessageId, condition: Condition, key: &str, value: Bytes) -> Op {
+    Op::Put {
+        id,
+        hlc_us: now_us(),
+        condition,
+        key: key.to_string(),
+        blob: value,
     }
 }
 

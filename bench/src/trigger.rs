@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use squall_adapters::client::{Client, Policy};
@@ -140,26 +140,24 @@ fn row(system: &'static str, case: String, hist: &Histogram<u64>) -> Row {
     r
 }
 
-/// The example plugin `name`, next to this binary; built with cargo when missing.
+/// The example plugin `name`, next to this binary, (re)built with cargo first so it
+/// matches the SDK's ABI (a stale library from before an ABI change is refused). Without
+/// cargo, the library already there is used.
 fn plugin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().ok_or_else(|| anyhow!("no directory"))?;
     let path = dir.join(format!("libsquall_udl_example_{name}.so"));
-    if !path.exists() {
-        let release = dir.file_name().is_some_and(|n| n == "release");
-        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cargo.args(["build", "-p", &format!("squall-udl-example-{name}")]);
-        if release {
-            cargo.arg("--release");
-        }
-        let status = cargo
-            .status()
-            .context("running cargo to build the plugin")?;
-        if !status.success() || !path.exists() {
-            bail!("cannot build the example plugin {name}");
-        }
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo.args(["build", "-q", "-p", &format!("squall-udl-example-{name}")]);
+    if release {
+        cargo.arg("--release");
     }
-    Ok(path)
+    match cargo.status() {
+        Ok(status) if status.success() && path.exists() => Ok(path),
+        Err(_) if path.exists() => Ok(path),
+        _ => bail!("cannot build the example plugin {name}"),
+    }
 }
 
 async fn bench_squall(args: &TriggerArgs, dir: &Path) -> Result<Vec<Row>> {
@@ -284,6 +282,25 @@ async fn bench_squall(args: &TriggerArgs, dir: &Path) -> Result<Vec<Row>> {
 
 // ----- redis streams --------------------------------------------------------------------
 
+/// Appends `value` to `stream` (capped near 1000 entries) under field `v`.
+async fn xadd(redis: &mut Redis, stream: &str, value: &[u8]) -> Result<()> {
+    redis
+        .call(&[
+            b"XADD",
+            stream.as_bytes(),
+            b"MAXLEN",
+            b"~",
+            b"1000",
+            b"*",
+            b"k",
+            b"x",
+            b"v",
+            value,
+        ])
+        .await?;
+    Ok(())
+}
+
 /// The hidden `redis-worker` subcommand: moves every entry of stream `from` to stream
 /// `to`, doing a pipeline stage's work on the way (none, `upper`, or `tag`).
 pub fn worker_main(addr: SocketAddr, from: &str, to: &str, stage: &str) -> Result<()> {
@@ -306,20 +323,7 @@ pub fn worker_main(addr: SocketAddr, from: &str, to: &str, stage: &str) -> Resul
                     }
                     _ => e.value,
                 };
-                output
-                    .call(&[
-                        b"XADD",
-                        to.as_bytes(),
-                        b"MAXLEN",
-                        b"~",
-                        b"1000",
-                        b"*",
-                        b"k",
-                        b"x",
-                        b"v",
-                        &value,
-                    ])
-                    .await?;
+                xadd(&mut output, to, &value).await?;
                 after = e.id;
             }
         }
@@ -375,20 +379,7 @@ async fn bench_redis(args: &TriggerArgs, dir: &Path) -> Result<Vec<Row>> {
             for i in 0..args.warmup + args.count {
                 let started = Instant::now();
                 let sent_us = now_us();
-                producer
-                    .call(&[
-                        b"XADD",
-                        input.as_bytes(),
-                        b"MAXLEN",
-                        b"~",
-                        b"1000",
-                        b"*",
-                        b"k",
-                        b"x",
-                        b"v",
-                        &blob,
-                    ])
-                    .await?;
+                xadd(&mut producer, input, &blob).await?;
                 let got = consumer.read(output.as_bytes(), &after).await?;
                 let last = got
                     .last()

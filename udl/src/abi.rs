@@ -303,14 +303,22 @@ struct PluginContext<'a> {
     resources: Resources,
 }
 
-impl Context for PluginContext<'_> {
-    fn emit(&mut self, key: &str, value: Bytes) -> Result<(), UdlError> {
+/// A node function that takes a key and bytes moved to the node (`emit`, `put`).
+type KeyBytesFn = unsafe extern "C" fn(
+    host: *mut c_void,
+    key: FfiStr,
+    value: FfiBytes,
+    errors: *const ErrorSink,
+) -> i32;
+
+impl PluginContext<'_> {
+    fn call_with_bytes(&self, f: KeyBytesFn, key: &str, value: Bytes) -> Result<(), UdlError> {
         let mut message = String::new();
         let sink = ErrorSink::to_string(&mut message);
-        // SAFETY: the node's emit takes its own host pointer, a borrowed key, owned
+        // SAFETY: the node's function takes its own host pointer, a borrowed key, owned
         // bytes and a sink valid for the call.
         let status = unsafe {
-            (self.ffi.emit)(
+            f(
                 self.ffi.host,
                 FfiStr::new(key),
                 FfiBytes::from_bytes(value),
@@ -322,6 +330,12 @@ impl Context for PluginContext<'_> {
         } else {
             Err(UdlError::new(message))
         }
+    }
+}
+
+impl Context for PluginContext<'_> {
+    fn emit(&mut self, key: &str, value: Bytes) -> Result<(), UdlError> {
+        self.call_with_bytes(self.ffi.emit, key, value)
     }
 
     fn config(&self) -> &str {
@@ -363,22 +377,7 @@ impl Context for PluginContext<'_> {
     }
 
     fn put(&mut self, key: &str, value: Bytes) -> Result<(), UdlError> {
-        let mut message = String::new();
-        let sink = ErrorSink::to_string(&mut message);
-        // SAFETY: as for `emit`.
-        let status = unsafe {
-            (self.ffi.put)(
-                self.ffi.host,
-                FfiStr::new(key),
-                FfiBytes::from_bytes(value),
-                &sink,
-            )
-        };
-        if status == STATUS_OK {
-            Ok(())
-        } else {
-            Err(UdlError::new(message))
-        }
+        self.call_with_bytes(self.ffi.put, key, value)
     }
 }
 

@@ -235,6 +235,21 @@ unsafe fn context_key<'k>(key: FfiStr, errors: *const ErrorSink) -> Result<&'k s
 
 const NO_CLIENT: &str = "client calls are not available to this invocation";
 
+/// The status of a context call; a failure's message goes to `errors`.
+///
+/// # Safety
+/// `errors` must be valid for the call.
+unsafe fn status(result: Result<(), String>, errors: *const ErrorSink) -> i32 {
+    match result {
+        Ok(()) => abi::STATUS_OK,
+        Err(message) => {
+            // SAFETY: per the caller.
+            unsafe { ErrorSink::report(errors, &message) };
+            abi::STATUS_ERROR
+        }
+    }
+}
+
 unsafe extern "C" fn host_get(
     host: *mut c_void,
     key: FfiStr,
@@ -253,26 +268,20 @@ unsafe extern "C" fn host_get(
         Some(client) => client.get(key),
         None => Err(NO_CLIENT.to_string()),
     };
-    match result {
-        Ok(found_value) => {
-            // SAFETY: the plugin passes out-pointers valid for the call.
-            unsafe {
-                match found_value {
-                    Some(bytes) => {
-                        value.write(FfiBytes::from_bytes(bytes));
-                        found.write(1);
-                    }
-                    None => found.write(0),
+    let result = result.map(|found_value| {
+        // SAFETY: the plugin passes out-pointers valid for the call.
+        unsafe {
+            match found_value {
+                Some(bytes) => {
+                    value.write(FfiBytes::from_bytes(bytes));
+                    found.write(1);
                 }
+                None => found.write(0),
             }
-            abi::STATUS_OK
         }
-        Err(message) => {
-            // SAFETY: the plugin's sink is valid for the call.
-            unsafe { ErrorSink::report(errors, &message) };
-            abi::STATUS_ERROR
-        }
-    }
+    });
+    // SAFETY: the plugin's sink is valid for the call.
+    unsafe { status(result, errors) }
 }
 
 unsafe extern "C" fn host_put(
@@ -294,14 +303,8 @@ unsafe extern "C" fn host_put(
         Some(client) => client.put(key, value),
         None => Err(NO_CLIENT.to_string()),
     };
-    match result {
-        Ok(()) => abi::STATUS_OK,
-        Err(message) => {
-            // SAFETY: the plugin's sink is valid for the call.
-            unsafe { ErrorSink::report(errors, &message) };
-            abi::STATUS_ERROR
-        }
-    }
+    // SAFETY: the plugin's sink is valid for the call.
+    unsafe { status(result, errors) }
 }
 
 unsafe extern "C" fn host_emit(
@@ -315,23 +318,13 @@ unsafe extern "C" fn host_emit(
     // SAFETY: the plugin made `value` with `FfiBytes::from_bytes` and moved it here; the
     // library that releases it stays loaded as long as the bytes (kept in their owner).
     let value = unsafe { value.into_bytes(Arc::clone(state.library)) };
-    // SAFETY: the key is borrowed for the call.
-    let key = match unsafe { key.to_str() } {
+    // SAFETY: the plugin borrows the key and its sink for the call.
+    let key = match unsafe { context_key(key, errors) } {
         Ok(k) => k,
-        Err(_) => {
-            // SAFETY: the plugin's sink is valid for the call.
-            unsafe { ErrorSink::report(errors, "the key is not UTF-8") };
-            return abi::STATUS_ERROR;
-        }
+        Err(status) => return status,
     };
-    match (state.emit)(key, value) {
-        Ok(()) => abi::STATUS_OK,
-        Err(message) => {
-            // SAFETY: as above.
-            unsafe { ErrorSink::report(errors, &message) };
-            abi::STATUS_ERROR
-        }
-    }
+    // SAFETY: as above.
+    unsafe { status((state.emit)(key, value), errors) }
 }
 
 impl Instance {
