@@ -41,6 +41,18 @@ pub enum KvSystem {
     Etcd,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvOp {
+    Put,
+    Get,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvStore {
+    Volatile,
+    Persistent,
+}
+
 #[derive(Debug, Serialize)]
 struct Row {
     bench: &'static str,
@@ -64,6 +76,13 @@ enum Workload {
 }
 
 impl Workload {
+    fn op(self) -> KvOp {
+        match self {
+            Workload::SquallGet { .. } | Workload::RedisGet | Workload::EtcdGet => KvOp::Get,
+            _ => KvOp::Put,
+        }
+    }
+
     fn system(self) -> &'static str {
         match self {
             Workload::SquallPut { .. } | Workload::SquallGet { .. } => "squall",
@@ -311,6 +330,14 @@ async fn bench_squall(args: &KvArgs, dir: &Path) -> Result<Vec<Row>> {
     for &size in &args.sizes {
         for &clients in &args.clients {
             for persistent in [false, true] {
+                let store = if persistent {
+                    KvStore::Persistent
+                } else {
+                    KvStore::Volatile
+                };
+                if !args.stores.contains(&store) {
+                    continue;
+                }
                 let pool = if persistent { "/demo" } else { "/cache" };
                 let mut conns = Vec::new();
                 for c in 0..clients {
@@ -323,6 +350,9 @@ async fn bench_squall(args: &KvArgs, dir: &Path) -> Result<Vec<Row>> {
                 let conns = Arc::new(conns);
                 let blob = value(size);
                 for get in [false, true] {
+                    if !args.ops.contains(if get { &KvOp::Get } else { &KvOp::Put }) {
+                        continue;
+                    }
                     let (conns, blob) = (Arc::clone(&conns), blob.clone());
                     let workload = if get {
                         Workload::SquallGet { persistent }
@@ -493,6 +523,9 @@ async fn bench_redis(args: &KvArgs, dir: &Path) -> Result<Vec<Row>> {
                 },
                 Workload::RedisGet,
             ] {
+                if !args.ops.contains(&workload.op()) {
+                    continue;
+                }
                 let mut conns = Vec::new();
                 for _ in 0..clients {
                     conns.push(tokio::sync::Mutex::new(Redis::connect(primary).await?));
@@ -664,6 +697,9 @@ async fn bench_etcd(args: &KvArgs, dir: &Path) -> Result<Vec<Row>> {
     for &size in &args.sizes {
         for &clients in &args.clients {
             for workload in [Workload::EtcdPut, Workload::EtcdGet] {
+                if !args.ops.contains(&workload.op()) {
+                    continue;
+                }
                 let mut conns = Vec::new();
                 for c in 0..clients {
                     let addr = members[c % members.len()].0;

@@ -99,6 +99,18 @@ pub struct KvArgs {
     /// Measure only these systems (default: all three).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub systems: Vec<kv::KvSystem>,
+    /// Measure only these operations (default: puts and gets). A profile of one case
+    /// runs `--ops put --stores persistent` long enough to attach to.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "put,get")]
+    pub ops: Vec<kv::KvOp>,
+    /// Squall pools measured (default: both; peers have one kind each).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "volatile,persistent"
+    )]
+    pub stores: Vec<kv::KvStore>,
     /// One JSON object per line per measured case instead of a table.
     #[arg(long)]
     pub json: bool,
