@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::service::{Command, Reply};
 use crate::wire::{
@@ -91,15 +91,80 @@ async fn read_frame(
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Option<Frame>, String> {
+    match read_frame_or_skip(stream, buf, max).await? {
+        Some(Ok(frame)) => Ok(Some(frame)),
+        Some(Err(oversized)) => Err(oversized.to_string()),
+        None => Ok(None),
+    }
+}
+
+/// A request frame over the limit, read past without buffering it.
+#[derive(Debug)]
+struct Oversized {
+    request_id: Option<u64>,
+    error: WireError,
+}
+
+impl std::fmt::Display for Oversized {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused: {}", self.error)
+    }
+}
+
+/// Like [`read_frame`], but a request over the limit is skipped (its bytes read and
+/// dropped, never held) and reported with its request id, so the connection can answer
+/// that one request `TooLarge` and go on: a client writing a large value learns why,
+/// instead of losing its connection mid-write and retrying elsewhere.
+async fn read_frame_or_skip(
+    stream: &mut (impl AsyncReadExt + Unpin),
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<Result<Frame, Oversized>>, String> {
     loop {
         match wire::split_frame(buf, max) {
             Ok(Some(body)) => {
                 return wire::decode_frame(body)
-                    .map(Some)
+                    .map(|f| Some(Ok(f)))
                     .map_err(|e| format!("malformed frame: {e}"));
             }
             Ok(None) => {}
-            Err(e @ WireError::TooLarge { .. }) => return Err(format!("refused: {e}")),
+            Err(error @ WireError::TooLarge { len, .. }) => {
+                // The kind byte and request id, then the rest is dropped as it comes.
+                while buf.len() < 4 + 9 {
+                    if stream
+                        .read_buf(buf)
+                        .await
+                        .map_err(|e| format!("read: {e}"))?
+                        == 0
+                    {
+                        return Err("the client closed mid-frame".to_string());
+                    }
+                }
+                let request_id = (buf[4] == wire::FRAME_REQUEST).then(|| {
+                    let mut id = [0u8; 8];
+                    id.copy_from_slice(&buf[5..13]);
+                    u64::from_le_bytes(id)
+                });
+                let mut left = (4 + len).saturating_sub(buf.len());
+                if left == 0 {
+                    let _ = buf.split_to(4 + len);
+                } else {
+                    buf.clear();
+                }
+                let mut scratch = vec![0u8; 64 << 10];
+                while left > 0 {
+                    let want = left.min(scratch.len());
+                    let n = stream
+                        .read(&mut scratch[..want])
+                        .await
+                        .map_err(|e| format!("read: {e}"))?;
+                    if n == 0 {
+                        return Err("the client closed mid-frame".to_string());
+                    }
+                    left -= n;
+                }
+                return Ok(Some(Err(Oversized { request_id, error })));
+            }
             Err(e) => return Err(format!("malformed frame: {e}")),
         }
         buf.reserve(64 << 10);
@@ -203,8 +268,39 @@ async fn connection(
         return Err("writer ended".to_string());
     }
     let result = loop {
-        let frame = match read_frame(&mut reader, &mut buf, cfg.frame_bytes_max).await {
-            Ok(Some(frame)) => frame,
+        let frame = match read_frame_or_skip(&mut reader, &mut buf, cfg.frame_bytes_max).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(Oversized {
+                request_id: Some(request_id),
+                error,
+            }))) => {
+                debug!(%peer, %error, "answered an oversized request TooLarge");
+                let response = Response::error(
+                    ErrorCode::TooLarge,
+                    format!("refused: {error} (limits.frame_bytes_max)"),
+                );
+                if out_tx
+                    .send(Frame::Response {
+                        request_id,
+                        response,
+                    })
+                    .await
+                    .is_err()
+                {
+                    break Err("writer ended".to_string());
+                }
+                continue;
+            }
+            Ok(Some(Err(oversized))) => {
+                let reason = oversized.to_string();
+                warn!(%peer, %reason, "dropping a client");
+                let _ = out_tx
+                    .send(Frame::Refused {
+                        reason: reason.clone(),
+                    })
+                    .await;
+                break Err(reason);
+            }
             Ok(None) => break Ok(()),
             Err(reason) => {
                 warn!(%peer, %reason, "dropping a client");

@@ -622,12 +622,13 @@ impl Service {
                 Response::Done
             } else {
                 match op {
-                    Op::CreatePool { spec, .. } => {
-                        match self.pools.create(spec, &self.cfg.shards) {
+                    Op::CreatePool { spec, .. } => match self.pool_kind_error(&spec) {
+                        Some(refused) => refused,
+                        None => match self.pools.create(spec, &self.cfg.shards) {
                             Ok(()) => Response::Done,
                             Err(e) => pool_error(&e),
-                        }
-                    }
+                        },
+                    },
                     Op::RemovePool { path, .. } => match self.pools.remove(&path) {
                         Ok(_) => Response::Done,
                         Err(e) => pool_error(&e),
@@ -1006,6 +1007,26 @@ impl Service {
         self.reads.insert(token, (request, reply));
     }
 
+    /// A pool must live in a subgroup that stores its kind: a "persistent" pool in a
+    /// volatile subgroup would keep no versions. Every node's layout is the same, so
+    /// every replica decides this alike.
+    fn pool_kind_error(&self, spec: &PoolSpec) -> Option<Response> {
+        let held = self.cfg.kinds.get(spec.subgroup as usize)?;
+        if spec.subgroup == 0 || *held == spec.kind {
+            return None;
+        }
+        Some(Response::error(
+            ErrorCode::InvalidPool,
+            format!(
+                "subgroup {} stores {} pools; a {} pool needs a {} subgroup",
+                spec.subgroup,
+                held.name(),
+                spec.kind.name(),
+                spec.kind.name()
+            ),
+        ))
+    }
+
     /// Reads of this replica's current state (the caller has waited for the barrier) or
     /// of its past.
     fn local_read(&self, request: Request) -> Response {
@@ -1317,6 +1338,9 @@ impl Service {
                     }
                     Op::CreatePool { spec, .. } => {
                         // Check now for a fast, clear error; the delivery decides.
+                        if let Some(refused) = self.pool_kind_error(spec) {
+                            return answer(reply, refused);
+                        }
                         let mut trial = self.pools.clone();
                         if let Err(e) = trial.create(spec.clone(), &self.cfg.shards) {
                             return answer(reply, pool_error(&e));

@@ -177,6 +177,101 @@ struct StoredUdl {
     /// `Err`: why this node could not load it (every node reports it the same way
     /// unless its disk failed).
     plugin: Result<Plugin, String>,
+    /// A Python UDL: the host's configuration keys (`python_path`, `module`,
+    /// `entry_class`) added to each vertex's configuration of it.
+    python: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// How an uploaded Python UDL begins: this line, a JSON [`PythonManifest`] line, then
+/// the module's source (`format: "py"`) or a zip of a package (`"zip"`).
+pub const PYTHON_BUNDLE_MAGIC: &[u8] = b"SQUALL-PYUDL/1\n";
+
+/// What a Python UDL upload says about itself.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PythonManifest {
+    pub uuid: String,
+    /// The module to import (dotted, for a module inside a zipped package).
+    pub module: String,
+    pub entry_class: String,
+    /// `"py"` (one module file) or `"zip"` (a zip on `sys.path`).
+    pub format: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// The UUID a Python UDL gets unless its uploader names one: derived from its module and
+/// class, so uploading a new version of the same class replaces the old one.
+pub fn python_udl_uuid(module: &str, entry_class: &str) -> String {
+    let h =
+        xxhash_rust::xxh3::xxh3_128(format!("squall-python-udl:{module}:{entry_class}").as_bytes());
+    let hex = format!("{h:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// Packs a Python UDL for upload.
+pub fn python_bundle(manifest: &PythonManifest, payload: &[u8]) -> Vec<u8> {
+    let mut out = PYTHON_BUNDLE_MAGIC.to_vec();
+    out.extend_from_slice(&serde_json::to_vec(manifest).unwrap_or_default());
+    out.push(b'\n');
+    out.extend_from_slice(payload);
+    out
+}
+
+fn is_dotted_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+/// `Ok(None)`: not a Python bundle. `Err`: a Python bundle that is malformed.
+pub fn parse_python_bundle(bytes: &[u8]) -> Result<Option<(PythonManifest, &[u8])>, String> {
+    let Some(rest) = bytes.strip_prefix(PYTHON_BUNDLE_MAGIC) else {
+        return Ok(None);
+    };
+    let end = rest
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("a Python UDL upload without its manifest line")?;
+    let manifest: PythonManifest = serde_json::from_slice(&rest[..end])
+        .map_err(|e| format!("a Python UDL manifest that does not parse: {e}"))?;
+    if !squall_udl_host::plugin::is_uuid(&manifest.uuid) {
+        return Err(format!(
+            "the Python UDL's uuid {:?} is not 8-4-4-4-12 hex digits",
+            manifest.uuid
+        ));
+    }
+    if !is_dotted_identifier(&manifest.module) {
+        return Err(format!(
+            "module {:?} is not a Python module name",
+            manifest.module
+        ));
+    }
+    if !is_dotted_identifier(&manifest.entry_class) || manifest.entry_class.contains('.') {
+        return Err(format!(
+            "entry class {:?} is not a Python class name",
+            manifest.entry_class
+        ));
+    }
+    if manifest.format != "py" && manifest.format != "zip" {
+        return Err(format!(
+            "format {:?}: expected \"py\" or \"zip\"",
+            manifest.format
+        ));
+    }
+    Ok(Some((manifest, &rest[end + 1..])))
 }
 
 /// A vertex's use of one UDL.
@@ -219,6 +314,17 @@ pub fn checksum(plugin: &[u8]) -> u64 {
 /// Loads `plugin` from a scratch file in `dir` to check it, and returns its UUID and
 /// description: what the node does before it accepts an upload.
 pub fn inspect(dir: &std::path::Path, plugin: &[u8]) -> Result<(String, String), String> {
+    if let Some((manifest, payload)) = parse_python_bundle(plugin)? {
+        if manifest.format == "py" && std::str::from_utf8(payload).is_err() {
+            return Err(format!("module {} is not UTF-8 text", manifest.module));
+        }
+        let description = if manifest.description.is_empty() {
+            format!("Python UDL {}.{}", manifest.module, manifest.entry_class)
+        } else {
+            manifest.description.clone()
+        };
+        return Ok((manifest.uuid.to_ascii_lowercase(), description));
+    }
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let path = dir.join(format!("inspect-{:016x}.so", checksum(plugin)));
     std::fs::write(&path, plugin).map_err(|e| format!("writing {}: {e}", path.display()))?;
@@ -306,13 +412,26 @@ impl UdlRuntime {
     /// Stores a plugin (replacing one with the same UUID): every vertex using it gets a
     /// new instance; invocations in flight finish on the old one.
     pub fn put_udl(&mut self, uuid: &str, name: &str, sum: u64, plugin: &Bytes) {
+        let mut python = None;
         let loaded = if checksum(plugin) != sum {
             Err(format!(
                 "checksum mismatch: stored {sum:016x}, computed {:016x}",
                 checksum(plugin)
             ))
         } else {
-            self.load(uuid, sum, plugin)
+            match parse_python_bundle(plugin) {
+                Ok(Some((manifest, payload))) => {
+                    match self.unpack_python(uuid, sum, &manifest, payload) {
+                        Ok(config) => {
+                            python = Some(config);
+                            squall_udl_host::python::host_plugin()
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Ok(None) => self.load(uuid, sum, plugin),
+                Err(e) => Err(e),
+            }
         };
         if let Err(e) = &loaded {
             warn!(%uuid, error = %e, "cannot load a stored UDL");
@@ -326,9 +445,37 @@ impl UdlRuntime {
                 checksum: sum,
                 bytes: plugin.len(),
                 plugin: loaded,
+                python,
             },
         );
         self.rebuild();
+    }
+
+    /// Writes a Python UDL's code where its interpreter will import it from (a new
+    /// directory per version) and returns the host configuration that finds it.
+    fn unpack_python(
+        &self,
+        uuid: &str,
+        sum: u64,
+        manifest: &PythonManifest,
+        payload: &[u8],
+    ) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        let dir = self.dir.join("python").join(format!("{uuid}-{sum:016x}"));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let top = manifest.module.split('.').next().unwrap_or_default();
+        let (file, path_entry) = match manifest.format.as_str() {
+            "zip" => {
+                let f = dir.join(format!("{top}.zip"));
+                (f.clone(), f)
+            }
+            _ => (dir.join(format!("{top}.py")), dir.clone()),
+        };
+        std::fs::write(&file, payload).map_err(|e| format!("writing {}: {e}", file.display()))?;
+        let mut config = serde_json::Map::new();
+        config.insert("python_path".into(), json!([path_entry.to_string_lossy()]));
+        config.insert("module".into(), json!(manifest.module));
+        config.insert("entry_class".into(), json!(manifest.entry_class));
+        Ok(config)
     }
 
     fn load(&self, uuid: &str, sum: u64, plugin: &Bytes) -> Result<Plugin, String> {
@@ -386,7 +533,10 @@ impl UdlRuntime {
             .iter()
             .flat_map(|d| d.vertices.iter())
             .flat_map(|v| v.udls.iter())
-            .filter(|u| !self.udls.contains_key(&u.uuid))
+            .filter(|u| {
+                !self.udls.contains_key(&u.uuid)
+                    && u.uuid != squall_udl_host::python::PYTHON_UDL_UUID
+            })
             .map(|u| u.uuid.clone())
             .collect();
         unknown.sort();
@@ -400,8 +550,28 @@ impl UdlRuntime {
         for dfg in self.dfgs.values() {
             for vertex in &dfg.vertices {
                 for udl in &vertex.udls {
-                    let instance = match self.udls.get(&udl.uuid).map(|u| &u.plugin) {
-                        Some(Ok(plugin)) => match plugin.instantiate(&udl.config.to_string()) {
+                    let stored = self.udls.get(&udl.uuid);
+                    let plugin = match stored {
+                        Some(u) => u.plugin.clone(),
+                        // Cascade's Python UDL, named directly: its configuration says
+                        // where the module is.
+                        None if udl.uuid == squall_udl_host::python::PYTHON_UDL_UUID => {
+                            squall_udl_host::python::host_plugin()
+                        }
+                        None => Err("not stored".to_string()),
+                    };
+                    let mut config = udl.config.clone();
+                    if let (Some(extra), serde_json::Value::Object(map)) =
+                        (stored.and_then(|u| u.python.as_ref()), &mut config)
+                    {
+                        for (k, v) in extra {
+                            map.insert(k.clone(), v.clone());
+                        }
+                    } else if let Some(extra) = stored.and_then(|u| u.python.as_ref()) {
+                        config = serde_json::Value::Object(extra.clone());
+                    }
+                    let instance = match &plugin {
+                        Ok(plugin) => match plugin.instantiate(&config.to_string()) {
                             Ok(i) => Some(Arc::new(i)),
                             Err(e) => {
                                 warn!(dfg = %dfg.id, vertex = %vertex.pathname, error = %e, "cannot instantiate a UDL");
@@ -743,10 +913,15 @@ impl UdlRuntime {
             .udls
             .iter()
             .map(|(uuid, u)| {
-                let (description, sdk, error) = match &u.plugin {
+                let (mut description, sdk, error) = match &u.plugin {
                     Ok(p) => (p.description.clone(), p.sdk_version.clone(), None),
                     Err(e) => (String::new(), String::new(), Some(e.clone())),
                 };
+                if let Some(py) = &u.python {
+                    let field = |k: &str| py.get(k).and_then(|v| v.as_str()).unwrap_or("?");
+                    description =
+                        format!("Python UDL {}.{}", field("module"), field("entry_class"));
+                }
                 // Over every vertex using it, on this node.
                 let metrics = self.engine.metrics();
                 let (mut invocations, mut errors) = (0u64, 0u64);

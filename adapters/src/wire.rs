@@ -20,7 +20,9 @@ pub const PROTOCOL_VERSION: u16 = 1;
 const FRAME_HELLO: u8 = 1;
 const FRAME_WELCOME: u8 = 2;
 const FRAME_REFUSED: u8 = 3;
-const FRAME_REQUEST: u8 = 4;
+/// The kind byte of a request frame (the server reads it off an oversized frame to
+/// answer that request with `TooLarge`).
+pub const FRAME_REQUEST: u8 = 4;
 const FRAME_RESPONSE: u8 = 5;
 const FRAME_EVENT: u8 = 6;
 

@@ -196,8 +196,9 @@ async fn every_operation_and_its_errors_on_a_real_cluster() {
     let huge = Bytes::from(vec![0u8; (1 << 20) + 1]);
     let too_large = c.put("/demo/huge", huge).await.expect_err("over the limit");
     assert_eq!(code(&too_large), Some(ErrorCode::TooLarge), "{too_large}");
-    // A frame over the node's limit: the node says why and closes; the client fails the
-    // request with that reason instead of retrying it as a lost connection.
+    // A frame over the node's limit: the node reads past it and answers that request
+    // TooLarge; the client fails it with that reason instead of retrying it as a lost
+    // connection, and the connection goes on.
     let too_large = c
         .put("/demo/huge", Bytes::from(vec![0u8; 2 << 20]))
         .await

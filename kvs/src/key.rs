@@ -62,8 +62,11 @@ fn validate_path(path: &str) -> Result<(), KeyError> {
 }
 
 /// `ancestor` is `path` or one of its ancestors, segment-wise (`/a` contains `/a/b`, not
-/// `/ab`).
+/// `/ab`). A prefix written as a directory (`/a/`) contains what is below it.
 pub fn contains(ancestor: &str, path: &str) -> bool {
+    if ancestor.ends_with('/') {
+        return path.starts_with(ancestor);
+    }
     path == ancestor
         || path
             .strip_prefix(ancestor)
@@ -73,6 +76,17 @@ pub fn contains(ancestor: &str, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefixes_contain_paths_segment_wise() {
+        assert!(contains("/a", "/a"));
+        assert!(contains("/a", "/a/b"));
+        assert!(!contains("/a", "/ab"));
+        assert!(contains("/a/", "/a/b"));
+        assert!(contains("/a/", "/a/b/c"));
+        assert!(!contains("/a/", "/ab"));
+        assert!(contains("/", "/a"));
+    }
 
     #[test]
     fn keys_are_absolute_clean_paths() {

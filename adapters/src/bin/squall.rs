@@ -23,6 +23,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use squall_adapters::client::{Client, Policy};
 use squall_adapters::config::{self, Config};
+use squall_adapters::udl;
 use squall_adapters::wire::{At, ErrorCode, WireObject};
 use squall_kvs::{Condition, PoolSpec, StoreKind};
 use squall_platform::Version;
@@ -61,6 +62,12 @@ enum Cmd {
         /// Where the nodes keep their data (kept across runs: a restart recovers it).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Node i listens for clients on this port + i.
+        #[arg(long, default_value_t = CLIENT_BASE_PORT)]
+        client_port: u16,
+        /// Node i listens for its peers on this port + i.
+        #[arg(long, default_value_t = PEER_BASE_PORT)]
+        peer_port: u16,
     },
     /// Start a local cluster, show puts, gets, a time-travel read and a watch, then stop.
     Demo {
@@ -127,13 +134,22 @@ enum Cmd {
 
 #[derive(Subcommand, Debug)]
 enum UdlCmd {
-    /// Upload a plugin library (`.so`); it replaces a stored one with the same UUID on
-    /// every node, without a restart.
+    /// Upload a plugin library (`.so`), or a Python UDL (a module `.py`, or a `.zip` of
+    /// a package, with `--entry`); it replaces a stored one with the same UUID on every
+    /// node, without a restart.
     Upload {
         file: PathBuf,
         /// A name to list it by (default: the file name).
         #[arg(long)]
         name: Option<String>,
+        /// Python UDLs: the class to run, `Class` (in the module the file is) or
+        /// `module:Class` (a module inside a zipped package).
+        #[arg(long)]
+        entry: Option<String>,
+        /// Python UDLs: the UUID DFGs name it by (default: derived from module and
+        /// class, so a new version replaces the old).
+        #[arg(long)]
+        uuid: Option<String>,
     },
     Ls,
     Rm {
@@ -214,9 +230,14 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             Ok(())
         }
-        Cmd::Up { nodes, data } => {
+        Cmd::Up {
+            nodes,
+            data,
+            client_port,
+            peer_port,
+        } => {
             let data = data.unwrap_or_else(|| std::env::temp_dir().join("squall-up"));
-            let mut cluster = LocalCluster::start(nodes, &data)?;
+            let mut cluster = LocalCluster::start(nodes, &data, (peer_port, client_port))?;
             cluster.print();
             println!("Ctrl-C stops the cluster.");
             wait_for_ctrl_c()?;
@@ -226,7 +247,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Demo { nodes, data } => {
             let data = data.unwrap_or_else(|| std::env::temp_dir().join("squall-demo"));
             let _ = std::fs::remove_dir_all(&data);
-            let mut cluster = LocalCluster::start(nodes, &data)?;
+            let ports = (PEER_BASE_PORT, CLIENT_BASE_PORT);
+            let mut cluster = LocalCluster::start(nodes, &data, ports)?;
             cluster.print();
             let result = tokio::runtime::Runtime::new()?.block_on(demo(&cluster.client_addrs()));
             cluster.stop();
@@ -384,13 +406,44 @@ async fn client_command(cluster: &str, token: Option<String>, command: Cmd) -> R
             }
         }
         Cmd::Udl { command } => match command {
-            UdlCmd::Upload { file, name } => {
-                let plugin =
+            UdlCmd::Upload {
+                file,
+                name,
+                entry,
+                uuid,
+            } => {
+                let bytes =
                     std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
                 let name = name.unwrap_or_else(|| {
                     file.file_name()
                         .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
                 });
+                let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
+                let plugin = match (ext, entry) {
+                    ("py" | "zip", Some(entry)) => {
+                        let stem = file
+                            .file_stem()
+                            .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+                        let (module, class) = match entry.split_once(':') {
+                            Some((m, c)) => (m.to_string(), c.to_string()),
+                            None => (stem, entry),
+                        };
+                        let uuid = uuid.unwrap_or_else(|| udl::python_udl_uuid(&module, &class));
+                        let manifest = udl::PythonManifest {
+                            uuid: uuid.clone(),
+                            module,
+                            entry_class: class,
+                            format: ext.to_string(),
+                            description: String::new(),
+                        };
+                        println!("Python UDL {uuid}");
+                        udl::python_bundle(&manifest, &bytes)
+                    }
+                    ("py" | "zip", None) => {
+                        bail!("a Python UDL needs --entry Class (or module:Class)")
+                    }
+                    _ => bytes,
+                };
                 client.upload_udl(&name, Bytes::from(plugin)).await?;
                 println!("UDL {name} uploaded");
             }
@@ -462,9 +515,10 @@ struct LocalCluster {
 }
 
 impl LocalCluster {
-    fn start(nodes: u32, data: &Path) -> Result<LocalCluster> {
+    /// `ports`: the peer and client ports of node 0 (node i adds i).
+    fn start(nodes: u32, data: &Path, ports: (u16, u16)) -> Result<LocalCluster> {
         std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-        let configs = config::try_local_cluster(nodes, PEER_BASE_PORT, CLIENT_BASE_PORT, data)?;
+        let configs = config::try_local_cluster(nodes, ports.0, ports.1, data)?;
         let exe = std::env::current_exe()?;
         let mut cluster = LocalCluster {
             children: Vec::new(),

@@ -1,0 +1,227 @@
+//! The values calls return: objects, pools, members and watch events.
+
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use squall_adapters::wire::{MemberInfo, WatchEvent, WireObject};
+use squall_kvs::PoolSpec;
+use tokio::sync::{Mutex, mpsc};
+
+use crate::buffer::Blob;
+use crate::call::{Call, Out};
+
+/// One version of a key. `value` is a read-only buffer over the received bytes:
+/// `memoryview(obj.value)` and `numpy.frombuffer(obj.value, dtype)` do not copy.
+#[pyclass(module = "squall._native", frozen, get_all)]
+pub struct Object {
+    pub key: String,
+    /// The shard version (an int; `squall.format_version` shows it as `v<view>:<seq>`).
+    pub version: u64,
+    pub timestamp_us: u64,
+    /// The shard's previous version (`None` for its first).
+    pub previous_version: Option<u64>,
+    /// This key's previous version (`None` for its first).
+    pub previous_version_by_key: Option<u64>,
+    pub value: Py<Blob>,
+}
+
+impl From<WireObject> for Object {
+    fn from(o: WireObject) -> Object {
+        let value = Python::attach(|py| Py::new(py, Blob::new(o.blob)))
+            .expect("allocating a Blob (out of memory)");
+        Object {
+            key: o.key,
+            version: o.version.0,
+            timestamp_us: o.timestamp_us,
+            previous_version: o.previous_version.map(|v| v.0),
+            previous_version_by_key: o.previous_key_version.map(|v| v.0),
+            value,
+        }
+    }
+}
+
+#[pymethods]
+impl Object {
+    fn __repr__(&self) -> String {
+        format!(
+            "Object(key={:?}, version={}, timestamp_us={}, {} bytes)",
+            self.key,
+            crate::format_version(self.version),
+            self.timestamp_us,
+            self.value.get().bytes.len()
+        )
+    }
+
+    /// The value as `bytes` (a copy).
+    fn tobytes<'py>(&self, py: Python<'py>) -> Bound<'py, pyo3::types::PyBytes> {
+        pyo3::types::PyBytes::new(py, &self.value.get().bytes)
+    }
+
+    fn __len__(&self) -> usize {
+        self.value.get().bytes.len()
+    }
+}
+
+/// An object pool: a key prefix and where its objects live.
+#[pyclass(module = "squall._native", frozen, get_all)]
+pub struct Pool {
+    pub path: String,
+    /// `"volatile"`, `"persistent"` or `"trigger"`.
+    pub kind: String,
+    pub subgroup: u32,
+    /// Shards the pool spreads over (0: all of its subgroup's).
+    pub shards: u32,
+    pub affinity: Option<String>,
+    pub overrides: Py<PyDict>,
+}
+
+impl From<PoolSpec> for Pool {
+    fn from(p: PoolSpec) -> Pool {
+        let overrides = Python::attach(|py| {
+            let d = PyDict::new(py);
+            for (k, v) in &p.overrides {
+                d.set_item(k, v).expect("inserting into a new dict");
+            }
+            d.unbind()
+        });
+        Pool {
+            path: p.path,
+            kind: p.kind.name().to_string(),
+            subgroup: p.subgroup,
+            shards: p.shards,
+            affinity: p.affinity,
+            overrides,
+        }
+    }
+}
+
+#[pymethods]
+impl Pool {
+    fn __repr__(&self) -> String {
+        format!(
+            "Pool(path={:?}, kind={:?}, subgroup={}, shards={})",
+            self.path, self.kind, self.subgroup, self.shards
+        )
+    }
+}
+
+/// A member of the current view.
+#[pyclass(module = "squall._native", frozen, get_all)]
+pub struct Member {
+    pub node: u32,
+    pub incarnation: u32,
+    /// `host:port` its clients connect to.
+    pub client_addr: String,
+}
+
+impl From<MemberInfo> for Member {
+    fn from(m: MemberInfo) -> Member {
+        Member {
+            node: m.node,
+            incarnation: m.incarnation,
+            client_addr: m.client_addr,
+        }
+    }
+}
+
+#[pymethods]
+impl Member {
+    fn __repr__(&self) -> String {
+        format!(
+            "Member(node={}, incarnation={}, client_addr={:?})",
+            self.node, self.incarnation, self.client_addr
+        )
+    }
+}
+
+/// A change under a watched prefix: a new version, or a removal (`value` is `None`).
+#[pyclass(name = "WatchEvent", module = "squall._native", frozen, get_all)]
+pub struct WatchEventPy {
+    pub key: String,
+    pub version: u64,
+    pub timestamp_us: u64,
+    pub value: Option<Py<Blob>>,
+}
+
+impl From<WatchEvent> for WatchEventPy {
+    fn from(e: WatchEvent) -> WatchEventPy {
+        let value = e
+            .blob
+            .map(|b| Python::attach(|py| Py::new(py, Blob::new(b))).expect("allocating a Blob"));
+        WatchEventPy {
+            key: e.key,
+            version: e.version.0,
+            timestamp_us: e.timestamp_us,
+            value,
+        }
+    }
+}
+
+#[pymethods]
+impl WatchEventPy {
+    #[getter]
+    fn removed(&self) -> bool {
+        self.value.is_none()
+    }
+
+    fn __repr__(&self) -> String {
+        match &self.value {
+            Some(v) => format!(
+                "WatchEvent(key={:?}, version={}, {} bytes)",
+                self.key,
+                crate::format_version(self.version),
+                v.get().bytes.len()
+            ),
+            None => format!(
+                "WatchEvent(key={:?}, version={}, removed)",
+                self.key,
+                crate::format_version(self.version)
+            ),
+        }
+    }
+}
+
+/// The stream of a `watch`: each `next()` is a call producing the next event, or `None`
+/// once the stream ended (a node dropped it or a connection closed: watch again).
+#[pyclass(module = "squall._native", frozen)]
+pub struct Watch {
+    events: Arc<Mutex<mpsc::Receiver<WatchEvent>>>,
+}
+
+impl Watch {
+    pub fn new(rx: mpsc::Receiver<WatchEvent>) -> Watch {
+        Watch {
+            events: Arc::new(Mutex::new(rx)),
+        }
+    }
+}
+
+#[pymethods]
+impl Watch {
+    /// The next event; with `timeout_s`, `TimeoutError` if none came in time.
+    #[pyo3(signature = (timeout_s=None))]
+    fn next(&self, timeout_s: Option<f64>) -> Call {
+        let events = Arc::clone(&self.events);
+        Call::new(async move {
+            let mut rx = events.lock().await;
+            match timeout_s {
+                None => Ok(Out::Event(rx.recv().await)),
+                Some(t) => {
+                    let limit = std::time::Duration::from_secs_f64(t.max(0.0));
+                    match tokio::time::timeout(limit, rx.recv()).await {
+                        Ok(e) => Ok(Out::Event(e)),
+                        Err(_) => Ok(Out::Timeout),
+                    }
+                }
+            }
+        })
+    }
+
+    /// Stops the watch (the nodes drop it when they next send).
+    fn close(&self) {
+        if let Ok(mut rx) = self.events.try_lock() {
+            rx.close();
+        }
+    }
+}
