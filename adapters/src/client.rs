@@ -32,6 +32,8 @@ use crate::wire::{
 pub const FRAME_BYTES_MAX: usize = 256 << 20;
 /// Attempts of one request across nodes before giving up.
 pub const ATTEMPTS_MAX: u32 = 30;
+/// How long every known node may refuse connections before a call gives up early.
+pub const ALL_DOWN_GIVE_UP: Duration = Duration::from_secs(3);
 /// How long one attempt waits for its answer before trying another node (a write keeps
 /// its message id, so a late first attempt and the retry apply once).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -526,6 +528,11 @@ impl Client {
         }
         let mut target: Option<String> = self.routed(route);
         let mut last = String::new();
+        // Nodes this call could not connect to, since when: once every known node has
+        // refused connections for a while, the cluster is down (not changing views) and
+        // waiting out every attempt would only delay the error.
+        let mut unreachable: Vec<String> = Vec::new();
+        let mut unreachable_since: Option<std::time::Instant> = None;
         for attempt in 0..ATTEMPTS_MAX {
             let addr = match &target {
                 Some(a) => a.clone(),
@@ -538,10 +545,30 @@ impl Client {
                 }
             };
             let conn = match self.conn(&addr).await {
-                Ok(c) => c,
+                Ok(c) => {
+                    unreachable.clear();
+                    unreachable_since = None;
+                    c
+                }
                 Err(e @ ClientError::Refused { .. }) => return Err(e),
                 Err(e) => {
                     last = e.to_string();
+                    if matches!(e, ClientError::Connect { .. }) {
+                        let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
+                        if !unreachable.contains(&addr) {
+                            unreachable.push(addr.clone());
+                        }
+                        let nodes = self.inner.nodes.lock().await.len();
+                        if unreachable.len() >= nodes && since.elapsed() >= ALL_DOWN_GIVE_UP {
+                            return Err(ClientError::Unavailable {
+                                attempts: attempt + 1,
+                                last: format!(
+                                    "no node of the cluster accepts connections ({} s); last: {last}",
+                                    ALL_DOWN_GIVE_UP.as_secs()
+                                ),
+                            });
+                        }
+                    }
                     target = None;
                     self.routing_changed();
                     tokio::time::sleep(backoff(attempt)).await;

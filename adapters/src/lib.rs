@@ -1,10 +1,12 @@
 //! The ways into Squall: [`config`] (one node's TOML configuration), [`node`] (the node:
 //! platform + object store service + client server), [`service`] (the object store
 //! service), [`udl`] (the node's UDL runtime), [`server`] and [`wire`] (the client
-//! protocol), [`client`] (the Rust client).
+//! protocol), [`client`] (the Rust client), [`http`] (REST API, metrics, dashboard).
 
 pub mod client;
 pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod node;
 pub mod server;
 pub mod service;

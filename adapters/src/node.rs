@@ -52,6 +52,8 @@ pub enum RunError {
     },
     #[error("starting the UDL engine: {0}")]
     Udl(#[from] squall_udl_host::engine::EngineError),
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// The platform layout of a config: the metadata subgroup, then the data subgroups.
@@ -219,6 +221,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         emits,
     ));
     let mut service = Service::new(service_cfg, handle.clone(), runtime);
+    let metrics = crate::metrics::NodeMetrics::new(&registry)?;
+    service.set_metrics(metrics.clone());
     // Only logged subgroups (metadata and persistent ones) have logs worth replaying.
     for (key, records) in &replays {
         if kinds.get(key.subgroup as usize) == Some(&StoreKind::Persistent) {
@@ -237,6 +241,31 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .iter()
             .map(|t| (t.token.clone(), t.role))
             .collect(),
+        metrics: Some(metrics),
+    };
+    let http = match config.node.http_addr {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Listen { addr, source })?;
+            let mut addrs = vec![config.node.client_addr.to_string()];
+            addrs.extend(
+                config
+                    .client_map()
+                    .values()
+                    .map(ToString::to_string)
+                    .filter(|a| *a != config.node.client_addr.to_string()),
+            );
+            let http_cfg = crate::http::HttpConfig {
+                node: me.node,
+                client_addrs: addrs,
+                tokens: server_cfg.tokens.clone(),
+                body_bytes_max: config.limits.frame_bytes_max,
+                registry: registry.clone(),
+            };
+            Some(tokio::spawn(crate::http::serve(listener, http_cfg)))
+        }
+        None => None,
     };
     let server = tokio::spawn(server::serve(client_listener, server_cfg, commands_tx));
     println!(
@@ -255,6 +284,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         _ = &mut service_task => {}
     }
     server.abort();
+    if let Some(http) = http {
+        http.abort();
+    }
     emitter.abort();
     client_calls.abort();
     Ok(())

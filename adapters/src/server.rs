@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub out_queue_max: usize,
     /// Tokens and their roles; none = open access (logged loudly at start).
     pub tokens: Vec<(String, Role)>,
+    /// Connections and requests are counted here when given.
+    pub metrics: Option<crate::metrics::NodeMetrics>,
 }
 
 impl ServerConfig {
@@ -77,8 +79,14 @@ pub async fn serve(listener: TcpListener, cfg: ServerConfig, commands: mpsc::Sen
         let cfg = Arc::clone(&cfg);
         let commands = commands.clone();
         tokio::spawn(async move {
+            if let Some(m) = &cfg.metrics {
+                m.client_connections.inc();
+            }
             if let Err(reason) = connection(stream, peer, &cfg, commands).await {
                 info!(%peer, %reason, "client connection closed");
+            }
+            if let Some(m) = &cfg.metrics {
+                m.client_connections.dec();
             }
             drop(permit);
         });
@@ -321,6 +329,11 @@ async fn connection(
         else {
             break Err("a client sent a frame other than a request".to_string());
         };
+        if let Some(m) = &cfg.metrics {
+            m.client_requests
+                .with_label_values(&[request.op_name()])
+                .inc();
+        }
         match request {
             Request::Watch { prefix } => {
                 let (events_tx, mut events) = mpsc::channel(cfg.watch_queue_max);

@@ -136,6 +136,8 @@ impl Drop for Reply {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionGone;
 
+/// How often pool sizes and process memory are sampled for metrics.
+const METRICS_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 /// How often a node tells its shards how far its `one` UDL work is done.
 pub const UDL_PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -255,6 +257,8 @@ pub struct Service {
     log_read_done: mpsc::Sender<LogReadDone>,
     log_read_done_rx: Option<mpsc::Receiver<LogReadDone>>,
     view: Option<Arc<View>>,
+    /// What `/metrics` and the dashboard show (absent in tests that build a bare service).
+    metrics: Option<crate::metrics::NodeMetrics>,
     waiting: HashMap<MessageId, Waiting>,
     tickets: HashMap<(u32, SendTicket), MessageId>,
     /// Answers waiting for their version to be durable on every replica.
@@ -349,6 +353,7 @@ impl Service {
             log_read_done,
             log_read_done_rx: Some(log_read_done_rx),
             view: None,
+            metrics: None,
             waiting: HashMap::new(),
             tickets: HashMap::new(),
             durable: BTreeMap::new(),
@@ -394,6 +399,34 @@ impl Service {
             .unwrap_or(StoreKind::Volatile)
     }
 
+    /// Counts into `metrics` from now on.
+    pub fn set_metrics(&mut self, metrics: crate::metrics::NodeMetrics) {
+        self.metrics = Some(metrics);
+    }
+
+    /// Samples what is not counted as it happens: pool sizes, memory.
+    fn sample_metrics(&self) {
+        let Some(m) = &self.metrics else { return };
+        m.sample();
+        for pool in self.pools.list() {
+            let g = pool.spec.subgroup;
+            let (mut objects, mut bytes) = (0usize, 0u64);
+            for ((sg, _), store) in &self.stores {
+                if *sg == g {
+                    let (n, b) = store.usage(&pool.spec.path);
+                    objects += n;
+                    bytes += b;
+                }
+            }
+            m.pool_objects
+                .with_label_values(&[pool.spec.path.as_str()])
+                .set(objects as i64);
+            m.pool_bytes
+                .with_label_values(&[pool.spec.path.as_str()])
+                .set(bytes as i64);
+        }
+    }
+
     pub async fn run(
         mut self,
         mut events: mpsc::Receiver<NodeEvent>,
@@ -402,6 +435,8 @@ impl Service {
     ) {
         let mut progress = tokio::time::interval(UDL_PROGRESS_INTERVAL);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sample = tokio::time::interval(METRICS_SAMPLE_INTERVAL);
+        sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let Some(mut log_read_done) = self.log_read_done_rx.take() else {
             return;
         };
@@ -411,6 +446,7 @@ impl Service {
                 Some(done) = udl_done.recv() => self.udl.job_done(done),
                 Some((token, result)) = log_read_done.recv() => self.finish_log_read(token, result),
                 _ = progress.tick() => self.announce_udl_progress().await,
+                _ = sample.tick() => self.sample_metrics(),
                 event = events.recv() => {
                     let Some(NodeEvent { event, .. }) = event else { break };
                     if !self.on_event(event).await {
@@ -446,6 +482,26 @@ impl Service {
             }
             AppEvent::GlobalPersisted { subgroup, version } => {
                 self.global.insert(subgroup, version);
+                if let Some(m) = &self.metrics {
+                    let g = subgroup.to_string();
+                    m.persisted_version
+                        .with_label_values(&[g.as_str()])
+                        .set(version.0 as i64);
+                    for ((sg, s), store) in &self.stores {
+                        if *sg != subgroup {
+                            continue;
+                        }
+                        let delivered = store.last_delivered().unwrap_or(version);
+                        let lag = if delivered.view_id() == version.view_id() {
+                            i64::from(delivered.seq().saturating_sub(version.seq()))
+                        } else {
+                            0
+                        };
+                        m.persistence_lag
+                            .with_label_values(&[g.as_str(), s.to_string().as_str()])
+                            .set(lag);
+                    }
+                }
                 let (ready, waiting): (Vec<StableWait>, Vec<StableWait>) =
                     std::mem::take(&mut self.stable_waits)
                         .into_iter()
@@ -555,6 +611,11 @@ impl Service {
 
     async fn on_view(&mut self, view: Arc<View>) {
         let me = self.cfg.me;
+        if let Some(m) = &self.metrics {
+            m.view_id.set(i64::from(view.id));
+            m.view_members.set(view.members.len() as i64);
+            m.view_changes.inc();
+        }
         // Stores of shards this node no longer holds are stale from now on.
         self.stores
             .retain(|(g, s), _| view.shard_of(*g as usize, me) == Some(*s as usize));
@@ -670,6 +731,28 @@ impl Service {
             .entry((subgroup, shard))
             .or_insert_with(|| ShardStore::new(kind, limits));
         let (outcome, duplicate) = store.apply(version, &op);
+        if let Some(m) = &self.metrics {
+            let (g, s) = (subgroup.to_string(), shard.to_string());
+            m.shard_delivered
+                .with_label_values(&[g.as_str(), s.as_str()])
+                .inc();
+            m.shard_version
+                .with_label_values(&[g.as_str(), s.as_str()])
+                .set(version.0 as i64);
+            let written = match &op {
+                Op::Put { key, .. } => Some((key, "put")),
+                Op::Remove { key, .. } => Some((key, "remove")),
+                _ => None,
+            };
+            if let (Some((key, what)), Outcome::Applied { .. }, false) =
+                (written, &outcome, duplicate)
+                && let Ok(pool) = self.pools.find(key)
+            {
+                m.pool_ops
+                    .with_label_values(&[pool.spec.path.as_str(), what])
+                    .inc();
+            }
+        }
         if let Op::UdlDone { member, below, .. } = &op {
             let member = MemberId::new((member >> 32) as u32, *member as u32);
             self.udl.done_by(subgroup, shard, member, *below);

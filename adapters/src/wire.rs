@@ -88,6 +88,27 @@ pub enum Request {
     Layout,
 }
 
+impl Request {
+    /// A short name for metrics and logs.
+    pub fn op_name(&self) -> &'static str {
+        match self {
+            Request::Write { .. } => "write",
+            Request::TriggerPut { .. } => "trigger_put",
+            Request::Get { .. } => "get",
+            Request::MultiGet { .. } => "multi_get",
+            Request::GetSize { .. } => "get_size",
+            Request::ListKeys { .. } => "list_keys",
+            Request::ListPools => "list_pools",
+            Request::FindPool { .. } => "find_pool",
+            Request::Members => "members",
+            Request::Watch { .. } => "watch",
+            Request::ListUdls => "list_udls",
+            Request::ListDfgs => "list_dfgs",
+            Request::Layout => "layout",
+        }
+    }
+}
+
 /// An object as a client sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WireObject {

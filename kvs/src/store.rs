@@ -425,6 +425,22 @@ impl ShardStore {
         keys
     }
 
+    /// The newest operation delivered to this shard (writes, duplicates, conflicts).
+    pub fn last_delivered(&self) -> Option<Version> {
+        self.last_delivered
+    }
+
+    /// Live keys under `prefix` and the bytes of their latest values (a pass over the
+    /// shard's keys: for metrics sampled now and then, not for every request).
+    pub fn usage(&self, prefix: &str) -> (usize, u64) {
+        self.keys
+            .iter()
+            .filter(|(k, e)| !e.latest.tombstone && crate::key::contains(prefix, k))
+            .fold((0, 0), |(n, b), (_, e)| {
+                (n + 1, b + e.latest.blob.len() as u64)
+            })
+    }
+
     pub fn key_count(&self) -> usize {
         self.keys.values().filter(|e| !e.latest.tombstone).count()
     }

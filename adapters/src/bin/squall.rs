@@ -30,6 +30,7 @@ use squall_platform::Version;
 
 const PEER_BASE_PORT: u16 = 7100;
 const CLIENT_BASE_PORT: u16 = 7200;
+const HTTP_BASE_PORT: u16 = 7300;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -68,6 +69,9 @@ enum Cmd {
         /// Node i listens for its peers on this port + i.
         #[arg(long, default_value_t = PEER_BASE_PORT)]
         peer_port: u16,
+        /// Node i serves its dashboard, REST API and metrics on this port + i (0: none).
+        #[arg(long, default_value_t = HTTP_BASE_PORT)]
+        http_port: u16,
     },
     /// Start a local cluster, show puts, gets, a time-travel read and a watch, then stop.
     Demo {
@@ -235,9 +239,11 @@ fn run(cli: Cli) -> Result<()> {
             data,
             client_port,
             peer_port,
+            http_port,
         } => {
             let data = data.unwrap_or_else(|| std::env::temp_dir().join("squall-up"));
-            let mut cluster = LocalCluster::start(nodes, &data, (peer_port, client_port))?;
+            let http = (http_port != 0).then_some(http_port);
+            let mut cluster = LocalCluster::start(nodes, &data, (peer_port, client_port, http))?;
             cluster.print();
             println!("Ctrl-C stops the cluster.");
             wait_for_ctrl_c()?;
@@ -247,7 +253,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Demo { nodes, data } => {
             let data = data.unwrap_or_else(|| std::env::temp_dir().join("squall-demo"));
             let _ = std::fs::remove_dir_all(&data);
-            let ports = (PEER_BASE_PORT, CLIENT_BASE_PORT);
+            let ports = (PEER_BASE_PORT, CLIENT_BASE_PORT, Some(HTTP_BASE_PORT));
             let mut cluster = LocalCluster::start(nodes, &data, ports)?;
             cluster.print();
             let result = tokio::runtime::Runtime::new()?.block_on(demo(&cluster.client_addrs()));
@@ -515,10 +521,17 @@ struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// `ports`: the peer and client ports of node 0 (node i adds i).
-    fn start(nodes: u32, data: &Path, ports: (u16, u16)) -> Result<LocalCluster> {
+    /// `ports`: the peer, client and HTTP ports of node 0 (node i adds i).
+    fn start(nodes: u32, data: &Path, ports: (u16, u16, Option<u16>)) -> Result<LocalCluster> {
         std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-        let configs = config::try_local_cluster(nodes, ports.0, ports.1, data)?;
+        let mut configs = config::try_local_cluster(nodes, ports.0, ports.1, data)?;
+        if let Some(base) = ports.2 {
+            for c in &mut configs {
+                let port = u16::try_from(u32::from(base) + c.node.id)
+                    .context("--http-port + node id is beyond the last port")?;
+                c.node.http_addr = Some(std::net::SocketAddr::new(c.node.client_addr.ip(), port));
+            }
+        }
         let exe = std::env::current_exe()?;
         let mut cluster = LocalCluster {
             children: Vec::new(),
@@ -585,6 +598,14 @@ impl LocalCluster {
                 c.node.id,
                 c.node.client_addr,
                 c.node.data_dir.display()
+            );
+        }
+        if let Some(http) = self.configs.first().and_then(|c| c.node.http_addr) {
+            println!(
+                "dashboard: {}  (REST API {}api/v1, metrics {}metrics)",
+                squall_adapters::http::dashboard_url(http),
+                squall_adapters::http::dashboard_url(http),
+                squall_adapters::http::dashboard_url(http)
             );
         }
         println!("pools: /demo (persistent), /cache (volatile)");

@@ -57,6 +57,21 @@ impl Cluster {
         }
     }
 
+    /// Gives every node an HTTP server (dashboard, REST API, metrics) on a free port.
+    pub fn with_http(&mut self) {
+        for cfg in &mut self.configs {
+            cfg.node.http_addr = Some(free_addr());
+        }
+    }
+
+    /// The HTTP address of `node` (after [`Cluster::with_http`]).
+    pub fn http_addr(&self, node: u32) -> SocketAddr {
+        self.configs[node as usize]
+            .node
+            .http_addr
+            .expect("with_http was called")
+    }
+
     pub fn start(&mut self, node: u32) {
         let cfg = &self.configs[node as usize];
         let path = self.dir.path().join(format!("n{node}.toml"));

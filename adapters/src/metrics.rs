@@ -1,0 +1,155 @@
+//! The node's Prometheus metrics beyond the UDL engine's (which registers its own):
+//! the view, each shard this node holds, each pool, the client server and the process.
+//! Everything the dashboard shows comes from these, through `/metrics` and
+//! `/api/v1/events`.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+#[derive(Clone, Debug)]
+pub struct NodeMetrics {
+    pub view_id: IntGauge,
+    pub view_members: IntGauge,
+    pub view_changes: IntCounter,
+    /// Operations applied per shard (delivered in order).
+    pub shard_delivered: IntCounterVec,
+    /// The shard's newest delivered version (`view << 32 | seq`).
+    pub shard_version: IntGaugeVec,
+    /// The subgroup's newest version durable on every replica.
+    pub persisted_version: IntGaugeVec,
+    /// Delivered messages of the current view not yet durable everywhere.
+    pub persistence_lag: IntGaugeVec,
+    /// Writes applied per pool and kind of operation.
+    pub pool_ops: IntCounterVec,
+    pub pool_objects: IntGaugeVec,
+    pub pool_bytes: IntGaugeVec,
+    pub client_requests: IntCounterVec,
+    pub client_connections: IntGauge,
+    pub resident_bytes: IntGauge,
+}
+
+fn metric<T: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    m: T,
+) -> prometheus::Result<T> {
+    registry.register(Box::new(m.clone()))?;
+    Ok(m)
+}
+
+impl NodeMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<NodeMetrics> {
+        let shard = &["subgroup", "shard"];
+        Ok(NodeMetrics {
+            view_id: metric(
+                registry,
+                IntGauge::new("squall_view_id", "The installed view")?,
+            )?,
+            view_members: metric(
+                registry,
+                IntGauge::new("squall_view_members", "Members of the installed view")?,
+            )?,
+            view_changes: metric(
+                registry,
+                IntCounter::new("squall_view_changes_total", "Views installed by this node")?,
+            )?,
+            shard_delivered: metric(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "squall_shard_delivered_total",
+                        "Operations delivered (applied in order) per shard held here",
+                    ),
+                    shard,
+                )?,
+            )?,
+            shard_version: metric(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "squall_shard_version",
+                        "Newest delivered version per shard held here (view << 32 | seq)",
+                    ),
+                    shard,
+                )?,
+            )?,
+            persisted_version: metric(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "squall_persisted_version",
+                        "Newest version durable on every replica, per subgroup",
+                    ),
+                    &["subgroup"],
+                )?,
+            )?,
+            persistence_lag: metric(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "squall_persistence_lag",
+                        "Delivered messages not yet durable on every replica, per shard",
+                    ),
+                    shard,
+                )?,
+            )?,
+            pool_ops: metric(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("squall_pool_ops_total", "Writes applied here per pool"),
+                    &["pool", "op"],
+                )?,
+            )?,
+            pool_objects: metric(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "squall_pool_objects",
+                        "Live keys per pool, in shards held here",
+                    ),
+                    &["pool"],
+                )?,
+            )?,
+            pool_bytes: metric(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "squall_pool_bytes",
+                        "Bytes of the latest values per pool, in shards held here",
+                    ),
+                    &["pool"],
+                )?,
+            )?,
+            client_requests: metric(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("squall_client_requests_total", "Client requests served"),
+                    &["op"],
+                )?,
+            )?,
+            client_connections: metric(
+                registry,
+                IntGauge::new("squall_client_connections", "Open client connections")?,
+            )?,
+            resident_bytes: metric(
+                registry,
+                IntGauge::new(
+                    "squall_process_resident_memory_bytes",
+                    "Resident memory of this node process",
+                )?,
+            )?,
+        })
+    }
+
+    /// Reads what is sampled rather than counted (the process's memory).
+    pub fn sample(&self) {
+        if let Some(rss) = resident_bytes() {
+            self.resident_bytes.set(rss);
+        }
+    }
+}
+
+/// Resident set size from `/proc/self/statm` (Linux; `None` elsewhere).
+fn resident_bytes() -> Option<i64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
