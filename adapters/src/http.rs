@@ -55,6 +55,8 @@ pub struct HttpConfig {
     /// The largest request body accepted (an object plus headroom).
     pub body_bytes_max: usize,
     pub registry: prometheus::Registry,
+    /// Views and shards as this node's service keeps them.
+    pub status: crate::metrics::SharedStatus,
 }
 
 struct AppState {
@@ -97,6 +99,10 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/dfgs", get(list_dfgs).post(add_dfgs))
         .route("/api/v1/dfgs/{id}", axum::routing::delete(remove_dfg))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/node", get(node_status))
+        .route("/api/v1/views", get(views))
+        .route("/", get(dashboard_index))
+        .route("/assets/{*file}", get(dashboard_asset))
         .fallback(not_found)
         .with_state(state)
 }
@@ -826,6 +832,47 @@ async fn remove_dfg(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/api/v1/node", responses(
+    (status = 200, description = "This node, its views and the current view's shards", body = crate::metrics::NodeStatus)))]
+async fn node_status(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<crate::metrics::NodeStatus>> {
+    state.role(&headers)?;
+    let status = state
+        .cfg
+        .status
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Ok(Json(status))
+}
+
+#[utoipa::path(get, path = "/api/v1/views", responses(
+    (status = 200, description = "The views this node installed, oldest first", body = Vec<crate::metrics::ViewRecord>)))]
+async fn views(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<crate::metrics::ViewRecord>>> {
+    state.role(&headers)?;
+    let views = state
+        .cfg
+        .status
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .views
+        .clone();
+    Ok(Json(views))
+}
+
+async fn dashboard_index() -> Response {
+    crate::dashboard::asset("index.html")
+}
+
+async fn dashboard_asset(Path(file): Path<String>) -> Response {
+    crate::dashboard::asset(&file)
+}
+
 /// Live updates: a `stats` event every second with the view and this node's metrics
 /// (the dashboard's feed).
 async fn events(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
@@ -915,7 +962,9 @@ fn metric_values(registry: &prometheus::Registry) -> HashMap<String, f64> {
         remove_udl,
         list_dfgs,
         add_dfgs,
-        remove_dfg
+        remove_dfg,
+        node_status,
+        views
     ),
     components(schemas(
         ApiError,
@@ -925,7 +974,10 @@ fn metric_values(registry: &prometheus::Registry) -> HashMap<String, f64> {
         MembersBody,
         PoolBody,
         KeysBody,
-        UploadedBody
+        UploadedBody,
+        crate::metrics::NodeStatus,
+        crate::metrics::ViewRecord,
+        crate::metrics::ShardStatus
     ))
 )]
 struct ApiDoc;

@@ -153,3 +153,50 @@ fn resident_bytes() -> Option<i64> {
     let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
 }
+
+/// How many views a node remembers for the dashboard's history.
+pub const VIEW_HISTORY_MAX: usize = 64;
+
+/// What this node knows about the cluster's structure, for `/api/v1/node` and
+/// `/api/v1/views`: kept by the service, read by the HTTP server.
+#[derive(Clone, Debug, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct NodeStatus {
+    pub node: u32,
+    pub incarnation: u32,
+    /// The views this node installed, oldest first (at most [`VIEW_HISTORY_MAX`]).
+    pub views: Vec<ViewRecord>,
+    /// Every shard of the current view.
+    pub shards: Vec<ShardStatus>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ViewRecord {
+    pub id: u32,
+    /// `n<node>.<incarnation>`, in rank order.
+    pub members: Vec<String>,
+    pub joined: Vec<String>,
+    pub failed: Vec<String>,
+    pub left: Vec<String>,
+    /// When this node installed it (ms since the Unix epoch).
+    pub installed_unix_ms: u64,
+}
+
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ShardStatus {
+    pub subgroup: u32,
+    pub shard: u32,
+    /// `volatile`, `persistent`, `trigger` or `metadata`.
+    pub kind: String,
+    /// Node ids in rank order; the first orders writes (the leader).
+    pub members: Vec<u32>,
+    /// Whether this node holds a replica.
+    pub held_here: bool,
+    /// Newest delivered version here (`view << 32 | seq`), for shards held here.
+    pub delivered_version: Option<u64>,
+    /// Newest version durable on every replica (the subgroup's frontier).
+    pub persisted_version: Option<u64>,
+    /// Live keys here (sampled).
+    pub objects: Option<u64>,
+}
+
+pub type SharedStatus = std::sync::Arc<std::sync::Mutex<NodeStatus>>;

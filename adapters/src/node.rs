@@ -223,6 +223,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut service = Service::new(service_cfg, handle.clone(), runtime);
     let metrics = crate::metrics::NodeMetrics::new(&registry)?;
     service.set_metrics(metrics.clone());
+    let status = crate::metrics::SharedStatus::default();
+    service.set_status(status.clone());
     // Only logged subgroups (metadata and persistent ones) have logs worth replaying.
     for (key, records) in &replays {
         if kinds.get(key.subgroup as usize) == Some(&StoreKind::Persistent) {
@@ -262,6 +264,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 tokens: server_cfg.tokens.clone(),
                 body_bytes_max: config.limits.frame_bytes_max,
                 registry: registry.clone(),
+                status: status.clone(),
             };
             Some(tokio::spawn(crate::http::serve(listener, http_cfg)))
         }

@@ -259,6 +259,8 @@ pub struct Service {
     view: Option<Arc<View>>,
     /// What `/metrics` and the dashboard show (absent in tests that build a bare service).
     metrics: Option<crate::metrics::NodeMetrics>,
+    /// Views and shards as the HTTP server shows them.
+    status: Option<crate::metrics::SharedStatus>,
     waiting: HashMap<MessageId, Waiting>,
     tickets: HashMap<(u32, SendTicket), MessageId>,
     /// Answers waiting for their version to be durable on every replica.
@@ -354,6 +356,7 @@ impl Service {
             log_read_done_rx: Some(log_read_done_rx),
             view: None,
             metrics: None,
+            status: None,
             waiting: HashMap::new(),
             tickets: HashMap::new(),
             durable: BTreeMap::new(),
@@ -404,8 +407,68 @@ impl Service {
         self.metrics = Some(metrics);
     }
 
-    /// Samples what is not counted as it happens: pool sizes, memory.
+    /// Keeps `status` (views, shards) up to date from now on.
+    pub fn set_status(&mut self, status: crate::metrics::SharedStatus) {
+        self.status = Some(status);
+    }
+
+    fn record_view(&self, view: &View) {
+        let Some(status) = &self.status else { return };
+        let names = |ms: &[MemberId]| ms.iter().map(ToString::to_string).collect::<Vec<_>>();
+        let mut st = status.lock().unwrap_or_else(|p| p.into_inner());
+        st.node = self.cfg.me.node;
+        st.incarnation = self.cfg.me.incarnation;
+        if st.views.len() >= crate::metrics::VIEW_HISTORY_MAX {
+            st.views.remove(0);
+        }
+        st.views.push(crate::metrics::ViewRecord {
+            id: view.id,
+            members: names(&view.members),
+            joined: names(&view.joined),
+            failed: names(&view.failed),
+            left: names(&view.left),
+            installed_unix_ms: now_us() / 1000,
+        });
+        st.shards = view
+            .shards
+            .iter()
+            .enumerate()
+            .flat_map(|(g, shards)| {
+                let kind = if g == 0 {
+                    "metadata".to_string()
+                } else {
+                    self.kind(g as u32).name().to_string()
+                };
+                shards
+                    .iter()
+                    .enumerate()
+                    .map(move |(s, sh)| (g, s, kind.clone(), sh))
+            })
+            .map(|(g, s, kind, sh)| crate::metrics::ShardStatus {
+                subgroup: g as u32,
+                shard: s as u32,
+                kind,
+                members: sh.members.iter().map(|m| m.node).collect(),
+                held_here: sh.members.contains(&self.cfg.me),
+                delivered_version: None,
+                persisted_version: None,
+                objects: None,
+            })
+            .collect();
+    }
+
+    /// Samples what is not counted as it happens: pool sizes, memory, shard versions.
     fn sample_metrics(&self) {
+        if let Some(status) = &self.status {
+            let mut st = status.lock().unwrap_or_else(|p| p.into_inner());
+            for sh in &mut st.shards {
+                if let Some(store) = self.stores.get(&(sh.subgroup, sh.shard)) {
+                    sh.delivered_version = store.last_delivered().map(|v| v.0);
+                    sh.objects = Some(store.key_count() as u64);
+                }
+                sh.persisted_version = self.global.get(&sh.subgroup).map(|v| v.0);
+            }
+        }
         let Some(m) = &self.metrics else { return };
         m.sample();
         for pool in self.pools.list() {
@@ -611,6 +674,7 @@ impl Service {
 
     async fn on_view(&mut self, view: Arc<View>) {
         let me = self.cfg.me;
+        self.record_view(&view);
         if let Some(m) = &self.metrics {
             m.view_id.set(i64::from(view.id));
             m.view_members.set(view.members.len() as i64);

@@ -105,6 +105,27 @@ async fn the_rest_api_does_every_client_operation() {
 
     let members = http(web, "GET", "/api/v1/members", None, b"").json();
     assert_eq!(members["members"].as_array().map(Vec::len), Some(3));
+    let node = http(web, "GET", "/api/v1/node", None, b"").json();
+    assert_eq!(node["node"], 1);
+    let shards = node["shards"].as_array().expect("shards");
+    assert!(!shards.is_empty());
+    assert!(
+        shards
+            .iter()
+            .any(|s| s["kind"] == "persistent" && s["members"].as_array().map(Vec::len) == Some(3)),
+        "{node}"
+    );
+    let views = http(web, "GET", "/api/v1/views", None, b"").json();
+    let last = views.as_array().and_then(|v| v.last()).expect("a view");
+    assert_eq!(last["id"], members["view_id"]);
+    assert_eq!(last["members"].as_array().map(Vec::len), Some(3));
+    let page = http(web, "GET", "/", None, b"");
+    assert_eq!(page.status, 200);
+    assert!(page.headers.contains("text/html"));
+    assert_eq!(
+        http(web, "GET", "/assets/nothing.js", None, b"").status,
+        404
+    );
 
     // Objects: put, get (JSON and raw), versions, time, list, remove.
     let w1 = http(web, "PUT", "/api/v1/objects/demo/web/a", None, b"one");

@@ -59,8 +59,22 @@ impl Cluster {
 
     /// Gives every node an HTTP server (dashboard, REST API, metrics) on a free port.
     pub fn with_http(&mut self) {
+        // A released port can come back from the OS: keep every address distinct.
+        let mut taken: Vec<SocketAddr> = self.configs[0]
+            .cluster
+            .peers
+            .iter()
+            .flat_map(|p| [p.addr, p.client_addr])
+            .collect();
         for cfg in &mut self.configs {
-            cfg.node.http_addr = Some(free_addr());
+            let addr = loop {
+                let a = free_addr();
+                if !taken.contains(&a) {
+                    break a;
+                }
+            };
+            taken.push(addr);
+            cfg.node.http_addr = Some(addr);
         }
     }
 
