@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The test command (README, Quick start): installs what the tests need, then runs every
-# check CI runs: formatting, lints, the whole Rust test suite (which runs 1,000 simulator
-# seeds under every checker, liveness after heal included) and the Python package's
-# tests. Longer soaks are README command 1 with a larger --seeds range.
+# The test command (README, Quick start): installs what the tests need (Debian
+# chromium and prometheus, a Python virtualenv, playwright-core from npm), then runs
+# every check CI runs: formatting, lints, the whole Rust test suite (which runs 1,000
+# simulator seeds under every checker, liveness after heal included; process tests of
+# the node, its HTTP API against promtool and schemathesis, the dashboard in Chromium)
+# and the Python package's tests. Longer soaks are README command 1 with a larger
+# --seeds range.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +22,32 @@ run() {
   echo "+ $*"
   "$@"
 }
+
+# Debian packages: headless Chromium for the dashboard's browser test, promtool (from
+# prometheus) to check /metrics.
+debs=()
+command -v chromium >/dev/null 2>&1 || debs+=(chromium)
+command -v promtool >/dev/null 2>&1 || debs+=(prometheus)
+if ((${#debs[@]} > 0)); then
+  run apt-get update -qq
+  run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${debs[@]}"
+fi
+
+# Python: a virtualenv with maturin (the wheel), numpy and pytest (the package's tests)
+# and schemathesis (the REST API against its OpenAPI document).
+if [[ ! -x target/pyenv/bin/python ]]; then
+  run python3 -m venv target/pyenv
+fi
+run target/pyenv/bin/pip install -q --disable-pip-version-check \
+  "maturin>=1.9,<2" "numpy>=1.24" "pytest>=7" "schemathesis>=4,<5"
+
+# Node: playwright-core for the browser test, at the version package-lock.json pins.
+if [[ -f adapters/tests/browser/package-lock.json ]]; then
+  (cd adapters/tests/browser && run npm ci --silent --no-audit --no-fund)
+fi
+
+# With everything installed, a test that needs a tool fails instead of skipping.
+export SQUALL_REQUIRE_TOOLS=1
 
 run cargo fmt --all -- --check
 run cargo clippy --workspace --all-targets -- -D warnings

@@ -519,7 +519,12 @@ async fn openapi() -> Response {
 }
 
 #[utoipa::path(get, path = "/api/v1/members", responses(
-    (status = 200, body = MembersBody), (status = 503, body = ApiError)))]
+    (status = 200, body = MembersBody), (status = 503, body = ApiError),
+    (status = 400, description = "Bad input (see `code`)", body = ApiError),
+    (status = 401, description = "No or unknown token", body = ApiError),
+    (status = 403, description = "The token's role does not allow it", body = ApiError),
+    (status = 404, description = "No such key, pool, UDL or DFG", body = ApiError),
+    (status = 413, description = "Over the node's size limits", body = ApiError)))]
 async fn members(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -539,7 +544,12 @@ async fn members(
 }
 
 #[utoipa::path(get, path = "/api/v1/pools", responses(
-    (status = 200, body = Vec<PoolBody>), (status = 503, body = ApiError)))]
+    (status = 200, body = Vec<PoolBody>), (status = 503, body = ApiError),
+    (status = 400, description = "Bad input (see `code`)", body = ApiError),
+    (status = 401, description = "No or unknown token", body = ApiError),
+    (status = 403, description = "The token's role does not allow it", body = ApiError),
+    (status = 404, description = "No such key, pool, UDL or DFG", body = ApiError),
+    (status = 413, description = "Over the node's size limits", body = ApiError)))]
 async fn list_pools(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -550,7 +560,11 @@ async fn list_pools(
 
 #[utoipa::path(post, path = "/api/v1/pools", request_body = PoolBody, responses(
     (status = 201, body = PoolBody), (status = 400, body = ApiError),
-    (status = 409, body = ApiError), (status = 403, body = ApiError)))]
+    (status = 409, body = ApiError), (status = 403, body = ApiError),
+    (status = 401, description = "No or unknown token", body = ApiError),
+    (status = 404, description = "No such key, pool, UDL or DFG", body = ApiError),
+    (status = 413, description = "Over the node's size limits", body = ApiError),
+    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
 async fn create_pool(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -597,7 +611,12 @@ async fn create_pool(
 
 #[utoipa::path(get, path = "/api/v1/pools/{path}", params(
     ("path" = String, Path, description = "A key or pool path (without its leading slash)")),
-    responses((status = 200, body = PoolBody), (status = 404, body = ApiError)))]
+    responses((status = 200, body = PoolBody), (status = 404, body = ApiError),
+    (status = 400, description = "Bad input (see `code`)", body = ApiError),
+    (status = 401, description = "No or unknown token", body = ApiError),
+    (status = 403, description = "The token's role does not allow it", body = ApiError),
+    (status = 413, description = "Over the node's size limits", body = ApiError),
+    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
 async fn find_pool(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -613,7 +632,11 @@ async fn find_pool(
 
 #[utoipa::path(delete, path = "/api/v1/pools/{path}", params(
     ("path" = String, Path, description = "The pool's path (without its leading slash)")),
-    responses((status = 204), (status = 404, body = ApiError), (status = 403, body = ApiError)))]
+    responses((status = 204), (status = 404, body = ApiError), (status = 403, body = ApiError),
+    (status = 400, description = "Bad input (see `code`)", body = ApiError),
+    (status = 401, description = "No or unknown token", body = ApiError),
+    (status = 413, description = "Over the node's size limits", body = ApiError),
+    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
 async fn remove_pool(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -628,7 +651,12 @@ async fn remove_pool(
 }
 
 #[utoipa::path(get, path = "/api/v1/keys", params(KeysQuery), responses(
-    (status = 200, body = KeysBody), (status = 404, body = ApiError)))]
+    (status = 200, body = KeysBody), (status = 404, body = ApiError),
+    (status = 400, description = "Bad input (see `code`)", body = ApiError),
+    (status = 401, description = "No or unknown token", body = ApiError),
+    (status = 403, description = "The token's role does not allow it", body = ApiError),
+    (status = 413, description = "Over the node's size limits", body = ApiError),
+    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
 async fn list_keys(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -645,7 +673,11 @@ async fn list_keys(
 #[utoipa::path(get, path = "/api/v1/objects/{key}", params(
     ("key" = String, Path, description = "The key without its leading slash"), GetQuery),
     responses((status = 200, body = ObjectBody), (status = 404, body = ApiError),
-              (status = 400, body = ApiError)))]
+              (status = 400, body = ApiError),
+    (status = 401, description = "No or unknown token", body = ApiError),
+    (status = 403, description = "The token's role does not allow it", body = ApiError),
+    (status = 413, description = "Over the node's size limits", body = ApiError),
+    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
 async fn get_object(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -697,7 +729,11 @@ async fn get_object(
     ("key" = String, Path, description = "The key without its leading slash"), PutQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, body = WrittenBody), (status = 409, body = ApiError),
-              (status = 404, body = ApiError), (status = 413, body = ApiError)))]
+              (status = 404, body = ApiError), (status = 413, body = ApiError),
+    (status = 400, description = "Bad input (see `code`)", body = ApiError),
+    (status = 401, description = "No or unknown token", body = ApiError),
+    (status = 403, description = "The token's role does not allow it", body = ApiError),
+    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
 async fn put_object(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -727,7 +763,12 @@ async fn put_object(
 
 #[utoipa::path(delete, path = "/api/v1/objects/{key}", params(
     ("key" = String, Path, description = "The key without its leading slash")),
-    responses((status = 200, body = WrittenBody), (status = 404, body = ApiError)))]
+    responses((status = 200, body = WrittenBody), (status = 404, body = ApiError),
+    (status = 400, description = "Bad input (see `code`)", body = ApiError),
+    (status = 401, description = "No or unknown token", body = ApiError),
+    (status = 403, description = "The token's role does not allow it", body = ApiError),
+    (status = 413, description = "Over the node's size limits", body = ApiError),
+    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
 async fn remove_object(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -743,7 +784,13 @@ fn json_text(text: String) -> Response {
 
 #[utoipa::path(get, path = "/api/v1/udls", responses(
     (status = 200, description = "The stored UDLs, with this node's invocation and error counts",
-     body = Vec<serde_json::Value>)))]
+     body = Vec<serde_json::Value>),
+    (status = 400, description = "Bad input (see `code`)", body = ApiError),
+    (status = 401, description = "No or unknown token", body = ApiError),
+    (status = 403, description = "The token's role does not allow it", body = ApiError),
+    (status = 404, description = "No such key, pool, UDL or DFG", body = ApiError),
+    (status = 413, description = "Over the node's size limits", body = ApiError),
+    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
 async fn list_udls(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
     Ok(json_text(state.client(&headers).await?.list_udls().await?))
 }
@@ -752,7 +799,11 @@ async fn list_udls(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Ap
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
                  description = "A plugin library (.so), or a Python UDL's source with `entry`"),
     responses((status = 201, body = UploadedBody), (status = 400, body = ApiError),
-              (status = 403, body = ApiError)))]
+              (status = 403, body = ApiError),
+    (status = 401, description = "No or unknown token", body = ApiError),
+    (status = 404, description = "No such key, pool, UDL or DFG", body = ApiError),
+    (status = 413, description = "Over the node's size limits", body = ApiError),
+    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
 async fn upload_udl(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -793,7 +844,12 @@ async fn upload_udl(
 }
 
 #[utoipa::path(delete, path = "/api/v1/udls/{uuid}", params(("uuid" = String, Path)),
-    responses((status = 204), (status = 404, body = ApiError)))]
+    responses((status = 204), (status = 404, body = ApiError),
+    (status = 400, description = "Bad input (see `code`)", body = ApiError),
+    (status = 401, description = "No or unknown token", body = ApiError),
+    (status = 403, description = "The token's role does not allow it", body = ApiError),
+    (status = 413, description = "Over the node's size limits", body = ApiError),
+    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
 async fn remove_udl(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -804,14 +860,25 @@ async fn remove_udl(
 }
 
 #[utoipa::path(get, path = "/api/v1/dfgs", responses(
-    (status = 200, description = "The DFGs in force, as Cascade's dfgs.json", body = Vec<serde_json::Value>)))]
+    (status = 200, description = "The DFGs in force, as Cascade's dfgs.json", body = Vec<serde_json::Value>),
+    (status = 400, description = "Bad input (see `code`)", body = ApiError),
+    (status = 401, description = "No or unknown token", body = ApiError),
+    (status = 403, description = "The token's role does not allow it", body = ApiError),
+    (status = 404, description = "No such key, pool, UDL or DFG", body = ApiError),
+    (status = 413, description = "Over the node's size limits", body = ApiError),
+    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
 async fn list_dfgs(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
     Ok(json_text(state.client(&headers).await?.list_dfgs().await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/dfgs",
     request_body(content = Vec<serde_json::Value>, description = "Cascade's dfgs.json"),
-    responses((status = 201), (status = 400, body = ApiError)))]
+    responses((status = 201), (status = 400, body = ApiError),
+    (status = 401, description = "No or unknown token", body = ApiError),
+    (status = 403, description = "The token's role does not allow it", body = ApiError),
+    (status = 404, description = "No such key, pool, UDL or DFG", body = ApiError),
+    (status = 413, description = "Over the node's size limits", body = ApiError),
+    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
 async fn add_dfgs(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -822,7 +889,12 @@ async fn add_dfgs(
 }
 
 #[utoipa::path(delete, path = "/api/v1/dfgs/{id}", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = ApiError)))]
+    responses((status = 204), (status = 404, body = ApiError),
+    (status = 400, description = "Bad input (see `code`)", body = ApiError),
+    (status = 401, description = "No or unknown token", body = ApiError),
+    (status = 403, description = "The token's role does not allow it", body = ApiError),
+    (status = 413, description = "Over the node's size limits", body = ApiError),
+    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
 async fn remove_dfg(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -833,7 +905,13 @@ async fn remove_dfg(
 }
 
 #[utoipa::path(get, path = "/api/v1/node", responses(
-    (status = 200, description = "This node, its views and the current view's shards", body = crate::metrics::NodeStatus)))]
+    (status = 200, description = "This node, its views and the current view's shards", body = crate::metrics::NodeStatus),
+    (status = 400, description = "Bad input (see `code`)", body = ApiError),
+    (status = 401, description = "No or unknown token", body = ApiError),
+    (status = 403, description = "The token's role does not allow it", body = ApiError),
+    (status = 404, description = "No such key, pool, UDL or DFG", body = ApiError),
+    (status = 413, description = "Over the node's size limits", body = ApiError),
+    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
 async fn node_status(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -849,7 +927,13 @@ async fn node_status(
 }
 
 #[utoipa::path(get, path = "/api/v1/views", responses(
-    (status = 200, description = "The views this node installed, oldest first", body = Vec<crate::metrics::ViewRecord>)))]
+    (status = 200, description = "The views this node installed, oldest first", body = Vec<crate::metrics::ViewRecord>),
+    (status = 400, description = "Bad input (see `code`)", body = ApiError),
+    (status = 401, description = "No or unknown token", body = ApiError),
+    (status = 403, description = "The token's role does not allow it", body = ApiError),
+    (status = 404, description = "No such key, pool, UDL or DFG", body = ApiError),
+    (status = 413, description = "Over the node's size limits", body = ApiError),
+    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
 async fn views(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
