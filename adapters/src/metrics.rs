@@ -3,7 +3,9 @@
 //! Everything the dashboard shows comes from these, through `/metrics` and
 //! `/api/v1/events`.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 #[derive(Clone, Debug)]
 pub struct NodeMetrics {
@@ -22,6 +24,9 @@ pub struct NodeMetrics {
     pub pool_ops: IntCounterVec,
     pub pool_objects: IntGaugeVec,
     pub pool_bytes: IntGaugeVec,
+    /// A write's time from its multicast to its delivery here (ordering: one round of
+    /// the group protocol), per subgroup.
+    pub multicast_seconds: HistogramVec,
     pub client_requests: IntCounterVec,
     pub client_connections: IntGauge,
     pub resident_bytes: IntGauge,
@@ -116,6 +121,20 @@ impl NodeMetrics {
                         "Bytes of the latest values per pool, in shards held here",
                     ),
                     &["pool"],
+                )?,
+            )?,
+            multicast_seconds: metric(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "squall_multicast_seconds",
+                        "Writes sent by this node: multicast to delivery here",
+                    )
+                    .buckets(vec![
+                        0.000_05, 0.000_1, 0.000_2, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05,
+                        0.1, 0.5, 1.0,
+                    ]),
+                    &["subgroup"],
                 )?,
             )?,
             client_requests: metric(

@@ -149,12 +149,11 @@ enum Waiting {
     Write {
         reply: Reply,
         persistent: bool,
+        /// When it was multicast (for the delivery latency histogram).
+        sent: std::time::Instant,
     },
     /// A `multi_get`: read where its marker is delivered.
-    Read {
-        reply: Reply,
-        keys: Vec<String>,
-    },
+    Read { reply: Reply, keys: Vec<String> },
 }
 
 #[derive(Debug)]
@@ -864,7 +863,16 @@ impl Service {
             return;
         }
         match self.waiting.remove(&id) {
-            Some(Waiting::Write { reply, persistent }) => {
+            Some(Waiting::Write {
+                reply,
+                persistent,
+                sent,
+            }) => {
+                if let Some(m) = &self.metrics {
+                    m.multicast_seconds
+                        .with_label_values(&[subgroup.to_string().as_str()])
+                        .observe(sent.elapsed().as_secs_f64());
+                }
                 let response = outcome_response(&outcome);
                 match (&outcome, persistent) {
                     (Outcome::Applied { version, .. }, true)
@@ -1540,6 +1548,7 @@ impl Service {
                             Waiting::Write {
                                 reply,
                                 persistent: false,
+                                sent: std::time::Instant::now(),
                             },
                         )
                         .await;
@@ -1605,8 +1614,17 @@ impl Service {
                     let _ = self.handle.send(subgroup, bytes).await;
                     return answer(reply, Response::Done);
                 }
-                self.multicast(subgroup, id, bytes, Waiting::Write { reply, persistent })
-                    .await;
+                self.multicast(
+                    subgroup,
+                    id,
+                    bytes,
+                    Waiting::Write {
+                        reply,
+                        persistent,
+                        sent: std::time::Instant::now(),
+                    },
+                )
+                .await;
                 Some(())
             }
             Request::TriggerPut { key, blob } => {

@@ -319,20 +319,23 @@ async fn the_rest_api_does_every_client_operation() {
             .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
     };
     // Writes go to their shard's first member, whichever node took the HTTP request.
-    let writes_everywhere = || -> f64 {
+    let everywhere = |series: &str| -> f64 {
         (0..3)
             .map(|n| {
                 let m = http(cluster.http_addr(n), "GET", "/metrics", None, b"");
                 let text = String::from_utf8_lossy(&m.body).to_string();
                 text.lines()
-                    .find(|l| l.starts_with(r#"squall_client_requests_total{op="write"}"#))
+                    .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
                     .and_then(|l| l.rsplit(' ').next())
                     .and_then(|v| v.parse::<f64>().ok())
                     .unwrap_or(0.0)
             })
             .sum()
     };
-    let writes_before = writes_everywhere();
+    let writes = r#"squall_client_requests_total{op="write"}"#;
+    let multicasts = r#"squall_multicast_seconds_count{subgroup="1"}"#;
+    let writes_before = everywhere(writes);
+    let multicasts_before = everywhere(multicasts);
     let before = scrape();
     assert_eq!(value(&before, "squall_view_members"), 3.0);
     assert!(value(&before, "squall_view_id") >= 1.0);
@@ -351,7 +354,8 @@ async fn the_rest_api_does_every_client_operation() {
     }
     let after = scrape();
     assert_eq!(value(&after, puts), puts_before + 5.0);
-    assert!(writes_everywhere() >= writes_before + 5.0);
+    assert!(everywhere(writes) >= writes_before + 5.0);
+    assert!(everywhere(multicasts) >= multicasts_before + 5.0);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let objects = r#"squall_pool_objects{pool="/demo"} "#;
     while !scrape()
