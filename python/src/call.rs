@@ -224,14 +224,14 @@ pub fn convert(py: Python<'_>, result: CallResult) -> PyResult<Py<PyAny>> {
             .into_any()
             .unbind(),
         Out::Object(o) => match o {
-            Some(o) => Py::new(py, Object::from(o))?.into_any(),
+            Some(o) => Py::new(py, Object::new(py, o)?)?.into_any(),
             None => py.None(),
         },
         Out::Objects(list) => {
             let items = list
                 .into_iter()
                 .map(|o| match o {
-                    Some(o) => Py::new(py, Object::from(o)).map(Py::into_any),
+                    Some(o) => Py::new(py, Object::new(py, o)?).map(Py::into_any),
                     None => Ok(py.None()),
                 })
                 .collect::<PyResult<Vec<_>>>()?;
@@ -241,12 +241,12 @@ pub fn convert(py: Python<'_>, result: CallResult) -> PyResult<Py<PyAny>> {
         Out::Keys(keys) => keys.into_pyobject(py)?.into_any().unbind(),
         Out::Pools(pools) => pools
             .into_iter()
-            .map(|p| Py::new(py, Pool::from(p)))
+            .map(|p| Py::new(py, Pool::new(py, p)?))
             .collect::<PyResult<Vec<_>>>()?
             .into_pyobject(py)?
             .into_any()
             .unbind(),
-        Out::Pool(p) => Py::new(py, Pool::from(p))?.into_any(),
+        Out::Pool(p) => Py::new(py, Pool::new(py, p)?)?.into_any(),
         Out::Members(view_id, members) => {
             let members = members
                 .into_iter()
@@ -263,7 +263,7 @@ pub fn convert(py: Python<'_>, result: CallResult) -> PyResult<Py<PyAny>> {
             ));
         }
         Out::Event(e) => match e {
-            Some(e) => Py::new(py, WatchEventPy::from(e))?.into_any(),
+            Some(e) => Py::new(py, WatchEventPy::new(py, e)?)?.into_any(),
             None => py.None(),
         },
     })

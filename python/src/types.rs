@@ -26,18 +26,16 @@ pub struct Object {
     pub value: Py<Blob>,
 }
 
-impl From<WireObject> for Object {
-    fn from(o: WireObject) -> Object {
-        let value = Python::attach(|py| Py::new(py, Blob::new(o.blob)))
-            .expect("allocating a Blob (out of memory)");
-        Object {
+impl Object {
+    pub fn new(py: Python<'_>, o: WireObject) -> PyResult<Object> {
+        Ok(Object {
+            value: Py::new(py, Blob::new(o.blob))?,
             key: o.key,
             version: o.version.0,
             timestamp_us: o.timestamp_us,
             previous_version: o.previous_version.map(|v| v.0),
             previous_version_by_key: o.previous_key_version.map(|v| v.0),
-            value,
-        }
+        })
     }
 }
 
@@ -76,23 +74,20 @@ pub struct Pool {
     pub overrides: Py<PyDict>,
 }
 
-impl From<PoolSpec> for Pool {
-    fn from(p: PoolSpec) -> Pool {
-        let overrides = Python::attach(|py| {
-            let d = PyDict::new(py);
-            for (k, v) in &p.overrides {
-                d.set_item(k, v).expect("inserting into a new dict");
-            }
-            d.unbind()
-        });
-        Pool {
+impl Pool {
+    pub fn new(py: Python<'_>, p: PoolSpec) -> PyResult<Pool> {
+        let overrides = PyDict::new(py);
+        for (k, v) in &p.overrides {
+            overrides.set_item(k, v)?;
+        }
+        Ok(Pool {
             path: p.path,
             kind: p.kind.name().to_string(),
             subgroup: p.subgroup,
             shards: p.shards,
             affinity: p.affinity,
-            overrides,
-        }
+            overrides: overrides.unbind(),
+        })
     }
 }
 
@@ -144,17 +139,14 @@ pub struct WatchEventPy {
     pub value: Option<Py<Blob>>,
 }
 
-impl From<WatchEvent> for WatchEventPy {
-    fn from(e: WatchEvent) -> WatchEventPy {
-        let value = e
-            .blob
-            .map(|b| Python::attach(|py| Py::new(py, Blob::new(b))).expect("allocating a Blob"));
-        WatchEventPy {
+impl WatchEventPy {
+    pub fn new(py: Python<'_>, e: WatchEvent) -> PyResult<WatchEventPy> {
+        Ok(WatchEventPy {
+            value: e.blob.map(|b| Py::new(py, Blob::new(b))).transpose()?,
             key: e.key,
             version: e.version.0,
             timestamp_us: e.timestamp_us,
-            value,
-        }
+        })
     }
 }
 
