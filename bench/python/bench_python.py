@@ -362,7 +362,7 @@ def bench_squall(args, rows: List[Row], stack: contextlib.ExitStack) -> None:
 
         rows.append(
             closed_loop(
-                "squall", "put, python on it, result", "put /cache → Python UDL → emit → watch",
+                "squall", "put, python on it, result", "put /cache -> Python UDL -> emit -> watch",
                 size, args.seconds, args.warmup,
                 lambda i, f=udl_op: f(i, client.put),
             )
@@ -370,7 +370,7 @@ def bench_squall(args, rows: List[Row], stack: contextlib.ExitStack) -> None:
         rows.append(
             closed_loop(
                 "squall", "trigger_put, python on it, result",
-                "trigger_put /cache (not stored) → Python UDL → emit → watch",
+                "trigger_put /cache (not stored) -> Python UDL -> emit -> watch",
                 size, args.seconds, args.warmup,
                 lambda i, f=udl_op: f(i, client.trigger_put),
             )
@@ -523,7 +523,7 @@ def bench_ray(args, rows: List[Row], stack: contextlib.ExitStack) -> None:
     tmp = tempfile.mkdtemp(prefix="bench-ray-")  # short: Ray's socket paths live in it
     stack.callback(shutil.rmtree, tmp, True)
     log(f"ray {ray.__version__}: starting a local cluster (temp dir {tmp})")
-    stack.callback(ray.shutdown)
+    stack.callback(_ray_shutdown, ray)
     ray.init(
         num_cpus=2,
         include_dashboard=False,
@@ -532,6 +532,7 @@ def bench_ray(args, rows: List[Row], stack: contextlib.ExitStack) -> None:
         log_to_driver=False,
         object_store_memory=1 << 30,
     )
+    install_signal_handlers()  # ray.init replaced the SIGTERM handler with sys.exit
 
     @ray.remote
     class BenchSum:
@@ -553,8 +554,29 @@ def bench_ray(args, rows: List[Row], stack: contextlib.ExitStack) -> None:
                 raise RuntimeError(f"actor returned {got}, expected {want}")
 
         rows.append(closed_loop("ray", "put, python on it, result",
-                                "ray.put → resident actor.sum(ref) → ray.get", size,
+                                "ray.put -> resident actor.sum(ref) -> ray.get", size,
                                 args.seconds, args.warmup, op))
+
+
+def _ray_shutdown(ray) -> None:
+    """``ray.shutdown()``, keeping our signal handlers in force. Ray 2.60's shutdown
+    (about a second here) sets SIGTERM back to its default action underneath Python's
+    handler, so a SIGTERM during it would kill this script before it cleaned up: it runs
+    on a thread while this one keeps putting the handlers back."""
+    import threading
+
+    done = threading.Event()
+
+    def shutdown():
+        try:
+            ray.shutdown()
+        finally:
+            done.set()
+
+    threading.Thread(target=shutdown, name="ray.shutdown", daemon=True).start()
+    while not done.wait(0.005):
+        install_signal_handlers()
+    install_signal_handlers()
 
 
 # ----- report -----------------------------------------------------------------------------
@@ -566,9 +588,9 @@ RATIOS = [
     ("get volatile", "redis", "get volatile", "/cache get vs GET"),
     ("get persistent", "redis", "get volatile", "/demo get vs GET"),
     ("put, python on it, result", "ray", "put, python on it, result",
-     "put → UDL → watch vs ray.put → actor → ray.get"),
+     "put -> UDL -> watch vs ray.put -> actor -> ray.get"),
     ("trigger_put, python on it, result", "ray", "put, python on it, result",
-     "trigger_put → UDL → watch vs ray.put → actor → ray.get"),
+     "trigger_put -> UDL -> watch vs ray.put -> actor -> ray.get"),
 ]
 
 
@@ -620,10 +642,10 @@ def report(args, rows: List[Row]) -> None:
         print("\nwhere the Squall UDL round trip goes (p50 of each phase, ms; wall clocks of one machine):")
         cols = [
             ("send_call", "send call"),
-            ("to_udl_start", "send→UDL start"),
+            ("to_udl_start", "send->UDL start"),
             ("udl_compute", "numpy sum"),
-            ("udl_done_to_output_stamped", "UDL done→output stamped"),
-            ("output_stamped_to_client", "output stamped→client"),
+            ("udl_done_to_output_stamped", "UDL done->output stamped"),
+            ("output_stamped_to_client", "output stamped->client"),
         ]
         print(f"  {'case':<40}" + "".join(f"{label:>25}" for _, label in cols))
         for r in phased:
@@ -644,8 +666,57 @@ def report(args, rows: List[Row]) -> None:
 # ----- main -------------------------------------------------------------------------------
 
 
+# Set while a system's processes are being stopped: a signal then waits until they are.
+_tearing_down = False
+_deferred_signals = 0
+
+
+def _on_signal(signum, frame) -> None:
+    """SIGINT and SIGTERM unwind like Ctrl-C, so that everything started is stopped.
+    A signal that comes while a teardown runs is deferred until that teardown is done: a
+    KeyboardInterrupt in the middle of it would leave nodes, data directories or Redis
+    behind (`timeout` sends its signal twice, and people press Ctrl-C twice). A third
+    deferred signal abandons the teardown."""
+    global _deferred_signals
+    if _tearing_down:
+        _deferred_signals += 1
+        if _deferred_signals < 3:
+            log(f"signal {signum}: stopping what this run started first "
+                "(signal twice more to abandon that)")
+            return
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def install_signal_handlers() -> None:
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+
 def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def run_system(bench, system: str, args, rows: List[Row]) -> bool:
+    """Starts, measures and stops one system; False if it failed (reported). Raises
+    KeyboardInterrupt once everything it started is stopped, if a signal came."""
+    global _tearing_down, _deferred_signals
+    ok, interrupted = True, False
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                bench(args, rows, stack)
+            except KeyboardInterrupt:
+                interrupted = True
+            except Exception as e:  # noqa: BLE001 - reported, the other systems still run
+                log(f"{system}: not fully measured: {type(e).__name__}: {e}")
+                ok = False
+            finally:
+                _tearing_down = True  # the stack unwinds next
+    finally:
+        _tearing_down = False
+    if interrupted or _deferred_signals:
+        raise KeyboardInterrupt
+    return ok
 
 
 def main(argv=None) -> int:
@@ -664,11 +735,7 @@ def main(argv=None) -> int:
     if args.seconds <= 0 or args.warmup < 0:
         ap.error("--seconds must be > 0 and --warmup >= 0")
 
-    # SIGTERM unwinds like Ctrl-C, so every `finally` below runs.
-    def on_term(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
+    install_signal_handlers()
     log(f"python {sys.version.split()[0]} at {sys.executable}; {os.cpu_count()} CPUs; "
         f"load average {_load()}")
     rows: List[Row] = []
@@ -680,16 +747,13 @@ def main(argv=None) -> int:
                 continue
             log(f"== {system} (load average {_load()})")
             # One system at a time: started, measured, stopped.
-            with contextlib.ExitStack() as stack:
-                try:
-                    bench[system](args, rows, stack)
-                except KeyboardInterrupt:
-                    raise
-                except Exception as e:  # noqa: BLE001 - reported, the other systems still run
-                    log(f"{system}: not fully measured: {type(e).__name__}: {e}")
-                    failed.append(system)
+            if not run_system(bench[system], system, args, rows):
+                failed.append(system)
     except KeyboardInterrupt:
-        log("interrupted: everything started was stopped; partial results follow")
+        if _deferred_signals >= 3:
+            log("interrupted: a teardown was abandoned, some processes may still run")
+        else:
+            log("interrupted: everything started was stopped; partial results follow")
         report(args, rows)
         return 130
     report(args, rows)
