@@ -98,11 +98,16 @@ class LocalCluster(Client):
         if self.proc.poll() is not None and not _group_alive(self.proc.pid):
             return
         _signal_group(self.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None and not _group_alive(self.proc.pid):
-                return
-            time.sleep(0.05)
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None and not _group_alive(self.proc.pid):
+                    return
+                time.sleep(0.05)
+        except BaseException:
+            # Interrupted while waiting (a second Ctrl-C): no more patience.
+            _signal_group(self.proc.pid, signal.SIGKILL)
+            raise
         _signal_group(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 
@@ -180,14 +185,17 @@ def local_cluster(
         cluster = LocalCluster(proc, addrs, data)
         yield cluster
     finally:
-        if cluster is not None:
-            cluster.close()
-            cluster.stop()
-        else:
-            LocalCluster.stop(_Stopper(proc))
-        out.close()
-        if own_dir:
-            shutil.rmtree(data, ignore_errors=True)
+        try:
+            if cluster is not None:
+                cluster.close()
+                cluster.stop()
+            else:
+                LocalCluster.stop(_Stopper(proc))  # type: ignore[arg-type]
+        finally:
+            # Even when the stop itself was interrupted: the nodes are gone or killed.
+            out.close()
+            if own_dir:
+                shutil.rmtree(data, ignore_errors=True)
 
 
 class _Stopper:

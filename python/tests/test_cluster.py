@@ -63,6 +63,32 @@ def test_ctrl_c_stops_every_node(tmp_path):
     wait_gone(pgid)
 
 
+def test_a_second_ctrl_c_during_teardown_still_cleans_up(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import time, squall
+            with squall.local_cluster(nodes=2) as c:
+                print(c.proc.pid, c.data_dir, flush=True)
+                time.sleep(60)
+            """
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    line = proc.stdout.readline().split()
+    assert line, proc.stderr.read()
+    pgid, data_dir = int(line[0]), line[1]
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(30)
+    wait_gone(pgid)
+    assert not os.path.exists(data_dir)
+
+
 def test_a_stopped_cluster_is_a_clear_error():
     with squall.local_cluster(nodes=1) as c:
         client = squall.Client(c.addrs)
