@@ -218,6 +218,18 @@ async fn the_rest_api_does_every_client_operation() {
         "{}",
         String::from_utf8_lossy(&too_large.body)
     );
+    assert_eq!(too_large.json()["code"], "too_large");
+    // A body over the HTTP server's own limit (the frame limit) is refused before it
+    // reaches the node, as JSON too.
+    let over_body = http(
+        web,
+        "PUT",
+        "/api/v1/objects/demo/web/huge",
+        None,
+        &vec![0u8; (2 << 20) + 1],
+    );
+    assert_eq!(over_body.status, 413);
+    assert_eq!(over_body.json()["code"], "too_large");
     assert_eq!(http(web, "GET", "/api/v1/nothing", None, b"").status, 404);
     assert_eq!(
         http(web, "GET", "/api/v1/objects/demo/web/a", None, b"").json()["value_text"],
