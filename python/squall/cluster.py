@@ -68,12 +68,20 @@ def _free_port_run(count: int) -> int:
 class LocalCluster(Client):
     """A running local cluster, and a :class:`~squall.Client` connected to it (every
     client method works on it directly). Also: ``addrs`` (the nodes' client
-    addresses), ``data_dir``, ``log(node)``, ``async_client()`` and ``stop()``."""
+    addresses), ``http_addrs`` and ``dashboard_url``, ``data_dir``, ``log(node)``,
+    ``async_client()`` and ``stop()``."""
 
     def __init__(self, proc: subprocess.Popen, addrs: List[str], data_dir: str) -> None:
         super().__init__(addrs)
         self.proc = proc
         self.data_dir = data_dir
+        #: Each node's HTTP address (dashboard, REST API, metrics).
+        self.http_addrs: List[str] = []
+
+    @property
+    def dashboard_url(self) -> str:
+        """Node 0's dashboard."""
+        return f"http://{self.http_addrs[0]}/" if self.http_addrs else ""
 
     @property
     def client(self) -> Client:
@@ -143,10 +151,13 @@ def local_cluster(
         raise ValueError("nodes must be a positive int")
     own_dir = data_dir is None
     data = tempfile.mkdtemp(prefix="squall-local-") if own_dir else data_dir
-    peer = _free_port_run(nodes)
-    client = _free_port_run(nodes)
-    while set(range(client, client + nodes)) & set(range(peer, peer + nodes)):
-        client = _free_port_run(nodes)
+    ports: List[int] = []
+    for _ in range(3):  # peer, client and HTTP ports: three disjoint runs
+        run = _free_port_run(nodes)
+        while any(abs(run - p) < nodes for p in ports):
+            run = _free_port_run(nodes)
+        ports.append(run)
+    peer, client, http = ports
     env = dict(os.environ)
     env["SQUALL_PYTHON"] = python or sys.executable
     cmd = [
@@ -160,6 +171,8 @@ def local_cluster(
         str(peer),
         "--client-port",
         str(client),
+        "--http-port",
+        str(http),
     ]
     out = open(os.path.join(data, "up.log"), "w+")
     proc = subprocess.Popen(
@@ -183,6 +196,7 @@ def local_cluster(
             time.sleep(0.05)
         addrs = [f"127.0.0.1:{client + i}" for i in range(nodes)]
         cluster = LocalCluster(proc, addrs, data)
+        cluster.http_addrs = [f"127.0.0.1:{http + i}" for i in range(nodes)]
         yield cluster
     finally:
         try:

@@ -1,12 +1,14 @@
 """local_cluster starts real node processes and always takes them down: at the end of
 the block, on an exception, and on Ctrl-C."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 
 import pytest
 
@@ -28,11 +30,15 @@ def wait_gone(pgid, timeout_s=15):
         time.sleep(0.05)
 
 
-def test_exception_in_block_stops_every_node():
+def test_exception_in_block_stops_every_node(cluster):
+    # Beside another cluster (the session's): every port of each is its own.
     with pytest.raises(RuntimeError):
         with squall.local_cluster(nodes=2) as c:
             pgid = c.proc.pid
             assert len(c.members()[1]) == 2
+            assert not set(c.http_addrs) & set(cluster.http_addrs)
+            with urllib.request.urlopen(c.dashboard_url + "api/v1/members", timeout=10) as r:
+                assert len(json.load(r)["members"]) == 2
             raise RuntimeError("boom")
     wait_gone(pgid)
 
