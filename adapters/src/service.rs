@@ -674,6 +674,19 @@ impl Service {
     async fn on_view(&mut self, view: Arc<View>) {
         let me = self.cfg.me;
         self.record_view(&view);
+        // Metadata changes waiting to be logged everywhere: the view change delivered
+        // the old view's messages at every member that stays (ragged trim), so each of
+        // them applied those changes.
+        let metadata: Vec<(u32, Version)> = self
+            .durable
+            .range((0, Version(0))..(1, Version(0)))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in metadata {
+            for (reply, response) in self.durable.remove(&key).unwrap_or_default() {
+                let _ = reply.send(response);
+            }
+        }
         if let Some(m) = &self.metrics {
             m.view_id.set(i64::from(view.id));
             m.view_members.set(view.members.len() as i64);
@@ -783,7 +796,21 @@ impl Service {
                 }
             };
             if live && let Some(Waiting::Write { reply, .. }) = self.waiting.remove(&id) {
-                let _ = reply.send(response);
+                // A change that took effect is answered once every node has logged it,
+                // hence applied it: after `add_dfgs` or `create_pool` returns, no node
+                // still runs without it (an input put right after would otherwise miss
+                // its UDL on a node a little behind in the metadata order).
+                if !duplicate
+                    && matches!(response, Response::Done)
+                    && self.global.get(&0) < Some(&version)
+                {
+                    self.durable
+                        .entry((0, version))
+                        .or_default()
+                        .push((reply, response));
+                } else {
+                    let _ = reply.send(response);
+                }
             }
             return;
         }

@@ -156,6 +156,13 @@ impl PythonUdl {
             .lock_py_attached(py)
             .unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
+            // One load at a time in the whole interpreter: two UDLs from modules of the
+            // same name (two uploads of one file) would otherwise evict each other's
+            // module from `sys.modules` mid-import.
+            static LOADING: Mutex<()> = Mutex::new(());
+            let _loading = LOADING
+                .lock_py_attached(py)
+                .unwrap_or_else(|p| p.into_inner());
             *guard = Some(self.load(py)?);
         }
         let target = match guard.as_ref() {

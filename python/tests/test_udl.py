@@ -23,7 +23,13 @@ def wait_for(client, key, timeout_s=30):
         obj = client.get(key)
         if obj is not None:
             return obj
-        assert time.monotonic() < deadline, f"{key} never appeared"
+        if time.monotonic() > deadline:
+            logs = ""
+            if hasattr(client, "log"):
+                for n in range(len(client.addrs)):
+                    warned = [l for l in client.log(n).splitlines() if "WARN" in l or "ERROR" in l]
+                    logs += f"\n--- node {n} ---\n" + "\n".join(warned[-20:])
+            raise AssertionError(f"{key} never appeared; UDLs: {client.list_udls()}{logs}")
         time.sleep(0.02)
 
 
