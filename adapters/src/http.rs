@@ -187,6 +187,25 @@ impl From<ClientError> for Failure {
 
 type ApiResult<T> = Result<T, Failure>;
 
+/// The errors any operation may answer, documented once for the OpenAPI document (the
+/// body is always an [`ApiError`]; its `code` says which).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // only read by the OpenAPI derive
+enum ErrorResponses {
+    #[response(status = 400, description = "Bad input (see `code`)")]
+    BadRequest(ApiError),
+    #[response(status = 401, description = "No or unknown token")]
+    Unauthenticated(ApiError),
+    #[response(status = 403, description = "The token's role does not allow it")]
+    Forbidden(ApiError),
+    #[response(status = 404, description = "No such key, pool, UDL or DFG")]
+    NotFound(ApiError),
+    #[response(status = 413, description = "Over the node's size limits")]
+    TooLarge(ApiError),
+    #[response(status = 503, description = "No node could serve it now; retry")]
+    Unavailable(ApiError),
+}
+
 /// Extractors whose rejections are `ApiError`s too (axum's own answer in plain text).
 struct ApiJson<T>(T);
 struct ApiQuery<T>(T);
@@ -286,6 +305,15 @@ impl AppState {
             .find(|(t, _)| t.as_bytes() == token.as_bytes())
             .map(|(_, r)| *r)
             .ok_or_else(|| failure(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown token"))
+    }
+
+    /// A copy of what the service keeps about views and shards.
+    fn status(&self) -> crate::metrics::NodeStatus {
+        self.cfg
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A client of this node speaking with the caller's token (cached per token).
@@ -518,13 +546,7 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-#[utoipa::path(get, path = "/api/v1/members", responses(
-    (status = 200, body = MembersBody), (status = 503, body = ApiError),
-    (status = 400, description = "Bad input (see `code`)", body = ApiError),
-    (status = 401, description = "No or unknown token", body = ApiError),
-    (status = 403, description = "The token's role does not allow it", body = ApiError),
-    (status = 404, description = "No such key, pool, UDL or DFG", body = ApiError),
-    (status = 413, description = "Over the node's size limits", body = ApiError)))]
+#[utoipa::path(get, path = "/api/v1/members", responses((status = 200, body = MembersBody), ErrorResponses))]
 async fn members(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -543,13 +565,7 @@ async fn members(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/pools", responses(
-    (status = 200, body = Vec<PoolBody>), (status = 503, body = ApiError),
-    (status = 400, description = "Bad input (see `code`)", body = ApiError),
-    (status = 401, description = "No or unknown token", body = ApiError),
-    (status = 403, description = "The token's role does not allow it", body = ApiError),
-    (status = 404, description = "No such key, pool, UDL or DFG", body = ApiError),
-    (status = 413, description = "Over the node's size limits", body = ApiError)))]
+#[utoipa::path(get, path = "/api/v1/pools", responses((status = 200, body = Vec<PoolBody>), ErrorResponses))]
 async fn list_pools(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -558,13 +574,7 @@ async fn list_pools(
     Ok(Json(pools.into_iter().map(PoolBody::from).collect()))
 }
 
-#[utoipa::path(post, path = "/api/v1/pools", request_body = PoolBody, responses(
-    (status = 201, body = PoolBody), (status = 400, body = ApiError),
-    (status = 409, body = ApiError), (status = 403, body = ApiError),
-    (status = 401, description = "No or unknown token", body = ApiError),
-    (status = 404, description = "No such key, pool, UDL or DFG", body = ApiError),
-    (status = 413, description = "Over the node's size limits", body = ApiError),
-    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
+#[utoipa::path(post, path = "/api/v1/pools", request_body = PoolBody, responses((status = 201, body = PoolBody), (status = 409, body = ApiError), ErrorResponses))]
 async fn create_pool(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -611,12 +621,7 @@ async fn create_pool(
 
 #[utoipa::path(get, path = "/api/v1/pools/{path}", params(
     ("path" = String, Path, description = "A key or pool path (without its leading slash)")),
-    responses((status = 200, body = PoolBody), (status = 404, body = ApiError),
-    (status = 400, description = "Bad input (see `code`)", body = ApiError),
-    (status = 401, description = "No or unknown token", body = ApiError),
-    (status = 403, description = "The token's role does not allow it", body = ApiError),
-    (status = 413, description = "Over the node's size limits", body = ApiError),
-    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
+    responses((status = 200, body = PoolBody), ErrorResponses))]
 async fn find_pool(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -632,11 +637,7 @@ async fn find_pool(
 
 #[utoipa::path(delete, path = "/api/v1/pools/{path}", params(
     ("path" = String, Path, description = "The pool's path (without its leading slash)")),
-    responses((status = 204), (status = 404, body = ApiError), (status = 403, body = ApiError),
-    (status = 400, description = "Bad input (see `code`)", body = ApiError),
-    (status = 401, description = "No or unknown token", body = ApiError),
-    (status = 413, description = "Over the node's size limits", body = ApiError),
-    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
+    responses((status = 204), ErrorResponses))]
 async fn remove_pool(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -650,13 +651,7 @@ async fn remove_pool(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/api/v1/keys", params(KeysQuery), responses(
-    (status = 200, body = KeysBody), (status = 404, body = ApiError),
-    (status = 400, description = "Bad input (see `code`)", body = ApiError),
-    (status = 401, description = "No or unknown token", body = ApiError),
-    (status = 403, description = "The token's role does not allow it", body = ApiError),
-    (status = 413, description = "Over the node's size limits", body = ApiError),
-    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
+#[utoipa::path(get, path = "/api/v1/keys", params(KeysQuery), responses((status = 200, body = KeysBody), ErrorResponses))]
 async fn list_keys(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -672,12 +667,7 @@ async fn list_keys(
 
 #[utoipa::path(get, path = "/api/v1/objects/{key}", params(
     ("key" = String, Path, description = "The key without its leading slash"), GetQuery),
-    responses((status = 200, body = ObjectBody), (status = 404, body = ApiError),
-              (status = 400, body = ApiError),
-    (status = 401, description = "No or unknown token", body = ApiError),
-    (status = 403, description = "The token's role does not allow it", body = ApiError),
-    (status = 413, description = "Over the node's size limits", body = ApiError),
-    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
+    responses((status = 200, body = ObjectBody), ErrorResponses))]
 async fn get_object(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -728,12 +718,7 @@ async fn get_object(
 #[utoipa::path(put, path = "/api/v1/objects/{key}", params(
     ("key" = String, Path, description = "The key without its leading slash"), PutQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 200, body = WrittenBody), (status = 409, body = ApiError),
-              (status = 404, body = ApiError), (status = 413, body = ApiError),
-    (status = 400, description = "Bad input (see `code`)", body = ApiError),
-    (status = 401, description = "No or unknown token", body = ApiError),
-    (status = 403, description = "The token's role does not allow it", body = ApiError),
-    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
+    responses((status = 200, body = WrittenBody), (status = 409, body = ApiError), ErrorResponses))]
 async fn put_object(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -763,12 +748,7 @@ async fn put_object(
 
 #[utoipa::path(delete, path = "/api/v1/objects/{key}", params(
     ("key" = String, Path, description = "The key without its leading slash")),
-    responses((status = 200, body = WrittenBody), (status = 404, body = ApiError),
-    (status = 400, description = "Bad input (see `code`)", body = ApiError),
-    (status = 401, description = "No or unknown token", body = ApiError),
-    (status = 403, description = "The token's role does not allow it", body = ApiError),
-    (status = 413, description = "Over the node's size limits", body = ApiError),
-    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
+    responses((status = 200, body = WrittenBody), ErrorResponses))]
 async fn remove_object(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -782,15 +762,8 @@ fn json_text(text: String) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
-#[utoipa::path(get, path = "/api/v1/udls", responses(
-    (status = 200, description = "The stored UDLs, with this node's invocation and error counts",
-     body = Vec<serde_json::Value>),
-    (status = 400, description = "Bad input (see `code`)", body = ApiError),
-    (status = 401, description = "No or unknown token", body = ApiError),
-    (status = 403, description = "The token's role does not allow it", body = ApiError),
-    (status = 404, description = "No such key, pool, UDL or DFG", body = ApiError),
-    (status = 413, description = "Over the node's size limits", body = ApiError),
-    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
+#[utoipa::path(get, path = "/api/v1/udls", responses((status = 200, description = "The stored UDLs, with this node's invocation and error counts",
+     body = Vec<serde_json::Value>), ErrorResponses))]
 async fn list_udls(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
     Ok(json_text(state.client(&headers).await?.list_udls().await?))
 }
@@ -798,12 +771,7 @@ async fn list_udls(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Ap
 #[utoipa::path(post, path = "/api/v1/udls", params(UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
                  description = "A plugin library (.so), or a Python UDL's source with `entry`"),
-    responses((status = 201, body = UploadedBody), (status = 400, body = ApiError),
-              (status = 403, body = ApiError),
-    (status = 401, description = "No or unknown token", body = ApiError),
-    (status = 404, description = "No such key, pool, UDL or DFG", body = ApiError),
-    (status = 413, description = "Over the node's size limits", body = ApiError),
-    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
+    responses((status = 201, body = UploadedBody), ErrorResponses))]
 async fn upload_udl(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -844,12 +812,7 @@ async fn upload_udl(
 }
 
 #[utoipa::path(delete, path = "/api/v1/udls/{uuid}", params(("uuid" = String, Path)),
-    responses((status = 204), (status = 404, body = ApiError),
-    (status = 400, description = "Bad input (see `code`)", body = ApiError),
-    (status = 401, description = "No or unknown token", body = ApiError),
-    (status = 403, description = "The token's role does not allow it", body = ApiError),
-    (status = 413, description = "Over the node's size limits", body = ApiError),
-    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
+    responses((status = 204), ErrorResponses))]
 async fn remove_udl(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -859,26 +822,14 @@ async fn remove_udl(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/api/v1/dfgs", responses(
-    (status = 200, description = "The DFGs in force, as Cascade's dfgs.json", body = Vec<serde_json::Value>),
-    (status = 400, description = "Bad input (see `code`)", body = ApiError),
-    (status = 401, description = "No or unknown token", body = ApiError),
-    (status = 403, description = "The token's role does not allow it", body = ApiError),
-    (status = 404, description = "No such key, pool, UDL or DFG", body = ApiError),
-    (status = 413, description = "Over the node's size limits", body = ApiError),
-    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
+#[utoipa::path(get, path = "/api/v1/dfgs", responses((status = 200, description = "The DFGs in force, as Cascade's dfgs.json", body = Vec<serde_json::Value>), ErrorResponses))]
 async fn list_dfgs(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
     Ok(json_text(state.client(&headers).await?.list_dfgs().await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/dfgs",
     request_body(content = Vec<serde_json::Value>, description = "Cascade's dfgs.json"),
-    responses((status = 201), (status = 400, body = ApiError),
-    (status = 401, description = "No or unknown token", body = ApiError),
-    (status = 403, description = "The token's role does not allow it", body = ApiError),
-    (status = 404, description = "No such key, pool, UDL or DFG", body = ApiError),
-    (status = 413, description = "Over the node's size limits", body = ApiError),
-    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
+    responses((status = 201), ErrorResponses))]
 async fn add_dfgs(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -889,12 +840,7 @@ async fn add_dfgs(
 }
 
 #[utoipa::path(delete, path = "/api/v1/dfgs/{id}", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = ApiError),
-    (status = 400, description = "Bad input (see `code`)", body = ApiError),
-    (status = 401, description = "No or unknown token", body = ApiError),
-    (status = 403, description = "The token's role does not allow it", body = ApiError),
-    (status = 413, description = "Over the node's size limits", body = ApiError),
-    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
+    responses((status = 204), ErrorResponses))]
 async fn remove_dfg(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -904,49 +850,22 @@ async fn remove_dfg(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/api/v1/node", responses(
-    (status = 200, description = "This node, its views and the current view's shards", body = crate::metrics::NodeStatus),
-    (status = 400, description = "Bad input (see `code`)", body = ApiError),
-    (status = 401, description = "No or unknown token", body = ApiError),
-    (status = 403, description = "The token's role does not allow it", body = ApiError),
-    (status = 404, description = "No such key, pool, UDL or DFG", body = ApiError),
-    (status = 413, description = "Over the node's size limits", body = ApiError),
-    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
+#[utoipa::path(get, path = "/api/v1/node", responses((status = 200, description = "This node, its views and the current view's shards", body = crate::metrics::NodeStatus), ErrorResponses))]
 async fn node_status(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> ApiResult<Json<crate::metrics::NodeStatus>> {
     state.role(&headers)?;
-    let status = state
-        .cfg
-        .status
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    Ok(Json(status))
+    Ok(Json(state.status()))
 }
 
-#[utoipa::path(get, path = "/api/v1/views", responses(
-    (status = 200, description = "The views this node installed, oldest first", body = Vec<crate::metrics::ViewRecord>),
-    (status = 400, description = "Bad input (see `code`)", body = ApiError),
-    (status = 401, description = "No or unknown token", body = ApiError),
-    (status = 403, description = "The token's role does not allow it", body = ApiError),
-    (status = 404, description = "No such key, pool, UDL or DFG", body = ApiError),
-    (status = 413, description = "Over the node's size limits", body = ApiError),
-    (status = 503, description = "No node could serve it now; retry", body = ApiError)))]
+#[utoipa::path(get, path = "/api/v1/views", responses((status = 200, description = "The views this node installed, oldest first", body = Vec<crate::metrics::ViewRecord>), ErrorResponses))]
 async fn views(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Vec<crate::metrics::ViewRecord>>> {
     state.role(&headers)?;
-    let views = state
-        .cfg
-        .status
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .views
-        .clone();
-    Ok(Json(views))
+    Ok(Json(state.status().views))
 }
 
 async fn dashboard_index() -> Response {

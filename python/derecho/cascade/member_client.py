@@ -7,20 +7,7 @@ external client's: Squall clients reach the cluster the same way wherever they r
 which the node hosting the UDL is expected to point at itself.
 """
 
-from .external_client import (
-    CURRENT_VERSION,
-    INVALID_NODE_ID,
-    MEMBER_SELECTION_POLICIES,
-    QueryResults,
-    ServiceClientAPI,
-    TimestampLogger,
-)
+from . import external_client
+from .external_client import *  # noqa: F401,F403 - the same names, re-exported
 
-__all__ = [
-    "CURRENT_VERSION",
-    "INVALID_NODE_ID",
-    "MEMBER_SELECTION_POLICIES",
-    "QueryResults",
-    "ServiceClientAPI",
-    "TimestampLogger",
-]
+__all__ = list(external_client.__all__)
