@@ -315,6 +315,9 @@ struct Inner {
     /// Set when the layout may be out of date (a redirect, a failed node): the next
     /// keyed request fetches it first.
     routing_stale: AtomicBool,
+    /// Addresses the cluster advertises → where this client dials them (NAT, a gateway,
+    /// a WAN proxy); the rest are dialed as advertised.
+    translate: HashMap<String, String>,
 }
 
 /// The layout as the client routes with it.
@@ -368,6 +371,18 @@ impl Client {
         token: Option<String>,
         policy: Policy,
     ) -> Result<Client, ClientError> {
+        Self::connect_via(addrs, token, policy, HashMap::new()).await
+    }
+
+    /// [`Client::connect`], dialing every address the cluster advertises (members,
+    /// redirects) through `translate` when it names it: for a cluster whose advertised
+    /// addresses this client cannot reach directly.
+    pub async fn connect_via(
+        addrs: &[String],
+        token: Option<String>,
+        policy: Policy,
+        translate: HashMap<String, String>,
+    ) -> Result<Client, ClientError> {
         let random = std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish();
@@ -383,6 +398,7 @@ impl Client {
                 policy,
                 routing: std::sync::Mutex::new(None),
                 routing_stale: AtomicBool::new(true),
+                translate,
             }),
         };
         let mut last = None;
@@ -418,7 +434,8 @@ impl Client {
         {
             return Ok(Arc::clone(c));
         }
-        let c = Conn::open(addr, self.inner.token.as_deref()).await?;
+        let dial = self.inner.translate.get(addr).map_or(addr, String::as_str);
+        let c = Conn::open(dial, self.inner.token.as_deref()).await?;
         conns.insert(addr.to_string(), Arc::clone(&c));
         Ok(c)
     }
@@ -839,6 +856,68 @@ impl Client {
     ) -> Result<Written, ClientError> {
         let op = put_op(id, Condition::Always, key, value);
         Self::written(self.write(op, false, Some(key)).await?)
+    }
+
+    /// Queues `value` in this cluster's WAN outbox for `key` at the remote cluster
+    /// `site` (a stored put there, or a `trigger_put`); answered once the entry is
+    /// durable on every replica of its outbox shard. UDL outputs to remote destinations
+    /// go this way, with ids derived from their input (a re-run queues nothing new).
+    pub async fn outbox_put(
+        &self,
+        site: &str,
+        trigger: bool,
+        key: &str,
+        value: Bytes,
+        id: MessageId,
+    ) -> Result<Written, ClientError> {
+        let routing = squall_kvs::outbox_key(site, key);
+        let op = Op::OutboxPut {
+            id,
+            hlc_us: now_us(),
+            site: site.to_string(),
+            trigger,
+            key: key.to_string(),
+            blob: value,
+        };
+        Self::written(self.write(op, false, Some(&routing)).await?)
+    }
+
+    /// Sends `ops` (puts, removes, outbox entries of keys of one shard) in one request to
+    /// the shard's first member, which multicasts them in this order; after a write
+    /// refused before it was sent, the rest are not sent. One answer per write, in order:
+    /// the writes applied are a prefix of those of one shard. `route_key` routes it (a
+    /// key of that shard).
+    pub async fn write_many(
+        &self,
+        ops: &[Op],
+        route_key: &str,
+    ) -> Result<Vec<Result<Written, ClientError>>, ClientError> {
+        let request = Request::WriteMany {
+            ops: ops.iter().map(op::encode).collect(),
+        };
+        match self.call(request, Route::Write(route_key)).await? {
+            Response::Many(answers) if answers.len() == ops.len() => {
+                Ok(answers.into_iter().map(Self::written).collect())
+            }
+            // The first write was refused: the node answered the whole request with it.
+            Response::Error {
+                code,
+                message,
+                current,
+                ..
+            } => Err(ClientError::Server {
+                code,
+                message,
+                current,
+            }),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// The node a write of `key` goes to first, as the cached layout routes it (`None`
+    /// before the layout is known, or for a pool created since).
+    pub fn write_target(&self, key: &str) -> Option<String> {
+        self.routed(Route::Write(key))
     }
 
     /// Stores a UDL plugin library in the cluster (admin); the node checks it loads (ABI

@@ -28,6 +28,8 @@
 //! id = 0
 //! data_dir = "/var/lib/squall/n0"
 //! client_addr = "127.0.0.1:7200"
+//! # Where to listen for peers; default: this node's cluster.peers `addr`, resolved.
+//! peer_listen_addr = "0.0.0.0:7100"
 //! http_addr = "127.0.0.1:7300"
 //!
 //! [cluster]
@@ -35,6 +37,8 @@
 //! restart_leader = 0
 //! contacts = [1, 2]
 //!
+//! # `addr` and `client_addr` are host:port, the host an IP (IPv6 in brackets) or a DNS
+//! # name resolved at every connection: "squall-0.squall-peers.default.svc:7100".
 //! [[cluster.peers]]
 //! id = 0
 //! addr = "127.0.0.1:7100"
@@ -105,6 +109,15 @@
 //! affinity = "cam[0-9]+"
 //! ```
 //!
+//! **Kubernetes** (a StatefulSet `squall` behind a headless service `squall-peers`): one
+//! file for every pod, peers named by their pod's DNS name (`addr =
+//! "squall-1.squall-peers.default.svc.cluster.local:7100"`), `peer_listen_addr =
+//! "0.0.0.0:7100"` and `client_addr = "0.0.0.0:7200"` (a pod's own name resolves only once
+//! it is ready), and `squall node --config FILE --node-id-from-hostname`, which takes
+//! `node.id` from the pod's name (`squall-2` → 2). A name is looked up at every
+//! connection attempt, so a restarted pod is found at its new IP; one that does not
+//! resolve yet is retried like a refused connection.
+//!
 //! Environment overrides: a variable `SQUALL__<SECTION>__<FIELD>` (segments separated by
 //! double underscores, lowercased) sets that path, e.g. `SQUALL__NODE__ID=3`,
 //! `SQUALL__NODE__DATA_DIR=/tmp/x`, `SQUALL__TIMING__SUSPICION_TIMEOUT_MS=500`. The value
@@ -122,6 +135,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use crate::addr::{HostPort, HostPortError};
+
 /// The only configuration format version this build understands.
 pub const CONFIG_VERSION: u32 = 1;
 
@@ -134,6 +149,9 @@ pub const DEFAULT_CLUSTER_ID: u64 = 0x5155_414c;
 
 /// Bytes a frame must hold beyond the largest object: the request header and the key.
 pub const FRAME_HEADROOM_BYTES: usize = 4096;
+
+/// The longest site or remote name: the DFG grammar's (`"site:/pool/"`).
+pub const SITE_NAME_BYTES_MAX: usize = squall_udl_host::dfg::SITE_NAME_SIZE_MAX_BYTES;
 
 /// Why a configuration was refused. Each variant names what to fix: the file, the
 /// version, the field, or the environment variable.
@@ -157,6 +175,15 @@ pub enum ConfigError {
     /// parse. `var` names the variable(s).
     #[error("environment override {var}: {reason}")]
     Env { var: String, reason: String },
+}
+
+/// `host:port` with a non-empty host and a port from 1.
+fn is_host_port(address: &str) -> bool {
+    address
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.is_empty())
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .is_some_and(|port| port != 0)
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -257,6 +284,110 @@ pub struct Config {
     /// it is: it lives in the metadata subgroup's log).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pools: Vec<PoolEntry>,
+    /// Which site this cluster is (edge or cloud). Virtual synchrony stays inside a site:
+    /// other sites are separate clusters, reached as [`Remote`]s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<SiteSection>,
+    /// Other clusters a DFG may send outputs to (`"cloud:/ingest/": "put"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remotes: Vec<Remote>,
+    /// The outbox that carries outputs to remote clusters.
+    #[serde(default)]
+    pub wan: Wan,
+}
+
+/// Where a cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SiteKind {
+    Edge,
+    Cloud,
+}
+
+impl fmt::Display for SiteKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SiteKind::Edge => "edge",
+            SiteKind::Cloud => "cloud",
+        })
+    }
+}
+
+/// This cluster's site.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSection {
+    /// The site id, unique among the clusters that exchange data (`edge-berlin-1`).
+    pub name: String,
+    pub kind: SiteKind,
+}
+
+/// Another cluster this one forwards DFG outputs to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Remote {
+    /// The name DFG destinations use: `"<name>:/pool/"`.
+    pub name: String,
+    /// Client addresses (`host:port`) of some of the remote cluster's nodes; the
+    /// forwarder learns the rest from them.
+    pub addresses: Vec<String>,
+    /// Bearer token for the remote cluster (write role at least); absent for an open one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Client addresses the remote cluster advertises → where this cluster reaches them,
+    /// when they differ (NAT, a gateway, the rehearsal's WAN proxy).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub address_map: BTreeMap<String, String>,
+}
+
+/// What a full outbox does to its producers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboxFull {
+    /// UDL outputs wait for room; the wait fills the UDL queues, which then refuse new
+    /// inputs with `Unavailable` (retried by clients).
+    #[default]
+    Block,
+    /// New inputs to pools whose DFG sends to the full site are refused at once with
+    /// `outbox_full` (not retried by clients), until the outbox has room again.
+    Reject,
+}
+
+/// The WAN outbox (see [`Remote`]). Outputs for another cluster are kept in a persistent
+/// subgroup of this one, replicated and logged, until the remote cluster applied them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Wan {
+    /// The persistent data subgroup holding the outbox (numbered from 1); default: the
+    /// first persistent one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbox_subgroup: Option<u32>,
+    /// Entries one outbox shard holds for one site before producers see `outbox_full`.
+    pub outbox_entries_max: usize,
+    /// Bytes one outbox shard holds for one site before producers see `outbox_full`.
+    pub outbox_bytes_max: usize,
+    pub outbox_full: OutboxFull,
+    /// Entries forwarded in one round trip (at most `limits.dedup_per_client_max / 2`, so
+    /// that a forwarder that fails over re-sends only what the remote side remembers).
+    pub batch_max: usize,
+    /// Bytes forwarded in one round trip (one entry always goes, however large).
+    pub batch_bytes_max: usize,
+    /// Retry pause after a failed round trip doubles up to this.
+    pub retry_backoff_max_ms: u64,
+}
+
+impl Default for Wan {
+    fn default() -> Self {
+        Wan {
+            outbox_subgroup: None,
+            outbox_entries_max: 1_000_000,
+            outbox_bytes_max: 1 << 30,
+            outbox_full: OutboxFull::Block,
+            batch_max: 128,
+            batch_bytes_max: 8 << 20,
+            retry_backoff_max_ms: 2_000,
+        }
+    }
 }
 
 /// This node: the only section that differs between the nodes of a cluster.
@@ -268,8 +399,15 @@ pub struct NodeSection {
     /// Log and snapshots. One directory per node: two nodes sharing one would corrupt it.
     pub data_dir: PathBuf,
     /// Where this node listens for clients. May differ from its entry's `client_addr` in
-    /// `cluster.peers` (e.g. listen on `0.0.0.0:7200`, advertise `10.0.0.5:7200`).
+    /// `cluster.peers`, which is what clients are told (e.g. listen on `0.0.0.0:7200`,
+    /// advertise `squall-0.squall-peers:7200` or `10.0.0.5:7200`).
     pub client_addr: SocketAddr,
+    /// Where this node listens for its peers. Default: its own `cluster.peers` entry's
+    /// `addr`, resolved, which must then be an address of this machine. Set it where that
+    /// name does not resolve to this machine when the node starts (a Kubernetes pod's
+    /// name resolves once the pod is ready): e.g. `0.0.0.0:7100`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_listen_addr: Option<SocketAddr>,
     /// Dashboard and metrics over HTTP; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<SocketAddr>,
@@ -302,10 +440,13 @@ fn default_cluster_id() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct Peer {
     pub id: u32,
-    /// Node-to-node (multicast, membership) address.
-    pub addr: SocketAddr,
-    /// Where clients reach that node, so any node can redirect a client to it.
-    pub client_addr: SocketAddr,
+    /// Node-to-node (multicast, membership) address, `host:port`: an IP (IPv6 in
+    /// brackets) or a DNS name, resolved at every connection attempt (a restarted pod
+    /// keeps its name but not its IP).
+    pub addr: HostPort,
+    /// Where clients reach that node (`host:port` likewise), so any node can redirect a
+    /// client to it. Told to clients as written: they resolve a name themselves.
+    pub client_addr: HostPort,
 }
 
 /// How data is spread: the data subgroups. Identical on every node.
@@ -641,6 +782,26 @@ fn check_version(table: &toml::Table) -> Result<(), ConfigError> {
     }
 }
 
+/// The `host:port` fields are checked before the schema, so that a malformed one is an
+/// [`ConfigError::Invalid`] naming it (`cluster.peers[1].addr: \`nohost\` has no port`),
+/// not a parse error that points at a line. A value that is not a string is left to the
+/// schema (a type error).
+fn check_addresses(table: &toml::Table) -> Result<(), ConfigError> {
+    let peers = table
+        .get("cluster")
+        .and_then(|cluster| cluster.get("peers"))
+        .and_then(toml::Value::as_array);
+    for (i, peer) in peers.into_iter().flatten().enumerate() {
+        for name in ["addr", "client_addr"] {
+            if let Some(toml::Value::String(text)) = peer.get(name) {
+                text.parse::<HostPort>()
+                    .map_err(|e| invalid(format!("cluster.peers[{i}].{name}"), e.to_string()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Deserializing the file with the overrides failed: say whose fault it is. A variable
 /// whose removal makes it parse is named; else, if the file alone fails the same way, it
 /// is the file's error (with line and column); else all the variables are named.
@@ -762,6 +923,31 @@ impl Config {
         })
     }
 
+    /// This config with `overlay` (TOML text) merged in: tables merge key by key, any
+    /// other value (arrays included) is replaced. `squall up --overlay` uses it to give
+    /// every node of a local cluster a site, remotes, tokens or limits.
+    pub fn with_overlay(&self, overlay: &str) -> Result<Config, ConfigError> {
+        let overlay: toml::Table = toml::from_str(overlay).map_err(|e| parse_error(&e))?;
+        let mut table = toml::Table::try_from(self)
+            .map_err(|e| ConfigError::Parse(format!("serializing the config: {e}")))?;
+        fn merge(into: &mut toml::Table, from: &toml::Table) {
+            for (key, value) in from {
+                match (into.get_mut(key), value) {
+                    (Some(toml::Value::Table(mine)), toml::Value::Table(theirs)) => {
+                        merge(mine, theirs);
+                    }
+                    _ => {
+                        into.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        merge(&mut table, &overlay);
+        let text = toml::to_string(&table)
+            .map_err(|e| ConfigError::Parse(format!("serializing the merged config: {e}")))?;
+        Config::from_toml_str(&text)
+    }
+
     /// Parses `text`, applies the `SQUALL__...` variables among `env` to it, deserializes
     /// and validates. Variables without the prefix are ignored, so a whole environment
     /// can be passed.
@@ -773,11 +959,13 @@ impl Config {
         let overrides = collect_overrides(env)?;
         let config = if overrides.is_empty() {
             check_version(&file)?;
+            check_addresses(&file)?;
             // From the text, so that errors carry line and column.
             toml::from_str::<Config>(text).map_err(|e| parse_error(&e))?
         } else {
             let table = apply_all(&file, &overrides.iter().collect::<Vec<_>>())?;
             check_version(&table)?;
+            check_addresses(&table).map_err(|e| attribute(e, &overrides))?;
             Config::deserialize(table).map_err(|e| blame(text, &file, &overrides, &e))?
         };
         config.validate().map_err(|e| attribute(e, &overrides))?;
@@ -799,7 +987,130 @@ impl Config {
         self.validate_limits()?;
         self.validate_timing()?;
         self.validate_auth()?;
-        self.validate_pools()
+        self.validate_pools()?;
+        self.validate_wan()
+    }
+
+    fn validate_wan(&self) -> Result<(), ConfigError> {
+        let site_name = |field: String, name: &str| -> Result<(), ConfigError> {
+            let ok = !name.is_empty()
+                && name.len() <= SITE_NAME_BYTES_MAX
+                && name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            if ok {
+                Ok(())
+            } else {
+                Err(invalid(
+                    field,
+                    format!(
+                        "`{name}` must be 1 to {SITE_NAME_BYTES_MAX} of [a-z0-9_-] (the \
+                         grammar of DFG destinations `site:/pool/`)"
+                    ),
+                ))
+            }
+        };
+        if let Some(site) = &self.site {
+            site_name("site.name".into(), &site.name)?;
+        }
+        for (i, remote) in self.remotes.iter().enumerate() {
+            site_name(format!("remotes[{i}].name"), &remote.name)?;
+            if self.site.as_ref().is_some_and(|s| s.name == remote.name) {
+                return Err(invalid(
+                    format!("remotes[{i}].name"),
+                    format!("`{}` is this cluster's own site", remote.name),
+                ));
+            }
+            if let Some(j) = self.remotes[..i].iter().position(|r| r.name == remote.name) {
+                return Err(invalid(
+                    format!("remotes[{i}].name"),
+                    format!("`{}` is also remotes[{j}]", remote.name),
+                ));
+            }
+            if remote.addresses.is_empty() {
+                return Err(invalid(
+                    format!("remotes[{i}].addresses"),
+                    "name at least one client address of the remote cluster",
+                ));
+            }
+            for (j, address) in remote.addresses.iter().enumerate() {
+                if !is_host_port(address) {
+                    return Err(invalid(
+                        format!("remotes[{i}].addresses[{j}]"),
+                        format!("`{address}` is not `host:port`"),
+                    ));
+                }
+            }
+        }
+        for (i, remote) in self.remotes.iter().enumerate() {
+            for (advertised, reached) in &remote.address_map {
+                for address in [advertised, reached] {
+                    if !is_host_port(address) {
+                        return Err(invalid(
+                            format!("remotes[{i}].address_map"),
+                            format!("`{address}` is not `host:port`"),
+                        ));
+                    }
+                }
+            }
+        }
+        let wan = &self.wan;
+        if wan.batch_max == 0 || wan.batch_max > self.limits.dedup_per_client_max / 2 {
+            return Err(invalid(
+                "wan.batch_max",
+                format!(
+                    "must be 1 to limits.dedup_per_client_max / 2 = {}: a forwarder that \
+                     fails over re-sends its last batch, which the remote cluster must still \
+                     remember to apply it once",
+                    self.limits.dedup_per_client_max / 2
+                ),
+            ));
+        }
+        for (field, value) in [
+            ("wan.outbox_entries_max", wan.outbox_entries_max),
+            ("wan.outbox_bytes_max", wan.outbox_bytes_max),
+            ("wan.batch_bytes_max", wan.batch_bytes_max),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be positive"));
+            }
+        }
+        if wan.retry_backoff_max_ms == 0 {
+            return Err(invalid("wan.retry_backoff_max_ms", "must be positive"));
+        }
+        if self.remotes.is_empty() {
+            return Ok(());
+        }
+        match self.outbox_subgroup() {
+            Some(_) => Ok(()),
+            None => Err(match wan.outbox_subgroup {
+                Some(g) => invalid(
+                    "wan.outbox_subgroup",
+                    format!("subgroup {g} is not a persistent data subgroup"),
+                ),
+                None => invalid(
+                    "remotes",
+                    "the WAN outbox needs a persistent data subgroup in layout.subgroups",
+                ),
+            }),
+        }
+    }
+
+    /// The subgroup (numbered from 1) that holds the WAN outbox: `wan.outbox_subgroup`,
+    /// else the first persistent one.
+    pub fn outbox_subgroup(&self) -> Option<u32> {
+        let persistent = |g: u32| {
+            g >= 1
+                && self
+                    .layout
+                    .subgroups
+                    .get(g as usize - 1)
+                    .is_some_and(|sg| sg.kind == SubgroupKind::Persistent)
+        };
+        match self.wan.outbox_subgroup {
+            Some(g) => persistent(g).then_some(g),
+            None => (1..=self.layout.subgroups.len() as u32).find(|g| persistent(*g)),
+        }
     }
 
     fn validate_cluster(&self) -> Result<(), ConfigError> {
@@ -817,7 +1128,9 @@ impl Config {
             ));
         }
         let mut ids: BTreeMap<u32, usize> = BTreeMap::new();
-        let mut addrs: HashMap<SocketAddr, String> = HashMap::new();
+        // Names are compared as written (lowercased): `localhost:7100` and
+        // `127.0.0.1:7100` are not found equal without resolving them.
+        let mut addrs: HashMap<&HostPort, String> = HashMap::new();
         for (i, peer) in cluster.peers.iter().enumerate() {
             if let Some(j) = ids.insert(peer.id, i) {
                 return Err(invalid(
@@ -825,7 +1138,7 @@ impl Config {
                     format!("peer id {} is also cluster.peers[{j}]'s", peer.id),
                 ));
             }
-            for (what, addr) in [("addr", peer.addr), ("client_addr", peer.client_addr)] {
+            for (what, addr) in [("addr", &peer.addr), ("client_addr", &peer.client_addr)] {
                 let field = format!("cluster.peers[{i}].{what}");
                 if addr.port() == 0 {
                     return Err(invalid(
@@ -891,8 +1204,25 @@ impl Config {
         if node.data_dir.to_str().is_none() {
             return Err(invalid("node.data_dir", "must be valid UTF-8"));
         }
+        if let Some(listen) = node.peer_listen_addr {
+            if listen.port() == 0 {
+                return Err(invalid(
+                    "node.peer_listen_addr",
+                    "port 0 (any free port): peers dial the port of this node's \
+                     cluster.peers entry, so it must be a fixed one",
+                ));
+            }
+            if listen == node.client_addr {
+                return Err(invalid(
+                    "node.peer_listen_addr",
+                    format!("{listen} is already this node's client address (node.client_addr)"),
+                ));
+            }
+        }
         if let Some(http) = node.http_addr
-            && (http == node.client_addr || http == me.addr)
+            && (http == node.client_addr
+                || node.peer_listen_addr == Some(http)
+                || me.addr.socket_addr() == Some(http))
         {
             return Err(invalid(
                 "node.http_addr",
@@ -1123,17 +1453,22 @@ impl Config {
         self.cluster.peers.iter().find(|p| p.id == id)
     }
 
-    /// Node id → node-to-node address.
-    pub fn peer_map(&self) -> BTreeMap<u32, SocketAddr> {
-        self.cluster.peers.iter().map(|p| (p.id, p.addr)).collect()
-    }
-
-    /// Node id → address clients reach it at (for redirecting clients).
-    pub fn client_map(&self) -> BTreeMap<u32, SocketAddr> {
+    /// Node id → node-to-node address (a name stays a name: the driver resolves it at
+    /// every dial).
+    pub fn peer_map(&self) -> BTreeMap<u32, HostPort> {
         self.cluster
             .peers
             .iter()
-            .map(|p| (p.id, p.client_addr))
+            .map(|p| (p.id, p.addr.clone()))
+            .collect()
+    }
+
+    /// Node id → address clients reach it at (for redirecting clients).
+    pub fn client_map(&self) -> BTreeMap<u32, HostPort> {
+        self.cluster
+            .peers
+            .iter()
+            .map(|p| (p.id, p.client_addr.clone()))
             .collect()
     }
 
@@ -1272,8 +1607,8 @@ pub fn try_local_cluster(
         .map(|i| {
             Ok(Peer {
                 id: i,
-                addr: port(peer_base_port, i, "peer_base_port")?,
-                client_addr: port(client_base_port, i, "client_base_port")?,
+                addr: port(peer_base_port, i, "peer_base_port")?.into(),
+                client_addr: port(client_base_port, i, "client_base_port")?.into(),
             })
         })
         .collect::<Result<Vec<Peer>, ConfigError>>()?;
@@ -1298,7 +1633,8 @@ pub fn try_local_cluster(
                 node: NodeSection {
                     id: me.id,
                     data_dir: data_root.join(format!("n{}", me.id)),
-                    client_addr: me.client_addr,
+                    client_addr: port(client_base_port, me.id, "client_base_port")?,
+                    peer_listen_addr: None,
                     http_addr: None,
                 },
                 cluster: ClusterSection {
@@ -1320,6 +1656,9 @@ pub fn try_local_cluster(
                     pool("/demo", SubgroupKind::Persistent),
                     pool("/cache", SubgroupKind::Volatile),
                 ],
+                site: None,
+                remotes: Vec::new(),
+                wan: Wan::default(),
             };
             config.validate()?;
             Ok(config)
@@ -1403,6 +1742,10 @@ max_nodes = 2
         text.parse().expect("a socket address")
     }
 
+    fn host_port(text: &str) -> HostPort {
+        text.parse().expect("a host:port")
+    }
+
     #[test]
     fn doc_example_parses_and_validates() {
         let text = doc_example();
@@ -1413,6 +1756,7 @@ max_nodes = 2
         assert_eq!(config.node.data_dir, PathBuf::from("/var/lib/squall/n0"));
         assert_eq!(config.node.client_addr, addr("127.0.0.1:7200"));
         assert_eq!(config.node.http_addr, Some(addr("127.0.0.1:7300")));
+        assert_eq!(config.node.peer_listen_addr, Some(addr("0.0.0.0:7100")));
         assert_eq!(config.cluster.id, DEFAULT_CLUSTER_ID);
         assert_eq!(config.cluster.id, 1_364_541_772);
         assert_eq!(config.restart_leader(), 0);
@@ -1420,12 +1764,12 @@ max_nodes = 2
         assert_eq!(
             config.peer_map(),
             BTreeMap::from([
-                (0, addr("127.0.0.1:7100")),
-                (1, addr("127.0.0.1:7101")),
-                (2, addr("127.0.0.1:7102")),
+                (0, host_port("127.0.0.1:7100")),
+                (1, host_port("127.0.0.1:7101")),
+                (2, host_port("127.0.0.1:7102")),
             ])
         );
-        assert_eq!(config.client_map()[&2], addr("127.0.0.1:7202"));
+        assert_eq!(config.client_map()[&2], host_port("127.0.0.1:7202"));
         assert_eq!(config.layout.subgroups.len(), 2);
         assert_eq!(config.layout.subgroups[1].kind, SubgroupKind::Volatile);
         assert_eq!(config.layout.subgroups[1].shards, 3);
@@ -1579,16 +1923,35 @@ max_nodes = 2
             ("cluster.peers", |c| c.cluster.peers.clear()),
             ("cluster.peers[1].id", |c| c.cluster.peers[1].id = 0),
             ("cluster.peers[1].addr", |c| {
-                c.cluster.peers[1].addr = c.cluster.peers[0].addr;
+                c.cluster.peers[1].addr = c.cluster.peers[0].addr.clone();
             }),
             ("cluster.peers[2].client_addr", |c| {
-                c.cluster.peers[2].client_addr = c.cluster.peers[0].client_addr;
+                c.cluster.peers[2].client_addr = c.cluster.peers[0].client_addr.clone();
             }),
             ("cluster.peers[0].client_addr", |c| {
-                c.cluster.peers[0].client_addr = c.cluster.peers[0].addr;
+                c.cluster.peers[0].client_addr = c.cluster.peers[0].addr.clone();
             }),
             ("cluster.peers[0].addr", |c| {
-                c.cluster.peers[0].addr.set_port(0);
+                c.cluster.peers[0].addr = host_port("127.0.0.1:0");
+            }),
+            ("cluster.peers[1].addr", |c| {
+                c.cluster.peers[0].addr = host_port("squall-0.squall:7100");
+                c.cluster.peers[1].addr = host_port("Squall-0.Squall:7100");
+            }),
+            ("cluster.peers[2].client_addr", |c| {
+                c.cluster.peers[2].client_addr = host_port("squall-0:0");
+            }),
+            ("node.peer_listen_addr", |c| {
+                c.node.peer_listen_addr = Some(addr("0.0.0.0:0"))
+            }),
+            ("node.peer_listen_addr", |c| {
+                c.node.peer_listen_addr = Some(c.node.client_addr)
+            }),
+            ("node.http_addr", |c| {
+                c.node.http_addr = c.node.peer_listen_addr
+            }),
+            ("node.http_addr", |c| {
+                c.node.http_addr = c.cluster.peers[0].addr.socket_addr()
             }),
             ("cluster.id", |c| c.cluster.id = u64::MAX),
             ("cluster.restart_leader", |c| {
@@ -1734,7 +2097,7 @@ max_nodes = 2
         assert_eq!(config.timing.heartbeat_interval_ms, 20);
         assert_eq!(config.cluster.id, 16);
         assert_eq!(config.contacts(), vec![1]);
-        assert_eq!(config.peer_map()[&1], addr("127.0.0.1:8101"));
+        assert_eq!(config.peer_map()[&1], host_port("127.0.0.1:8101"));
         assert_eq!(config.layout.subgroups[0].kind, SubgroupKind::Persistent);
         assert_eq!(config.role_of(Some("t")), Some(Role::Write));
         // The file itself sets a value an override replaces.
@@ -1873,8 +2236,9 @@ max_nodes = 2
             );
             assert_eq!(
                 config.peer_map()[&(i as u32)],
-                addr(&format!("127.0.0.1:{}", 7100 + i))
+                host_port(&format!("127.0.0.1:{}", 7100 + i))
             );
+            assert_eq!(config.node.peer_listen_addr, None);
             assert!(ports.insert(config.node.client_addr.port()));
             assert!(ports.insert(config.peer_map()[&(i as u32)].port()));
             assert!(dirs.insert(config.node.data_dir.clone()));
@@ -1912,6 +2276,158 @@ max_nodes = 2
             "past port 65535"
         );
         assert_eq!(Config::local_cluster(1, 7100, 7200, root).len(), 1);
+    }
+
+    /// MINIMAL with its peers at these `addr`s (node 1's first) and `client_addr`s.
+    fn with_peer_addrs(addrs: [&str; 2], client_addrs: [&str; 2]) -> String {
+        MINIMAL
+            .replacen(
+                "addr = \"127.0.0.1:7101\"",
+                &format!("addr = \"{}\"", addrs[0]),
+                1,
+            )
+            .replacen(
+                "addr = \"127.0.0.1:7100\"",
+                &format!("addr = \"{}\"", addrs[1]),
+                1,
+            )
+            .replacen(
+                "client_addr = \"127.0.0.1:7201\"\n\n[[cluster.peers]]\nid = 0",
+                &format!(
+                    "client_addr = \"{}\"\n\n[[cluster.peers]]\nid = 0",
+                    client_addrs[0]
+                ),
+                1,
+            )
+            .replacen(
+                "client_addr = \"127.0.0.1:7200\"\n\n[[layout",
+                &format!("client_addr = \"{}\"\n\n[[layout", client_addrs[1]),
+                1,
+            )
+    }
+
+    #[test]
+    fn peer_addresses_may_be_dns_names() {
+        let text = with_peer_addrs(
+            [
+                "squall-1.squall-peers.default.svc.cluster.local:7100",
+                "[fd00::5]:7100",
+            ],
+            ["localhost:7201", "Squall-0.Squall-Peers:7200"],
+        );
+        let text = text.replacen(
+            "[[cluster.peers]]",
+            "peer_listen_addr = \"0.0.0.0:7100\"\n\n[[cluster.peers]]",
+            1,
+        );
+        let config = Config::from_toml_str(&text).expect("names are addresses");
+        assert_eq!(config.node.peer_listen_addr, Some(addr("0.0.0.0:7100")));
+        let peers = config.peer_map();
+        assert_eq!(
+            peers[&1].to_string(),
+            "squall-1.squall-peers.default.svc.cluster.local:7100"
+        );
+        assert!(peers[&1].is_name());
+        assert_eq!(peers[&0].socket_addr(), Some(addr("[fd00::5]:7100")));
+        let clients = config.client_map();
+        assert_eq!(clients[&1].to_string(), "localhost:7201");
+        assert_eq!(clients[&0].to_string(), "squall-0.squall-peers:7200");
+        // Written back as the same strings (the name lowercased), read back equal.
+        let written = config.to_toml_string();
+        assert!(written.contains("\"[fd00::5]:7100\""), "{written}");
+        assert!(
+            written.contains("\"squall-0.squall-peers:7200\""),
+            "{written}"
+        );
+        assert_eq!(Config::from_toml_str(&written).expect("reads back"), config);
+        // A file of IPs reads as before and writes the same strings.
+        let minimal = Config::from_toml_str(MINIMAL).expect("minimal");
+        assert!(
+            minimal
+                .to_toml_string()
+                .contains("addr = \"127.0.0.1:7101\"")
+        );
+        assert_eq!(
+            minimal.peer_map()[&0].socket_addr(),
+            Some(addr("127.0.0.1:7100"))
+        );
+        // The node's listen address from the environment.
+        let config = with_env(
+            MINIMAL,
+            &[("SQUALL__NODE__PEER_LISTEN_ADDR", "0.0.0.0:7101")],
+        )
+        .expect("override");
+        assert_eq!(config.node.peer_listen_addr, Some(addr("0.0.0.0:7101")));
+    }
+
+    #[test]
+    fn malformed_addresses_are_errors_naming_the_field() {
+        for (addrs, clients, field, says) in [
+            (
+                ["nohost", "127.0.0.1:7100"],
+                ["127.0.0.1:7201", "127.0.0.1:7200"],
+                "cluster.peers[0].addr",
+                "has no port",
+            ),
+            (
+                ["127.0.0.1:7101", "squall-0:70000"],
+                ["127.0.0.1:7201", "127.0.0.1:7200"],
+                "cluster.peers[1].addr",
+                "beyond the last port",
+            ),
+            (
+                ["127.0.0.1:7101", "127.0.0.1:7100"],
+                [":7201", "127.0.0.1:7200"],
+                "cluster.peers[0].client_addr",
+                "empty host",
+            ),
+            (
+                ["127.0.0.1:7101", "127.0.0.1:7100"],
+                ["127.0.0.1:7201", "::1:7200"],
+                "cluster.peers[1].client_addr",
+                "in brackets",
+            ),
+            (
+                ["squall_0 .x:1", "127.0.0.1:7100"],
+                ["127.0.0.1:7201", "127.0.0.1:7200"],
+                "cluster.peers[0].addr",
+                "not a host name",
+            ),
+        ] {
+            let text = with_peer_addrs(addrs, clients);
+            let (named, reason) = invalid_field(Config::from_toml_str(&text));
+            assert_eq!(named, field, "{reason}");
+            assert!(reason.contains(says), "{field}: {reason}");
+        }
+        // From the environment: the field and the variable are named.
+        let (field, reason) = invalid_field(with_env(
+            MINIMAL,
+            &[("SQUALL__CLUSTER__PEERS__1__CLIENT_ADDR", "squall-0:http")],
+        ));
+        assert_eq!(field, "cluster.peers[1].client_addr");
+        assert!(reason.contains("not a number"), "{reason}");
+        assert!(
+            reason.contains("SQUALL__CLUSTER__PEERS__1__CLIENT_ADDR"),
+            "{reason}"
+        );
+        // Not a string at all: the schema's type error.
+        let text = MINIMAL.replacen("addr = \"127.0.0.1:7101\"", "addr = 7101", 1);
+        assert!(matches!(
+            Config::from_toml_str(&text),
+            Err(ConfigError::Parse(_))
+        ));
+        // A listen address is an IP and a port: no names there.
+        let text = MINIMAL.replacen(
+            "[[cluster.peers]]",
+            "peer_listen_addr = \"squall-1:7101\"\n\n[[cluster.peers]]",
+            1,
+        );
+        match Config::from_toml_str(&text) {
+            Err(ConfigError::Parse(message)) => {
+                assert!(message.contains("line"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct HttpConfig {
     pub registry: prometheus::Registry,
     /// Views and shards as this node's service keeps them.
     pub status: crate::metrics::SharedStatus,
+    /// Links to remote clusters, as this node's forwarders and outbox know them.
+    pub wan_links: crate::wan::SharedLinks,
 }
 
 struct AppState {
@@ -151,6 +153,7 @@ fn status_of(code: ErrorCode) -> StatusCode {
         PoolExists | NestedPool | Conflict => StatusCode::CONFLICT,
         TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         NotHere | Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        OutboxFull => StatusCode::TOO_MANY_REQUESTS,
         Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -202,6 +205,11 @@ enum ErrorResponses {
     NotFound(ApiError),
     #[response(status = 413, description = "Over the node's size limits")]
     TooLarge(ApiError),
+    #[response(
+        status = 429,
+        description = "The WAN outbox towards a remote site is full (`outbox_full`)"
+    )]
+    OutboxFull(ApiError),
     #[response(status = 503, description = "No node could serve it now; retry")]
     Unavailable(ApiError),
 }
@@ -309,11 +317,21 @@ impl AppState {
 
     /// A copy of what the service keeps about views and shards.
     fn status(&self) -> crate::metrics::NodeStatus {
-        self.cfg
+        let mut status = self
+            .cfg
             .status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        status.wan = self
+            .cfg
+            .wan_links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        status
     }
 
     /// A client of this node speaking with the caller's token (cached per token).

@@ -1,8 +1,10 @@
 //! The ways into Squall: [`config`] (one node's TOML configuration), [`node`] (the node:
 //! platform + object store service + client server), [`service`] (the object store
 //! service), [`udl`] (the node's UDL runtime), [`server`] and [`wire`] (the client
-//! protocol), [`client`] (the Rust client), [`http`] (REST API, metrics, dashboard).
+//! protocol), [`client`] (the Rust client), [`http`] (REST API, metrics, dashboard),
+//! [`addr`] (`host:port` addresses that may be DNS names).
 
+pub mod addr;
 pub mod client;
 pub mod config;
 pub mod dashboard;
@@ -12,4 +14,5 @@ pub mod node;
 pub mod server;
 pub mod service;
 pub mod udl;
+pub mod wan;
 pub mod wire;

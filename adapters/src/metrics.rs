@@ -186,6 +186,12 @@ pub struct NodeStatus {
     pub views: Vec<ViewRecord>,
     /// Every shard of the current view.
     pub shards: Vec<ShardStatus>,
+    /// This cluster's site (`[site]` in its config), if named.
+    pub site: Option<String>,
+    /// `edge` or `cloud`.
+    pub site_kind: Option<String>,
+    /// The links to remote clusters, with this node's outbox depth towards each.
+    pub wan: Vec<crate::wan::LinkStatus>,
 }
 
 #[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]

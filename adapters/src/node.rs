@@ -29,8 +29,9 @@ use crate::config::Role;
 use crate::config::{Config, SubgroupKind};
 use crate::server::{self, ServerConfig};
 use crate::service::{Command, Reply, Service, ServiceConfig};
-use crate::udl::{ClientCall, EmitItem, InputRef, UdlRuntime};
-use crate::wire::{Frame, Request, Response};
+use crate::udl::{ClientCall, Emit, EmitItem, InputRef, UdlRuntime};
+use crate::wan::WanConfig;
+use crate::wire::{ErrorCode, Frame, Request, Response};
 
 /// Requests queued for the service before connections wait.
 pub const SERVICE_QUEUE_MAX: usize = 4096;
@@ -49,6 +50,17 @@ pub enum RunError {
     Listen {
         addr: std::net::SocketAddr,
         source: std::io::Error,
+    },
+    /// No `node.peer_listen_addr`, and this node's own `cluster.peers` entry does not
+    /// resolve to an address of this machine (yet).
+    #[error(
+        "listening for peers at this node's own address {addr} (cluster.peers): {reason}; \
+         set node.peer_listen_addr (e.g. 0.0.0.0:{port}) to listen elsewhere"
+    )]
+    OwnPeerAddr {
+        addr: String,
+        port: u16,
+        reason: String,
     },
     #[error("starting the UDL engine: {0}")]
     Udl(#[from] squall_udl_host::engine::EngineError),
@@ -80,6 +92,49 @@ pub fn layout(config: &Config) -> Layout {
     Layout { subgroups }
 }
 
+/// Where this node listens for its peers: `node.peer_listen_addr`, else its own
+/// `cluster.peers` entry's `addr` resolved now, bound at the first of its addresses that
+/// belongs to this machine.
+async fn peer_listener(config: &Config) -> Result<TcpListener, RunError> {
+    if let Some(addr) = config.node.peer_listen_addr {
+        return TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Listen { addr, source });
+    }
+    let Some(own) = config.peer(config.node.id).map(|p| &p.addr) else {
+        unreachable!("a validated config lists this node among its peers");
+    };
+    let own_error = |reason: String| RunError::OwnPeerAddr {
+        addr: own.to_string(),
+        port: own.port(),
+        reason,
+    };
+    let resolved: Vec<std::net::SocketAddr> =
+        tokio::net::lookup_host((own.host().as_str(), own.port()))
+            .await
+            .map_err(|e| own_error(format!("it does not resolve ({e})")))?
+            .collect();
+    let mut foreign = Vec::new();
+    for addr in &resolved {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            // Not an address of this machine: perhaps the next one is.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => foreign.push(*addr),
+            Err(source) => {
+                return Err(RunError::Listen {
+                    addr: *addr,
+                    source,
+                });
+            }
+        }
+    }
+    Err(own_error(if foreign.is_empty() {
+        "it resolves to no address".to_string()
+    } else {
+        format!("it resolves to {foreign:?}, none of them an address of this machine")
+    }))
+}
+
 /// Runs a node until `shutdown` completes (then it leaves the group) or the group stops
 /// it.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
@@ -101,20 +156,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     core.join_retry_ms = 200;
     core.payload_size_max_bytes = config.limits.object_bytes_max + (64 << 10);
 
-    let peer_addr = config.peer_map()[&config.node.id];
-    let listener = TcpListener::bind(peer_addr)
-        .await
-        .map_err(|source| RunError::Listen {
-            addr: peer_addr,
-            source,
-        })?;
+    let listener = peer_listener(&config).await?;
     let client_listener = TcpListener::bind(config.node.client_addr)
         .await
         .map_err(|source| RunError::Listen {
             addr: config.node.client_addr,
             source,
         })?;
-    let mut tcp = TcpConfig::new(config.cluster.id, me, config.peer_map());
+    // Peer names stay names: the transport resolves them at every dial.
+    let mut tcp = TcpConfig::new(
+        config.cluster.id,
+        me,
+        config.cluster.peers.iter().map(|p| (p.id, &p.addr)),
+    );
     tcp.heartbeat_interval_ms = config.timing.heartbeat_interval_ms;
     tcp.suspicion_timeout_ms = config.timing.suspicion_timeout_ms;
     tcp.message_bytes_max = tcp
@@ -176,7 +230,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .collect(),
         default_pools: config.pools.iter().map(|p| config.pool_spec(p)).collect(),
         clock_skew_max_us: 60_000_000,
+        wan: WanConfig::from_config(&config),
     };
+    let mut service_cfg = service_cfg;
+    if let Some(wan) = &service_cfg.wan {
+        // The outbox is a persistent pool over every shard of its subgroup.
+        service_cfg.default_pools.push(squall_kvs::PoolSpec::new(
+            squall_kvs::OUTBOX_POOL,
+            StoreKind::Persistent,
+            wan.outbox_subgroup,
+        ));
+    }
     let registry = prometheus::Registry::new();
     let engine = Engine::start(
         &EngineConfig {
@@ -206,6 +270,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .values()
         .map(ToString::to_string)
         .collect();
+    let wan_links = crate::wan::SharedLinks::default();
+    let wan_pressure = crate::service::WanPressure::default();
+    let wan_metrics = match &service_cfg.wan {
+        Some(_) => Some(crate::wan::WanMetrics::new(&registry)?),
+        None => None,
+    };
     let client_calls = tokio::spawn(serve_client_calls(
         calls,
         client_addrs.clone(),
@@ -215,16 +285,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let emitter = tokio::spawn(emit_outputs(
         done_tx,
         commands_tx.clone(),
-        config.node.client_addr.to_string(),
+        // As the layout names this node (its advertised address, not where it listens).
+        config
+            .peer(me.node)
+            .map(|p| p.client_addr.to_string())
+            .unwrap_or_default(),
         client_addrs,
         output_token,
         emits,
+        wan_pressure.clone(),
     ));
     let mut service = Service::new(service_cfg, handle.clone(), runtime);
     let metrics = crate::metrics::NodeMetrics::new(&registry)?;
     service.set_metrics(metrics.clone());
     let status = crate::metrics::SharedStatus::default();
     service.set_status(status.clone());
+    service.set_wan(wan_links.clone(), wan_metrics, wan_pressure);
+    if let (Some(site), Ok(mut st)) = (&config.site, status.lock()) {
+        st.site = Some(site.name.clone());
+        st.site_kind = Some(site.kind.to_string());
+    }
     // Only logged subgroups (metadata and persistent ones) have logs worth replaying.
     for (key, records) in &replays {
         if kinds.get(key.subgroup as usize) == Some(&StoreKind::Persistent) {
@@ -265,6 +345,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 body_bytes_max: config.limits.frame_bytes_max,
                 registry: registry.clone(),
                 status: status.clone(),
+                wan_links: wan_links.clone(),
             };
             Some(tokio::spawn(crate::http::serve(listener, http_cfg)))
         }
@@ -295,9 +376,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-/// Writes what UDLs emit, in order, through a client of the cluster (with the first
-/// token of the config that may write). A write that fails for good is logged and
-/// dropped; the client itself retries across view changes and failovers.
 /// Runs UDL contexts' `get` and `put` through a cluster client, each call in a task of
 /// its own (a worker waits on each, so at most one per worker is in flight).
 async fn serve_client_calls(
@@ -369,6 +447,54 @@ async fn trigger_here(
     }
 }
 
+/// Queues an output for a remote site in the WAN outbox. Never dropped for want of room
+/// or a reachable shard: it waits (with a pause that doubles up to a second), which
+/// backs up the emit queue, the UDL workers and, through their queues, new inputs; the
+/// site is marked full meanwhile (`wan.outbox_full = "reject"` then refuses new inputs
+/// whose DFG sends there). Only an output the cluster can never take (a bad key, too
+/// large) is logged and dropped, as a local output would be.
+async fn outbox_output(c: &Client, site: &str, out: Emit, pressure: &crate::service::WanPressure) {
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match c
+            .outbox_put(site, out.trigger, &out.key, out.value.clone(), out.id)
+            .await
+        {
+            Ok(_) => {
+                if let Ok(mut full) = pressure.lock() {
+                    full.remove(site);
+                }
+                return;
+            }
+            Err(e) => {
+                let code = e.code();
+                let retry = matches!(
+                    code,
+                    None | Some(
+                        ErrorCode::OutboxFull | ErrorCode::Unavailable | ErrorCode::NotHere
+                    )
+                );
+                if !retry {
+                    warn!(site, key = %out.key, error = %e, "a UDL output for a remote site was refused; dropped");
+                    return;
+                }
+                if code == Some(ErrorCode::OutboxFull)
+                    && let Ok(mut full) = pressure.lock()
+                    && full.insert(site.to_string())
+                {
+                    warn!(site, "the WAN outbox is full; UDL outputs wait");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Writes what UDLs emit, in order, through a client of the cluster (with the first
+/// token of the config that may write). A write that fails for good is logged and
+/// dropped; the client itself retries across view changes and failovers. Outputs for
+/// remote sites go to the WAN outbox ([`outbox_output`]).
 async fn emit_outputs(
     done: mpsc::Sender<InputRef>,
     service: mpsc::Sender<Command>,
@@ -376,6 +502,7 @@ async fn emit_outputs(
     addrs: Vec<String>,
     token: Option<String>,
     mut emits: mpsc::Receiver<EmitItem>,
+    pressure: crate::service::WanPressure,
 ) {
     let mut client: Option<Client> = None;
     while let Some(item) = emits.recv().await {
@@ -401,6 +528,10 @@ async fn emit_outputs(
                 }
             }
         };
+        if let Some(site) = out.site.clone() {
+            outbox_output(c, &site, out, &pressure).await;
+            continue;
+        }
         let result = if out.trigger {
             // The replica its key routes to may be this node: then straight to the
             // local service, without a network round trip.

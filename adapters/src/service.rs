@@ -29,7 +29,11 @@ use squall_platform::{MemberId, SendError, SendTicket, Version, View};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::config::OutboxFull;
 use crate::udl::{self, Arrival, Arrived, UdlRuntime};
+use crate::wan::{
+    Forwarded, Forwarders, OUTBOX_TICK, OutboxEntry, Outboxes, SharedLinks, WanConfig, WanMetrics,
+};
 use crate::wire::{
     At, ErrorCode, Frame, Layout, MemberInfo, Request, Response, Role, WatchEvent, WireObject,
 };
@@ -57,6 +61,8 @@ pub struct ServiceConfig {
     pub default_pools: Vec<PoolSpec>,
     /// A write whose sender clock is this far from ours is refused.
     pub clock_skew_max_us: u64,
+    /// Remote clusters and the outbox towards them; `None` when none is configured.
+    pub wan: Option<WanConfig>,
 }
 
 /// A client request handed to the service by a connection.
@@ -143,6 +149,14 @@ pub const UDL_PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from
 
 /// Requests of the node itself (read markers, default pools) use ids of this client.
 const SYSTEM_CLIENT_BIT: u64 = 1 << 63;
+
+/// Keys and pools under this prefix are the nodes' own (the WAN outbox).
+pub const RESERVED_PREFIX: &str = "/.squall/";
+
+/// Whether a key or pool path is under [`RESERVED_PREFIX`].
+fn reserved(path: &str) -> bool {
+    path == RESERVED_PREFIX.trim_end_matches('/') || path.starts_with(RESERVED_PREFIX)
+}
 
 #[derive(Debug)]
 enum Waiting {
@@ -271,7 +285,18 @@ pub struct Service {
     reads: HashMap<u64, (Request, Reply)>,
     next_read: u64,
     udl: UdlRuntime,
+    /// The WAN outbox queues of the outbox shards this node holds.
+    outboxes: Outboxes,
+    /// One per remote site, started by [`Service::run`].
+    forwarders: Option<Forwarders>,
+    links: SharedLinks,
+    wan_metrics: Option<WanMetrics>,
+    /// Sites whose outbox refused an output lately (`wan.outbox_full = "reject"`).
+    wan_pressure: WanPressure,
 }
+
+/// Sites whose outbox is full, as the node's UDL output writer last found them.
+pub type WanPressure = Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>;
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -365,7 +390,24 @@ impl Service {
             reads: HashMap::new(),
             next_read: 0,
             udl,
+            outboxes: Outboxes::default(),
+            forwarders: None,
+            links: SharedLinks::default(),
+            wan_metrics: None,
+            wan_pressure: WanPressure::default(),
         }
+    }
+
+    /// Shares the WAN link status, metrics and outbox pressure with the rest of the node.
+    pub fn set_wan(
+        &mut self,
+        links: SharedLinks,
+        metrics: Option<WanMetrics>,
+        pressure: WanPressure,
+    ) {
+        self.links = links;
+        self.wan_metrics = metrics;
+        self.wan_pressure = pressure;
     }
 
     /// Rebuilds a shard from its log (at start, or after a state transfer).
@@ -502,10 +544,27 @@ impl Service {
         let Some(mut log_read_done) = self.log_read_done_rx.take() else {
             return;
         };
+        let (forwarded_tx, mut forwarded) = mpsc::channel(crate::wan::FORWARD_QUEUE_MAX);
+        self.forwarders = self.cfg.wan.as_ref().map(|wan| {
+            Forwarders::start(
+                wan,
+                forwarded_tx,
+                Arc::clone(&self.links),
+                self.wan_metrics.clone(),
+            )
+        });
+        let wan = self.forwarders.is_some();
+        let mut outbox_tick = tokio::time::interval(OUTBOX_TICK);
+        outbox_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.udl.drain_overflow();
             tokio::select! {
                 Some(done) = udl_done.recv() => self.udl.job_done(done),
+                Some(done) = forwarded.recv() => self.on_forwarded(done).await,
+                _ = outbox_tick.tick(), if wan => {
+                    self.pump_outbox();
+                    self.sample_outbox();
+                }
                 Some((token, result)) = log_read_done.recv() => self.finish_log_read(token, result),
                 _ = progress.tick() => self.announce_udl_progress().await,
                 _ = sample.tick() => self.sample_metrics(),
@@ -697,6 +756,11 @@ impl Service {
             .retain(|(g, s), _| view.shard_of(*g as usize, me) == Some(*s as usize));
         self.history
             .retain(|(g, s), _| view.shard_of(*g as usize, me) == Some(*s as usize));
+        // Outbox shards too; and a forwarder may have changed: each shard's first member
+        // starts again at its queue front (what was applied remotely is de-duplicated).
+        self.outboxes
+            .retain(|g, s| view.shard_of(g as usize, me) == Some(s as usize));
+        self.outboxes.clear_in_flight();
         // A stable read may wait for versions the view change trimmed: it retries.
         for wait in std::mem::take(&mut self.stable_waits) {
             let _ = wait.reply.send(Response::error(
@@ -723,6 +787,7 @@ impl Service {
         let leads = view.members.first() == Some(&me);
         self.view = Some(Arc::clone(&view));
         self.udl.reassign(&view);
+        self.pump_outbox();
         if leads {
             // Default pools, once: a deterministic id makes every repeat a duplicate.
             for spec in self.cfg.default_pools.clone() {
@@ -847,6 +912,37 @@ impl Service {
             let member = MemberId::new((member >> 32) as u32, *member as u32);
             self.udl.done_by(subgroup, shard, member, *below);
             return;
+        }
+        if let Op::OutboxDone { site, below, .. } = &op {
+            self.outboxes.done(subgroup, shard, site, *below);
+            if live {
+                self.pump_outbox();
+            }
+            return;
+        }
+        if let (
+            Op::OutboxPut {
+                site,
+                trigger,
+                key,
+                blob,
+                ..
+            },
+            Outcome::Applied { timestamp_us, .. },
+            false,
+        ) = (&op, &outcome, duplicate)
+        {
+            let entry = OutboxEntry {
+                version,
+                timestamp_us: *timestamp_us,
+                trigger: *trigger,
+                key: key.clone(),
+                blob: blob.clone(),
+            };
+            self.outboxes.push(subgroup, shard, site, entry);
+            if live {
+                self.pump_outbox();
+            }
         }
         if let (Outcome::Applied { timestamp_us, .. }, false) = (&outcome, duplicate) {
             if let Op::Put { blob, .. } = &op
@@ -1333,6 +1429,205 @@ impl Service {
         udl::assignee_of(members, key)
     }
 
+    /// [`Request::WriteMany`]: each write through the single-write path, in order; after a
+    /// write refused before it was sent, the rest are not sent.
+    async fn write_many(&mut self, ops: Vec<Bytes>, role: Role, reply: Reply) {
+        let n = ops.len();
+        let (answers_tx, mut answers) = mpsc::channel(n.max(1));
+        let mut sent = 0;
+        for (i, op) in ops.into_iter().enumerate() {
+            let one = Reply::new(i as u64, answers_tx.clone());
+            Box::pin(self.request(Request::Write { forget: false, op }, role, one)).await;
+            sent += 1;
+            // Only a refusal is answered before the write is applied.
+            if !answers.is_empty() {
+                break;
+            }
+        }
+        drop(answers_tx);
+        if sent == 1 && n >= 1 && !answers.is_empty() {
+            // The first write was refused: that answers the whole request (a redirect or
+            // a retry applies to all of it).
+            if let Some(Frame::Response { response, .. }) = answers.recv().await {
+                let _ = reply.send(response);
+            }
+            return;
+        }
+        tokio::spawn(async move {
+            let mut out: Vec<Option<Response>> = vec![None; n];
+            while let Some(frame) = answers.recv().await {
+                if let Frame::Response {
+                    request_id,
+                    response,
+                } = frame
+                    && let Some(slot) = out.get_mut(request_id as usize)
+                {
+                    *slot = Some(response);
+                }
+            }
+            let all = out
+                .into_iter()
+                .map(|answer| {
+                    answer.unwrap_or_else(|| {
+                        Response::error(
+                            ErrorCode::Unavailable,
+                            "not sent: an earlier write of this batch was refused; retry",
+                        )
+                    })
+                })
+                .collect();
+            let _ = reply.send(Response::Many(all));
+        });
+    }
+
+    /// Where an outbox entry goes, and whether it may: a configured site, a valid key, a
+    /// size within limits, a sane clock, this node holding the shard, and room in the
+    /// outbox. Returns the subgroup and that the answer waits for durability.
+    fn check_outbox_put(
+        &self,
+        site: &str,
+        key: &str,
+        bytes: usize,
+        hlc_us: u64,
+    ) -> Result<(u32, bool), Response> {
+        let Some(wan) = &self.cfg.wan else {
+            return Err(Response::error(
+                ErrorCode::BadRequest,
+                "this cluster has no remote sites (`[[remotes]]` in its config)",
+            ));
+        };
+        if wan.remote(site).is_none() {
+            return Err(Response::error(
+                ErrorCode::BadRequest,
+                format!("no remote site `{site}` in this cluster's config"),
+            ));
+        }
+        squall_kvs::validate_key(key, self.cfg.key_bytes_max)
+            .map_err(|e| Response::error(ErrorCode::InvalidKey, e.to_string()))?;
+        if bytes > self.cfg.object_bytes_max {
+            return Err(Response::error(
+                ErrorCode::TooLarge,
+                format!(
+                    "object of {bytes} bytes exceeds the limit of {} bytes",
+                    self.cfg.object_bytes_max
+                ),
+            ));
+        }
+        if now_us().abs_diff(hlc_us) > self.cfg.clock_skew_max_us {
+            return Err(Response::error(
+                ErrorCode::BadRequest,
+                "the client's clock is too far from the node's",
+            ));
+        }
+        let routing = squall_kvs::outbox_key(site, key);
+        let (g, s, kind) = match self.locate(&routing) {
+            Ok(located) => located,
+            // The leader creates the outbox pool at the first view with remotes.
+            Err(_) => {
+                return Err(Response::error(
+                    ErrorCode::Unavailable,
+                    "the WAN outbox pool is not created yet; retry",
+                ));
+            }
+        };
+        self.check_member(g, s)?;
+        self.outboxes
+            .room(g, s, site, bytes, wan)
+            .map_err(|full| Response::error(ErrorCode::OutboxFull, full.to_string()))?;
+        Ok((g, kind == StoreKind::Persistent))
+    }
+
+    /// With `wan.outbox_full = "reject"`: why an input under `key` is refused now (a DFG
+    /// sends its outputs to a site whose outbox is full).
+    fn outbox_pressure(&self, key: &str) -> Option<String> {
+        let wan = self.cfg.wan.as_ref()?;
+        if wan.full != OutboxFull::Reject {
+            return None;
+        }
+        let full = self.wan_pressure.lock().ok()?.clone();
+        if full.is_empty() {
+            return None;
+        }
+        let site = self
+            .udl
+            .remote_sites(key)
+            .into_iter()
+            .find(|site| full.contains(site))?;
+        Some(format!(
+            "the WAN outbox towards site `{site}` is full, and this input's DFG sends there; \
+             retry once the link drains it"
+        ))
+    }
+
+    /// Hands the next batch of every outbox shard this node forwards (it is the shard's
+    /// first member) to its site's forwarder.
+    fn pump_outbox(&mut self) {
+        let (Some(forwarders), Some(wan), Some(view)) =
+            (&self.forwarders, &self.cfg.wan, &self.view)
+        else {
+            return;
+        };
+        let me = self.cfg.me;
+        let leads = |g: u32, s: u32| {
+            view.shards
+                .get(g as usize)
+                .and_then(|shards| shards.get(s as usize))
+                .is_some_and(|sv| sv.members.first() == Some(&me))
+        };
+        for batch in self.outboxes.next_batches(leads, wan) {
+            if let Err(batch) = forwarders.send(batch) {
+                // No forwarder for that site (not in this node's config), or it is busy:
+                // the queue keeps the entries, the next tick tries again.
+                self.outboxes
+                    .unmark(batch.subgroup, batch.shard, &batch.site);
+            }
+        }
+    }
+
+    /// The remote cluster applied a batch: the shard learns it in its order, and every
+    /// replica drops those entries.
+    async fn on_forwarded(&mut self, done: Forwarded) {
+        let member = self.view.as_ref().is_some_and(|v| {
+            v.shard_of(done.subgroup as usize, self.cfg.me) == Some(done.shard as usize)
+        });
+        if !member {
+            return;
+        }
+        let op = Op::OutboxDone {
+            id: self.system_id(),
+            site: done.site.clone(),
+            below: done.below,
+        };
+        if let Err(e) = self.handle.send(done.subgroup, op::encode(&op)).await {
+            warn!(error = %e, site = %done.site, "announcing forwarded outbox entries");
+            self.outboxes.unmark(done.subgroup, done.shard, &done.site);
+        }
+    }
+
+    /// Refreshes the outbox gauges and the links' depth figures.
+    fn sample_outbox(&self) {
+        let depth = self.outboxes.depth();
+        let now = now_us();
+        let Ok(mut links) = self.links.lock() else {
+            return;
+        };
+        for (site, link) in links.iter_mut() {
+            let d = depth.get(site).copied().unwrap_or_default();
+            let age_s = d.oldest_us.map(|t| now.saturating_sub(t) as f64 / 1e6);
+            link.outbox_entries = d.entries;
+            link.outbox_bytes = d.bytes;
+            link.oldest_age_s = age_s;
+            if let Some(m) = &self.wan_metrics {
+                let l = [site.as_str()];
+                m.outbox_entries.with_label_values(&l).set(d.entries as i64);
+                m.outbox_bytes.with_label_values(&l).set(d.bytes as i64);
+                m.oldest_age_seconds
+                    .with_label_values(&l)
+                    .set(age_s.unwrap_or(0.0));
+            }
+        }
+    }
+
     /// Tells each shard how far this node's `one` UDL work is done (see `Op::UdlDone`).
     async fn announce_udl_progress(&mut self) {
         let me = self.cfg.me;
@@ -1427,6 +1722,10 @@ impl Service {
             Some(())
         };
         match request {
+            Request::WriteMany { ops } => {
+                self.write_many(ops, role, reply).await;
+                Some(())
+            }
             Request::Write { forget, op: bytes } => {
                 let op = match op::decode(bytes.clone()) {
                     Ok(op) => op,
@@ -1438,12 +1737,12 @@ impl Service {
                     }
                 };
                 let needed = match op {
-                    Op::UdlDone { .. } => {
+                    Op::UdlDone { .. } | Op::OutboxDone { .. } => {
                         return answer(
                             reply,
                             Response::error(
                                 ErrorCode::BadRequest,
-                                "UDL progress markers are the nodes' own",
+                                "UDL progress and outbox markers are the nodes' own",
                             ),
                         );
                     }
@@ -1485,10 +1784,22 @@ impl Service {
                 }
                 let (subgroup, persistent) = match &op {
                     Op::Put { key, hlc_us, .. } | Op::Remove { key, hlc_us, .. } => {
+                        if reserved(key) {
+                            return answer(
+                                reply,
+                                Response::error(
+                                    ErrorCode::InvalidKey,
+                                    format!("keys under {RESERVED_PREFIX} are the nodes' own"),
+                                ),
+                            );
+                        }
                         let (g, s, kind) = match self.locate(key) {
                             Ok(l) => l,
                             Err(r) => return answer(reply, r),
                         };
+                        if let Some(full) = self.outbox_pressure(key) {
+                            return answer(reply, Response::error(ErrorCode::OutboxFull, full));
+                        }
                         if let Op::Put { blob, .. } = &op
                             && blob.len() > self.cfg.object_bytes_max
                         {
@@ -1518,7 +1829,26 @@ impl Service {
                         }
                         (g, kind == StoreKind::Persistent)
                     }
+                    Op::OutboxPut {
+                        site,
+                        key,
+                        blob,
+                        hlc_us,
+                        ..
+                    } => match self.check_outbox_put(site, key, blob.len(), *hlc_us) {
+                        Ok(located) => located,
+                        Err(refused) => return answer(reply, refused),
+                    },
                     Op::CreatePool { spec, .. } => {
+                        if reserved(&spec.path) {
+                            return answer(
+                                reply,
+                                Response::error(
+                                    ErrorCode::InvalidPool,
+                                    format!("pools under {RESERVED_PREFIX} are the nodes' own"),
+                                ),
+                            );
+                        }
                         // Check now for a fast, clear error; the delivery decides.
                         if let Some(refused) = self.pool_kind_error(spec) {
                             return answer(reply, refused);
@@ -1530,6 +1860,15 @@ impl Service {
                         (0, false)
                     }
                     Op::RemovePool { path, .. } => {
+                        if reserved(path) {
+                            return answer(
+                                reply,
+                                Response::error(
+                                    ErrorCode::InvalidPool,
+                                    format!("pools under {RESERVED_PREFIX} are the nodes' own"),
+                                ),
+                            );
+                        }
                         if self.pools.get(path).is_none() {
                             return answer(
                                 reply,
@@ -1602,6 +1941,25 @@ impl Service {
                                 return answer(reply, Response::error(ErrorCode::InvalidDfg, e));
                             }
                         };
+                        let sites = UdlRuntime::unknown_sites(&dfgs, |site| {
+                            self.cfg
+                                .wan
+                                .as_ref()
+                                .is_some_and(|w| w.remote(site).is_some())
+                        });
+                        if !sites.is_empty() {
+                            return answer(
+                                reply,
+                                Response::error(
+                                    ErrorCode::InvalidDfg,
+                                    format!(
+                                        "the DFGs send to sites this cluster does not know \
+                                         (`[[remotes]]` in its config): {}",
+                                        sites.join(", ")
+                                    ),
+                                ),
+                            );
+                        }
                         let unknown = self.udl.unknown_udls(&dfgs);
                         if !unknown.is_empty() {
                             return answer(
@@ -1626,7 +1984,9 @@ impl Service {
                         }
                         (0, false)
                     }
-                    Op::Read { .. } | Op::UdlDone { .. } => unreachable!("refused above"),
+                    Op::Read { .. } | Op::UdlDone { .. } | Op::OutboxDone { .. } => {
+                        unreachable!("refused above")
+                    }
                 };
                 if self.udl.saturated() && subgroup != 0 {
                     return answer(

@@ -44,6 +44,8 @@ pub struct Emit {
     pub value: Bytes,
     pub trigger: bool,
     pub id: MessageId,
+    /// A remote cluster's name: the output goes through this cluster's WAN outbox.
+    pub site: Option<String>,
 }
 
 /// A UDL context's `get` or `put`, for the node's client-call task to run; the worker
@@ -527,6 +529,35 @@ impl UdlRuntime {
         removed
     }
 
+    /// Remote sites the DFGs send outputs of inputs under `key` to.
+    pub fn remote_sites(&self, key: &str) -> Vec<String> {
+        let mut sites: Vec<String> = self
+            .handlers
+            .iter()
+            .filter(|h| squall_kvs::key::contains(&h.pathname, key))
+            .flat_map(|h| h.udl.destinations.iter())
+            .filter_map(|d| d.site.clone())
+            .collect();
+        sites.sort();
+        sites.dedup();
+        sites
+    }
+
+    /// Remote sites DFGs send to, that `known` does not name.
+    pub fn unknown_sites(dfgs: &[Dfg], known: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut unknown: Vec<String> = dfgs
+            .iter()
+            .flat_map(|d| d.vertices.iter())
+            .flat_map(|v| v.udls.iter())
+            .flat_map(|u| u.destinations.iter())
+            .filter_map(|d| d.site.clone())
+            .filter(|site| !known(site))
+            .collect();
+        unknown.sort();
+        unknown.dedup();
+        unknown
+    }
+
     /// UDL UUIDs a DFG text names that are not stored.
     pub fn unknown_udls(&self, dfgs: &[Dfg]) -> Vec<String> {
         let mut unknown: Vec<String> = dfgs
@@ -814,13 +845,14 @@ impl UdlRuntime {
         let (previous_version, previous_version_by_key) =
             (a.previous_version, a.previous_version_by_key);
         let blob = a.blob.clone();
-        let destinations: Vec<(String, bool)> = h
+        let destinations: Vec<(Option<String>, String, bool)> = h
             .udl
             .destinations
             .iter()
-            // Remote sites arrive with the deployment issue; until then, local pools.
-            .filter(|d| d.site.is_none())
-            .map(|d| (d.pool.clone(), d.action == DestinationAction::TriggerPut))
+            .map(|d| {
+                let trigger = d.action == DestinationAction::TriggerPut;
+                (d.site.clone(), d.pool.clone(), trigger)
+            })
             .collect();
         let emits = self.emits.clone();
         let done_emits = self.emits.clone();
@@ -862,7 +894,7 @@ impl UdlRuntime {
                 });
                 let mut emitted: u64 = 0;
                 let mut emit = |out_key: &str, value: Bytes| -> Result<(), String> {
-                    for (d, (pool, trigger)) in destinations.iter().enumerate() {
+                    for (d, (site, pool, trigger)) in destinations.iter().enumerate() {
                         // Derived from the input, the vertex, the destination and the
                         // output's place: the same on a re-run, distinct otherwise.
                         let client = DERIVED_CLIENT_BIT
@@ -870,6 +902,7 @@ impl UdlRuntime {
                                 &id.client.to_le_bytes(),
                                 udl_uuid.as_bytes(),
                                 vertex_key.as_bytes(),
+                                site.as_deref().unwrap_or("").as_bytes(),
                                 pool.as_bytes(),
                             ]) >> 2);
                         let seq = id.seq.wrapping_mul(1 << 16).wrapping_add(emitted);
@@ -878,6 +911,7 @@ impl UdlRuntime {
                             value: value.clone(),
                             trigger: *trigger,
                             id: MessageId { client, seq },
+                            site: site.clone(),
                         };
                         emits
                             .blocking_send(EmitItem::Output(out))

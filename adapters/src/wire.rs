@@ -86,7 +86,20 @@ pub enum Request {
     /// What a client needs to route requests itself: the pools and the members of every
     /// shard ([`Response::Layout`]).
     Layout,
+    /// Several writes (each as in [`Request::Write`]) multicast in this order by the node
+    /// that takes them, so writes to one shard are applied in this order. After the first
+    /// write refused before it was sent, the rest are not sent (each answers
+    /// `Unavailable`): the applied ones are always a prefix per shard, which is what lets
+    /// the WAN forwarder keep each key's order across retries. Answered with
+    /// [`Response::Many`], one answer per write, once all are answered; a refusal of
+    /// the first write answers the whole request (so redirects work as for one write).
+    WriteMany {
+        ops: Vec<Bytes>,
+    },
 }
+
+/// The most writes in one [`Request::WriteMany`].
+pub const WRITE_MANY_MAX: usize = 1024;
 
 impl Request {
     /// A short name for metrics and logs.
@@ -105,6 +118,7 @@ impl Request {
             Request::ListUdls => "list_udls",
             Request::ListDfgs => "list_dfgs",
             Request::Layout => "layout",
+            Request::WriteMany { .. } => "write_many",
         }
     }
 }
@@ -124,8 +138,14 @@ pub struct WireObject {
 pub struct MemberInfo {
     pub node: u32,
     pub incarnation: u32,
+    /// `host:port` as the node's config gives it: an IP or a DNS name (the client
+    /// resolves it), at most [`ADDRESS_BYTES_MAX`] bytes.
     pub client_addr: String,
 }
+
+/// The longest client address (`host:port`, the host possibly a DNS name) in a
+/// `Members`, `Layout` or `NotHere` response; a longer one makes the frame malformed.
+pub const ADDRESS_BYTES_MAX: usize = crate::addr::HOST_PORT_BYTES_MAX;
 
 /// Stable error codes: clients and scripts match on these, not on messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +176,9 @@ pub enum ErrorCode {
     InvalidDfg = 19,
     /// A library that is not a loadable UDL plugin (ABI, entry points, checksum).
     InvalidPlugin = 20,
+    /// The WAN outbox towards a remote site is full: the input would produce outputs
+    /// that cannot be queued now (`wan.outbox_full = "reject"`). Not retried by clients.
+    OutboxFull = 21,
 }
 
 impl ErrorCode {
@@ -182,6 +205,7 @@ impl ErrorCode {
             NoSuchDfg,
             InvalidDfg,
             InvalidPlugin,
+            OutboxFull,
         ]
         .into_iter()
         .find(|c| *c as u16 == v)
@@ -210,6 +234,7 @@ impl ErrorCode {
             NoSuchDfg => "no_such_dfg",
             InvalidDfg => "invalid_dfg",
             InvalidPlugin => "invalid_plugin",
+            OutboxFull => "outbox_full",
         }
     }
 }
@@ -241,6 +266,8 @@ pub enum Response {
     /// A JSON document (listings of UDLs and DFGs).
     Json(String),
     Layout(Layout),
+    /// The answers to a [`Request::WriteMany`], in its order (never nested).
+    Many(Vec<Response>),
 }
 
 /// The pools and, per subgroup and shard, the client addresses of the shard's members in
@@ -321,6 +348,12 @@ pub enum WireError {
         count: usize,
         max: usize,
     },
+    #[error("{what} of {len} bytes exceeds the limit of {max} bytes")]
+    TooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
 }
 
 /// Entries in one list field (keys, objects, pools, members).
@@ -390,6 +423,12 @@ pub fn put_frame(out: &mut BytesMut, frame: &Frame) {
 fn put_str(out: &mut BytesMut, s: &str) {
     out.put_u32_le(s.len() as u32);
     out.put_slice(s.as_bytes());
+}
+
+/// A client address: what [`addr_`] accepts back (the config's `host:port`s are).
+fn put_addr(out: &mut BytesMut, addr: &str) {
+    debug_assert!(addr.len() <= ADDRESS_BYTES_MAX, "address `{addr}` too long");
+    put_str(out, addr);
 }
 
 fn put_opt_str(out: &mut BytesMut, s: Option<&str>) {
@@ -494,6 +533,13 @@ fn put_request(out: &mut BytesMut, r: &Request) {
         Request::ListUdls => out.put_u8(14),
         Request::ListDfgs => out.put_u8(15),
         Request::Layout => out.put_u8(16),
+        Request::WriteMany { ops } => {
+            out.put_u8(17);
+            out.put_u32_le(ops.len() as u32);
+            for op in ops {
+                put_blob(out, op);
+            }
+        }
     }
 }
 
@@ -550,7 +596,7 @@ fn put_response(out: &mut BytesMut, r: &Response) {
             for m in members {
                 out.put_u32_le(m.node);
                 out.put_u32_le(m.incarnation);
-                put_str(out, &m.client_addr);
+                put_addr(out, &m.client_addr);
             }
         }
         Response::Error {
@@ -565,13 +611,20 @@ fn put_response(out: &mut BytesMut, r: &Response) {
             put_version(out, *current);
             out.put_u32_le(redirect.len() as u32);
             for r in redirect {
-                put_str(out, r);
+                put_addr(out, r);
             }
         }
         Response::Json(text) => {
             out.put_u8(10);
             out.put_u32_le(text.len() as u32);
             out.put_slice(text.as_bytes());
+        }
+        Response::Many(answers) => {
+            out.put_u8(12);
+            out.put_u32_le(answers.len() as u32);
+            for answer in answers {
+                put_response(out, answer);
+            }
         }
         Response::Layout(layout) => {
             out.put_u8(11);
@@ -586,7 +639,7 @@ fn put_response(out: &mut BytesMut, r: &Response) {
                 for shard in subgroup {
                     out.put_u32_le(shard.len() as u32);
                     for addr in shard {
-                        put_str(out, addr);
+                        put_addr(out, addr);
                     }
                 }
             }
@@ -718,6 +771,20 @@ fn str_(r: &mut Bytes, what: &'static str) -> Result<String, WireError> {
     String::from_utf8(r.split_to(n).to_vec()).map_err(|_| WireError::NotUtf8 { what })
 }
 
+/// A client address (`host:port`), at most [`ADDRESS_BYTES_MAX`] bytes.
+fn addr_(r: &mut Bytes, what: &'static str) -> Result<String, WireError> {
+    let n = u32_(r, what)? as usize;
+    if n > ADDRESS_BYTES_MAX {
+        return Err(WireError::TooLong {
+            what,
+            len: n,
+            max: ADDRESS_BYTES_MAX,
+        });
+    }
+    need(r, n, what)?;
+    String::from_utf8(r.split_to(n).to_vec()).map_err(|_| WireError::NotUtf8 { what })
+}
+
 fn opt_str(r: &mut Bytes, what: &'static str) -> Result<Option<String>, WireError> {
     match u8_(r, what)? {
         0 => Ok(None),
@@ -814,6 +881,19 @@ fn request(r: &mut Bytes) -> Result<Request, WireError> {
         14 => Request::ListUdls,
         15 => Request::ListDfgs,
         16 => Request::Layout,
+        17 => {
+            let n = count(r, "writes", 4)?;
+            if n > WRITE_MANY_MAX {
+                return Err(WireError::TooMany {
+                    what: "writes",
+                    count: n,
+                    max: WRITE_MANY_MAX,
+                });
+            }
+            Request::WriteMany {
+                ops: (0..n).map(|_| blob(r)).collect::<Result<_, _>>()?,
+            }
+        }
         t => return Err(tag("request", t)),
     })
 }
@@ -855,7 +935,7 @@ fn response(r: &mut Bytes) -> Result<Response, WireError> {
                     Ok(MemberInfo {
                         node: u32_(r, "node")?,
                         incarnation: u32_(r, "incarnation")?,
-                        client_addr: str_(r, "client address")?,
+                        client_addr: addr_(r, "client address")?,
                     })
                 })
                 .collect::<Result<_, WireError>>()?;
@@ -871,7 +951,7 @@ fn response(r: &mut Bytes) -> Result<Response, WireError> {
             let current = version(r)?;
             let n = count(r, "redirects", 4)?;
             let redirect = (0..n)
-                .map(|_| str_(r, "redirect"))
+                .map(|_| addr_(r, "redirect"))
                 .collect::<Result<_, _>>()?;
             Response::Error {
                 code,
@@ -896,7 +976,7 @@ fn response(r: &mut Bytes) -> Result<Response, WireError> {
                     let k = count(r, "shard members", 4)?;
                     subgroup.push(
                         (0..k)
-                            .map(|_| str_(r, "member address"))
+                            .map(|_| addr_(r, "member address"))
                             .collect::<Result<_, _>>()?,
                     );
                 }
@@ -907,6 +987,25 @@ fn response(r: &mut Bytes) -> Result<Response, WireError> {
                 pools,
                 shards,
             })
+        }
+        12 => {
+            let n = count(r, "answers", 1)?;
+            if n > WRITE_MANY_MAX {
+                return Err(WireError::TooMany {
+                    what: "answers",
+                    count: n,
+                    max: WRITE_MANY_MAX,
+                });
+            }
+            let mut answers = Vec::with_capacity(n);
+            for _ in 0..n {
+                // One level only: an answer inside is never itself a list.
+                if r.first() == Some(&12) {
+                    return Err(tag("nested answer", 12));
+                }
+                answers.push(response(r)?);
+            }
+            Response::Many(answers)
         }
         t => return Err(tag("response", t)),
     })
@@ -963,8 +1062,18 @@ mod tests {
             Request::Watch {
                 prefix: "/p".into(),
             },
+            Request::WriteMany {
+                ops: vec![Bytes::from_static(b"\x01op"), Bytes::new()],
+            },
         ];
         let responses = vec![
+            Response::Many(vec![
+                Response::Written {
+                    version: Version(1),
+                    timestamp_us: 2,
+                },
+                Response::error(ErrorCode::Unavailable, "not sent"),
+            ]),
             Response::Written {
                 version: Version(1),
                 timestamp_us: 2,
@@ -1072,6 +1181,52 @@ mod tests {
             let mut partial = BytesMut::from(&whole[..whole.len() - 1]);
             assert_eq!(split_frame(&mut partial, 1 << 20), Ok(None));
         }
+    }
+
+    #[test]
+    fn client_addresses_may_be_names_up_to_a_bound() {
+        let name = format!("{}:7200", vec!["a".repeat(63); 4].join("."));
+        assert_eq!(name.len(), ADDRESS_BYTES_MAX);
+        let frame = Frame::Response {
+            request_id: 1,
+            response: Response::Members {
+                view_id: 2,
+                members: vec![MemberInfo {
+                    node: 0,
+                    incarnation: 1,
+                    client_addr: "squall-0.squall-peers.default.svc.cluster.local:7200".into(),
+                }],
+            },
+        };
+        let mut buf = BytesMut::new();
+        put_frame(&mut buf, &frame);
+        let body = split_frame(&mut buf, 1 << 20)
+            .expect("fits")
+            .expect("whole");
+        assert_eq!(decode_frame(body), Ok(frame));
+        // An address one byte over the bound: refused before it is copied.
+        let members = |addr: &str| {
+            let mut body = BytesMut::new();
+            body.put_u8(FRAME_RESPONSE);
+            body.put_u64_le(1);
+            body.put_u8(8);
+            body.put_u32_le(2);
+            body.put_u32_le(1);
+            body.put_u32_le(0);
+            body.put_u32_le(1);
+            put_str(&mut body, addr);
+            body.freeze()
+        };
+        assert!(decode_frame(members(&name)).is_ok());
+        let too_long = format!("{name}0");
+        assert_eq!(
+            decode_frame(members(&too_long)),
+            Err(WireError::TooLong {
+                what: "client address",
+                len: ADDRESS_BYTES_MAX + 1,
+                max: ADDRESS_BYTES_MAX
+            })
+        );
     }
 
     #[test]

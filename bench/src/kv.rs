@@ -277,8 +277,8 @@ pub(crate) async fn start_squall(dir: &Path) -> Result<(Procs, Vec<String>)> {
         .collect::<Result<_>>()?;
     for cfg in &mut configs {
         for (i, peer) in cfg.cluster.peers.iter_mut().enumerate() {
-            peer.addr = addrs[i].0;
-            peer.client_addr = addrs[i].1;
+            peer.addr = addrs[i].0.into();
+            peer.client_addr = addrs[i].1.into();
         }
         cfg.node.client_addr = addrs[cfg.node.id as usize].1;
         cfg.limits.object_bytes_max = 16 << 20;

@@ -94,6 +94,36 @@ pub enum Op {
         member: u64,
         below: u64,
     },
+    /// A UDL output bound for a pool of another cluster (`site`), kept in this cluster's
+    /// WAN outbox until the remote side has applied it. Routed (and sharded) by
+    /// [`outbox_key`]`(site, key)` in the [`OUTBOX_POOL`]; every replica queues it, the
+    /// shard's first member forwards it.
+    OutboxPut {
+        id: MessageId,
+        hlc_us: u64,
+        site: String,
+        /// How the remote side receives it: a stored put, or a `trigger_put`.
+        trigger: bool,
+        /// The key at the remote cluster.
+        key: String,
+        blob: Bytes,
+    },
+    /// In an outbox shard: everything queued for `site` below version `below` was applied
+    /// by the remote cluster; replicas drop it.
+    OutboxDone {
+        id: MessageId,
+        site: String,
+        below: u64,
+    },
+}
+
+/// The pool holding the WAN outboxes (one persistent pool; its path is reserved).
+pub const OUTBOX_POOL: &str = "/.squall/outbox";
+
+/// The key an outbox entry is routed and sharded by: one remote key's entries share a
+/// shard, so they are forwarded in the order they were written.
+pub fn outbox_key(site: &str, key: &str) -> String {
+    format!("{OUTBOX_POOL}/{site}/{}", key.trim_start_matches('/'))
 }
 
 impl Op {
@@ -108,7 +138,9 @@ impl Op {
             | Op::RemoveUdl { id, .. }
             | Op::AddDfgs { id, .. }
             | Op::RemoveDfg { id, .. }
-            | Op::UdlDone { id, .. } => *id,
+            | Op::UdlDone { id, .. }
+            | Op::OutboxPut { id, .. }
+            | Op::OutboxDone { id, .. } => *id,
         }
     }
 }
@@ -141,6 +173,8 @@ const TAG_REMOVE_UDL: u8 = 7;
 const TAG_ADD_DFGS: u8 = 8;
 const TAG_REMOVE_DFG: u8 = 9;
 const TAG_UDL_DONE: u8 = 10;
+const TAG_OUTBOX_PUT: u8 = 11;
+const TAG_OUTBOX_DONE: u8 = 12;
 
 /// Bounds on decoded strings and collections: a frame costs at most its own size.
 const STRING_BYTES_MAX: usize = 64 << 10;
@@ -230,6 +264,30 @@ pub fn encode(op: &Op) -> Bytes {
             out.put_u64_le(*member);
             out.put_u64_le(*below);
         }
+        Op::OutboxPut {
+            id,
+            hlc_us,
+            site,
+            trigger,
+            key,
+            blob,
+        } => {
+            out.reserve(site.len() + key.len() + blob.len());
+            out.put_u8(TAG_OUTBOX_PUT);
+            put_id(&mut out, *id);
+            out.put_u64_le(*hlc_us);
+            put_str(&mut out, site);
+            out.put_u8(u8::from(*trigger));
+            put_str(&mut out, key);
+            out.put_u32_le(blob.len() as u32);
+            out.put_slice(blob);
+        }
+        Op::OutboxDone { id, site, below } => {
+            out.put_u8(TAG_OUTBOX_DONE);
+            put_id(&mut out, *id);
+            put_str(&mut out, site);
+            out.put_u64_le(*below);
+        }
     }
     out.freeze()
 }
@@ -307,6 +365,37 @@ pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
         TAG_UDL_DONE => Op::UdlDone {
             id: get_id(r)?,
             member: get_u64(r, "member")?,
+            below: get_u64(r, "version")?,
+        },
+        TAG_OUTBOX_PUT => {
+            let id = get_id(r)?;
+            let hlc_us = get_u64(r, "timestamp")?;
+            let site = get_str(r, "site")?;
+            let trigger = match get_u8(r, "outbox action")? {
+                0 => false,
+                1 => true,
+                tag => {
+                    return Err(OpError::UnknownTag {
+                        what: "outbox action",
+                        tag,
+                    });
+                }
+            };
+            let key = get_str(r, "key")?;
+            let len = get_u32(r, "blob length")? as usize;
+            need(r, len, "blob")?;
+            Op::OutboxPut {
+                id,
+                hlc_us,
+                site,
+                trigger,
+                key,
+                blob: r.split_to(len),
+            }
+        }
+        TAG_OUTBOX_DONE => Op::OutboxDone {
+            id: get_id(r)?,
+            site: get_str(r, "site")?,
             below: get_u64(r, "version")?,
         },
         tag => {
@@ -556,6 +645,27 @@ mod tests {
                 member: (2 << 32) | 3,
                 below: 0x0000_0004_0000_0011,
             },
+            Op::OutboxPut {
+                id,
+                hlc_us: 7,
+                site: "cloud".into(),
+                trigger: false,
+                key: "/ingest/a".into(),
+                blob: Bytes::from_static(b"frame"),
+            },
+            Op::OutboxPut {
+                id,
+                hlc_us: 8,
+                site: "cloud".into(),
+                trigger: true,
+                key: "/ingest/b".into(),
+                blob: Bytes::new(),
+            },
+            Op::OutboxDone {
+                id,
+                site: "cloud".into(),
+                below: 0x0000_0004_0000_0012,
+            },
         ]
     }
 
@@ -565,7 +675,7 @@ mod tests {
             let bytes = encode(&op);
             let back = decode(bytes.clone()).expect("decodes");
             assert_eq!(back, op);
-            if let Op::Put { blob, .. } = &back
+            if let Op::Put { blob, .. } | Op::OutboxPut { blob, .. } = &back
                 && !blob.is_empty()
             {
                 let start = bytes.as_ptr() as usize;

@@ -199,7 +199,18 @@ impl ShardStore {
             | Op::RemoveUdl { .. }
             | Op::AddDfgs { .. }
             | Op::RemoveDfg { .. }
-            | Op::UdlDone { .. } => Outcome::ReadPoint { version },
+            | Op::UdlDone { .. }
+            | Op::OutboxDone { .. } => Outcome::ReadPoint { version },
+            // Queued by the node's outbox, not stored as an object: it gets a version
+            // and a timestamp (the outbox's order) and is applied once per message id.
+            Op::OutboxPut { hlc_us, .. } => {
+                let timestamp_us = (*hlc_us).max(self.last_timestamp_us + 1);
+                self.last_timestamp_us = timestamp_us;
+                Outcome::Applied {
+                    version,
+                    timestamp_us,
+                }
+            }
         };
         if matches!(outcome, Outcome::Applied { .. }) {
             self.last_version = Some(version);
@@ -702,6 +713,28 @@ mod tests {
         // Timestamps increase along the shard even when the sender's clock does not.
         let ts: Vec<u64> = s.versions("/p/a").iter().map(|m| m.timestamp_us).collect();
         assert!(ts.windows(2).all(|w| w[0] < w[1]), "{ts:?}");
+    }
+
+    #[test]
+    fn outbox_entries_are_ordered_once_and_not_stored() {
+        let mut s = ShardStore::new(StoreKind::Persistent, StoreLimits::default());
+        let entry = Op::OutboxPut {
+            id: id(1),
+            hlc_us: 5,
+            site: "cloud".into(),
+            trigger: false,
+            key: "/ingest/a".into(),
+            blob: Bytes::from_static(b"frame"),
+        };
+        let (first, dup) = s.apply(v(0), &entry);
+        assert!(!dup);
+        assert!(matches!(first, Outcome::Applied { version, .. } if version == v(0)));
+        // A retry (the same message id) is the same answer and queues nothing new.
+        let (again, dup) = s.apply(v(1), &entry);
+        assert!(dup);
+        assert_eq!(again, first);
+        assert_eq!(s.key_count(), 0, "outbox entries are not objects");
+        assert!(s.latest("/ingest/a").is_none());
     }
 
     #[test]

@@ -29,6 +29,7 @@ from .errors import (
     TooLargeError,
     UdlError,
     UnavailableError,
+    OutboxFullError,
 )
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "TooLargeError",
     "UdlError",
     "UnavailableError",
+    "OutboxFullError",
     "UserDefinedLogic",
     "Watch",
     "WatchEvent",

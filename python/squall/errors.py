@@ -93,6 +93,13 @@ class UnavailableError(SquallError):
     code = "unavailable"
 
 
+class OutboxFullError(SquallError):
+    """The WAN outbox towards a remote site is full, and the cluster is configured to
+    refuse new inputs then (``wan.outbox_full = "reject"``); retry once it drains."""
+
+    code = "outbox_full"
+
+
 class ConnectError(UnavailableError):
     """The client could not connect to any node it was given."""
 
@@ -133,6 +140,7 @@ BY_CODE = {
     "invalid_plugin": UdlError,
     "not_here": UnavailableError,
     "unavailable": UnavailableError,
+    "outbox_full": OutboxFullError,
     "connect": ConnectError,
     "protocol": ProtocolError,
     "internal": InternalError,

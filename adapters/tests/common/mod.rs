@@ -34,8 +34,8 @@ impl Cluster {
             (0..nodes).map(|_| (free_addr(), free_addr())).collect();
         for cfg in &mut configs {
             for (i, peer) in cfg.cluster.peers.iter_mut().enumerate() {
-                peer.addr = addrs[i].0;
-                peer.client_addr = addrs[i].1;
+                peer.addr = addrs[i].0.into();
+                peer.client_addr = addrs[i].1.into();
             }
             cfg.node.client_addr = addrs[cfg.node.id as usize].1;
             cfg.timing.suspicion_timeout_ms = 1_000;
@@ -64,7 +64,8 @@ impl Cluster {
             .cluster
             .peers
             .iter()
-            .flat_map(|p| [p.addr, p.client_addr])
+            .flat_map(|p| [&p.addr, &p.client_addr])
+            .filter_map(|a| a.socket_addr())
             .collect();
         for cfg in &mut self.configs {
             let addr = loop {
@@ -87,6 +88,11 @@ impl Cluster {
     }
 
     pub fn start(&mut self, node: u32) {
+        self.start_with(node, &[], &[]);
+    }
+
+    /// Starts `node` with more arguments to `squall node` and more environment.
+    pub fn start_with(&mut self, node: u32, args: &[&str], env: &[(&str, &str)]) {
         let cfg = &self.configs[node as usize];
         let path = self.dir.path().join(format!("n{node}.toml"));
         std::fs::write(&path, cfg.to_toml_string()).expect("config written");
@@ -98,7 +104,9 @@ impl Cluster {
         let child = Command::new(SQUALL)
             .args(["node", "--config"])
             .arg(&path)
+            .args(args)
             .env("SQUALL_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))
             .spawn()

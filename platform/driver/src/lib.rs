@@ -14,4 +14,4 @@ pub use incarnation::next_incarnation;
 pub use node::{
     AppEvent, LoggedRead, NodeConfig, NodeError, NodeEvent, NodeHandle, NodeSendError, start_node,
 };
-pub use transport::{Inbound, TcpConfig, TcpTransport, Transport};
+pub use transport::{Inbound, PeerAddr, TcpConfig, TcpTransport, Transport};

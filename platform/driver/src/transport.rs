@@ -2,6 +2,7 @@
 //! implementation.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -55,12 +56,106 @@ pub trait Transport: Send + Sync + 'static {
     fn forget(&self, peer: MemberId);
 }
 
+/// Where a peer listens: a host (an IP address or a DNS name) and a port.
+///
+/// A name is resolved at every connection attempt, never once for good: in Kubernetes a
+/// restarted pod keeps its name but comes back with a new IP, and a pod not scheduled
+/// yet has no address at all. A name that does not resolve is a failed attempt like a
+/// refused connection, retried with the same backoff.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PeerAddr {
+    /// An IP address (IPv6 without brackets) or a DNS name.
+    host: String,
+    port: u16,
+}
+
+impl PeerAddr {
+    /// `host` is an IP address (IPv6 without brackets) or a DNS name; it is not checked
+    /// here (a name that never resolves is a peer that is never reached).
+    pub fn new(host: impl Into<String>, port: u16) -> PeerAddr {
+        PeerAddr {
+            host: host.into(),
+            port,
+        }
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The addresses the host has now: a literal IP as it is, a name through the
+    /// system resolver (`getaddrinfo`, off the runtime's threads).
+    pub async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
+        #[cfg(test)]
+        if let Some(answer) = test_hosts::lookup(&self.host) {
+            return answer
+                .map(|ip| vec![SocketAddr::new(ip, self.port)])
+                .ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "name not known (test)")
+                });
+        }
+        Ok(tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await?
+            .collect())
+    }
+}
+
+impl From<SocketAddr> for PeerAddr {
+    fn from(addr: SocketAddr) -> PeerAddr {
+        PeerAddr::new(addr.ip().to_string(), addr.port())
+    }
+}
+
+/// `host:port`, an IPv6 host in brackets.
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A fault hook for the unit tests: names answered (or refused) without DNS, so a test
+/// can make a peer's name start resolving while the transport runs.
+#[cfg(test)]
+mod test_hosts {
+    use std::collections::BTreeMap;
+    use std::net::IpAddr;
+    use std::sync::Mutex;
+
+    static HOSTS: Mutex<BTreeMap<String, Option<IpAddr>>> = Mutex::new(BTreeMap::new());
+
+    /// `Some(ip)`: `name` resolves to `ip`; `None`: it does not resolve.
+    pub fn set(name: &str, ip: Option<IpAddr>) {
+        HOSTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), ip);
+    }
+
+    /// `None` for a name the tests did not set (resolved for real).
+    pub fn lookup(name: &str) -> Option<Option<IpAddr>> {
+        HOSTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied()
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct TcpConfig {
     pub cluster_id: u64,
     pub me: MemberId,
-    /// Every node of the cluster and where it listens (this node included).
-    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Every node of the cluster and where it listens (this node included; its own
+    /// entry is not dialed: the listener is given to [`TcpTransport::start`]).
+    pub peers: BTreeMap<NodeId, PeerAddr>,
     /// Largest frame accepted; larger messages travel in chunks.
     pub frame_bytes_max: usize,
     /// Messages larger than this are cut into chunks of this size.
@@ -79,11 +174,19 @@ pub struct TcpConfig {
 }
 
 impl TcpConfig {
-    pub fn new(cluster_id: u64, me: MemberId, peers: BTreeMap<NodeId, SocketAddr>) -> Self {
+    /// `peers`: node id and where it listens, as a [`PeerAddr`] or a [`SocketAddr`].
+    pub fn new<A: Into<PeerAddr>>(
+        cluster_id: u64,
+        me: MemberId,
+        peers: impl IntoIterator<Item = (NodeId, A)>,
+    ) -> Self {
         TcpConfig {
             cluster_id,
             me,
-            peers,
+            peers: peers
+                .into_iter()
+                .map(|(node, addr)| (node, addr.into()))
+                .collect(),
             frame_bytes_max: (1 << 20) + 64,
             chunk_bytes: 1 << 20,
             message_bytes_max: 80 << 20,
@@ -142,8 +245,8 @@ impl TcpTransport {
         });
         tokio::spawn(Arc::clone(&transport).accept_loop(listener));
         let me = transport.cfg.me.node;
-        for (&node, &addr) in transport.cfg.peers.iter().filter(|(n, _)| **n > me) {
-            tokio::spawn(Arc::clone(&transport).dial_loop(node, addr));
+        for (&node, addr) in transport.cfg.peers.iter().filter(|(n, _)| **n > me) {
+            tokio::spawn(Arc::clone(&transport).dial_loop(node, addr.clone()));
         }
         transport
     }
@@ -201,7 +304,10 @@ impl TcpTransport {
         self.install(theirs, rd, wr)
     }
 
-    async fn dial_loop(self: Arc<Self>, node: NodeId, addr: SocketAddr) {
+    /// Dials `node` whenever it is not linked. `addr` is resolved at every attempt (a
+    /// restarted peer may have a new IP); a name that does not resolve yet is a failed
+    /// attempt like any other, logged at debug and retried with the same backoff.
+    async fn dial_loop(self: Arc<Self>, node: NodeId, addr: PeerAddr) {
         let first = Duration::from_millis(self.cfg.connect_retry_ms);
         // A peer that stays down is retried less and less often, up to once a second.
         let most = first.max(Duration::from_secs(1));
@@ -212,22 +318,21 @@ impl TcpTransport {
                 retry = first;
                 continue;
             }
-            match self.dial_one(addr).await {
+            match self.dial_one(&addr).await {
                 Ok(()) => retry = first,
                 Err(reason) => {
-                    debug!(me = %self.cfg.me, node, %reason, "connect failed");
+                    debug!(me = %self.cfg.me, node, %addr, %reason, "connect failed");
                     retry = (retry * 2).min(most);
                 }
             }
         }
     }
 
-    async fn dial_one(self: &Arc<Self>, addr: SocketAddr) -> Result<(), String> {
+    async fn dial_one(self: &Arc<Self>, addr: &PeerAddr) -> Result<(), String> {
         let timeout = Duration::from_millis(self.cfg.suspicion_timeout_ms);
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        let stream = tokio::time::timeout(timeout, connect(addr))
             .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|_| "resolving and connecting timed out".to_string())??;
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
         write_frame(&mut wr, &Frame::Hello(self.hello()))
@@ -472,6 +577,23 @@ impl TcpTransport {
         };
         self.link_failed(peer, serial, reason);
     }
+}
+
+/// A connection to `addr` as its host resolves now: each of its addresses in turn (as
+/// the resolver orders them) until one accepts.
+async fn connect(addr: &PeerAddr) -> Result<TcpStream, String> {
+    let resolved = addr
+        .resolve()
+        .await
+        .map_err(|e| format!("resolving {}: {e}", addr.host()))?;
+    let mut last = format!("{} resolves to no address", addr.host());
+    for ip in resolved {
+        match TcpStream::connect(ip).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = format!("connect {ip}: {e}"),
+        }
+    }
+    Err(last)
 }
 
 /// Read buffer of a peer link.
@@ -724,5 +846,66 @@ mod tests {
         assert_eq!(data, &vec![run(0), run(1)]);
         assert!(row.is_some());
         assert_eq!(out[1], Wire::JoinRequest);
+    }
+
+    #[test]
+    fn peer_addresses_print_as_host_port() {
+        let v4: SocketAddr = "10.0.0.5:7100".parse().expect("v4");
+        let v6: SocketAddr = "[::1]:7100".parse().expect("v6");
+        assert_eq!(PeerAddr::from(v4).to_string(), "10.0.0.5:7100");
+        assert_eq!(PeerAddr::from(v6).to_string(), "[::1]:7100");
+        assert_eq!(PeerAddr::from(v6).host(), "::1");
+        let name = PeerAddr::new("squall-1.squall-peers", 7100);
+        assert_eq!(name.to_string(), "squall-1.squall-peers:7100");
+        assert_eq!(name.port(), 7100);
+    }
+
+    /// A peer whose name does not resolve yet (a pod not scheduled, DNS not updated) is
+    /// dialed again and again, without the link being reported broken or anything
+    /// queued for it lost; once the name resolves, the link comes up and the queue
+    /// drains in order.
+    #[tokio::test]
+    async fn a_name_that_resolves_only_later_is_dialed_until_it_does() {
+        let name = "n1.resolves-later.test";
+        test_hosts::set(name, None);
+        let l0 = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let l1 = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let a0 = l0.local_addr().expect("addr");
+        let a1 = l1.local_addr().expect("addr");
+        let mut cfg0 = TcpConfig::new(
+            42,
+            MemberId::new(0, 1),
+            [(0, PeerAddr::from(a0)), (1, PeerAddr::new(name, a1.port()))],
+        );
+        cfg0.connect_retry_ms = 10;
+        let cfg1 = TcpConfig::new(42, MemberId::new(1, 1), [(0, a0), (1, a1)]);
+        let (tx0, mut rx0) = mpsc::channel(16);
+        let (tx1, mut rx1) = mpsc::channel(16);
+        let t0 = TcpTransport::start(cfg0, l0, tx0);
+        let _t1 = TcpTransport::start(cfg1, l1, tx1);
+        t0.send(1, Some(1), Wire::Evicted { view_id: 1 });
+        t0.send(1, Some(1), Wire::Evicted { view_id: 2 });
+        // Several attempts fail (10, 20, 40, 80, 160 ms apart): nothing arrives, nothing
+        // is reported broken.
+        let quiet = tokio::time::timeout(Duration::from_millis(400), rx1.recv()).await;
+        assert!(
+            quiet.is_err(),
+            "arrived before the name resolved: {quiet:?}"
+        );
+        assert!(rx0.try_recv().is_err(), "the unresolved peer was reported");
+        test_hosts::set(name, Some(a1.ip()));
+        for view_id in [1, 2] {
+            let got = tokio::time::timeout(Duration::from_secs(10), rx1.recv())
+                .await
+                .expect("the link came up once the name resolved")
+                .expect("transport alive");
+            match got {
+                Inbound::Message { from, msg } => {
+                    assert_eq!(from, MemberId::new(0, 1));
+                    assert_eq!(msg, Wire::Evicted { view_id });
+                }
+                Inbound::Broken { peer, reason } => panic!("{peer} broke: {reason}"),
+            }
+        }
     }
 }

@@ -1,11 +1,12 @@
-//! The TCP transport between two in-process nodes: order, chunking, incarnations.
+//! The TCP transport between in-process nodes: order, chunking, incarnations, peers
+//! named by host name.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use squall_driver::{Inbound, TcpConfig, TcpTransport, Transport};
+use squall_driver::{Inbound, PeerAddr, TcpConfig, TcpTransport, Transport};
 use squall_platform::{MemberId, Wire};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -130,4 +131,48 @@ async fn control_traffic_overtakes_a_large_message_but_data_keeps_its_order() {
         }
     }
     assert_eq!(order, ["Evicted { view_id: 9 }", "state 1", "state 2"]);
+}
+
+/// Peers named by host name: `localhost` is resolved at each dial, and a peer whose name
+/// does not resolve (a `.invalid` name never does) only fails its own dial attempts,
+/// retried with backoff: the node's other links work, and that peer's link is never
+/// reported broken (nothing queued for it is lost).
+#[tokio::test]
+async fn a_peer_whose_name_does_not_resolve_is_retried_without_failing_the_others() {
+    let l0 = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l1 = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let by_name =
+        |l: &TcpListener| PeerAddr::new("localhost", l.local_addr().expect("addr").port());
+    let peers: BTreeMap<u32, PeerAddr> = [
+        (0, by_name(&l0)),
+        (1, by_name(&l1)),
+        (2, PeerAddr::new("squall-2.not-scheduled-yet.invalid", 7100)),
+    ]
+    .into();
+    let config = |me| {
+        let mut cfg = TcpConfig::new(42, me, peers.clone());
+        cfg.connect_retry_ms = 10;
+        cfg
+    };
+    let (tx0, mut rx0) = mpsc::channel(1024);
+    let (tx1, mut rx1) = mpsc::channel(1024);
+    let t0 = TcpTransport::start(config(MemberId::new(0, 1)), l0, tx0);
+    let _t1 = TcpTransport::start(config(MemberId::new(1, 1)), l1, tx1);
+    t0.send(2, Some(1), Wire::Evicted { view_id: 1 });
+    t0.send(1, Some(1), Wire::Evicted { view_id: 2 });
+    match next(&mut rx1).await {
+        Inbound::Message { from, msg } => {
+            assert_eq!(from, MemberId::new(0, 1));
+            assert_eq!(msg, Wire::Evicted { view_id: 2 });
+        }
+        Inbound::Broken { peer, reason } => panic!("{peer} broke: {reason}"),
+    }
+    // Many failed attempts to resolve node 2 later, nothing is reported about it.
+    let quiet = tokio::time::timeout(Duration::from_millis(1_500), rx0.recv()).await;
+    assert!(quiet.is_err(), "node 0 reported: {quiet:?}");
+    t0.send(1, Some(1), Wire::Evicted { view_id: 3 });
+    match next(&mut rx1).await {
+        Inbound::Message { msg, .. } => assert_eq!(msg, Wire::Evicted { view_id: 3 }),
+        Inbound::Broken { peer, reason } => panic!("{peer} broke: {reason}"),
+    }
 }

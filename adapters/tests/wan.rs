@@ -1,0 +1,297 @@
+//! The edge+cloud rehearsal on one machine: an edge cluster and a cloud cluster (real
+//! `squall node` processes), a WAN link between them through `squall-wanlink` (50 ms
+//! added each way, then cut for 30 s, then restored), and a DFG at the edge whose
+//! outputs go to a pool of the cloud through the edge's WAN outbox. Inputs stream in
+//! throughout; an edge node holding outbox entries is killed with SIGKILL during the cut.
+//! Afterwards every input's result is in the cloud exactly once, in per-key order, and
+//! the outboxes are empty.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Cluster, printer};
+use squall_adapters::client::Client;
+use squall_adapters::config::{Remote, SiteKind, SiteSection};
+use squall_adapters::wire::At;
+use squall_kvs::{PoolSpec, StoreKind};
+use squall_wanlink::{LinkSettings, LinkSpec, WanLink};
+
+const PRINTER_UUID: &str = "48e60f7c-8500-11eb-8755-0242ac110002";
+const SENSORS: usize = 8;
+const DELAY_MS: u64 = 50;
+const CUT: Duration = Duration::from_secs(30);
+
+/// The edge DFG: what arrives under `/sensors/` passes (the printer, stateful so one
+/// key's outputs keep their order) to the cloud's `/ingest/`.
+fn edge_dfg() -> Bytes {
+    Bytes::from(format!(
+        r#"[{{
+            "id": "7e1d0c4e-0000-4000-8000-00000000ed9e",
+            "desc": "edge: pass sensor readings to the cloud",
+            "graph": [{{
+                "pathname": "/sensors/",
+                "user_defined_logic_list": ["{PRINTER_UUID}"],
+                "shard_dispatcher_list": ["one"],
+                "user_defined_logic_hook_list": ["ordered"],
+                "user_defined_logic_stateful_list": ["stateful"],
+                "user_defined_logic_config_list": [{{"quiet": true}}],
+                "destinations": [{{"cloud:/ingest/": "put"}}]
+            }}]
+        }}]"#
+    ))
+}
+
+/// A `/metrics` series' value on one node (summed over its label sets), over plain HTTP.
+async fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.ok()?;
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        let value: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+        found = Some(found.unwrap_or(0.0) + value);
+    }
+    found
+}
+
+/// Every version of `key` in the cloud, oldest first (following each version's link to
+/// the key's previous one).
+async fn history(c: &Client, key: &str) -> Vec<String> {
+    let mut values = Vec::new();
+    let mut next = c.get(key).await.ok().flatten();
+    while let Some(o) = next {
+        values.push(String::from_utf8_lossy(&o.blob).into_owned());
+        next = match o.previous_key_version {
+            Some(v) => c.get_at(key, At::Version(v)).await.ok().flatten(),
+            None => None,
+        };
+    }
+    values.reverse();
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wan_cut_and_an_edge_crash_lose_nothing_and_apply_everything_once_in_order() {
+    // The cloud: a cluster of its own (another cluster id), with the pool results go to.
+    let mut cloud = Cluster::new(3, &[]);
+    for cfg in &mut cloud.configs {
+        cfg.cluster.id = 0xc10d;
+        cfg.site = Some(SiteSection {
+            name: "cloud".into(),
+            kind: SiteKind::Cloud,
+        });
+    }
+    cloud.start_all();
+    let cloud_client = cloud.client(None, 3).await;
+    cloud_client
+        .create_pool(PoolSpec::new("/ingest", StoreKind::Persistent, 1))
+        .await
+        .expect("the cloud's ingest pool");
+
+    // The WAN: one proxied address per cloud node, 50 ms added each way, some jitter.
+    let specs = cloud
+        .addrs()
+        .iter()
+        .map(|a| LinkSpec::new("127.0.0.1:0".parse().expect("addr"), a.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .expect("link specs");
+    let settings = LinkSettings {
+        delay_ms: DELAY_MS,
+        jitter_ms: 5,
+        ..LinkSettings::default()
+    };
+    let wan = WanLink::start(specs, settings).await.expect("the WAN link");
+    let link = wan.handle();
+    let proxied: Vec<String> = wan.listen_addrs().iter().map(ToString::to_string).collect();
+
+    // The edge reaches the cloud only through the link: the addresses the cloud
+    // advertises are mapped to the proxy's.
+    let mut edge = Cluster::new(3, &[]);
+    edge.with_http();
+    for cfg in &mut edge.configs {
+        cfg.site = Some(SiteSection {
+            name: "edge".into(),
+            kind: SiteKind::Edge,
+        });
+        // Room for the plugin upload.
+        cfg.limits.object_bytes_max = 64 << 20;
+        cfg.limits.frame_bytes_max = (64 << 20) + (1 << 20);
+        cfg.remotes = vec![Remote {
+            name: "cloud".into(),
+            addresses: proxied.clone(),
+            token: None,
+            address_map: cloud.addrs().into_iter().zip(proxied.clone()).collect(),
+        }];
+        cfg.validate().expect("a valid edge config");
+    }
+    edge.start_all();
+    let edge_client = edge.client(None, 3).await;
+    edge_client
+        .create_pool(PoolSpec::new("/sensors", StoreKind::Persistent, 1))
+        .await
+        .expect("the edge's sensor pool");
+    let plugin = std::fs::read(printer()).expect("the printer plugin");
+    edge_client
+        .upload_udl("printer", Bytes::from(plugin))
+        .await
+        .expect("upload");
+    edge_client
+        .add_dfgs(edge_dfg())
+        .await
+        .expect("the edge DFG");
+
+    // Inputs stream in: sensor k's readings 0, 1, 2, ... in order, round robin.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let feeder = {
+        let (c, stop, sent) = (edge_client.clone(), Arc::clone(&stop), Arc::clone(&sent));
+        tokio::spawn(async move {
+            let mut latencies_ms: Vec<f64> = Vec::new();
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for k in 0..SENSORS {
+                    let key = format!("/sensors/s{k}");
+                    let started = Instant::now();
+                    // The edge accepts every input, cut or not (the client retries only
+                    // across the killed node's view change).
+                    c.put(&key, Bytes::from(seq.to_string()))
+                        .await
+                        .unwrap_or_else(|e| panic!("the edge refused {key} = {seq}: {e}"));
+                    latencies_ms.push(started.elapsed().as_secs_f64() * 1e3);
+                }
+                seq += 1;
+                sent.store(seq, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            latencies_ms
+        })
+    };
+    let wait_for = |what: &'static str, seconds: u64| {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        move || {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        }
+    };
+
+    // Phase 1: delayed link. Results reach the cloud ~100 ms after their input.
+    let check = wait_for("the first results in the cloud", 30);
+    let started = Instant::now();
+    while history(&cloud_client, "/ingest/s0").await.len() < 10 {
+        check();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delayed_rate = {
+        let before = metric(edge.http_addr(0), "squall_wan_forwarded_total").await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = metric(edge.http_addr(0), "squall_wan_forwarded_total").await;
+        (after.unwrap_or(0.0) - before.unwrap_or(0.0)) / 3.0
+    };
+    println!(
+        "delayed link: first results after {:.2} s; node 0 forwarded {delayed_rate:.0} results/s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Phase 2: the link is cut for 30 s; the edge keeps accepting inputs.
+    link.cut();
+    let cut_at = Instant::now();
+    let sent_at_cut = sent.load(Ordering::Relaxed);
+    // The forwarder (the outbox shard's first member, node 0: the founder) holds
+    // entries it cannot send; kill it mid-cut.
+    let check = wait_for("outbox entries on node 0", 20);
+    loop {
+        let waiting = metric(edge.http_addr(0), "squall_wan_outbox_entries").await;
+        if waiting.is_some_and(|n| n >= 50.0) {
+            println!("node 0 holds {waiting:?} outbox entries; kill -9");
+            break;
+        }
+        check();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let link_up = metric(edge.http_addr(0), "squall_wan_link_up").await;
+    edge.kill9(0);
+    let remaining = CUT.saturating_sub(cut_at.elapsed());
+    tokio::time::sleep(remaining).await;
+    let sent_in_cut = sent.load(Ordering::Relaxed) - sent_at_cut;
+    assert!(
+        sent_in_cut > 100,
+        "the edge accepted only {sent_in_cut} rounds of inputs during the cut"
+    );
+    let waiting = metric(edge.http_addr(1), "squall_wan_outbox_entries").await;
+    println!(
+        "after the cut: {sent_in_cut} rounds of {SENSORS} inputs accepted; node 1's outbox \
+         holds {waiting:?}; node 0 saw link_up = {link_up:?} before its kill"
+    );
+    assert!(
+        waiting.is_some_and(|n| n > 0.0),
+        "nothing waited in the outbox during the cut"
+    );
+
+    // Phase 3: restored. The outbox drains; inputs stop a little later.
+    link.restore();
+    let restored_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let latencies = feeder.await.expect("the feeder");
+    let rounds = sent.load(Ordering::Relaxed);
+    let check = wait_for("the outboxes to drain", 120);
+    loop {
+        let mut left = 0.0;
+        for node in [1, 2] {
+            left += metric(edge.http_addr(node), "squall_wan_outbox_entries")
+                .await
+                .unwrap_or(f64::MAX);
+        }
+        if left == 0.0 {
+            break;
+        }
+        check();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "drained {:.1} s after the restore",
+        restored_at.elapsed().as_secs_f64()
+    );
+
+    // Every input's result, exactly once, in order, per key.
+    let mut results: BTreeMap<String, usize> = BTreeMap::new();
+    for k in 0..SENSORS {
+        let key = format!("/ingest/s{k}");
+        let values = history(&cloud_client, &key).await;
+        let expected: Vec<String> = (0..rounds).map(|i| i.to_string()).collect();
+        assert_eq!(
+            values.len(),
+            expected.len(),
+            "{key}: {} results for {} inputs{}",
+            values.len(),
+            expected.len(),
+            edge.logs()
+        );
+        assert_eq!(values, expected, "{key}: results out of order or repeated");
+        results.insert(key, values.len());
+    }
+    let mut sorted = latencies.clone();
+    sorted.sort_by(f64::total_cmp);
+    let p = |q: f64| sorted[((sorted.len() - 1) as f64 * q) as usize];
+    println!(
+        "{} inputs, each result once and in order in the cloud; edge put latency p50 {:.2} ms \
+         p99 {:.2} ms",
+        rounds as usize * SENSORS,
+        p(0.5),
+        p(0.99)
+    );
+    wan.shutdown().await;
+}
