@@ -879,6 +879,7 @@ impl UdlRuntime {
                     },
                     sender,
                     blob,
+                    device: None,
                 };
                 let mut client = calls.map(|calls| InvocationClient {
                     calls,

@@ -178,6 +178,12 @@ pub struct FfiInput {
     pub message_seq: u64,
     pub sender: u32,
     pub blob: FfiBytes,
+    /// `Input::device`: `device_type` 0 when absent.
+    pub device_address: u64,
+    pub device_len_bytes: u64,
+    pub device_type: u32,
+    pub device_id: u32,
+    pub device_stream: u64,
 }
 
 /// The node's side of a [`Context`], valid for one `handle` call.
@@ -428,6 +434,13 @@ pub unsafe extern "C" fn handle_instance(
         },
         sender: raw.sender,
         blob,
+        device: (raw.device_type != 0).then_some(crate::DeviceView {
+            address: raw.device_address,
+            len_bytes: raw.device_len_bytes,
+            device_type: raw.device_type,
+            device_id: raw.device_id,
+            stream: raw.device_stream,
+        }),
     };
     let mut ctx = PluginContext {
         ffi,

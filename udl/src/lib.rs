@@ -45,7 +45,7 @@ pub use bytes::Bytes;
 
 /// The version of the plugin interface ([`abi`]). The node refuses a plugin that exports
 /// another one, before it reads anything else from it.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// The symbol of `extern "C" fn() -> u32` returning the plugin's [`ABI_VERSION`].
 pub const ABI_VERSION_SYMBOL: &str = "squall_udl_abi_version";
@@ -78,6 +78,33 @@ pub struct Input<'a> {
     /// The object's value. It shares the node's buffer: no copy was made to give it to
     /// the UDL, and none is made by cloning or slicing it.
     pub blob: Bytes,
+    /// The same bytes in another memory tier, when the node keeps the object there (a
+    /// GPU-cached pool): valid for the handler call. `None` for host-only objects.
+    pub device: Option<DeviceView>,
+}
+
+/// Where a copy of an object's bytes lives outside the host buffer, in DLPack's terms, so
+/// a UDL can wrap it as a tensor without copying (`tch::Tensor::from_blob`,
+/// `torch.from_dlpack`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceView {
+    /// The first byte, in the device's address space.
+    pub address: u64,
+    pub len_bytes: u64,
+    /// DLPack `DLDeviceType`: [`DeviceView::CPU`], [`DeviceView::CUDA`] or
+    /// [`DeviceView::CUDA_HOST`] (pinned host memory).
+    pub device_type: u32,
+    /// The device ordinal (0 for host memory).
+    pub device_id: u32,
+    /// The CUDA stream the node copied the object on, finished before the handler runs
+    /// (0: none, or the default stream).
+    pub stream: u64,
+}
+
+impl DeviceView {
+    pub const CPU: u32 = 1;
+    pub const CUDA: u32 = 2;
+    pub const CUDA_HOST: u32 = 3;
 }
 
 impl Input<'_> {

@@ -361,6 +361,11 @@ impl Instance {
             message_seq: input.message_id.seq,
             sender: input.sender,
             blob: FfiBytes::from_bytes(input.blob.clone()),
+            device_address: input.device.map_or(0, |d| d.address),
+            device_len_bytes: input.device.map_or(0, |d| d.len_bytes),
+            device_type: input.device.map_or(0, |d| d.device_type),
+            device_id: input.device.map_or(0, |d| d.device_id),
+            device_stream: input.device.map_or(0, |d| d.stream),
         };
         let mut message = String::new();
         let sink = ErrorSink::to_string(&mut message);

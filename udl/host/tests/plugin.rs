@@ -67,6 +67,7 @@ fn input(blob: &Bytes) -> Input<'static> {
         message_id: MessageId { client: 9, seq: 3 },
         sender: 1,
         blob: blob.clone(),
+        device: None,
     }
 }
 

@@ -777,6 +777,7 @@ mod tests {
             message_id: MessageId { client: 1, seq: 1 },
             sender: 0,
             blob: Bytes::from_static(blob),
+            device: None,
         }
     }
 
