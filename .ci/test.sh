@@ -3,9 +3,9 @@
 # chromium and prometheus, a Python virtualenv, playwright-core from npm), then runs
 # every check CI runs: formatting, lints, the whole Rust test suite (which runs 1,000
 # simulator seeds under every checker, liveness after heal included; process tests of
-# the node, its HTTP API against promtool and schemathesis, the dashboard in Chromium)
-# and the Python package's tests. Longer soaks are README command 1 with a larger
-# --seeds range.
+# the node, its HTTP API against promtool and schemathesis, the dashboard in Chromium),
+# the Python package's tests and the deployment files' checks. Longer soaks are README
+# command 1 with a larger --seeds range.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,13 +33,15 @@ if ((${#debs[@]} > 0)); then
   run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${debs[@]}"
 fi
 
-# Python: a virtualenv with maturin (the wheel), numpy and pytest (the package's tests)
-# and schemathesis (the REST API against its OpenAPI document).
+# Python: a virtualenv with maturin (the wheel), numpy and pytest (the package's tests),
+# schemathesis (the REST API against its OpenAPI document), and pyyaml with
+# kubernetes-validate (the Kubernetes manifests against the API schemas it bundles).
 if [[ ! -x target/pyenv/bin/python ]]; then
   run python3 -m venv target/pyenv
 fi
 run target/pyenv/bin/pip install -q --disable-pip-version-check \
-  "maturin>=1.9,<2" "numpy>=1.24" "pytest>=7" "schemathesis>=4,<5"
+  "maturin>=1.9,<2" "numpy>=1.24" "pytest>=7" "schemathesis>=4,<5" \
+  "pyyaml>=6" "kubernetes-validate>=1.37,<2"
 
 # Node: playwright-core for the browser test, at the version package-lock.json pins.
 if [[ -f adapters/tests/browser/package-lock.json ]]; then
@@ -57,3 +59,7 @@ run cargo test --workspace
 # node processes.
 run python/build_wheel.sh
 run target/pyenv/bin/python -m pytest -q python/tests
+
+# deploy/: the Kubernetes manifests (schemas and cross-checks), the systemd unit and every
+# sample config, checked by the built node.
+run target/pyenv/bin/python -m pytest -q deploy/tests/check_manifests.py

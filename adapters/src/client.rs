@@ -886,14 +886,16 @@ impl Client {
     /// the shard's first member, which multicasts them in this order; after a write
     /// refused before it was sent, the rest are not sent. One answer per write, in order:
     /// the writes applied are a prefix of those of one shard. `route_key` routes it (a
-    /// key of that shard).
+    /// key of that shard); `compress` sends it LZ4-compressed where that pays.
     pub async fn write_many(
         &self,
         ops: &[Op],
         route_key: &str,
+        compress: bool,
     ) -> Result<Vec<Result<Written, ClientError>>, ClientError> {
         let request = Request::WriteMany {
             ops: ops.iter().map(op::encode).collect(),
+            compress,
         };
         match self.call(request, Route::Write(route_key)).await? {
             Response::Many(answers) if answers.len() == ops.len() => {

@@ -107,6 +107,34 @@
 //! path = "/cams"
 //! kind = "volatile"
 //! affinity = "cam[0-9]+"
+//! # Keep this pool's objects cached on GPU 0 (at most 8 GiB), so its UDLs get a device
+//! # pointer; on a machine without a GPU the node serves it from host memory (zero copy)
+//! # and says so once. Persistent and volatile pools only (a trigger pool stores nothing).
+//! gpu_cache = { device = 0, capacity = "8GiB" }
+//!
+//! # This cluster's site, and the other clusters its DFGs may send outputs to
+//! # (`"cloud:/ingest/": "put"`). Virtual synchrony never spans sites: a remote cluster
+//! # is reached as a client, through a durable outbox in this cluster.
+//! [site]
+//! name = "edge-1"
+//! kind = "edge"
+//!
+//! [[remotes]]
+//! name = "cloud"
+//! addresses = ["cloud-0.example.net:7200", "cloud-1.example.net:7200"]
+//! token = "edge-writer"
+//! # Where this cluster reaches addresses the remote cluster advertises, if not directly.
+//! address_map = { "10.1.0.7:7200" = "gateway.example.net:17200" }
+//!
+//! [wan]
+//! # outbox_subgroup = 1   # default: the first persistent subgroup
+//! outbox_entries_max = 1000000
+//! outbox_bytes_max = 1073741824
+//! outbox_full = "block"   # or "reject": refuse new inputs with `outbox_full`
+//! batch_max = 128
+//! batch_bytes_max = 8388608
+//! retry_backoff_max_ms = 2000
+//! compress = true         # LZ4 batches where that saves an eighth or more
 //! ```
 //!
 //! **Kubernetes** (a StatefulSet `squall` behind a headless service `squall-peers`): one
@@ -177,13 +205,11 @@ pub enum ConfigError {
     Env { var: String, reason: String },
 }
 
-/// `host:port` with a non-empty host and a port from 1.
+/// `host:port` as peers' addresses are ([`HostPort`]), with a port from 1.
 fn is_host_port(address: &str) -> bool {
     address
-        .rsplit_once(':')
-        .filter(|(host, _)| !host.is_empty())
-        .and_then(|(_, port)| port.parse::<u16>().ok())
-        .is_some_and(|port| port != 0)
+        .parse::<HostPort>()
+        .is_ok_and(|address| address.port() != 0)
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -374,6 +400,9 @@ pub struct Wan {
     pub batch_bytes_max: usize,
     /// Retry pause after a failed round trip doubles up to this.
     pub retry_backoff_max_ms: u64,
+    /// LZ4-compress forwarded batches where that saves at least an eighth of the bytes
+    /// (the remote node expands them; CPU is cheaper than WAN bytes).
+    pub compress: bool,
 }
 
 impl Default for Wan {
@@ -386,6 +415,7 @@ impl Default for Wan {
             batch_max: 128,
             batch_bytes_max: 8 << 20,
             retry_backoff_max_ms: 2_000,
+            compress: true,
         }
     }
 }
@@ -624,6 +654,10 @@ pub struct PoolEntry {
     /// created, not here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<String>,
+    /// `{ device = 0, capacity = "8GiB" }`: keep the pool's objects cached on that GPU
+    /// (host memory where the node has none). Persistent and volatile pools only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_cache: Option<squall_gpu::GpuCacheSpec>,
 }
 
 /// One `SQUALL__...` variable, parsed.
@@ -1439,6 +1473,13 @@ impl Config {
                      every key on one shard; leave affinity out instead",
                 ));
             }
+            if pool.gpu_cache.is_some() && pool.kind == SubgroupKind::Trigger {
+                return Err(invalid(
+                    field("gpu_cache"),
+                    "a trigger pool stores nothing, so it has nothing to cache; only \
+                     persistent and volatile pools can have a gpu_cache",
+                ));
+            }
         }
         Ok(())
     }
@@ -1518,6 +1559,10 @@ impl Config {
         );
         spec.shards = entry.shards;
         spec.affinity = entry.affinity.clone();
+        spec.gpu_cache = entry.gpu_cache.map(|gpu_cache| squall_kvs::GpuCache {
+            device: gpu_cache.device,
+            capacity_bytes: gpu_cache.capacity.bytes(),
+        });
         spec
     }
 
@@ -1624,6 +1669,7 @@ pub fn try_local_cluster(
         subgroup: None,
         shards: 0,
         affinity: None,
+        gpu_cache: None,
     };
     peers
         .iter()
@@ -1788,6 +1834,59 @@ max_nodes = 2
         assert_eq!(spec.subgroup, 2);
         assert_eq!(spec.shards, 0);
         assert_eq!(spec.affinity.as_deref(), Some("cam[0-9]+"));
+        assert_eq!(
+            spec.gpu_cache,
+            Some(squall_kvs::GpuCache {
+                device: 0,
+                capacity_bytes: 8 << 30
+            })
+        );
+        assert_eq!(config.pool_spec(&config.pools[0]).gpu_cache, None);
+    }
+
+    #[test]
+    fn gpu_cache_is_a_pool_option_of_stored_pools_only() {
+        let with_pool = |pool: &str| {
+            let text = doc_example();
+            let cut = text.find("[[pools]]").expect("the example has pools");
+            format!("{}{pool}", &text[..cut])
+        };
+        let config = Config::from_toml_str(&with_pool(
+            "[[pools]]\npath = \"/frames\"\nkind = \"persistent\"\n\
+             gpu_cache = { device = 1, capacity = \"512MiB\" }\n",
+        ))
+        .expect("a persistent pool can be GPU-cached");
+        let spec = config.pool_spec(&config.pools[0]);
+        assert_eq!(
+            spec.gpu_cache,
+            Some(squall_kvs::GpuCache {
+                device: 1,
+                capacity_bytes: 512 << 20
+            })
+        );
+        // Written back out (an overlay merges through serialization), it is the same.
+        let again = config.with_overlay("").expect("round trip");
+        assert_eq!(again.pools, config.pools);
+
+        let trigger = with_pool(
+            "[[layout.subgroups]]\nkind = \"trigger\"\nshards = 1\nmin_nodes = 1\n\
+             max_nodes = 1\n\n[[pools]]\npath = \"/t\"\nkind = \"trigger\"\n\
+             gpu_cache = { device = 0, capacity = \"1GiB\" }\n",
+        );
+        let error = Config::from_toml_str(&trigger).expect_err("a trigger pool");
+        assert!(error.to_string().contains("pools[0].gpu_cache"), "{error}");
+        let error = Config::from_toml_str(&with_pool(
+            "[[pools]]\npath = \"/z\"\nkind = \"volatile\"\n\
+             gpu_cache = { device = 0, capacity = 0 }\n",
+        ))
+        .expect_err("a zero capacity");
+        assert!(error.to_string().contains("more than 0 bytes"), "{error}");
+        let error = Config::from_toml_str(&with_pool(
+            "[[pools]]\npath = \"/z\"\nkind = \"volatile\"\n\
+             gpu_cache = { device = 0, capacity = \"1GiB\", policy = \"lru\" }\n",
+        ))
+        .expect_err("an unknown field");
+        assert!(error.to_string().contains("unknown field"), "{error}");
     }
 
     #[test]
@@ -2428,6 +2527,59 @@ max_nodes = 2
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn sites_remotes_and_the_outbox_are_checked() {
+        let base = local_cluster(3, 7100, 7200, Path::new("/tmp/squall-wan")).remove(0);
+        let overlay = r#"
+            [site]
+            name = "edge-1"
+            kind = "edge"
+            [[remotes]]
+            name = "cloud"
+            addresses = ["cloud-0.example:7200", "10.0.0.5:7200"]
+            token = "t"
+            address_map = { "10.0.0.5:7200" = "gw.example:17200" }
+            [wan]
+            outbox_full = "reject"
+            outbox_entries_max = 10
+        "#;
+        let config = base.with_overlay(overlay).expect("a valid edge config");
+        assert_eq!(config.site.as_ref().map(|s| s.kind), Some(SiteKind::Edge));
+        assert_eq!(
+            config.remotes[0].address_map["10.0.0.5:7200"],
+            "gw.example:17200"
+        );
+        assert_eq!(config.wan.outbox_full, OutboxFull::Reject);
+        assert_eq!(
+            config.outbox_subgroup(),
+            Some(1),
+            "the first persistent subgroup"
+        );
+        // It round-trips through TOML.
+        let back = Config::from_toml_str(&config.to_toml_string()).expect("reads back");
+        assert_eq!(back, config);
+        let broken = |extra: &str| invalid_field(base.with_overlay(&format!("{overlay}\n{extra}")));
+        let (field, _) =
+            invalid_field(base.with_overlay("[site]\nname = \"Edge 1\"\nkind = \"edge\""));
+        assert_eq!(field, "site.name");
+        let (field, reason) = broken("[[remotes]]\nname = \"cloud\"\naddresses = [\"x:1\"]");
+        assert_eq!(field, "remotes[1].name");
+        assert!(reason.contains("remotes[0]"), "{reason}");
+        let (field, _) = broken("[[remotes]]\nname = \"edge-1\"\naddresses = [\"x:1\"]");
+        assert_eq!(field, "remotes[1].name", "its own site");
+        let (field, _) = broken("[[remotes]]\nname = \"far\"\naddresses = [\"no-port\"]");
+        assert_eq!(field, "remotes[1].addresses[0]");
+        let (field, _) = broken("[[remotes]]\nname = \"far\"\naddresses = []");
+        assert_eq!(field, "remotes[1].addresses");
+        let (field, reason) = invalid_field(
+            config.with_overlay("[limits]\ndedup_per_client_max = 100\n[wan]\nbatch_max = 64"),
+        );
+        assert_eq!(field, "wan.batch_max");
+        assert!(reason.contains("50"), "{reason}");
+        let (field, _) = invalid_field(config.with_overlay("[wan]\noutbox_subgroup = 2"));
+        assert_eq!(field, "wan.outbox_subgroup", "subgroup 2 is volatile");
     }
 
     #[test]

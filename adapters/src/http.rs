@@ -59,6 +59,8 @@ pub struct HttpConfig {
     pub status: crate::metrics::SharedStatus,
     /// Links to remote clusters, as this node's forwarders and outbox know them.
     pub wan_links: crate::wan::SharedLinks,
+    /// GPU detection and this node's GPU caches.
+    pub gpu: crate::gpu::NodeGpu,
 }
 
 struct AppState {
@@ -331,6 +333,7 @@ impl AppState {
             .values()
             .cloned()
             .collect();
+        status.gpu = self.cfg.gpu.status();
         status
     }
 
@@ -441,6 +444,32 @@ pub struct PoolBody {
     /// Keys pinned to a shard.
     #[serde(default)]
     pub overrides: Option<std::collections::BTreeMap<String, u32>>,
+    /// Keep the pool's objects cached on a GPU (persistent and volatile pools only);
+    /// absent: not cached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_cache: Option<GpuCacheBody>,
+}
+
+/// A pool's `gpu_cache` option: `{"device": 0, "capacity": "8GiB"}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GpuCacheBody {
+    /// The CUDA device ordinal (on a node without a GPU the pool is served from host
+    /// memory).
+    pub device: u32,
+    /// The cache's capacity: a number of bytes, or a string with a unit (`"8GiB"`,
+    /// `"512MiB"`, `"2GB"`); answered as a string.
+    #[schema(value_type = String, example = "8GiB")]
+    pub capacity: squall_gpu::ByteSize,
+}
+
+impl From<squall_kvs::GpuCache> for GpuCacheBody {
+    fn from(gpu_cache: squall_kvs::GpuCache) -> Self {
+        GpuCacheBody {
+            device: gpu_cache.device,
+            capacity: squall_gpu::ByteSize::from_bytes(gpu_cache.capacity_bytes),
+        }
+    }
 }
 
 impl From<PoolSpec> for PoolBody {
@@ -452,6 +481,7 @@ impl From<PoolSpec> for PoolBody {
             shards: Some(p.shards),
             affinity: p.affinity,
             overrides: Some(p.overrides),
+            gpu_cache: p.gpu_cache.map(GpuCacheBody::from),
         }
     }
 }
@@ -633,6 +663,14 @@ async fn create_pool(
     spec.shards = body.shards.unwrap_or(0);
     spec.affinity = body.affinity.clone();
     spec.overrides = body.overrides.clone().unwrap_or_default();
+    if let Some(gpu_cache) = &body.gpu_cache {
+        let checked = squall_gpu::GpuCacheSpec::new(gpu_cache.device, gpu_cache.capacity)
+            .map_err(|e| failure(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+        spec.gpu_cache = Some(squall_kvs::GpuCache {
+            device: checked.device,
+            capacity_bytes: checked.capacity.bytes(),
+        });
+    }
     client.create_pool(spec.clone()).await?;
     Ok((StatusCode::CREATED, Json(PoolBody::from(spec))))
 }
@@ -994,11 +1032,15 @@ fn metric_values(registry: &prometheus::Registry) -> HashMap<String, f64> {
         MemberBody,
         MembersBody,
         PoolBody,
+        GpuCacheBody,
         KeysBody,
         UploadedBody,
         crate::metrics::NodeStatus,
         crate::metrics::ViewRecord,
-        crate::metrics::ShardStatus
+        crate::metrics::ShardStatus,
+        crate::gpu::GpuStatus,
+        crate::gpu::GpuDeviceStatus,
+        crate::gpu::GpuCacheStatus
     ))
 )]
 struct ApiDoc;

@@ -2,12 +2,14 @@
 //! platform + object store service + client server), [`service`] (the object store
 //! service), [`udl`] (the node's UDL runtime), [`server`] and [`wire`] (the client
 //! protocol), [`client`] (the Rust client), [`http`] (REST API, metrics, dashboard),
-//! [`addr`] (`host:port` addresses that may be DNS names).
+//! [`addr`] (`host:port` addresses that may be DNS names), [`gpu`] (the node's GPU caches
+//! of `gpu_cache` pools).
 
 pub mod addr;
 pub mod client;
 pub mod config;
 pub mod dashboard;
+pub mod gpu;
 pub mod http;
 pub mod metrics;
 pub mod node;

@@ -192,6 +192,8 @@ pub struct NodeStatus {
     pub site_kind: Option<String>,
     /// The links to remote clusters, with this node's outbox depth towards each.
     pub wan: Vec<crate::wan::LinkStatus>,
+    /// GPU detection and the caches of GPU-cached pools on this node (read when asked).
+    pub gpu: crate::gpu::GpuStatus,
 }
 
 #[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]

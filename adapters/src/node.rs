@@ -66,6 +66,8 @@ pub enum RunError {
     Udl(#[from] squall_udl_host::engine::EngineError),
     #[error("registering metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("GPU: {0}")]
+    Gpu(#[from] squall_gpu::GpuError),
 }
 
 /// The platform layout of a config: the metadata subgroup, then the data subgroups.
@@ -296,6 +298,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         wan_pressure.clone(),
     ));
     let mut service = Service::new(service_cfg, handle.clone(), runtime);
+    // Once per node: which GPUs there are (none: GPU-cached pools use host memory).
+    let gpu = crate::gpu::NodeGpu::new(squall_gpu::detect(), &registry)?;
+    gpu.log_detection();
+    service.set_gpu(gpu.clone());
     let metrics = crate::metrics::NodeMetrics::new(&registry)?;
     service.set_metrics(metrics.clone());
     let status = crate::metrics::SharedStatus::default();
@@ -346,6 +352,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 registry: registry.clone(),
                 status: status.clone(),
                 wan_links: wan_links.clone(),
+                gpu: gpu.clone(),
             };
             Some(tokio::spawn(crate::http::serve(listener, http_cfg)))
         }

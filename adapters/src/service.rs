@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::OutboxFull;
+use crate::gpu::NodeGpu;
 use crate::udl::{self, Arrival, Arrived, UdlRuntime};
 use crate::wan::{
     Forwarded, Forwarders, OUTBOX_TICK, OutboxEntry, Outboxes, SharedLinks, WanConfig, WanMetrics,
@@ -293,6 +294,8 @@ pub struct Service {
     wan_metrics: Option<WanMetrics>,
     /// Sites whose outbox refused an output lately (`wan.outbox_full = "reject"`).
     wan_pressure: WanPressure,
+    /// The GPU caches of GPU-cached pools (host memory where there is no GPU).
+    gpu: NodeGpu,
 }
 
 /// Sites whose outbox is full, as the node's UDL output writer last found them.
@@ -395,7 +398,16 @@ impl Service {
             links: SharedLinks::default(),
             wan_metrics: None,
             wan_pressure: WanPressure::default(),
+            gpu: NodeGpu::unregistered(squall_gpu::GpuAvailability::Unavailable {
+                reason: "GPU detection was not run (a service without its node)".to_string(),
+            }),
         }
+    }
+
+    /// Caches the objects of GPU-cached pools through `gpu` from now on (before the logs
+    /// are replayed, so replayed objects are cached too).
+    pub fn set_gpu(&mut self, gpu: NodeGpu) {
+        self.gpu = gpu;
     }
 
     /// Shares the WAN link status, metrics and outbox pressure with the rest of the node.
@@ -417,10 +429,13 @@ impl Service {
             self.meta = ShardStore::new(StoreKind::Trigger, self.cfg.store_limits);
         } else {
             let kind = self.kind(subgroup);
-            self.stores.insert(
+            let replaced = self.stores.insert(
                 (subgroup, shard),
                 ShardStore::new(kind, self.cfg.store_limits),
             );
+            if let Some(replaced) = replaced {
+                uncache_store(&self.gpu, &self.pools, subgroup, &replaced);
+            }
             self.history.remove(&(subgroup, shard));
         }
         for record in records {
@@ -706,7 +721,10 @@ impl Service {
                     };
                     match store {
                         Ok(store) => {
-                            self.stores.insert((subgroup, shard), store);
+                            cache_store(&self.gpu, &self.pools, subgroup, &store);
+                            if let Some(replaced) = self.stores.insert((subgroup, shard), store) {
+                                uncache_store(&self.gpu, &self.pools, subgroup, &replaced);
+                            }
                         }
                         Err(e) => {
                             warn!(error = %e, subgroup, shard, "malformed state; leaving");
@@ -751,9 +769,19 @@ impl Service {
             m.view_members.set(view.members.len() as i64);
             m.view_changes.inc();
         }
-        // Stores of shards this node no longer holds are stale from now on.
-        self.stores
-            .retain(|(g, s), _| view.shard_of(*g as usize, me) == Some(*s as usize));
+        // Stores of shards this node no longer holds are stale from now on (and so are
+        // their objects' cached copies).
+        let left_shards: Vec<(u32, u32)> = self
+            .stores
+            .keys()
+            .filter(|(g, s)| view.shard_of(*g as usize, me) != Some(*s as usize))
+            .copied()
+            .collect();
+        for (g, s) in left_shards {
+            if let Some(left) = self.stores.remove(&(g, s)) {
+                uncache_store(&self.gpu, &self.pools, g, &left);
+            }
+        }
         self.history
             .retain(|(g, s), _| view.shard_of(*g as usize, me) == Some(*s as usize));
         // Outbox shards too; and a forwarder may have changed: each shard's first member
@@ -786,7 +814,17 @@ impl Service {
         }
         let leads = view.members.first() == Some(&me);
         self.view = Some(Arc::clone(&view));
-        self.udl.reassign(&view);
+        // Inputs re-run here after their replica failed get the cached copy if this
+        // node still has that version cached (else only the blob).
+        let (pools, gpu) = (&self.pools, &self.gpu);
+        self.udl
+            .reassign(&view, &|key: &str, version: u64| match pools.find(key) {
+                Ok(pool) if pool.spec.gpu_cache.is_some() => (
+                    gpu.view(&pool.spec, key, version),
+                    gpu.device_of(&pool.spec),
+                ),
+                _ => (None, None),
+            });
         self.pump_outbox();
         if leads {
             // Default pools, once: a deterministic id makes every repeat a duplicate.
@@ -832,7 +870,10 @@ impl Service {
                         },
                     },
                     Op::RemovePool { path, .. } => match self.pools.remove(&path) {
-                        Ok(_) => Response::Done,
+                        Ok(_) => {
+                            self.gpu.retain_pools(&self.pools);
+                            Response::Done
+                        }
                         Err(e) => pool_error(&e),
                     },
                     Op::PutUdl {
@@ -886,6 +927,28 @@ impl Service {
             .entry((subgroup, shard))
             .or_insert_with(|| ShardStore::new(kind, limits));
         let (outcome, duplicate) = store.apply(version, &op);
+        if let (Outcome::Applied { .. }, false) = (&outcome, duplicate) {
+            // Every replica caches what it stores (the store's own `Bytes`: the host tier
+            // shares it); a refusal never fails the write.
+            match &op {
+                Op::Put { key, .. } => {
+                    if let Ok(pool) = self.pools.find(key)
+                        && pool.spec.gpu_cache.is_some()
+                        && let Some(object) = store.latest(key)
+                    {
+                        self.gpu.on_put(&pool.spec, key, version.0, &object.blob);
+                    }
+                }
+                Op::Remove { key, .. } => {
+                    if let Ok(pool) = self.pools.find(key)
+                        && pool.spec.gpu_cache.is_some()
+                    {
+                        self.gpu.on_remove(&pool.spec.path, key);
+                    }
+                }
+                _ => {}
+            }
+        }
         if let Some(m) = &self.metrics {
             let (g, s) = (subgroup.to_string(), shard.to_string());
             m.shard_delivered
@@ -965,6 +1028,15 @@ impl Service {
                         .cloned()
                 {
                     let assignee = self.assignee(subgroup, shard, key);
+                    // The cached copy, pinned for the invocations (none for a refused
+                    // insert), and the GPU the pool's cache is on, for vertices that ask.
+                    let (device, pool_gpu) = match self.pools.find(key) {
+                        Ok(pool) if pool.spec.gpu_cache.is_some() && self.udl.handles(key) => (
+                            self.gpu.view(&pool.spec, key, version.0),
+                            self.gpu.device_of(&pool.spec),
+                        ),
+                        _ => (None, None),
+                    };
                     self.udl.dispatch(&Arrived {
                         subgroup,
                         shard,
@@ -978,6 +1050,8 @@ impl Service {
                         sender: self.cfg.me.node,
                         arrival: Arrival::Ordered,
                         assignee,
+                        device,
+                        pool_gpu,
                     });
                 }
             }
@@ -1722,7 +1796,7 @@ impl Service {
             Some(())
         };
         match request {
-            Request::WriteMany { ops } => {
+            Request::WriteMany { ops, .. } => {
                 self.write_many(ops, role, reply).await;
                 Some(())
             }
@@ -2048,6 +2122,9 @@ impl Service {
                     sender: self.cfg.me.node,
                     arrival: Arrival::Trigger,
                     assignee: None,
+                    // Not stored, so not cached.
+                    device: None,
+                    pool_gpu: None,
                 });
                 answer(reply, Response::Done)
             }
@@ -2187,6 +2264,33 @@ impl Service {
 }
 
 /// A stable id for a default pool's creation, the same at every node.
+/// Caches, in the GPU caches of its pools, the objects of a store installed whole (a
+/// state transfer), as their puts would have been.
+fn cache_store(gpu: &NodeGpu, pools: &PoolTable, subgroup: u32, store: &ShardStore) {
+    for pool in pools
+        .list()
+        .filter(|p| p.spec.subgroup == subgroup && p.spec.gpu_cache.is_some())
+    {
+        for key in store.list_keys(&pool.spec.path, None) {
+            if let Some(object) = store.latest(&key) {
+                gpu.on_put(&pool.spec, &key, object.version.0, &object.blob);
+            }
+        }
+    }
+}
+
+/// Forgets, in the GPU caches, the objects of a store this node no longer holds.
+fn uncache_store(gpu: &NodeGpu, pools: &PoolTable, subgroup: u32, store: &ShardStore) {
+    for pool in pools
+        .list()
+        .filter(|p| p.spec.subgroup == subgroup && p.spec.gpu_cache.is_some())
+    {
+        for key in store.list_keys(&pool.spec.path, None) {
+            gpu.on_remove(&pool.spec.path, &key);
+        }
+    }
+}
+
 fn pool_seq(path: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(path.as_bytes())
 }

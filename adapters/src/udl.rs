@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::json;
+use squall_gpu::PinnedView;
 use squall_kvs::MessageId;
 use squall_platform::MemberId;
 use squall_udl::{Input, Resources};
@@ -152,6 +153,10 @@ pub enum Arrival {
     Trigger,
 }
 
+/// What a re-run input's GPU-cached copy is looked up with: (key, version) → the pinned
+/// copy, if cached, and the GPU of the key's pool cache, if on one.
+pub type DeviceLookup<'a> = &'a dyn Fn(&str, u64) -> (Option<PinnedView>, Option<u32>);
+
 /// An arrived object, as dispatch needs it.
 #[derive(Debug)]
 pub struct Arrived<'a> {
@@ -169,6 +174,14 @@ pub struct Arrived<'a> {
     /// Ordered arrivals: the one replica that runs `one`-dispatched UDLs for this key
     /// (the shard member at `hash(key) % n`).
     pub assignee: Option<MemberId>,
+    /// The object's copy in its pool's GPU cache (host memory where there is no GPU),
+    /// pinned: each job holds a pin of its own until its handler returns, and the UDL
+    /// gets it as `Input::device`. `None` when the pool is not GPU-cached or the object
+    /// is not cached (refused, evicted, or a re-run after a failover that missed).
+    pub device: Option<PinnedView>,
+    /// The GPU the pool's cache is on (none without a GPU): granted as
+    /// `Resources::gpus` to vertices whose UDL config asks `"resources": {"gpu": 1}`.
+    pub pool_gpu: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -283,6 +296,19 @@ struct Handler {
     pathname: String,
     udl: VertexUdl,
     instance: Option<Arc<Instance>>,
+    /// The UDL config asks for a GPU (`"resources": {"gpu": N}`, N ≥ 1).
+    wants_gpu: bool,
+}
+
+/// Whether a vertex's UDL config asks for a GPU: `"resources": {"gpu": N}` with N ≥ 1.
+/// A hint only: the node grants the GPU the input's pool is cached on, if any (see
+/// [`Arrived::pool_gpu`]); it neither moves work to a node with a GPU nor reserves one.
+pub fn wants_gpu(config: &serde_json::Value) -> bool {
+    config
+        .get("resources")
+        .and_then(|resources| resources.get("gpu"))
+        .and_then(serde_json::Value::as_u64)
+        .is_some_and(|gpus| gpus >= 1)
 }
 
 #[derive(Debug)]
@@ -400,6 +426,11 @@ impl UdlRuntime {
     /// Whether any DFG vertex is in force: without one, arrivals need no UDL work.
     pub fn has_handlers(&self) -> bool {
         !self.handlers.is_empty()
+    }
+
+    /// Whether some vertex's pathname is `key` or a prefix of it (its UDLs may run on it).
+    pub fn handles(&self, key: &str) -> bool {
+        self.handlers.iter().any(|h| key.starts_with(&h.pathname))
     }
 
     pub fn has_dfg(&self, id: &str) -> bool {
@@ -616,6 +647,7 @@ impl UdlRuntime {
                         pathname: vertex.pathname.clone(),
                         udl: udl.clone(),
                         instance,
+                        wants_gpu: wants_gpu(&udl.config),
                     });
                 }
             }
@@ -762,7 +794,7 @@ impl UdlRuntime {
 
     /// After a view change: inputs held for members that are gone go to the new
     /// assignee; those that are now this node's run here.
-    pub fn reassign(&mut self, view: &squall_platform::View) {
+    pub fn reassign(&mut self, view: &squall_platform::View, device: DeviceLookup<'_>) {
         let mut rerun = Vec::new();
         for (&(g, s), held) in &mut self.pending {
             let Some(members) = view
@@ -796,6 +828,7 @@ impl UdlRuntime {
         }
         for (g, s, version, p) in rerun {
             info!(subgroup = g, shard = s, version, key = %p.key, "re-running a UDL input whose replica failed");
+            let (device, pool_gpu) = device(&p.key, version);
             self.dispatch(&Arrived {
                 subgroup: g,
                 shard: s,
@@ -809,6 +842,8 @@ impl UdlRuntime {
                 sender: p.sender,
                 arrival: Arrival::Ordered,
                 assignee: Some(self.me),
+                device,
+                pool_gpu,
             });
         }
     }
@@ -857,7 +892,15 @@ impl UdlRuntime {
         let emits = self.emits.clone();
         let done_emits = self.emits.clone();
         let calls = self.calls.clone();
-        let resources = Arc::clone(&self.resources);
+        let resources = match (h.wants_gpu, a.pool_gpu) {
+            (true, Some(gpu)) => Arc::new(Resources {
+                cpu_cores: self.resources.cpu_cores,
+                gpus: vec![gpu],
+            }),
+            _ => Arc::clone(&self.resources),
+        };
+        // A pin of this job's own, held until its handler returns.
+        let device_pin = a.device.clone();
         let udl_uuid = h.udl.uuid.clone();
         let vertex_key = format!("{}{}", h.dfg, h.pathname);
         Job {
@@ -879,7 +922,9 @@ impl UdlRuntime {
                     },
                     sender,
                     blob,
-                    device: None,
+                    device: device_pin
+                        .as_ref()
+                        .map(|pinned| crate::gpu::dlpack_view(pinned.view())),
                 };
                 let mut client = calls.map(|calls| InvocationClient {
                     calls,
@@ -933,6 +978,8 @@ impl UdlRuntime {
                         },
                     )
                     .map_err(|e| e.to_string());
+                // The handler has returned: the cached copy may move or go now.
+                drop(device_pin);
                 // Done (a failure too: it is not retried), once its outputs are written.
                 if let Some(done) = done {
                     let _ = done_emits.blocking_send(EmitItem::Done(done));

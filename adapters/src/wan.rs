@@ -75,6 +75,8 @@ pub struct WanConfig {
     pub batch_max: usize,
     pub batch_bytes_max: usize,
     pub retry_backoff_max: Duration,
+    /// LZ4-compress batches where that saves bytes.
+    pub compress: bool,
 }
 
 impl WanConfig {
@@ -98,6 +100,7 @@ impl WanConfig {
             batch_max: config.wan.batch_max,
             batch_bytes_max: config.wan.batch_bytes_max,
             retry_backoff_max: Duration::from_millis(config.wan.retry_backoff_max_ms),
+            compress: config.wan.compress,
         })
     }
 
@@ -492,6 +495,7 @@ impl Forwarders {
                 links: Arc::clone(&links),
                 metrics: metrics.clone(),
                 backoff_max: cfg.retry_backoff_max,
+                compress: cfg.compress,
             };
             tokio::spawn(forwarder.run(rx, results.clone()));
             senders.insert(remote.name.clone(), tx);
@@ -518,6 +522,7 @@ struct Forwarder {
     links: SharedLinks,
     metrics: Option<WanMetrics>,
     backoff_max: Duration,
+    compress: bool,
 }
 
 impl Forwarder {
@@ -620,8 +625,9 @@ impl Forwarder {
                     })
                     .collect();
                 let route = batch.entries[chunk[0]].key.clone();
+                let compress = self.compress;
                 calls.spawn(async move {
-                    match c.write_many(&ops, &route).await {
+                    match c.write_many(&ops, &route, compress).await {
                         Ok(answers) => chunk
                             .into_iter()
                             .zip(answers)
@@ -755,6 +761,7 @@ mod tests {
             batch_max: 4,
             batch_bytes_max: 6,
             retry_backoff_max: Duration::from_secs(1),
+            compress: true,
         }
     }
 

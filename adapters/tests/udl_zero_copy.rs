@@ -93,6 +93,8 @@ fn a_delivered_blob_reaches_the_udl_and_its_output_without_a_copy() {
         sender: 0,
         arrival: Arrival::Ordered,
         assignee: Some(me),
+        device: None,
+        pool_gpu: None,
     });
     let out = loop {
         match emits.blocking_recv().expect("an output") {

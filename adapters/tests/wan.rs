@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{Cluster, printer};
 use squall_adapters::client::Client;
-use squall_adapters::config::{Remote, SiteKind, SiteSection};
+use squall_adapters::config::{OutboxFull, Remote, SiteKind, SiteSection};
 use squall_adapters::wire::At;
+use squall_adapters::wire::ErrorCode;
 use squall_kvs::{PoolSpec, StoreKind};
 use squall_wanlink::{LinkSettings, LinkSpec, WanLink};
 
@@ -66,6 +67,54 @@ async fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
         found = Some(found.unwrap_or(0.0) + value);
     }
     found
+}
+
+/// Checks the dashboard's WAN tab in headless Chromium (`tests/browser/wan.test.mjs`):
+/// the row of site `cloud` shows `state` and `waiting` ("some" or "none"); saves
+/// `target/browser-screenshots/<shot>.png`. Without Chromium or playwright-core it says
+/// so and returns, unless `SQUALL_REQUIRE_TOOLS=1` (the test command installs both).
+async fn browser_wan(http: std::net::SocketAddr, state: &str, waiting: &str, shot: &str) {
+    let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium = std::env::var("SQUALL_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let ready = browser_dir.join("node_modules/playwright-core").is_dir()
+        && std::path::Path::new(&chromium).exists();
+    if !ready {
+        if std::env::var("SQUALL_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
+            panic!("Chromium or playwright-core is missing, and SQUALL_REQUIRE_TOOLS=1");
+        }
+        println!("SKIPPED the browser check of the WAN tab: no Chromium or playwright-core");
+        return;
+    }
+    let exe = std::env::current_exe().expect("the test's path");
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf();
+    let shot = target
+        .join("browser-screenshots")
+        .join(format!("{shot}.png"));
+    let url = squall_adapters::http::dashboard_url(http);
+    let (state, waiting) = (state.to_string(), waiting.to_string());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(browser_dir.join("wan.test.mjs"))
+            .current_dir(&browser_dir)
+            .env("SQUALL_DASHBOARD_URL", url)
+            .env("SQUALL_WAN_SITE", "cloud")
+            .env("SQUALL_WAN_SITE_SELF", "edge")
+            .env("SQUALL_WAN_STATE", state)
+            .env("SQUALL_WAN_WAITING", waiting)
+            .env("SQUALL_SCREENSHOT", &shot)
+            .env("SQUALL_CHROMIUM", chromium)
+            .output()
+    })
+    .await
+    .expect("the browser task")
+    .expect("run node (Node.js) on the browser script");
+    let out = String::from_utf8_lossy(&output.stdout);
+    print!("{out}");
+    assert!(output.status.success(), "the WAN tab check failed: {out}");
 }
 
 /// Every version of `key` in the cloud, oldest first (following each version's link to
@@ -230,6 +279,8 @@ async fn a_wan_cut_and_an_edge_crash_lose_nothing_and_apply_everything_once_in_o
         sent_in_cut > 100,
         "the edge accepted only {sent_in_cut} rounds of inputs during the cut"
     );
+    // Node 1 forwards now; the dashboard shows its link down and entries waiting.
+    browser_wan(edge.http_addr(1), "down", "some", "wan-cut").await;
     let waiting = metric(edge.http_addr(1), "squall_wan_outbox_entries").await;
     println!(
         "after the cut: {sent_in_cut} rounds of {SENSORS} inputs accepted; node 1's outbox \
@@ -265,6 +316,7 @@ async fn a_wan_cut_and_an_edge_crash_lose_nothing_and_apply_everything_once_in_o
         "drained {:.1} s after the restore",
         restored_at.elapsed().as_secs_f64()
     );
+    browser_wan(edge.http_addr(1), "up", "none", "wan-restored").await;
 
     // Every input's result, exactly once, in order, per key.
     let mut results: BTreeMap<String, usize> = BTreeMap::new();
@@ -293,5 +345,129 @@ async fn a_wan_cut_and_an_edge_crash_lose_nothing_and_apply_everything_once_in_o
         p(0.5),
         p(0.99)
     );
+    wan.shutdown().await;
+}
+
+/// `wan.outbox_full = "reject"`: while the link is cut and the outbox is full, inputs
+/// whose DFG sends to the remote site are refused with `outbox_full` (not retried by the
+/// client) and the outbox stays within its limit; once the link is back it drains, inputs
+/// are taken again, and every accepted input's result reaches the cloud once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_refuses_new_inputs_with_a_clear_error_when_configured_to() {
+    const LIMIT: usize = 20;
+    let mut cloud = Cluster::new(1, &[]);
+    for cfg in &mut cloud.configs {
+        cfg.cluster.id = 0xc10e;
+    }
+    cloud.start_all();
+    let cloud_client = cloud.client(None, 1).await;
+    cloud_client
+        .create_pool(PoolSpec::new("/ingest", StoreKind::Persistent, 1))
+        .await
+        .expect("the cloud's ingest pool");
+    let specs = cloud
+        .addrs()
+        .iter()
+        .map(|a| LinkSpec::new("127.0.0.1:0".parse().expect("addr"), a.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .expect("link specs");
+    let wan = WanLink::start(specs, LinkSettings::default())
+        .await
+        .expect("the WAN link");
+    let link = wan.handle();
+    let proxied: Vec<String> = wan.listen_addrs().iter().map(ToString::to_string).collect();
+    let mut edge = Cluster::new(1, &[]);
+    edge.with_http();
+    for cfg in &mut edge.configs {
+        cfg.limits.object_bytes_max = 64 << 20;
+        cfg.limits.frame_bytes_max = (64 << 20) + (1 << 20);
+        cfg.wan.outbox_full = OutboxFull::Reject;
+        cfg.wan.outbox_entries_max = LIMIT;
+        cfg.remotes = vec![Remote {
+            name: "cloud".into(),
+            addresses: proxied.clone(),
+            token: None,
+            address_map: cloud.addrs().into_iter().zip(proxied.clone()).collect(),
+        }];
+        cfg.validate().expect("a valid edge config");
+    }
+    edge.start_all();
+    let c = edge.client(None, 1).await;
+    c.create_pool(PoolSpec::new("/sensors", StoreKind::Persistent, 1))
+        .await
+        .expect("the sensor pool");
+    let plugin = std::fs::read(printer()).expect("the printer plugin");
+    c.upload_udl("printer", Bytes::from(plugin))
+        .await
+        .expect("upload");
+    c.add_dfgs(edge_dfg()).await.expect("the edge DFG");
+
+    link.cut();
+    let mut accepted: Vec<u64> = Vec::new();
+    let mut refusal = None;
+    for seq in 0..2_000u64 {
+        match c.put("/sensors/s0", Bytes::from(seq.to_string())).await {
+            Ok(_) => accepted.push(seq),
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+        let waiting = metric(edge.http_addr(0), "squall_wan_outbox_entries").await;
+        assert!(
+            waiting.is_none_or(|n| n <= LIMIT as f64),
+            "the outbox holds {waiting:?} entries, over its limit of {LIMIT}"
+        );
+    }
+    let refusal = refusal.expect("a full outbox refused an input");
+    assert_eq!(
+        refusal.code(),
+        Some(ErrorCode::OutboxFull),
+        "refused with {refusal}"
+    );
+    println!("{} inputs accepted, then: {refusal}", accepted.len());
+    assert!(
+        accepted.len() >= LIMIT,
+        "refused before the outbox was full"
+    );
+
+    link.restore();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seq = accepted.last().map_or(0, |s| s + 1);
+    loop {
+        match c.put("/sensors/s0", Bytes::from(seq.to_string())).await {
+            Ok(_) => {
+                accepted.push(seq);
+                break;
+            }
+            Err(e) if e.code() == Some(ErrorCode::OutboxFull) => {
+                assert!(Instant::now() < deadline, "still refused after the restore");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("after the restore: {e}"),
+        }
+    }
+    seq += 1;
+    let _ = seq;
+    let expected: Vec<String> = accepted.iter().map(u64::to_string).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = history(&cloud_client, "/ingest/s0").await;
+        if got == expected {
+            break;
+        }
+        assert!(
+            got.len() <= expected.len() && expected.starts_with(&got),
+            "the cloud holds {got:?}, expected a prefix of {expected:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the cloud holds {} of {} results{}",
+            got.len(),
+            expected.len(),
+            edge.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     wan.shutdown().await;
 }

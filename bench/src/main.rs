@@ -8,6 +8,9 @@
 //!     [--mode ordered|raw] [--json]
 //! squall-bench kv [--sizes 1KiB,64KiB,1MiB] [--clients 1,16] [--seconds 3]
 //!     [--systems squall,redis,etcd] [--json]
+//! squall-bench trigger [--sizes 1KiB,1MiB] [--count 300] [--json]
+//! squall-bench wan [--delay-ms 50] [--jitter-ms 0] [--probes 200] [--concurrency 16]
+//!     [--seconds 10] [--size 1KiB] [--json]
 //! ```
 //!
 //! The processes of a run are this binary re-executed with a hidden `node` subcommand;
@@ -23,6 +26,7 @@ mod resp;
 mod size;
 mod stats;
 mod trigger;
+mod wan;
 
 use std::process::ExitCode;
 
@@ -46,6 +50,10 @@ enum Command {
     /// Data-triggered logic end to end: put -> UDL -> output, and a two-stage pipeline,
     /// against Redis Streams with worker processes, in the same run.
     Trigger(TriggerArgs),
+    /// An edge cluster's DFG outputs to a cloud cluster through the WAN outbox and an
+    /// emulated link: end-to-end latency and throughput with the link's delay at 0 and
+    /// at `--delay-ms`, in the same run.
+    Wan(WanArgs),
     /// One process of a run (started by the harness itself).
     #[command(hide = true)]
     Node(NodeArgs),
@@ -80,6 +88,34 @@ pub struct TriggerArgs {
     /// Unmeasured round trips first.
     #[arg(long, default_value_t = 30)]
     pub warmup: usize,
+    /// One JSON object per line per measured case instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct WanArgs {
+    /// The link's added one-way delay, in milliseconds, measured beside a 0 ms baseline
+    /// (0: the baseline only).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub delay_ms: u64,
+    /// Extra one-way delay drawn uniformly from [0, jitter] per chunk, in milliseconds
+    /// (the delayed case only).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub jitter_ms: u64,
+    /// Measured end-to-end probes per delay (one at a time).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub probes: u64,
+    /// Edge clients putting as fast as they can in the throughput case.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub concurrency: u64,
+    /// Length of the throughput window, in seconds (after a 1 s warm-up).
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
+    pub seconds: f64,
+    /// Input size: bytes, or with a unit (KiB, MiB, KB, MB). At least 8 bytes (the send
+    /// stamp).
+    #[arg(long, default_value = "1KiB", value_parser = parse_message_size)]
+    pub size: usize,
     /// One JSON object per line per measured case instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -287,6 +323,7 @@ fn main() -> ExitCode {
         Command::Kv(args) => kv::run(&args),
         Command::KvNode { config } => kv::node_main(&config),
         Command::Trigger(args) => trigger::run(&args),
+        Command::Wan(args) => wan::run(&args),
         Command::RedisWorker {
             addr,
             from,

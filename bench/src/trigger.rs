@@ -143,7 +143,7 @@ fn row(system: &'static str, case: String, hist: &Histogram<u64>) -> Row {
 /// The example plugin `name`, next to this binary, (re)built with cargo first so it
 /// matches the SDK's ABI (a stale library from before an ABI change is refused). Without
 /// cargo, the library already there is used.
-fn plugin(name: &str) -> Result<PathBuf> {
+pub(crate) fn plugin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().ok_or_else(|| anyhow!("no directory"))?;
     let path = dir.join(format!("libsquall_udl_example_{name}.so"));

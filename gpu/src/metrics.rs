@@ -128,6 +128,29 @@ impl GpuMetrics {
         Ok(())
     }
 
+    /// Forgets the series of one cache (its pool was removed), so `/metrics` stops
+    /// showing its last values. A series not there is skipped.
+    pub fn remove_cache_metrics(&self, location: Location, cache_name: &str) {
+        let device = location.to_string();
+        let labels = [device.as_str(), cache_name];
+        for gauge in [
+            &self.used_bytes,
+            &self.capacity_bytes,
+            &self.entries,
+            &self.pinned_entries,
+        ] {
+            let _ = gauge.remove_label_values(&labels);
+        }
+        for counter in [&self.hits, &self.misses, &self.evictions] {
+            let _ = counter.remove_label_values(&labels);
+        }
+        for direction in [Direction::HostToDevice, Direction::DeviceToHost] {
+            let labels = [device.as_str(), cache_name, direction.label()];
+            let _ = self.transfer_bytes.remove_label_values(&labels);
+            let _ = self.transfer_seconds.remove_label_values(&labels);
+        }
+    }
+
     /// The metrics of one cache.
     pub fn cache_metrics(&self, location: Location, cache_name: &str) -> CacheMetrics {
         let device = location.to_string();

@@ -1,10 +1,12 @@
 //! Configuration at the edge: the `gpu_cache = { device = 0, capacity = "8GiB" }` pool
-//! option and the byte sizes it is written in. These are the only serde types here.
+//! option and the byte sizes it is written in. These are the only serde types here; they
+//! serialize as they are written (a byte size as its [`fmt::Display`] text), so a config
+//! written back out parses to the same values.
 
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{ByteSizeProblem, GpuError};
 
@@ -91,6 +93,12 @@ impl fmt::Display for ByteSize {
     }
 }
 
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -112,7 +120,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 
 /// A pool's `gpu_cache` option: keep the pool's objects cached on GPU `device`, in at most
 /// `capacity` bytes. Unknown fields and a zero capacity are refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(try_from = "GpuCacheSpecFields")]
 pub struct GpuCacheSpec {
     pub device: u32,

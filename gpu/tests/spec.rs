@@ -121,3 +121,16 @@ fn bad_pool_options_say_what_is_wrong() {
         Err(GpuError::InvalidCacheSpec { .. })
     ));
 }
+
+#[test]
+fn the_pool_option_serializes_as_it_is_written() {
+    let spec = GpuCacheSpec::new(1, ByteSize::from_bytes(8 << 30)).expect("spec");
+    let json = serde_json::to_string(&spec).expect("json");
+    assert_eq!(json, r#"{"device":1,"capacity":"8GiB"}"#);
+    let back: GpuCacheSpec = serde_json::from_str(&json).expect("parses back");
+    assert_eq!(back, spec);
+    let odd = GpuCacheSpec::new(0, ByteSize::from_bytes(1_000_000)).expect("spec");
+    let back: GpuCacheSpec =
+        serde_json::from_str(&serde_json::to_string(&odd).expect("json")).expect("parses back");
+    assert_eq!(back, odd);
+}

@@ -5,6 +5,15 @@
 //!
 //! Layout (little-endian): `tag: u8`, then per kind the fields below; strings are
 //! `len: u32` + UTF-8; the blob is `len: u32` + bytes, last.
+//!
+//! Compatibility: a pool creation whose spec uses an option added after the first
+//! layout (`gpu_cache`) is written under its own tag, [`TAG_CREATE_POOL_EXTENDED`], as
+//! the original spec followed by an extension section ([`PoolSpecLayout::Extended`]); a
+//! spec without such options is still written under the original tag, byte for byte as
+//! before. So every log written before decodes unchanged, and a truncated extended
+//! operation is an error rather than a valid older one (which a trailing optional
+//! section would have allowed). A node of an older build refuses the new tag loudly
+//! instead of silently dropping the option.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +21,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use squall_platform::Version;
 use thiserror::Error;
 
-use crate::pool::{PoolSpec, StoreKind};
+use crate::pool::{GpuCache, PoolSpec, StoreKind};
 
 /// Identifies one client request; a retried request carries the same id, and a shard
 /// applies an id once (the retry gets the first answer).
@@ -175,6 +184,13 @@ const TAG_REMOVE_DFG: u8 = 9;
 const TAG_UDL_DONE: u8 = 10;
 const TAG_OUTBOX_PUT: u8 = 11;
 const TAG_OUTBOX_DONE: u8 = 12;
+/// A pool creation whose spec has extensions (see the module doc).
+pub const TAG_CREATE_POOL_EXTENDED: u8 = 13;
+
+/// The bits of a pool spec's extension section (`extensions: u8`); unknown bits are
+/// refused.
+const POOL_EXTENSION_GPU_CACHE: u8 = 1 << 0;
+const POOL_EXTENSIONS_KNOWN: u8 = POOL_EXTENSION_GPU_CACHE;
 
 /// Bounds on decoded strings and collections: a frame costs at most its own size.
 const STRING_BYTES_MAX: usize = 64 << 10;
@@ -216,9 +232,13 @@ pub fn encode(op: &Op) -> Bytes {
             put_id(&mut out, *id);
         }
         Op::CreatePool { id, spec } => {
-            out.put_u8(TAG_CREATE_POOL);
+            let layout = PoolSpecLayout::for_spec(spec);
+            out.put_u8(match layout {
+                PoolSpecLayout::Base => TAG_CREATE_POOL,
+                PoolSpecLayout::Extended => TAG_CREATE_POOL_EXTENDED,
+            });
             put_id(&mut out, *id);
-            put_pool_spec(&mut out, spec);
+            put_pool_spec(&mut out, spec, layout);
         }
         Op::RemovePool { id, path } => {
             out.put_u8(TAG_REMOVE_POOL);
@@ -323,7 +343,14 @@ pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
             let id = get_id(r)?;
             Op::CreatePool {
                 id,
-                spec: get_pool_spec(r)?,
+                spec: get_pool_spec(r, PoolSpecLayout::Base)?,
+            }
+        }
+        TAG_CREATE_POOL_EXTENDED => {
+            let id = get_id(r)?;
+            Op::CreatePool {
+                id,
+                spec: get_pool_spec(r, PoolSpecLayout::Extended)?,
             }
         }
         TAG_REMOVE_POOL => Op::RemovePool {
@@ -411,9 +438,50 @@ pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
     Ok(op)
 }
 
+/// How a pool spec is laid out. The writer picks it (from the spec, or for a listing
+/// from all of its specs) and says so with a tag; the reader is told by that tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolSpecLayout {
+    /// The first layout: path, kind, subgroup, shards, affinity, overrides. What every
+    /// log written before pool options existed holds; only for specs without extensions.
+    Base,
+    /// The base layout, then `extensions: u8` (bit 0: `gpu_cache`) and, per bit set, its
+    /// fields (`gpu_cache`: `device: u32`, `capacity_bytes: u64`).
+    Extended,
+}
+
+impl PoolSpecLayout {
+    /// The layout `spec` needs: [`PoolSpecLayout::Base`] unless it uses an extension.
+    pub fn for_spec(spec: &PoolSpec) -> PoolSpecLayout {
+        if spec.gpu_cache.is_some() {
+            PoolSpecLayout::Extended
+        } else {
+            PoolSpecLayout::Base
+        }
+    }
+
+    /// The layout a listing of `specs` needs (one for all of them).
+    pub fn for_specs<'a>(specs: impl IntoIterator<Item = &'a PoolSpec>) -> PoolSpecLayout {
+        if specs
+            .into_iter()
+            .any(|spec| PoolSpecLayout::for_spec(spec) == PoolSpecLayout::Extended)
+        {
+            PoolSpecLayout::Extended
+        } else {
+            PoolSpecLayout::Base
+        }
+    }
+}
+
 /// Appends a pool spec (the body of a pool creation, and of the client protocol's pool
-/// listings).
-pub fn put_pool_spec(out: &mut BytesMut, spec: &PoolSpec) {
+/// listings) in `layout`, which must hold everything the spec says (asserted: a base
+/// layout would silently drop an extension).
+pub fn put_pool_spec(out: &mut BytesMut, spec: &PoolSpec, layout: PoolSpecLayout) {
+    assert!(
+        layout == PoolSpecLayout::Extended || PoolSpecLayout::for_spec(spec) == layout,
+        "pool {}: its options need the extended layout",
+        spec.path
+    );
     put_str(out, &spec.path);
     out.put_u8(match spec.kind {
         StoreKind::Volatile => 0,
@@ -434,10 +502,22 @@ pub fn put_pool_spec(out: &mut BytesMut, spec: &PoolSpec) {
         put_str(out, key);
         out.put_u32_le(*shard);
     }
+    if layout == PoolSpecLayout::Base {
+        return;
+    }
+    let mut extensions = 0u8;
+    if spec.gpu_cache.is_some() {
+        extensions |= POOL_EXTENSION_GPU_CACHE;
+    }
+    out.put_u8(extensions);
+    if let Some(gpu_cache) = spec.gpu_cache {
+        out.put_u32_le(gpu_cache.device);
+        out.put_u64_le(gpu_cache.capacity_bytes);
+    }
 }
 
-/// Reads what [`put_pool_spec`] wrote, from the front of `r`.
-pub fn get_pool_spec(r: &mut Bytes) -> Result<PoolSpec, OpError> {
+/// Reads what [`put_pool_spec`] wrote in `layout`, from the front of `r`.
+pub fn get_pool_spec(r: &mut Bytes, layout: PoolSpecLayout) -> Result<PoolSpec, OpError> {
     let path = get_str(r, "pool path")?;
     let kind = match get_u8(r, "store kind")? {
         0 => StoreKind::Volatile,
@@ -475,6 +555,22 @@ pub fn get_pool_spec(r: &mut Bytes) -> Result<PoolSpec, OpError> {
         let key = get_str(r, "override key")?;
         overrides.insert(key, get_u32(r, "override shard")?);
     }
+    let mut gpu_cache = None;
+    if layout == PoolSpecLayout::Extended {
+        let extensions = get_u8(r, "pool extensions")?;
+        if extensions & !POOL_EXTENSIONS_KNOWN != 0 {
+            return Err(OpError::UnknownTag {
+                what: "pool extensions",
+                tag: extensions,
+            });
+        }
+        if extensions & POOL_EXTENSION_GPU_CACHE != 0 {
+            gpu_cache = Some(GpuCache {
+                device: get_u32(r, "gpu_cache device")?,
+                capacity_bytes: get_u64(r, "gpu_cache capacity")?,
+            });
+        }
+    }
     Ok(PoolSpec {
         path,
         kind,
@@ -482,6 +578,7 @@ pub fn get_pool_spec(r: &mut Bytes) -> Result<PoolSpec, OpError> {
         shards,
         affinity,
         overrides,
+        gpu_cache,
     })
 }
 
@@ -594,7 +691,14 @@ mod tests {
         let mut spec = PoolSpec::new("/p", StoreKind::Persistent, 1);
         spec.affinity = Some("cam[0-9]+".into());
         spec.overrides.insert("/p/x".into(), 1);
+        let mut cached = spec.clone();
+        cached.path = "/gpu".into();
+        cached.gpu_cache = Some(GpuCache {
+            device: 1,
+            capacity_bytes: 8 << 30,
+        });
         vec![
+            Op::CreatePool { id, spec: cached },
             Op::Put {
                 id,
                 hlc_us: 5,
@@ -686,6 +790,83 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A pool creation as the first layout wrote it (before pool options), byte by byte:
+    /// what logs written then hold.
+    fn create_pool_written_before_pool_options() -> Vec<u8> {
+        let mut old = vec![TAG_CREATE_POOL];
+        old.extend_from_slice(&7u64.to_le_bytes());
+        old.extend_from_slice(&9u64.to_le_bytes());
+        old.extend_from_slice(&2u32.to_le_bytes());
+        old.extend_from_slice(b"/p");
+        old.push(1); // persistent
+        old.extend_from_slice(&1u32.to_le_bytes()); // subgroup
+        old.extend_from_slice(&0u32.to_le_bytes()); // shards
+        old.push(1); // an affinity
+        old.extend_from_slice(&9u32.to_le_bytes());
+        old.extend_from_slice(b"cam[0-9]+");
+        old.extend_from_slice(&1u32.to_le_bytes()); // one override
+        old.extend_from_slice(&4u32.to_le_bytes());
+        old.extend_from_slice(b"/p/x");
+        old.extend_from_slice(&1u32.to_le_bytes());
+        old
+    }
+
+    #[test]
+    fn pool_creations_written_before_pool_options_still_decode() {
+        let old = create_pool_written_before_pool_options();
+        let Op::CreatePool { id, spec } = decode(Bytes::from(old.clone())).expect("decodes") else {
+            panic!("a pool creation");
+        };
+        assert_eq!(id, MessageId { client: 7, seq: 9 });
+        assert_eq!(spec.path, "/p");
+        assert_eq!(spec.affinity.as_deref(), Some("cam[0-9]+"));
+        assert_eq!(spec.overrides.get("/p/x"), Some(&1));
+        assert_eq!(spec.gpu_cache, None);
+        // And a spec without options is still written exactly so.
+        assert_eq!(encode(&Op::CreatePool { id, spec })[..], old[..]);
+    }
+
+    #[test]
+    fn a_gpu_cached_pool_is_written_under_the_extended_tag() {
+        let id = MessageId { client: 1, seq: 2 };
+        let mut spec = PoolSpec::new("/g", StoreKind::Volatile, 2);
+        spec.gpu_cache = Some(GpuCache {
+            device: 3,
+            capacity_bytes: 1 << 20,
+        });
+        let bytes = encode(&Op::CreatePool {
+            id,
+            spec: spec.clone(),
+        });
+        assert_eq!(bytes[0], TAG_CREATE_POOL_EXTENDED);
+        let mut tail = bytes.slice(bytes.len() - 13..);
+        assert_eq!(tail.get_u8(), POOL_EXTENSION_GPU_CACHE);
+        assert_eq!(tail.get_u32_le(), 3);
+        assert_eq!(tail.get_u64_le(), 1 << 20);
+        // Unknown extension bits are refused, not skipped.
+        let mut unknown = BytesMut::from(&bytes[..bytes.len() - 12]);
+        let at = unknown.len() - 1;
+        unknown[at] = 0b10;
+        assert!(matches!(
+            decode(unknown.freeze()),
+            Err(OpError::UnknownTag {
+                what: "pool extensions",
+                ..
+            })
+        ));
+        // A listing of mixed specs uses the extended layout for all of them.
+        let plain = PoolSpec::new("/plain", StoreKind::Volatile, 2);
+        let layout = PoolSpecLayout::for_specs([&plain, &spec]);
+        assert_eq!(layout, PoolSpecLayout::Extended);
+        let mut listing = BytesMut::new();
+        put_pool_spec(&mut listing, &plain, layout);
+        put_pool_spec(&mut listing, &spec, layout);
+        let mut listing = listing.freeze();
+        assert_eq!(get_pool_spec(&mut listing, layout), Ok(plain));
+        assert_eq!(get_pool_spec(&mut listing, layout), Ok(spec));
+        assert!(listing.is_empty());
     }
 
     #[test]

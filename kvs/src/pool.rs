@@ -53,6 +53,19 @@ pub struct PoolSpec {
     pub affinity: Option<String>,
     /// Keys pinned to a shard, overriding the hash.
     pub overrides: BTreeMap<String, u32>,
+    /// Keep the pool's objects cached on a GPU (the `gpu_cache` pool option). Only
+    /// persistent and volatile pools can: a trigger pool stores nothing to cache.
+    pub gpu_cache: Option<GpuCache>,
+}
+
+/// A pool's `gpu_cache` option as replicated metadata: which GPU and how many bytes. The
+/// node opens a `squall_gpu::DeviceCache` from it; this crate only carries and checks it
+/// (no GPU code here: the store is pure logic, and simulated).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GpuCache {
+    /// CUDA device ordinal.
+    pub device: u32,
+    pub capacity_bytes: u64,
 }
 
 impl PoolSpec {
@@ -64,6 +77,7 @@ impl PoolSpec {
             shards: 0,
             affinity: None,
             overrides: BTreeMap::new(),
+            gpu_cache: None,
         }
     }
 }
@@ -94,6 +108,33 @@ pub enum PoolError {
     Override { key: String, reason: String },
     #[error("the pool table is full ({max} pools)")]
     TooMany { max: usize },
+    /// `gpu_cache` on a pool that cannot have it (a trigger pool stores nothing), or
+    /// with a zero capacity.
+    #[error("pool {path}: {reason}")]
+    GpuCache { path: String, reason: String },
+}
+
+/// Only stored pools can be GPU-cached, and a cache must be able to hold something.
+fn check_gpu_cache(spec: &PoolSpec) -> Result<(), PoolError> {
+    let Some(gpu_cache) = spec.gpu_cache else {
+        return Ok(());
+    };
+    let refuse = |reason: &str| {
+        Err(PoolError::GpuCache {
+            path: spec.path.clone(),
+            reason: reason.to_string(),
+        })
+    };
+    if spec.kind == StoreKind::Trigger {
+        return refuse(
+            "a trigger pool stores nothing, so it cannot have a gpu_cache; \
+             only persistent and volatile pools can",
+        );
+    }
+    if gpu_cache.capacity_bytes == 0 {
+        return refuse("gpu_cache capacity must be more than 0 bytes");
+    }
+    Ok(())
 }
 
 /// A created pool, its regex compiled.
@@ -160,6 +201,7 @@ impl PoolTable {
                 max: self.pools_max,
             });
         }
+        check_gpu_cache(&spec)?;
         let available =
             *shards_per_subgroup
                 .get(spec.subgroup as usize)
@@ -335,6 +377,38 @@ mod tests {
             Err(PoolError::Override { .. })
         ));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn only_stored_pools_can_be_gpu_cached() {
+        let mut t = table();
+        let gpu_cache = GpuCache {
+            device: 0,
+            capacity_bytes: 1 << 30,
+        };
+        let mut trigger = PoolSpec::new("/t", StoreKind::Trigger, 1);
+        trigger.gpu_cache = Some(gpu_cache);
+        assert!(matches!(
+            t.create(trigger, &[1, 2]),
+            Err(PoolError::GpuCache { .. })
+        ));
+        let mut empty = PoolSpec::new("/e", StoreKind::Volatile, 1);
+        empty.gpu_cache = Some(GpuCache {
+            device: 0,
+            capacity_bytes: 0,
+        });
+        assert!(matches!(
+            t.create(empty, &[1, 2]),
+            Err(PoolError::GpuCache { .. })
+        ));
+        assert!(t.is_empty());
+        for (path, kind) in [("/v", StoreKind::Volatile), ("/p", StoreKind::Persistent)] {
+            let mut spec = PoolSpec::new(path, kind, 1);
+            spec.gpu_cache = Some(gpu_cache);
+            t.create(spec, &[1, 2])
+                .expect("a stored pool can be GPU-cached");
+            assert_eq!(t.get(path).and_then(|p| p.spec.gpu_cache), Some(gpu_cache));
+        }
     }
 
     #[test]

@@ -7,7 +7,9 @@ input, so a re-run is applied once."""
 
 from typing import Any
 
+from squall._native import DLPackBuffer
 from squall._native import cascade_emit as _emit
+from squall._native import current_dlpack as _current_dlpack
 
 
 def emit(key: str, value: Any, **cascade_kwargs: Any) -> None:
@@ -15,4 +17,21 @@ def emit(key: str, value: Any, **cascade_kwargs: Any) -> None:
     _emit(key, value, **cascade_kwargs)
 
 
-__all__ = ["emit"]
+def dlpack() -> DLPackBuffer:
+    """Squall's addition: the running handler's input as a DLPack buffer
+    (``torch.from_dlpack(cascade_context.dlpack())``, ``numpy.from_dlpack(...)``), a 1-D
+    ``uint8`` tensor over the value without a copy. When the object's pool caches it on
+    a GPU, it is the GPU copy, valid during the handler call only (copy what you keep).
+    ``RuntimeError`` outside a handler (or on another thread)."""
+    buffer = _current_dlpack()
+    if buffer is None:
+        raise RuntimeError("cascade_context.dlpack() called outside a UDL invocation (or on another thread)")
+    return buffer
+
+
+def device() -> str:
+    """Squall's addition: where :func:`dlpack` is, ``"cpu"`` or ``"cuda:N"``."""
+    return dlpack().device
+
+
+__all__ = ["device", "dlpack", "emit"]

@@ -10,7 +10,16 @@ See :class:`Client`, :class:`AsyncClient`, :func:`local_cluster` and
 :class:`UserDefinedLogic`.
 """
 
-from ._native import Blob, Member, Object, Pool, WatchEvent, __version__, format_version
+from ._native import (
+    Blob,
+    DLPackBuffer,
+    Member,
+    Object,
+    Pool,
+    WatchEvent,
+    __version__,
+    format_version,
+)
 from .client import AsyncClient, Client, Watch
 from .cluster import LocalCluster, local_cluster, squall_binary
 from .udl import UserDefinedLogic
@@ -39,6 +48,7 @@ __all__ = [
     "Blob",
     "Client",
     "ConflictError",
+    "DLPackBuffer",
     "ConnectError",
     "InternalError",
     "InvalidKeyError",

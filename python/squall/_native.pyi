@@ -12,6 +12,15 @@ def python_bundle(
 def connect(addrs: List[str], token: Optional[str] = ..., policy_name: str = ...) -> Call: ...
 def cascade_emit(key: str, value: Any, **ignored: Any) -> None: ...
 def current_context() -> Optional[UdlContext]: ...
+def current_dlpack() -> Optional[DLPackBuffer]: ...
+def _dlpack_view(
+    address: int,
+    nbytes: int,
+    device_type: int,
+    device_id: int = ...,
+    stream: int = ...,
+    owner: Any = ...,
+) -> Tuple[DLPackBuffer, DLPackLease]: ...
 
 class Blob:
     """A read-only buffer over an object's bytes (buffer protocol)."""
@@ -21,6 +30,35 @@ class Blob:
     def __bytes__(self) -> bytes: ...
     def tobytes(self) -> bytes: ...
     def __buffer__(self, flags: int) -> memoryview: ...
+
+class DLPackBuffer:
+    """An object's bytes for DLPack consumers: a 1-D ``uint8`` tensor over them (no
+    copy) with ``numpy.from_dlpack`` / ``torch.from_dlpack``. GPU memory (``lent``) is
+    valid during the UDL call only."""
+
+    address: int
+    nbytes: int
+    device: str
+    memory_type: int
+    stream: int
+    cached: bool
+    lent: bool
+    valid: bool
+    def __dlpack__(
+        self,
+        stream: Optional[int] = ...,
+        *,
+        max_version: Optional[Tuple[int, int]] = ...,
+        dl_device: Optional[Tuple[int, int]] = ...,
+        copy: Optional[bool] = ...,
+    ) -> Any: ...
+    def __dlpack_device__(self) -> Tuple[int, int]: ...
+    def __len__(self) -> int: ...
+
+class DLPackLease:
+    open: bool
+    exports_alive: int
+    def close(self) -> None: ...
 
 class Call:
     def wait(self) -> Any: ...
@@ -48,6 +86,7 @@ class Pool:
     shards: int
     affinity: Optional[str]
     overrides: Dict[str, int]
+    gpu_cache: Optional[Dict[str, int]]
 
 class Member:
     node: int
@@ -95,6 +134,7 @@ class NativeClient:
         shards: int = ...,
         affinity: Optional[str] = ...,
         overrides: Optional[Dict[str, int]] = ...,
+        gpu_cache: Optional[Tuple[int, int]] = ...,
     ) -> Call: ...
     def remove_pool(self, path: str) -> Call: ...
     def find_pool(self, key: str) -> Call: ...
@@ -120,6 +160,9 @@ class UdlInput:
     sender: int
     value: Blob
     blob: Any
+    dlpack: DLPackBuffer
+    device: str
+    def tensor(self) -> Any: ...
 
 class UdlContext:
     config: Any

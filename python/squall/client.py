@@ -58,6 +58,42 @@ def _dfgs_text(dfgs: Union[str, bytes, list, dict]) -> str:
     raise TypeError("dfgs must be dfgs.json text, or its parsed list / dict")
 
 
+_SIZE_UNITS = {"": 1, "B": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40,
+               "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4}
+
+
+def _byte_size(size: Union[int, str]) -> int:
+    """``1073741824``, ``"1GiB"``, ``"512MiB"``, ``"8GB"`` -> bytes."""
+    if isinstance(size, bool):
+        raise TypeError("a size is an int of bytes or a string such as '1GiB'")
+    if isinstance(size, int):
+        return size
+    if not isinstance(size, str):
+        raise TypeError("a size is an int of bytes or a string such as '1GiB'")
+    text = size.strip()
+    digits = len(text) - len(text.lstrip("0123456789"))
+    number, unit = text[:digits], text[digits:].strip().upper()
+    if not number or unit not in _SIZE_UNITS:
+        raise ValueError(f"size {size!r}: expected bytes or e.g. '512MiB', '1GiB', '8GB'")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def _gpu_cache(option: Optional[Mapping[str, Any]]) -> Optional[Tuple[int, int]]:
+    """The pool option ``{"device": 0, "capacity": "1GiB"}`` as ``(device, bytes)``."""
+    if option is None:
+        return None
+    unknown = set(option) - {"device", "capacity"}
+    if unknown or "capacity" not in option:
+        raise ValueError(
+            f"gpu_cache {dict(option)!r}: expected {{'device': 0, 'capacity': '1GiB'}}"
+            + (f" (unknown {sorted(unknown)})" if unknown else "")
+        )
+    device = option.get("device", 0)
+    if not isinstance(device, int) or isinstance(device, bool) or device < 0:
+        raise ValueError(f"gpu_cache device must be a GPU ordinal (int >= 0), not {device!r}")
+    return device, _byte_size(option["capacity"])
+
+
 def _plugin_bytes(plugin: Union[str, os.PathLike, bytes]) -> Tuple[str, bytes]:
     if isinstance(plugin, (bytes, bytearray, memoryview)):
         return "plugin", bytes(plugin)
@@ -243,13 +279,23 @@ class Client:
         shards: int = 0,
         affinity: Optional[str] = None,
         overrides: Optional[Mapping[str, int]] = None,
+        gpu_cache: Optional[Mapping[str, Any]] = None,
     ) -> None:
         """Creates an object pool at ``path`` of ``kind`` (``"volatile"``,
         ``"persistent"`` or ``"trigger"``); ``subgroup`` defaults to that of an existing
         pool of the kind; ``shards`` (0: all of the subgroup's), ``affinity`` (a regex:
-        keys whose matches are equal share a shard), ``overrides`` (key -> shard)."""
+        keys whose matches are equal share a shard), ``overrides`` (key -> shard),
+        ``gpu_cache`` (``{"device": 0, "capacity": "1GiB"}``, as the config's pool
+        option: keep the pool's objects cached on that GPU, or in host memory on a node
+        without one; its Python UDLs get the cached copy as ``obj.dlpack``)."""
         self._n.create_pool(
-            path, kind, subgroup, shards, affinity, dict(overrides) if overrides else None
+            path,
+            kind,
+            subgroup,
+            shards,
+            affinity,
+            dict(overrides) if overrides else None,
+            _gpu_cache(gpu_cache),
         ).wait()
 
     def remove_pool(self, path: str) -> None:
@@ -443,11 +489,18 @@ class AsyncClient:
         shards: int = 0,
         affinity: Optional[str] = None,
         overrides: Optional[Mapping[str, int]] = None,
+        gpu_cache: Optional[Mapping[str, Any]] = None,
     ) -> None:
         n = await self._native()
         await _aio(
             n.create_pool(
-                path, kind, subgroup, shards, affinity, dict(overrides) if overrides else None
+                path,
+                kind,
+                subgroup,
+                shards,
+                affinity,
+                dict(overrides) if overrides else None,
+                _gpu_cache(gpu_cache),
             )
         )
 

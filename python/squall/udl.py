@@ -14,11 +14,46 @@ upload it (``squall udl upload doubler.py --entry Doubler``, or
 
 ``obj`` has ``key``, ``key_suffix`` (below the vertex pathname), ``pathname``,
 ``version``, ``timestamp_us``, ``previous_version``, ``previous_version_by_key``,
-``message_id``, ``sender``, ``value`` (a read-only buffer) and ``blob`` (a numpy
-``uint8`` array over the same memory). ``ctx`` has ``emit(key, value)`` (to every
+``message_id``, ``sender``, ``value`` (a read-only buffer), ``blob`` (a numpy
+``uint8`` array over the same memory), ``dlpack``, ``device`` and ``tensor()`` (below).
+``ctx`` has ``emit(key, value)`` (to every
 destination of the vertex as ``destination/key``; a numpy array is not copied),
 ``get(key)``, ``put(key, value)``, ``config`` (the vertex's configuration of the UDL),
 ``worker_id`` and ``resources``.
+
+Tensors (DLPack): ``obj.dlpack`` is a :class:`squall.DLPackBuffer` (``__dlpack__`` /
+``__dlpack_device__``) over the value, a 1-D ``uint8`` tensor of its length:
+
+- ``torch.from_dlpack(obj.dlpack)`` (or ``obj.tensor()``) and
+  ``numpy.from_dlpack(obj.dlpack)`` wrap it without a copy;
+- ``obj.device`` says where it is: ``"cuda:N"`` when the object's pool caches it on a GPU
+  (the pool's ``gpu_cache`` option: the node hands the UDL its copy in GPU memory), else
+  ``"cpu"`` (the host buffer, the same memory as ``obj.blob``);
+- GPU memory is lent for the call only: a tensor over it must not outlive ``handle``
+  (copy what you keep: ``t.clone()``, ``t.cpu()``); ``obj.dlpack.__dlpack__`` raises
+  ``BufferError`` after the call, and an invocation that returns with such a tensor still
+  referenced (in ``self``, a global) fails with that reason. Host memory has no such
+  limit: an array over it keeps it alive;
+- numpy >= 2.1 imports it read-only (DLPack 1.0's read-only flag); PyTorch has no
+  read-only tensors: do not write into the input, it is the stored object.
+
+::
+
+    class Classify(squall.UserDefinedLogic):
+        def __init__(self, config):
+            super().__init__(config)
+            self.model = make_model().to("cuda").eval()   # once per UDL instance
+
+        def handle(self, obj, ctx):
+            x = obj.tensor()                 # CUDA tensor over the cached copy, no copy
+            if x.device.type != "cuda":
+                x = x.to("cuda")             # a host object: one upload
+            with torch.no_grad():
+                scores = self.model(x.view(1, 32, 32, 3))
+            ctx.emit(obj.key_suffix, scores.cpu().numpy())
+
+Cascade-style classes keep Cascade's keyword arguments and reach the same buffer with
+``cascade_context.dlpack()`` (and ``cascade_context.device()``).
 
 Concurrency: a node runs its Python UDLs in one embedded interpreter, so one invocation
 holds the GIL at a time; code that releases it (numpy, torch, ``ctx.get`` / ``put`` /

@@ -144,7 +144,10 @@ impl NativeClient {
         Call::new(async move { Ok(Out::Keys(client.list_keys(&prefix, timestamp_us).await?)) })
     }
 
-    #[pyo3(signature = (path, kind, subgroup=None, shards=0, affinity=None, overrides=None))]
+    /// `gpu_cache`: `(device, capacity_bytes)` (the `squall` package parses
+    /// `{"device": 0, "capacity": "1GiB"}` into it).
+    #[pyo3(signature = (path, kind, subgroup=None, shards=0, affinity=None, overrides=None, gpu_cache=None))]
+    #[allow(clippy::too_many_arguments)]
     fn create_pool(
         &self,
         path: String,
@@ -153,6 +156,7 @@ impl NativeClient {
         shards: u32,
         affinity: Option<String>,
         overrides: Option<std::collections::BTreeMap<String, u32>>,
+        gpu_cache: Option<(u32, u64)>,
     ) -> PyResult<Call> {
         let kind = StoreKind::parse(kind).ok_or_else(|| {
             PyValueError::new_err(format!(
@@ -169,6 +173,10 @@ impl NativeClient {
             spec.shards = shards;
             spec.affinity = affinity;
             spec.overrides = overrides.unwrap_or_default();
+            spec.gpu_cache = gpu_cache.map(|(device, capacity_bytes)| squall_kvs::GpuCache {
+                device,
+                capacity_bytes,
+            });
             client.create_pool(spec).await?;
             Ok(Out::Unit)
         }))

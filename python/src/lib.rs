@@ -11,6 +11,7 @@
 mod buffer;
 mod call;
 mod client;
+mod dlpack;
 mod types;
 mod udl_host;
 
@@ -79,6 +80,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<udl_host::UdlContext>()?;
     m.add_function(wrap_pyfunction!(udl_host::cascade_emit, m)?)?;
     m.add_function(wrap_pyfunction!(udl_host::current_context, m)?)?;
+    m.add_function(wrap_pyfunction!(udl_host::current_dlpack, m)?)?;
+    m.add_class::<dlpack::DlpackBuffer>()?;
+    m.add_class::<dlpack::DlpackLease>()?;
+    m.add_function(wrap_pyfunction!(dlpack::dlpack_view, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -72,6 +72,8 @@ pub struct Pool {
     pub shards: u32,
     pub affinity: Option<String>,
     pub overrides: Py<PyDict>,
+    /// `{"device": n, "capacity_bytes": n}` when the pool is cached on a GPU, else `None`.
+    pub gpu_cache: Option<Py<PyDict>>,
 }
 
 impl Pool {
@@ -80,7 +82,17 @@ impl Pool {
         for (k, v) in &p.overrides {
             overrides.set_item(k, v)?;
         }
+        let gpu_cache = match p.gpu_cache {
+            None => None,
+            Some(g) => {
+                let d = PyDict::new(py);
+                d.set_item("device", g.device)?;
+                d.set_item("capacity_bytes", g.capacity_bytes)?;
+                Some(d.unbind())
+            }
+        };
         Ok(Pool {
+            gpu_cache,
             path: p.path,
             kind: p.kind.name().to_string(),
             subgroup: p.subgroup,
@@ -94,8 +106,13 @@ impl Pool {
 #[pymethods]
 impl Pool {
     fn __repr__(&self) -> String {
+        let gpu = if self.gpu_cache.is_some() {
+            ", gpu_cache"
+        } else {
+            ""
+        };
         format!(
-            "Pool(path={:?}, kind={:?}, subgroup={}, shards={})",
+            "Pool(path={:?}, kind={:?}, subgroup={}, shards={}{gpu})",
             self.path, self.kind, self.subgroup, self.shards
         )
     }

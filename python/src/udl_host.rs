@@ -14,6 +14,14 @@
 //! the node's buffer (a `memoryview` where numpy is missing): no copy. An emitted numpy
 //! array or other buffer goes back to the node without a copy either.
 //!
+//! The same bytes are also a DLPack buffer ([`DlpackBuffer`]): `obj.dlpack` for Squall's
+//! classes, `cascade_context.dlpack()` for Cascade's (their keyword arguments stay
+//! Cascade's). For an object of a GPU-cached pool the node passes a view of its copy in
+//! GPU memory (`Input::device`), and the buffer is that view: `torch.from_dlpack` gives a
+//! CUDA tensor over it without a copy. That memory is lent for the call only: the buffer's
+//! lease is closed when the handler returns (exporting later raises `BufferError`), and
+//! an invocation that leaves a tensor over it alive fails with that reason.
+//!
 //! Importing the module and constructing the class happen at the first invocation, on
 //! a UDL worker thread, so a slow import (torch) never stalls the node's event loop; an
 //! error there fails that invocation (counted and logged) and is retried by the next.
@@ -33,6 +41,7 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 use squall_udl::{Context, Input, Udl, UdlError};
 
 use crate::buffer::{Blob, value_bytes};
+use crate::dlpack::{DlpackBuffer, Lease};
 
 squall_udl::export_udl! {
     uuid: "6cfe8f64-3a1d-11ed-8e7e-0242ac110006",
@@ -174,11 +183,18 @@ impl PythonUdl {
         drop(guard);
         let blob = Py::new(py, Blob::new(input.blob.clone()))?;
         let array = as_array(py, &blob)?;
+        let lease = Lease::new();
+        let dlpack = match &input.device {
+            None => DlpackBuffer::host(input.blob.clone()),
+            Some(view) => DlpackBuffer::view(view, &input.blob, &lease)?,
+        };
+        let device = dlpack.device_name();
+        let dlpack = Py::new(py, dlpack)?;
         let config = match target {
             Loaded::Squall(_) => self.spec.user_config.clone(),
             Loaded::Cascade(_) => self.spec.config.to_string(),
         };
-        let scope = ContextScope::enter(py, ctx, config)?;
+        let scope = ContextScope::enter(py, ctx, config, dlpack.clone_ref(py))?;
         let result = match target {
             Loaded::Squall(instance) => {
                 let obj = UdlInput {
@@ -193,6 +209,8 @@ impl PythonUdl {
                     sender: input.sender,
                     value: blob,
                     blob: array,
+                    dlpack,
+                    device,
                 };
                 instance
                     .bind(py)
@@ -221,8 +239,30 @@ impl PythonUdl {
             }
         };
         drop(scope);
-        result
+        end_loan(py, &lease, result)
     }
+}
+
+/// Closes the loan of the call's device memory, and fails a call that succeeded but left
+/// an import of that memory alive (kept in `self`, a global, a cycle): the node may
+/// evict or overwrite the memory once the call returns, so the import would read other
+/// data. A failed call's imports die with its traceback.
+fn end_loan(py: Python<'_>, lease: &Lease, result: PyResult<()>) -> PyResult<()> {
+    lease.close();
+    if result.is_err() || lease.exports_alive() == 0 {
+        return result;
+    }
+    // Imports only reachable from garbage cycles are not a leak yet: collect them.
+    py.import("gc")?.call_method0("collect")?;
+    let alive = lease.exports_alive();
+    if alive == 0 {
+        return result;
+    }
+    Err(PyRuntimeError::new_err(format!(
+        "{alive} array(s)/tensor(s) made from obj.dlpack are still alive after the handler \
+         returned, over GPU memory the node lends for the call only: keep a copy \
+         (tensor.clone(), tensor.cpu()) instead"
+    )))
 }
 
 impl Udl for PythonUdl {
@@ -276,16 +316,36 @@ pub struct UdlInput {
     pub value: Py<Blob>,
     /// The value as a read-only numpy `uint8` array over the node's buffer.
     pub blob: Py<PyAny>,
+    /// The value for DLPack consumers (`torch.from_dlpack(obj.dlpack)`,
+    /// `numpy.from_dlpack(obj.dlpack)`): the object's copy on the GPU when its pool caches
+    /// there (valid during this call only), else the host bytes.
+    pub dlpack: Py<DlpackBuffer>,
+    /// Where `dlpack` is: `"cpu"` or `"cuda:N"`.
+    pub device: String,
 }
 
 #[pymethods]
 impl UdlInput {
+    /// `torch.from_dlpack(obj.dlpack)`: a 1-D `uint8` tensor over the value without a
+    /// copy, on the GPU when the pool caches the object there. A GPU tensor is valid
+    /// during this call only.
+    fn tensor<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let torch = py.import("torch").map_err(|e| {
+            pyo3::exceptions::PyImportError::new_err(format!(
+                "obj.tensor() needs torch ({e}); without it use obj.blob (numpy) or \
+                 numpy.from_dlpack(obj.dlpack)"
+            ))
+        })?;
+        torch.call_method1("from_dlpack", (self.dlpack.clone_ref(py),))
+    }
+
     fn __repr__(&self) -> String {
         format!(
-            "UdlInput(key={:?}, version={}, {} bytes)",
+            "UdlInput(key={:?}, version={}, {} bytes, {})",
             self.key,
             crate::format_version(self.version),
-            self.value.get().bytes.len()
+            self.value.get().bytes.len(),
+            self.device
         )
     }
 }
@@ -308,6 +368,8 @@ pub struct UdlContext {
     config: String,
     cpu_cores: u32,
     gpus: Vec<u32>,
+    /// The input's DLPack buffer (for Cascade's classes: `cascade_context.dlpack()`).
+    input_dlpack: Py<DlpackBuffer>,
 }
 
 impl UdlContext {
@@ -404,7 +466,12 @@ struct ContextScope {
 }
 
 impl ContextScope {
-    fn enter(py: Python<'_>, ctx: &mut dyn Context, config: String) -> PyResult<Box<ContextScope>> {
+    fn enter(
+        py: Python<'_>,
+        ctx: &mut dyn Context,
+        config: String,
+        input_dlpack: Py<DlpackBuffer>,
+    ) -> PyResult<Box<ContextScope>> {
         // SAFETY: the lifetime is erased only for the duration of this scope, which
         // `call` drops before `handle` returns (and `Drop` clears the pointer).
         let erased: *mut (dyn Context + 'static) = unsafe {
@@ -418,6 +485,7 @@ impl ContextScope {
                 cpu_cores: ctx.resources().cpu_cores,
                 gpus: ctx.resources().gpus.clone(),
                 handle: Mutex::new(Some(Handle(erased))),
+                input_dlpack,
             },
         )?;
         let scope = Box::new(ContextScope { context });
@@ -469,4 +537,11 @@ pub fn current_context(py: Python<'_>) -> Option<Py<UdlContext>> {
         .with(Cell::get)
         // SAFETY: as in `cascade_emit`.
         .map(|p| unsafe { &*p }.clone_ref(py))
+}
+
+/// The DLPack buffer of the input of the invocation running on this thread (Cascade's
+/// classes get no `obj`; `cascade_context.dlpack()` calls this), or `None` outside one.
+#[pyfunction]
+pub fn current_dlpack(py: Python<'_>) -> Option<Py<DlpackBuffer>> {
+    current_context(py).map(|c| c.get().input_dlpack.clone_ref(py))
 }

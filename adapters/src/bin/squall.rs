@@ -9,6 +9,7 @@
 //! squall get KEY [--version V | --time T | --stable]
 //! squall rm KEY | ls PREFIX [--time T] | members | watch PREFIX
 //! squall pool create PATH --kind K [--shards N] [--affinity RE] [--override KEY=SHARD]
+//!                         [--gpu-cache DEVICE:CAPACITY]   e.g. --gpu-cache 0:8GiB
 //! squall pool ls | pool rm PATH
 //! ```
 //! Client commands find the cluster from `--cluster ADDR`, `SQUALL_CLUSTER`, or the local
@@ -92,6 +93,14 @@ enum Cmd {
         /// Take node.id from the trailing `-<n>` of this machine's host name (`squall-2`
         /// is node 2): the `HOSTNAME` environment variable, else /etc/hostname. Lets the
         /// pods of a Kubernetes StatefulSet share one config file.
+        #[arg(long)]
+        node_id_from_hostname: bool,
+    },
+    /// Check a node's config file (with the `SQUALL__...` environment applied) and print
+    /// what it describes; exits 1 with the reason if a node would refuse it.
+    CheckConfig {
+        config: PathBuf,
+        /// As `squall node --node-id-from-hostname`.
         #[arg(long)]
         node_id_from_hostname: bool,
     },
@@ -199,6 +208,10 @@ enum PoolCmd {
         /// Pin a key to a shard: `--override /pool/key=SHARD` (repeatable).
         #[arg(long = "override", value_name = "KEY=SHARD")]
         overrides: Vec<String>,
+        /// Keep the pool's objects cached on GPU DEVICE in at most CAPACITY bytes
+        /// (`0:8GiB`); host memory on nodes without a GPU. Persistent and volatile pools.
+        #[arg(long, value_name = "DEVICE:CAPACITY", value_parser = parse_gpu_cache)]
+        gpu_cache: Option<squall_kvs::GpuCache>,
     },
     Ls,
     Rm {
@@ -223,6 +236,42 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Cmd::CheckConfig {
+            config,
+            node_id_from_hostname,
+        } => {
+            let path = config;
+            let config = if node_id_from_hostname {
+                load_with_hostname_id(&path)?
+            } else {
+                Config::load(&path)?
+            };
+            let subgroups: Vec<String> = config
+                .layout
+                .subgroups
+                .iter()
+                .map(|sg| format!("{} x{}", sg.kind, sg.shards))
+                .collect();
+            println!(
+                "{}: node {} of {} (cluster {}), subgroups [{}], {} pools at first start",
+                path.display(),
+                config.node.id,
+                config.cluster.peers.len(),
+                config.cluster.id,
+                subgroups.join(", "),
+                config.pools.len()
+            );
+            if let Some(site) = &config.site {
+                println!("site {} ({})", site.name, site.kind);
+            }
+            for remote in &config.remotes {
+                println!("remote {}: {}", remote.name, remote.addresses.join(", "));
+            }
+            if config.is_open() {
+                println!("warning: no tokens: every client is admin");
+            }
+            Ok(())
+        }
         Cmd::Node {
             config,
             node_id_from_hostname,
@@ -407,6 +456,7 @@ async fn client_command(cluster: &str, token: Option<String>, command: Cmd) -> R
                 affinity,
                 subgroup,
                 overrides,
+                gpu_cache,
             } => {
                 let kind = StoreKind::parse(&kind).ok_or_else(|| {
                     anyhow!("--kind {kind}: expected volatile, persistent or trigger")
@@ -418,6 +468,7 @@ async fn client_command(cluster: &str, token: Option<String>, command: Cmd) -> R
                 let mut spec = PoolSpec::new(path.clone(), kind, subgroup);
                 spec.shards = shards;
                 spec.affinity = affinity;
+                spec.gpu_cache = gpu_cache;
                 for o in overrides {
                     let (key, shard) = o
                         .rsplit_once('=')
@@ -433,13 +484,20 @@ async fn client_command(cluster: &str, token: Option<String>, command: Cmd) -> R
             PoolCmd::Ls => {
                 for p in client.list_pools().await? {
                     println!(
-                        "{}\t{}\tsubgroup {}\tshards {}{}",
+                        "{}\t{}\tsubgroup {}\tshards {}{}{}",
                         p.path,
                         p.kind.name(),
                         p.subgroup,
                         p.shards,
                         p.affinity
                             .map(|a| format!("\taffinity {a}"))
+                            .unwrap_or_default(),
+                        p.gpu_cache
+                            .map(|g| format!(
+                                "\tgpu_cache {}:{}",
+                                g.device,
+                                squall_gpu::ByteSize::from_bytes(g.capacity_bytes)
+                            ))
                             .unwrap_or_default()
                     );
                 }
@@ -555,9 +613,28 @@ async fn client_command(cluster: &str, token: Option<String>, command: Cmd) -> R
                 println!("DFG {id} removed");
             }
         },
-        Cmd::Up { .. } | Cmd::Demo { .. } | Cmd::Node { .. } => unreachable!("handled above"),
+        Cmd::Up { .. } | Cmd::Demo { .. } | Cmd::Node { .. } | Cmd::CheckConfig { .. } => {
+            unreachable!("handled above")
+        }
     }
     Ok(())
+}
+
+/// `--gpu-cache DEVICE:CAPACITY`, e.g. `0:8GiB` (the capacity as in a config file).
+fn parse_gpu_cache(text: &str) -> Result<squall_kvs::GpuCache, String> {
+    let (device, capacity) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?}: expected DEVICE:CAPACITY, e.g. 0:8GiB"))?;
+    let device: u32 = device
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: device {device:?} is not a GPU ordinal"))?;
+    let capacity: squall_gpu::ByteSize = capacity.parse().map_err(|e| format!("{e}"))?;
+    let spec = squall_gpu::GpuCacheSpec::new(device, capacity).map_err(|e| e.to_string())?;
+    Ok(squall_kvs::GpuCache {
+        device: spec.device,
+        capacity_bytes: spec.capacity.bytes(),
+    })
 }
 
 /// The pool a kind lands in by default: the first data subgroup of that kind, learned from

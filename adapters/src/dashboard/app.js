@@ -423,10 +423,10 @@
     for (const p of series('squall_pool_objects')) pools.set(p.labels.pool || '?', p.value);
     poolsChart.push(t, pools);
 
-    const gpu = gpuSeries();
-    if (gpu.length) {
+    const gpuUsed = series('squall_gpu_cache_used_bytes');
+    if (gpuUsed.length) {
       const m = new Map();
-      for (const p of gpu) m.set(p.key, p.value);
+      for (const p of gpuUsed) m.set(`${p.labels.cache} (${p.labels.device}) used bytes`, p.value);
       gpuChart.push(t, m);
     }
   }
@@ -659,6 +659,31 @@
     state.node = r.data;
     if (state.nodeId === null) state.nodeId = r.data.node;
     renderShards();
+    renderWan();
+  }
+
+  // ----- WAN ----------------------------------------------------------------------------
+
+  function renderWan() {
+    const node = state.node || {};
+    setText('#wan-site', node.site
+      ? `This cluster is site ${node.site} (${node.site_kind || 'unknown kind'}).`
+      : 'This cluster names no site.');
+    const links = node.wan || [];
+    const rows = links.map((l) => h('tr', { dataset: { site: l.site, state: l.state } },
+      h('td', {}, l.site),
+      h('td', {}, h('span', { class: 'link link-' + l.state }, l.state)),
+      h('td', {}, fmtNum(l.outbox_entries, 0)),
+      h('td', {}, fmtBytes(l.outbox_bytes)),
+      h('td', {}, l.oldest_age_s === null || l.oldest_age_s === undefined ? '–' : fmtNum(l.oldest_age_s) + ' s'),
+      h('td', {}, fmtNum(l.forwarded, 0)),
+      h('td', {}, fmtNum(l.failures, 0)),
+      h('td', {}, l.last_round_trip_ms === null || l.last_round_trip_ms === undefined ? '–' : fmtNum(l.last_round_trip_ms) + ' ms'),
+      h('td', { class: 'mono' }, l.last_error || '')));
+    if (!rows.length) {
+      rows.push(h('tr', {}, h('td', { colspan: '9' }, 'no remote clusters configured')));
+    }
+    replaceRows($('#wan-table tbody'), rows);
   }
 
   function renderShards() {
@@ -1212,32 +1237,61 @@
     return state.parsed.filter((p) => p.name.startsWith('squall_gpu_'));
   }
 
+  /** Availability (from /api/v1/node), one row per pool cache with a used/capacity bar,
+   *  and the raw squall_gpu_* series with their chart. */
   function renderGpu() {
+    const status = (state.node && state.node.gpu) || null;
+    const line = $('#gpu-status');
+    if (!status || !status.availability) {
+      setText('#gpu-status', 'GPU: –');
+      line.dataset.state = 'unknown';
+    } else if (status.availability === 'available') {
+      const devices = (status.devices || []).map((d) => `${d.ordinal}: ${d.name} (${fmtBytes(d.total_memory_bytes)})`);
+      setText('#gpu-status', 'GPU: available — ' + (devices.join(', ') || 'no devices listed'));
+      line.dataset.state = 'available';
+    } else {
+      setText('#gpu-status', 'GPU: unavailable — ' + (status.reason || 'no reason given')
+        + '. GPU-cached pools are served from host memory.');
+      line.dataset.state = 'unavailable';
+    }
+    const caches = (status && status.caches) || [];
+    const rows = caches.map((c) => {
+      const pct = c.capacity_bytes ? Math.min(100, (100 * c.used_bytes) / c.capacity_bytes) : 0;
+      return h('tr', { dataset: { pool: c.pool, entries: String(c.entries), location: c.location } },
+        h('td', { class: 'mono' }, c.pool),
+        h('td', { class: 'mono' }, c.location + (c.error ? ' (' + c.error + ')' : '')),
+        h('td', {},
+          h('div', { class: 'gpu-bar', title: `${pct.toFixed(1)}%` },
+            h('div', { class: 'gpu-bar-fill', style: `width: ${pct.toFixed(1)}%` })),
+          h('span', { class: 'gpu-bar-label' }, `${fmtBytes(c.used_bytes)} / ${fmtBytes(c.capacity_bytes)}`)),
+        h('td', {}, fmtNum(c.entries, 0)),
+        h('td', {}, fmtNum(c.pinned_entries, 0)),
+        h('td', {}, fmtNum(c.hits, 0)),
+        h('td', {}, fmtNum(c.misses, 0)),
+        h('td', {}, fmtNum(c.evictions, 0)),
+        h('td', {}, `${fmtNum(c.host_to_device_transfers, 0)} (${fmtBytes(c.host_to_device_bytes)})`),
+        h('td', {}, fmtNum(c.refused_inserts, 0)));
+    });
+    if (!rows.length) {
+      rows.push(h('tr', {}, h('td', { colspan: '10' }, 'no GPU-cached pool has objects on this node')));
+    }
+    replaceRows($('#gpu-caches-table tbody'), rows);
+
     const gpu = gpuSeries();
     const table = $('#gpu-table');
-    if (!gpu.length) {
-      setText('#gpu-status', 'no GPU on this node');
-      table.hidden = true;
-      $('#chart-gpu').hidden = true;
-      return;
-    }
-    const used = value('squall_gpu_cache_bytes');
-    const cap = value('squall_gpu_cache_capacity_bytes');
-    setText('#gpu-status', used !== null && cap
-      ? `GPU cache: ${fmtBytes(used)} of ${fmtBytes(cap)} (${((100 * used) / cap).toFixed(1)}%)`
-      : `${gpu.length} GPU series on this node`);
-    table.hidden = false;
-    $('#chart-gpu').hidden = false;
-    const rows = gpu.map((p) => h('tr', {},
+    table.hidden = !gpu.length;
+    $('#chart-gpu').hidden = !gpu.length;
+    if (!gpu.length) return;
+    const series = gpu.map((p) => h('tr', {},
       h('td', { class: 'mono' }, p.name + (p.part ? ':' + p.part : '')),
       h('td', { class: 'mono' }, Object.entries(p.labels).map(([k, v]) => `${k}=${v}`).join(', ') || '–'),
       h('td', {}, /bytes/.test(p.name) ? fmtBytes(p.value) : fmtNum(p.value))));
-    replaceRows($('#gpu-table tbody'), rows);
+    replaceRows($('#gpu-table tbody'), series);
   }
 
   // ----- tabs and timers ----------------------------------------------------------------
 
-  const TABS = ['overview', 'shards', 'pools', 'dfgs', 'udls', 'gpu'];
+  const TABS = ['overview', 'shards', 'pools', 'dfgs', 'udls', 'gpu', 'wan'];
 
   function showTab(tab) {
     if (!TABS.includes(tab)) tab = 'overview';

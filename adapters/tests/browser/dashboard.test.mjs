@@ -15,6 +15,8 @@
 //   SQUALL_UDL_PLUGIN      a UDL plugin library to upload (optional: the example printer)
 //   SQUALL_SCREENSHOTS     where screenshots go (default <repo>/target/browser-screenshots)
 //   SQUALL_CHROMIUM        the browser (default /usr/bin/chromium)
+//   SQUALL_EXPECT_GPU      1 where the node has a GPU (else the GPU section must say
+//                          "GPU: unavailable — <reason>")
 // Exits 0 on success, 1 on failure (with the reason), 2 on bad inputs.
 
 import { mkdirSync, writeFileSync, mkdtempSync } from 'node:fs';
@@ -232,7 +234,25 @@ async function main() {
   // ----- GPU ----------------------------------------------------------------------------------
   step = 'gpu';
   await page.click('#tab-gpu');
-  log('GPU section:', await textOf(page, '#gpu-status'));
+  // This machine has no GPU (CI): the section says so, with the reason, and a GPU-cached
+  // pool still shows its cache (host memory) with the objects put into it.
+  await waitFor('the GPU availability', () => /^GPU: (available|unavailable — .+)/
+    .test(document.querySelector('#gpu-status').textContent));
+  const gpuLine = await textOf(page, '#gpu-status');
+  log('GPU section:', gpuLine);
+  if (!/^GPU: unavailable — \S/.test(gpuLine) && input('expect_gpu', '') !== '1') {
+    throw new Error(`expected "GPU: unavailable — <reason>" on a machine without a GPU, got ${JSON.stringify(gpuLine)}`);
+  }
+  await call('POST', 'api/v1/pools', JSON.stringify({
+    path: '/gpu-browser', kind: 'volatile', gpu_cache: { device: 0, capacity: '1MiB' },
+  }));
+  for (let i = 0; i < 4; i += 1) await call('PUT', `api/v1/objects/gpu-browser/k${i}`, 'x'.repeat(1024 * (i + 1)));
+  await waitFor('the GPU-cached pool in the cache table', () => {
+    const row = document.querySelector('#gpu-caches-table tr[data-pool="/gpu-browser"]');
+    return row && row.dataset.entries === '4';
+  }, undefined, 30000);
+  log('GPU caches:', await textOf(page, '#gpu-caches-table tbody'));
+  await shot('gpu');
 
   // ----- kill a node: the view changes --------------------------------------------------------
   step = 'kill';

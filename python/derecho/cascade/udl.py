@@ -52,4 +52,9 @@ class UserDefinedLogic(abc.ABC):
             The id of the worker thread running the handler.
         ``message_id`` (int)
             The message id the object carries (``0`` if none).
+
+        Squall adds no keyword argument (a handler with an explicit signature keeps
+        working). The value as a DLPack tensor, on the GPU when the object's pool caches
+        it there, is ``cascade_context.dlpack()`` (``torch.from_dlpack(...)``; GPU memory
+        is valid during the call only), and ``cascade_context.device()`` says where.
         """

@@ -13,6 +13,12 @@
 //! - `"stamp": true`: passes on, instead of the object, the time its handler started
 //!   (microseconds since the Unix epoch, 8 bytes little-endian): the trigger bench reads
 //!   it to measure put → UDL start.
+//! - `"report_where": true`: passes on, instead of the object, where its bytes were
+//!   handed over, as one text line: `blob=0x<address> len=<bytes> device=<view>`, the
+//!   view being `none` or `<DLPack device type>:<device id>:0x<address>:<bytes>:<stream>`
+//!   (`Input::device`), and ` gpus=<ordinals>` (the resources granted); tests use it to
+//!   check that a GPU-cached pool's UDL gets a view of the very buffer (host tier) or a
+//!   device pointer (GPU).
 //!
 //! Built with `SQUALL_PRINTER_TAG=TEXT` in the environment, it prefixes what it passes on
 //! with TEXT (a copy, then): tests use such a build as a new version of the same UDL.
@@ -24,6 +30,7 @@ use squall_udl::{Context, Input, Udl, UdlError, export_udl};
 struct Printer {
     quiet: bool,
     stamp: bool,
+    report_where: bool,
     copy_to: Option<String>,
     work_ms: u64,
     fail_on: Option<String>,
@@ -66,6 +73,8 @@ impl Printer {
         Ok(Printer {
             quiet: config.contains("\"quiet\": true") || config.contains("\"quiet\":true"),
             stamp: config.contains("\"stamp\": true") || config.contains("\"stamp\":true"),
+            report_where: config.contains("\"report_where\": true")
+                || config.contains("\"report_where\":true"),
             work_ms: number_field(config, "work_ms").unwrap_or(0),
             copy_to: string_field(config, "copy_to"),
             fail_on: string_field(config, "fail_on"),
@@ -93,6 +102,23 @@ impl Udl for Printer {
                 .map_or(0, |d| d.as_micros() as u64);
             let stamp = bytes_of(now_us);
             return ctx.emit(input.key_suffix(), stamp);
+        }
+        if self.report_where {
+            let device = match &input.device {
+                Some(view) => format!(
+                    "{}:{}:{:#x}:{}:{}",
+                    view.device_type, view.device_id, view.address, view.len_bytes, view.stream
+                ),
+                None => "none".to_string(),
+            };
+            let gpus: Vec<String> = ctx.resources().gpus.iter().map(u32::to_string).collect();
+            let report = format!(
+                "blob={:#x} len={} device={device} gpus={}",
+                input.blob.as_ptr() as u64,
+                input.blob.len(),
+                gpus.join(",")
+            );
+            return ctx.emit(input.key_suffix(), report.into_bytes().into());
         }
         if let Some(text) = &self.panic_on
             && contains(&input.blob, text)
