@@ -243,14 +243,25 @@ async fn a_wan_cut_and_an_edge_crash_lose_nothing_and_apply_everything_once_in_o
         check();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The forwarder: the outbox shard's first member, the only node counting forwards.
+    let mut first = None;
+    for node in 0..3 {
+        let forwarded = metric(edge.http_addr(node), "squall_wan_forwarded_total").await;
+        if forwarded.is_some_and(|n| n > 0.0) {
+            assert!(first.is_none(), "two edge nodes forward one outbox shard");
+            first = Some(node);
+        }
+    }
+    let first = first.expect("an edge node forwards");
     let delayed_rate = {
-        let before = metric(edge.http_addr(0), "squall_wan_forwarded_total").await;
+        let before = metric(edge.http_addr(first), "squall_wan_forwarded_total").await;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let after = metric(edge.http_addr(0), "squall_wan_forwarded_total").await;
+        let after = metric(edge.http_addr(first), "squall_wan_forwarded_total").await;
         (after.unwrap_or(0.0) - before.unwrap_or(0.0)) / 3.0
     };
     println!(
-        "delayed link: first results after {:.2} s; node 0 forwarded {delayed_rate:.0} results/s",
+        "delayed link: first results after {:.2} s; node {first} forwarded {delayed_rate:.0} \
+         results/s",
         started.elapsed().as_secs_f64()
     );
 
@@ -258,20 +269,20 @@ async fn a_wan_cut_and_an_edge_crash_lose_nothing_and_apply_everything_once_in_o
     link.cut();
     let cut_at = Instant::now();
     let sent_at_cut = sent.load(Ordering::Relaxed);
-    // The forwarder (the outbox shard's first member, node 0: the founder) holds
-    // entries it cannot send; kill it mid-cut.
-    let check = wait_for("outbox entries on node 0", 20);
+    // The forwarder holds entries it cannot send; kill it mid-cut.
+    let check = wait_for("outbox entries on the forwarder", 20);
     loop {
-        let waiting = metric(edge.http_addr(0), "squall_wan_outbox_entries").await;
+        let waiting = metric(edge.http_addr(first), "squall_wan_outbox_entries").await;
         if waiting.is_some_and(|n| n >= 50.0) {
-            println!("node 0 holds {waiting:?} outbox entries; kill -9");
+            println!("node {first} holds {waiting:?} outbox entries; kill -9");
             break;
         }
         check();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let link_up = metric(edge.http_addr(0), "squall_wan_link_up").await;
-    edge.kill9(0);
+    let link_up = metric(edge.http_addr(first), "squall_wan_link_up").await;
+    edge.kill9(first);
+    let survivors: Vec<u32> = (0..3).filter(|n| *n != first).collect();
     let remaining = CUT.saturating_sub(cut_at.elapsed());
     tokio::time::sleep(remaining).await;
     let sent_in_cut = sent.load(Ordering::Relaxed) - sent_at_cut;
@@ -279,12 +290,25 @@ async fn a_wan_cut_and_an_edge_crash_lose_nothing_and_apply_everything_once_in_o
         sent_in_cut > 100,
         "the edge accepted only {sent_in_cut} rounds of inputs during the cut"
     );
-    // Node 1 forwards now; the dashboard shows its link down and entries waiting.
-    browser_wan(edge.http_addr(1), "down", "some", "wan-cut").await;
-    let waiting = metric(edge.http_addr(1), "squall_wan_outbox_entries").await;
+    // A survivor forwards now (the outbox shard's new first member): it counts failed
+    // round trips, and the dashboard shows its link down and entries waiting.
+    let check = wait_for("a surviving edge node to forward", 30);
+    let forwarder = 'found: loop {
+        for &node in &survivors {
+            let failures = metric(edge.http_addr(node), "squall_wan_forward_failures_total").await;
+            if failures.is_some_and(|n| n > 0.0) {
+                break 'found node;
+            }
+        }
+        check();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    browser_wan(edge.http_addr(forwarder), "down", "some", "wan-cut").await;
+    let waiting = metric(edge.http_addr(forwarder), "squall_wan_outbox_entries").await;
     println!(
-        "after the cut: {sent_in_cut} rounds of {SENSORS} inputs accepted; node 1's outbox \
-         holds {waiting:?}; node 0 saw link_up = {link_up:?} before its kill"
+        "after the cut: {sent_in_cut} rounds of {SENSORS} inputs accepted; node {forwarder} \
+         forwards now, its outbox holds {waiting:?}; node {first} saw link_up = {link_up:?} \
+         before its kill"
     );
     assert!(
         waiting.is_some_and(|n| n > 0.0),
@@ -301,7 +325,7 @@ async fn a_wan_cut_and_an_edge_crash_lose_nothing_and_apply_everything_once_in_o
     let check = wait_for("the outboxes to drain", 120);
     loop {
         let mut left = 0.0;
-        for node in [1, 2] {
+        for &node in &survivors {
             left += metric(edge.http_addr(node), "squall_wan_outbox_entries")
                 .await
                 .unwrap_or(f64::MAX);
@@ -316,7 +340,7 @@ async fn a_wan_cut_and_an_edge_crash_lose_nothing_and_apply_everything_once_in_o
         "drained {:.1} s after the restore",
         restored_at.elapsed().as_secs_f64()
     );
-    browser_wan(edge.http_addr(1), "up", "none", "wan-restored").await;
+    browser_wan(edge.http_addr(forwarder), "up", "none", "wan-restored").await;
 
     // Every input's result, exactly once, in order, per key.
     let mut results: BTreeMap<String, usize> = BTreeMap::new();

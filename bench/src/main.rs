@@ -9,6 +9,7 @@
 //! squall-bench kv [--sizes 1KiB,64KiB,1MiB] [--clients 1,16] [--seconds 3]
 //!     [--systems squall,redis,etcd] [--json]
 //! squall-bench trigger [--sizes 1KiB,1MiB] [--count 300] [--json]
+//! squall-bench gpu [--seconds 10] [--json]   (runs bench/python/bench_gpu.py)
 //! squall-bench wan [--delay-ms 50] [--jitter-ms 0] [--probes 200] [--concurrency 16]
 //!     [--seconds 10] [--size 1KiB] [--json]
 //! ```
@@ -54,6 +55,15 @@ enum Command {
     /// emulated link: end-to-end latency and throughput with the link's delay at 0 and
     /// at `--delay-ms`, in the same run.
     Wan(WanArgs),
+    /// The GPU example pipeline (put -> model inference -> result) through Squall
+    /// against the same model in Ray (put + GPU actor + get), in the same run: runs
+    /// `bench/python/bench_gpu.py` with the Python of `SQUALL_PYTHON`, else
+    /// `target/pyenv/bin/python`, passing the arguments on (`--json`, `--seconds N`).
+    /// The pipeline is Python (torch, or numpy without it), so its harness is too.
+    Gpu {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// One process of a run (started by the harness itself).
     #[command(hide = true)]
     Node(NodeArgs),
@@ -316,6 +326,34 @@ fn parse_seconds(text: &str) -> Result<f64, String> {
     Ok(seconds)
 }
 
+/// `squall-bench gpu`: the Python harness of the GPU pipeline, from the repository root.
+fn gpu_bench(args: &[String]) -> anyhow::Result<()> {
+    // The repository this runs in (a copy carried to a GPU machine), else the one it
+    // was built in.
+    let here = std::path::Path::new(".");
+    let root = if here.join("bench/python/bench_gpu.py").is_file() {
+        here
+    } else {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .ok_or_else(|| anyhow::anyhow!("no repository root above bench/"))?
+    };
+    let python = std::env::var_os("SQUALL_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target/pyenv/bin/python"));
+    let script = root.join("bench/python/bench_gpu.py");
+    let status = std::process::Command::new(&python)
+        .arg(&script)
+        .args(args)
+        .current_dir(root)
+        .status()
+        .map_err(|e| anyhow::anyhow!("running {}: {e}", python.display()))?;
+    if !status.success() {
+        anyhow::bail!("{} {} failed: {status}", python.display(), script.display());
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -324,6 +362,7 @@ fn main() -> ExitCode {
         Command::KvNode { config } => kv::node_main(&config),
         Command::Trigger(args) => trigger::run(&args),
         Command::Wan(args) => wan::run(&args),
+        Command::Gpu { args } => gpu_bench(&args),
         Command::RedisWorker {
             addr,
             from,
