@@ -512,7 +512,16 @@ async fn emit_outputs(
     pressure: crate::service::WanPressure,
 ) {
     let mut client: Option<Client> = None;
-    while let Some(item) = emits.recv().await {
+    // An item taken from the queue while gathering a batch, handled next.
+    let mut next: Option<EmitItem> = None;
+    loop {
+        let item = match next.take() {
+            Some(item) => item,
+            None => match emits.recv().await {
+                Some(item) => item,
+                None => return,
+            },
+        };
         let out = match item {
             EmitItem::Output(out) => out,
             // Every output of that job was written before this arrived.
@@ -523,7 +532,7 @@ async fn emit_outputs(
         };
         let c = loop {
             if let Some(c) = &client {
-                break c;
+                break c.clone();
             }
             // By key: every trigger_put of one key reaches the same replica, so a
             // stateful UDL behind it (a reducer) sees all of them in one place.
@@ -535,15 +544,11 @@ async fn emit_outputs(
                 }
             }
         };
-        if let Some(site) = out.site.clone() {
-            outbox_output(c, &site, out, &pressure).await;
-            continue;
-        }
-        let result = if out.trigger {
+        if out.trigger && out.site.is_none() {
             // The replica its key routes to may be this node: then straight to the
             // local service, without a network round trip.
             let here = c.replica_for(&out.key).is_some_and(|a| a == own_addr);
-            if here
+            let result = if here
                 && let Some(Response::Done) =
                     trigger_here(&service, &out.key, out.value.clone()).await
             {
@@ -551,12 +556,119 @@ async fn emit_outputs(
             } else {
                 // Elsewhere, or not (or no longer) served here: the cluster says where.
                 c.trigger_put(&out.key, out.value).await
+            };
+            if let Err(e) = result {
+                warn!(key = %out.key, error = %e, "a UDL output could not be written");
             }
-        } else {
-            c.put_with_id(&out.key, out.value, out.id).await.map(drop)
-        };
-        if let Err(e) = result {
-            warn!(key = %out.key, error = %e, "a UDL output could not be written");
+            continue;
         }
+        // A stored put or an outbox entry: written with those queued right behind it.
+        let mut batch = vec![out];
+        while batch.len() < EMIT_BATCH_MAX {
+            match emits.try_recv() {
+                Ok(EmitItem::Output(o)) if !(o.trigger && o.site.is_none()) => batch.push(o),
+                Ok(other) => {
+                    next = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        write_outputs(&c, batch, &pressure).await;
+    }
+}
+
+/// The most outputs written in one round by the UDL output writer.
+const EMIT_BATCH_MAX: usize = 128;
+
+/// Where an output's write is routed: its key, or its outbox entry's.
+fn output_route(out: &Emit) -> String {
+    match &out.site {
+        Some(site) => squall_kvs::outbox_key(site, &out.key),
+        None => out.key.clone(),
+    }
+}
+
+/// Writes outputs (puts and outbox entries) in their order: those of one shard in one
+/// `WriteMany` (applied in this order; what the shard refused is a suffix, written then
+/// one by one, still in order), the shards at once. One output of a key is never
+/// overtaken by a later one: they share a shard.
+async fn write_outputs(c: &Client, batch: Vec<Emit>, pressure: &crate::service::WanPressure) {
+    if batch.len() == 1 {
+        for out in batch {
+            write_output(c, out, pressure).await;
+        }
+        return;
+    }
+    let mut groups: Vec<(String, Vec<Emit>)> = Vec::new();
+    for out in batch {
+        let route = output_route(&out);
+        let target = c
+            .write_target(&route)
+            .unwrap_or_else(|| format!("key {route}"));
+        match groups.iter_mut().find(|(t, _)| *t == target) {
+            Some((_, outs)) => outs.push(out),
+            None => groups.push((target, vec![out])),
+        }
+    }
+    let writes = groups.into_iter().map(|(_, outs)| async move {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let ops: Vec<squall_kvs::Op> = outs
+            .iter()
+            .map(|o| match &o.site {
+                Some(site) => squall_kvs::Op::OutboxPut {
+                    id: o.id,
+                    hlc_us: now,
+                    site: site.clone(),
+                    trigger: o.trigger,
+                    key: o.key.clone(),
+                    blob: o.value.clone(),
+                },
+                None => squall_kvs::Op::Put {
+                    id: o.id,
+                    hlc_us: now,
+                    condition: squall_kvs::Condition::Always,
+                    key: o.key.clone(),
+                    blob: o.value.clone(),
+                },
+            })
+            .collect();
+        let route = output_route(&outs[0]);
+        let refused: Vec<Emit> = match c.write_many(&ops, &route, false).await {
+            Ok(answers) => {
+                let mut refused = Vec::new();
+                for (out, answer) in outs.into_iter().zip(answers) {
+                    match (answer, &out.site) {
+                        (Ok(_), Some(site)) => {
+                            if let Ok(mut full) = pressure.lock() {
+                                full.remove(site);
+                            }
+                        }
+                        (Ok(_), None) => {}
+                        (Err(_), _) => refused.push(out),
+                    }
+                }
+                refused
+            }
+            Err(_) => outs,
+        };
+        for out in refused {
+            write_output(c, out, pressure).await;
+        }
+    });
+    futures_util::future::join_all(writes).await;
+}
+
+/// One output the way a single write goes: an outbox entry until it is taken, a put
+/// with the client's retries (a write that fails for good is logged and dropped).
+async fn write_output(c: &Client, out: Emit, pressure: &crate::service::WanPressure) {
+    if let Some(site) = out.site.clone() {
+        outbox_output(c, &site, out, pressure).await;
+        return;
+    }
+    if let Err(e) = c.put_with_id(&out.key, out.value, out.id).await {
+        warn!(key = %out.key, error = %e, "a UDL output could not be written");
     }
 }
