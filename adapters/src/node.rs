@@ -260,6 +260,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
     let (calls_tx, calls) = mpsc::channel(config.limits.udl_emit_queue_max);
     runtime.set_client_calls(calls_tx);
+    runtime.set_site(config.site.as_ref().map(|s| s.name.clone()));
     let (done_tx, udl_done) = mpsc::channel(config.limits.udl_emit_queue_max);
     let output_token = config
         .auth

@@ -2015,7 +2015,7 @@ impl Service {
                                 return answer(reply, Response::error(ErrorCode::InvalidDfg, e));
                             }
                         };
-                        let sites = UdlRuntime::unknown_sites(&dfgs, |site| {
+                        let sites = self.udl.unknown_sites(&dfgs, |site| {
                             self.cfg
                                 .wan
                                 .as_ref()

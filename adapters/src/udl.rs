@@ -324,6 +324,8 @@ pub struct UdlRuntime {
     calls: Option<mpsc::Sender<ClientCall>>,
     overflow: VecDeque<Job>,
     resources: Arc<Resources>,
+    /// This cluster's site: vertices pinned to another site are not run here.
+    site: Option<String>,
     /// `one` inputs this node runs: per shard, jobs not done per input version.
     assigned: HashMap<(u32, u32), BTreeMap<u64, usize>>,
     /// Per shard: the newest input version this node was assigned.
@@ -408,6 +410,7 @@ impl UdlRuntime {
             emits,
             calls: None,
             overflow: VecDeque::new(),
+            site: None,
             resources: Arc::new(Resources {
                 cpu_cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
                 gpus: Vec::new(),
@@ -417,6 +420,13 @@ impl UdlRuntime {
 
     pub fn dir(&self) -> &std::path::Path {
         &self.dir
+    }
+
+    /// This cluster's site (`[site] name`): DFG vertices pinned to another site
+    /// (`"site": "cloud"`) are skipped here.
+    pub fn set_site(&mut self, site: Option<String>) {
+        self.site = site;
+        self.rebuild();
     }
 
     pub fn has_udl(&self, uuid: &str) -> bool {
@@ -574,11 +584,17 @@ impl UdlRuntime {
         sites
     }
 
-    /// Remote sites DFGs send to, that `known` does not name.
-    pub fn unknown_sites(dfgs: &[Dfg], known: impl Fn(&str) -> bool) -> Vec<String> {
+    /// Whether this cluster runs `vertex` (it is pinned to no site, or to this one).
+    fn runs_here(&self, vertex: &squall_udl_host::dfg::Vertex) -> bool {
+        vertex.site.is_none() || vertex.site == self.site
+    }
+
+    /// Remote sites the vertices this cluster runs send to, that `known` does not name.
+    pub fn unknown_sites(&self, dfgs: &[Dfg], known: impl Fn(&str) -> bool) -> Vec<String> {
         let mut unknown: Vec<String> = dfgs
             .iter()
             .flat_map(|d| d.vertices.iter())
+            .filter(|v| self.runs_here(v))
             .flat_map(|v| v.udls.iter())
             .flat_map(|u| u.destinations.iter())
             .filter_map(|d| d.site.clone())
@@ -589,11 +605,12 @@ impl UdlRuntime {
         unknown
     }
 
-    /// UDL UUIDs a DFG text names that are not stored.
+    /// UDL UUIDs the vertices this cluster runs name that are not stored.
     pub fn unknown_udls(&self, dfgs: &[Dfg]) -> Vec<String> {
         let mut unknown: Vec<String> = dfgs
             .iter()
             .flat_map(|d| d.vertices.iter())
+            .filter(|v| self.runs_here(v))
             .flat_map(|v| v.udls.iter())
             .filter(|u| {
                 !self.udls.contains_key(&u.uuid)
@@ -611,6 +628,10 @@ impl UdlRuntime {
         let mut handlers = Vec::new();
         for dfg in self.dfgs.values() {
             for vertex in &dfg.vertices {
+                if !self.runs_here(vertex) {
+                    // Another site's part of the application.
+                    continue;
+                }
                 for udl in &vertex.udls {
                     let stored = self.udls.get(&udl.uuid);
                     let plugin = match stored {

@@ -47,6 +47,37 @@ fn edge_dfg() -> Bytes {
     ))
 }
 
+/// The application as one DFG for both sites: the edge's vertex (pinned to `edge`) passes
+/// readings to the cloud's `/ingest/`; the cloud's vertex (pinned to `cloud`) passes them
+/// on to `/results/`. Added to both clusters; each runs only its own vertex.
+fn app_dfg() -> Bytes {
+    Bytes::from(format!(
+        r#"[{{
+            "id": "7e1d0c4e-0000-4000-8000-00000000a99e",
+            "desc": "edge filter, cloud stage: one application over two sites",
+            "graph": [{{
+                "pathname": "/sensors/",
+                "site": "edge",
+                "user_defined_logic_list": ["{PRINTER_UUID}"],
+                "shard_dispatcher_list": ["one"],
+                "user_defined_logic_hook_list": ["ordered"],
+                "user_defined_logic_stateful_list": ["stateful"],
+                "user_defined_logic_config_list": [{{"quiet": true}}],
+                "destinations": [{{"cloud:/ingest/": "put"}}]
+            }}, {{
+                "pathname": "/ingest/",
+                "site": "cloud",
+                "user_defined_logic_list": ["{PRINTER_UUID}"],
+                "shard_dispatcher_list": ["one"],
+                "user_defined_logic_hook_list": ["ordered"],
+                "user_defined_logic_stateful_list": ["stateful"],
+                "user_defined_logic_config_list": [{{"quiet": true}}],
+                "destinations": [{{"/results/": "put"}}]
+            }}]
+        }}]"#
+    ))
+}
+
 /// A `/metrics` series' value on one node (summed over its label sets), over plain HTTP.
 async fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -143,13 +174,29 @@ async fn a_wan_cut_and_an_edge_crash_lose_nothing_and_apply_everything_once_in_o
             name: "cloud".into(),
             kind: SiteKind::Cloud,
         });
+        // Room for the plugin upload.
+        cfg.limits.object_bytes_max = 64 << 20;
+        cfg.limits.frame_bytes_max = (64 << 20) + (1 << 20);
     }
     cloud.start_all();
     let cloud_client = cloud.client(None, 3).await;
+    for pool in ["/ingest", "/results"] {
+        cloud_client
+            .create_pool(PoolSpec::new(pool, StoreKind::Persistent, 1))
+            .await
+            .expect("the cloud's pools");
+    }
+    let plugin = std::fs::read(printer()).expect("the printer plugin");
     cloud_client
-        .create_pool(PoolSpec::new("/ingest", StoreKind::Persistent, 1))
+        .upload_udl("printer", Bytes::from(plugin))
         .await
-        .expect("the cloud's ingest pool");
+        .expect("upload to the cloud");
+    // The whole application; the cloud runs only its vertex (the edge's names a site
+    // the cloud does not know, which would be refused if the cloud ran it).
+    cloud_client
+        .add_dfgs(app_dfg())
+        .await
+        .expect("the application's DFG at the cloud");
 
     // The WAN: one proxied address per cloud node, 50 ms added each way, some jitter.
     let specs = cloud
@@ -199,9 +246,9 @@ async fn a_wan_cut_and_an_edge_crash_lose_nothing_and_apply_everything_once_in_o
         .await
         .expect("upload");
     edge_client
-        .add_dfgs(edge_dfg())
+        .add_dfgs(app_dfg())
         .await
-        .expect("the edge DFG");
+        .expect("the application's DFG at the edge");
 
     // Inputs stream in: sensor k's readings 0, 1, 2, ... in order, round robin.
     let stop = Arc::new(AtomicBool::new(false));
@@ -358,6 +405,27 @@ async fn a_wan_cut_and_an_edge_crash_lose_nothing_and_apply_everything_once_in_o
         );
         assert_eq!(values, expected, "{key}: results out of order or repeated");
         results.insert(key, values.len());
+        // The cloud's own stage ran on each of them, once, in order.
+        let key = format!("/results/s{k}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let staged = history(&cloud_client, &key).await;
+            if staged == expected {
+                break;
+            }
+            assert!(
+                expected.starts_with(&staged),
+                "{key}: the cloud stage's outputs are not a prefix of the inputs"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{key}: {} of {} outputs of the cloud stage{}",
+                staged.len(),
+                expected.len(),
+                cloud.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     let mut sorted = latencies.clone();
     sorted.sort_by(f64::total_cmp);

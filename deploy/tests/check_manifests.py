@@ -646,7 +646,7 @@ UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 VERTEX_FIELDS = {
     "pathname", "user_defined_logic_list", "shard_dispatcher_list", "execution_environment",
     "user_defined_logic_stateful_list", "user_defined_logic_hook_list",
-    "user_defined_logic_config_list", "destinations",
+    "user_defined_logic_config_list", "destinations", "site",
 }
 LIST_VALUES = {
     "shard_dispatcher_list": {"one", "all"},
@@ -687,7 +687,10 @@ def check_dfgs(dfgs: Any) -> list[str]:
             if not udls:
                 problems.append(f"{at}: no UDL")
             problems += [f"{at}: UDL {u!r} is not a UUID" for u in udls if not UUID.match(str(u))]
-            for list_name in VERTEX_FIELDS - {"pathname", "user_defined_logic_list"}:
+            site = vertex.get("site")
+            if site is not None and not (isinstance(site, str) and re.fullmatch(r"[a-z0-9_-]{1,64}", site)):
+                problems.append(f"{at}: site {site!r} is not a site name")
+            for list_name in VERTEX_FIELDS - {"pathname", "user_defined_logic_list", "site"}:
                 if list_name in vertex and len(vertex[list_name]) != len(udls):
                     problems.append(f"{at}: {list_name} has {len(vertex[list_name])} entries, {len(udls)} UDLs")
             for list_name, allowed in LIST_VALUES.items():

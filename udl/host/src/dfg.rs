@@ -71,6 +71,7 @@ mod field {
     pub const UDL_HOOK_LIST: &str = "user_defined_logic_hook_list";
     pub const UDL_CONFIG_LIST: &str = "user_defined_logic_config_list";
     pub const DESTINATIONS: &str = "destinations";
+    pub const SITE: &str = "site";
     pub const MODE: &str = "mode";
     pub const SPEC: &str = "spec";
 
@@ -79,7 +80,7 @@ mod field {
     /// What an unknown-field error lists as the fields a vertex may have.
     pub const KNOWN_AT_VERTEX: &str = "pathname, user_defined_logic_list, \
         shard_dispatcher_list, execution_environment, user_defined_logic_stateful_list, \
-        user_defined_logic_hook_list, user_defined_logic_config_list, destinations";
+        user_defined_logic_hook_list, user_defined_logic_config_list, destinations, site";
 }
 
 /// The only execution mode Squall runs: a worker thread in the node's process.
@@ -224,6 +225,10 @@ pub struct Vertex {
     /// In file order, never empty; the same UDL may appear more than once (with a
     /// different config, say).
     pub udls: Vec<VertexUdl>,
+    /// Squall's extension: the site whose cluster runs this vertex (`"site": "edge"`);
+    /// clusters of other sites skip it, so one DFG can be added to every site of an
+    /// application and each runs its part. `None`: every cluster runs it.
+    pub site: Option<String>,
 }
 
 /// One UDL registration on a vertex: the entries at one index of the vertex's lists.
@@ -467,6 +472,9 @@ fn vertex_to_json(vertex: &Vertex) -> Value {
             Value::Object(edges)
         }),
     );
+    if let Some(site) = &vertex.site {
+        object.insert(field::SITE.to_owned(), Value::from(site.clone()));
+    }
     Value::Object(object)
 }
 
@@ -552,6 +560,7 @@ struct RawVertex {
     user_defined_logic_hook_list: Option<Value>,
     user_defined_logic_config_list: Option<Value>,
     destinations: Option<Value>,
+    site: Option<Value>,
     #[serde(flatten)]
     unknown_fields: Map<String, Value>,
 }
@@ -770,7 +779,34 @@ fn convert_vertex(dfg_at: &DfgLocation, index: usize, raw: RawVertex) -> Result<
             },
         });
     }
-    Ok(Vertex { pathname, udls })
+    let site = match raw.site {
+        None => None,
+        Some(Value::String(site)) if is_site_name(&site) => Some(site),
+        Some(other) => {
+            return Err(invalid(
+                &at,
+                field::SITE,
+                None,
+                format!(
+                    "{other} is not a site name: 1 to {SITE_NAME_SIZE_MAX_BYTES} of [a-z0-9_-]"
+                ),
+            ));
+        }
+    };
+    Ok(Vertex {
+        pathname,
+        udls,
+        site,
+    })
+}
+
+/// The grammar of site names (`site:/pool/` destinations, `"site"` of a vertex).
+fn is_site_name(site: &str) -> bool {
+    !site.is_empty()
+        && site.len() <= SITE_NAME_SIZE_MAX_BYTES
+        && site.bytes().all(|byte| {
+            byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_' || byte == b'-'
+        })
 }
 
 /// The entry at `index` of a per-UDL list checked by [`aligned_list`], `None` when the
@@ -1003,12 +1039,7 @@ fn parse_destination_key(key: &str) -> Result<(Option<String>, String), String> 
     let Some((site, path)) = key.split_once(':') else {
         return Err("must be an absolute pool path \"/pool/\" or \"site:/pool/\"".to_owned());
     };
-    let site_is_well_formed = !site.is_empty()
-        && site.len() <= SITE_NAME_SIZE_MAX_BYTES
-        && site.bytes().all(|byte| {
-            byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_' || byte == b'-'
-        });
-    if !site_is_well_formed {
+    if !is_site_name(site) {
         return Err(format!(
             "has site name {site:?}; a site name is 1 to {SITE_NAME_SIZE_MAX_BYTES} of [a-z0-9_-]"
         ));
@@ -1726,5 +1757,31 @@ mod tests {
             ),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_vertex_may_be_pinned_to_a_site() {
+        let json = format!(
+            r#"[{{"id": "7e1d0c4e-0000-4000-8000-00000000a99e", "graph": [
+                {{"pathname": "/in", "site": "edge", "user_defined_logic_list": ["{INTAKE_UDL}"],
+                  "destinations": [{{"cloud:/ingest/": "put"}}]}},
+                {{"pathname": "/ingest", "user_defined_logic_list": ["{INTAKE_UDL}"],
+                  "destinations": [{{}}]}}]}}]"#
+        );
+        let dfgs = parse_dfgs(&json).expect("valid");
+        assert_eq!(dfgs[0].vertices[0].site.as_deref(), Some("edge"));
+        assert_eq!(dfgs[0].vertices[1].site, None);
+        // The canonical form keeps it, and reads back the same.
+        let back = parse_dfgs(&dfgs_to_json(&dfgs).to_string()).expect("reads back");
+        assert_eq!(back, dfgs);
+        for bad in ["\"Edge\"", "\"\"", "3", "\"a:b\""] {
+            let json = format!(
+                r#"[{{"id": "7e1d0c4e-0000-4000-8000-00000000a99e", "graph": [
+                    {{"pathname": "/in", "site": {bad}, "user_defined_logic_list": ["{INTAKE_UDL}"],
+                      "destinations": [{{}}]}}]}}]"#
+            );
+            let err = parse_dfgs(&json).expect_err("an invalid site");
+            assert!(err.to_string().contains("site"), "{bad}: {err}");
+        }
     }
 }
