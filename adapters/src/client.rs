@@ -358,7 +358,8 @@ impl Route<'_> {
     }
 }
 
-fn now_us() -> u64 {
+/// Wall-clock µs since the Unix epoch (0 before it): the HLC a write carries.
+pub(crate) fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)

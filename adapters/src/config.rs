@@ -1027,12 +1027,7 @@ impl Config {
 
     fn validate_wan(&self) -> Result<(), ConfigError> {
         let site_name = |field: String, name: &str| -> Result<(), ConfigError> {
-            let ok = !name.is_empty()
-                && name.len() <= SITE_NAME_BYTES_MAX
-                && name.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
-                });
-            if ok {
+            if squall_udl_host::dfg::is_site_name(name) {
                 Ok(())
             } else {
                 Err(invalid(

@@ -613,9 +613,7 @@ async fn write_outputs(c: &Client, batch: Vec<Emit>, pressure: &crate::service::
         }
     }
     let writes = groups.into_iter().map(|(_, outs)| async move {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
+        let now = crate::client::now_us();
         let ops: Vec<squall_kvs::Op> = outs
             .iter()
             .map(|o| match &o.site {

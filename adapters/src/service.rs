@@ -12,9 +12,9 @@
 //! marker goes through the shard's order and the keys are read where it is delivered. Reads by version, time or stability are answered from the
 //! local replica at once.
 
+use crate::client::now_us;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use squall_driver::{AppEvent, NodeEvent, NodeHandle, NodeSendError};
@@ -300,12 +300,6 @@ pub struct Service {
 
 /// Sites whose outbox is full, as the node's UDL output writer last found them.
 pub type WanPressure = Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>;
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
 
 fn wire_object(o: &Object) -> WireObject {
     WireObject {

@@ -36,15 +36,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::client::{Client, ClientError, Policy};
+use crate::client::{Client, ClientError, Policy, now_us};
 use crate::config::{Config, OutboxFull, Remote};
 use crate::wire::WRITE_MANY_MAX;
-
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
 
 /// How often the service looks for outbox work it could not start at once (a forwarder
 /// that was busy) and refreshes the outbox gauges.

@@ -78,6 +78,27 @@ fn app_dfg() -> Bytes {
     ))
 }
 
+/// A WAN link to `cloud` (one proxied address per cloud node) and the remote `cloud` as
+/// the edge names it: reached only through the link, the addresses the cloud advertises
+/// mapped to the proxy's.
+async fn link_to(cloud: &Cluster, settings: LinkSettings) -> (WanLink, Remote) {
+    let specs = cloud
+        .addrs()
+        .iter()
+        .map(|a| LinkSpec::new("127.0.0.1:0".parse().expect("addr"), a.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .expect("link specs");
+    let wan = WanLink::start(specs, settings).await.expect("the WAN link");
+    let proxied: Vec<String> = wan.listen_addrs().iter().map(ToString::to_string).collect();
+    let remote = Remote {
+        name: "cloud".into(),
+        addresses: proxied.clone(),
+        token: None,
+        address_map: cloud.addrs().into_iter().zip(proxied).collect(),
+    };
+    (wan, remote)
+}
+
 /// A `/metrics` series' value on one node (summed over its label sets), over plain HTTP.
 async fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -198,21 +219,14 @@ async fn a_wan_cut_and_an_edge_crash_lose_nothing_and_apply_everything_once_in_o
         .await
         .expect("the application's DFG at the cloud");
 
-    // The WAN: one proxied address per cloud node, 50 ms added each way, some jitter.
-    let specs = cloud
-        .addrs()
-        .iter()
-        .map(|a| LinkSpec::new("127.0.0.1:0".parse().expect("addr"), a.clone()))
-        .collect::<Result<Vec<_>, _>>()
-        .expect("link specs");
+    // The WAN: 50 ms added each way, some jitter.
     let settings = LinkSettings {
         delay_ms: DELAY_MS,
         jitter_ms: 5,
         ..LinkSettings::default()
     };
-    let wan = WanLink::start(specs, settings).await.expect("the WAN link");
+    let (wan, remote) = link_to(&cloud, settings).await;
     let link = wan.handle();
-    let proxied: Vec<String> = wan.listen_addrs().iter().map(ToString::to_string).collect();
 
     // The edge reaches the cloud only through the link: the addresses the cloud
     // advertises are mapped to the proxy's.
@@ -226,12 +240,7 @@ async fn a_wan_cut_and_an_edge_crash_lose_nothing_and_apply_everything_once_in_o
         // Room for the plugin upload.
         cfg.limits.object_bytes_max = 64 << 20;
         cfg.limits.frame_bytes_max = (64 << 20) + (1 << 20);
-        cfg.remotes = vec![Remote {
-            name: "cloud".into(),
-            addresses: proxied.clone(),
-            token: None,
-            address_map: cloud.addrs().into_iter().zip(proxied.clone()).collect(),
-        }];
+        cfg.remotes = vec![remote.clone()];
         cfg.validate().expect("a valid edge config");
     }
     edge.start_all();
@@ -457,17 +466,8 @@ async fn a_full_outbox_refuses_new_inputs_with_a_clear_error_when_configured_to(
         .create_pool(PoolSpec::new("/ingest", StoreKind::Persistent, 1))
         .await
         .expect("the cloud's ingest pool");
-    let specs = cloud
-        .addrs()
-        .iter()
-        .map(|a| LinkSpec::new("127.0.0.1:0".parse().expect("addr"), a.clone()))
-        .collect::<Result<Vec<_>, _>>()
-        .expect("link specs");
-    let wan = WanLink::start(specs, LinkSettings::default())
-        .await
-        .expect("the WAN link");
+    let (wan, remote) = link_to(&cloud, LinkSettings::default()).await;
     let link = wan.handle();
-    let proxied: Vec<String> = wan.listen_addrs().iter().map(ToString::to_string).collect();
     let mut edge = Cluster::new(1, &[]);
     edge.with_http();
     for cfg in &mut edge.configs {
@@ -475,12 +475,7 @@ async fn a_full_outbox_refuses_new_inputs_with_a_clear_error_when_configured_to(
         cfg.limits.frame_bytes_max = (64 << 20) + (1 << 20);
         cfg.wan.outbox_full = OutboxFull::Reject;
         cfg.wan.outbox_entries_max = LIMIT;
-        cfg.remotes = vec![Remote {
-            name: "cloud".into(),
-            addresses: proxied.clone(),
-            token: None,
-            address_map: cloud.addrs().into_iter().zip(proxied.clone()).collect(),
-        }];
+        cfg.remotes = vec![remote.clone()];
         cfg.validate().expect("a valid edge config");
     }
     edge.start_all();

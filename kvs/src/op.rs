@@ -321,9 +321,7 @@ pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
             let hlc_us = get_u64(r, "timestamp")?;
             let condition = get_condition(r)?;
             let key = get_str(r, "key")?;
-            let len = get_u32(r, "blob length")? as usize;
-            need(r, len, "blob")?;
-            let blob = r.split_to(len);
+            let blob = get_bytes(r, "blob")?;
             Op::Put {
                 id,
                 hlc_us,
@@ -362,14 +360,12 @@ pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
             let uuid = get_str(r, "UDL uuid")?;
             let name = get_str(r, "UDL name")?;
             let checksum = get_u64(r, "checksum")?;
-            let len = get_u32(r, "plugin length")? as usize;
-            need(r, len, "plugin")?;
             Op::PutUdl {
                 id,
                 uuid,
                 name,
                 checksum,
-                plugin: r.split_to(len),
+                plugin: get_bytes(r, "plugin")?,
             }
         }
         TAG_REMOVE_UDL => Op::RemoveUdl {
@@ -378,11 +374,9 @@ pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
         },
         TAG_ADD_DFGS => {
             let id = get_id(r)?;
-            let len = get_u32(r, "DFG length")? as usize;
-            need(r, len, "DFG text")?;
             Op::AddDfgs {
                 id,
-                json: r.split_to(len),
+                json: get_bytes(r, "DFG text")?,
             }
         }
         TAG_REMOVE_DFG => Op::RemoveDfg {
@@ -409,15 +403,13 @@ pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
                 }
             };
             let key = get_str(r, "key")?;
-            let len = get_u32(r, "blob length")? as usize;
-            need(r, len, "blob")?;
             Op::OutboxPut {
                 id,
                 hlc_us,
                 site,
                 trigger,
                 key,
-                blob: r.split_to(len),
+                blob: get_bytes(r, "blob")?,
             }
         }
         TAG_OUTBOX_DONE => Op::OutboxDone {
@@ -621,6 +613,13 @@ pub(crate) fn need(r: &Bytes, n: usize, what: &'static str) -> Result<(), OpErro
         return Err(OpError::Truncated { what });
     }
     Ok(())
+}
+
+/// `len: u32` then that many bytes, as a slice of `r` (no copy).
+fn get_bytes(r: &mut Bytes, what: &'static str) -> Result<Bytes, OpError> {
+    let len = get_u32(r, what)? as usize;
+    need(r, len, what)?;
+    Ok(r.split_to(len))
 }
 
 pub(crate) fn get_u8(r: &mut Bytes, what: &'static str) -> Result<u8, OpError> {

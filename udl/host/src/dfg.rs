@@ -801,7 +801,7 @@ fn convert_vertex(dfg_at: &DfgLocation, index: usize, raw: RawVertex) -> Result<
 }
 
 /// The grammar of site names (`site:/pool/` destinations, `"site"` of a vertex).
-fn is_site_name(site: &str) -> bool {
+pub fn is_site_name(site: &str) -> bool {
     !site.is_empty()
         && site.len() <= SITE_NAME_SIZE_MAX_BYTES
         && site.bytes().all(|byte| {
