@@ -24,8 +24,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::wire::{
-    self, At, ErrorCode, Frame, Layout, MAGIC, MemberInfo, PROTOCOL_VERSION, Request, Response,
-    WatchEvent, WireObject,
+    self, At, CallOutput, ErrorCode, Frame, Layout, MAGIC, MemberInfo, PROTOCOL_VERSION, Request,
+    Response, WatchEvent, WireObject,
 };
 
 /// Largest frame the client accepts from a node.
@@ -37,6 +37,9 @@ pub const ALL_DOWN_GIVE_UP: Duration = Duration::from_secs(3);
 /// How long one attempt waits for its answer before trying another node (a write keeps
 /// its message id, so a late first attempt and the retry apply once).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a [`Client::call_udl`] waits for its UDLs (they may run a model) before it
+/// is tried on another node.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Which replica of a shard serves a request, when the client has a choice.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -233,6 +236,10 @@ impl Conn {
 
     async fn call(&self, request: Request) -> Result<Response, ClientError> {
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let timeout = match request {
+            Request::Call { .. } => CALL_TIMEOUT,
+            _ => REQUEST_TIMEOUT,
+        };
         let (reply, answer) = oneshot::channel();
         self.pending.lock().await.insert(request_id, reply);
         let lost = || ClientError::Connect {
@@ -250,13 +257,13 @@ impl Conn {
             self.pending.lock().await.remove(&request_id);
             return Err(lost());
         }
-        match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
+        match tokio::time::timeout(timeout, answer).await {
             Ok(answer) => answer.map_err(|_| lost()),
             Err(_) => {
                 self.pending.lock().await.remove(&request_id);
                 Err(ClientError::Connect {
                     addr: self.addr.clone(),
-                    reason: format!("no answer in {} s", REQUEST_TIMEOUT.as_secs()),
+                    reason: format!("no answer in {} s", timeout.as_secs()),
                 })
             }
         }
@@ -722,6 +729,24 @@ impl Client {
             blob: value,
         };
         self.call(request, Route::Read(key)).await.map(drop)
+    }
+
+    /// Runs the UDLs that a `trigger_put` of `key` triggers, on one node holding its
+    /// shard, and returns what they emitted (keys as the UDLs gave them), once every one
+    /// of them returned. Nothing is stored for the input; the outputs also go to the
+    /// vertices' destinations, as for [`trigger_put`](Self::trigger_put). Errors:
+    /// `udl_failed` (an invocation failed: its message), `no_such_dfg` (no UDL runs on
+    /// that key). Like `trigger_put`, a call lost with its connection is sent again, so
+    /// its UDLs run at least once.
+    pub async fn call_udl(&self, key: &str, value: Bytes) -> Result<Vec<CallOutput>, ClientError> {
+        let request = Request::Call {
+            key: key.to_string(),
+            blob: value,
+        };
+        match self.call(request, Route::Read(key)).await? {
+            Response::Outputs(outputs) => Ok(outputs),
+            other => Err(Self::unexpected(other)),
+        }
     }
 
     /// The latest value of `key` (linearizable).

@@ -156,7 +156,7 @@ fn status_of(code: ErrorCode) -> StatusCode {
         TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         NotHere | Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         OutboxFull => StatusCode::TOO_MANY_REQUESTS,
-        Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        Internal | UdlFailed => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -1712,6 +1712,29 @@ impl Service {
         }
     }
 
+    /// The shard a `trigger_put` or call of `key` runs in, if this node holds it and the
+    /// caller may write.
+    fn trigger_target(&self, key: &str, role: Role, what: &str) -> Result<(u32, u32), Response> {
+        let (g, s, _) = self.locate(key)?;
+        self.check_member(g, s)?;
+        if role < Role::Write {
+            return Err(Response::error(
+                ErrorCode::Forbidden,
+                format!("{what} needs the Write role"),
+            ));
+        }
+        Ok((g, s))
+    }
+
+    /// The message id of a trigger arrival (the base its UDLs' outputs derive theirs from).
+    fn trigger_id(&mut self) -> MessageId {
+        self.next_seq += 1;
+        MessageId {
+            client: SYSTEM_CLIENT_BIT | (u64::from(self.cfg.me.node) << 32) | 0x7f,
+            seq: self.next_seq,
+        }
+    }
+
     /// `NotHere` with the client addresses of the shard's members, unless this node is one.
     fn check_member(&self, subgroup: u32, shard: u32) -> Result<(), Response> {
         let Some(view) = &self.view else {
@@ -2085,42 +2108,36 @@ impl Service {
             Request::TriggerPut { key, blob } => {
                 // Nothing stored: it only runs the logic triggered on arrival (UDLs), on
                 // a node holding the key's shard.
-                let (g, s) = match self.locate(&key) {
-                    Ok((g, s, _)) => (g, s),
+                let (g, s) = match self.trigger_target(&key, role, "trigger_put") {
+                    Ok(place) => place,
                     Err(r) => return answer(reply, r),
                 };
-                if let Err(r) = self.check_member(g, s) {
-                    return answer(reply, r);
-                }
-                if role < Role::Write {
-                    return answer(
-                        reply,
-                        Response::error(ErrorCode::Forbidden, "trigger_put needs the Write role"),
-                    );
-                }
-                self.next_seq += 1;
-                let id = MessageId {
-                    client: SYSTEM_CLIENT_BIT | (u64::from(self.cfg.me.node) << 32) | 0x7f,
-                    seq: self.next_seq,
-                };
-                self.udl.dispatch(&Arrived {
-                    subgroup: g,
-                    shard: s,
-                    key: &key,
-                    version: 0,
-                    timestamp_us: now_us(),
-                    previous_version: None,
-                    previous_version_by_key: None,
-                    id,
-                    blob: &blob,
-                    sender: self.cfg.me.node,
-                    arrival: Arrival::Trigger,
-                    assignee: None,
-                    // Not stored, so not cached.
-                    device: None,
-                    pool_gpu: None,
-                });
+                let id = self.trigger_id();
+                self.udl
+                    .dispatch(&trigger_arrival(g, s, &key, id, &blob, self.cfg.me.node));
                 answer(reply, Response::Done)
+            }
+            Request::Call { key, blob } => {
+                // A trigger_put answered with what its UDLs emit: the answer leaves from
+                // the worker thread of the last invocation to return.
+                let (g, s) = match self.trigger_target(&key, role, "call") {
+                    Ok(place) => place,
+                    Err(r) => return answer(reply, r),
+                };
+                let id = self.trigger_id();
+                let runtime = tokio::runtime::Handle::current();
+                let sink = Arc::new(udl::CallSink::new(
+                    self.cfg.object_bytes_max,
+                    move |result| {
+                        // `Reply` may spawn a task for a client slow to read.
+                        let _in_runtime = runtime.enter();
+                        let _ = reply.send(call_response(result));
+                    },
+                ));
+                let arrived = trigger_arrival(g, s, &key, id, &blob, self.cfg.me.node);
+                // With nothing queued, dropping the sink answers `no_such_dfg`.
+                self.udl.call(&arrived, &sink);
+                Some(())
             }
             Request::ListUdls => answer(reply, Response::Json(self.udl.list_udls())),
             Request::ListDfgs => answer(reply, Response::Json(self.udl.list_dfgs())),
@@ -2260,6 +2277,62 @@ impl Service {
 /// A stable id for a default pool's creation, the same at every node.
 /// Caches, in the GPU caches of its pools, the objects of a store installed whole (a
 /// state transfer), as their puts would have been.
+/// A `trigger_put` (or call) received by this node, as dispatch takes it.
+fn trigger_arrival<'a>(
+    subgroup: u32,
+    shard: u32,
+    key: &'a str,
+    id: MessageId,
+    blob: &'a Bytes,
+    me: u32,
+) -> Arrived<'a> {
+    Arrived {
+        subgroup,
+        shard,
+        key,
+        version: 0,
+        timestamp_us: now_us(),
+        previous_version: None,
+        previous_version_by_key: None,
+        id,
+        blob,
+        sender: me,
+        arrival: Arrival::Trigger,
+        assignee: None,
+        // Not stored, so not cached.
+        device: None,
+        pool_gpu: None,
+    }
+}
+
+/// A call's answer: its outputs, or why there are none.
+fn call_response(result: udl::CallResult) -> Response {
+    use udl::CallFailure;
+    match result {
+        Ok(outputs) => Response::Outputs(outputs),
+        Err(CallFailure::Udl(message)) => Response::error(
+            ErrorCode::UdlFailed,
+            format!("a UDL of the call failed: {message}"),
+        ),
+        Err(CallFailure::TooLarge { limit_bytes }) => Response::error(
+            ErrorCode::TooLarge,
+            format!(
+                "the call's outputs exceed {limit_bytes} bytes or {} outputs",
+                crate::wire::CALL_OUTPUTS_MAX
+            ),
+        ),
+        // Queues full (or stopping): busy, so the client tries again.
+        Err(CallFailure::NotRun { missing, of }) => Response::error(
+            ErrorCode::Unavailable,
+            format!("{missing} of the call's {of} UDL invocations could not run (UDL queues full)"),
+        ),
+        Err(CallFailure::NoUdl(key)) => Response::error(
+            ErrorCode::NoSuchDfg,
+            format!("no UDL runs on a trigger_put of {key} on this node"),
+        ),
+    }
+}
+
 fn cache_store(gpu: &NodeGpu, pools: &PoolTable, subgroup: u32, store: &ShardStore) {
     for pool in pools
         .list()

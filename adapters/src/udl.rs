@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::wire::{CALL_OUTPUTS_MAX, CallOutput};
 use bytes::Bytes;
 use serde_json::json;
 use squall_gpu::PinnedView;
@@ -124,6 +125,132 @@ pub struct InputRef {
     pub subgroup: u32,
     pub shard: u32,
     pub version: u64,
+}
+
+/// What a call's UDL invocations emitted, or why it failed; handed to [`CallSink`]'s
+/// answer once the last invocation let go of it.
+pub type CallResult = Result<Vec<CallOutput>, CallFailure>;
+
+/// Where a call's result goes (the service's reply to the caller).
+type CallAnswer = Box<dyn FnOnce(CallResult) + Send>;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallFailure {
+    /// An invocation returned an error or panicked (its message).
+    Udl(String),
+    /// The outputs together exceed the limit (bytes, or [`CALL_OUTPUTS_MAX`] outputs).
+    TooLarge { limit_bytes: usize },
+    /// Invocations that were queued never ran (queues full, or the node stopping).
+    NotRun { missing: usize, of: usize },
+    /// No UDL on this node runs on a `trigger_put` of this key.
+    NoUdl(String),
+}
+
+/// Collects what the UDLs triggered by one [`Request::Call`](crate::wire::Request::Call)
+/// emit, and answers the call when the last invocation holding it lets go of it: when it
+/// returned, or when it was dropped without running. Shared by the invocations' worker
+/// threads, so the answer never waits for the service.
+pub struct CallSink {
+    state: std::sync::Mutex<CallState>,
+    answer: std::sync::Mutex<Option<CallAnswer>>,
+    /// The most output bytes one call collects (the node's object limit: the answer is
+    /// one frame).
+    limit_bytes: usize,
+}
+
+#[derive(Default)]
+struct CallState {
+    outputs: Vec<CallOutput>,
+    bytes: usize,
+    expected: usize,
+    finished: usize,
+    failure: Option<CallFailure>,
+}
+
+impl std::fmt::Debug for CallSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallSink")
+            .field("limit_bytes", &self.limit_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallSink {
+    pub fn new(limit_bytes: usize, answer: impl FnOnce(CallResult) + Send + 'static) -> Self {
+        CallSink {
+            state: std::sync::Mutex::new(CallState::default()),
+            answer: std::sync::Mutex::new(Some(Box::new(answer))),
+            limit_bytes,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, CallState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn expect(&self, key: &str, jobs: usize) {
+        let mut st = self.state();
+        st.expected += jobs;
+        if st.expected == 0 && st.failure.is_none() {
+            st.failure = Some(CallFailure::NoUdl(key.to_string()));
+        }
+    }
+
+    /// An output emitted by one of the call's invocations (its bytes are shared, not
+    /// copied).
+    fn record(&self, key: &str, value: &Bytes) {
+        let mut st = self.state();
+        if st.failure.is_some() {
+            return;
+        }
+        let bytes = st.bytes.saturating_add(key.len() + value.len());
+        if bytes > self.limit_bytes || st.outputs.len() >= CALL_OUTPUTS_MAX {
+            st.outputs = Vec::new();
+            st.failure = Some(CallFailure::TooLarge {
+                limit_bytes: self.limit_bytes,
+            });
+            return;
+        }
+        st.bytes = bytes;
+        st.outputs.push(CallOutput {
+            key: key.to_string(),
+            blob: value.clone(),
+        });
+    }
+
+    /// One invocation returned; `error`: how it failed.
+    fn finished(&self, error: Option<&str>) {
+        let mut st = self.state();
+        st.finished += 1;
+        if let Some(e) = error
+            && st.failure.is_none()
+        {
+            st.outputs = Vec::new();
+            st.failure = Some(CallFailure::Udl(e.to_string()));
+        }
+    }
+}
+
+impl Drop for CallSink {
+    fn drop(&mut self) {
+        let st = std::mem::take(self.state.get_mut().unwrap_or_else(|p| p.into_inner()));
+        let result = match st.failure {
+            Some(failure) => Err(failure),
+            None if st.finished < st.expected => Err(CallFailure::NotRun {
+                missing: st.expected - st.finished,
+                of: st.expected,
+            }),
+            None => Ok(st.outputs),
+        };
+        if let Some(answer) = self
+            .answer
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            answer(result);
+        }
+    }
 }
 
 /// A `one`-dispatched input another replica runs, kept until it says it is done (and
@@ -680,6 +807,19 @@ impl UdlRuntime {
     /// ordered arrival, `one` UDLs run only at the assignee; the other replicas keep the
     /// input until the assignee announces it done, to re-run it if the assignee fails.
     pub fn dispatch(&mut self, a: &Arrived<'_>) {
+        self.dispatch_to(a, None);
+    }
+
+    /// Dispatches a [`Request::Call`](crate::wire::Request::Call)'s input (a trigger
+    /// arrival) with `sink` collecting what its UDLs emit; returns how many invocations
+    /// were queued (0: nothing here runs on it, and `sink` is dropped unanswered for the
+    /// caller to answer).
+    pub fn call(&mut self, a: &Arrived<'_>, sink: &Arc<CallSink>) -> usize {
+        debug_assert_eq!(a.arrival, Arrival::Trigger, "a call is a trigger arrival");
+        self.dispatch_to(a, Some(sink))
+    }
+
+    fn dispatch_to(&mut self, a: &Arrived<'_>, call: Option<&Arc<CallSink>>) -> usize {
         self.drain_overflow();
         let ordered = a.arrival == Arrival::Ordered;
         let mine = !ordered || a.assignee == Some(self.me);
@@ -715,7 +855,7 @@ impl UdlRuntime {
             if one {
                 one_jobs += 1;
             }
-            jobs.push(self.job(h, instance, a, one.then_some(input)));
+            jobs.push(self.job(h, instance, a, one.then_some(input), call.cloned()));
         }
         if one_matched && ordered {
             let key = (a.subgroup, a.shard);
@@ -734,9 +874,14 @@ impl UdlRuntime {
                 self.hold(key, a, assignee);
             }
         }
+        let queued = jobs.len();
+        if let Some(sink) = call {
+            sink.expect(a.key, queued);
+        }
         for job in jobs {
             self.submit(job);
         }
+        queued
     }
 
     fn submit(&mut self, job: Job) {
@@ -889,6 +1034,7 @@ impl UdlRuntime {
         instance: Arc<Instance>,
         a: &Arrived<'_>,
         done: Option<InputRef>,
+        call: Option<Arc<CallSink>>,
     ) -> Job {
         let placement = match h.udl.statefulness {
             Statefulness::Stateful => Placement::Stateful,
@@ -961,6 +1107,9 @@ impl UdlRuntime {
                 });
                 let mut emitted: u64 = 0;
                 let mut emit = |out_key: &str, value: Bytes| -> Result<(), String> {
+                    if let Some(call) = &call {
+                        call.record(out_key, &value);
+                    }
                     for (d, (site, pool, trigger)) in destinations.iter().enumerate() {
                         // Derived from the input, the vertex, the destination and the
                         // output's place: the same on a re-run, distinct otherwise.
@@ -1001,6 +1150,9 @@ impl UdlRuntime {
                     .map_err(|e| e.to_string());
                 // The handler has returned: the cached copy may move or go now.
                 drop(device_pin);
+                if let Some(call) = call {
+                    call.finished(result.as_ref().err().map(String::as_str));
+                }
                 // Done (a failure too: it is not retried), once its outputs are written.
                 if let Some(done) = done {
                     let _ = done_emits.blocking_send(EmitItem::Done(done));
@@ -1053,5 +1205,88 @@ impl UdlRuntime {
     pub fn list_dfgs(&self) -> String {
         let list: Vec<Dfg> = self.dfgs.values().cloned().collect();
         dfg::dfgs_to_json(&list).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn sink(limit_bytes: usize) -> (Arc<CallSink>, mpsc::Receiver<CallResult>) {
+        let (tx, rx) = mpsc::channel();
+        let sink = CallSink::new(limit_bytes, move |r| tx.send(r).expect("the test waits"));
+        (Arc::new(sink), rx)
+    }
+
+    #[test]
+    fn a_call_is_answered_once_its_last_invocation_lets_go() {
+        let (s, rx) = sink(1 << 20);
+        s.expect("/k", 2);
+        let value = Bytes::from_static(b"shared bytes");
+        let (a, b) = (Arc::clone(&s), Arc::clone(&s));
+        drop(s);
+        a.record("out/1", &value);
+        a.finished(None);
+        drop(a);
+        assert!(rx.try_recv().is_err(), "one invocation is still running");
+        b.record("out/2", &Bytes::from_static(b"two"));
+        b.finished(None);
+        drop(b);
+        let outputs = rx.try_recv().expect("answered").expect("no failure");
+        assert_eq!(outputs.len(), 2);
+        assert_eq!(
+            (outputs[0].key.as_str(), outputs[1].key.as_str()),
+            ("out/1", "out/2")
+        );
+        assert_eq!(outputs[0].blob.as_ptr(), value.as_ptr(), "not copied");
+    }
+
+    #[test]
+    fn a_call_fails_with_its_first_failure_and_drops_its_outputs() {
+        let (s, rx) = sink(1 << 20);
+        s.expect("/k", 2);
+        s.record("a", &Bytes::from_static(b"x"));
+        s.finished(Some("first"));
+        s.finished(Some("second"));
+        drop(s);
+        assert_eq!(
+            rx.try_recv().expect("answered"),
+            Err(CallFailure::Udl("first".into()))
+        );
+    }
+
+    #[test]
+    fn outputs_over_the_limit_fail_the_call() {
+        let (s, rx) = sink(10);
+        s.expect("/k", 1);
+        s.record("k", &Bytes::from_static(b"123456789"));
+        s.record("k", &Bytes::from_static(b"1"));
+        s.finished(None);
+        drop(s);
+        assert_eq!(
+            rx.try_recv().expect("answered"),
+            Err(CallFailure::TooLarge { limit_bytes: 10 })
+        );
+    }
+
+    #[test]
+    fn a_call_without_invocations_or_with_unrun_ones_is_refused() {
+        let (s, rx) = sink(10);
+        s.expect("/nobody", 0);
+        drop(s);
+        assert_eq!(
+            rx.try_recv().expect("answered"),
+            Err(CallFailure::NoUdl("/nobody".into()))
+        );
+        // Two queued, one dropped without running (a full queue).
+        let (s, rx) = sink(10);
+        s.expect("/k", 2);
+        s.finished(None);
+        drop(s);
+        assert_eq!(
+            rx.try_recv().expect("answered"),
+            Err(CallFailure::NotRun { missing: 1, of: 2 })
+        );
     }
 }

@@ -64,6 +64,14 @@ pub enum Request {
         key: String,
         blob: Bytes,
     },
+    /// A `trigger_put` whose answer is what the UDLs it triggers on this node emit
+    /// ([`Response::Outputs`]), once every one of them returned: a call into the
+    /// cluster's logic, next to the data, without a round through a result pool. The
+    /// outputs go to the vertices' destinations as well, as for any `trigger_put`.
+    Call {
+        key: String,
+        blob: Bytes,
+    },
     Get {
         key: String,
         at: At,
@@ -122,6 +130,7 @@ impl Request {
         match self {
             Request::Write { .. } => "write",
             Request::TriggerPut { .. } => "trigger_put",
+            Request::Call { .. } => "call",
             Request::Get { .. } => "get",
             Request::MultiGet { .. } => "multi_get",
             Request::GetSize { .. } => "get_size",
@@ -194,6 +203,9 @@ pub enum ErrorCode {
     /// The WAN outbox towards a remote site is full: the input would produce outputs
     /// that cannot be queued now (`wan.outbox_full = "reject"`). Not retried by clients.
     OutboxFull = 21,
+    /// A UDL invocation of a [`Request::Call`] returned an error or panicked (the
+    /// message carries it). Not retried by clients: the logic ran.
+    UdlFailed = 22,
 }
 
 impl ErrorCode {
@@ -221,6 +233,7 @@ impl ErrorCode {
             InvalidDfg,
             InvalidPlugin,
             OutboxFull,
+            UdlFailed,
         ]
         .into_iter()
         .find(|c| *c as u16 == v)
@@ -250,6 +263,7 @@ impl ErrorCode {
             InvalidDfg => "invalid_dfg",
             InvalidPlugin => "invalid_plugin",
             OutboxFull => "outbox_full",
+            UdlFailed => "udl_failed",
         }
     }
 }
@@ -283,7 +297,21 @@ pub enum Response {
     Layout(Layout),
     /// The answers to a [`Request::WriteMany`], in its order (never nested).
     Many(Vec<Response>),
+    /// What the UDLs of a [`Request::Call`] emitted, in the order they emitted it.
+    Outputs(Vec<CallOutput>),
 }
+
+/// One output of a [`Request::Call`]: the key as the UDL emitted it (relative to the
+/// vertex's destinations) and its value, the emitted bytes themselves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallOutput {
+    pub key: String,
+    pub blob: Bytes,
+}
+
+/// The most outputs one [`Request::Call`] answers with (their bytes are bounded by the
+/// frame limit).
+pub const CALL_OUTPUTS_MAX: usize = 65_536;
 
 /// The pools and, per subgroup and shard, the client addresses of the shard's members in
 /// rank order (the first is the shard's first sender, whose writes need no nulls).
@@ -499,6 +527,11 @@ fn put_request(out: &mut BytesMut, r: &Request) {
             put_str(out, key);
             put_blob(out, blob);
         }
+        Request::Call { key, blob } => {
+            out.put_u8(19);
+            put_str(out, key);
+            put_blob(out, blob);
+        }
         Request::Get { key, at } => {
             out.put_u8(4);
             put_str(out, key);
@@ -659,6 +692,14 @@ fn put_response(out: &mut BytesMut, r: &Response) {
             out.put_u32_le(answers.len() as u32);
             for answer in answers {
                 put_response(out, answer);
+            }
+        }
+        Response::Outputs(outputs) => {
+            out.put_u8(15);
+            out.put_u32_le(outputs.len() as u32);
+            for o in outputs {
+                put_str(out, &o.key);
+                put_blob(out, &o.blob);
             }
         }
         Response::Layout(layout) => {
@@ -881,6 +922,13 @@ fn request(r: &mut Bytes) -> Result<Request, WireError> {
                 blob: blob(r)?,
             }
         }
+        19 => {
+            let key = str_(r, "key")?;
+            Request::Call {
+                key,
+                blob: blob(r)?,
+            }
+        }
         4 => {
             let key = str_(r, "key")?;
             let at = match u8_(r, "read point")? {
@@ -1089,6 +1137,25 @@ fn response(r: &mut Bytes) -> Result<Response, WireError> {
             }
             Response::Many(answers)
         }
+        15 => {
+            let n = count(r, "outputs", 8)?;
+            if n > CALL_OUTPUTS_MAX {
+                return Err(WireError::TooMany {
+                    what: "outputs",
+                    count: n,
+                    max: CALL_OUTPUTS_MAX,
+                });
+            }
+            let mut outputs = Vec::with_capacity(n);
+            for _ in 0..n {
+                let key = str_(r, "output key")?;
+                outputs.push(CallOutput {
+                    key,
+                    blob: blob(r)?,
+                });
+            }
+            Response::Outputs(outputs)
+        }
         t => return Err(tag("response", t)),
     })
 }
@@ -1123,6 +1190,10 @@ mod tests {
             Request::TriggerPut {
                 key: "/t/a".into(),
                 blob: Bytes::new(),
+            },
+            Request::Call {
+                key: "/t/b".into(),
+                blob: Bytes::from_static(b"in"),
             },
             Request::Get {
                 key: "/p/a".into(),
@@ -1167,6 +1238,17 @@ mod tests {
                 timestamp_us: 2,
             },
             Response::Done,
+            Response::Outputs(vec![
+                CallOutput {
+                    key: "a".into(),
+                    blob: Bytes::from_static(b"out"),
+                },
+                CallOutput {
+                    key: String::new(),
+                    blob: Bytes::new(),
+                },
+            ]),
+            Response::Outputs(Vec::new()),
             Response::Object(Some(object.clone())),
             Response::Object(None),
             Response::Objects(vec![Some(object), None]),

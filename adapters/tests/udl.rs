@@ -317,6 +317,91 @@ async fn no_input_is_lost_when_the_replica_running_it_is_killed() {
     println!("{reruns} inputs re-run after the kill");
 }
 
+/// A call runs the UDLs a trigger_put of its key triggers and answers with what they
+/// emitted (the very value the printer echoes), which also reaches the vertex's
+/// destination; a failing or panicking UDL fails the call with its message, and a key no
+/// vertex covers is refused; the node goes on serving calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_answers_with_what_its_udls_emit() {
+    let plugin = std::fs::read(printer()).expect("the plugin library");
+    let cluster = udl_cluster(&[]);
+    let c = cluster.client(None, 3).await;
+    c.upload_udl("printer", Bytes::from(plugin))
+        .await
+        .expect("upload");
+    c.add_dfgs(dfg_with(
+        "2a9c7b1e-1111-4a2b-9c3d-0000000000ca",
+        PRINTER_UUID,
+        r#"{"quiet": true, "panic_on": "boom", "fail_on": "bad"}"#,
+    ))
+    .await
+    .expect("add the DFG");
+
+    for i in 0..20 {
+        let value = format!("called {i}");
+        let outputs = c
+            .call_udl(&format!("/cache/in/c{i}"), Bytes::from(value.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("call {i}: {e}; {}", cluster.logs()));
+        assert_eq!(outputs.len(), 1, "one output per call: {outputs:?}");
+        assert_eq!(outputs[0].blob, value.as_bytes());
+        assert!(outputs[0].key.ends_with(&format!("c{i}")), "{outputs:?}");
+    }
+    // The outputs went to the destination too; the input was not stored.
+    assert_eq!(
+        eventually(&c, "/demo/out/c19", Duration::from_secs(10))
+            .await
+            .as_deref(),
+        Some(&b"called 19"[..])
+    );
+    assert!(c.get("/cache/in/c19").await.expect("get").is_none());
+
+    for (value, said) in [("bad", "asked to fail on"), ("boom", "panicked")] {
+        let e = c
+            .call_udl("/cache/in/x", Bytes::from(value))
+            .await
+            .expect_err("a failing UDL fails the call");
+        assert_eq!(e.code(), Some(ErrorCode::UdlFailed), "{e}");
+        assert!(e.to_string().contains(said), "{value}: {e}");
+    }
+    let e = c
+        .call_udl("/cache/nothing-here", Bytes::from_static(b"x"))
+        .await
+        .expect_err("no vertex");
+    assert_eq!(e.code(), Some(ErrorCode::NoSuchDfg), "{e}");
+    let e = c
+        .call_udl("/no-pool/x", Bytes::from_static(b"x"))
+        .await
+        .expect_err("no pool");
+    assert_eq!(e.code(), Some(ErrorCode::NoPoolForKey), "{e}");
+
+    let outputs = c
+        .call_udl("/cache/in/after", Bytes::from_static(b"still here"))
+        .await
+        .expect("the node goes on");
+    assert_eq!(outputs[0].blob, &b"still here"[..]);
+
+    // The CLI prints the outputs, and one clear line with a failure status on an error.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(common::SQUALL)
+            .args(["--cluster", &cluster.addrs()[2]])
+            .args(args)
+            .output()
+            .expect("squall runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (status, stdout, stderr) = cli(&["call", "/cache/in/cli", "from the cli"]);
+    assert_eq!(status, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("from the cli (12 bytes)"), "{stdout}");
+    let (status, _, stderr) = cli(&["call", "/cache/in/cli", "bad"]);
+    assert_eq!(status, Some(1), "{stderr}");
+    assert!(stderr.contains("udl_failed"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_or_failing_udl_is_counted_and_the_node_goes_on() {
     let plugin = std::fs::read(printer()).expect("the plugin library");

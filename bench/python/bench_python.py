@@ -9,8 +9,10 @@ One run, one machine, one closed-loop client per case:
 2. "Put, run Python code on the data, get the result": a Python UDL on a vertex under
    ``/cache`` that sums the bytes with numpy and emits the total; the client puts the
    input (stored put, or unstored ``trigger_put``) and waits for the output through a
-   watch on the destination prefix. Versus Ray: ``ray.put`` + a resident actor's method
-   on the ref doing the same numpy sum + ``ray.get``.
+   watch on the destination prefix; and ``Client.call`` (the same UDL on a vertex with
+   no destination: the outputs come back as the call's answer, nothing is stored).
+   Versus Ray: ``ray.put`` + a resident actor's method on the ref doing the same numpy
+   sum + ``ray.get``.
 
 Every system runs alone: each one is started, measured and stopped before the next
 starts, so their background threads do not share the CPUs with another's cases.
@@ -317,6 +319,28 @@ def bench_squall(args, rows: List[Row], stack: contextlib.ExitStack) -> None:
         ]
     )
     stack.callback(lambda: _quietly(client.remove_dfg, graph_id))
+    # The same UDL as a function: no destination, its outputs are the call's answer.
+    fn = f"/cache/bench-call-{tag}-in"
+    call_graph = str(uuid.uuid4())
+    client.add_dfgs(
+        [
+            {
+                "id": call_graph,
+                "desc": "bench_python: numpy sum of the input, called",
+                "graph": [
+                    {
+                        "pathname": fn,
+                        "user_defined_logic_list": [udl],
+                        "shard_dispatcher_list": ["one"],
+                        "user_defined_logic_stateful_list": ["stateless"],
+                        "user_defined_logic_config_list": [{}],
+                        "destinations": [{}],
+                    }
+                ],
+            }
+        ]
+    )
+    stack.callback(lambda: _quietly(client.remove_dfg, call_graph))
     watch = client.watch(dst)
     stack.callback(watch.close)
 
@@ -373,6 +397,29 @@ def bench_squall(args, rows: List[Row], stack: contextlib.ExitStack) -> None:
                 "trigger_put /cache (not stored) -> Python UDL -> emit -> watch",
                 size, args.seconds, args.warmup,
                 lambda i, f=udl_op: f(i, client.trigger_put),
+            )
+        )
+
+        def call_op(i, want=want, data=data):
+            w0 = time.time_ns()
+            t0 = now_ns()
+            outputs = client.call(f"{fn}/c{i % KV_KEYS}", data)
+            t2 = now_ns()
+            got = bytes(outputs[0].value).split()
+            if int(got[0]) != want:
+                raise RuntimeError(f"called UDL answered {got[0]!r}, expected {want}")
+            udl_start, udl_done = int(got[1]), int(got[2])
+            return {
+                "to_udl_start": udl_start - w0,
+                "udl_compute": udl_done - udl_start,
+                "udl_done_to_client": w0 + (t2 - t0) - udl_done,
+            }
+
+        rows.append(
+            closed_loop(
+                "squall", "call, python on it, result",
+                "Client.call /cache (not stored) -> Python UDL -> its outputs",
+                size, args.seconds, args.warmup, call_op,
             )
         )
 
@@ -591,6 +638,8 @@ RATIOS = [
      "put -> UDL -> watch vs ray.put -> actor -> ray.get"),
     ("trigger_put, python on it, result", "ray", "put, python on it, result",
      "trigger_put -> UDL -> watch vs ray.put -> actor -> ray.get"),
+    ("call, python on it, result", "ray", "put, python on it, result",
+     "Client.call -> UDL -> outputs vs ray.put -> actor -> ray.get"),
 ]
 
 
@@ -646,6 +695,7 @@ def report(args, rows: List[Row]) -> None:
             ("udl_compute", "numpy sum"),
             ("udl_done_to_output_stamped", "UDL done->output stamped"),
             ("output_stamped_to_client", "output stamped->client"),
+            ("udl_done_to_client", "UDL done->client (call)"),
         ]
         print(f"  {'case':<40}" + "".join(f"{label:>25}" for _, label in cols))
         for r in phased:

@@ -22,7 +22,7 @@ import zipfile
 from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _native
-from ._native import Member, Object, Pool, WatchEvent
+from ._native import Member, Object, Output, Pool, WatchEvent
 from .errors import UnavailableError
 
 #: What a put accepts: any contiguous buffer, or ``str`` (UTF-8).
@@ -229,6 +229,17 @@ class Client:
         """Hands ``value`` to the UDLs hooked on ``key``'s prefix at one node holding
         the key's shard; nothing is stored."""
         self._n.trigger_put(key, value).wait()
+
+    def call(self, key: str, value: Value) -> list[Output]:
+        """Runs the UDLs that a :meth:`trigger_put` of ``key`` triggers, on one node
+        holding the key's shard, and returns what they emitted once all returned: a list
+        of :class:`Output` (``.key`` as the UDL gave it, ``.value`` a read-only buffer,
+        not copied). Nothing is stored for the input; the outputs also go to the
+        vertices' destinations. Raises :class:`~squall.UdlFailedError` if a UDL raised,
+        :class:`~squall.NotFoundError` if no UDL runs on ``key``. Like
+        :meth:`trigger_put`, a call lost with its connection is sent again (its UDLs run
+        at least once)."""
+        return self._n.call(key, value).wait()
 
     def remove(self, key: str) -> Written:
         """Removes ``key`` (writes a tombstone version); :class:`~squall.NotFoundError`
@@ -448,6 +459,10 @@ class AsyncClient:
         n = await self._native()
         await _aio(n.trigger_put(key, value))
 
+    async def call(self, key: str, value: Value) -> list[Output]:
+        n = await self._native()
+        return await _aio(n.call(key, value))
+
     async def remove(self, key: str) -> Written:
         n = await self._native()
         return await _aio(n.remove(key))
@@ -575,4 +590,4 @@ class AsyncClient:
         return f"squall.AsyncClient({','.join(self.addrs)!r})"
 
 
-__all__ = ["Client", "AsyncClient", "Watch", "Object", "Pool", "Member", "WatchEvent"]
+__all__ = ["Client", "AsyncClient", "Watch", "Object", "Output", "Pool", "Member", "WatchEvent"]

@@ -87,6 +87,13 @@ class UdlError(SquallError):
     code = "invalid_dfg"
 
 
+class UdlFailedError(UdlError):
+    """A UDL run by :meth:`Client.call` raised or returned an error (its message is
+    in this one); the node and its other UDLs go on."""
+
+    code = "udl_failed"
+
+
 class UnavailableError(SquallError):
     """No node could serve the request (down, unreachable, or a view change); retry."""
 
@@ -138,6 +145,7 @@ BY_CODE = {
     "not_versioned": NotVersionedError,
     "invalid_dfg": UdlError,
     "invalid_plugin": UdlError,
+    "udl_failed": UdlFailedError,
     "not_here": UnavailableError,
     "unavailable": UnavailableError,
     "outbox_full": OutboxFullError,

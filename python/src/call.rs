@@ -14,11 +14,11 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use squall_adapters::client::ClientError;
-use squall_adapters::wire::{MemberInfo, WatchEvent, WireObject};
+use squall_adapters::wire::{CallOutput, MemberInfo, WatchEvent, WireObject};
 use squall_kvs::PoolSpec;
 use tokio::sync::mpsc;
 
-use crate::types::{Member, Object, Pool, Watch, WatchEventPy};
+use crate::types::{Member, Object, Output, Pool, Watch, WatchEventPy};
 
 /// What a call produces, converted to Python objects only once the GIL is held.
 #[derive(Debug)]
@@ -30,6 +30,7 @@ pub enum Out {
     },
     Object(Option<WireObject>),
     Objects(Vec<Option<WireObject>>),
+    Outputs(Vec<CallOutput>),
     Size(Option<u64>),
     Keys(Vec<String>),
     Pools(Vec<PoolSpec>),
@@ -237,6 +238,13 @@ pub fn convert(py: Python<'_>, result: CallResult) -> PyResult<Py<PyAny>> {
                 .collect::<PyResult<Vec<_>>>()?;
             items.into_pyobject(py)?.into_any().unbind()
         }
+        Out::Outputs(list) => list
+            .into_iter()
+            .map(|o| Py::new(py, Output::new(py, o)?))
+            .collect::<PyResult<Vec<_>>>()?
+            .into_pyobject(py)?
+            .into_any()
+            .unbind(),
         Out::Size(s) => s.into_pyobject(py)?.into_any().unbind(),
         Out::Keys(keys) => keys.into_pyobject(py)?.into_any().unbind(),
         Out::Pools(pools) => pools

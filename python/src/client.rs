@@ -98,6 +98,14 @@ impl NativeClient {
         }))
     }
 
+    fn call(&self, key: String, value: &Bound<'_, PyAny>) -> PyResult<Call> {
+        let value = value_bytes(value)?;
+        let client = self.inner.clone();
+        Ok(Call::new(async move {
+            Ok(Out::Outputs(client.call_udl(&key, value).await?))
+        }))
+    }
+
     fn remove(&self, key: String) -> Call {
         let client = self.inner.clone();
         Call::new(async move { Ok(written(client.remove(&key).await?)) })

@@ -68,6 +68,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<call::Pending>()?;
     m.add_class::<client::NativeClient>()?;
     m.add_class::<types::Object>()?;
+    m.add_class::<types::Output>()?;
     m.add_class::<types::Pool>()?;
     m.add_class::<types::Member>()?;
     m.add_class::<types::WatchEventPy>()?;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use squall_adapters::wire::{MemberInfo, WatchEvent, WireObject};
+use squall_adapters::wire::{CallOutput, MemberInfo, WatchEvent, WireObject};
 use squall_kvs::PoolSpec;
 use tokio::sync::{Mutex, mpsc};
 
@@ -47,6 +47,43 @@ impl Object {
             self.key,
             crate::format_version(self.version),
             self.timestamp_us,
+            self.value.get().bytes.len()
+        )
+    }
+
+    /// The value as `bytes` (a copy).
+    fn tobytes<'py>(&self, py: Python<'py>) -> Bound<'py, pyo3::types::PyBytes> {
+        pyo3::types::PyBytes::new(py, &self.value.get().bytes)
+    }
+
+    fn __len__(&self) -> usize {
+        self.value.get().bytes.len()
+    }
+}
+
+/// One output of `Client.call`: the key as the UDL emitted it and a read-only buffer
+/// over the emitted bytes (not copied on the way).
+#[pyclass(module = "squall._native", frozen, get_all)]
+pub struct Output {
+    pub key: String,
+    pub value: Py<Blob>,
+}
+
+impl Output {
+    pub fn new(py: Python<'_>, o: CallOutput) -> PyResult<Output> {
+        Ok(Output {
+            value: Py::new(py, Blob::new(o.blob))?,
+            key: o.key,
+        })
+    }
+}
+
+#[pymethods]
+impl Output {
+    fn __repr__(&self) -> String {
+        format!(
+            "Output(key={:?}, {} bytes)",
+            self.key,
             self.value.get().bytes.len()
         )
     }

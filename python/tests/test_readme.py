@@ -22,3 +22,4 @@ def test_readme_python_example_runs(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0].startswith("b'world' v")
     assert out.stdout.splitlines()[1] == "[50, 240, 255]"
+    assert out.stdout.splitlines()[2] == "img2 [40, 140]"

@@ -279,3 +279,58 @@ def test_bad_python_uploads_are_refused_before_anything_changes(cluster, tmp_pat
     with pytest.raises(squall.UdlError):
         cluster.add_dfgs("[{]")
     assert cluster.list_udls() == before
+
+
+def test_call_returns_what_a_python_udl_emits(cluster, tmp_path):
+    """``Client.call``: the UDL's outputs come back to the caller (a vertex with no
+    destination is a function next to the data); a raising UDL fails the call with its
+    message; a key no vertex covers is refused; asyncio has it too."""
+    name = unique("call_")
+    path = write_module(
+        tmp_path,
+        name,
+        """
+        import numpy as np
+        import squall
+
+        class Stats(squall.UserDefinedLogic):
+            def handle(self, obj, ctx):
+                if obj.blob.size == 0:
+                    raise ValueError("nothing to sum")
+                ctx.emit("sum", str(int(obj.blob.sum(dtype=np.uint64))))
+                ctx.emit("doubled", (obj.blob.astype(np.uint16) * 2).astype(np.uint8))
+        """,
+    )
+    udl = cluster.upload_python_udl(path, "Stats")
+    src = unique("/cache/callin")
+    graph = dfg([dict(vertex(src, udl, "/unused"), destinations=[{}])])
+    cluster.add_dfgs(graph)
+    data = np.arange(1, 101, dtype=np.uint8)
+    outputs = cluster.call(f"{src}/a", data)
+    assert [o.key for o in outputs] == ["sum", "doubled"]
+    assert isinstance(outputs[0], squall.Output)
+    assert bytes(outputs[0].value) == b"5050"
+    doubled = np.frombuffer(outputs[1].value, dtype=np.uint8)
+    assert not doubled.flags.writeable
+    assert np.array_equal(doubled, (data.astype(np.uint16) * 2).astype(np.uint8))
+    # Nothing stored: not the input, and no destination.
+    assert cluster.get(f"{src}/a") is None
+
+    with pytest.raises(squall.UdlFailedError, match="nothing to sum"):
+        cluster.call(f"{src}/empty", b"")
+    with pytest.raises(squall.NotFoundError):
+        cluster.call(unique("/cache/nobody"), b"x")
+    with pytest.raises(squall.PoolError):
+        cluster.call(unique("/nopool/"), b"x")
+    with pytest.raises(TypeError):
+        cluster.call(f"{src}/a", 42)
+
+    async def from_asyncio():
+        async with squall.AsyncClient(cluster.addrs) as client:
+            return await client.call(f"{src}/b", b"\x01\x02")
+
+    import asyncio
+
+    outputs = asyncio.run(from_asyncio())
+    assert bytes(outputs[0].value) == b"3"
+    cluster.remove_dfg(graph[0]["id"])

@@ -8,6 +8,8 @@
 //! squall put KEY VALUE|@FILE [--if-version V | --if-absent]
 //! squall get KEY [--version V | --time T | --stable]
 //! squall rm KEY | ls PREFIX [--time T] | members | watch PREFIX
+//! squall call KEY VALUE|@FILE             run the UDLs a trigger_put of KEY triggers;
+//!                                         print what they emit
 //! squall pool create PATH --kind K [--shards N] [--affinity RE] [--override KEY=SHARD]
 //!                         [--gpu-cache DEVICE:CAPACITY]   e.g. --gpu-cache 0:8GiB
 //! squall pool ls | pool rm PATH
@@ -126,6 +128,9 @@ enum Cmd {
         #[arg(long)]
         stable: bool,
     },
+    /// Run the UDLs that a trigger_put of KEY triggers, on a node holding it, and print
+    /// what they emit (nothing is stored for the input; `@FILE` reads it from a file).
+    Call { key: String, value: String },
     /// Remove a key.
     Rm { key: String },
     /// List the keys under a prefix (now, or at a time).
@@ -388,6 +393,14 @@ fn parse_version(text: &str) -> Result<Version> {
     })?))
 }
 
+/// A `VALUE|@FILE` argument's bytes.
+fn value_arg(value: String) -> Result<Bytes> {
+    Ok(match value.strip_prefix('@') {
+        Some(path) => Bytes::from(std::fs::read(path).with_context(|| format!("reading {path}"))?),
+        None => Bytes::from(value.into_bytes()),
+    })
+}
+
 fn show(o: &WireObject) -> String {
     format!(
         "{} = {} ({} bytes, version {}, time {} µs)",
@@ -408,12 +421,7 @@ async fn client_command(cluster: &str, token: Option<String>, command: Cmd) -> R
             if_version,
             if_absent,
         } => {
-            let bytes = match value.strip_prefix('@') {
-                Some(path) => {
-                    Bytes::from(std::fs::read(path).with_context(|| format!("reading {path}"))?)
-                }
-                None => Bytes::from(value.into_bytes()),
-            };
+            let bytes = value_arg(value)?;
             let condition = match (if_version, if_absent) {
                 (Some(v), _) => Condition::KeyVersion(Some(parse_version(&v)?)),
                 (None, true) => Condition::KeyVersion(None),
@@ -437,6 +445,16 @@ async fn client_command(cluster: &str, token: Option<String>, command: Cmd) -> R
             match client.get_at(&key, at).await? {
                 Some(o) => println!("{}", show(&o)),
                 None => bail!("{key}: not found"),
+            }
+        }
+        Cmd::Call { key, value } => {
+            for o in client.call_udl(&key, value_arg(value)?).await? {
+                println!(
+                    "{} = {} ({} bytes)",
+                    o.key,
+                    String::from_utf8_lossy(&o.blob[..o.blob.len().min(200)]),
+                    o.blob.len()
+                );
             }
         }
         Cmd::Rm { key } => {
