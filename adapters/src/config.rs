@@ -88,6 +88,7 @@
 //! heartbeat_interval_ms = 20
 //! suspicion_timeout_ms = 1000
 //! restart_grace_ms = 2000
+//! read_lease_ms = 300
 //!
 //! [[auth.tokens]]
 //! token = "s3cret"
@@ -579,6 +580,12 @@ pub struct Timing {
     /// How long a restarting cluster waits for more nodes once it could go on without
     /// them, so a slow node is not left behind needlessly.
     pub restart_grace_ms: u64,
+    /// Read leases: a node serves linearizable gets locally, without asking its shard's
+    /// peers each time, for up to this long after a majority promised not to agree to a
+    /// view change without it (renewed in the background). 0 turns them off. A view
+    /// change the leaseholder cannot take part in (it crashed) waits up to this long.
+    /// Must be under `restart_grace_ms`.
+    pub read_lease_ms: u64,
 }
 
 impl Default for Timing {
@@ -587,6 +594,7 @@ impl Default for Timing {
             heartbeat_interval_ms: 20,
             suspicion_timeout_ms: 1000,
             restart_grace_ms: 2000,
+            read_lease_ms: 300,
         }
     }
 }
@@ -1354,6 +1362,16 @@ impl Config {
                 ),
             ));
         }
+        if t.read_lease_ms > 0 && t.read_lease_ms >= t.restart_grace_ms {
+            return Err(invalid(
+                "timing.read_lease_ms",
+                format!(
+                    "{} must be under restart_grace_ms = {}: a total restart must not \
+                     outrun a read lease granted before it (0 turns leases off)",
+                    t.read_lease_ms, t.restart_grace_ms
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -1998,11 +2016,11 @@ max_nodes = 2
         assert_eq!(config.contacts(), vec![0]);
         // Partial sections keep the other defaults.
         let text =
-            format!("{MINIMAL}\n[limits]\nclients_max = 8\n[timing]\nrestart_grace_ms = 5\n");
+            format!("{MINIMAL}\n[limits]\nclients_max = 8\n[timing]\nrestart_grace_ms = 500\n");
         let config = Config::from_toml_str(&text).expect("partial sections");
         assert_eq!(config.limits.clients_max, 8);
         assert_eq!(config.limits.watchers_max, 1024);
-        assert_eq!(config.timing.restart_grace_ms, 5);
+        assert_eq!(config.timing.restart_grace_ms, 500);
         assert_eq!(config.timing.heartbeat_interval_ms, 20);
         assert_eq!(
             config.limits.store_limits(),
@@ -2143,6 +2161,19 @@ max_nodes = 2
         );
         let (field, _) = invalid_field(Config::from_toml_str(&text));
         assert_eq!(field, "timing.suspicion_timeout_ms");
+        let text = doc_example().replacen("read_lease_ms = 300", "read_lease_ms = 2000", 1);
+        assert_eq!(
+            invalid_field(Config::from_toml_str(&text)).0,
+            "timing.read_lease_ms"
+        );
+        let text = doc_example().replacen("read_lease_ms = 300", "read_lease_ms = 0", 1);
+        assert_eq!(
+            Config::from_toml_str(&text)
+                .expect("leases off")
+                .timing
+                .read_lease_ms,
+            0
+        );
         let text = doc_example().replacen("restart_leader = 0", "restart_leader = 3", 1);
         assert_eq!(
             invalid_field(Config::from_toml_str(&text)).0,

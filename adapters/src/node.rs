@@ -155,6 +155,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     core.heartbeat_interval_ms = config.timing.heartbeat_interval_ms;
     core.suspicion_timeout_ms = config.timing.suspicion_timeout_ms;
     core.restart_grace_ms = config.timing.restart_grace_ms;
+    core.read_lease_ms = config.timing.read_lease_ms;
     core.join_retry_ms = 200;
     core.payload_size_max_bytes = config.limits.object_bytes_max + (64 << 10);
 

@@ -19,7 +19,7 @@ use crate::view::{ShardView, View};
 use crate::wire::{DataRun, Item, Wire};
 
 /// Bumped whenever the encoding changes; peers with another version are refused.
-pub const CODEC_VERSION: u16 = 3;
+pub const CODEC_VERSION: u16 = 4;
 
 const TAG_UPDATE: u8 = 1;
 const TAG_JOIN_REQUEST: u8 = 2;
@@ -217,10 +217,15 @@ fn encode_into(msg: &Wire, sink: &mut impl Sink) {
             sink.buf().put_u32_le(*view_id);
             sink.buf().put_u64_le(*round);
         }
-        Wire::ReadProbeAck { view_id, round } => {
+        Wire::ReadProbeAck {
+            view_id,
+            round,
+            lease,
+        } => {
             sink.buf().put_u8(TAG_READ_PROBE_ACK);
             sink.buf().put_u32_le(*view_id);
             sink.buf().put_u64_le(*round);
+            sink.buf().put_u8(u8::from(*lease));
         }
     }
 }
@@ -319,6 +324,7 @@ pub fn decode(frame: Bytes, limits: &DecodeLimits) -> Result<Wire, DecodeError> 
         TAG_READ_PROBE_ACK => Wire::ReadProbeAck {
             view_id: r.u32("view id")?,
             round: r.u64("probe round")?,
+            lease: r.flag("lease")?,
         },
         tag => {
             return Err(DecodeError::UnknownTag {
@@ -900,6 +906,12 @@ mod tests {
             Wire::ReadProbeAck {
                 view_id: 5,
                 round: u64::MAX,
+                lease: true,
+            },
+            Wire::ReadProbeAck {
+                view_id: 5,
+                round: 1,
+                lease: false,
             },
             Wire::RestartPrepare {
                 plan: Arc::new(RestartPlan {

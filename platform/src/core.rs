@@ -178,6 +178,28 @@ struct Reads {
     in_flight: bool,
     /// By rank, for the round in flight; my own rank counts.
     acks: Vec<bool>,
+    /// By rank, the acks of the round in flight that came with a lease promise.
+    lease_acks: Vec<bool>,
+    /// When the round in flight went out (my clock), and in which view: a lease it
+    /// earns runs from then.
+    round_sent_ms: u64,
+    round_view: ViewId,
+    /// Reads are served at once, without a round, until then (my clock) in
+    /// `lease_view`, while I am not wedged.
+    lease_until_ms: u64,
+    lease_view: Option<ViewId>,
+    /// A round to renew the lease is wanted even with no read waiting.
+    renew: bool,
+}
+
+/// A read lease I granted: `member` may serve local reads until `until_ms` (my clock),
+/// so until then I agree to no view change of `view_id` unless its row shows it wedged
+/// (it stopped serving from the lease).
+#[derive(Debug, Clone, Copy)]
+struct Promise {
+    member: MemberId,
+    view_id: ViewId,
+    until_ms: u64,
 }
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -309,6 +331,9 @@ pub struct Core {
     outbox: Vec<Vec<DataRun>>,
     outputs: Vec<Output>,
     reads: Reads,
+    /// Read leases I granted (see [`Core::request_read`]): until each expires, or its
+    /// member's row shows it wedged, I agree to no view change.
+    promises: Vec<Promise>,
     /// The restart plan being installed (its view's setup reads the shards' holds).
     restart: Option<Arc<RestartPlan>>,
     /// A proposal I agreed to (as leader or follower) whose agreement is being logged;
@@ -404,6 +429,7 @@ impl Core {
             outbox: Vec::new(),
             outputs: Vec::new(),
             reads: Reads::default(),
+            promises: Vec::new(),
             restart: None,
             ack_logging: None,
         })
@@ -593,10 +619,35 @@ impl Core {
     /// Reads asked while a round is in flight wait for the next one; one round serves
     /// them all. A new view answers every pending read (its state holds everything any
     /// member delivered in the old one).
-    pub fn request_read(&mut self, subgroup: u32) -> Result<u64, SendError> {
+    ///
+    /// With read leases (`CoreConfig::read_lease_ms`), a read needs no round while this
+    /// member holds a lease: a majority (counting it) answered a round with a promise,
+    /// each to agree to no view change until this member's row shows it wedged or the
+    /// lease time passed on its clock. Any view change needs the agreement of every
+    /// unsuspected member, a majority (partition safety), so of this member or of a
+    /// promiser: none can be decided before this member wedged, and it serves nothing
+    /// from the lease once wedged, nor past 9/10 of the lease time after the round went
+    /// out (its clock; promises run from their receipt). So the argument above holds
+    /// at every read served from the lease. `now_ms` is the caller's clock read now: a
+    /// stale one could serve a read after the lease ran out.
+    pub fn request_read(&mut self, subgroup: u32, now_ms: u64) -> Result<u64, SendError> {
+        self.observe_clock(now_ms);
         let barrier = self.received_barrier(subgroup)?;
         let ticket = self.reads.next_ticket;
         self.reads.next_ticket += 1;
+        if self.lease_valid() {
+            self.outputs.push(Output::ReadReady {
+                ticket,
+                view_id: self.current_view().id,
+                result: Ok(barrier),
+            });
+            let left_ms = self.reads.lease_until_ms - self.now_ms;
+            if left_ms < self.lease_reader_ms() / 2 {
+                self.reads.renew = true;
+                self.start_read_round();
+            }
+            return Ok(ticket);
+        }
         self.reads.waiting.push(PendingRead {
             ticket,
             subgroup,
@@ -639,16 +690,74 @@ impl Core {
         }))
     }
 
+    /// The clock as the caller read it now (the core's own moves only with ticks).
+    /// Drivers call it before handing a message over: a promise runs from its receipt.
+    pub fn observe_clock(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    fn leases_on(&self) -> bool {
+        self.cfg.read_lease_ms > 0 && self.cfg.partition_safety
+    }
+
+    /// How long a lease serves reads after its round went out: 9/10 of the promises'
+    /// time, for clock rates that differ by under 5%.
+    fn lease_reader_ms(&self) -> u64 {
+        self.cfg.read_lease_ms * 9 / 10
+    }
+
+    fn lease_valid(&self) -> bool {
+        self.leases_on()
+            && self.is_member()
+            && !self.leave_requested
+            && !self.my_row().wedged
+            && self.reads.lease_view == Some(self.current_view().id)
+            && self.now_ms < self.reads.lease_until_ms
+    }
+
+    /// Whether a lease I granted keeps me from agreeing to a view change now (its
+    /// member still serves from it, or may); forgets the ones that ran out.
+    fn promised_away(&mut self) -> bool {
+        if self.promises.is_empty() {
+            return false;
+        }
+        let now_ms = self.now_ms;
+        let view = Arc::clone(self.current_view());
+        self.promises
+            .retain(|p| p.until_ms > now_ms && p.view_id == view.id);
+        self.promises
+            .iter()
+            .any(|p| view.rank_of(p.member).is_some_and(|r| !self.rows[r].wedged))
+    }
+
+    /// Whether I have, or may soon have, a view change to agree to: a reason to propose
+    /// one, or a proposal of this view in some row (mine included).
+    fn agreement_wanted(&self) -> bool {
+        let view_id = self.current_view().id;
+        self.needs_change()
+            || self.ack_logging.is_some()
+            || self
+                .rows
+                .iter()
+                .any(|row| row.proposal.as_ref().is_some_and(|p| p.view_id == view_id))
+    }
+
     fn start_read_round(&mut self) {
-        if self.reads.in_flight || self.reads.waiting.is_empty() || !self.is_member() {
+        let wanted = !self.reads.waiting.is_empty() || self.reads.renew;
+        if self.reads.in_flight || !wanted || !self.is_member() {
             return;
         }
         let view = Arc::clone(self.current_view());
         self.reads.round += 1;
         self.reads.in_flight = true;
+        self.reads.renew = false;
+        self.reads.round_sent_ms = self.now_ms;
+        self.reads.round_view = view.id;
         self.reads.probing = std::mem::take(&mut self.reads.waiting);
         self.reads.acks = vec![false; view.members.len()];
         self.reads.acks[self.my_rank] = true;
+        self.reads.lease_acks = vec![false; view.members.len()];
+        self.reads.lease_acks[self.my_rank] = true;
         let round = self.reads.round;
         for (r, member) in view.members.iter().enumerate() {
             if r == self.my_rank || self.is_suspected(r) {
@@ -673,6 +782,15 @@ impl Core {
             return;
         }
         self.reads.in_flight = false;
+        let promised = self.reads.lease_acks.iter().filter(|a| **a).count();
+        if self.leases_on()
+            && promised * 2 > self.reads.lease_acks.len()
+            && self.reads.round_view == self.current_view().id
+            && !self.my_row().wedged
+        {
+            self.reads.lease_view = Some(self.reads.round_view);
+            self.reads.lease_until_ms = self.reads.round_sent_ms + self.lease_reader_ms();
+        }
         for read in std::mem::take(&mut self.reads.probing) {
             // Delivered meanwhile (those deliveries are output already): read at once.
             let delivered = self
@@ -1007,14 +1125,33 @@ impl Core {
                     && view_id == view.id
                     && !self.is_suspected(r)
                 {
+                    // A promise only while I have agreed to no view change.
+                    let lease = self.leases_on() && !self.my_row().wedged;
+                    if lease {
+                        let until_ms = self.now_ms + self.cfg.read_lease_ms;
+                        self.promises.retain(|p| p.member != from);
+                        self.promises.push(Promise {
+                            member: from,
+                            view_id,
+                            until_ms,
+                        });
+                    }
                     self.send_to(
                         from.node,
                         Some(from.incarnation),
-                        Wire::ReadProbeAck { view_id, round },
+                        Wire::ReadProbeAck {
+                            view_id,
+                            round,
+                            lease,
+                        },
                     );
                 }
             }
-            Wire::ReadProbeAck { view_id, round } => {
+            Wire::ReadProbeAck {
+                view_id,
+                round,
+                lease,
+            } => {
                 if let Some(r) = from_rank
                     && view_id == view.id
                     && self.reads.in_flight
@@ -1022,6 +1159,9 @@ impl Core {
                     && let Some(ack) = self.reads.acks.get_mut(r)
                 {
                     *ack = true;
+                    if lease && let Some(promised) = self.reads.lease_acks.get_mut(r) {
+                        *promised = true;
+                    }
                     self.finish_read_round();
                 }
             }
@@ -1492,6 +1632,17 @@ impl Core {
                 }
             }
         }
+        // With read leases, a wedged leader is about to propose and may be waiting for its
+        // leaseholders to wedge (see `membership`): wedging, I give my lease up.
+        let leader = self.believed_leader();
+        if self.leases_on()
+            && leader != self.my_rank
+            && self.rows[leader].wedged
+            && !self.my_row().wedged
+        {
+            self.my_row_mut().wedged = true;
+            changed = true;
+        }
         let failed = self.my_row().suspected.iter().filter(|s| **s).count();
         if failed > 0
             && self.committed.is_none()
@@ -1833,6 +1984,17 @@ impl Core {
     fn membership(&mut self) -> bool {
         if self.learn_commit() {
             return true;
+        }
+        // A decision made by others is learnt above; my own agreement waits for the
+        // members I promised a read lease (see `request_read`).
+        if self.promised_away() {
+            if self.agreement_wanted() && !self.my_row().wedged {
+                // Wedged, I promise nothing more, and the members I promised wedge on
+                // seeing a wedged leader (`merge_suspicions`): then I may agree.
+                self.my_row_mut().wedged = true;
+                return true;
+            }
+            return false;
         }
         let leader = self.believed_leader();
         if leader == self.my_rank {
@@ -2537,6 +2699,10 @@ impl Core {
         }
         self.outputs.push(Output::InstallView(Arc::clone(&view)));
         self.settle_reads(view.id, Ok(None));
+        // The view these promised in is over: by then each member wedged or its lease ran
+        // out (no view change was agreed before that).
+        self.promises.clear();
+        self.reads.lease_view = None;
         let mut aborted = Vec::new();
         for g in 0..subgroups {
             let Some(s) = view.shard_of(g, self.me) else {

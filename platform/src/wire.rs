@@ -76,8 +76,15 @@ pub enum Wire {
     /// serves local reads (read probes, round `round`): a majority that says yes after
     /// the reads began proves no view excluding it had been committed by then.
     ReadProbe { view_id: ViewId, round: u64 },
-    /// "Yes, as of now": the answer to a `ReadProbe` of the same view and round.
-    ReadProbeAck { view_id: ViewId, round: u64 },
+    /// "Yes, as of now": the answer to a `ReadProbe` of the same view and round. With
+    /// `lease`, also a promise: for `CoreConfig::read_lease_ms` from now (the answerer's
+    /// clock), the answerer agrees to no view change until the asker's row shows it
+    /// wedged (see `Core::request_read`). Only an answerer that is not wedged promises.
+    ReadProbeAck {
+        view_id: ViewId,
+        round: u64,
+        lease: bool,
+    },
 }
 
 impl Wire {

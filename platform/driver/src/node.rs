@@ -499,7 +499,8 @@ impl Driver {
                         }
                     }
                     Command::ReadBarrier { subgroup, token } => {
-                        match self.core.request_read(subgroup) {
+                        let now_ms = self.clock.elapsed().as_millis() as u64;
+                        match self.core.request_read(subgroup, now_ms) {
                             Ok(ticket) => {
                                 self.reads_asked.insert(ticket, (subgroup, token));
                             }
@@ -549,6 +550,9 @@ impl Driver {
                 if cfg.report_arrivals {
                     self.report_arrivals(from, &msg).await;
                 }
+                // A read-lease promise runs from its receipt: the core sees the clock now.
+                self.core
+                    .observe_clock(self.clock.elapsed().as_millis() as u64);
                 self.core.handle_message(from, msg);
             }
             Inbound::Broken { peer, reason } => {

@@ -135,6 +135,13 @@ impl Scenario {
         core.suspicion_timeout_ms = 100;
         core.join_retry_ms = 50;
         core.restart_grace_ms = 300;
+        // Read leases on odd seeds (from the seed, not the generator: the other draws
+        // stay what they were), for 20-289 ms: under the suspicion timeout (100 ms) on
+        // some seeds, over it on most (a member can then be suspected while its lease
+        // runs), always under the restart grace.
+        if seed % 2 == 1 && std::env::var("NOLEASE").is_err() {
+            core.read_lease_ms = 20 + (seed / 2) % 270;
+        }
         core.pending_sends_max = 256;
         core.batch_messages_max = rng.random_range(1..=32);
         if rng.random_bool(0.05) {
@@ -638,7 +645,9 @@ impl Simulation {
                         });
                     }
                 }
+                let now_ms = self.now_us / 1000;
                 if let Some(core) = self.core_mut(to) {
+                    core.observe_clock(now_ms);
                     core.handle_message(from, msg);
                 }
                 self.pump(to);
@@ -1630,7 +1639,7 @@ impl Simulation {
         let Some(core) = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) else {
             return;
         };
-        let ticket = match core.request_read(subgroup) {
+        let ticket = match core.request_read(subgroup, self.now_us / 1000) {
             Ok(ticket) => ticket,
             Err(e) => panic!(
                 "seed {}: {me} is in subgroup {subgroup} shard {shard} of its view {view_id}, \
