@@ -28,6 +28,9 @@ pub struct NodeMetrics {
     /// the group protocol), per subgroup.
     pub multicast_seconds: HistogramVec,
     pub client_requests: IntCounterVec,
+    /// Linearizable local reads by how they were cleared: `lease` (at once, under a read
+    /// lease) or `probe` (after a probe round among the replicas).
+    pub reads: IntCounterVec,
     pub client_connections: IntGauge,
     pub resident_bytes: IntGauge,
 }
@@ -142,6 +145,16 @@ impl NodeMetrics {
                 IntCounterVec::new(
                     Opts::new("squall_client_requests_total", "Client requests served"),
                     &["op"],
+                )?,
+            )?,
+            reads: metric(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "squall_linearizable_reads_total",
+                        "Linearizable local reads served, by how they were cleared",
+                    ),
+                    &["cleared_by"],
                 )?,
             )?,
             client_connections: metric(

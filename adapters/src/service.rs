@@ -656,7 +656,17 @@ impl Service {
                 }
             }
             AppEvent::Installed(view) => self.on_view(view).await,
-            AppEvent::ReadReady { token, result } => {
+            AppEvent::ReadReady {
+                token,
+                result,
+                leased,
+            } => {
+                if result.is_ok()
+                    && let Some(m) = &self.metrics
+                {
+                    let cleared_by = if leased { "lease" } else { "probe" };
+                    m.reads.with_label_values(&[cleared_by]).inc();
+                }
                 if let Some((request, reply)) = self.reads.remove(&token) {
                     if let (
                         Ok(()),

@@ -10,12 +10,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Cluster, SQUALL, printer};
+use common::{Cluster, SQUALL, http, printer};
 use serde_json::Value;
 use squall_adapters::client::Client;
 use squall_adapters::config::{PoolEntry, SubgroupKind};
@@ -28,54 +26,6 @@ const NODES: u32 = 3;
 /// The cache capacity of the pool created through the client: small enough for a
 /// refused insert.
 const CLIENT_POOL_CAPACITY_BYTES: u64 = 64 << 10;
-
-/// One HTTP/1.1 request on a fresh connection; the status and the body.
-fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    let mut stream = TcpStream::connect(addr).expect("connect to the HTTP port");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).expect("write");
-    stream.write_all(body).expect("write body");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read");
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a complete response");
-    let headers = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
-    let status = headers
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    let mut body = raw[split + 4..].to_vec();
-    if headers.contains("transfer-encoding: chunked") {
-        body = dechunk(&body);
-    }
-    (status, body)
-}
-
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
-        let len = std::str::from_utf8(&raw[..eol])
-            .ok()
-            .and_then(|hex| usize::from_str_radix(hex.trim(), 16).ok())
-            .unwrap_or(0);
-        if len == 0 || raw.len() < eol + 2 + len {
-            break;
-        }
-        out.extend_from_slice(&raw[eol + 2..eol + 2 + len]);
-        raw = &raw[(eol + 4 + len).min(raw.len())..];
-    }
-    out
-}
 
 fn json(body: &[u8]) -> Value {
     serde_json::from_slice(body)

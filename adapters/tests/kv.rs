@@ -19,7 +19,7 @@ use squall_lincheck as lin;
 use squall_platform::Version;
 
 mod common;
-use common::{Cluster, SQUALL};
+use common::{Cluster, SQUALL, http};
 
 fn code(e: &ClientError) -> Option<ErrorCode> {
     e.code()
@@ -829,4 +829,54 @@ fn the_linearizability_checker_rejects_a_stale_read() {
         lin::Output::Value(None),
     );
     assert!(lin::check(&h).is_err());
+}
+
+/// The nodes' count of linearizable reads cleared `by` ("lease" or "probe"), summed.
+fn reads_cleared_by(cluster: &Cluster, by: &str) -> u64 {
+    let series = format!("squall_linearizable_reads_total{{cleared_by=\"{by}\"}} ");
+    (0..3)
+        .map(|n| {
+            let (status, body) = http(cluster.http_addr(n), "GET", "/metrics", b"");
+            assert_eq!(status, 200);
+            String::from_utf8_lossy(&body)
+                .lines()
+                .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// With read leases (the default), gets on a settled cluster are served under a lease,
+/// without a probe round, and read what was written; with `read_lease_ms = 0` every
+/// get waits for a probe round. Both through real node processes and their `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gets_are_served_under_read_leases_unless_turned_off() {
+    for lease_ms in [300, 0] {
+        let mut cluster = Cluster::new(3, &[]);
+        cluster.with_http();
+        for cfg in &mut cluster.configs {
+            cfg.timing.read_lease_ms = lease_ms;
+        }
+        cluster.start_all();
+        let c = cluster.client(None, 3).await;
+        for i in 0..200u32 {
+            let value = Bytes::from(i.to_le_bytes().to_vec());
+            c.put("/cache/leased", value.clone()).await.expect("put");
+            let got = c.get("/cache/leased").await.expect("get").expect("present");
+            assert_eq!(got.blob, value, "get {i} reads the put before it");
+        }
+        let (leased, probed) = (
+            reads_cleared_by(&cluster, "lease"),
+            reads_cleared_by(&cluster, "probe"),
+        );
+        if lease_ms > 0 {
+            assert!(
+                leased > probed,
+                "{leased} gets under a lease, {probed} after a probe round"
+            );
+        } else {
+            assert_eq!(leased, 0, "no lease when turned off");
+            assert!(probed >= 200, "{probed} probe rounds for 200 gets");
+        }
+    }
 }

@@ -151,6 +151,8 @@ pub enum Output {
         /// The view the answer is relative to: the read is served in it (or later).
         view_id: ViewId,
         result: Result<Option<Version>, SendError>,
+        /// Served under a read lease, without a probe round.
+        leased: bool,
     },
     Stopped(StopReason),
 }
@@ -640,6 +642,7 @@ impl Core {
                 ticket,
                 view_id: self.current_view().id,
                 result: Ok(barrier),
+                leased: true,
             });
             let left_ms = self.reads.lease_until_ms - self.now_ms;
             if left_ms < self.lease_reader_ms() / 2 {
@@ -803,6 +806,7 @@ impl Core {
                 ticket: read.ticket,
                 view_id: self.current_view().id,
                 result: Ok(barrier),
+                leased: false,
             });
         }
         self.start_read_round();
@@ -820,6 +824,7 @@ impl Core {
                 ticket: read.ticket,
                 view_id,
                 result: result.clone(),
+                leased: false,
             });
         }
     }

@@ -117,6 +117,8 @@ pub enum AppEvent {
     ReadReady {
         token: u64,
         result: Result<(), SendError>,
+        /// Served under a read lease (no probe round among the replicas).
+        leased: bool,
     },
     /// Answer with [`NodeHandle::supply_state`]: the shard's state as of now.
     StateRequested {
@@ -408,6 +410,7 @@ struct ReadWait {
     subgroup: u32,
     after: Version,
     token: u64,
+    leased: bool,
 }
 
 struct PendingTail {
@@ -505,8 +508,12 @@ impl Driver {
                                 self.reads_asked.insert(ticket, (subgroup, token));
                             }
                             Err(e) => {
-                                self.emit(AppEvent::ReadReady { token, result: Err(e) })
-                                    .await;
+                                self.emit(AppEvent::ReadReady {
+                                    token,
+                                    result: Err(e),
+                                    leased: false,
+                                })
+                                .await;
                             }
                         }
                     }
@@ -539,6 +546,7 @@ impl Driver {
             self.emit(AppEvent::ReadReady {
                 token: wait.token,
                 result: Ok(()),
+                leased: wait.leased,
             })
             .await;
         }
@@ -780,7 +788,12 @@ impl Driver {
                 self.emit(AppEvent::GlobalPersisted { subgroup, version })
                     .await;
             }
-            Output::ReadReady { ticket, result, .. } => {
+            Output::ReadReady {
+                ticket,
+                result,
+                leased,
+                ..
+            } => {
                 // Asked by this driver; the core answers each ticket once.
                 let (subgroup, token) = self.reads_asked.remove(&ticket)?;
                 match result {
@@ -788,11 +801,13 @@ impl Driver {
                         subgroup,
                         after,
                         token,
+                        leased,
                     }),
                     Ok(None) => {
                         self.emit(AppEvent::ReadReady {
                             token,
                             result: Ok(()),
+                            leased,
                         })
                         .await;
                     }
@@ -800,6 +815,7 @@ impl Driver {
                         self.emit(AppEvent::ReadReady {
                             token,
                             result: Err(e),
+                            leased,
                         })
                         .await;
                     }

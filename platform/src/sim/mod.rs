@@ -1486,6 +1486,7 @@ impl Simulation {
                 ticket,
                 view_id,
                 result,
+                ..
             } => {
                 let Some((subgroup, shard)) = self.reads.remove(&(me, ticket)) else {
                     panic!(
