@@ -4,7 +4,6 @@
 //! killed and restarted.
 
 use std::io::{Read, Write};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,7 +18,7 @@ use squall_lincheck as lin;
 use squall_platform::Version;
 
 mod common;
-use common::{Cluster, SQUALL, http};
+use common::{Cluster, http};
 
 fn code(e: &ClientError) -> Option<ErrorCode> {
     e.code()
@@ -236,18 +235,7 @@ async fn every_operation_and_its_errors_on_a_real_cluster() {
     assert_eq!(code(&stale), Some(ErrorCode::Conflict));
 
     // The command line: output on success, one line and status 1 on error.
-    let cli = |args: &[&str]| {
-        let out = Command::new(SQUALL)
-            .args(["--cluster", &cluster.addrs()[1]])
-            .args(args)
-            .output()
-            .expect("squall runs");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let cli = |args: &[&str]| cluster.cli(1, args);
     let (status, stdout, _) = cli(&["put", "/demo/cli", "from the cli"]);
     assert_eq!(status, Some(0), "{stdout}");
     let (status, stdout, _) = cli(&["get", "/demo/cli"]);

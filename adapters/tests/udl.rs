@@ -26,6 +26,18 @@ fn udl_cluster(tokens: &[(&str, Role)]) -> Cluster {
     cluster
 }
 
+/// A started [`udl_cluster`] without tokens, with the printer plugin uploaded, and a
+/// client of it.
+async fn printer_cluster() -> (Cluster, Client) {
+    let plugin = std::fs::read(printer()).expect("the plugin library");
+    let cluster = udl_cluster(&[]);
+    let c = cluster.client(None, 3).await;
+    c.upload_udl("printer", Bytes::from(plugin))
+        .await
+        .expect("upload");
+    (cluster, c)
+}
+
 /// Waits for `key` to hold a value, up to `within`.
 async fn eventually(c: &Client, key: &str, within: Duration) -> Option<Bytes> {
     let deadline = Instant::now() + within;
@@ -160,12 +172,7 @@ async fn uploaded_plugins_run_on_arrival_and_stop_with_their_dfg() {
 /// A call that fails (a key in no pool) fails the invocation: no output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_udl_gets_and_puts_through_its_context() {
-    let plugin = std::fs::read(printer()).expect("the plugin library");
-    let cluster = udl_cluster(&[]);
-    let c = cluster.client(None, 3).await;
-    c.upload_udl("printer", Bytes::from(plugin))
-        .await
-        .expect("upload");
+    let (cluster, c) = printer_cluster().await;
     let dfg_id = "2a9c7b1e-1111-4a2b-9c3d-0000000000c1";
     c.add_dfgs(dfg_with(
         dfg_id,
@@ -229,12 +236,7 @@ async fn a_udl_gets_and_puts_through_its_context() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_input_is_lost_when_the_replica_running_it_is_killed() {
-    let plugin = std::fs::read(printer()).expect("the plugin library");
-    let mut cluster = udl_cluster(&[]);
-    let c = cluster.client(None, 3).await;
-    c.upload_udl("printer", Bytes::from(plugin))
-        .await
-        .expect("upload");
+    let (mut cluster, c) = printer_cluster().await;
     // Each invocation takes 20 ms: the node killed has work in flight.
     c.add_dfgs(dfg_with(
         "2a9c7b1e-1111-4a2b-9c3d-000000000002",
@@ -323,12 +325,7 @@ async fn no_input_is_lost_when_the_replica_running_it_is_killed() {
 /// vertex covers is refused; the node goes on serving calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_answers_with_what_its_udls_emit() {
-    let plugin = std::fs::read(printer()).expect("the plugin library");
-    let cluster = udl_cluster(&[]);
-    let c = cluster.client(None, 3).await;
-    c.upload_udl("printer", Bytes::from(plugin))
-        .await
-        .expect("upload");
+    let (cluster, c) = printer_cluster().await;
     c.add_dfgs(dfg_with(
         "2a9c7b1e-1111-4a2b-9c3d-0000000000ca",
         PRINTER_UUID,
@@ -382,18 +379,7 @@ async fn a_call_answers_with_what_its_udls_emit() {
     assert_eq!(outputs[0].blob, &b"still here"[..]);
 
     // The CLI prints the outputs, and one clear line with a failure status on an error.
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(common::SQUALL)
-            .args(["--cluster", &cluster.addrs()[2]])
-            .args(args)
-            .output()
-            .expect("squall runs");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let cli = |args: &[&str]| cluster.cli(2, args);
     let (status, stdout, stderr) = cli(&["call", "/cache/in/cli", "from the cli"]);
     assert_eq!(status, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("from the cli (12 bytes)"), "{stdout}");
@@ -404,12 +390,7 @@ async fn a_call_answers_with_what_its_udls_emit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_or_failing_udl_is_counted_and_the_node_goes_on() {
-    let plugin = std::fs::read(printer()).expect("the plugin library");
-    let cluster = udl_cluster(&[]);
-    let c = cluster.client(None, 3).await;
-    c.upload_udl("printer", Bytes::from(plugin))
-        .await
-        .expect("upload");
+    let (cluster, c) = printer_cluster().await;
     // `all`: every replica runs it, so every node meets the panic.
     let text = String::from_utf8(
         dfg_with(

@@ -171,6 +171,30 @@ async fn browser_wan(http: std::net::SocketAddr, state: &str, waiting: &str, sho
 
 /// Every version of `key` in the cloud, oldest first (following each version's link to
 /// the key's previous one).
+/// Waits up to 60 s until `key`'s history is `expected`; on the way it must always be a
+/// prefix of it (nothing out of order or repeated). `logs` explains a timeout.
+async fn await_history(c: &Client, key: &str, expected: &[String], logs: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = history(c, key).await;
+        if got == expected {
+            return;
+        }
+        assert!(
+            expected.starts_with(&got),
+            "{key} holds {got:?}, expected a prefix of {expected:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{key}: {} of {} results{}",
+            got.len(),
+            expected.len(),
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn history(c: &Client, key: &str) -> Vec<String> {
     let mut values = Vec::new();
     let mut next = c.get(key).await.ok().flatten();
@@ -416,25 +440,7 @@ async fn a_wan_cut_and_an_edge_crash_lose_nothing_and_apply_everything_once_in_o
         results.insert(key, values.len());
         // The cloud's own stage ran on each of them, once, in order.
         let key = format!("/results/s{k}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let staged = history(&cloud_client, &key).await;
-            if staged == expected {
-                break;
-            }
-            assert!(
-                expected.starts_with(&staged),
-                "{key}: the cloud stage's outputs are not a prefix of the inputs"
-            );
-            assert!(
-                Instant::now() < deadline,
-                "{key}: {} of {} outputs of the cloud stage{}",
-                staged.len(),
-                expected.len(),
-                cloud.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        await_history(&cloud_client, &key, &expected, || cloud.logs()).await;
     }
     let mut sorted = latencies.clone();
     sorted.sort_by(f64::total_cmp);
@@ -537,24 +543,6 @@ async fn a_full_outbox_refuses_new_inputs_with_a_clear_error_when_configured_to(
     seq += 1;
     let _ = seq;
     let expected: Vec<String> = accepted.iter().map(u64::to_string).collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = history(&cloud_client, "/ingest/s0").await;
-        if got == expected {
-            break;
-        }
-        assert!(
-            got.len() <= expected.len() && expected.starts_with(&got),
-            "the cloud holds {got:?}, expected a prefix of {expected:?}"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the cloud holds {} of {} results{}",
-            got.len(),
-            expected.len(),
-            edge.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    await_history(&cloud_client, "/ingest/s0", &expected, || edge.logs()).await;
     wan.shutdown().await;
 }

@@ -76,21 +76,7 @@ def log(msg: str) -> None:
 
 
 def row_json(row: bp.Row, extra: Dict[str, object]) -> dict:
-    d = {
-        "bench": "gpu",
-        "kind": "case",
-        "system": row.system,
-        "case": CASE,
-        "what": row.what,
-        "size": row.size,
-        "p50_us": round(row.p(50) / 1e3, 1),
-        "p99_us": round(row.p(99) / 1e3, 1),
-        "ops_per_s": round(row.ops_per_s, 1),
-        "bytes_per_s": round(row.ops_per_s * row.size, 1),
-        "count": row.count,
-        "load1": round(row.load1, 2),
-    }
-    d.update({k: round(v, 1) for k, v in row.extra.items()})
+    d = row.json(bench="gpu", case=CASE)
     d.update(extra)
     return d
 

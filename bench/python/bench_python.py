@@ -127,12 +127,13 @@ class Row:
     def ops_per_s(self) -> float:
         return self.count / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
-    def json(self) -> dict:
+    def json(self, bench: str = "python", case: Optional[str] = None) -> dict:
+        """The row in DESIGN.md's JSON form; ``case`` defaults to the case and size."""
         d = {
-            "bench": "python",
+            "bench": bench,
             "kind": "case",
             "system": self.system,
-            "case": f"{self.case} {format_size(self.size)}",
+            "case": case if case is not None else f"{self.case} {format_size(self.size)}",
             "what": self.what,
             "size": self.size,
             "p50_us": round(self.p(50) / 1e3, 1),

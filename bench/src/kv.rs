@@ -267,6 +267,29 @@ fn value(size: usize) -> Bytes {
 
 // ----- squall -------------------------------------------------------------------------
 
+/// Starts one `kv-node` process per config (configs and logs in `dir`).
+pub(crate) fn start_nodes(dir: &Path, configs: &[Config]) -> Result<Procs> {
+    std::fs::create_dir_all(dir)?;
+    let exe = std::env::current_exe()?;
+    let mut procs = Procs(Vec::new());
+    for cfg in configs {
+        cfg.validate()
+            .with_context(|| format!("node {} of {}", cfg.node.id, dir.display()))?;
+        let path = dir.join(format!("n{}.toml", cfg.node.id));
+        std::fs::write(&path, cfg.to_toml_string())?;
+        let log = std::fs::File::create(dir.join(format!("n{}.log", cfg.node.id)))?;
+        procs.0.push(
+            Command::new(&exe)
+                .args(["kv-node", "--config"])
+                .arg(&path)
+                .stdout(Stdio::from(log.try_clone()?))
+                .stderr(Stdio::from(log))
+                .spawn()?,
+        );
+    }
+    Ok(procs)
+}
+
 /// Starts a 3-node Squall cluster (this binary's hidden `kv-node`) with objects up to
 /// 16 MiB; returns its processes and client addresses once every node sees all members.
 pub(crate) async fn start_squall(dir: &Path) -> Result<(Procs, Vec<String>)> {
@@ -283,23 +306,8 @@ pub(crate) async fn start_squall(dir: &Path) -> Result<(Procs, Vec<String>)> {
         cfg.node.client_addr = addrs[cfg.node.id as usize].1;
         cfg.limits.object_bytes_max = 16 << 20;
         cfg.limits.frame_bytes_max = (16 << 20) + 8192;
-        cfg.validate()?;
     }
-    let exe = std::env::current_exe()?;
-    let mut procs = Procs(Vec::new());
-    for cfg in &configs {
-        let path = dir.join(format!("n{}.toml", cfg.node.id));
-        std::fs::write(&path, cfg.to_toml_string())?;
-        let log = std::fs::File::create(dir.join(format!("n{}.log", cfg.node.id)))?;
-        procs.0.push(
-            Command::new(&exe)
-                .args(["kv-node", "--config"])
-                .arg(&path)
-                .stdout(Stdio::from(log.try_clone()?))
-                .stderr(Stdio::from(log))
-                .spawn()?,
-        );
-    }
+    let procs = start_nodes(dir, &configs)?;
     let client_addrs: Vec<String> = configs
         .iter()
         .map(|c| c.node.client_addr.to_string())

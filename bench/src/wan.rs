@@ -41,7 +41,6 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -56,7 +55,7 @@ use squall_kvs::{PoolSpec, StoreKind};
 use squall_wanlink::{LinkSettings, LinkSpec, WanLink, WanLinkHandle};
 
 use crate::WanArgs;
-use crate::kv::{Procs, free_addr};
+use crate::kv::{Procs, free_addr, start_nodes};
 use crate::size::format_size;
 use crate::stats::{now_us, stamp_of, stamped_payload};
 
@@ -164,29 +163,6 @@ fn cluster_configs(dir: &Path, ports: &mut Ports, http: bool) -> Result<Vec<Conf
         }
     }
     Ok(configs)
-}
-
-/// Starts one `kv-node` process per config (configs and logs in `dir`).
-fn start_nodes(dir: &Path, configs: &[Config]) -> Result<Procs> {
-    std::fs::create_dir_all(dir)?;
-    let exe = std::env::current_exe()?;
-    let mut procs = Procs(Vec::new());
-    for cfg in configs {
-        cfg.validate()
-            .with_context(|| format!("node {} of {}", cfg.node.id, dir.display()))?;
-        let path = dir.join(format!("n{}.toml", cfg.node.id));
-        std::fs::write(&path, cfg.to_toml_string())?;
-        let log = std::fs::File::create(dir.join(format!("n{}.log", cfg.node.id)))?;
-        procs.0.push(
-            Command::new(&exe)
-                .args(["kv-node", "--config"])
-                .arg(&path)
-                .stdout(Stdio::from(log.try_clone()?))
-                .stderr(Stdio::from(log))
-                .spawn()?,
-        );
-    }
-    Ok(procs)
 }
 
 fn client_addrs(configs: &[Config]) -> Vec<String> {

@@ -80,6 +80,21 @@ impl Cluster {
         }
     }
 
+    /// Runs the `squall` CLI against node `node` with `args`: its exit status, stdout
+    /// and stderr.
+    pub fn cli(&self, node: usize, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = Command::new(SQUALL)
+            .args(["--cluster", &self.addrs()[node]])
+            .args(args)
+            .output()
+            .expect("squall runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+
     /// The HTTP address of `node` (after [`Cluster::with_http`]).
     pub fn http_addr(&self, node: u32) -> SocketAddr {
         self.configs[node as usize]
@@ -218,14 +233,28 @@ pub fn printer() -> PathBuf {
     example_plugin("printer")
 }
 
-/// One HTTP/1.1 request on a fresh connection; the status and the body.
-pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+/// An HTTP response: the status, the header lines as sent, the body (de-chunked).
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: String,
+    pub body: Vec<u8>,
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`), with
+/// `extra_headers` (each line ending in `\r\n`).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra_headers: &str,
+    body: &[u8],
+) -> HttpReply {
     let mut stream = TcpStream::connect(addr).expect("connect to the HTTP port");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra_headers}\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
@@ -237,17 +266,36 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Ve
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .expect("a complete response");
-    let headers = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let headers = String::from_utf8_lossy(&raw[..split]).to_string();
     let status = headers
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("a status line");
     let mut body = raw[split + 4..].to_vec();
-    if headers.contains("transfer-encoding: chunked") {
+    if headers
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body);
     }
-    (status, body)
+    HttpReply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A JSON request ([`http_request`]); the status and the body.
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let reply = http_request(
+        addr,
+        method,
+        path,
+        "Content-Type: application/json\r\n",
+        body,
+    );
+    (reply.status, reply.body)
 }
 
 fn dechunk(mut raw: &[u8]) -> Vec<u8> {
