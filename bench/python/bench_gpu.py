@@ -275,7 +275,7 @@ def bench_ray(args, rows: List[dict], stack: contextlib.ExitStack) -> None:
                 torch.cuda.synchronize()
                 copy_ns = time.perf_counter_ns() - t0
             with torch.inference_mode():
-                probs = torch.softmax(self.inner._model_on(self.device)(pixels).double(), dim=1)[0]
+                probs = torch.softmax(self.inner._model_on(self.device)(pixels.view(1, *c.IMAGE_SHAPE)).double(), dim=1)[0]
                 best = int(torch.argmax(probs))
                 return best, float(probs[best]), copy_ns
 

@@ -265,8 +265,46 @@ fn end_loan(py: Python<'_>, lease: &Lease, result: PyResult<()>) -> PyResult<()>
     )))
 }
 
+thread_local! {
+    /// Whether this thread already holds its lifelong Python thread state.
+    static THREAD_STATE_KEPT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Gives the calling node thread one Python thread state for the rest of its life.
+///
+/// Without it each `Python::attach` on a thread Python did not create makes a new thread
+/// state and deletes it on return, so every invocation ran under a different one.
+/// Extensions keep thread-local state keyed to the thread state they first saw: torch's
+/// second `torch.from_dlpack` on a worker, a call later, blocked for ever in
+/// `gil_scoped_acquire` waiting for a GIL its own thread held (seen on an H100). The
+/// state is taken once (`PyGILState_Ensure`, count 1) and the GIL let go at once
+/// (`PyEval_SaveThread`); every later `PyGILState_Ensure` on the thread finds it. Node
+/// threads live as long as the node, and the interpreter is never finalised, so it is
+/// never released.
+fn keep_thread_state() {
+    THREAD_STATE_KEPT.with(|kept| {
+        if kept.get() {
+            return;
+        }
+        kept.set(true);
+        // SAFETY: the interpreter is initialised (this library is loaded by it). Ensure
+        // says whether the thread already held the GIL: if it did (a thread running
+        // Python), its state is Python's own and the count goes back; if not, the thread
+        // keeps the count of 1 and lets the GIL go.
+        unsafe {
+            let state = pyo3::ffi::PyGILState_Ensure();
+            if state == pyo3::ffi::PyGILState_STATE::PyGILState_UNLOCKED {
+                let _ = pyo3::ffi::PyEval_SaveThread();
+            } else {
+                pyo3::ffi::PyGILState_Release(state);
+            }
+        }
+    });
+}
+
 impl Udl for PythonUdl {
     fn handle(&self, input: &Input<'_>, ctx: &mut dyn Context) -> Result<(), UdlError> {
+        keep_thread_state();
         Python::attach(|py| {
             self.call(py, input, ctx).map_err(|e| {
                 let trace = e

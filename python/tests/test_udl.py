@@ -334,3 +334,44 @@ def test_call_returns_what_a_python_udl_emits(cluster, tmp_path):
     outputs = asyncio.run(from_asyncio())
     assert bytes(outputs[0].value) == b"3"
     cluster.remove_dfg(graph[0]["id"])
+
+
+def test_a_worker_thread_keeps_its_python_thread_state_across_invocations(cluster, tmp_path):
+    """Each node thread that runs Python UDLs keeps one Python thread state for its whole
+    life, so per-thread state survives from one invocation to the next, as it would on a
+    Python thread: ``threading.local`` here, and the thread-local state extensions keep
+    (torch's second ``from_dlpack`` on a worker blocked for ever when each invocation ran
+    under a fresh thread state)."""
+    name = unique("tls_")
+    path = write_module(
+        tmp_path,
+        name,
+        """
+        import os
+        import threading
+        import squall
+
+        PER_THREAD = threading.local()
+
+        class Count(squall.UserDefinedLogic):
+            def handle(self, obj, ctx):
+                PER_THREAD.calls = getattr(PER_THREAD, "calls", 0) + 1
+                ctx.emit("seen", f"{os.getpid()}:{threading.get_ident()}:{PER_THREAD.calls}")
+        """,
+    )
+    udl = cluster.upload_python_udl(path, "Count")
+    src = unique("/cache/tlsin")
+    # Single-threaded: one worker thread per vertex and node runs every invocation there.
+    graph = dfg([dict(vertex(src, udl, "/unused"), destinations=[{}],
+                      user_defined_logic_stateful_list=["singlethreaded"])])
+    cluster.add_dfgs(graph)
+    calls_by_thread = {}
+    for i in range(12):
+        (out,) = cluster.call(f"{src}/k{i}", b"x")
+        pid, thread, calls = bytes(out.value).decode().split(":")
+        calls_by_thread.setdefault((pid, thread), []).append(int(calls))
+    cluster.remove_dfg(graph[0]["id"])
+    assert any(len(seen) > 1 for seen in calls_by_thread.values()), calls_by_thread
+    for seen in calls_by_thread.values():
+        # Counted on, call after call: the thread's threading.local was never reset.
+        assert seen == list(range(seen[0], seen[0] + len(seen))), calls_by_thread
