@@ -12,6 +12,11 @@
 //! - **UDL views**: [`NodeGpu::view`] pins the cached copy of (key, version) for an
 //!   invocation; [`dlpack_view`] turns it into the SDK's DLPack-style
 //!   [`squall_udl::DeviceView`].
+//! - **Outputs on the device**: a UDL's output in GPU memory
+//!   ([`NodeGpu::take_output`]) is read to host once for the store and copied device to
+//!   device into the cache of each destination pool GPU-cached on that GPU here; when its
+//!   put is applied here, [`NodeGpu::on_put`] caches that copy instead of uploading the
+//!   bytes again.
 //!
 //! Boundary: the cache is an accelerator, never the store. A refused insert (`TooLarge`,
 //! `NoRoom`, `StaleVersion`) or a cache that cannot open (a device the machine lacks)
@@ -19,17 +24,25 @@
 //! debug level, and the host copy serves. Reads (`get`) are always answered from the
 //! store's host copy.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prometheus::{IntCounterVec, Opts, Registry};
 use squall_gpu::{
-    ByteSize, DeviceCache, GpuAvailability, GpuCacheSpec, GpuError, GpuMetrics, Location,
-    PinnedView,
+    Block, ByteSize, DeviceCache, GpuAvailability, GpuCacheSpec, GpuError, GpuMetrics, Location,
+    PinnedView, Tier,
 };
 use squall_kvs::{GpuCache, PoolSpec, PoolTable};
 use tracing::{debug, info, warn};
+
+/// The most UDL outputs held as device copies waiting for their put to be applied here
+/// ([`NodeGpu::take_output`]); beyond it the oldest is dropped (its put then uploads).
+const STAGED_OUTPUTS_MAX: usize = 256;
+/// How long such a copy waits: an output whose put is applied on other nodes only (this
+/// node holds no replica of its shard) is never claimed here.
+const STAGED_OUTPUT_TTL: Duration = Duration::from_secs(10);
 
 /// Why an insert was refused, as the `reason` label of `squall_gpu_cache_refused_total`.
 const REFUSAL_REASONS: [&str; 4] = ["too_large", "no_room", "stale_version", "error"];
@@ -48,6 +61,21 @@ struct Shared {
     refused: IntCounterVec,
     /// By pool path.
     caches: Mutex<BTreeMap<String, PoolCache>>,
+    /// UDL outputs copied into a destination's cache, oldest first.
+    staged: Mutex<VecDeque<StagedOutput>>,
+    /// Device tiers for reading outputs on GPUs no cache here is on, by ordinal.
+    readers: Mutex<BTreeMap<u32, Arc<dyn Tier>>>,
+}
+
+/// A UDL's output already copied into `pool`'s cache tier, waiting for its put.
+#[derive(Debug)]
+struct StagedOutput {
+    pool: String,
+    key: String,
+    /// What the put will carry (compared before the copy is used).
+    host: Bytes,
+    block: Block,
+    made: Instant,
 }
 
 #[derive(Debug)]
@@ -92,6 +120,10 @@ pub struct GpuCacheStatus {
     pub host_to_device_bytes: u64,
     pub host_to_device_transfers: u64,
     pub device_to_host_bytes: u64,
+    pub device_to_host_transfers: u64,
+    /// UDL outputs copied from GPU memory into this cache (no host round trip).
+    pub device_to_device_bytes: u64,
+    pub device_to_device_transfers: u64,
     /// Inserts refused (too large, no room, stale version, device error): those objects
     /// are served from the host copy.
     pub refused_inserts: u64,
@@ -125,6 +157,8 @@ impl NodeGpu {
                 metrics: GpuMetrics::new(),
                 refused,
                 caches: Mutex::new(BTreeMap::new()),
+                staged: Mutex::new(VecDeque::new()),
+                readers: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -159,7 +193,11 @@ impl NodeGpu {
         let Some(cache) = self.cache_for(pool) else {
             return;
         };
-        match cache.insert(key, version, blob) {
+        let inserted = match self.claim_staged(&pool.path, key, blob) {
+            Some(block) => cache.insert_block(key, version, block),
+            None => cache.insert(key, version, blob),
+        };
+        match inserted {
             Ok(pinned) => drop(pinned),
             Err(error) => {
                 let reason = match &error {
@@ -175,6 +213,126 @@ impl NodeGpu {
                 debug!(pool = %pool.path, key, version, %error, "not cached on the GPU; the host copy serves");
             }
         }
+    }
+
+    /// A UDL's output in GPU memory (`view`, valid for the call): its bytes in host memory
+    /// (one device→host copy, counted by a cache of that GPU if one is open here), and a
+    /// device-to-device copy into the cache of each of `keys`' pools that is cached on that
+    /// GPU here, which [`NodeGpu::on_put`] uses when the output's put is applied. Only
+    /// CUDA views: host memory goes through `emit`. A failed device copy only means the
+    /// put uploads as usual.
+    pub fn take_output(
+        &self,
+        view: &squall_udl::DeviceView,
+        keys: &[String],
+    ) -> Result<Bytes, String> {
+        if view.device_type != squall_udl::DeviceView::CUDA {
+            return Err(format!(
+                "emit_device takes GPU memory (DLPack device type {}), not type {}: emit \
+                 host memory as bytes",
+                squall_udl::DeviceView::CUDA,
+                view.device_type
+            ));
+        }
+        let len_bytes = usize::try_from(view.len_bytes)
+            .map_err(|_| format!("an output of {} bytes", view.len_bytes))?;
+        let on_this_gpu = |cache: &DeviceCache| {
+            cache.location()
+                == Location::Device {
+                    ordinal: view.device_id,
+                }
+        };
+        // (pool, output key, that pool's cache) for each key whose pool is cached on
+        // this GPU here.
+        let destinations: Vec<(String, String, DeviceCache)> = {
+            let caches = self.lock();
+            keys.iter()
+                .filter_map(|key| {
+                    caches
+                        .iter()
+                        .find_map(|(path, cached)| match &cached.cache {
+                            Ok(cache) if in_pool(key, path) && on_this_gpu(cache) => {
+                                Some((path.clone(), key.clone(), cache.clone()))
+                            }
+                            _ => None,
+                        })
+                })
+                .collect()
+        };
+        let host = match destinations.first() {
+            Some((_, _, cache)) => cache.read_device(view.address, len_bytes),
+            None => self
+                .reader(view.device_id)
+                .and_then(|tier| tier.read_device(view.address, len_bytes)),
+        }
+        .map_err(|error| format!("reading the output from GPU {}: {error}", view.device_id))?;
+        for (pool, key, cache) in destinations {
+            match cache.copy_from_device(view.address, len_bytes) {
+                Ok(block) => self.stage(StagedOutput {
+                    pool,
+                    key,
+                    host: host.clone(),
+                    block,
+                    made: Instant::now(),
+                }),
+                Err(error) => {
+                    debug!(%pool, %key, %error, "output not copied on the GPU; its put uploads it")
+                }
+            }
+        }
+        Ok(host)
+    }
+
+    fn reader(&self, ordinal: u32) -> Result<Arc<dyn Tier>, GpuError> {
+        let mut readers = self
+            .shared
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(tier) = readers.get(&ordinal) {
+            return Ok(Arc::clone(tier));
+        }
+        let tier = squall_gpu::device_tier(ordinal, &self.shared.availability)?;
+        readers.insert(ordinal, Arc::clone(&tier));
+        Ok(tier)
+    }
+
+    fn staged(&self) -> MutexGuard<'_, VecDeque<StagedOutput>> {
+        self.shared
+            .staged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stage(&self, output: StagedOutput) {
+        let dropped = {
+            let mut staged = self.staged();
+            staged.retain(|s| !(s.pool == output.pool && s.key == output.key));
+            let mut dropped = Vec::new();
+            while staged.len() >= STAGED_OUTPUTS_MAX
+                || staged
+                    .front()
+                    .is_some_and(|s| s.made.elapsed() > STAGED_OUTPUT_TTL)
+            {
+                dropped.extend(staged.pop_front());
+            }
+            staged.push_back(output);
+            dropped
+        };
+        drop(dropped); // device memory freed outside the lock
+    }
+
+    /// The staged device copy of `key` in `pool`, if one waits and holds exactly `blob`.
+    fn claim_staged(&self, pool: &str, key: &str, blob: &Bytes) -> Option<Block> {
+        let claimed = {
+            let mut staged = self.staged();
+            if staged.is_empty() {
+                return None;
+            }
+            let at = staged.iter().position(|s| s.pool == pool && s.key == key)?;
+            staged.remove(at)?
+        };
+        (claimed.host == *blob).then_some(claimed.block)
     }
 
     /// Forgets `key` in `pool`'s cache (removed, or no longer held here).
@@ -298,6 +456,9 @@ impl NodeGpu {
                 status.host_to_device_bytes = counted.host_to_device_bytes;
                 status.host_to_device_transfers = counted.host_to_device_transfers;
                 status.device_to_host_bytes = counted.device_to_host_bytes;
+                status.device_to_host_transfers = counted.device_to_host_transfers;
+                status.device_to_device_bytes = counted.device_to_device_bytes;
+                status.device_to_device_transfers = counted.device_to_device_transfers;
             }
             Err(error) => {
                 status.location = Location::Host.to_string();
@@ -354,6 +515,12 @@ impl NodeGpu {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Whether `key` lies in the pool at `path`.
+fn in_pool(key: &str, path: &str) -> bool {
+    key.strip_prefix(path)
+        .is_some_and(|rest| path.ends_with('/') || rest.starts_with('/'))
 }
 
 /// The SDK's (DLPack's) description of a cached copy: device type CPU (1) for the host

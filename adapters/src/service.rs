@@ -401,6 +401,7 @@ impl Service {
     /// Caches the objects of GPU-cached pools through `gpu` from now on (before the logs
     /// are replayed, so replayed objects are cached too).
     pub fn set_gpu(&mut self, gpu: NodeGpu) {
+        self.udl.set_gpu(gpu.clone());
         self.gpu = gpu;
     }
 

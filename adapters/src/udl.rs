@@ -461,6 +461,8 @@ pub struct UdlRuntime {
     announced: HashMap<(u32, u32), u64>,
     /// `one` inputs other replicas run, until they announce them done.
     pending: HashMap<(u32, u32), BTreeMap<u64, PendingInput>>,
+    /// Takes outputs UDLs emit from GPU memory; without it `emit_device` fails.
+    gpu: Option<crate::gpu::NodeGpu>,
 }
 
 /// The checksum a stored plugin carries: xxh3-64 of its bytes.
@@ -529,6 +531,7 @@ impl UdlRuntime {
             assigned_top: HashMap::new(),
             announced: HashMap::new(),
             pending: HashMap::new(),
+            gpu: None,
             dir,
             udls: BTreeMap::new(),
             dfgs: BTreeMap::new(),
@@ -551,6 +554,11 @@ impl UdlRuntime {
 
     /// This cluster's site (`[site] name`): DFG vertices pinned to another site
     /// (`"site": "cloud"`) are skipped here.
+    /// The node's GPU side, which takes outputs UDLs emit from GPU memory.
+    pub fn set_gpu(&mut self, gpu: crate::gpu::NodeGpu) {
+        self.gpu = Some(gpu);
+    }
+
     pub fn set_site(&mut self, site: Option<String>) {
         self.site = site;
         self.rebuild();
@@ -1058,6 +1066,7 @@ impl UdlRuntime {
             .collect();
         let emits = self.emits.clone();
         let done_emits = self.emits.clone();
+        let gpu = self.gpu.clone();
         let calls = self.calls.clone();
         let resources = match (h.wants_gpu, a.pool_gpu) {
             (true, Some(gpu)) => Arc::new(Resources {
@@ -1106,7 +1115,7 @@ impl UdlRuntime {
                     puts: 0,
                 });
                 let mut emitted: u64 = 0;
-                let mut emit = |out_key: &str, value: Bytes| -> Result<(), String> {
+                let emit = |out_key: &str, value: Bytes| -> Result<(), String> {
                     if let Some(call) = &call {
                         call.record(out_key, &value);
                     }
@@ -1137,13 +1146,34 @@ impl UdlRuntime {
                     emitted += 1;
                     Ok(())
                 };
+                // An output in GPU memory: read to host once, and copied on the GPU into
+                // the destinations cached there, before it goes out like any other.
+                let output_keys = |out_key: &str| -> Vec<String> {
+                    destinations
+                        .iter()
+                        .filter(|(site, _, _)| site.is_none())
+                        .map(|(_, pool, _)| format!("{pool}{}", out_key.trim_start_matches('/')))
+                        .collect()
+                };
+                // Both ways out write through one `emit` (the handler calls one at a time).
+                let emit = std::cell::RefCell::new(emit);
+                let mut emit_host =
+                    |out_key: &str, value: Bytes| (emit.borrow_mut())(out_key, value);
+                let mut emit_device = |out_key: &str, view: &squall_udl::DeviceView| {
+                    let gpu = gpu
+                        .as_ref()
+                        .ok_or("this node takes no outputs in GPU memory")?;
+                    let host = gpu.take_output(view, &output_keys(out_key))?;
+                    (emit.borrow_mut())(out_key, host)
+                };
                 let result = instance
                     .invoke(
                         &input,
                         Invocation {
                             worker_id,
                             resources: &resources,
-                            emit: &mut emit,
+                            emit: &mut emit_host,
+                            emit_device: Some(&mut emit_device),
                             client: client.as_mut().map(|c| c as &mut dyn ContextClient),
                         },
                     )

@@ -129,7 +129,62 @@ impl DeviceCache {
     /// [`GpuError::StaleVersion`], or the tier's allocation/copy error. In every case the
     /// caller still has `bytes`.
     pub fn insert(&self, key: &str, version: u64, bytes: &Bytes) -> Result<PinnedView, GpuError> {
-        let len_bytes = bytes.len() as u64;
+        self.insert_with(key, version, bytes.len() as u64, || self.upload(bytes))
+    }
+
+    /// Caches `block`, already in this cache's tier (made by
+    /// [`DeviceCache::copy_from_device`]), as (`key`, `version`): like
+    /// [`DeviceCache::insert`], with no transfer. A block of another tier is refused
+    /// ([`GpuError::ForeignBlock`]).
+    pub fn insert_block(
+        &self,
+        key: &str,
+        version: u64,
+        block: Block,
+    ) -> Result<PinnedView, GpuError> {
+        if block.location() != self.location() {
+            return Err(GpuError::ForeignBlock {
+                expected: self.location(),
+                found: block.location(),
+            });
+        }
+        self.insert_with(key, version, block.len_bytes() as u64, || Ok(block))
+    }
+
+    /// A copy of `len_bytes` of device memory at `address` (a UDL's output on this cache's
+    /// GPU) in this cache's tier, ready for [`DeviceCache::insert_block`]: one
+    /// device→device transfer, counted and timed. See [`Tier::copy_from_device`].
+    pub fn copy_from_device(&self, address: u64, len_bytes: usize) -> Result<Block, GpuError> {
+        let started = Instant::now();
+        let block = self.shared.tier.copy_from_device(address, len_bytes)?;
+        self.shared.metrics.record_transfer(
+            Direction::DeviceToDevice,
+            len_bytes,
+            started.elapsed().as_secs_f64(),
+        );
+        Ok(block)
+    }
+
+    /// `len_bytes` of device memory at `address` copied to host memory: one device→host
+    /// transfer, counted and timed here. See [`Tier::read_device`].
+    pub fn read_device(&self, address: u64, len_bytes: usize) -> Result<Bytes, GpuError> {
+        let started = Instant::now();
+        let bytes = self.shared.tier.read_device(address, len_bytes)?;
+        self.shared.metrics.record_transfer(
+            Direction::DeviceToHost,
+            len_bytes,
+            started.elapsed().as_secs_f64(),
+        );
+        Ok(bytes)
+    }
+
+    fn insert_with(
+        &self,
+        key: &str,
+        version: u64,
+        len_bytes: u64,
+        make_block: impl FnOnce() -> Result<Block, GpuError>,
+    ) -> Result<PinnedView, GpuError> {
         let begun = {
             let mut index = self.lock();
             let begun = index.begin_insert(key, version, len_bytes);
@@ -145,7 +200,7 @@ impl DeviceCache {
         };
         drop(dropped); // free evicted memory before allocating, outside the lock
         // The upload runs without the lock: a large copy does not stall other lookups.
-        let uploaded = self.upload(bytes);
+        let uploaded = make_block();
         let mut index = self.lock();
         let block = match uploaded {
             Ok(block) => block,

@@ -17,7 +17,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cudarc::driver::{CudaContext, CudaStream, DevicePtr, DriverError, result, sys};
+use cudarc::driver::{CudaContext, CudaStream, DevicePtr, DevicePtrMut, DriverError, result, sys};
 
 use crate::detect::{DeviceInfo, GpuAvailability};
 use crate::error::GpuError;
@@ -166,6 +166,52 @@ impl DeviceTier {
             .map_err(|error| driver_error(self.ordinal, "stream synchronisation", error))
     }
 
+    /// Checks that `len_bytes` at `address` lie in one allocation of this GPU, then waits
+    /// for every stream of this process on it, so what a UDL wrote there is complete.
+    fn check_device_range(&self, address: u64, len_bytes: usize) -> Result<(), GpuError> {
+        let not_ours = |reason: String| GpuError::NotDeviceMemory {
+            ordinal: self.ordinal,
+            address,
+            len_bytes: len_bytes as u64,
+            reason,
+        };
+        self.context
+            .bind_to_thread()
+            .map_err(|error| driver_error(self.ordinal, "context binding", error))?;
+        let mut base: sys::CUdeviceptr = 0;
+        let mut size: usize = 0;
+        // SAFETY: the out-pointers are valid for the call; the driver only reads its own
+        // allocation table for `address`.
+        unsafe { sys::cuMemGetAddressRange_v2(&mut base, &mut size, address) }
+            .result()
+            .map_err(|error| not_ours(format!("no allocation there ({error})")))?;
+        let end = address
+            .checked_add(len_bytes as u64)
+            .ok_or_else(|| not_ours("the range overflows".to_owned()))?;
+        if end > base + size as u64 {
+            return Err(not_ours(format!(
+                "the allocation there is {size} bytes from {base:#x}"
+            )));
+        }
+        let mut ordinal: i32 = -1;
+        // SAFETY: the attribute is an int, written to a valid out-pointer.
+        unsafe {
+            sys::cuPointerGetAttribute(
+                (&mut ordinal as *mut i32).cast(),
+                sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+                address,
+            )
+        }
+        .result()
+        .map_err(|error| not_ours(format!("its device is unknown ({error})")))?;
+        if u32::try_from(ordinal).ok() != Some(self.ordinal) {
+            return Err(not_ours(format!("it is on GPU {ordinal}")));
+        }
+        self.context
+            .synchronize()
+            .map_err(|error| driver_error(self.ordinal, "device synchronisation", error))
+    }
+
     fn wrap(&self, slice: cudarc::driver::CudaSlice<u8>) -> Block {
         let len_bytes = slice.len();
         let address = {
@@ -232,6 +278,39 @@ impl Tier for DeviceTier {
         let host = self
             .stream
             .clone_dtoh(slice)
+            .map_err(|error| driver_error(self.ordinal, "device-to-host copy", error))?;
+        self.synchronize()?;
+        Ok(Bytes::from(host))
+    }
+
+    fn copy_from_device(&self, address: u64, len_bytes: usize) -> Result<Block, GpuError> {
+        if len_bytes == 0 {
+            return Ok(Block::empty(self.location()));
+        }
+        self.check_device_range(address, len_bytes)?;
+        // SAFETY: the whole allocation is written by the copy below before anyone reads it.
+        let mut slice = unsafe { self.stream.alloc::<u8>(len_bytes) }
+            .map_err(|error| alloc_error(self.ordinal, len_bytes, error))?;
+        {
+            let (dst, _record_write) = slice.device_ptr_mut(&self.stream);
+            // SAFETY: `dst` is a fresh allocation of `len_bytes` on this stream; the source
+            // range was checked to be one allocation of this GPU, complete (synchronised).
+            unsafe { result::memcpy_dtod_async(dst, address, len_bytes, self.stream.cu_stream()) }
+                .map_err(|error| driver_error(self.ordinal, "device-to-device copy", error))?;
+        }
+        self.synchronize()?;
+        Ok(self.wrap(slice))
+    }
+
+    fn read_device(&self, address: u64, len_bytes: usize) -> Result<Bytes, GpuError> {
+        if len_bytes == 0 {
+            return Ok(Bytes::new());
+        }
+        self.check_device_range(address, len_bytes)?;
+        let mut host = vec![0u8; len_bytes];
+        // SAFETY: `host` is `len_bytes` long and outlives the copy (synchronised below);
+        // the source range was checked as in `copy_from_device`.
+        unsafe { result::memcpy_dtoh_async(&mut host, address, self.stream.cu_stream()) }
             .map_err(|error| driver_error(self.ordinal, "device-to-host copy", error))?;
         self.synchronize()?;
         Ok(Bytes::from(host))

@@ -99,6 +99,26 @@ pub fn tier_for_spec(
     open_device_tier(spec.device)
 }
 
+/// The device tier of GPU `ordinal`, which `availability` must list (for reading a UDL's
+/// output from device memory where no cache of that GPU is open yet).
+pub fn device_tier(
+    ordinal: u32,
+    availability: &GpuAvailability,
+) -> Result<Arc<dyn Tier>, GpuError> {
+    match availability {
+        GpuAvailability::Unavailable { reason } => Err(GpuError::GpuUnavailable {
+            reason: reason.clone(),
+        }),
+        GpuAvailability::Available { devices } => match availability.device(ordinal) {
+            Some(_) => open_device_tier(ordinal),
+            None => Err(GpuError::NoSuchDevice {
+                ordinal,
+                device_count: devices.len() as u32,
+            }),
+        },
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn open_device_tier(ordinal: u32) -> Result<Arc<dyn Tier>, GpuError> {
     Ok(Arc::new(crate::cuda::DeviceTier::open(ordinal)?))

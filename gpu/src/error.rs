@@ -74,6 +74,22 @@ pub enum GpuError {
         block_len_bytes: u64,
         src_len_bytes: u64,
     },
+    /// An operation this tier cannot do (copying from device memory, on a tier over host
+    /// memory).
+    #[error("{operation} is not possible in {location}")]
+    Unsupported {
+        location: Location,
+        operation: &'static str,
+    },
+    /// Device memory handed in (a UDL's output) that is not one allocation of this GPU
+    /// covering the whole range.
+    #[error("{len_bytes} bytes at {address:#x} are not memory of GPU {ordinal}: {reason}")]
+    NotDeviceMemory {
+        ordinal: u32,
+        address: u64,
+        len_bytes: u64,
+        reason: String,
+    },
     /// A write into a block that shares a host buffer (the host tier's zero-copy blocks).
     #[error("the block shares a read-only host buffer")]
     ReadOnlyBlock,

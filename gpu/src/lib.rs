@@ -32,7 +32,7 @@ mod tier;
 pub use cache::{CacheStats, DeviceCache, DeviceView, PinnedView};
 #[cfg(feature = "cuda")]
 pub use cuda::{DeviceTier, PinnedHostTier};
-pub use detect::{DeviceInfo, GpuAvailability, detect, tier_for_spec};
+pub use detect::{DeviceInfo, GpuAvailability, detect, device_tier, tier_for_spec};
 pub use error::{ByteSizeProblem, GpuError};
 pub use host::HostTier;
 pub use metrics::{CacheMetrics, CacheMetricsSnapshot, Direction, GpuMetrics};

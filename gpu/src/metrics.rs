@@ -4,7 +4,8 @@
 //! - `device`: where the cache's memory is (`cuda:0`, `pinned:0`, `host`);
 //! - `cache`: the cache's name (the node gives the pool's path), because two pools may
 //!   each keep a cache on the same GPU and their gauges must not overwrite each other;
-//! - `direction` (transfers only): `host_to_device` or `device_to_host`.
+//! - `direction` (transfers only): `host_to_device`, `device_to_host`, or `device_to_device`
+//!   (a UDL's output copied from its own GPU memory into a cache).
 
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -22,6 +23,7 @@ const TRANSFER_SECONDS_BUCKET_COUNT: usize = 20;
 pub enum Direction {
     HostToDevice,
     DeviceToHost,
+    DeviceToDevice,
 }
 
 impl Direction {
@@ -29,6 +31,7 @@ impl Direction {
         match self {
             Direction::HostToDevice => "host_to_device",
             Direction::DeviceToHost => "device_to_host",
+            Direction::DeviceToDevice => "device_to_device",
         }
     }
 }
@@ -144,7 +147,11 @@ impl GpuMetrics {
         for counter in [&self.hits, &self.misses, &self.evictions] {
             let _ = counter.remove_label_values(&labels);
         }
-        for direction in [Direction::HostToDevice, Direction::DeviceToHost] {
+        for direction in [
+            Direction::HostToDevice,
+            Direction::DeviceToHost,
+            Direction::DeviceToDevice,
+        ] {
             let labels = [device.as_str(), cache_name, direction.label()];
             let _ = self.transfer_bytes.remove_label_values(&labels);
             let _ = self.transfer_seconds.remove_label_values(&labels);
@@ -164,6 +171,8 @@ impl GpuMetrics {
         };
         let (host_to_device_bytes, host_to_device_seconds) = transfer(Direction::HostToDevice);
         let (device_to_host_bytes, device_to_host_seconds) = transfer(Direction::DeviceToHost);
+        let (device_to_device_bytes, device_to_device_seconds) =
+            transfer(Direction::DeviceToDevice);
         CacheMetrics {
             used_bytes: self.used_bytes.with_label_values(&labels),
             capacity_bytes: self.capacity_bytes.with_label_values(&labels),
@@ -176,6 +185,8 @@ impl GpuMetrics {
             host_to_device_seconds,
             device_to_host_bytes,
             device_to_host_seconds,
+            device_to_device_bytes,
+            device_to_device_seconds,
         }
     }
 }
@@ -200,6 +211,8 @@ pub struct CacheMetrics {
     host_to_device_seconds: prometheus::Histogram,
     device_to_host_bytes: IntCounter,
     device_to_host_seconds: prometheus::Histogram,
+    device_to_device_bytes: IntCounter,
+    device_to_device_seconds: prometheus::Histogram,
 }
 
 /// The numbers of one cache's metrics at one moment (for tests and the dashboard).
@@ -216,6 +229,8 @@ pub struct CacheMetricsSnapshot {
     pub host_to_device_transfers: u64,
     pub device_to_host_bytes: u64,
     pub device_to_host_transfers: u64,
+    pub device_to_device_bytes: u64,
+    pub device_to_device_transfers: u64,
 }
 
 impl CacheMetrics {
@@ -223,6 +238,9 @@ impl CacheMetrics {
         let (bytes, duration) = match direction {
             Direction::HostToDevice => (&self.host_to_device_bytes, &self.host_to_device_seconds),
             Direction::DeviceToHost => (&self.device_to_host_bytes, &self.device_to_host_seconds),
+            Direction::DeviceToDevice => {
+                (&self.device_to_device_bytes, &self.device_to_device_seconds)
+            }
         };
         bytes.inc_by(len_bytes as u64);
         duration.observe(seconds);
@@ -242,6 +260,8 @@ impl CacheMetrics {
             host_to_device_transfers: self.host_to_device_seconds.get_sample_count(),
             device_to_host_bytes: self.device_to_host_bytes.get(),
             device_to_host_transfers: self.device_to_host_seconds.get_sample_count(),
+            device_to_device_bytes: self.device_to_device_bytes.get(),
+            device_to_device_transfers: self.device_to_device_seconds.get_sample_count(),
         }
     }
 }

@@ -109,6 +109,29 @@ pub trait Tier: Send + Sync + fmt::Debug {
     /// The block's bytes in host memory: one tier→host transfer, or none where the block
     /// shares a host buffer.
     fn copy_to_host(&self, src: &Block) -> Result<Bytes, GpuError>;
+
+    /// A new block holding a copy of `len_bytes` of this GPU's memory at `address` (a
+    /// UDL's output), copied on the device once all work this process queued on the GPU
+    /// is done (the UDL's framework wrote it on streams of its own). The range must lie in
+    /// one allocation of this GPU ([`GpuError::NotDeviceMemory`] otherwise); tiers over
+    /// host memory cannot ([`GpuError::Unsupported`]).
+    fn copy_from_device(&self, address: u64, len_bytes: usize) -> Result<Block, GpuError> {
+        let _ = (address, len_bytes);
+        Err(GpuError::Unsupported {
+            location: self.location(),
+            operation: "a copy from device memory",
+        })
+    }
+
+    /// `len_bytes` of this GPU's memory at `address` copied to host memory, under the same
+    /// conditions as [`Tier::copy_from_device`].
+    fn read_device(&self, address: u64, len_bytes: usize) -> Result<Bytes, GpuError> {
+        let _ = (address, len_bytes);
+        Err(GpuError::Unsupported {
+            location: self.location(),
+            operation: "a read of device memory",
+        })
+    }
 }
 
 /// The memory behind a block. The CUDA variants own cudarc allocations, which free

@@ -175,6 +175,9 @@ class UdlContext:
     config: Any
     worker_id: int
     resources: Dict[str, Any]
-    def emit(self, key: str, value: Any) -> None: ...
+    def emit(self, key: str, value: Any) -> None:
+        """Sends ``value`` to the vertex's destinations; bytes-like values are not copied,
+        a contiguous CUDA tensor is copied by the node (to host once, and on the GPU into
+        destination pools cached there)."""
     def get(self, key: str) -> Optional[Blob]: ...
     def put(self, key: str, value: Any) -> None: ...

@@ -784,3 +784,94 @@ pub fn dlpack_view(
     };
     Ok((buffer, DlpackLease { lease }))
 }
+
+/// The GPU memory of a value a UDL emits, when it is a DLPack producer on a CUDA device
+/// (a torch CUDA tensor, a CuPy array): the view of its bytes, and the capsule that keeps
+/// them alive (drop it after the node has copied them). `None` for anything else: host
+/// values go through the buffer protocol. The tensor must be contiguous (compact
+/// row-major, any dtype of whole bytes); it is exported with `stream=-1` (no
+/// synchronisation asked of the producer: the node waits for all queued GPU work before
+/// it copies).
+pub fn gpu_output<'py>(
+    value: &Bound<'py, PyAny>,
+) -> PyResult<Option<(squall_udl::DeviceView, Bound<'py, PyAny>)>> {
+    let py = value.py();
+    if !value.hasattr("__dlpack_device__")? || !value.hasattr("__dlpack__")? {
+        return Ok(None);
+    }
+    let (device_type, device_id): (i32, i32) =
+        value.call_method0("__dlpack_device__")?.extract()?;
+    if device_type != DL_CUDA {
+        return Ok(None);
+    }
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item("stream", -1)?;
+    let capsule = match value.call_method("__dlpack__", (), Some(&kwargs)) {
+        Ok(capsule) => capsule,
+        // A producer without the keyword (DLPack before 0.6).
+        Err(error) if error.is_instance_of::<pyo3::exceptions::PyTypeError>(py) => {
+            value.call_method0("__dlpack__")?
+        }
+        Err(error) => return Err(error),
+    };
+    // SAFETY: `capsule` is a live object (GIL held); GetPointer checks the name and sets
+    // an exception on a mismatch, which `PyErr::fetch` takes.
+    let managed = unsafe { ffi::PyCapsule_GetPointer(capsule.as_ptr(), CAPSULE_LEGACY.as_ptr()) };
+    if managed.is_null() {
+        let _ = PyErr::take(py);
+        return Err(PyValueError::new_err(
+            "emit: __dlpack__() did not return a 'dltensor' capsule",
+        ));
+    }
+    // SAFETY: a `dltensor` capsule holds a `DLManagedTensor` that the producer keeps valid
+    // while the capsule is unconsumed; we only read it, and hold the capsule.
+    let tensor = unsafe { &(*managed.cast::<DLManagedTensor>()).dl_tensor };
+    let ndim = usize::try_from(tensor.ndim)
+        .map_err(|_| PyValueError::new_err("emit: a tensor with negative ndim"))?;
+    let shape: &[i64] = if ndim == 0 {
+        &[]
+    } else {
+        // SAFETY: DLPack gives `shape` `ndim` entries, valid with the tensor.
+        unsafe { std::slice::from_raw_parts(tensor.shape, ndim) }
+    };
+    let mut elements: u64 = 1;
+    for &extent in shape {
+        let extent = u64::try_from(extent)
+            .map_err(|_| PyValueError::new_err("emit: a tensor with a negative extent"))?;
+        elements = elements
+            .checked_mul(extent)
+            .ok_or_else(|| PyValueError::new_err("emit: the tensor's size overflows"))?;
+    }
+    if !tensor.strides.is_null() && ndim > 0 {
+        // SAFETY: as for `shape`.
+        let strides = unsafe { std::slice::from_raw_parts(tensor.strides, ndim) };
+        let mut expected: i64 = 1;
+        for (extent, stride) in shape.iter().zip(strides).rev() {
+            if *extent != 1 && *stride != expected {
+                return Err(PyValueError::new_err(
+                    "emit: the tensor is not contiguous; emit tensor.contiguous()",
+                ));
+            }
+            expected = expected.saturating_mul(*extent);
+        }
+    }
+    let dtype = tensor.dtype;
+    if dtype.lanes != 1 || dtype.bits == 0 || dtype.bits % 8 != 0 {
+        return Err(PyValueError::new_err(format!(
+            "emit: a dtype of {} bits x {} lanes is not whole bytes",
+            dtype.bits, dtype.lanes
+        )));
+    }
+    let len_bytes = elements
+        .checked_mul(u64::from(dtype.bits / 8))
+        .ok_or_else(|| PyValueError::new_err("emit: the tensor's size overflows"))?;
+    let view = squall_udl::DeviceView {
+        address: (tensor.data as u64).wrapping_add(tensor.byte_offset),
+        len_bytes,
+        device_type: squall_udl::DeviceView::CUDA,
+        device_id: u32::try_from(device_id)
+            .map_err(|_| PyValueError::new_err("emit: a negative device id"))?,
+        stream: 0,
+    };
+    Ok(Some((view, capsule)))
+}

@@ -448,8 +448,19 @@ unsafe impl Send for SendPtr {}
 #[pymethods]
 impl UdlContext {
     /// Sends `value` (bytes-like or str; not copied) to every destination of the
-    /// vertex as `destination/key`.
+    /// vertex as `destination/key`. A contiguous tensor on a GPU (torch CUDA, CuPy: any
+    /// DLPack producer) is copied by the node before this returns: to host memory once,
+    /// and on the GPU into each destination pool cached on that GPU here, so its cached
+    /// copy never goes through host memory.
     fn emit(&self, py: Python<'_>, key: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        if let Some((view, capsule)) = crate::dlpack::gpu_output(value)? {
+            // GPU memory (a CUDA tensor): the node copies it before this returns; the
+            // capsule keeps it alive until then.
+            let key = key.to_string();
+            let result = self.with(py, move |ctx| ctx.emit_device(&key, &view));
+            drop(capsule);
+            return result;
+        }
         let value = value_bytes(value)?;
         let key = key.to_string();
         self.with(py, move |ctx| ctx.emit(&key, value))

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import numpy as np
@@ -403,3 +404,102 @@ def test_gpu_cache_pool_option_is_checked_before_it_is_sent():
             _gpu_cache(bad)
     with pytest.raises(TypeError):
         _gpu_cache({"capacity": 1.5})
+
+
+GPU_PIPELINE = """
+import json
+import os
+import torch
+import squall
+
+BUILDS = [0]
+
+class Remap(squall.UserDefinedLogic):
+    \"\"\"A "model" kept on the GPU (a byte lookup table, built once per instance), applied to
+    the input's cached copy in place, its output emitted from GPU memory.\"\"\"
+
+    def __init__(self, config):
+        BUILDS[0] += 1
+        self.table = ((torch.arange(256, dtype=torch.int32) * 3 + 1) % 256).to(torch.uint8).to("cuda:0")
+        self.calls = 0
+
+    def handle(self, obj, ctx):
+        self.calls += 1
+        pixels = torch.from_dlpack(obj.dlpack)  # the node's cached copy, no copy
+        out = self.table[pixels.long()]  # on the GPU
+        report = {"pid": os.getpid(), "device": obj.device, "data_ptr": pixels.data_ptr(),
+                  "cache_address": obj.dlpack.address, "lent": obj.dlpack.lent,
+                  "builds": BUILDS[0], "model": id(self.table), "calls": self.calls,
+                  "out_device": str(out.device)}
+        del pixels
+        ctx.emit(obj.key_suffix, out)  # from GPU memory
+        ctx.emit(obj.key_suffix + ".report", json.dumps(report))
+"""
+
+
+def _gpu_caches(cluster):
+    """Per node: the `gpu` section's caches of `/api/v1/node`, by pool."""
+    import urllib.request
+
+    caches = []
+    for addr in cluster.http_addrs:
+        with urllib.request.urlopen(f"http://{addr}/api/v1/node", timeout=10) as r:
+            caches.append({c["pool"]: c for c in json.loads(r.read())["gpu"]["caches"]})
+    return caches
+
+
+def test_gpu_pipeline_keeps_inputs_models_and_outputs_on_the_device(cluster, tmp_path):
+    """On a GPU: a put into a GPU-cached pool costs one host→device transfer per replica;
+    the UDL's tensor is that cached copy (same device address); its model is built once
+    and stays warm across invocations; its output, emitted from GPU memory into another
+    GPU-cached pool, reaches that pool's cache on the producing node device to device
+    (every other copy, one upload per replica), and reads back right from the host."""
+    torch = torch_cuda_or_skip()
+    src, dst = unique("/gin"), unique("/gout")
+    _gpu_cache_option_or_skip(cluster, src)
+    _gpu_cache_option_or_skip(cluster, dst)
+    cluster.put(f"{dst}/warmup", b"opens every replica's cache of the destination")
+    name = unique("remap_")
+    udl = cluster.upload_python_udl(write_module(tmp_path, name, GPU_PIPELINE), "Remap")
+    graph = dfg([vertex(f"{src}/in", udl, f"{dst}/out")])
+    cluster.add_dfgs(graph)
+    inputs = {f"k{i}": np.random.default_rng(i).integers(0, 256, 4096, dtype=np.uint8) for i in range(8)}
+    for key, data in inputs.items():
+        cluster.put(f"{src}/in/{key}", data)
+    reports = {key: json.loads(bytes(wait_for(cluster, f"{dst}/out/{key}.report").value)) for key in inputs}
+    outputs = {key: bytes(wait_for(cluster, f"{dst}/out/{key}").value) for key in inputs}
+    cluster.remove_dfg(graph[0]["id"])
+
+    table = ((np.arange(256, dtype=np.int32) * 3 + 1) % 256).astype(np.uint8)
+    for key, data in inputs.items():
+        r = reports[key]
+        assert r["device"] == "cuda:0" and r["out_device"] == "cuda:0" and r["lent"], r
+        assert r["data_ptr"] == r["cache_address"], f"the UDL's tensor is not the cached copy: {r}"
+        assert outputs[key] == table[data].tobytes(), f"{key}: the output read back wrong"
+    by_pid = {}
+    for r in reports.values():
+        by_pid.setdefault(r["pid"], []).append(r)
+    for pid, seen in by_pid.items():
+        assert {r["builds"] for r in seen} == {1} and len({r["model"] for r in seen}) == 1, seen
+        # One instance served them all (stateless invocations may overlap, so its call
+        # count only grows).
+        assert max(r["calls"] for r in seen) >= len(seen), seen
+    assert max(len(s) for s in by_pid.values()) >= 2, f"no node ran two invocations: {by_pid}"
+
+    # Transfers, once everything is applied everywhere: each input object cost every
+    # replica one upload; each output object one transfer per replica, device to device on
+    # the node that produced it.
+    deadline = time.monotonic() + 20
+    while True:
+        caches = _gpu_caches(cluster)
+        src_up = [c[src]["host_to_device_transfers"] for c in caches]
+        dst_any = [c[dst]["host_to_device_transfers"] + c[dst]["device_to_device_transfers"] for c in caches]
+        dst_d2d = [c[dst]["device_to_device_transfers"] for c in caches]
+        objects_out = 1 + 2 * len(inputs)  # warm-up, tensors, reports
+        if src_up == [len(inputs)] * len(caches) and dst_any == [objects_out] * len(caches):
+            break
+        assert time.monotonic() < deadline, (src_up, dst_any, dst_d2d, caches)
+        time.sleep(0.1)
+    assert sum(dst_d2d) == len(inputs), f"outputs went through host memory: {dst_d2d}"
+    producers = {r["pid"] for r in reports.values()}
+    assert sum(1 for n in dst_d2d if n > 0) == len(producers), (dst_d2d, producers)

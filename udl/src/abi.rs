@@ -220,6 +220,25 @@ pub struct FfiContext {
         value: FfiBytes,
         errors: *const ErrorSink,
     ) -> i32,
+    /// `Context::emit_device`: the node copies what `view` describes (borrowed for the
+    /// call) before returning.
+    pub emit_device: unsafe extern "C" fn(
+        host: *mut c_void,
+        key: FfiStr,
+        view: *const FfiDeviceView,
+        errors: *const ErrorSink,
+    ) -> i32,
+}
+
+/// A [`crate::DeviceView`] across the boundary.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FfiDeviceView {
+    pub address: u64,
+    pub len_bytes: u64,
+    pub device_type: u32,
+    pub device_id: u32,
+    pub stream: u64,
 }
 
 /// What a plugin exports (through [`crate::ENTRY_SYMBOL`]). Every string is static in
@@ -384,6 +403,27 @@ impl Context for PluginContext<'_> {
 
     fn put(&mut self, key: &str, value: Bytes) -> Result<(), UdlError> {
         self.call_with_bytes(self.ffi.put, key, value)
+    }
+
+    fn emit_device(&mut self, key: &str, view: &crate::DeviceView) -> Result<(), UdlError> {
+        let mut message = String::new();
+        let sink = ErrorSink::to_string(&mut message);
+        let view = FfiDeviceView {
+            address: view.address,
+            len_bytes: view.len_bytes,
+            device_type: view.device_type,
+            device_id: view.device_id,
+            stream: view.stream,
+        };
+        // SAFETY: the node's function takes its own host pointer, and a key, a view and a
+        // sink borrowed for the call.
+        let status =
+            unsafe { (self.ffi.emit_device)(self.ffi.host, FfiStr::new(key), &view, &sink) };
+        if status == STATUS_OK {
+            Ok(())
+        } else {
+            Err(UdlError::new(message))
+        }
     }
 }
 

@@ -45,7 +45,7 @@ pub use bytes::Bytes;
 
 /// The version of the plugin interface ([`abi`]). The node refuses a plugin that exports
 /// another one, before it reads anything else from it.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// The symbol of `extern "C" fn() -> u32` returning the plugin's [`ABI_VERSION`].
 pub const ABI_VERSION_SYMBOL: &str = "squall_udl_abi_version";
@@ -129,6 +129,14 @@ pub trait Context {
     /// Sends `value` to every destination of the vertex, as `destination/key`
     /// (`put` or `trigger_put`, as the DFG says).
     fn emit(&mut self, key: &str, value: Bytes) -> Result<(), UdlError>;
+    /// Like [`Context::emit`], for an output in device memory (a tensor the handler made
+    /// on the GPU, [`DeviceView::CUDA`]) or host memory ([`DeviceView::CPU`],
+    /// [`DeviceView::CUDA_HOST`]) that stays valid until this returns: the node waits for
+    /// the GPU work queued before it, copies the bytes to host memory once (the store
+    /// needs them), and, for each destination pool GPU-cached on that GPU of this node,
+    /// device to device into that cache, so the output's cached copy never crosses to
+    /// host and back. Memory that is not one allocation of the GPU is refused.
+    fn emit_device(&mut self, key: &str, view: &DeviceView) -> Result<(), UdlError>;
     /// The UDL's configuration from the DFG (`user_defined_logic_config_list`), as JSON.
     fn config(&self) -> &str;
     /// Which of the vertex's workers runs this invocation.

@@ -20,8 +20,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use libloading::Library;
-use squall_udl::abi::{self, ErrorSink, FfiBytes, FfiContext, FfiInput, FfiStr, PluginDescriptor};
-use squall_udl::{ABI_VERSION, ABI_VERSION_SYMBOL, ENTRY_SYMBOL, Input, Resources};
+use squall_udl::abi::{
+    self, ErrorSink, FfiBytes, FfiContext, FfiDeviceView, FfiInput, FfiStr, PluginDescriptor,
+};
+use squall_udl::{ABI_VERSION, ABI_VERSION_SYMBOL, DeviceView, ENTRY_SYMBOL, Input, Resources};
 use thiserror::Error;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -191,9 +193,15 @@ pub struct Invocation<'a> {
     pub resources: &'a Resources,
     /// Receives each `emit(key, value)`; an `Err` is the UDL's `emit` error.
     pub emit: &'a mut dyn FnMut(&str, Bytes) -> Result<(), String>,
+    /// Receives each `emit_device(key, view)` (the view is valid for the call only);
+    /// without one it fails.
+    pub emit_device: Option<&'a mut EmitDeviceFn<'a>>,
     /// Serves the context's `get` and `put`; without one they fail.
     pub client: Option<&'a mut dyn ContextClient>,
 }
+
+/// What takes an invocation's `emit_device(key, view)`.
+pub type EmitDeviceFn<'f> = dyn FnMut(&str, &DeviceView) -> Result<(), String> + 'f;
 
 /// The cluster as a UDL's context reaches it (blocking calls from the worker).
 pub trait ContextClient {
@@ -213,6 +221,7 @@ impl std::fmt::Debug for Invocation<'_> {
 /// The state `host_emit`, `host_get` and `host_put` see through the `host` pointer.
 struct EmitState<'a, 'b> {
     emit: &'a mut dyn FnMut(&str, Bytes) -> Result<(), String>,
+    emit_device: Option<&'a mut EmitDeviceFn<'a>>,
     client: Option<&'a mut dyn ContextClient>,
     library: &'b Arc<Library>,
 }
@@ -284,6 +293,40 @@ unsafe extern "C" fn host_get(
     unsafe { status(result, errors) }
 }
 
+unsafe extern "C" fn host_emit_device(
+    host: *mut c_void,
+    key: FfiStr,
+    view: *const FfiDeviceView,
+    errors: *const ErrorSink,
+) -> i32 {
+    // SAFETY: as in `host_get`.
+    let state = unsafe { &mut *host.cast::<EmitState<'_, '_>>() };
+    // SAFETY: the plugin borrows the key and its sink for the call.
+    let key = match unsafe { context_key(key, errors) } {
+        Ok(k) => k,
+        Err(status) => return status,
+    };
+    // SAFETY: the plugin passes a view valid for the call (or null, refused).
+    let result = match unsafe { view.as_ref() } {
+        None => Err("no view".to_string()),
+        Some(v) => {
+            let view = DeviceView {
+                address: v.address,
+                len_bytes: v.len_bytes,
+                device_type: v.device_type,
+                device_id: v.device_id,
+                stream: v.stream,
+            };
+            match state.emit_device.as_mut() {
+                Some(emit_device) => emit_device(key, &view),
+                None => Err("outputs in device memory are not taken by this node".to_string()),
+            }
+        }
+    };
+    // SAFETY: the plugin's sink is valid for the call.
+    unsafe { status(result, errors) }
+}
+
 unsafe extern "C" fn host_put(
     host: *mut c_void,
     key: FfiStr,
@@ -336,6 +379,7 @@ impl Instance {
     pub fn invoke(&self, input: &Input<'_>, call: Invocation<'_>) -> Result<(), InvokeError> {
         let mut state = EmitState {
             emit: call.emit,
+            emit_device: call.emit_device,
             client: call.client,
             library: &self.plugin.library,
         };
@@ -349,6 +393,7 @@ impl Instance {
             gpus_len: call.resources.gpus.len(),
             get: host_get,
             put: host_put,
+            emit_device: host_emit_device,
         };
         let mut ffi_input = FfiInput {
             pathname: FfiStr::new(input.pathname),

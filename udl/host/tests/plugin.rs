@@ -97,6 +97,7 @@ fn the_printer_passes_its_input_on_without_a_copy() {
                 worker_id: 3,
                 resources: &resources,
                 emit: &mut emit,
+                emit_device: None,
                 client: None,
             },
         )
@@ -134,6 +135,7 @@ fn failures_and_panics_are_that_invocations_error_and_the_instance_goes_on() {
                 worker_id: 0,
                 resources: &resources,
                 emit: &mut emit,
+                emit_device: None,
                 client: None,
             },
         )
@@ -168,6 +170,7 @@ fn an_emit_refused_by_the_node_is_the_handlers_error() {
                 worker_id: 0,
                 resources: &resources,
                 emit: &mut emit,
+                emit_device: None,
                 client: None,
             },
         )

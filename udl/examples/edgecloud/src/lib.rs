@@ -509,7 +509,7 @@ export_udl! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use squall_udl::{MessageId, Resources};
+    use squall_udl::{DeviceView, MessageId, Resources};
 
     #[test]
     fn readings_parse() {
@@ -762,6 +762,9 @@ mod tests {
             Err(UdlError::new("not in this test"))
         }
         fn put(&mut self, _key: &str, _value: Bytes) -> Result<(), UdlError> {
+            Err(UdlError::new("not in this test"))
+        }
+        fn emit_device(&mut self, _key: &str, _view: &DeviceView) -> Result<(), UdlError> {
             Err(UdlError::new("not in this test"))
         }
     }
