@@ -600,8 +600,16 @@ impl Core {
         let ticket = SendTicket(self.next_ticket);
         self.next_ticket += 1;
         self.pending_sends[g].push_back((payload, ticket));
-        if !self.is_wedged() {
-            self.send_pending(g);
+        if !self.is_wedged() && self.send_pending(g) {
+            let alone = self.shards[g]
+                .as_ref()
+                .is_some_and(|shard| shard.ranks.len() == 1);
+            if alone {
+                // No other member will answer: what makes the message stable is this
+                // member's own receipt, so deliver now rather than at the next tick
+                // (a put on a one-node cluster waited a whole heartbeat interval).
+                self.progress();
+            }
         }
         Ok(ticket)
     }
@@ -3103,7 +3111,39 @@ pub fn next_view(cfg: &CoreConfig, view: &View, change: &Change) -> Result<View,
 
 #[cfg(test)]
 mod tests {
-    use super::{null_target, seq_received};
+    use super::{Core, Output, null_target, seq_received};
+    use crate::config::CoreConfig;
+    use crate::ids::{MemberId, NodeId};
+    use crate::layout::{DeliveryMode, Layout, ShardLayout, SubgroupLayout};
+
+    #[test]
+    fn a_shard_of_one_delivers_a_send_at_once_without_a_tick() {
+        let layout = Layout {
+            subgroups: vec![SubgroupLayout {
+                shards: vec![ShardLayout {
+                    min_nodes: 1,
+                    max_nodes: 3,
+                    mode: DeliveryMode::Ordered,
+                }],
+            }],
+        };
+        let me = MemberId {
+            node: 0 as NodeId,
+            incarnation: 1,
+        };
+        let mut core = Core::found(CoreConfig::new(layout), me, 0).expect("a valid config");
+        let _ = core.drain_outputs().count();
+        core.send(0, bytes::Bytes::from_static(b"alone"))
+            .expect("sent");
+        let delivered: Vec<_> = core
+            .drain_outputs()
+            .filter_map(|output| match output {
+                Output::Deliver(delivery) => Some(delivery),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(delivered.len(), 1, "delivered with no tick and no peer");
+    }
 
     /// Slot `index * senders + s` of sender `s`: what `seq_received` counts.
     fn covers(received: &[u64], sender: usize, index: u64) -> bool {
