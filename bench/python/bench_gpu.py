@@ -22,9 +22,10 @@ number of nodes: one replica's copies, over the sum of the latencies); for Ray, 
 actor's own timing of its host-to-device copy (synchronised). On a machine without a GPU
 there are no transfers (the cache is the host buffer), so the fraction is 0.
 
-Squall runs 3 nodes by default, as deployed: a put on a 1-node cluster took about 10 ms
-here against under 4 ms on 3 nodes (debug build; the cause is not established, the
-10 ms heartbeat interval is the suspect), which would hide the inference itself.
+Squall runs on 1 node (one copy of each object, like Ray) and on 3 nodes (three replicas,
+each caching every object on the GPU), each against the same Ray run (``--nodes``). On a
+machine with one GPU the three node processes share it, and their uploads contend with
+the inference for it.
 
 Ray is optional: without it only Squall is measured. Systems run one after another,
 each started, measured and stopped before the next, and everything started is stopped
@@ -33,7 +34,7 @@ on every exit path (the helpers of ``bench_python.py``).
 Usage::
 
     target/pyenv/bin/python bench/python/bench_gpu.py [--seconds 3] [--warmup 0.5] \\
-        [--nodes 3] [--backend auto|torch|numpy] [--systems squall,ray] [--json]
+        [--nodes 1,3] [--backend auto|torch|numpy] [--systems squall,ray] [--json]
 """
 
 from __future__ import annotations
@@ -274,10 +275,8 @@ def bench_ray(args, rows: List[dict], stack: contextlib.ExitStack) -> None:
                 pixels = pixels.to(self.device)
                 torch.cuda.synchronize()
                 copy_ns = time.perf_counter_ns() - t0
-            with torch.inference_mode():
-                probs = torch.softmax(self.inner._model_on(self.device)(pixels.view(1, *c.IMAGE_SHAPE)).double(), dim=1)[0]
-                best = int(torch.argmax(probs))
-                return best, float(probs[best]), copy_ns
+            best, score = self.inner.infer(pixels, self.device)  # the UDL's code path
+            return best, score, copy_ns
 
     actor = Classifier.remote(args.backend)
     info = ray.get(actor.info.remote())
@@ -320,38 +319,40 @@ def bench_ray(args, rows: List[dict], stack: contextlib.ExitStack) -> None:
 
 
 def report(args, rows: List[dict]) -> None:
-    by = {r["system"]: r for r in rows}
-    ratio = None
-    if "squall" in by and "ray" in by:
-        a, b = by["squall"], by["ray"]
-        ratio = {
+    ray_row = next((r for r in rows if r["system"] == "ray"), None)
+    ratios = []
+    for a in (r for r in rows if r["system"] == "squall"):
+        if ray_row is None:
+            break
+        b = ray_row
+        ratios.append({
             "bench": "gpu",
             "kind": "ratio",
             "case": CASE,
+            "nodes": a["nodes"],
             "vs": "ray: " + b["what"],
             "p50": round(a["p50_us"] / b["p50_us"], 4) if b["p50_us"] else None,
             "p99": round(a["p99_us"] / b["p99_us"], 4) if b["p99_us"] else None,
             "ops_per_s": round(a["ops_per_s"] / b["ops_per_s"], 4) if b["ops_per_s"] else None,
             "same_device": a["device"] == b["device"],
-        }
+        })
     if args.json:
         for r in rows:
             print(json.dumps(r))
-        if ratio:
+        for ratio in ratios:
             print(json.dumps(ratio))
         return
     print()
-    print(f"{'system':<7} {'device':<7} {'backend':<7} {'p50 ms':>8} {'p99 ms':>8} {'ops/s':>8} "
+    print(f"{'system':<7} {'nodes':>5} {'device':<7} {'backend':<7} {'p50 ms':>8} {'p99 ms':>8} {'ops/s':>8} "
           f"{'transfer':>9} {'n':>6} {'load':>5}  operation")
     for r in rows:
-        print(f"{r['system']:<7} {r['device']:<7} {r['backend']:<7} {r['p50_us'] / 1e3:>8.3f} "
+        print(f"{r['system']:<7} {r.get('nodes', '-'):>5} {r['device']:<7} {r['backend']:<7} {r['p50_us'] / 1e3:>8.3f} "
               f"{r['p99_us'] / 1e3:>8.3f} {r['ops_per_s']:>8.0f} {100 * r['transfer_fraction']:>8.1f}% "
               f"{r['count']:>6} {r['load1']:>5.2f}  {r['what']}")
     print("(transfer: share of the round trip spent copying between host and GPU memory; "
           f"load: 1-minute load average at the end; {os.cpu_count()} CPUs)")
-    squall_row = by.get("squall")
-    if squall_row and "inference_p50_us" in squall_row:
-        print("\nwhere the Squall round trip goes (p50, ms): "
+    for squall_row in (r for r in rows if r["system"] == "squall" and "inference_p50_us" in r):
+        print(f"\nwhere the Squall round trip goes ({squall_row['nodes']} nodes; p50, ms): "
               + ", ".join(f"{label} {squall_row.get(k + '_p50_us', float('nan')) / 1e3:.3f}"
                           for k, label in (("put_call", "put call"), ("to_udl_start", "put->UDL start"),
                                            ("inference", "inference"),
@@ -362,8 +363,9 @@ def report(args, rows: List[dict]) -> None:
                   "(near ties computed in another order)")
         if r.get("note"):
             print(f"{r['system']}: {r['note']}")
-    if ratio:
-        print(f"\nsquall / ray: p50 {ratio['p50']:.2f}x  p99 {ratio['p99']:.2f}x  ops/s {ratio['ops_per_s']:.2f}x"
+    for ratio in ratios:
+        print(f"\nsquall ({ratio['nodes']} nodes) / ray: p50 {ratio['p50']:.2f}x  p99 {ratio['p99']:.2f}x  "
+              f"ops/s {ratio['ops_per_s']:.2f}x"
               + ("" if ratio["same_device"] else "  (NOT on the same device)"))
 
 
@@ -371,7 +373,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per system (default 3)")
     ap.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds first (default 0.5)")
-    ap.add_argument("--nodes", type=int, default=3, help="Squall nodes, each a replica with its GPU cache (default 3)")
+    ap.add_argument("--nodes", default="1,3",
+                    help="Squall nodes, each a replica with its GPU cache; a list measures each cluster "
+                         "size in turn, against the same Ray run (default 1,3: one copy, like Ray, and "
+                         "three replicas)")
     ap.add_argument("--backend", choices=("auto", "torch", "numpy"), default="auto",
                     help="the model's implementation in both systems (default auto: torch if importable)")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="any of squall,ray (default both)")
@@ -381,7 +386,11 @@ def main(argv=None) -> int:
     bad = [s for s in systems if s not in SYSTEMS]
     if bad or not systems:
         ap.error(f"--systems: unknown {bad}; choose from {','.join(SYSTEMS)}")
-    if args.seconds <= 0 or args.warmup < 0 or args.nodes < 1:
+    try:
+        node_counts = [int(n) for n in str(args.nodes).split(",") if n.strip()]
+    except ValueError:
+        ap.error(f"--nodes: {args.nodes!r} is not a list of whole numbers")
+    if args.seconds <= 0 or args.warmup < 0 or not node_counts or min(node_counts) < 1:
         ap.error("--seconds must be > 0, --warmup >= 0, --nodes >= 1")
     if "ray" in systems:
         try:
@@ -406,9 +415,12 @@ def main(argv=None) -> int:
         for system in SYSTEMS:
             if system not in systems:
                 continue
-            log(f"== {system}")
-            if not bp.run_system(bench[system], system, args, rows):
-                failed.append(system)
+            for nodes in node_counts if system == "squall" else [None]:
+                if nodes is not None:
+                    args.nodes = nodes
+                log(f"== {system}" + (f" ({nodes} nodes)" if nodes is not None else ""))
+                if not bp.run_system(bench[system], system, args, rows):
+                    failed.append(system)
     except KeyboardInterrupt:
         log("interrupted: everything started was stopped; partial results follow")
         report(args, rows)

@@ -21,14 +21,21 @@ The image reaches the network without a copy: ``torch.from_dlpack(obj.dlpack)`` 
 tensor over the object's copy in GPU memory for a GPU-cached pool (the host buffer
 otherwise), and the numpy path reads ``numpy.from_dlpack(obj.dlpack)``, the host buffer.
 
+On a GPU the warm network is also captured once as a CUDA graph (input buffer, network,
+softmax and arg-max): an image costs one copy into the graph's input, one replay and one
+read of ``[score, class]``, instead of a dozen kernel launches from Python and two
+synchronisations. :meth:`Classifier.infer` is what both the UDL and the Ray actor of
+``bench/python/bench_gpu.py`` run.
+
 Configuration (the vertex's ``user_defined_logic_config_list`` entry): ``seed`` (default
 7), ``classes`` (10), ``backend`` (``"auto"``: torch if importable, else numpy; or
-``"torch"``, ``"numpy"``).
+``"torch"``, ``"numpy"``), ``cuda_graph`` (default true; false runs the network eagerly).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any, Dict, Optional, Tuple
 
@@ -151,12 +158,20 @@ class Classifier:
             raise ImportError("backend 'torch' asked for, but torch is not importable")
         self.backend = "torch" if backend in ("auto", "torch") and torch is not None else "numpy"
         self.weights = make_weights(self.seed, self.classes)
+        self.cuda_graph = bool(config.get("cuda_graph", True))
         # torch: one copy of the network per device it has run on (built on first use).
         self._torch_models: Dict[str, Any] = {}
+        # CUDA: the captured graph per device, (input, graph, output), or None where the
+        # capture failed (then the network runs eagerly); replays share the input and
+        # output buffers, so one runs at a time.
+        self._graphs: Dict[str, Any] = {}
+        self._graph_lock = threading.Lock()
         self._default_device = "cpu"
         if self.backend == "torch" and torch.cuda.is_available():
             self._default_device = "cuda:0"
             self._model_on(self._default_device)  # warm now, not at the first image
+            if self.cuda_graph:
+                self._graph_on(self._default_device)
 
     def _model_on(self, device: str):
         model = self._torch_models.get(device)
@@ -164,6 +179,54 @@ class Classifier:
             model = TorchTinyNet(self.weights).to(device).eval()
             self._torch_models[device] = model
         return model
+
+    def _head(self, model, images: "torch.Tensor") -> "torch.Tensor":
+        """``[score, class]`` of one image, as one tensor (read with one synchronisation)."""
+        probs = torch.softmax(model(images).double(), dim=1)[0]
+        score, best = torch.max(probs, dim=0)
+        return torch.stack([score, best.double()])
+
+    def _graph_on(self, device: str):
+        """The network captured as a CUDA graph on ``device`` (built on first use), or None
+        if capturing failed there."""
+        if device in self._graphs:
+            return self._graphs[device]
+        model = self._model_on(device)
+        captured = None
+        try:
+            static_in = torch.zeros((1, *IMAGE_SHAPE), dtype=torch.uint8, device=device)
+            side = torch.cuda.Stream(device=device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.inference_mode():
+                with torch.cuda.stream(side):
+                    for _ in range(3):  # warm-up on a side stream, as capture requires
+                        self._head(model, static_in)
+                torch.cuda.current_stream(device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                # Thread-local: the node's own threads use the GPU while this captures.
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    static_out = self._head(model, static_in)
+            captured = (static_in, graph, static_out)
+        except RuntimeError:
+            captured = None  # the eager path serves
+        self._graphs[device] = captured
+        return captured
+
+    def infer(self, pixels: "torch.Tensor", device: str) -> Tuple[int, float]:
+        """The class and score of one image (``pixels``: its 3072 ``uint8`` values, on
+        ``device``)."""
+        images = pixels.view(1, *IMAGE_SHAPE)
+        with torch.inference_mode():
+            captured = self._graph_on(device) if self.cuda_graph and device != "cpu" else None
+            if captured is None:
+                score, best = self._head(self._model_on(device), images).tolist()
+                return int(best), score
+            static_in, graph, static_out = captured
+            with self._graph_lock:
+                static_in.copy_(images)
+                graph.replay()
+                score, best = static_out.tolist()
+            return int(best), score
 
     def classify(self, buffer: "squall.DLPackBuffer", host: Optional[np.ndarray]) -> Dict[str, Any]:
         """Classifies the image in ``buffer`` (the input's DLPack buffer); ``host`` is the
@@ -177,11 +240,7 @@ class Classifier:
             device = str(pixels.device) if pixels.device.type == "cuda" else self._default_device
             if pixels.device.type != "cuda" and device != "cpu":
                 pixels = pixels.to(device)  # a host object and a GPU: one upload
-            model = self._model_on(device)
-            with torch.inference_mode():
-                probs = torch.softmax(model(pixels.view(1, *IMAGE_SHAPE)).double(), dim=1)[0]
-                best = int(torch.argmax(probs))
-                score = float(probs[best])
+            best, score = self.infer(pixels, device)
             del pixels  # the input's GPU memory is the node's once the call returns
         else:
             device = "cpu"
