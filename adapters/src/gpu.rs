@@ -65,6 +65,8 @@ struct Shared {
     staged: Mutex<VecDeque<StagedOutput>>,
     /// Device tiers for reading outputs on GPUs no cache here is on, by ordinal.
     readers: Mutex<BTreeMap<u32, Arc<dyn Tier>>>,
+    /// UDL instances granted a GPU that have run here, by (vertex, UDL): what stays warm.
+    models: Mutex<BTreeMap<(String, String), GpuModelStatus>>,
 }
 
 /// A UDL's output already copied into `pool`'s cache tier, waiting for its put.
@@ -94,6 +96,23 @@ pub struct GpuStatus {
     pub devices: Vec<GpuDeviceStatus>,
     /// One per GPU-cached pool with objects on this node.
     pub caches: Vec<GpuCacheStatus>,
+    /// The warm models: UDL instances on this node that ask for a GPU (`"resources":
+    /// {"gpu": 1}`) over a GPU-cached pool and have run. An instance
+    /// builds its model once and keeps it across invocations, until its DFG or UDL is
+    /// replaced or removed.
+    pub models: Vec<GpuModelStatus>,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct GpuModelStatus {
+    /// The vertex pathname the UDL serves.
+    pub vertex: String,
+    /// The UDL's UUID.
+    pub udl: String,
+    /// Where its input's cache is: `cuda:<n>`, or `host` on a node without a GPU.
+    pub device: String,
+    /// Invocations dispatched to it here.
+    pub invocations: u64,
 }
 
 #[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
@@ -159,6 +178,7 @@ impl NodeGpu {
                 caches: Mutex::new(BTreeMap::new()),
                 staged: Mutex::new(VecDeque::new()),
                 readers: Mutex::new(BTreeMap::new()),
+                models: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -281,6 +301,39 @@ impl NodeGpu {
             }
         }
         Ok(host)
+    }
+
+    /// Counts an invocation of `udl` at `vertex`, which asks for a GPU, on an object of a
+    /// GPU-cached pool whose cache is on GPU `ordinal` (`None`: host memory, on a node
+    /// without a GPU): its instance (and the model it holds) is warm here.
+    pub fn note_model_run(&self, vertex: &str, udl: &str, ordinal: Option<u32>) {
+        let mut models = self.models();
+        let entry = models
+            .entry((vertex.to_string(), udl.to_string()))
+            .or_insert_with(|| GpuModelStatus {
+                vertex: vertex.to_string(),
+                udl: udl.to_string(),
+                device: String::new(),
+                invocations: 0,
+            });
+        entry.device = match ordinal {
+            Some(ordinal) => Location::Device { ordinal }.to_string(),
+            None => Location::Host.to_string(),
+        };
+        entry.invocations += 1;
+    }
+
+    /// Forgets the models of UDL instances that are gone (`alive(vertex, udl)` false).
+    pub fn retain_models(&self, alive: impl Fn(&str, &str) -> bool) {
+        self.models()
+            .retain(|(vertex, udl), _| alive(vertex.as_str(), udl.as_str()));
+    }
+
+    fn models(&self) -> MutexGuard<'_, BTreeMap<(String, String), GpuModelStatus>> {
+        self.shared
+            .models
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn reader(&self, ordinal: u32) -> Result<Arc<dyn Tier>, GpuError> {
@@ -426,6 +479,7 @@ impl NodeGpu {
             reason,
             devices,
             caches,
+            models: self.models().values().cloned().collect(),
         }
     }
 

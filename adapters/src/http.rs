@@ -1040,7 +1040,8 @@ fn metric_values(registry: &prometheus::Registry) -> HashMap<String, f64> {
         crate::metrics::ShardStatus,
         crate::gpu::GpuStatus,
         crate::gpu::GpuDeviceStatus,
-        crate::gpu::GpuCacheStatus
+        crate::gpu::GpuCacheStatus,
+        crate::gpu::GpuModelStatus
     ))
 )]
 struct ApiDoc;

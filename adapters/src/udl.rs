@@ -808,6 +808,13 @@ impl UdlRuntime {
                 }
             }
         }
+        if let Some(gpu) = &self.gpu {
+            gpu.retain_models(|vertex, udl| {
+                handlers
+                    .iter()
+                    .any(|h| h.pathname == vertex && h.udl.uuid == udl)
+            });
+        }
         self.handlers = handlers;
     }
 
@@ -1068,6 +1075,9 @@ impl UdlRuntime {
         let done_emits = self.emits.clone();
         let gpu = self.gpu.clone();
         let calls = self.calls.clone();
+        if let (true, Some(_), Some(gpu)) = (h.wants_gpu, &a.device, &self.gpu) {
+            gpu.note_model_run(&h.pathname, &h.udl.uuid, a.pool_gpu);
+        }
         let resources = match (h.wants_gpu, a.pool_gpu) {
             (true, Some(gpu)) => Arc::new(Resources {
                 cpu_cores: self.resources.cpu_cores,

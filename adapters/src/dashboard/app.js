@@ -1270,12 +1270,23 @@
         h('td', {}, fmtNum(c.misses, 0)),
         h('td', {}, fmtNum(c.evictions, 0)),
         h('td', {}, `${fmtNum(c.host_to_device_transfers, 0)} (${fmtBytes(c.host_to_device_bytes)})`),
+        h('td', {}, `${fmtNum(c.device_to_device_transfers, 0)} (${fmtBytes(c.device_to_device_bytes)})`),
         h('td', {}, fmtNum(c.refused_inserts, 0)));
     });
     if (!rows.length) {
-      rows.push(h('tr', {}, h('td', { colspan: '10' }, 'no GPU-cached pool has objects on this node')));
+      rows.push(h('tr', {}, h('td', { colspan: '11' }, 'no GPU-cached pool has objects on this node')));
     }
     replaceRows($('#gpu-caches-table tbody'), rows);
+    const models = ((status && status.models) || []).map((m) =>
+      h('tr', { dataset: { vertex: m.vertex, udl: m.udl, device: m.device } },
+        h('td', { class: 'mono' }, m.vertex),
+        h('td', { class: 'mono' }, m.udl),
+        h('td', { class: 'mono' }, m.device),
+        h('td', {}, fmtNum(m.invocations, 0))));
+    if (!models.length) {
+      models.push(h('tr', {}, h('td', { colspan: '4' }, 'no model has run on this node')));
+    }
+    replaceRows($('#gpu-models-table tbody'), models);
 
     const gpu = gpuSeries();
     const table = $('#gpu-table');

@@ -252,6 +252,29 @@ async function main() {
     return row && row.dataset.entries === '4';
   }, undefined, 30000);
   log('GPU caches:', await textOf(page, '#gpu-caches-table tbody'));
+  if (printerUuid) {
+    // A UDL asking for a GPU over the GPU-cached pool, run on every replica: once it has
+    // run, this node lists it as a warm model (in host memory here, with no GPU).
+    await call('POST', 'api/v1/dfgs', JSON.stringify([{
+      id: '6f1c2d3e-0000-4a2b-9c3d-00000000d0a6',
+      desc: 'a model on the GPU-cached pool (browser test)',
+      graph: [{
+        pathname: '/gpu-browser/in/',
+        user_defined_logic_list: [printerUuid],
+        shard_dispatcher_list: ['all'],
+        user_defined_logic_hook_list: ['ordered'],
+        user_defined_logic_config_list: [{ quiet: true, resources: { gpu: 1 } }],
+        destinations: [{}],
+      }],
+    }]));
+    for (let i = 0; i < 3; i += 1) await call('PUT', `api/v1/objects/gpu-browser/in/m${i}`, `image ${i}`);
+    await waitFor('the warm model in the models table', (uuid) => {
+      const row = document.querySelector('#gpu-models-table tr[data-vertex^="/gpu-browser/in"]');
+      return row && row.dataset.udl === uuid && /^(cuda:\d+|host)$/.test(row.dataset.device)
+        && Number(row.lastElementChild.textContent) >= 3;
+    }, printerUuid, 30000);
+    log('warm models:', await textOf(page, '#gpu-models-table tbody'));
+  }
   await shot('gpu');
 
   // ----- kill a node: the view changes --------------------------------------------------------
