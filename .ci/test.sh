@@ -55,6 +55,27 @@ run cargo fmt --all -- --check
 run cargo clippy --workspace --all-targets -- -D warnings
 run cargo test --workspace
 
+# The UDL SDK's `torch` feature (tch tensors over inputs and outputs) against libtorch
+# 2.11 from PyPI, the version tch 0.24 wraps and the GPU machines run: the CPU build of
+# libtorch is enough to build it and run its CPU tests (the CUDA test says it skips).
+# No Python import: a directory of symlinks is what torch-sys reads (`LIBTORCH`).
+if [[ ! -f target/torchenv/lib/libtorch/build-version ]]; then
+  run python3 -m venv target/torchenv
+  run target/torchenv/bin/pip install -q --disable-pip-version-check --no-deps \
+    "torch==2.11.0" "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-cupti==13.0.*"
+  sp=$(target/torchenv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  mkdir -p target/torchenv/lib/libtorch/lib
+  ln -sfn "$sp/torch/include" target/torchenv/lib/libtorch/include
+  for l in libc10.so libtorch_cpu.so libtorch.so; do
+    ln -sfn "$sp/torch/lib/$l" "target/torchenv/lib/libtorch/lib/$l"
+  done
+  echo 2.11.0 >target/torchenv/lib/libtorch/build-version
+fi
+torch_lib=$(readlink -f target/torchenv/lib/libtorch/lib/libtorch_cpu.so)
+torch_env=(env LIBTORCH="$PWD/target/torchenv/lib/libtorch" LD_LIBRARY_PATH="$(dirname "$torch_lib")")
+run "${torch_env[@]}" cargo clippy -p squall-udl --features torch --all-targets -- -D warnings
+run "${torch_env[@]}" cargo test -p squall-udl --features torch --test torch
+
 # Python: the wheel (maturin, in the virtualenv target/pyenv) and its tests against real
 # node processes.
 run python/build_wheel.sh

@@ -38,6 +38,10 @@
 #![allow(unsafe_code)]
 
 pub mod abi;
+#[cfg(feature = "torch")]
+mod torch;
+#[cfg(feature = "torch")]
+pub use torch::{emit_tensor, torch_cuda};
 
 use std::fmt;
 
