@@ -503,3 +503,11 @@ def test_gpu_pipeline_keeps_inputs_models_and_outputs_on_the_device(cluster, tmp
     assert sum(dst_d2d) == len(inputs), f"outputs went through host memory: {dst_d2d}"
     producers = {r["pid"] for r in reports.values()}
     assert sum(1 for n in dst_d2d if n > 0) == len(producers), (dst_d2d, producers)
+    # The evidence, for a run with -s on a GPU machine.
+    for key, r in sorted(reports.items()):
+        print(f"{key}: node pid {r['pid']}: tensor data_ptr {r['data_ptr']:#x}, cache address "
+              f"{r['cache_address']:#x}, model id {r['model']:#x} built {r['builds']}x, call {r['calls']}, "
+              f"output on {r['out_device']}")
+    print(f"per node: {src} host->device transfers {src_up} ({len(inputs)} objects); "
+          f"{dst} host->device + device->device {dst_any} ({objects_out} objects), "
+          f"device->device {dst_d2d} ({len(inputs)} outputs from GPU memory)")
