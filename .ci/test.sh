@@ -4,7 +4,8 @@
 # every check CI runs: formatting, lints, the whole Rust test suite (which runs 1,000
 # simulator seeds under every checker, liveness after heal included; process tests of
 # the node, its HTTP API against promtool and schemathesis, the dashboard in Chromium),
-# the Python package's tests and the deployment files' checks. Longer soaks are README
+# the UDL SDK's `torch` feature against PyPI's libtorch 2.11 (CPU tests), the Python
+# package's tests and the deployment files' checks. Longer soaks are README
 # command 1 with a larger --seeds range.
 set -euo pipefail
 cd "$(dirname "$0")/.."
