@@ -155,27 +155,17 @@ impl DeviceCache {
     /// GPU) in this cache's tier, ready for [`DeviceCache::insert_block`]: one
     /// device→device transfer, counted and timed. See [`Tier::copy_from_device`].
     pub fn copy_from_device(&self, address: u64, len_bytes: usize) -> Result<Block, GpuError> {
-        let started = Instant::now();
-        let block = self.shared.tier.copy_from_device(address, len_bytes)?;
-        self.shared.metrics.record_transfer(
-            Direction::DeviceToDevice,
-            len_bytes,
-            started.elapsed().as_secs_f64(),
-        );
-        Ok(block)
+        self.timed(Direction::DeviceToDevice, len_bytes, || {
+            self.shared.tier.copy_from_device(address, len_bytes)
+        })
     }
 
     /// `len_bytes` of device memory at `address` copied to host memory: one device→host
     /// transfer, counted and timed here. See [`Tier::read_device`].
     pub fn read_device(&self, address: u64, len_bytes: usize) -> Result<Bytes, GpuError> {
-        let started = Instant::now();
-        let bytes = self.shared.tier.read_device(address, len_bytes)?;
-        self.shared.metrics.record_transfer(
-            Direction::DeviceToHost,
-            len_bytes,
-            started.elapsed().as_secs_f64(),
-        );
-        Ok(bytes)
+        self.timed(Direction::DeviceToHost, len_bytes, || {
+            self.shared.tier.read_device(address, len_bytes)
+        })
     }
 
     fn insert_with(
@@ -273,13 +263,7 @@ impl DeviceCache {
         if !tier.copies_host_bytes() {
             return tier.upload(bytes);
         }
-        let started = Instant::now();
-        let block = tier.upload(bytes)?;
-        let seconds = started.elapsed().as_secs_f64();
-        self.shared
-            .metrics
-            .record_transfer(Direction::HostToDevice, bytes.len(), seconds);
-        Ok(block)
+        self.timed(Direction::HostToDevice, bytes.len(), || tier.upload(bytes))
     }
 
     fn download(&self, block: &Block) -> Result<Bytes, GpuError> {
@@ -287,13 +271,24 @@ impl DeviceCache {
         if !tier.copies_host_bytes() {
             return tier.copy_to_host(block);
         }
+        self.timed(Direction::DeviceToHost, block.len_bytes(), || {
+            tier.copy_to_host(block)
+        })
+    }
+
+    /// Runs a transfer of `len_bytes` and, if it succeeds, counts and times it.
+    fn timed<T>(
+        &self,
+        direction: Direction,
+        len_bytes: usize,
+        transfer: impl FnOnce() -> Result<T, GpuError>,
+    ) -> Result<T, GpuError> {
         let started = Instant::now();
-        let bytes = tier.copy_to_host(block)?;
-        let seconds = started.elapsed().as_secs_f64();
+        let done = transfer()?;
         self.shared
             .metrics
-            .record_transfer(Direction::DeviceToHost, bytes.len(), seconds);
-        Ok(bytes)
+            .record_transfer(direction, len_bytes, started.elapsed().as_secs_f64());
+        Ok(done)
     }
 
     fn view(&self, pinned: Pinned<Arc<Block>>) -> PinnedView {

@@ -259,6 +259,25 @@ unsafe fn status(result: Result<(), String>, errors: *const ErrorSink) -> i32 {
     }
 }
 
+/// The running invocation's state and the call's key, or the status to return after
+/// reporting why not. Only for calls that take nothing they must release (`get`,
+/// `emit_device`): `emit` and `put` take their bytes before they look at the key.
+///
+/// # Safety
+/// `host` must be the `EmitState` of the running `invoke`, which outlives the call; `key`
+/// and `errors` must be borrowed for the call.
+unsafe fn context_call<'s, 'a, 'b>(
+    host: *mut c_void,
+    key: FfiStr,
+    errors: *const ErrorSink,
+) -> Result<(&'s mut EmitState<'a, 'b>, &'s str), i32> {
+    // SAFETY: per the caller.
+    let state = unsafe { &mut *host.cast::<EmitState<'a, 'b>>() };
+    // SAFETY: per the caller.
+    let key = unsafe { context_key(key, errors) }?;
+    Ok((state, key))
+}
+
 unsafe extern "C" fn host_get(
     host: *mut c_void,
     key: FfiStr,
@@ -266,11 +285,9 @@ unsafe extern "C" fn host_get(
     value: *mut FfiBytes,
     errors: *const ErrorSink,
 ) -> i32 {
-    // SAFETY: `host` is the `EmitState` of the running `invoke`, which outlives the call.
-    let state = unsafe { &mut *host.cast::<EmitState<'_, '_>>() };
-    // SAFETY: the plugin borrows the key and its sink for the call.
-    let key = match unsafe { context_key(key, errors) } {
-        Ok(k) => k,
+    // SAFETY: the node's `invoke` passes its state; the plugin borrows key and sink.
+    let (state, key) = match unsafe { context_call(host, key, errors) } {
+        Ok(call) => call,
         Err(status) => return status,
     };
     let result = match state.client.as_mut() {
@@ -300,10 +317,8 @@ unsafe extern "C" fn host_emit_device(
     errors: *const ErrorSink,
 ) -> i32 {
     // SAFETY: as in `host_get`.
-    let state = unsafe { &mut *host.cast::<EmitState<'_, '_>>() };
-    // SAFETY: the plugin borrows the key and its sink for the call.
-    let key = match unsafe { context_key(key, errors) } {
-        Ok(k) => k,
+    let (state, key) = match unsafe { context_call(host, key, errors) } {
+        Ok(call) => call,
         Err(status) => return status,
     };
     // SAFETY: the plugin passes a view valid for the call (or null, refused).
@@ -333,7 +348,7 @@ unsafe extern "C" fn host_put(
     value: FfiBytes,
     errors: *const ErrorSink,
 ) -> i32 {
-    // SAFETY: as in `host_get`.
+    // SAFETY: as in `host_emit`: `host` is the running `invoke`'s state.
     let state = unsafe { &mut *host.cast::<EmitState<'_, '_>>() };
     // SAFETY: as in `host_emit`: the library stays loaded as long as the bytes.
     let value = unsafe { value.into_bytes(Arc::clone(state.library)) };
