@@ -174,9 +174,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
     tcp.heartbeat_interval_ms = config.timing.heartbeat_interval_ms;
     tcp.suspicion_timeout_ms = config.timing.suspicion_timeout_ms;
+    // A shard's state for a joiner comes in parts of `state_part_bytes_max`: each part,
+    // with its header, must fit one message.
     tcp.message_bytes_max = tcp
         .message_bytes_max
-        .max(4 * config.limits.object_bytes_max);
+        .max(4 * config.limits.object_bytes_max)
+        .max(core.state_part_bytes_max + (64 << 10));
     let (inbound_tx, inbound) = mpsc::channel(65_536);
     let transport = TcpTransport::start(tcp, listener, inbound_tx);
 

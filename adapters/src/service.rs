@@ -13,7 +13,7 @@
 //! local replica at once.
 
 use crate::client::now_us;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -264,6 +264,9 @@ pub struct Service {
     meta: ShardStore,
     stores: HashMap<(u32, u32), ShardStore>,
     history: HashMap<(u32, u32), History>,
+    /// Shards this node is new to in the current view whose state has not arrived:
+    /// reads that do not wait for the core's barrier (past versions) go elsewhere.
+    awaiting_state: HashSet<(u32, u32)>,
     stable_waits: Vec<StableWait>,
     /// Reads of the past waiting for the log, by token.
     log_reads: HashMap<u64, LogRead>,
@@ -370,6 +373,7 @@ impl Service {
             meta,
             stores: HashMap::new(),
             history: HashMap::new(),
+            awaiting_state: HashSet::new(),
             log_reads: HashMap::new(),
             stable_waits: Vec::new(),
             next_log_read: 0,
@@ -715,29 +719,10 @@ impl Service {
                 state,
                 log,
                 ..
-            } => match log {
-                Some(records) => self.replay(subgroup, shard, &records),
-                None => {
-                    let kind = self.kind(subgroup);
-                    let store = if state.is_empty() {
-                        Ok(ShardStore::new(kind, self.cfg.store_limits))
-                    } else {
-                        ShardStore::from_snapshot(kind, self.cfg.store_limits, state)
-                    };
-                    match store {
-                        Ok(store) => {
-                            cache_store(&self.gpu, &self.pools, subgroup, &store);
-                            if let Some(replaced) = self.stores.insert((subgroup, shard), store) {
-                                uncache_store(&self.gpu, &self.pools, subgroup, &replaced);
-                            }
-                        }
-                        Err(e) => {
-                            warn!(error = %e, subgroup, shard, "malformed state; leaving");
-                            self.handle.leave().await;
-                        }
-                    }
-                }
-            },
+            } => {
+                self.awaiting_state.remove(&(subgroup, shard));
+                self.on_state(subgroup, shard, state, log).await;
+            }
             AppEvent::Stopped(reason) => {
                 warn!(?reason, "the node stopped");
                 return false;
@@ -751,6 +736,39 @@ impl Service {
             | AppEvent::Trimmed { .. } => {}
         }
         true
+    }
+
+    /// A shard's state arrived (this node is new to the shard): its log, or a snapshot.
+    async fn on_state(
+        &mut self,
+        subgroup: u32,
+        shard: u32,
+        state: Bytes,
+        log: Option<Vec<Record>>,
+    ) {
+        match log {
+            Some(records) => self.replay(subgroup, shard, &records),
+            None => {
+                let kind = self.kind(subgroup);
+                let store = if state.is_empty() {
+                    Ok(ShardStore::new(kind, self.cfg.store_limits))
+                } else {
+                    ShardStore::from_snapshot(kind, self.cfg.store_limits, state)
+                };
+                match store {
+                    Ok(store) => {
+                        cache_store(&self.gpu, &self.pools, subgroup, &store);
+                        if let Some(replaced) = self.stores.insert((subgroup, shard), store) {
+                            uncache_store(&self.gpu, &self.pools, subgroup, &replaced);
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, subgroup, shard, "malformed state; leaving");
+                        self.handle.leave().await;
+                    }
+                }
+            }
+        }
     }
 
     async fn on_view(&mut self, view: Arc<View>) {
@@ -789,6 +807,14 @@ impl Service {
         }
         self.history
             .retain(|(g, s), _| view.shard_of(*g as usize, me) == Some(*s as usize));
+        self.awaiting_state = view
+            .shards
+            .iter()
+            .enumerate()
+            .flat_map(|(g, shards)| shards.iter().enumerate().map(move |(s, sv)| (g, s, sv)))
+            .filter(|(_, _, sv)| sv.state_source.is_some() && sv.joined.contains(&me))
+            .map(|(g, s, _)| (g as u32, s as u32))
+            .collect();
         // Outbox shards too; and a forwarder may have changed: each shard's first member
         // starts again at its queue front (what was applied remotely is de-duplicated).
         self.outboxes
@@ -2180,6 +2206,11 @@ impl Service {
                     (At::Version(v), _) => PastRead::Version(v),
                     (At::Time(t), _) => PastRead::Time(t),
                 };
+                if self.awaiting_state.contains(&(g, s)) {
+                    // Nothing here yet: another replica answers (the client fails over).
+                    let msg = "this replica is receiving its state; retry";
+                    return answer(reply, Response::error(ErrorCode::Unavailable, msg));
+                }
                 self.serve_past(g, s, key, past, reply).await;
                 Some(())
             }

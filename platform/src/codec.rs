@@ -19,7 +19,7 @@ use crate::view::{ShardView, View};
 use crate::wire::{DataRun, Item, Wire};
 
 /// Bumped whenever the encoding changes; peers with another version are refused.
-pub const CODEC_VERSION: u16 = 4;
+pub const CODEC_VERSION: u16 = 5;
 
 const TAG_UPDATE: u8 = 1;
 const TAG_JOIN_REQUEST: u8 = 2;
@@ -183,12 +183,16 @@ fn encode_into(msg: &Wire, sink: &mut impl Sink) {
             view_id,
             subgroup,
             shard,
+            part,
+            parts,
             state,
         } => {
             sink.buf().put_u8(TAG_STATE);
             sink.buf().put_u32_le(*view_id);
             sink.buf().put_u32_le(*subgroup);
             sink.buf().put_u32_le(*shard);
+            sink.buf().put_u32_le(*part);
+            sink.buf().put_u32_le(*parts);
             put_len(sink.buf(), state.len());
             sink.payload(state);
         }
@@ -296,12 +300,27 @@ pub fn decode(frame: Bytes, limits: &DecodeLimits) -> Result<Wire, DecodeError> 
         TAG_WELCOME => Wire::Welcome {
             view: Arc::new(r.view()?),
         },
-        TAG_STATE => Wire::State {
-            view_id: r.u32("view id")?,
-            subgroup: r.u32("subgroup")?,
-            shard: r.u32("shard")?,
-            state: r.blob("state")?,
-        },
+        TAG_STATE => {
+            let view_id = r.u32("view id")?;
+            let subgroup = r.u32("subgroup")?;
+            let shard = r.u32("shard")?;
+            let part = r.u32("state part")?;
+            let parts = r.u32("state parts")?;
+            if part >= parts {
+                return Err(DecodeError::Invalid {
+                    what: "state part (at or beyond the parts announced)",
+                    value: u64::from(part),
+                });
+            }
+            Wire::State {
+                view_id,
+                subgroup,
+                shard,
+                part,
+                parts,
+                state: r.blob("state")?,
+            }
+        }
         TAG_EVICTED => Wire::Evicted {
             view_id: r.u32("view id")?,
         },
@@ -874,6 +893,8 @@ mod tests {
                 view_id: 4,
                 subgroup: 0,
                 shard: 1,
+                part: 2,
+                parts: 3,
                 state: Bytes::from(vec![7u8; 1000]),
             },
             Wire::Evicted { view_id: 12 },
@@ -970,6 +991,8 @@ mod tests {
             view_id: 0,
             subgroup: 0,
             shard: 0,
+            part: 0,
+            parts: 1,
             state: big.clone(),
         };
         let mut parts = Vec::new();
@@ -1036,6 +1059,8 @@ mod tests {
         buf.put_u32_le(0);
         buf.put_u32_le(0);
         buf.put_u32_le(0);
+        buf.put_u32_le(0);
+        buf.put_u32_le(1);
         buf.put_u32_le(1 << 20);
         let limits = DecodeLimits {
             payload_bytes_max: 1 << 10,
@@ -1049,6 +1074,27 @@ mod tests {
                 count: 1 << 20,
                 max: 1 << 10
             }
+        );
+    }
+
+    #[test]
+    fn a_state_part_beyond_its_parts_is_refused() {
+        let mut buf = BytesMut::new();
+        encode(
+            &Wire::State {
+                view_id: 1,
+                subgroup: 0,
+                shard: 0,
+                part: 3,
+                parts: 3,
+                state: Bytes::from_static(b"x"),
+            },
+            &mut buf,
+        );
+        let err = decode(buf.freeze(), &DecodeLimits::default()).expect_err("refused");
+        assert!(
+            matches!(err, DecodeError::Invalid { value: 3, .. }),
+            "{err}"
         );
     }
 

@@ -3,6 +3,10 @@
 use crate::layout::{Layout, LayoutError};
 use thiserror::Error;
 
+/// Default [`CoreConfig::state_part_bytes_max`]: large enough that a part's fixed cost
+/// is noise, small enough that a transport holds a few in flight without strain.
+pub const STATE_PART_BYTES_MAX: usize = 16 << 20;
+
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
     pub layout: Layout,
@@ -41,6 +45,9 @@ pub struct CoreConfig {
     /// differ by under 5%. A view change the reader cannot take part in (it crashed) waits
     /// up to this long.
     pub read_lease_ms: u64,
+    /// A shard's state for a joiner travels in parts of at most this many bytes, so a
+    /// state of any size fits the transport's message limit (which must exceed it).
+    pub state_part_bytes_max: usize,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -78,6 +85,7 @@ impl CoreConfig {
             restart_grace_ms: 2_000,
             partition_safety: true,
             read_lease_ms: 0,
+            state_part_bytes_max: STATE_PART_BYTES_MAX,
         }
     }
 
@@ -91,6 +99,7 @@ impl CoreConfig {
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
             ("join_retry_ms", self.join_retry_ms),
             ("future_messages_max", self.future_messages_max as u64),
+            ("state_part_bytes_max", self.state_part_bytes_max as u64),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero { field });

@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
 use crate::config::{ConfigError, CoreConfig};
@@ -192,6 +192,9 @@ struct Reads {
     lease_view: Option<ViewId>,
     /// A round to renew the lease is wanted even with no read waiting.
     renew: bool,
+    /// Asked where this member is new to its shard and the shard's state has not
+    /// arrived: its replica holds nothing yet. Started once the state is in.
+    after_state: Vec<(u64, u32)>,
 }
 
 /// A read lease I granted: `member` may serve local reads until `until_ms` (my clock),
@@ -281,6 +284,9 @@ struct ShardState {
     own_tickets: VecDeque<(u64, SendTicket)>,
     state_source: Option<MemberId>,
     hold_for_state: bool,
+    /// State parts received so far, in order, and how many the source announced.
+    state_parts: Vec<Bytes>,
+    state_parts_announced: Option<u32>,
     hold_for_supply: bool,
     joiners: Vec<MemberId>,
     /// Restart views: how far this shard's log is kept at the joiners.
@@ -645,6 +651,24 @@ impl Core {
         let barrier = self.received_barrier(subgroup)?;
         let ticket = self.reads.next_ticket;
         self.reads.next_ticket += 1;
+        if self.awaits_state(subgroup) {
+            self.reads.after_state.push((ticket, subgroup));
+            return Ok(ticket);
+        }
+        self.start_read(ticket, subgroup, barrier);
+        Ok(ticket)
+    }
+
+    /// This member is new to its shard of `subgroup` and the shard's state is not in.
+    fn awaits_state(&self, subgroup: u32) -> bool {
+        self.shards
+            .get(subgroup as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|shard| shard.hold_for_state)
+    }
+
+    /// Serves a read from the lease, or sends it through a probe round.
+    fn start_read(&mut self, ticket: u64, subgroup: u32, barrier: Option<Version>) {
         if self.lease_valid() {
             self.outputs.push(Output::ReadReady {
                 ticket,
@@ -657,7 +681,7 @@ impl Core {
                 self.reads.renew = true;
                 self.start_read_round();
             }
-            return Ok(ticket);
+            return;
         }
         self.reads.waiting.push(PendingRead {
             ticket,
@@ -665,7 +689,29 @@ impl Core {
             barrier,
         });
         self.start_read_round();
-        Ok(ticket)
+    }
+
+    /// The state of this member's shard of `subgroup` is in: the reads held for it start.
+    fn start_reads_after_state(&mut self, subgroup: u32) {
+        let mut now = std::mem::take(&mut self.reads.after_state);
+        now.retain(|(ticket, g)| {
+            let later = *g != subgroup;
+            if later {
+                self.reads.after_state.push((*ticket, *g));
+            }
+            !later
+        });
+        for (ticket, g) in now {
+            match self.received_barrier(g) {
+                Ok(barrier) => self.start_read(ticket, g, barrier),
+                Err(e) => self.outputs.push(Output::ReadReady {
+                    ticket,
+                    view_id: self.current_view().id,
+                    result: Err(e),
+                    leased: false,
+                }),
+            }
+        }
     }
 
     /// The newest ordered message of `subgroup` this member has received and not yet
@@ -820,16 +866,34 @@ impl Core {
         self.start_read_round();
     }
 
-    /// A new view (this member installed it) or a stop answers every pending read.
-    fn settle_reads(&mut self, view_id: ViewId, result: Result<Option<Version>, SendError>) {
+    /// A new view (this member installed it) or a stop answers every pending read; in a
+    /// new view, a read of a shard this member is new to waits for the shard's state.
+    fn settle_reads(
+        &mut self,
+        view: Option<&View>,
+        view_id: ViewId,
+        result: Result<Option<Version>, SendError>,
+    ) {
         self.reads.in_flight = false;
-        let pending: Vec<PendingRead> = std::mem::take(&mut self.reads.probing)
+        let pending: Vec<(u64, u32)> = std::mem::take(&mut self.reads.probing)
             .into_iter()
             .chain(std::mem::take(&mut self.reads.waiting))
+            .map(|read| (read.ticket, read.subgroup))
+            .chain(std::mem::take(&mut self.reads.after_state))
             .collect();
-        for read in pending {
+        for (ticket, subgroup) in pending {
+            let joins = view.is_some_and(|v| {
+                let g = subgroup as usize;
+                v.shard_of(g, self.me)
+                    .and_then(|s| v.shards.get(g)?.get(s))
+                    .is_some_and(|sv| sv.joined.contains(&self.me))
+            });
+            if joins {
+                self.reads.after_state.push((ticket, subgroup));
+                continue;
+            }
             self.outputs.push(Output::ReadReady {
-                ticket: read.ticket,
+                ticket,
                 view_id,
                 result: result.clone(),
                 leased: false,
@@ -1010,20 +1074,35 @@ impl Core {
             return;
         }
         shard.hold_for_supply = false;
-        let msgs: Vec<Output> = shard
-            .joiners
-            .iter()
-            .map(|j| Output::Send {
-                to: j.node,
-                incarnation: Some(j.incarnation),
-                msg: Wire::State {
-                    view_id,
-                    subgroup,
-                    shard: shard.shard as u32,
-                    state: state.clone(),
-                },
-            })
-            .collect();
+        // In parts (slices of the one buffer, no copy) that fit any transport's message
+        // limit; the link's FIFO order brings them to each joiner in sequence.
+        // Parts grow past the configured size only where 2^32 of them would not do.
+        let part_max = self
+            .cfg
+            .state_part_bytes_max
+            .max(state.len().div_ceil(u32::MAX as usize))
+            .max(1);
+        let parts = state.len().div_ceil(part_max).max(1);
+        let parts_u32 = u32::try_from(parts).unwrap_or(u32::MAX);
+        let mut msgs = Vec::with_capacity(parts * shard.joiners.len());
+        for j in &shard.joiners {
+            for part in 0..parts {
+                let from = part * part_max;
+                let to = (from + part_max).min(state.len());
+                msgs.push(Output::Send {
+                    to: j.node,
+                    incarnation: Some(j.incarnation),
+                    msg: Wire::State {
+                        view_id,
+                        subgroup,
+                        shard: shard.shard as u32,
+                        part: part as u32,
+                        parts: parts_u32,
+                        state: state.slice(from..to),
+                    },
+                });
+            }
+        }
         self.outputs.extend(msgs);
         self.progress();
     }
@@ -1217,13 +1296,32 @@ impl Core {
                 }
             }
             Wire::State {
-                subgroup, state, ..
+                subgroup,
+                part,
+                parts,
+                state,
+                ..
             } => {
                 let g = subgroup as usize;
                 let Some(shard) = self.shards.get_mut(g).and_then(Option::as_mut) else {
                     return;
                 };
                 if shard.hold_for_state && shard.state_source == Some(from) {
+                    let Some(r) = from_rank else { return };
+                    let expected = shard.state_parts.len();
+                    let announced = shard.state_parts_announced.unwrap_or(parts);
+                    if part as usize != expected || parts != announced {
+                        // The link is FIFO with no holes: a part out of sequence is a
+                        // broken source.
+                        self.suspect_rank(r);
+                        return;
+                    }
+                    shard.state_parts_announced = Some(parts);
+                    shard.state_parts.push(state);
+                    if part + 1 < parts {
+                        return;
+                    }
+                    let state = concat_parts(std::mem::take(&mut shard.state_parts));
                     shard.hold_for_state = false;
                     self.outputs.push(Output::ReceiveState {
                         view_id: view.id,
@@ -1235,6 +1333,7 @@ impl Core {
                     if let Some(row) = self.my_row_mut().shards[g].as_mut() {
                         row.awaiting_state = false;
                     }
+                    self.start_reads_after_state(subgroup);
                 }
             }
         }
@@ -2711,7 +2810,7 @@ impl Core {
             my_row.wedged = true;
         }
         self.outputs.push(Output::InstallView(Arc::clone(&view)));
-        self.settle_reads(view.id, Ok(None));
+        self.settle_reads(Some(&view), view.id, Ok(None));
         // The view these promised in is over: by then each member wedged or its lease ran
         // out (no view change was agreed before that).
         self.promises.clear();
@@ -2776,6 +2875,8 @@ impl Core {
                 own_tickets: VecDeque::new(),
                 state_source: sv.state_source,
                 hold_for_state,
+                state_parts: Vec::new(),
+                state_parts_announced: None,
                 hold_for_supply,
                 joiners: sv.joined.clone(),
                 joiners_hold,
@@ -2874,7 +2975,7 @@ impl Core {
             }
         }
         let view_id = self.view().map_or(0, |v| v.id);
-        self.settle_reads(view_id, Err(SendError::Stopped(reason)));
+        self.settle_reads(None, view_id, Err(SendError::Stopped(reason)));
         self.outputs.push(Output::Stopped(reason));
     }
 
@@ -3014,6 +3115,18 @@ fn null_target(me: usize, received: &[u64], message_end: &[u64], count_max: u64)
 
 /// Whether an ordered shard's undelivered slots `from..to` hold a message (not only
 /// nulls). Long ranges count as holding one: the answer only saves a row push.
+/// The state parts as one buffer: the only part itself (no copy), or one copy of all.
+fn concat_parts(mut parts: Vec<Bytes>) -> Bytes {
+    if parts.len() == 1 {
+        return parts.pop().unwrap_or_default();
+    }
+    let mut all = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+    for part in &parts {
+        all.extend_from_slice(part);
+    }
+    all.freeze()
+}
+
 fn holds_message(shard: &ShardState, from: u64, to: u64) -> bool {
     const SCAN_SLOTS_MAX: u64 = 1024;
     if to <= from {

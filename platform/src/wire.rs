@@ -53,11 +53,15 @@ pub enum Wire {
     /// Sent by a view's leader to the members it admitted (and by any member to a member
     /// that asks again).
     Welcome { view: Arc<View> },
-    /// Shard state for a member new to the shard, as of the start of `view_id`.
+    /// Part `part` of `parts` of the shard state for a member new to the shard, as of the
+    /// start of `view_id` (the parts, in order, concatenated: see
+    /// [`CoreConfig::state_part_bytes_max`](crate::CoreConfig::state_part_bytes_max)).
     State {
         view_id: ViewId,
         subgroup: u32,
         shard: u32,
+        part: u32,
+        parts: u32,
         state: Bytes,
     },
     /// "You are not (or no longer) a member as far as view `view_id` is concerned."

@@ -155,3 +155,34 @@ fn read_leases_serve_reads_without_a_round_and_only_they_do() {
         );
     }
 }
+
+/// Seeds whose shard states travel in parts smaller than the 16-byte digest every state
+/// starts with: each transfer there takes several messages, with faults among them, and
+/// the checkers (state transfer included: a joiner's state equals its source's) pass.
+#[test]
+fn shard_states_in_many_parts_arrive_whole() {
+    use squall_platform::sim::{Scenario, history::Event};
+    let mut transfers = 0;
+    let mut seeds = 0;
+    for seed in (0..1200).step_by(3) {
+        if Scenario::from_seed(seed).core.state_part_bytes_max >= 16 {
+            continue;
+        }
+        seeds += 1;
+        let report = run_seed(seed);
+        if let Some(line) = report.failure_line() {
+            panic!("{line}");
+        }
+        transfers += report
+            .history
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::StateReceived { .. }))
+            .count();
+    }
+    assert!(
+        transfers >= 20,
+        "only {transfers} state transfers in {seeds} seeds with parts under 16 bytes"
+    );
+    println!("{transfers} multi-part state transfers in {seeds} seeds");
+}

@@ -2,7 +2,7 @@
 //! recorded [`History`]. A checker returns the first violation it finds, with enough
 //! detail to find it in the history.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -896,10 +896,20 @@ pub fn read_barrier(h: &History) -> Check {
     // Per shard member: versions delivered somewhere in its shard and not yet by it.
     let mut missing: HashMap<(ShardKey, MemberId), BTreeSet<Version>> = HashMap::new();
     let mut asked: HashMap<(MemberId, u64), Asked> = HashMap::new();
+    // Joiners whose shard state arrived: (member, view, subgroup).
+    let mut state_in: HashSet<(MemberId, ViewId, u32)> = HashSet::new();
     for event in &h.events {
         match event {
             Event::Installed { member, view, .. } => {
                 current.insert(*member, view.id);
+            }
+            Event::StateReceived {
+                member,
+                view_id,
+                subgroup,
+                ..
+            } => {
+                state_in.insert((*member, *view_id, *subgroup));
             }
             Event::Delivered {
                 at_us,
@@ -1004,6 +1014,20 @@ pub fn read_barrier(h: &History) -> Check {
                             "{member} answered read {ticket} (asked in view {}) in view {view_id} \
  at {at_us} us while in view {installed:?}",
                             ask.view_id
+                        ),
+                    );
+                }
+                // A member new to the shard holds nothing until its state arrives.
+                let joined = views
+                    .get(view_id)
+                    .and_then(|v| v.shards.get(*subgroup as usize)?.get(*shard as usize))
+                    .is_some_and(|sv| sv.state_source.is_some() && sv.joined.contains(member));
+                if joined && !state_in.contains(&(*member, *view_id, *subgroup)) {
+                    return fail(
+                        "read_barrier",
+                        format!(
+                            "{member} answered read {ticket} at {at_us} us in view {view_id}, \
+ where it joined subgroup {subgroup} shard {shard}, before that shard's state arrived"
                         ),
                     );
                 }
