@@ -1013,3 +1013,63 @@ fn liveness_after_heal() {
     );
     assert_passes(checkers::liveness_after_heal, &with(true, true));
 }
+
+#[test]
+fn read_barrier_at_a_joiner_waits_for_its_state() {
+    let v0 = ordered(0, &[A, B]);
+    let m = msg(&v0, A, 0, 0);
+    // C joins the shard in view 1 and receives its state from A; it answers a read
+    // before or after that state arrived.
+    let v1 = Arc::new(View {
+        joined: vec![C],
+        shards: vec![vec![ShardView {
+            joined: vec![C],
+            state_source: Some(A),
+            ..shard(&[A, B, C], DeliveryMode::Ordered)
+        }]],
+        ..(*ordered(1, &[A, B, C])).clone()
+    });
+    let held = StateDigest {
+        applied: 1,
+        chain: 42,
+    };
+    let with_read = |before_state: bool| {
+        let mut run = Run::new();
+        run.install(&v0, &[A, B])
+            .multicast(&m, &[A, B])
+            .install(&v1, &[A, B, C]);
+        for (member, digest) in [(A, held), (B, held), (C, StateDigest::default())] {
+            run.event(|at_us| Event::StateAtInstall {
+                at_us,
+                member,
+                view_id: 1,
+                subgroup: 0,
+                digest,
+            });
+        }
+        if before_state {
+            run.read_barrier(C, 1, None);
+        }
+        run.event(|at_us| Event::StateReceived {
+            at_us,
+            member: C,
+            view_id: 1,
+            subgroup: 0,
+            digest: held,
+        });
+        if !before_state {
+            run.read_barrier(C, 1, None);
+        }
+        run.finish(&[A, B, C], true)
+    };
+    assert_fails(
+        checkers::read_barrier,
+        "read_barrier",
+        &with_read(true),
+        &[
+            "n2.1 answered read 0",
+            "in view 1, where it joined subgroup 0 shard 0, before that shard's state arrived",
+        ],
+    );
+    assert_passes(checkers::read_barrier, &with_read(false));
+}
