@@ -81,6 +81,20 @@ impl ClientError {
     }
 }
 
+/// One `Members` request to the node at `addr`, on a connection of its own, with no
+/// retry and no failover: what that node says the current view is, or why it cannot
+/// (unreachable, not joined yet: `Unavailable`).
+pub async fn members_of(
+    addr: &str,
+    token: Option<&str>,
+) -> Result<(u32, Vec<MemberInfo>), ClientError> {
+    let conn = Conn::open(addr, token).await?;
+    match conn.call(Request::Members).await? {
+        Response::Members { view_id, members } => Ok((view_id, members)),
+        other => Err(Client::unexpected(other)),
+    }
+}
+
 /// A write's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Written {

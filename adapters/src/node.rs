@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use squall_udl_host::engine::{Engine, EngineConfig, EngineMetrics};
 
-use squall_driver::{NodeConfig, TcpConfig, TcpTransport, next_incarnation, start_node};
+use squall_driver::{
+    NodeConfig, TcpConfig, TcpTransport, has_incarnation, next_incarnation, next_incarnation_from,
+    start_node,
+};
 use squall_kvs::StoreKind;
 use squall_log::{FileLog, LogConfig, LogStore};
 use squall_platform::{CoreConfig, DeliveryMode, Layout, MemberId, ShardLayout, SubgroupLayout};
@@ -140,7 +143,25 @@ async fn peer_listener(config: &Config) -> Result<TcpListener, RunError> {
 /// Runs a node until `shutdown` completes (then it leaves the group) or the group stops
 /// it.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    let incarnation = next_incarnation(&config.node.data_dir)?;
+    // A node with no count of its starts is new, or lost its disk. If a group of this
+    // cluster is running, the node must join it, never found a second one (the lowest
+    // node founds at its first start), and with a number no earlier life of it used.
+    let live_group = if has_incarnation(&config.node.data_dir) {
+        None
+    } else {
+        find_live_group(&config).await
+    };
+    let incarnation = match &live_group {
+        Some((node, view_id)) => {
+            warn!(
+                asked = node,
+                view = view_id,
+                "no start counted here, but the cluster runs: joining it as a new incarnation"
+            );
+            next_incarnation_from(&config.node.data_dir, incarnation_floor())?
+        }
+        None => next_incarnation(&config.node.data_dir)?,
+    };
     let me = MemberId::new(config.node.id, incarnation);
     info!(node = me.node, incarnation, "starting");
     if std::env::var_os("SQUALL_PYTHON").is_some() {
@@ -204,7 +225,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let node_cfg = NodeConfig {
         core,
         me,
-        found: lowest == Some(me.node) && incarnation == 1,
+        found: lowest == Some(me.node) && incarnation == 1 && live_group.is_none(),
         contacts: config.contacts(),
         restart_leader: config.restart_leader(),
         tick_interval_ms: (config.timing.heartbeat_interval_ms / 2).max(1),
@@ -386,6 +407,48 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     emitter.abort();
     client_calls.abort();
     Ok(())
+}
+
+/// How long a new node waits for each other node's answer when it looks for a running
+/// group: long enough for a loaded machine, short enough not to slow a cold start much
+/// (nodes not up yet refuse the connection at once).
+const LIVE_GROUP_PROBE_MS: u64 = 1_500;
+
+/// Asks every other node, at once, for its view: the first that is a member of one
+/// (node id, view id), or `None` if none is (a cold start: nobody has joined anything).
+async fn find_live_group(config: &Config) -> Option<(u32, u32)> {
+    let token = config.auth.tokens.first().map(|t| t.token.clone());
+    let mut probes = tokio::task::JoinSet::new();
+    for (node, addr) in config.client_map() {
+        if node == config.node.id {
+            continue;
+        }
+        let token = token.clone();
+        probes.spawn(async move {
+            let addr = addr.to_string();
+            let probe = crate::client::members_of(&addr, token.as_deref());
+            match tokio::time::timeout(Duration::from_millis(LIVE_GROUP_PROBE_MS), probe).await {
+                Ok(Ok((view_id, members))) if !members.is_empty() => Some((node, view_id)),
+                _ => None,
+            }
+        });
+    }
+    while let Some(answer) = probes.join_next().await {
+        if let Ok(Some(found)) = answer {
+            return Some(found);
+        }
+    }
+    None
+}
+
+/// An incarnation above any a lost count can have reached: the clock's seconds (a node
+/// would have to have restarted more than once a second on average since its first
+/// start for its old count to pass it).
+fn incarnation_floor() -> u32 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    u32::try_from(secs).unwrap_or(u32::MAX).max(2)
 }
 
 /// Runs UDL contexts' `get` and `put` through a cluster client, each call in a task of

@@ -31,8 +31,16 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("a temp dir");
         let mut configs =
             config::try_local_cluster(nodes, 20_000, 21_000, dir.path()).expect("local configs");
+        // Free ports, all distinct: the OS may hand a released port out again.
+        let mut ports = std::collections::BTreeSet::new();
+        let mut distinct = || loop {
+            let addr = free_addr();
+            if ports.insert(addr) {
+                break addr;
+            }
+        };
         let addrs: Vec<(SocketAddr, SocketAddr)> =
-            (0..nodes).map(|_| (free_addr(), free_addr())).collect();
+            (0..nodes).map(|_| (distinct(), distinct())).collect();
         for cfg in &mut configs {
             for (i, peer) in cfg.cluster.peers.iter_mut().enumerate() {
                 peer.addr = addrs[i].0.into();

@@ -25,6 +25,19 @@ pub enum IncarnationError {
 /// Counts one more start in `data_dir` (created if missing) and returns its number (1 for
 /// the first start).
 pub fn next_incarnation(data_dir: &Path) -> Result<u32, IncarnationError> {
+    next_incarnation_from(data_dir, 1)
+}
+
+/// Whether `data_dir` has counted a start before (a node with no count is new, or its
+/// data was lost).
+pub fn has_incarnation(data_dir: &Path) -> bool {
+    data_dir.join("incarnation").exists()
+}
+
+/// [`next_incarnation`], but at least `floor`: for a node whose count was lost (a wiped
+/// or replaced disk) while a group that knew its earlier lives runs on, a floor above any
+/// number it can have used (e.g. the clock's seconds) keeps it from reusing one.
+pub fn next_incarnation_from(data_dir: &Path, floor: u32) -> Result<u32, IncarnationError> {
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| IncarnationError::Io { path, source }
@@ -42,7 +55,10 @@ pub fn next_incarnation(data_dir: &Path) -> Result<u32, IncarnationError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
         Err(e) => return Err(io(&path)(e)),
     };
-    let next = last.checked_add(1).ok_or(IncarnationError::Exhausted)?;
+    let next = last
+        .checked_add(1)
+        .ok_or(IncarnationError::Exhausted)?
+        .max(floor);
     let tmp = data_dir.join("incarnation.tmp");
     let mut file = File::create(&tmp).map_err(io(&tmp))?;
     writeln!(file, "{next}").map_err(io(&tmp))?;
@@ -68,5 +84,18 @@ mod tests {
             next_incarnation(dir.path()),
             Err(IncarnationError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn a_floor_lifts_the_count_and_counting_goes_on_from_there() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert!(!has_incarnation(dir.path()));
+        assert_eq!(
+            next_incarnation_from(dir.path(), 1_000).expect("first"),
+            1_000
+        );
+        assert!(has_incarnation(dir.path()));
+        assert_eq!(next_incarnation(dir.path()).expect("second"), 1_001);
+        assert_eq!(next_incarnation_from(dir.path(), 10).expect("third"), 1_002);
     }
 }

@@ -10,7 +10,7 @@ pub mod node;
 pub mod state;
 pub mod transport;
 
-pub use incarnation::next_incarnation;
+pub use incarnation::{has_incarnation, next_incarnation, next_incarnation_from};
 pub use node::{
     AppEvent, LoggedRead, NodeConfig, NodeError, NodeEvent, NodeHandle, NodeSendError, start_node,
 };
