@@ -120,6 +120,19 @@ async fn a_node_restarted_into_shards_larger_than_a_message_rejoins_and_serves_t
             );
         }
     }
+    // Node 2's own log held the persistent shard up to its crash: only what followed
+    // travelled (the source logs what it shipped).
+    let plain: String = strip_ansi(&cluster.logs());
+    let shipped: Vec<&str> = plain
+        .lines()
+        .filter(|l| l.contains("state for joiners") && l.contains("subgroup=1"))
+        .collect();
+    assert!(
+        shipped
+            .iter()
+            .any(|l| l.contains("after=Some") && l.contains("records=1")),
+        "the whole log travelled again: {shipped:?}"
+    );
     c.put("/demo/after", Bytes::from_static(b"x"))
         .await
         .expect("the cluster takes writes");
@@ -195,4 +208,22 @@ async fn a_node_that_lost_its_disk_rejoins_the_running_cluster() {
             "node {node} lacks the cluster's data"
         );
     }
+}
+
+/// The node logs without their terminal colours.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

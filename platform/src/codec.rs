@@ -33,6 +33,7 @@ const TAG_RESTART_ACK: u8 = 9;
 const TAG_RESTART_COMMIT: u8 = 10;
 const TAG_READ_PROBE: u8 = 11;
 const TAG_READ_PROBE_ACK: u8 = 12;
+const TAG_STATE_WANTED: u8 = 13;
 
 const ITEM_MESSAGE: u8 = 0;
 const ITEM_NULLS: u8 = 1;
@@ -216,6 +217,16 @@ fn encode_into(msg: &Wire, sink: &mut impl Sink) {
             sink.buf().put_u8(TAG_RESTART_COMMIT);
             sink.buf().put_u32_le(*view_id);
         }
+        Wire::StateWanted {
+            view_id,
+            subgroup,
+            after,
+        } => {
+            sink.buf().put_u8(TAG_STATE_WANTED);
+            sink.buf().put_u32_le(*view_id);
+            sink.buf().put_u32_le(*subgroup);
+            put_version(sink.buf(), *after);
+        }
         Wire::ReadProbe { view_id, round } => {
             sink.buf().put_u8(TAG_READ_PROBE);
             sink.buf().put_u32_le(*view_id);
@@ -335,6 +346,11 @@ pub fn decode(frame: Bytes, limits: &DecodeLimits) -> Result<Wire, DecodeError> 
         },
         TAG_RESTART_COMMIT => Wire::RestartCommit {
             view_id: r.u32("view id")?,
+        },
+        TAG_STATE_WANTED => Wire::StateWanted {
+            view_id: r.u32("view id")?,
+            subgroup: r.u32("subgroup")?,
+            after: r.version("state wanted after")?,
         },
         TAG_READ_PROBE => Wire::ReadProbe {
             view_id: r.u32("view id")?,
@@ -896,6 +912,16 @@ mod tests {
                 part: 2,
                 parts: 3,
                 state: Bytes::from(vec![7u8; 1000]),
+            },
+            Wire::StateWanted {
+                view_id: 7,
+                subgroup: 2,
+                after: Some(Version::new(3, 9)),
+            },
+            Wire::StateWanted {
+                view_id: 7,
+                subgroup: 0,
+                after: None,
             },
             Wire::Evicted { view_id: 12 },
             Wire::RestartHello {

@@ -24,7 +24,7 @@ use thiserror::Error;
 use crate::config::{ConfigError, CoreConfig};
 use crate::ids::{MemberId, NodeId, SendTicket, Version, ViewId};
 use crate::layout::{DeliveryMode, Inadequate};
-use crate::restart::{self, LoggedState, RestartPlan};
+use crate::restart::{self, LoggedState, RestartPlan, ShardTail};
 use crate::row::{Ballot, Change, Proposal, Row, ShardRow, Trim};
 use crate::view::View;
 use crate::wire::{DataRun, Item, Wire};
@@ -107,7 +107,10 @@ pub enum Output {
     InstallView(Arc<View>),
     /// Call [`Core::supply_state`] with the application's state of this shard as of now
     /// (before anything of `view_id` is delivered); deliveries wait for it. A driver with
-    /// a log ships the shard's log records after `joiners_hold` with it.
+    /// a log ships the shard's log records after `joiners_hold` with it if its log holds
+    /// that version (then the joiners' logs are prefixes of its own up to there: versions
+    /// name the view they were delivered in, so a version is never reused for another
+    /// message), else all of them, and says which.
     StateTransferRequest {
         view_id: ViewId,
         subgroup: u32,
@@ -122,9 +125,9 @@ pub enum Output {
         view_id: ViewId,
         subgroup: u32,
         shard: u32,
+        /// With a log, the state says how far the receiver's log is kept (the source
+        /// ships only what follows what the joiners hold, when its own log has that).
         state: Bytes,
-        /// This member's log of the shard is kept up to here and replaced after it.
-        hold: Option<Version>,
     },
     /// Log durably that this member agreed to `next` (the view that a proposal to end
     /// `view_id` would install, or a restart plan's view), then call [`Core::ack_logged`].
@@ -288,9 +291,10 @@ struct ShardState {
     state_parts: Vec<Bytes>,
     state_parts_announced: Option<u32>,
     hold_for_supply: bool,
+    /// Outside restart views the source asks for the state only once every joiner said
+    /// how much of the shard its log holds (`Wire::StateWanted`), by joiner index.
+    wanted: Option<Vec<Option<Option<Version>>>>,
     joiners: Vec<MemberId>,
-    /// Restart views: how far this shard's log is kept at the joiners.
-    joiners_hold: Option<Version>,
     last_version: Option<Version>,
     persist_asked: Option<Version>,
     persisted: Option<Version>,
@@ -344,6 +348,9 @@ pub struct Core {
     promises: Vec<Promise>,
     /// The restart plan being installed (its view's setup reads the shards' holds).
     restart: Option<Arc<RestartPlan>>,
+    /// What this member's log held of each shard when it started from it (a restart),
+    /// until it installs its first view: a joiner reports it so only the rest travels.
+    last_life_tails: Vec<ShardTail>,
     /// A proposal I agreed to (as leader or follower) whose agreement is being logged;
     /// my row shows it once [`Core::ack_logged`] confirms.
     ack_logging: Option<Arc<Proposal>>,
@@ -393,6 +400,7 @@ impl Core {
         if logged.view.is_none() {
             return Err(ConfigError::NothingToRestart);
         }
+        let tails = logged.tails.clone();
         let phase = Phase::Restarting(Box::new(Restarting {
             leader,
             contacts,
@@ -404,6 +412,7 @@ impl Core {
             proposing: None,
         }));
         let mut core = Self::new(cfg, me, now_ms, phase)?;
+        core.last_life_tails = tails;
         core.restart_step();
         Ok(core)
     }
@@ -439,6 +448,7 @@ impl Core {
             reads: Reads::default(),
             promises: Vec::new(),
             restart: None,
+            last_life_tails: Vec::new(),
             ack_logging: None,
         })
     }
@@ -1061,6 +1071,42 @@ impl Core {
         self.progress();
     }
 
+    /// A joiner of this view said how much of the shard its log holds: once every joiner
+    /// has, the application is asked for the state after the least of them.
+    fn on_state_wanted(&mut self, from: MemberId, subgroup: u32, after: Option<Version>) {
+        let view_id = self.current_view().id;
+        let Some(shard) = self
+            .shards
+            .get_mut(subgroup as usize)
+            .and_then(Option::as_mut)
+        else {
+            return;
+        };
+        let (Some(wanted), Some(i)) = (
+            shard.wanted.as_mut(),
+            shard.joiners.iter().position(|j| *j == from),
+        ) else {
+            return;
+        };
+        wanted[i] = Some(after);
+        if wanted.iter().any(Option::is_none) {
+            return;
+        }
+        // The least of what they hold; none at all if any holds nothing.
+        let joiners_hold = wanted
+            .iter()
+            .map(|w| w.flatten())
+            .try_fold(Version(u64::MAX), |least, hold| hold.map(|h| least.min(h)));
+        shard.wanted = None;
+        self.outputs.push(Output::StateTransferRequest {
+            view_id,
+            subgroup,
+            shard: shard.shard as u32,
+            joiners: shard.joiners.clone(),
+            joiners_hold,
+        });
+    }
+
     /// The application's answer to [`Output::StateTransferRequest`].
     pub fn supply_state(&mut self, view_id: ViewId, subgroup: u32, state: Bytes) {
         if !self.is_member() || view_id != self.current_view().id {
@@ -1172,6 +1218,7 @@ impl Core {
                 } if data.is_empty() => {}
                 Wire::Update { .. } | Wire::State { .. } => self.buffer_future(from, msg),
                 Wire::JoinRequest
+                | Wire::StateWanted { .. }
                 | Wire::Evicted { .. }
                 | Wire::RestartHello { .. }
                 | Wire::RestartPrepare { .. }
@@ -1266,8 +1313,21 @@ impl Core {
                     self.stop(StopReason::Evicted);
                 }
             }
-            Wire::Update { view_id, .. } | Wire::State { view_id, .. } if view_id > view.id => {
+            Wire::Update { view_id, .. }
+            | Wire::State { view_id, .. }
+            | Wire::StateWanted { view_id, .. }
+                if view_id > view.id =>
+            {
                 self.buffer_future(from, msg)
+            }
+            Wire::StateWanted {
+                view_id,
+                subgroup,
+                after,
+            } => {
+                if view_id == view.id {
+                    self.on_state_wanted(from, subgroup, after);
+                }
             }
             Wire::Update { view_id, .. } | Wire::State { view_id, .. } if view_id < view.id => {
                 // A member lagging in an older view: if we have given up on it, tell it.
@@ -1328,7 +1388,6 @@ impl Core {
                         subgroup,
                         shard: shard.shard as u32,
                         state,
-                        hold: shard.joiners_hold,
                     });
                     if let Some(row) = self.my_row_mut().shards[g].as_mut() {
                         row.awaiting_state = false;
@@ -1526,6 +1585,7 @@ impl Core {
             } if data.is_empty() => {}
             Wire::Update { .. } | Wire::State { .. } => self.buffer_future(from, msg),
             Wire::JoinRequest
+            | Wire::StateWanted { .. }
             | Wire::Evicted { .. }
             | Wire::ReadProbe { .. }
             | Wire::ReadProbeAck { .. } => {}
@@ -1709,6 +1769,7 @@ impl Core {
             if !self.is_member() {
                 return;
             }
+            changed |= self.stop_waiting_for_joiners();
             changed |= self.multicast();
             changed |= self.membership();
             if !self.is_member() {
@@ -1721,6 +1782,43 @@ impl Core {
                 return;
             }
         }
+    }
+
+    /// A state source waiting for its joiners to say what their logs hold stops waiting
+    /// once one of them is suspected or this member wedged (a view change is under way,
+    /// which needs the shard released): it asks for the whole state now.
+    fn stop_waiting_for_joiners(&mut self) -> bool {
+        let wedged = self.my_row().wedged;
+        let view = Arc::clone(self.current_view());
+        let mut changed = false;
+        for g in 0..self.shards.len() {
+            let Some(shard) = self.shards[g].as_ref() else {
+                continue;
+            };
+            if shard.wanted.is_none() {
+                continue;
+            }
+            let gone = shard
+                .joiners
+                .iter()
+                .any(|j| view.rank_of(*j).is_none_or(|r| self.is_suspected(r)));
+            if !(wedged || gone) {
+                continue;
+            }
+            let Some(shard) = self.shards[g].as_mut() else {
+                continue;
+            };
+            shard.wanted = None;
+            self.outputs.push(Output::StateTransferRequest {
+                view_id: view.id,
+                subgroup: g as u32,
+                shard: shard.shard as u32,
+                joiners: shard.joiners.clone(),
+                joiners_hold: None,
+            });
+            changed = true;
+        }
+        changed
     }
 
     /// Gossip: adopt every suspicion and leave notice found in peers' rows; stop if we are
@@ -2842,13 +2940,17 @@ impl Core {
                 .collect();
             let hold_for_supply = sv.state_source == Some(self.me) && !sv.joined.is_empty();
             let hold_for_state = sv.joined.contains(&self.me);
-            let joiners_hold = self
+            let restart_shard = self
                 .restart
                 .as_ref()
                 .filter(|plan| plan.view.id == view.id)
-                .and_then(|plan| plan.shards.get(g)?.get(s))
-                .and_then(|rs| rs.joiners_hold);
-            if hold_for_supply {
+                .and_then(|plan| plan.shards.get(g)?.get(s));
+            let joiners_hold = restart_shard.and_then(|rs| rs.joiners_hold);
+            // A restart view's plan says what the joiners' logs hold; otherwise each
+            // joiner says it, and the source waits for all of them.
+            let wanted =
+                (hold_for_supply && restart_shard.is_none()).then(|| vec![None; sv.joined.len()]);
+            if hold_for_supply && wanted.is_none() {
                 self.outputs.push(Output::StateTransferRequest {
                     view_id: view.id,
                     subgroup: g as u32,
@@ -2856,6 +2958,25 @@ impl Core {
                     joiners: sv.joined.clone(),
                     joiners_hold,
                 });
+            }
+            if hold_for_state
+                && restart_shard.is_none()
+                && let Some(source) = sv.state_source
+            {
+                let after = self
+                    .last_life_tails
+                    .iter()
+                    .find(|t| t.subgroup == g as u32 && t.shard == s as u32)
+                    .map(|t| t.version);
+                self.send_to(
+                    source.node,
+                    Some(source.incarnation),
+                    Wire::StateWanted {
+                        view_id: view.id,
+                        subgroup: g as u32,
+                        after,
+                    },
+                );
             }
             my_row.shards[g] = Some(ShardRow {
                 received: vec![0; senders],
@@ -2878,8 +2999,8 @@ impl Core {
                 state_parts: Vec::new(),
                 state_parts_announced: None,
                 hold_for_supply,
+                wanted,
                 joiners: sv.joined.clone(),
-                joiners_hold,
                 last_version: None,
                 persist_asked: None,
                 persisted: None,
@@ -2889,6 +3010,8 @@ impl Core {
                 trim_applied: false,
             });
         }
+        // Only the first view after a start from the log finds the log as it was.
+        self.last_life_tails.clear();
         self.outputs.extend(aborted);
         self.rows = (0..n)
             .map(|r| {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::ids::{NodeId, ViewId};
+use crate::ids::{NodeId, Version, ViewId};
 use crate::restart::{LoggedState, RestartPlan};
 use crate::row::Row;
 use crate::view::View;
@@ -64,6 +64,15 @@ pub enum Wire {
         parts: u32,
         state: Bytes,
     },
+    /// From a member new to a shard in `view_id` to the shard's state source: its log of
+    /// the shard already holds every version up to `after` (from its last life), so the
+    /// state need carry only what follows. The source waits for this from every joiner
+    /// of a view that is not a restart view before it asks its application for the state.
+    StateWanted {
+        view_id: ViewId,
+        subgroup: u32,
+        after: Option<Version>,
+    },
     /// "You are not (or no longer) a member as far as view `view_id` is concerned."
     Evicted { view_id: ViewId },
     /// A node restarting from its log reports what the log holds (to the restart leader;
@@ -95,7 +104,9 @@ impl Wire {
     /// The view this message belongs to, for messages that are only meaningful in one view.
     pub fn view_id(&self) -> Option<ViewId> {
         match self {
-            Wire::Update { view_id, .. } | Wire::State { view_id, .. } => Some(*view_id),
+            Wire::Update { view_id, .. }
+            | Wire::State { view_id, .. }
+            | Wire::StateWanted { view_id, .. } => Some(*view_id),
             _ => None,
         }
     }

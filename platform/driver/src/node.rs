@@ -283,10 +283,12 @@ enum LogWork {
         reply: oneshot::Sender<Result<Option<Bytes>, String>>,
     },
     /// Records of `key` after `after`, for a state transfer.
+    /// The records after `after` if the log holds that version, else all of them; with
+    /// the version they follow.
     ReadTail {
         key: ShardKey,
         after: Option<Version>,
-        reply: oneshot::Sender<Result<Vec<Record>, String>>,
+        reply: oneshot::Sender<Result<Tail, String>>,
     },
     /// Keep `key`'s log up to `keep` and replace the rest with `records`, durably; then
     /// answer with the whole log.
@@ -413,10 +415,13 @@ struct ReadWait {
     leased: bool,
 }
 
+/// A shard log's records for joiners and the version they follow (none: all of them).
+type Tail = (Option<u64>, Vec<Record>);
+
 struct PendingTail {
     view_id: ViewId,
     subgroup: u32,
-    records: oneshot::Receiver<Result<Vec<Record>, String>>,
+    records: oneshot::Receiver<Result<Tail, String>>,
 }
 
 /// What this node's log says about its last life: the newest view it logged and the end
@@ -626,9 +631,9 @@ impl Driver {
             .iter()
             .position(|t| t.view_id == view_id && t.subgroup == subgroup)
             .map(|i| self.tails.swap_remove(i));
-        let records = match pending {
+        let (base, records) = match pending {
             Some(tail) => match tail.records.await {
-                Ok(Ok(records)) => records,
+                Ok(Ok(tail)) => tail,
                 Ok(Err(reason)) => {
                     self.feedback.push_back(LogDone::Failed(reason));
                     return;
@@ -639,9 +644,15 @@ impl Driver {
                     return;
                 }
             },
-            None => Vec::new(),
+            None => (None, Vec::new()),
         };
-        let state = StateEnvelope { app, records }.encode();
+        info!(
+            subgroup,
+            after = ?base.map(Version),
+            records = records.len(),
+            "state for joiners"
+        );
+        let state = StateEnvelope { app, base, records }.encode();
         self.core.supply_state(view_id, subgroup, state);
     }
 
@@ -880,7 +891,6 @@ impl Driver {
                 subgroup,
                 shard,
                 state,
-                hold,
             } => {
                 let envelope = match StateEnvelope::decode(state) {
                     Ok(envelope) => envelope,
@@ -897,7 +907,7 @@ impl Driver {
                     let (reply, whole) = oneshot::channel();
                     self.queue_log_work(LogWork::ReplaceTail {
                         key: ShardKey { subgroup, shard },
-                        keep: hold,
+                        keep: envelope.base.map(Version),
                         records: envelope.records,
                         reply,
                     });
@@ -1035,10 +1045,16 @@ fn spawn_log_thread(
                             let _ = reply.send(record);
                         }
                         LogWork::ReadTail { key, after, reply } => {
-                            let from = after.map_or(0, |v| v.0 + 1);
-                            let records =
-                                store.range(key, from, u64::MAX).map_err(|e| e.to_string());
-                            let _ = reply.send(records);
+                            let tail = after
+                                .map_or(Ok(None), |v| {
+                                    store.get(key, v.0).map(|held| held.map(|_| v.0))
+                                })
+                                .and_then(|base| {
+                                    let from = base.map_or(0, |b| b + 1);
+                                    Ok((base, store.range(key, from, u64::MAX)?))
+                                })
+                                .map_err(|e| e.to_string());
+                            let _ = reply.send(tail);
                         }
                         LogWork::ReplaceTail {
                             key,

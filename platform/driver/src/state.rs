@@ -3,9 +3,13 @@
 //! total stop with a shorter log) ends with the same log as its source, not just the same
 //! state. A later total restart compares logs, so they must be complete.
 //!
-//! Layout (little-endian): `app_len: u32, app, count: u32, count × (version: u64,
-//! hlc_us: u64, len: u32, payload)`. Decoding slices the received buffer: no payload is
-//! copied.
+//! The records follow `base`: the receiver keeps its own log up to it (the joiners' logs
+//! held that much, and the source's log held that version) and replaces the rest; with
+//! no base, the records are the whole log.
+//!
+//! Layout (little-endian): `app_len: u32, app, has_base: u8, [base: u64], count: u32,
+//! count × (version: u64, hlc_us: u64, len: u32, payload)`. Decoding slices the received
+//! buffer: no payload is copied.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use squall_log::Record;
@@ -14,6 +18,7 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateEnvelope {
     pub app: Bytes,
+    pub base: Option<u64>,
     pub records: Vec<Record>,
 }
 
@@ -23,15 +28,24 @@ pub enum StateError {
     Truncated { what: &'static str },
     #[error("state transfer has {0} bytes after its last record")]
     Trailing(usize),
+    #[error("state transfer base flag {0} (0 or 1)")]
+    BadBaseFlag(u8),
 }
 
 impl StateEnvelope {
     pub fn encode(&self) -> Bytes {
         let payload_bytes: usize = self.records.iter().map(|r| r.payload.len()).sum();
         let mut out =
-            BytesMut::with_capacity(8 + self.app.len() + 20 * self.records.len() + payload_bytes);
+            BytesMut::with_capacity(17 + self.app.len() + 20 * self.records.len() + payload_bytes);
         out.put_u32_le(self.app.len() as u32);
         out.put_slice(&self.app);
+        match self.base {
+            Some(base) => {
+                out.put_u8(1);
+                out.put_u64_le(base);
+            }
+            None => out.put_u8(0),
+        }
         out.put_u32_le(self.records.len() as u32);
         for r in &self.records {
             out.put_u64_le(r.version);
@@ -53,6 +67,15 @@ impl StateEnvelope {
         let app_len = buf.get_u32_le() as usize;
         need(&buf, app_len, "the application state")?;
         let app = buf.split_to(app_len);
+        need(&buf, 1, "the base flag")?;
+        let base = match buf.get_u8() {
+            0 => None,
+            1 => {
+                need(&buf, 8, "the base")?;
+                Some(buf.get_u64_le())
+            }
+            flag => return Err(StateError::BadBaseFlag(flag)),
+        };
         need(&buf, 4, "the record count")?;
         let count = buf.get_u32_le() as usize;
         // Each record takes at least 20 bytes: a count the buffer cannot hold is refused
@@ -74,7 +97,7 @@ impl StateEnvelope {
         if buf.has_remaining() {
             return Err(StateError::Trailing(buf.remaining()));
         }
-        Ok(StateEnvelope { app, records })
+        Ok(StateEnvelope { app, base, records })
     }
 }
 
@@ -86,6 +109,7 @@ mod tests {
     fn round_trips_and_refuses_damage() {
         let envelope = StateEnvelope {
             app: Bytes::from_static(b"digest"),
+            base: Some(99),
             records: (0..3)
                 .map(|i| Record {
                     version: 100 + i,
@@ -94,8 +118,19 @@ mod tests {
                 })
                 .collect(),
         };
+        let whole = StateEnvelope {
+            base: None,
+            ..envelope.clone()
+        };
+        assert_eq!(StateEnvelope::decode(whole.encode()), Ok(whole));
         let bytes = envelope.encode();
         assert_eq!(StateEnvelope::decode(bytes.clone()), Ok(envelope));
+        let mut bad_flag = BytesMut::from(&bytes[..]);
+        bad_flag[4 + 6] = 2;
+        assert_eq!(
+            StateEnvelope::decode(bad_flag.freeze()),
+            Err(StateError::BadBaseFlag(2))
+        );
         for cut in [0, 3, 9, bytes.len() - 1] {
             assert!(matches!(
                 StateEnvelope::decode(bytes.slice(..cut)),
@@ -111,6 +146,7 @@ mod tests {
         // A record count far beyond the buffer is refused without allocating for it.
         let mut huge = BytesMut::new();
         huge.put_u32_le(0);
+        huge.put_u8(0);
         huge.put_u32_le(u32::MAX);
         assert!(matches!(
             StateEnvelope::decode(huge.freeze()),

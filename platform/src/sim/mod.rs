@@ -1546,15 +1546,20 @@ impl Simulation {
                 joiners_hold,
                 ..
             } => {
-                // The state: the application's digest, then the log records the joiners
-                // lack (as a driver with a log ships them).
+                // The state: the application's digest, the version the records follow
+                // (u64::MAX: from the start), then the log records the joiners lack (as
+                // a driver with a log ships them). A joiners' hold this log lacks (their
+                // log has versions the shard's history does not) ships everything.
                 let node = &self.nodes[&id];
                 let digest = node.app[subgroup as usize];
-                let mut state = Vec::with_capacity(16);
+                let mut state = Vec::with_capacity(24);
                 state.extend_from_slice(&digest.applied.to_le_bytes());
                 state.extend_from_slice(&digest.chain.to_le_bytes());
-                if let Some(log) = node.disk.logs.get(&(subgroup, shard)) {
-                    let from = joiners_hold.map_or(Version(0), |v| Version(v.0 + 1));
+                let log = node.disk.logs.get(&(subgroup, shard));
+                let base = joiners_hold.filter(|v| log.is_some_and(|l| l.contains_key(v)));
+                state.extend_from_slice(&base.map_or(u64::MAX, |v| v.0).to_le_bytes());
+                if let Some(log) = log {
+                    let from = base.map_or(Version(0), |v| Version(v.0 + 1));
                     for (v, payload) in log.range(from..) {
                         state.extend_from_slice(&v.0.to_le_bytes());
                         state.extend_from_slice(&payload.to_le_bytes());
@@ -1569,19 +1574,20 @@ impl Simulation {
                 subgroup,
                 shard,
                 state,
-                hold,
+                ..
             } => {
                 let digest = decode_digest(&state);
                 if let Some(node) = self.nodes.get_mut(&id) {
                     node.app[subgroup as usize] = digest;
                     let log = node.disk.logs.entry((subgroup, shard)).or_default();
-                    match hold {
+                    // The records follow the source's base: keep the log up to it.
+                    match decode_base(&state) {
                         Some(v) => {
                             log.split_off(&Version(v.0 + 1));
                         }
                         None => log.clear(),
                     }
-                    for record in state.get(16..).unwrap_or_default().chunks_exact(16) {
+                    for record in state.get(24..).unwrap_or_default().chunks_exact(16) {
                         let word = |at: usize| {
                             u64::from_le_bytes(record[at..at + 8].try_into().expect("8 bytes"))
                         };
@@ -1802,6 +1808,16 @@ impl Simulation {
         });
         self.finished = true;
     }
+}
+
+/// The version a state's log records follow (see the state's layout above).
+fn decode_base(state: &[u8]) -> Option<Version> {
+    state
+        .get(16..24)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .filter(|v| *v != u64::MAX)
+        .map(Version)
 }
 
 fn decode_digest(state: &[u8]) -> StateDigest {
