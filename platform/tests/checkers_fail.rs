@@ -669,11 +669,18 @@ fn persistence_frontier() {
     );
 }
 
-#[test]
-fn state_transfer() {
+/// What A and B hold after the one message of view 0 in [`c_joins_in_view_1`].
+const HELD: StateDigest = StateDigest {
+    applied: 1,
+    chain: 42,
+};
+
+/// C joins the shard in view 1 and receives its state from A, which (like B) applied one
+/// message in view 0 ([`HELD`]): the run up to C's install, with every member's state at
+/// install. The caller adds C's `StateReceived` (and what goes around it).
+fn c_joins_in_view_1() -> Run {
     let v0 = ordered(0, &[A, B]);
     let m = msg(&v0, A, 0, 0);
-    // C joins the shard in view 1 and receives its state from A.
     let v1 = Arc::new(View {
         joined: vec![C],
         shards: vec![vec![ShardView {
@@ -683,24 +690,26 @@ fn state_transfer() {
         }]],
         ..(*ordered(1, &[A, B, C])).clone()
     });
-    let held = StateDigest {
-        applied: 1,
-        chain: 42,
-    };
+    let mut run = Run::new();
+    run.install(&v0, &[A, B])
+        .multicast(&m, &[A, B])
+        .install(&v1, &[A, B, C]);
+    for (member, digest) in [(A, HELD), (B, HELD), (C, StateDigest::default())] {
+        run.event(|at_us| Event::StateAtInstall {
+            at_us,
+            member,
+            view_id: 1,
+            subgroup: 0,
+            digest,
+        });
+    }
+    run
+}
+
+#[test]
+fn state_transfer() {
     let with_received = |received: StateDigest| {
-        let mut run = Run::new();
-        run.install(&v0, &[A, B])
-            .multicast(&m, &[A, B])
-            .install(&v1, &[A, B, C]);
-        for (member, digest) in [(A, held), (B, held), (C, StateDigest::default())] {
-            run.event(|at_us| Event::StateAtInstall {
-                at_us,
-                member,
-                view_id: 1,
-                subgroup: 0,
-                digest,
-            });
-        }
+        let mut run = c_joins_in_view_1();
         run.event(|at_us| Event::StateReceived {
             at_us,
             member: C,
@@ -719,7 +728,7 @@ fn state_transfer() {
             "but n0.1 held StateDigest { applied: 1, chain: 42 }",
         ],
     );
-    assert_passes(checkers::state_transfer, &with_received(held));
+    assert_passes(checkers::state_transfer, &with_received(HELD));
 }
 
 #[test]
@@ -1016,37 +1025,9 @@ fn liveness_after_heal() {
 
 #[test]
 fn read_barrier_at_a_joiner_waits_for_its_state() {
-    let v0 = ordered(0, &[A, B]);
-    let m = msg(&v0, A, 0, 0);
-    // C joins the shard in view 1 and receives its state from A; it answers a read
-    // before or after that state arrived.
-    let v1 = Arc::new(View {
-        joined: vec![C],
-        shards: vec![vec![ShardView {
-            joined: vec![C],
-            state_source: Some(A),
-            ..shard(&[A, B, C], DeliveryMode::Ordered)
-        }]],
-        ..(*ordered(1, &[A, B, C])).clone()
-    });
-    let held = StateDigest {
-        applied: 1,
-        chain: 42,
-    };
+    // C answers a read before or after its state arrived.
     let with_read = |before_state: bool| {
-        let mut run = Run::new();
-        run.install(&v0, &[A, B])
-            .multicast(&m, &[A, B])
-            .install(&v1, &[A, B, C]);
-        for (member, digest) in [(A, held), (B, held), (C, StateDigest::default())] {
-            run.event(|at_us| Event::StateAtInstall {
-                at_us,
-                member,
-                view_id: 1,
-                subgroup: 0,
-                digest,
-            });
-        }
+        let mut run = c_joins_in_view_1();
         if before_state {
             run.read_barrier(C, 1, None);
         }
@@ -1055,7 +1036,7 @@ fn read_barrier_at_a_joiner_waits_for_its_state() {
             member: C,
             view_id: 1,
             subgroup: 0,
-            digest: held,
+            digest: HELD,
         });
         if !before_state {
             run.read_barrier(C, 1, None);
