@@ -107,7 +107,7 @@ struct Conn {
     addr: String,
     /// Requests are written by their callers, one frame per write: a writer task would
     /// add a task hop (often a thread hop) to every request's latency.
-    writer: Mutex<(tokio::net::tcp::OwnedWriteHalf, BytesMut)>,
+    writer: Mutex<(tokio::net::tcp::OwnedWriteHalf, wire::FrameBuf)>,
     /// Set when the reader ends or a write fails: the connection is not reused.
     closed: Arc<AtomicBool>,
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>,
@@ -126,17 +126,13 @@ impl Conn {
             .map_err(|_| connect_err("timed out".into()))?
             .map_err(|e| connect_err(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let mut out = BytesMut::new();
-        wire::put_frame(
-            &mut out,
-            &Frame::Hello {
-                magic: MAGIC,
-                version: PROTOCOL_VERSION,
-                token: token.map(str::to_string),
-            },
-        );
+        let hello = wire::frame_to_vec(&Frame::Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            token: token.map(str::to_string),
+        });
         stream
-            .write_all(&out)
+            .write_all(&hello)
             .await
             .map_err(|e| connect_err(e.to_string()))?;
         let mut buf = BytesMut::with_capacity(64 << 10);
@@ -215,7 +211,7 @@ impl Conn {
         });
         Ok(Arc::new(Conn {
             addr: addr.to_string(),
-            writer: Mutex::new((writer, BytesMut::new())),
+            writer: Mutex::new((writer, wire::FrameBuf::new())),
             closed,
             pending,
             watches,
@@ -237,7 +233,7 @@ impl Conn {
         buf.clear();
         wire::put_frame(buf, frame);
         let unfinished = Unfinished(&self.closed);
-        let result = writer.write_all(buf).await;
+        let result = buf.write_to(writer).await;
         if result.is_ok() {
             std::mem::forget(unfinished);
         }
@@ -524,6 +520,22 @@ impl Client {
             Route::Read(key) => (key, false),
             Route::Write(key) => (key, true),
         };
+        self.with_replicas(key, |members| match members.first() {
+            None => None,
+            Some(first) if write => Some(first.clone()),
+            Some(_) => Some(self.pick(members, Some(key))),
+        })?
+    }
+
+    /// Whether `addr` (a node's client address) is a member of `key`'s shard under the
+    /// cached layout; `None` if the layout does not say.
+    pub fn is_replica_of(&self, key: &str, addr: &str) -> Option<bool> {
+        self.with_replicas(key, |members| members.iter().any(|m| m == addr))
+    }
+
+    /// `f` of the members of `key`'s shard (client addresses, first member first) under
+    /// the cached layout, if it says.
+    fn with_replicas<R>(&self, key: &str, f: impl FnOnce(&[String]) -> R) -> Option<R> {
         let routing = self
             .inner
             .routing
@@ -539,11 +551,7 @@ impl Client {
             .shards
             .get(pool.spec.subgroup as usize)?
             .get(pool.shard_of(key) as usize)?;
-        match members.first() {
-            None => None,
-            Some(first) if write => Some(first.clone()),
-            Some(_) => Some(self.pick(members, Some(key))),
-        }
+        Some(f(members))
     }
 
     /// The replica a read (or `trigger_put`) of `key` goes to first, by the cached layout
@@ -659,9 +667,10 @@ impl Client {
         forget: bool,
         key: Option<&str>,
     ) -> Result<Response, ClientError> {
+        let (head, tail) = op::encode_split(&op);
         let request = Request::Write {
             forget,
-            op: op::encode(&op),
+            op: wire::OpBytes::new(head, tail),
         };
         let route = key.map_or(Route::Any, Route::Write);
         self.call(request, route).await

@@ -500,18 +500,12 @@ async fn serve_client_calls(
     }
 }
 
-/// A `trigger_put` handed to this node's own service, as a client's would be.
-async fn trigger_here(
-    service: &mpsc::Sender<Command>,
-    key: &str,
-    blob: bytes::Bytes,
-) -> Option<Response> {
+/// A request handed to this node's own service, as a client's would be (with the write
+/// role: the node trusts its own UDLs' outputs as it trusts its config's tokens).
+async fn request_here(service: &mpsc::Sender<Command>, request: Request) -> Option<Response> {
     let (answers, mut answer) = mpsc::channel(1);
     let command = Command::Request {
-        request: Request::TriggerPut {
-            key: key.to_string(),
-            blob,
-        },
+        request,
         role: Role::Write,
         reply: Reply::new(0, answers),
     };
@@ -616,9 +610,11 @@ async fn emit_outputs(
             // The replica its key routes to may be this node: then straight to the
             // local service, without a network round trip.
             let here = c.replica_for(&out.key).is_some_and(|a| a == own_addr);
-            let result = if here
-                && let Some(Response::Done) =
-                    trigger_here(&service, &out.key, out.value.clone()).await
+            let request = Request::TriggerPut {
+                key: out.key.clone(),
+                blob: out.value.clone(),
+            };
+            let result = if here && let Some(Response::Done) = request_here(&service, request).await
             {
                 Ok(())
             } else {
@@ -642,7 +638,7 @@ async fn emit_outputs(
                 Err(_) => break,
             }
         }
-        write_outputs(&c, batch, &pressure).await;
+        write_outputs(&c, batch, &pressure, &service, &own_addr).await;
     }
 }
 
@@ -661,13 +657,20 @@ fn output_route(out: &Emit) -> String {
 /// `WriteMany` (applied in this order; what the shard refused is a suffix, written then
 /// one by one, still in order), the shards at once. One output of a key is never
 /// overtaken by a later one: they share a shard.
-async fn write_outputs(c: &Client, batch: Vec<Emit>, pressure: &crate::service::WanPressure) {
-    if batch.len() == 1 {
-        for out in batch {
-            write_output(c, out, pressure).await;
-        }
-        return;
-    }
+///
+/// Where this node is a replica of the shard (with 3 replicas on 3 nodes, always), the
+/// outputs go to its own service, which multicasts them itself, as Cascade's emit does
+/// an ordered send from the member that ran the UDL: one network hop less than through
+/// the shard's first member, which for a 1 MiB output is a copy of it across the
+/// network. Anything it does not take goes through the client (the message ids make a
+/// second attempt apply once).
+async fn write_outputs(
+    c: &Client,
+    batch: Vec<Emit>,
+    pressure: &crate::service::WanPressure,
+    service: &mpsc::Sender<Command>,
+    own_addr: &str,
+) {
     let mut groups: Vec<(String, Vec<Emit>)> = Vec::new();
     for out in batch {
         let route = output_route(&out);
@@ -680,51 +683,91 @@ async fn write_outputs(c: &Client, batch: Vec<Emit>, pressure: &crate::service::
         }
     }
     let writes = groups.into_iter().map(|(_, outs)| async move {
-        let now = crate::client::now_us();
-        let ops: Vec<squall_kvs::Op> = outs
-            .iter()
-            .map(|o| match &o.site {
-                Some(site) => squall_kvs::Op::OutboxPut {
-                    id: o.id,
-                    hlc_us: now,
-                    site: site.clone(),
-                    trigger: o.trigger,
-                    key: o.key.clone(),
-                    blob: o.value.clone(),
-                },
-                None => squall_kvs::Op::Put {
-                    id: o.id,
-                    hlc_us: now,
-                    condition: squall_kvs::Condition::Always,
-                    key: o.key.clone(),
-                    blob: o.value.clone(),
-                },
-            })
-            .collect();
         let route = output_route(&outs[0]);
-        let refused: Vec<Emit> = match c.write_many(&ops, &route, false).await {
-            Ok(answers) => {
+        let here = !own_addr.is_empty() && c.is_replica_of(&route, own_addr) == Some(true);
+        if outs.len() == 1 && !here {
+            for out in outs {
+                write_output(c, out, pressure).await;
+            }
+            return;
+        }
+        let now = crate::client::now_us();
+        let ops: Vec<squall_kvs::Op> = outs.iter().map(|o| output_op(o, now)).collect();
+        let answers: Option<Vec<bool>> = if here {
+            let request = match &ops[..] {
+                [op] => {
+                    let (head, tail) = squall_kvs::op::encode_split(op);
+                    Request::Write {
+                        forget: false,
+                        op: crate::wire::OpBytes::new(head, tail),
+                    }
+                }
+                _ => Request::WriteMany {
+                    ops: ops.iter().map(squall_kvs::op::encode).collect(),
+                    compress: false,
+                },
+            };
+            match request_here(service, request).await {
+                Some(Response::Written { .. }) => Some(vec![true]),
+                Some(Response::Many(answers)) if answers.len() == outs.len() => Some(
+                    answers
+                        .iter()
+                        .map(|a| matches!(a, Response::Written { .. }))
+                        .collect(),
+                ),
+                // Refused whole (not a replica since, a full queue): the client's way.
+                _ => None,
+            }
+        } else {
+            c.write_many(&ops, &route, false)
+                .await
+                .ok()
+                .map(|answers| answers.iter().map(Result::is_ok).collect())
+        };
+        let refused: Vec<Emit> = match answers {
+            Some(answers) => {
                 let mut refused = Vec::new();
-                for (out, answer) in outs.into_iter().zip(answers) {
-                    match (answer, &out.site) {
-                        (Ok(_), Some(site)) => {
+                for (out, written) in outs.into_iter().zip(answers) {
+                    match (written, &out.site) {
+                        (true, Some(site)) => {
                             if let Ok(mut full) = pressure.lock() {
                                 full.remove(site);
                             }
                         }
-                        (Ok(_), None) => {}
-                        (Err(_), _) => refused.push(out),
+                        (true, None) => {}
+                        (false, _) => refused.push(out),
                     }
                 }
                 refused
             }
-            Err(_) => outs,
+            None => outs,
         };
         for out in refused {
             write_output(c, out, pressure).await;
         }
     });
     futures_util::future::join_all(writes).await;
+}
+
+/// The operation that writes `o` (a put, or an outbox entry for a remote site).
+fn output_op(o: &Emit, now_us: u64) -> squall_kvs::Op {
+    match &o.site {
+        Some(site) => squall_kvs::Op::OutboxPut {
+            id: o.id,
+            hlc_us: now_us,
+            site: site.clone(),
+            trigger: o.trigger,
+            key: o.key.clone(),
+            blob: o.value.clone(),
+        },
+        None => squall_kvs::Op::Put {
+            id: o.id,
+            hlc_us: now_us,
+            condition: squall_kvs::Condition::Always,
+            key: o.key.clone(),
+            blob: o.value.clone(),
+        },
+    }
 }
 
 /// One output the way a single write goes: an outbox entry until it is taken, a put

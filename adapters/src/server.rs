@@ -66,13 +66,9 @@ pub async fn serve(listener: TcpListener, cfg: ServerConfig, commands: mpsc::Sen
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             warn!(%peer, limit = cfg.clients_max, "refusing a client: too many connections");
             let mut stream = stream;
-            let mut out = BytesMut::new();
-            wire::put_frame(
-                &mut out,
-                &Frame::Refused {
-                    reason: format!("the node serves {} clients already", cfg.clients_max),
-                },
-            );
+            let out = wire::frame_to_vec(&Frame::Refused {
+                reason: format!("the node serves {} clients already", cfg.clients_max),
+            });
             let _ = stream.write_all(&out).await;
             continue;
         };
@@ -205,13 +201,9 @@ async fn connection(
     .await
     .map_err(|_| "no handshake within 10 s".to_string())??;
     let refuse = |reason: String| async move {
-        let mut out = BytesMut::new();
-        wire::put_frame(
-            &mut out,
-            &Frame::Refused {
-                reason: reason.clone(),
-            },
-        );
+        let out = wire::frame_to_vec(&Frame::Refused {
+            reason: reason.clone(),
+        });
         (out, reason)
     };
     let role = match hello {
@@ -249,7 +241,7 @@ async fn connection(
     let (mut reader, mut writer) = stream.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Frame>(cfg.out_queue_max);
     let writer_task = tokio::spawn(async move {
-        let mut out = BytesMut::with_capacity(64 << 10);
+        let mut out = wire::FrameBuf::with_capacity(64 << 10);
         while let Some(frame) = out_rx.recv().await {
             out.clear();
             wire::put_frame(&mut out, &frame);
@@ -260,7 +252,7 @@ async fn connection(
                     break;
                 }
             }
-            if writer.write_all(&out).await.is_err() {
+            if out.write_to(&mut writer).await.is_err() {
                 return;
             }
         }

@@ -1542,6 +1542,7 @@ impl Service {
         let mut sent = 0;
         for (i, op) in ops.into_iter().enumerate() {
             let one = Reply::new(i as u64, answers_tx.clone());
+            let op = op.into();
             Box::pin(self.request(Request::Write { forget: false, op }, role, one)).await;
             sent += 1;
             // Only a refusal is answered before the write is applied.
@@ -1855,6 +1856,8 @@ impl Service {
                 Some(())
             }
             Request::Write { forget, op: bytes } => {
+                // Decoded from a frame: one buffer, no copy.
+                let bytes = bytes.into_bytes();
                 let op = match op::decode(bytes.clone()) {
                     Ok(op) => op,
                     Err(e) => {

@@ -57,7 +57,7 @@ pub enum Request {
     Write {
         /// Answer once accepted, before the operation is applied (`put_and_forget`).
         forget: bool,
-        op: Bytes,
+        op: OpBytes,
     },
     /// To this node only, not stored: for logic triggered on arrival.
     TriggerPut {
@@ -404,11 +404,195 @@ pub enum WireError {
 /// Entries in one list field (keys, objects, pools, members).
 const LIST_MAX: usize = 1 << 20;
 
+/// A kvs operation's encoding as a [`Request::Write`] carries it: `head` then `tail`,
+/// laid end to end. An encoder leaves a put's value (the encoding's last field) in
+/// `tail`, the caller's own buffer, so a large value goes to the socket uncopied
+/// ([`squall_kvs::op::encode_split`]); a decoder gives the whole operation in `head` (a
+/// slice of the frame) and `tail` empty.
+#[derive(Clone, Debug, Default)]
+pub struct OpBytes {
+    head: Bytes,
+    tail: Bytes,
+}
+
+impl OpBytes {
+    pub fn new(head: Bytes, tail: Bytes) -> Self {
+        OpBytes { head, tail }
+    }
+
+    /// An operation encoded in one buffer.
+    pub fn whole(op: Bytes) -> Self {
+        OpBytes {
+            head: op,
+            tail: Bytes::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The operation in one buffer: no copy unless it has a tail (a decoded one never
+    /// has).
+    pub fn into_bytes(self) -> Bytes {
+        if self.tail.is_empty() {
+            return self.head;
+        }
+        let mut whole = BytesMut::with_capacity(self.len());
+        whole.extend_from_slice(&self.head);
+        whole.extend_from_slice(&self.tail);
+        whole.freeze()
+    }
+}
+
+impl From<Bytes> for OpBytes {
+    fn from(op: Bytes) -> Self {
+        OpBytes::whole(op)
+    }
+}
+
+/// Equal when the bytes laid end to end are, however they are split.
+impl PartialEq for OpBytes {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && self
+                .head
+                .iter()
+                .chain(self.tail.iter())
+                .eq(other.head.iter().chain(other.tail.iter()))
+    }
+}
+
+impl Eq for OpBytes {}
+
+/// Values at least this large are written from their own buffers ([`FrameBuf`]); smaller
+/// ones are copied into the frame, which costs less than another piece to write.
+pub const BLOB_INLINE_BYTES_MAX: usize = 16 << 10;
+
+/// The most pieces handed to one vectored write (the kernel's `IOV_MAX` is 1024).
+const WRITE_PIECES_MAX: usize = 512;
+
+/// Frames encoded for writing: their small fields copied into one buffer, values of
+/// more than [`BLOB_INLINE_BYTES_MAX`] left in their own (shared) buffers and written in
+/// place by vectored writes, so a 1 MiB object is not copied on its way to the socket.
+#[derive(Debug, Default)]
+pub struct FrameBuf {
+    bytes: BytesMut,
+    /// Values written from their own buffers, each with the offset in `bytes` it
+    /// precedes.
+    blobs: Vec<(usize, Bytes)>,
+    blob_bytes: usize,
+}
+
+impl FrameBuf {
+    pub fn new() -> Self {
+        FrameBuf::default()
+    }
+
+    pub fn with_capacity(bytes: usize) -> Self {
+        FrameBuf {
+            bytes: BytesMut::with_capacity(bytes),
+            ..FrameBuf::default()
+        }
+    }
+
+    /// The bytes the frames take on the wire.
+    pub fn len(&self) -> usize {
+        self.bytes.len() + self.blob_bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.blobs.clear();
+        self.blob_bytes = 0;
+    }
+
+    fn put_value(&mut self, value: &Bytes) {
+        if value.len() > BLOB_INLINE_BYTES_MAX {
+            self.blobs.push((self.bytes.len(), value.clone()));
+            self.blob_bytes += value.len();
+        } else {
+            self.bytes.put_slice(value);
+        }
+    }
+
+    /// Writes everything (vectored writes, the values from their own buffers) and
+    /// clears the buffer.
+    pub async fn write_to(
+        &mut self,
+        w: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> std::io::Result<()> {
+        use std::io::IoSlice;
+        use tokio::io::AsyncWriteExt;
+        if self.blobs.is_empty() {
+            w.write_all(&self.bytes).await?;
+            self.clear();
+            return Ok(());
+        }
+        let mut pieces = Vec::with_capacity(2 * self.blobs.len() + 1);
+        let mut at = 0;
+        for (offset, blob) in &self.blobs {
+            pieces.push(IoSlice::new(&self.bytes[at..*offset]));
+            pieces.push(IoSlice::new(blob));
+            at = *offset;
+        }
+        pieces.push(IoSlice::new(&self.bytes[at..]));
+        pieces.retain(|p| !p.is_empty());
+        let mut left = &mut pieces[..];
+        while !left.is_empty() {
+            let batch = left.len().min(WRITE_PIECES_MAX);
+            let n = w.write_vectored(&left[..batch]).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut left, n);
+        }
+        self.clear();
+        Ok(())
+    }
+
+    /// The frames in one contiguous buffer (a copy): for a blocking writer, or a test.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut all = Vec::with_capacity(self.len());
+        let mut at = 0;
+        for (offset, blob) in &self.blobs {
+            all.extend_from_slice(&self.bytes[at..*offset]);
+            all.extend_from_slice(blob);
+            at = *offset;
+        }
+        all.extend_from_slice(&self.bytes[at..]);
+        all
+    }
+}
+
+/// The small fields go straight into the buffer.
+impl std::ops::Deref for FrameBuf {
+    type Target = BytesMut;
+    fn deref(&self) -> &BytesMut {
+        &self.bytes
+    }
+}
+
+impl std::ops::DerefMut for FrameBuf {
+    fn deref_mut(&mut self) -> &mut BytesMut {
+        &mut self.bytes
+    }
+}
+
 // ----- encoding -------------------------------------------------------------------------
 
 /// Appends `frame` (with its length prefix) to `out`.
-pub fn put_frame(out: &mut BytesMut, frame: &Frame) {
-    let start = out.len();
+pub fn put_frame(out: &mut FrameBuf, frame: &Frame) {
+    let start = out.bytes.len();
+    let start_len = out.len();
     out.put_u32_le(0);
     match frame {
         Frame::Hello {
@@ -461,8 +645,16 @@ pub fn put_frame(out: &mut BytesMut, frame: &Frame) {
             }
         }
     }
-    let len = (out.len() - start - 4) as u32;
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    let len = (out.len() - start_len - 4) as u32;
+    out.bytes[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// One frame in a buffer of its own (a copy of any value in it): for the small frames of
+/// a handshake.
+pub fn frame_to_vec(frame: &Frame) -> Vec<u8> {
+    let mut out = FrameBuf::new();
+    put_frame(&mut out, frame);
+    out.to_vec()
 }
 
 fn put_str(out: &mut BytesMut, s: &str) {
@@ -486,9 +678,9 @@ fn put_opt_str(out: &mut BytesMut, s: Option<&str>) {
     }
 }
 
-fn put_blob(out: &mut BytesMut, b: &Bytes) {
+fn put_blob(out: &mut FrameBuf, b: &Bytes) {
     out.put_u32_le(b.len() as u32);
-    out.put_slice(b);
+    out.put_value(b);
 }
 
 fn put_version(out: &mut BytesMut, v: Option<Version>) {
@@ -501,7 +693,7 @@ fn put_version(out: &mut BytesMut, v: Option<Version>) {
     }
 }
 
-fn put_object(out: &mut BytesMut, o: &Option<WireObject>) {
+fn put_object(out: &mut FrameBuf, o: &Option<WireObject>) {
     let Some(o) = o else {
         out.put_u8(0);
         return;
@@ -515,12 +707,13 @@ fn put_object(out: &mut BytesMut, o: &Option<WireObject>) {
     put_blob(out, &o.blob);
 }
 
-fn put_request(out: &mut BytesMut, r: &Request) {
+fn put_request(out: &mut FrameBuf, r: &Request) {
     match r {
         Request::Write { forget, op } => {
             out.put_u8(1);
             out.put_u8(u8::from(*forget));
-            out.put_slice(op);
+            out.put_value(&op.head);
+            out.put_value(&op.tail);
         }
         Request::TriggerPut { key, blob } => {
             out.put_u8(2);
@@ -588,7 +781,8 @@ fn put_request(out: &mut BytesMut, r: &Request) {
                 BytesMut::with_capacity(4 + ops.iter().map(|o| 4 + o.len()).sum::<usize>());
             plain.put_u32_le(ops.len() as u32);
             for op in ops {
-                put_blob(&mut plain, op);
+                plain.put_u32_le(op.len() as u32);
+                plain.put_slice(op);
             }
             if *compress && plain.len() <= WRITE_MANY_EXPANDED_BYTES_MAX {
                 let packed = lz4_flex::block::compress(&plain);
@@ -605,7 +799,7 @@ fn put_request(out: &mut BytesMut, r: &Request) {
     }
 }
 
-fn put_response(out: &mut BytesMut, r: &Response) {
+fn put_response(out: &mut FrameBuf, r: &Response) {
     match r {
         Response::Written {
             version,
@@ -912,7 +1106,7 @@ fn request(r: &mut Bytes) -> Result<Request, WireError> {
             // The rest of the frame is the operation (decoded and checked by the node).
             Request::Write {
                 forget,
-                op: r.split_to(r.remaining()),
+                op: OpBytes::whole(r.split_to(r.remaining())),
             }
         }
         2 => {
@@ -1165,6 +1359,11 @@ mod tests {
     use super::*;
     use squall_kvs::StoreKind;
 
+    /// A value written from its own buffer, not copied into the frame.
+    fn large_value(fill: u8) -> Bytes {
+        Bytes::from(vec![fill; BLOB_INLINE_BYTES_MAX + 1 + usize::from(fill)])
+    }
+
     fn frames() -> Vec<Frame> {
         let mut spec = PoolSpec::new("/p", StoreKind::Persistent, 1);
         spec.affinity = Some("a+".into());
@@ -1185,7 +1384,16 @@ mod tests {
         let requests = vec![
             Request::Write {
                 forget: true,
-                op: Bytes::from_static(b"\x01opaque to the wire"),
+                op: Bytes::from_static(b"\x01opaque to the wire").into(),
+            },
+            // A put's value left in its own buffer, and one over the inline bound.
+            Request::Write {
+                forget: false,
+                op: OpBytes::new(Bytes::from_static(b"\x01head"), large_value(1)),
+            },
+            Request::TriggerPut {
+                key: "/t/large".into(),
+                blob: large_value(2),
             },
             Request::TriggerPut {
                 key: "/t/a".into(),
@@ -1250,6 +1458,18 @@ mod tests {
             ]),
             Response::Outputs(Vec::new()),
             Response::Object(Some(object.clone())),
+            Response::Objects(vec![
+                Some(WireObject {
+                    blob: large_value(3),
+                    ..object.clone()
+                }),
+                None,
+                Some(object.clone()),
+                Some(WireObject {
+                    blob: large_value(4),
+                    ..object.clone()
+                }),
+            ]),
             Response::Object(None),
             Response::Objects(vec![Some(object), None]),
             Response::Size(Some(5)),
@@ -1329,8 +1549,7 @@ mod tests {
     #[test]
     fn frames_round_trip_and_damage_is_refused() {
         for frame in frames() {
-            let mut buf = BytesMut::new();
-            put_frame(&mut buf, &frame);
+            let mut buf = BytesMut::from(&frame_to_vec(&frame)[..]);
             let whole = buf.clone();
             let body = split_frame(&mut buf, 1 << 20)
                 .expect("within the limit")
@@ -1359,6 +1578,80 @@ mod tests {
         }
     }
 
+    /// Over a real socket: many frames whose values are left in their own buffers (more
+    /// pieces than one vectored write takes) arrive whole and in order, and the buffer
+    /// held the values themselves, not copies.
+    #[tokio::test]
+    async fn frames_with_values_in_their_own_buffers_cross_a_socket_whole() {
+        let values: Vec<Bytes> = (0..300u32)
+            .map(|i| Bytes::from(vec![i as u8; BLOB_INLINE_BYTES_MAX + 1 + i as usize]))
+            .collect();
+        let mut out = FrameBuf::new();
+        let mut sent = Vec::new();
+        for (i, value) in values.iter().enumerate() {
+            let frame = Frame::Request {
+                request_id: i as u64,
+                request: Request::TriggerPut {
+                    key: format!("/t/{i}"),
+                    blob: value.clone(),
+                },
+            };
+            put_frame(&mut out, &frame);
+            sent.push(frame);
+            // A small frame between large ones is copied in.
+            let small = Frame::Request {
+                request_id: 1000 + i as u64,
+                request: Request::GetSize { key: "/t/s".into() },
+            };
+            put_frame(&mut out, &small);
+            sent.push(small);
+        }
+        assert_eq!(out.blobs.len(), values.len());
+        for ((_, held), value) in out.blobs.iter().zip(&values) {
+            assert_eq!(
+                held.as_ptr(),
+                value.as_ptr(),
+                "the value itself, not a copy"
+            );
+        }
+        assert!(
+            out.bytes.len() < 64 << 10,
+            "only the small fields were copied"
+        );
+        let whole = out.to_vec();
+        assert_eq!(whole.len(), out.len());
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let reader = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.expect("read");
+            got
+        });
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        out.write_to(&mut stream).await.expect("write");
+        assert!(out.is_empty(), "written and cleared");
+        drop(stream);
+        let got = reader.await.expect("reader");
+        assert_eq!(got.len(), whole.len());
+        assert!(
+            got == whole,
+            "the bytes on the wire are the frames laid end to end"
+        );
+        let mut buf = BytesMut::from(&got[..]);
+        for frame in sent {
+            let body = split_frame(&mut buf, 1 << 20)
+                .expect("within the limit")
+                .expect("whole");
+            assert_eq!(decode_frame(body), Ok(frame));
+        }
+        assert!(buf.is_empty());
+    }
+
     #[test]
     fn client_addresses_may_be_names_up_to_a_bound() {
         let name = format!("{}:7200", vec!["a".repeat(63); 4].join("."));
@@ -1374,8 +1667,7 @@ mod tests {
                 }],
             },
         };
-        let mut buf = BytesMut::new();
-        put_frame(&mut buf, &frame);
+        let mut buf = BytesMut::from(&frame_to_vec(&frame)[..]);
         let body = split_frame(&mut buf, 1 << 20)
             .expect("fits")
             .expect("whole");
@@ -1421,13 +1713,11 @@ mod tests {
     #[test]
     fn batches_compress_where_it_pays_and_bombs_are_refused() {
         let body_of = |request: Request| {
-            let mut buf = BytesMut::new();
-            put_frame(
-                &mut buf,
-                &Frame::Request {
+            let mut buf = BytesMut::from(
+                &frame_to_vec(&Frame::Request {
                     request_id: 1,
                     request,
-                },
+                })[..],
             );
             split_frame(&mut buf, 64 << 20)
                 .expect("fits")

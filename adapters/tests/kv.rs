@@ -529,7 +529,7 @@ async fn a_retried_put_is_applied_once() {
     // Send the put on a raw connection and cut it before the reply.
     let addr = &cluster.addrs()[0];
     let mut raw = std::net::TcpStream::connect(addr).expect("connect");
-    let mut out = BytesMut::new();
+    let mut out = wire::FrameBuf::new();
     wire::put_frame(
         &mut out,
         &Frame::Hello {
@@ -544,11 +544,11 @@ async fn a_retried_put_is_applied_once() {
             request_id: 1,
             request: Request::Write {
                 forget: false,
-                op: bytes.clone(),
+                op: bytes.clone().into(),
             },
         },
     );
-    raw.write_all(&out).expect("write");
+    raw.write_all(&out.to_vec()).expect("write");
     raw.shutdown(std::net::Shutdown::Both).expect("cut");
     drop(raw);
     // Wait until the first attempt is applied, then retry the same request.
@@ -626,18 +626,11 @@ async fn tokens_roles_and_garbage_are_refused_and_the_node_stays_up() {
     for garbage in [
         b"GET / HTTP/1.1\r\n\r\n".to_vec(),
         vec![0xff, 0xff, 0xff, 0x7f, 1, 2, 3],
-        {
-            let mut b = BytesMut::new();
-            wire::put_frame(
-                &mut b,
-                &Frame::Hello {
-                    magic: 7,
-                    version: 1,
-                    token: None,
-                },
-            );
-            b.to_vec()
-        },
+        wire::frame_to_vec(&Frame::Hello {
+            magic: 7,
+            version: 1,
+            token: None,
+        }),
     ] {
         let mut s = std::net::TcpStream::connect(addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(5)))

@@ -198,6 +198,34 @@ const OVERRIDES_MAX: usize = 1 << 16;
 
 pub fn encode(op: &Op) -> Bytes {
     let mut out = BytesMut::with_capacity(64);
+    let tail = encode_into(op, &mut out, true);
+    debug_assert!(tail.is_none(), "an inline encoding leaves no tail");
+    out.freeze()
+}
+
+/// An operation's encoding as `(head, tail)`, to be laid end to end: the value of a put
+/// (and of the other operations ending in a blob) is the tail, the caller's own buffer,
+/// so a large value reaches the socket without being copied. Other operations have an
+/// empty tail.
+pub fn encode_split(op: &Op) -> (Bytes, Bytes) {
+    let mut out = BytesMut::with_capacity(64);
+    let tail = encode_into(op, &mut out, false);
+    (out.freeze(), tail.unwrap_or_default())
+}
+
+/// Writes `op` to `out`; its trailing blob too if `inline`, else the blob is returned
+/// (its length is written: the blob is the encoding's last field).
+fn encode_into(op: &Op, out: &mut BytesMut, inline: bool) -> Option<Bytes> {
+    let mut tail = None;
+    let mut blob_field = |out: &mut BytesMut, blob: &Bytes| {
+        out.put_u32_le(blob.len() as u32);
+        if inline {
+            out.reserve(blob.len());
+            out.put_slice(blob);
+        } else {
+            tail = Some(blob.clone());
+        }
+    };
     match op {
         Op::Put {
             id,
@@ -206,14 +234,12 @@ pub fn encode(op: &Op) -> Bytes {
             key,
             blob,
         } => {
-            out.reserve(key.len() + blob.len());
             out.put_u8(TAG_PUT);
-            put_id(&mut out, *id);
+            put_id(out, *id);
             out.put_u64_le(*hlc_us);
-            put_condition(&mut out, *condition);
-            put_str(&mut out, key);
-            out.put_u32_le(blob.len() as u32);
-            out.put_slice(blob);
+            put_condition(out, *condition);
+            put_str(out, key);
+            blob_field(out, blob)
         }
         Op::Remove {
             id,
@@ -222,14 +248,14 @@ pub fn encode(op: &Op) -> Bytes {
             key,
         } => {
             out.put_u8(TAG_REMOVE);
-            put_id(&mut out, *id);
+            put_id(out, *id);
             out.put_u64_le(*hlc_us);
-            put_condition(&mut out, *condition);
-            put_str(&mut out, key);
+            put_condition(out, *condition);
+            put_str(out, key);
         }
         Op::Read { id } => {
             out.put_u8(TAG_READ);
-            put_id(&mut out, *id);
+            put_id(out, *id);
         }
         Op::CreatePool { id, spec } => {
             let layout = PoolSpecLayout::for_spec(spec);
@@ -237,13 +263,13 @@ pub fn encode(op: &Op) -> Bytes {
                 PoolSpecLayout::Base => TAG_CREATE_POOL,
                 PoolSpecLayout::Extended => TAG_CREATE_POOL_EXTENDED,
             });
-            put_id(&mut out, *id);
-            put_pool_spec(&mut out, spec, layout);
+            put_id(out, *id);
+            put_pool_spec(out, spec, layout);
         }
         Op::RemovePool { id, path } => {
             out.put_u8(TAG_REMOVE_POOL);
-            put_id(&mut out, *id);
-            put_str(&mut out, path);
+            put_id(out, *id);
+            put_str(out, path);
         }
         Op::PutUdl {
             id,
@@ -252,35 +278,33 @@ pub fn encode(op: &Op) -> Bytes {
             checksum,
             plugin,
         } => {
-            out.reserve(plugin.len());
             out.put_u8(TAG_PUT_UDL);
-            put_id(&mut out, *id);
-            put_str(&mut out, uuid);
-            put_str(&mut out, name);
+            put_id(out, *id);
+            put_str(out, uuid);
+            put_str(out, name);
             out.put_u64_le(*checksum);
-            out.put_u32_le(plugin.len() as u32);
-            out.put_slice(plugin);
+            blob_field(out, plugin)
         }
         Op::RemoveUdl { id, uuid } => {
             out.put_u8(TAG_REMOVE_UDL);
-            put_id(&mut out, *id);
-            put_str(&mut out, uuid);
+            put_id(out, *id);
+            put_str(out, uuid);
         }
         Op::AddDfgs { id, json } => {
             out.reserve(json.len());
             out.put_u8(TAG_ADD_DFGS);
-            put_id(&mut out, *id);
+            put_id(out, *id);
             out.put_u32_le(json.len() as u32);
             out.put_slice(json);
         }
         Op::RemoveDfg { id, dfg } => {
             out.put_u8(TAG_REMOVE_DFG);
-            put_id(&mut out, *id);
-            put_str(&mut out, dfg);
+            put_id(out, *id);
+            put_str(out, dfg);
         }
         Op::UdlDone { id, member, below } => {
             out.put_u8(TAG_UDL_DONE);
-            put_id(&mut out, *id);
+            put_id(out, *id);
             out.put_u64_le(*member);
             out.put_u64_le(*below);
         }
@@ -292,24 +316,22 @@ pub fn encode(op: &Op) -> Bytes {
             key,
             blob,
         } => {
-            out.reserve(site.len() + key.len() + blob.len());
             out.put_u8(TAG_OUTBOX_PUT);
-            put_id(&mut out, *id);
+            put_id(out, *id);
             out.put_u64_le(*hlc_us);
-            put_str(&mut out, site);
+            put_str(out, site);
             out.put_u8(u8::from(*trigger));
-            put_str(&mut out, key);
-            out.put_u32_le(blob.len() as u32);
-            out.put_slice(blob);
+            put_str(out, key);
+            blob_field(out, blob)
         }
         Op::OutboxDone { id, site, below } => {
             out.put_u8(TAG_OUTBOX_DONE);
-            put_id(&mut out, *id);
-            put_str(&mut out, site);
+            put_id(out, *id);
+            put_str(out, site);
             out.put_u64_le(*below);
         }
     }
-    out.freeze()
+    tail
 }
 
 /// Decodes an operation; a put's blob is a slice of `buf` (no copy).
@@ -787,6 +809,28 @@ mod tests {
                     at >= start && at < start + bytes.len(),
                     "the blob is a slice of the delivered buffer"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn a_split_encoding_is_the_whole_one_with_the_blob_left_in_place() {
+        for op in samples() {
+            let whole = encode(&op);
+            let (head, tail) = encode_split(&op);
+            assert_eq!([&head[..], &tail[..]].concat(), &whole[..], "{op:?}");
+            match &op {
+                Op::Put { blob, .. }
+                | Op::OutboxPut { blob, .. }
+                | Op::PutUdl { plugin: blob, .. } => {
+                    assert_eq!(
+                        tail.as_ptr(),
+                        blob.as_ptr(),
+                        "the tail is the caller's buffer"
+                    );
+                    assert_eq!(tail.len(), blob.len());
+                }
+                _ => assert!(tail.is_empty(), "{op:?} has no blob to leave"),
             }
         }
     }
