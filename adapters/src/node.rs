@@ -694,16 +694,16 @@ async fn write_outputs(
         let now = crate::client::now_us();
         let ops: Vec<squall_kvs::Op> = outs.iter().map(|o| output_op(o, now)).collect();
         let answers: Option<Vec<bool>> = if here {
-            let request = match &ops[..] {
-                [op] => {
-                    let (head, tail) = squall_kvs::op::encode_split(op);
-                    Request::Write {
-                        forget: false,
-                        op: crate::wire::OpBytes::new(head, tail),
-                    }
-                }
+            // Each operation in one buffer, as the service multicasts it: here that is
+            // the one copy of the value (a client's frame arrives in one buffer).
+            let encoded: Vec<_> = ops.iter().map(squall_kvs::op::encode).collect();
+            let request = match &encoded[..] {
+                [op] => Request::Write {
+                    forget: false,
+                    op: op.clone().into(),
+                },
                 _ => Request::WriteMany {
-                    ops: ops.iter().map(squall_kvs::op::encode).collect(),
+                    ops: encoded,
                     compress: false,
                 },
             };

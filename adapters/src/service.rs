@@ -1856,7 +1856,7 @@ impl Service {
                 Some(())
             }
             Request::Write { forget, op: bytes } => {
-                // Decoded from a frame: one buffer, no copy.
+                // From a frame or the node's own emitter: one buffer, no copy.
                 let bytes = bytes.into_bytes();
                 let op = match op::decode(bytes.clone()) {
                     Ok(op) => op,
