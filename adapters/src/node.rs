@@ -21,7 +21,9 @@ use squall_driver::{
 };
 use squall_kvs::StoreKind;
 use squall_log::{FileLog, LogConfig, LogStore};
-use squall_platform::{CoreConfig, DeliveryMode, Layout, MemberId, ShardLayout, SubgroupLayout};
+use squall_platform::{
+    CoreConfig, DeliveryMode, Layout, MemberId, ShardLayout, StopReason, SubgroupLayout,
+};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -71,6 +73,24 @@ pub enum RunError {
     Metrics(#[from] prometheus::Error),
     #[error("GPU: {0}")]
     Gpu(#[from] squall_gpu::GpuError),
+    /// The node stopped without being asked to. It exits with an error so that whatever
+    /// supervises it (`squall up`, systemd's `Restart=on-failure`, Kubernetes) starts it
+    /// again: a new start joins the running group and recovers from its log.
+    #[error("this node stopped: {0}; starting it again rejoins the group")]
+    Stopped(String),
+}
+
+/// Why the group stopped a node, in a user's words.
+fn stop_reason_text(reason: Option<StopReason>) -> String {
+    match reason {
+        Some(StopReason::Evicted) => {
+            "the group evicted it (a member suspected it, or a newer view leaves it out)".into()
+        }
+        Some(StopReason::MinorityPartition) => "it was on the minority side of a partition".into(),
+        Some(StopReason::FellBehind) => "it fell too far behind the group's views".into(),
+        Some(StopReason::Left) => "it left the group".into(),
+        None => "its platform stopped (see the errors above)".into(),
+    }
 }
 
 /// The platform layout of a config: the metadata subgroup, then the data subgroups.
@@ -390,23 +410,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         me.node, config.node.client_addr
     );
     let mut service_task = tokio::spawn(service.run(events, commands, udl_done));
-    tokio::select! {
+    let unasked = tokio::select! {
         _ = shutdown => {
             info!("leaving the group");
             handle.leave().await;
             if tokio::time::timeout(LEAVE_TIMEOUT, &mut service_task).await.is_err() {
                 warn!("the group did not let this node go in time; stopping anyway");
             }
+            None
         }
-        _ = &mut service_task => {}
-    }
+        ended = &mut service_task => Some(ended.ok().flatten()),
+    };
     server.abort();
     if let Some(http) = http {
         http.abort();
     }
     emitter.abort();
     client_calls.abort();
-    Ok(())
+    match unasked {
+        None => Ok(()),
+        Some(reason) => Err(RunError::Stopped(stop_reason_text(reason))),
+    }
 }
 
 /// How long a new node waits for each other node's answer when it looks for a running

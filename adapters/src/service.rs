@@ -550,14 +550,12 @@ impl Service {
         mut events: mpsc::Receiver<NodeEvent>,
         mut commands: mpsc::Receiver<Command>,
         mut udl_done: mpsc::Receiver<udl::InputRef>,
-    ) {
+    ) -> Option<squall_platform::StopReason> {
         let mut progress = tokio::time::interval(UDL_PROGRESS_INTERVAL);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sample = tokio::time::interval(METRICS_SAMPLE_INTERVAL);
         sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let Some(mut log_read_done) = self.log_read_done_rx.take() else {
-            return;
-        };
+        let mut log_read_done = self.log_read_done_rx.take()?;
         let (forwarded_tx, mut forwarded) = mpsc::channel(crate::wan::FORWARD_QUEUE_MAX);
         self.forwarders = self.cfg.wan.as_ref().map(|wan| {
             Forwarders::start(
@@ -570,7 +568,7 @@ impl Service {
         let wan = self.forwarders.is_some();
         let mut outbox_tick = tokio::time::interval(OUTBOX_TICK);
         outbox_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        let stopped = loop {
             self.udl.drain_overflow();
             tokio::select! {
                 Some(done) = udl_done.recv() => self.udl.job_done(done),
@@ -583,17 +581,19 @@ impl Service {
                 _ = progress.tick() => self.announce_udl_progress().await,
                 _ = sample.tick() => self.sample_metrics(),
                 event = events.recv() => {
-                    let Some(NodeEvent { event, .. }) = event else { break };
-                    if !self.on_event(event).await {
-                        break;
+                    let Some(NodeEvent { event, .. }) = event else { break None };
+                    if let AppEvent::Stopped(reason) = event {
+                        warn!(?reason, "the node stopped");
+                        break Some(reason);
                     }
+                    self.on_event(event).await;
                 }
                 command = commands.recv() => {
-                    let Some(command) = command else { break };
+                    let Some(command) = command else { break None };
                     self.on_command(command).await;
                 }
             }
-        }
+        };
         for (_, waiting) in self.waiting.drain() {
             let reply = match waiting {
                 Waiting::Write { reply, .. } | Waiting::Read { reply, .. } => reply,
@@ -603,12 +603,13 @@ impl Service {
         for (_, (_, reply)) in self.reads.drain() {
             let _ = reply.send(Response::error(ErrorCode::Unavailable, "the node stopped"));
         }
+        stopped
     }
 
     // ----- platform events -------------------------------------------------------------
 
     /// Returns false when the node stopped.
-    async fn on_event(&mut self, event: AppEvent) -> bool {
+    async fn on_event(&mut self, event: AppEvent) {
         match event {
             AppEvent::Delivered(d) => {
                 if let Some(version) = d.version {
@@ -682,7 +683,7 @@ impl Service {
                     ) = (&result, &request)
                     {
                         self.serve_stable(key.clone(), reply).await;
-                        return true;
+                        return;
                     }
                     let response = match result {
                         Ok(()) => self.local_read(request),
@@ -723,10 +724,8 @@ impl Service {
                 self.awaiting_state.remove(&(subgroup, shard));
                 self.on_state(subgroup, shard, state, log).await;
             }
-            AppEvent::Stopped(reason) => {
-                warn!(?reason, "the node stopped");
-                return false;
-            }
+            // `run` ends on it before it comes here.
+            AppEvent::Stopped(_) => {}
             AppEvent::Restarting(plan) => {
                 info!(view = plan.view.id, "the group restarts from its logs");
             }
@@ -735,7 +734,6 @@ impl Service {
             | AppEvent::TrimLogged { .. }
             | AppEvent::Trimmed { .. } => {}
         }
-        true
     }
 
     /// A shard's state arrived (this node is new to the shard): its log, or a snapshot.

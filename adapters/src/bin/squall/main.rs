@@ -1,7 +1,8 @@
 //! `squall`: run a node, start a local cluster, or talk to a cluster.
 //!
 //! ```text
-//! squall up [--nodes 3] [--data DIR]      a local cluster of node processes (Ctrl-C stops it)
+//! squall up [--nodes 3] [--data DIR]      a local cluster of node processes, kept running
+//!                                         (a node that dies is started again; Ctrl-C stops it)
 //! squall demo                             a local cluster, a short tour, then stop
 //! squall node --config FILE [--node-id-from-hostname]
 //!                                         one node (the id from a host name like squall-2)
@@ -17,10 +18,8 @@
 //! Client commands find the cluster from `--cluster ADDR`, `SQUALL_CLUSTER`, or the local
 //! `up` cluster (127.0.0.1:7200). Errors print one line and exit with status 1.
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
@@ -31,6 +30,10 @@ use squall_adapters::udl;
 use squall_adapters::wire::{At, ErrorCode, WireObject};
 use squall_kvs::{Condition, PoolSpec, StoreKind};
 use squall_platform::Version;
+
+mod local;
+
+use local::LocalCluster;
 
 const PEER_BASE_PORT: u16 = 7100;
 const CLIENT_BASE_PORT: u16 = 7200;
@@ -60,7 +63,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Start a local cluster of node processes on loopback; Ctrl-C stops it.
+    /// Start a local cluster of node processes on loopback and keep it running (a node
+    /// that crashes or is evicted is started again); Ctrl-C stops it.
     Up {
         #[arg(long, default_value_t = 3)]
         nodes: u32,
@@ -325,8 +329,8 @@ fn run(cli: Cli) -> Result<()> {
             let ports = (peer_port, client_port, http);
             let mut cluster = LocalCluster::start(nodes, &data, ports, overlay.as_deref())?;
             cluster.print();
-            println!("Ctrl-C stops the cluster.");
-            wait_for_ctrl_c()?;
+            println!("Ctrl-C stops the cluster; a node that dies is started again.");
+            cluster.run_until_stopped()?;
             cluster.stop();
             Ok(())
         }
@@ -672,170 +676,6 @@ async fn first_subgroup_of(client: &Client, kind: StoreKind) -> Result<u32> {
         })
 }
 
-/// Node processes on loopback, each `squall node` with a generated config.
-struct LocalCluster {
-    children: Vec<Child>,
-    configs: Vec<Config>,
-}
-
-impl LocalCluster {
-    /// `ports`: the peer, client and HTTP ports of node 0 (node i adds i).
-    fn start(
-        nodes: u32,
-        data: &Path,
-        ports: (u16, u16, Option<u16>),
-        overlay: Option<&str>,
-    ) -> Result<LocalCluster> {
-        std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-        let mut configs = config::try_local_cluster(nodes, ports.0, ports.1, data)?;
-        if let Some(base) = ports.2 {
-            for c in &mut configs {
-                let port = u16::try_from(u32::from(base) + c.node.id)
-                    .context("--http-port + node id is beyond the last port")?;
-                c.node.http_addr = Some(std::net::SocketAddr::new(c.node.client_addr.ip(), port));
-            }
-        }
-        if let Some(overlay) = overlay {
-            for c in &mut configs {
-                *c = c.with_overlay(overlay).context("--overlay")?;
-            }
-        }
-        let token = configs
-            .first()
-            .and_then(|c| c.auth.tokens.iter().max_by_key(|t| t.role))
-            .map(|t| t.token.clone());
-        let exe = std::env::current_exe()?;
-        let mut cluster = LocalCluster {
-            children: Vec::new(),
-            configs: configs.clone(),
-        };
-        for cfg in &configs {
-            let path = data.join(format!("n{}.toml", cfg.node.id));
-            std::fs::write(&path, cfg.to_toml_string())?;
-            let log = std::fs::File::create(data.join(format!("n{}.log", cfg.node.id)))?;
-            let child = Command::new(&exe)
-                .args(["node", "--config"])
-                .arg(&path)
-                .stdout(Stdio::from(log.try_clone()?))
-                .stderr(Stdio::from(log))
-                .spawn()
-                .context("starting a node process")?;
-            cluster.children.push(child);
-        }
-        // Ready once every node accepts clients and answers `members` with all of them.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let addrs = cluster.client_addrs();
-        let rt = tokio::runtime::Runtime::new()?;
-        loop {
-            let up = addrs.iter().all(|a| TcpStream::connect(a).is_ok());
-            if up {
-                let ready = rt.block_on(async {
-                    let client = Client::connect(&addrs[..1], token.clone(), Policy::default())
-                        .await
-                        .ok()?;
-                    let (_, members) = client.members().await.ok()?;
-                    Some(members.len() == addrs.len())
-                });
-                if ready == Some(true) {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                cluster.stop();
-                bail!(
-                    "the local cluster did not come up in 30 s; see the node logs in {}",
-                    data.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(cluster)
-    }
-
-    fn client_addrs(&self) -> Vec<String> {
-        self.configs
-            .iter()
-            .map(|c| c.node.client_addr.to_string())
-            .collect()
-    }
-
-    fn print(&self) {
-        println!(
-            "squall: local cluster of {} nodes is up",
-            self.configs.len()
-        );
-        for c in &self.configs {
-            println!(
-                "  node {}: clients {}  data {}",
-                c.node.id,
-                c.node.client_addr,
-                c.node.data_dir.display()
-            );
-        }
-        if let Some(http) = self.configs.first().and_then(|c| c.node.http_addr) {
-            println!(
-                "dashboard: {}  (REST API {}api/v1, metrics {}metrics)",
-                squall_adapters::http::dashboard_url(http),
-                squall_adapters::http::dashboard_url(http),
-                squall_adapters::http::dashboard_url(http)
-            );
-        }
-        if let Some(site) = self.configs.first().and_then(|c| c.site.as_ref()) {
-            println!("site: {} ({})", site.name, site.kind);
-        }
-        for remote in self.configs.first().map_or(&[][..], |c| &c.remotes[..]) {
-            println!("remote: {} at {}", remote.name, remote.addresses.join(", "));
-        }
-        println!("pools: /demo (persistent), /cache (volatile)");
-        println!("try:   squall put /demo/hello world && squall get /demo/hello");
-    }
-
-    fn stop(&mut self) {
-        for child in &self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for child in &mut self.children {
-            loop {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        self.children.clear();
-        println!("squall: local cluster stopped");
-    }
-}
-
-impl Drop for LocalCluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn wait_for_ctrl_c() -> Result<()> {
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
-        }
-    })?;
-    Ok(())
-}
-
 async fn demo(addrs: &[String]) -> Result<()> {
     let client = Client::connect(addrs, None, Policy::default()).await?;
     let (view, members) = client.members().await?;
@@ -932,7 +772,7 @@ async fn pipeline_demo(client: &Client) -> Result<()> {
     client.upload_udl("pipeline", Bytes::from(plugin)).await?;
     client
         .add_dfgs(Bytes::from_static(include_bytes!(
-            "../../../udl/examples/pipeline/dfgs.json"
+            "../../../../udl/examples/pipeline/dfgs.json"
         )))
         .await?;
     println!("uploaded {} and added its dfgs.json", plugin_path.display());
