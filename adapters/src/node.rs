@@ -73,6 +73,8 @@ pub enum RunError {
     Metrics(#[from] prometheus::Error),
     #[error("GPU: {0}")]
     Gpu(#[from] squall_gpu::GpuError),
+    #[error("replaying the log: {0}")]
+    Replay(String),
     /// The node stopped without being asked to. It exits with an error so that whatever
     /// supervises it (`squall up`, systemd's `Restart=on-failure`, Kubernetes) starts it
     /// again: a new start joins the running group and recovers from its log.
@@ -226,10 +228,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let (log, report) = FileLog::open(LogConfig::new(config.node.data_dir.join("log")))?;
     info!(?report, "log recovered");
-    let mut replays = Vec::new();
-    for key in log.shards() {
-        replays.push((key, log.range(key, 0, u64::MAX)?));
-    }
+    // What each shard's log holds now; the service replays it in chunks once it exists.
+    let replays: Vec<_> = log
+        .shards()
+        .into_iter()
+        .map(|key| (key, log.last_version(key)))
+        .collect();
     let kinds: Vec<StoreKind> = std::iter::once(StoreKind::Persistent)
         .chain(config.layout.subgroups.iter().map(|sg| sg.kind.into()))
         .collect();
@@ -358,9 +362,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         st.site_kind = Some(site.kind.to_string());
     }
     // Only logged subgroups (metadata and persistent ones) have logs worth replaying.
-    for (key, records) in &replays {
+    for (key, last_version) in replays {
         if kinds.get(key.subgroup as usize) == Some(&StoreKind::Persistent) {
-            service.replay(key.subgroup, key.shard, records);
+            service
+                .replay_log(key.subgroup, key.shard, last_version)
+                .await
+                .map_err(RunError::Replay)?;
         }
     }
     let server_cfg = ServerConfig {

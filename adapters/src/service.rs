@@ -17,14 +17,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use squall_driver::{AppEvent, NodeEvent, NodeHandle, NodeSendError};
+use squall_driver::{AppEvent, LoggedHistory, NodeEvent, NodeHandle, NodeSendError};
 use squall_kvs::op::{self, Op};
 use squall_kvs::store::ReadError;
 use squall_kvs::{
     MessageId, Object, Outcome, PoolError, PoolSpec, PoolTable, ShardStore, StoreKind, StoreLimits,
     VersionReader,
 };
-use squall_log::Record;
 use squall_platform::{MemberId, SendError, SendTicket, Version, View};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -147,6 +146,10 @@ pub struct ConnectionGone;
 const METRICS_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 /// How often a node tells its shards how far its `one` UDL work is done.
 pub const UDL_PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Payload bytes read from the log at a time when a shard is rebuilt from it (at start,
+/// and after a state transfer): what a replay holds beyond the store it builds.
+pub const REPLAY_CHUNK_BYTES: usize = 16 << 20;
 
 /// Requests of the node itself (read markers, default pools) use ids of this client.
 const SYSTEM_CLIENT_BIT: u64 = 1 << 63;
@@ -422,7 +425,43 @@ impl Service {
     }
 
     /// Rebuilds a shard from its log (at start, or after a state transfer).
-    pub fn replay(&mut self, subgroup: u32, shard: u32, records: &[Record]) {
+    /// Rebuilds shard `(subgroup, shard)` from this node's log, through `last_version`,
+    /// read in chunks of [`REPLAY_CHUNK_BYTES`] so that a log larger than memory replays.
+    /// Each payload is copied out of its chunk: a value the store keeps (the latest of
+    /// its key) must not hold the rest of the chunk it was read with in memory.
+    pub async fn replay_log(
+        &mut self,
+        subgroup: u32,
+        shard: u32,
+        last_version: Option<u64>,
+    ) -> Result<u64, String> {
+        self.replay_reset(subgroup, shard);
+        let mut records = 0u64;
+        let mut from = 0;
+        while let Some(last) = last_version.filter(|last| from <= *last) {
+            let chunk = self
+                .handle
+                .read_log_chunk(subgroup, shard, from, last, REPLAY_CHUNK_BYTES)
+                .await?;
+            let Some(end) = chunk.last().map(|r| r.version) else {
+                break;
+            };
+            for record in chunk {
+                let payload = Bytes::copy_from_slice(&record.payload);
+                self.apply(subgroup, shard, Version(record.version), payload, false);
+                records += 1;
+            }
+            let Some(next) = end.checked_add(1) else {
+                break;
+            };
+            from = next;
+        }
+        info!(subgroup, shard, records, "replayed the log");
+        Ok(records)
+    }
+
+    /// An empty store for shard `(subgroup, shard)` before its log is replayed.
+    fn replay_reset(&mut self, subgroup: u32, shard: u32) {
         if subgroup == 0 {
             self.pools = PoolTable::new(self.cfg.key_bytes_max, self.cfg.pools_max);
             self.meta = ShardStore::new(StoreKind::Trigger, self.cfg.store_limits);
@@ -437,16 +476,6 @@ impl Service {
             }
             self.history.remove(&(subgroup, shard));
         }
-        for record in records {
-            self.apply(
-                subgroup,
-                shard,
-                Version(record.version),
-                record.payload.clone(),
-                false,
-            );
-        }
-        info!(subgroup, shard, records = records.len(), "replayed the log");
     }
 
     fn kind(&self, subgroup: u32) -> StoreKind {
@@ -742,10 +771,15 @@ impl Service {
         subgroup: u32,
         shard: u32,
         state: Bytes,
-        log: Option<Vec<Record>>,
+        log: Option<LoggedHistory>,
     ) {
         match log {
-            Some(records) => self.replay(subgroup, shard, &records),
+            Some(history) => {
+                if let Err(e) = self.replay_log(subgroup, shard, history.last_version).await {
+                    warn!(error = %e, subgroup, shard, "cannot replay the transferred log; leaving");
+                    self.handle.leave().await;
+                }
+            }
             None => {
                 let kind = self.kind(subgroup);
                 let store = if state.is_empty() {

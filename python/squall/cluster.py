@@ -145,7 +145,9 @@ def local_cluster(
 
     ``data_dir`` keeps the nodes' data (default: a temporary directory removed at the
     end). Python UDLs run with ``python`` (default: this interpreter), so they see the
-    packages installed beside this one.
+    packages installed beside this one. While the block runs, a node process that dies
+    (crashed, killed, or evicted by its group) is started again and rejoins, as
+    ``squall up`` does; its log (``log(node)``) says why.
     """
     if not isinstance(nodes, int) or nodes < 1:
         raise ValueError("nodes must be a positive int")

@@ -131,10 +131,10 @@ pub enum AppEvent {
         subgroup: u32,
         shard: u32,
         state: Bytes,
-        /// The shard's whole log once the transferred records are in it (logged
-        /// subgroups with a log only): an application that replays its log rebuilds from
-        /// it.
-        log: Option<Vec<Record>>,
+        /// Logged subgroups with a log only: the transferred records are in this
+        /// node's log, which now holds the shard's whole history. An application that
+        /// replays its log rebuilds from it, in chunks ([`NodeHandle::read_log_chunk`]).
+        log: Option<LoggedHistory>,
     },
     Stopped(StopReason),
 }
@@ -178,10 +178,20 @@ pub enum NodeError {
     LoggedViewKind,
 }
 
+/// A shard's history as this node's log holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoggedHistory {
+    /// The shard's last logged version when it was reported (`None`: an empty log).
+    /// Records after it are deliveries that the application hears of as such.
+    pub last_version: Option<u64>,
+}
+
 /// The application's side of a running node.
 #[derive(Debug, Clone)]
 pub struct NodeHandle {
     commands: mpsc::Sender<Command>,
+    /// The log thread's queue, for reads that must not wait on the driver task.
+    log: Option<std::sync::mpsc::SyncSender<LogWork>>,
 }
 
 impl NodeHandle {
@@ -233,6 +243,36 @@ impl NodeHandle {
             .await
             .map_err(|_| NodeSendError::Stopped)?;
         Ok(answer)
+    }
+
+    /// The records of this node's log for a shard with versions in `[from, to]`, as
+    /// many as fit in `payload_bytes_max` (at least one when there is one); empty with no
+    /// log. Read on the log thread after all log work queued before, and answered by it
+    /// directly: an application may await this while the driver waits for it to take
+    /// events (a replay holds back the events of a busy group).
+    pub async fn read_log_chunk(
+        &self,
+        subgroup: u32,
+        shard: u32,
+        from: u64,
+        to: u64,
+        payload_bytes_max: usize,
+    ) -> Result<Vec<Record>, String> {
+        let Some(log) = &self.log else {
+            return Ok(Vec::new());
+        };
+        let (reply, answer) = oneshot::channel();
+        log.send(LogWork::ReadChunk {
+            key: ShardKey { subgroup, shard },
+            from,
+            to,
+            payload_bytes_max,
+            reply,
+        })
+        .map_err(|_| "the log thread ended".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the log thread ended".to_string())?
     }
 
     pub async fn supply_state(&self, view_id: ViewId, subgroup: u32, state: Bytes) {
@@ -291,11 +331,19 @@ enum LogWork {
         reply: oneshot::Sender<Result<Tail, String>>,
     },
     /// Keep `key`'s log up to `keep` and replace the rest with `records`, durably; then
-    /// answer with the whole log.
+    /// answer with the log's last version.
     ReplaceTail {
         key: ShardKey,
         keep: Option<Version>,
         records: Vec<Record>,
+        reply: oneshot::Sender<Result<Option<u64>, String>>,
+    },
+    /// A bounded chunk of `key`'s records (`LogStore::range_bounded`).
+    ReadChunk {
+        key: ShardKey,
+        from: u64,
+        to: u64,
+        payload_bytes_max: usize,
         reply: oneshot::Sender<Result<Vec<Record>, String>>,
     },
     /// Drop `key`'s records after `after`, durably (a restart's agreed trim).
@@ -359,6 +407,7 @@ pub fn start_node(
         Some(store) => Some(spawn_log_thread(store, done_tx).map_err(NodeError::Thread)?),
         None => None,
     };
+    let log_handle = log_tx.clone();
     let driver = Driver {
         core,
         transport,
@@ -383,6 +432,7 @@ pub fn start_node(
     Ok((
         NodeHandle {
             commands: commands_tx,
+            log: log_handle,
         },
         events,
     ))
@@ -912,7 +962,7 @@ impl Driver {
                         reply,
                     });
                     match whole.await {
-                        Ok(Ok(records)) => log = Some(records),
+                        Ok(Ok(last_version)) => log = Some(LoggedHistory { last_version }),
                         // The log thread reports its failure (the node then leaves).
                         Ok(Err(_)) | Err(_) => return None,
                     }
@@ -1072,8 +1122,19 @@ fn spawn_log_thread(
                                 let _ = reply.send(Err(e.to_string()));
                                 return fail(&done, e);
                             }
-                            let _ = reply
-                                .send(store.range(key, 0, u64::MAX).map_err(|e| e.to_string()));
+                            let _ = reply.send(Ok(store.last_version(key)));
+                        }
+                        LogWork::ReadChunk {
+                            key,
+                            from,
+                            to,
+                            payload_bytes_max,
+                            reply,
+                        } => {
+                            let chunk = store
+                                .range_bounded(key, from, to, payload_bytes_max)
+                                .map_err(|e| e.to_string());
+                            let _ = reply.send(chunk);
                         }
                         LogWork::Truncate { key, after } => {
                             if let Err(e) = store.truncate_after(key, after.map(|v| v.0)) {

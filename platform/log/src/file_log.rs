@@ -798,6 +798,31 @@ impl LogStore for FileLog {
         log.read(log.index.range(lo..hi))
     }
 
+    fn range_bounded(
+        &self,
+        shard: ShardKey,
+        from: u64,
+        to: u64,
+        payload_bytes_max: usize,
+    ) -> Result<Vec<Record>, LogError> {
+        let Some(log) = self.shards.get(&shard) else {
+            return Ok(Vec::new());
+        };
+        let lo = log.index.partition_point(|e| e.version < from);
+        let mut bytes = 0usize;
+        let entries = log
+            .index
+            .range(lo..)
+            .take_while(|e| e.version <= to)
+            .enumerate()
+            .take_while(|(i, e)| {
+                bytes = bytes.saturating_add(e.payload_len as usize);
+                *i == 0 || bytes <= payload_bytes_max
+            })
+            .map(|(_, e)| e);
+        log.read(entries)
+    }
+
     fn truncate_after(&mut self, shard: ShardKey, version: Option<u64>) -> Result<(), LogError> {
         self.guarded(|log| match log.shards.get_mut(&shard) {
             Some(shard) => shard.truncate_after(version),

@@ -162,6 +162,16 @@ pub trait LogStore {
     /// Records with version in `[from, to]`, in order (state transfer of a log tail,
     /// recovery).
     fn range(&self, shard: ShardKey, from: u64, to: u64) -> Result<Vec<Record>, LogError>;
+    /// The first records with version in `[from, to]`, in order, as many as fit in
+    /// `payload_bytes_max` of payload, and at least one when there is one: a log larger
+    /// than memory is read in such chunks (replay after a restart or a state transfer).
+    fn range_bounded(
+        &self,
+        shard: ShardKey,
+        from: u64,
+        to: u64,
+        payload_bytes_max: usize,
+    ) -> Result<Vec<Record>, LogError>;
     /// Ragged trim on recovery: drop every record with version > `version` (all of them
     /// for `None`), durably. Records kept are durable afterwards.
     fn truncate_after(&mut self, shard: ShardKey, version: Option<u64>) -> Result<(), LogError>;

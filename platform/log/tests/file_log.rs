@@ -635,3 +635,35 @@ fn second_open_of_the_same_directory_is_refused() -> TestResult {
     let (log, _) = open(dir.path(), ONE_SEGMENT);
     assert_holds(&log, A, &[1])
 }
+
+#[test]
+fn bounded_ranges_read_a_log_in_chunks_across_segments() -> TestResult {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Small segments: chunks cross segment boundaries.
+    let (mut log, _) = open(dir.path(), 4 * 1024);
+    append_range(&mut log, A, 1..=300);
+    log.sync()?;
+    let budget = 5 * payload(1).len() + 3;
+    let mut read = Vec::new();
+    let mut from = 0;
+    loop {
+        let chunk = log.range_bounded(A, from, 250, budget)?;
+        let Some(last) = chunk.last() else { break };
+        let bytes: usize = chunk.iter().map(|r| r.payload.len()).sum();
+        assert!(
+            bytes <= budget || chunk.len() == 1,
+            "{bytes} bytes in a chunk"
+        );
+        from = last.version + 1;
+        read.extend(chunk);
+    }
+    assert_eq!(versions(&read), (1..=250).collect::<Vec<_>>());
+    assert!(read.iter().all(|r| *r == rec(r.version)));
+    // A record larger than the budget still comes, alone.
+    assert_eq!(versions(&log.range_bounded(A, 7, 300, 1)?), vec![7]);
+    // Nothing past the end or in an unknown shard; an empty window.
+    assert!(log.range_bounded(A, 301, u64::MAX, budget)?.is_empty());
+    assert!(log.range_bounded(B, 0, u64::MAX, budget)?.is_empty());
+    assert!(log.range_bounded(A, 9, 8, budget)?.is_empty());
+    Ok(())
+}
