@@ -2,7 +2,7 @@
 //! killed with SIGKILL, and a node the group evicted (stopped with SIGSTOP past its
 //! suspicion timeout, then let go), are started again by `up`, rejoin the group as new
 //! incarnations and serve; a node stopped with SIGTERM is left stopped; SIGTERM to `up`
-//! stops every node.
+//! stops every node, and the nodes of an `up` killed with SIGKILL leave by themselves.
 
 mod common;
 
@@ -262,4 +262,31 @@ async fn up_starts_again_a_node_that_was_killed_or_evicted_and_stops_all_on_sigt
     for pid in pids {
         assert!(!alive(pid), "node process {pid} outlived up");
     }
+}
+
+/// `squall up` killed with SIGKILL cannot stop its nodes; they notice it is gone and
+/// leave by themselves rather than live on as orphans holding the cluster's ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nodes_of_a_killed_up_leave_by_themselves() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut up = start_up(dir.path());
+    members(&up.addrs(), 3).await;
+    let text = up.output();
+    let pids: Vec<u32> = (0..3).map(|n| pid_of(&text, n)).collect();
+    up.child.kill().expect("SIGKILL to up");
+    up.child.wait().expect("up reaped");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pids.iter().any(|pid| alive(*pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "node processes outlived a killed up: {:?}",
+            pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(dir.path().join("data/n0.log")).expect("n0.log");
+    assert!(
+        log.contains("squall up that started this node is gone"),
+        "{log}"
+    );
 }

@@ -5,7 +5,8 @@
 //! group (it then exits with an error: see `node::RunError::Stopped`). `squall up` starts
 //! it again, as systemd's `Restart=on-failure` would: the new start joins the running
 //! group and recovers from its data directory. A node that keeps dying right after its
-//! start is left stopped, with a line saying so, rather than restarted forever.
+//! start is left stopped, with a line saying so, rather than restarted forever. A node
+//! whose `squall up` is gone without stopping it (SIGKILL) leaves its group by itself.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -18,8 +19,29 @@ use anyhow::{Context, Result, bail};
 use squall_adapters::client::{Client, Policy};
 use squall_adapters::config::{self, Config};
 
-/// How often the supervisor looks at its nodes.
+/// How often the supervisor looks at its nodes, and a node at its supervisor.
 const SUPERVISE_INTERVAL: Duration = Duration::from_millis(250);
+/// Names, in a node's environment, the `squall up` process that started it.
+const SUPERVISOR_PID_ENV: &str = "SQUALL_UP_PID";
+
+/// Resolves once the `squall up` that started this node is gone (killed with SIGKILL,
+/// say, which leaves it no chance to stop its nodes): the node then leaves its group
+/// rather than live on as an orphan holding the cluster's ports. Never resolves for a
+/// node started otherwise.
+pub(crate) async fn supervisor_gone() {
+    let supervisor = std::env::var(SUPERVISOR_PID_ENV)
+        .ok()
+        .and_then(|pid| pid.parse::<u32>().ok());
+    let Some(supervisor) = supervisor else {
+        return std::future::pending().await;
+    };
+    loop {
+        if std::os::unix::process::parent_id() != supervisor {
+            return;
+        }
+        tokio::time::sleep(SUPERVISE_INTERVAL).await;
+    }
+}
 /// A life shorter than this counts as a failed start.
 const LIFE_SHORT: Duration = Duration::from_secs(10);
 /// Failed starts in a row after which a node is left stopped.
@@ -86,6 +108,7 @@ impl NodeProc {
         let child = Command::new(exe)
             .args(["node", "--config"])
             .arg(&self.config_path)
+            .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .spawn()

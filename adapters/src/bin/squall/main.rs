@@ -303,6 +303,9 @@ fn run(cli: Cli) -> Result<()> {
                     tokio::select! {
                         _ = term.recv() => {}
                         _ = tokio::signal::ctrl_c() => {}
+                        _ = local::supervisor_gone() => {
+                            eprintln!("squall: the squall up that started this node is gone; leaving");
+                        }
                     }
                 };
                 squall_adapters::node::run(config, shutdown).await
