@@ -224,6 +224,121 @@ async fn a_node_restarts_from_a_log_larger_than_its_store_without_holding_the_lo
     );
 }
 
+/// A process's peak resident memory since it started or since [`reset_peak`] (bytes).
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kib * 1024
+}
+
+/// Restarts the count of a process's peak resident memory from what it holds now.
+fn reset_peak(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak RSS");
+}
+
+/// A brand-new node (its disk wiped) joins a shard whose log is larger than a node should
+/// hold at once (one key overwritten 320 times with 512 KiB: a 160 MiB log) and receives
+/// the whole log by state transfer, streamed: the source reads and sends it a chunk at a
+/// time, at most a window ahead of what the joiner has written to its own log. Neither
+/// side's peak resident memory comes near the log's size, and the joiner then serves the
+/// latest value and a past version from its own log. Before, the source read the whole
+/// log into memory and sent it at once, and the joiner held every part and then a copy of
+/// them all: each side's peak grew by at least the log's size, the joiner's by twice it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_takes_a_log_larger_than_memory_should_hold_without_either_side_holding_it() {
+    const VERSIONS: usize = 320;
+    const VALUE_BYTES: usize = 512 << 10;
+    const LOG_BYTES: u64 = (VERSIONS * VALUE_BYTES) as u64;
+    let _turn = HEAVY.lock().await;
+    let mut cluster = cluster();
+    for cfg in &mut cluster.configs {
+        cfg.limits.history_cache_bytes = 4 << 20;
+    }
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    let value = |i: usize| Bytes::from(vec![i as u8; VALUE_BYTES]);
+    let mut versions = Vec::new();
+    for i in 0..VERSIONS {
+        versions.push(c.put("/demo/big", value(i)).await.expect("put").version);
+    }
+    let before = incarnations(&c).await;
+    let sources: Vec<(u32, u32, u64)> = [0u32, 2]
+        .iter()
+        .map(|n| {
+            let pid = cluster.procs[n].id();
+            reset_peak(pid);
+            (*n, pid, rss_bytes(pid))
+        })
+        .collect();
+    cluster.kill9(1);
+    let data_dir = cluster.configs[1].node.data_dir.clone();
+    std::fs::remove_dir_all(&data_dir).expect("wipe the data directory");
+    cluster.start(1);
+    let addrs = cluster.addrs();
+    let to_1: HashMap<String, String> = [0, 2].map(|n| (addrs[n].clone(), addrs[1].clone())).into();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = incarnations(&c).await;
+        if now.len() == 3 && now.get(&1) > before.get(&1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 did not rejoin: {now:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c1 = Client::connect_via(&addrs[1..2], None, Policy::RoundRobin, to_1)
+        .await
+        .expect("node 1 takes clients");
+    let latest = c1.get("/demo/big").await.expect("get");
+    assert!(latest.is_some_and(|o| o.blob == value(VERSIONS - 1)));
+    for i in [0, VERSIONS / 2] {
+        let past = c1
+            .get_at("/demo/big", At::Version(versions[i]))
+            .await
+            .expect("by version");
+        assert!(
+            past.is_some_and(|o| o.blob == value(i)),
+            "node 1's log lacks version {i}"
+        );
+    }
+    let joiner_peak = peak_rss_bytes(cluster.procs[&1].id());
+    let source_growth: Vec<(u32, u64)> = sources
+        .iter()
+        .map(|(n, pid, rss)| (*n, peak_rss_bytes(*pid).saturating_sub(*rss)))
+        .collect();
+    println!(
+        "a {} MiB log to a new node: its peak {} MiB resident; the others' peaks grew by \
+         {:?} MiB",
+        LOG_BYTES >> 20,
+        joiner_peak >> 20,
+        source_growth
+            .iter()
+            .map(|(n, b)| (*n, b >> 20))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        joiner_peak < LOG_BYTES * 3 / 4,
+        "the new node peaked at {} MiB taking in a {} MiB log",
+        joiner_peak >> 20,
+        LOG_BYTES >> 20
+    );
+    for (n, growth) in source_growth {
+        assert!(
+            growth < LOG_BYTES * 3 / 4,
+            "node {n} grew by {} MiB shipping a {} MiB log",
+            growth >> 20,
+            LOG_BYTES >> 20
+        );
+    }
+}
+
 /// A node whose data directory was lost (a wiped or replaced disk) comes back into the
 /// running cluster: node 0, which founds the group at a cluster's first start, must join
 /// it rather than found a second one beside it (split brain: before, it did, alone and

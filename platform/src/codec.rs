@@ -19,7 +19,7 @@ use crate::view::{ShardView, View};
 use crate::wire::{DataRun, Item, Wire};
 
 /// Bumped whenever the encoding changes; peers with another version are refused.
-pub const CODEC_VERSION: u16 = 5;
+pub const CODEC_VERSION: u16 = 6;
 
 const TAG_UPDATE: u8 = 1;
 const TAG_JOIN_REQUEST: u8 = 2;
@@ -34,6 +34,7 @@ const TAG_RESTART_COMMIT: u8 = 10;
 const TAG_READ_PROBE: u8 = 11;
 const TAG_READ_PROBE_ACK: u8 = 12;
 const TAG_STATE_WANTED: u8 = 13;
+const TAG_STATE_ACK: u8 = 14;
 
 const ITEM_MESSAGE: u8 = 0;
 const ITEM_NULLS: u8 = 1;
@@ -185,7 +186,7 @@ fn encode_into(msg: &Wire, sink: &mut impl Sink) {
             subgroup,
             shard,
             part,
-            parts,
+            last,
             state,
         } => {
             sink.buf().put_u8(TAG_STATE);
@@ -193,7 +194,7 @@ fn encode_into(msg: &Wire, sink: &mut impl Sink) {
             sink.buf().put_u32_le(*subgroup);
             sink.buf().put_u32_le(*shard);
             sink.buf().put_u32_le(*part);
-            sink.buf().put_u32_le(*parts);
+            sink.buf().put_u8(u8::from(*last));
             put_len(sink.buf(), state.len());
             sink.payload(state);
         }
@@ -226,6 +227,16 @@ fn encode_into(msg: &Wire, sink: &mut impl Sink) {
             sink.buf().put_u32_le(*view_id);
             sink.buf().put_u32_le(*subgroup);
             put_version(sink.buf(), *after);
+        }
+        Wire::StateAck {
+            view_id,
+            subgroup,
+            part,
+        } => {
+            sink.buf().put_u8(TAG_STATE_ACK);
+            sink.buf().put_u32_le(*view_id);
+            sink.buf().put_u32_le(*subgroup);
+            sink.buf().put_u32_le(*part);
         }
         Wire::ReadProbe { view_id, round } => {
             sink.buf().put_u8(TAG_READ_PROBE);
@@ -311,27 +322,14 @@ pub fn decode(frame: Bytes, limits: &DecodeLimits) -> Result<Wire, DecodeError> 
         TAG_WELCOME => Wire::Welcome {
             view: Arc::new(r.view()?),
         },
-        TAG_STATE => {
-            let view_id = r.u32("view id")?;
-            let subgroup = r.u32("subgroup")?;
-            let shard = r.u32("shard")?;
-            let part = r.u32("state part")?;
-            let parts = r.u32("state parts")?;
-            if part >= parts {
-                return Err(DecodeError::Invalid {
-                    what: "state part (at or beyond the parts announced)",
-                    value: u64::from(part),
-                });
-            }
-            Wire::State {
-                view_id,
-                subgroup,
-                shard,
-                part,
-                parts,
-                state: r.blob("state")?,
-            }
-        }
+        TAG_STATE => Wire::State {
+            view_id: r.u32("view id")?,
+            subgroup: r.u32("subgroup")?,
+            shard: r.u32("shard")?,
+            part: r.u32("state part")?,
+            last: r.flag("last state part flag")?,
+            state: r.blob("state")?,
+        },
         TAG_EVICTED => Wire::Evicted {
             view_id: r.u32("view id")?,
         },
@@ -351,6 +349,11 @@ pub fn decode(frame: Bytes, limits: &DecodeLimits) -> Result<Wire, DecodeError> 
             view_id: r.u32("view id")?,
             subgroup: r.u32("subgroup")?,
             after: r.version("state wanted after")?,
+        },
+        TAG_STATE_ACK => Wire::StateAck {
+            view_id: r.u32("view id")?,
+            subgroup: r.u32("subgroup")?,
+            part: r.u32("state part")?,
         },
         TAG_READ_PROBE => Wire::ReadProbe {
             view_id: r.u32("view id")?,
@@ -910,8 +913,21 @@ mod tests {
                 subgroup: 0,
                 shard: 1,
                 part: 2,
-                parts: 3,
+                last: false,
                 state: Bytes::from(vec![7u8; 1000]),
+            },
+            Wire::State {
+                view_id: 4,
+                subgroup: 0,
+                shard: 1,
+                part: 3,
+                last: true,
+                state: Bytes::new(),
+            },
+            Wire::StateAck {
+                view_id: 4,
+                subgroup: 1,
+                part: 77,
             },
             Wire::StateWanted {
                 view_id: 7,
@@ -1018,7 +1034,7 @@ mod tests {
             subgroup: 0,
             shard: 0,
             part: 0,
-            parts: 1,
+            last: true,
             state: big.clone(),
         };
         let mut parts = Vec::new();
@@ -1086,7 +1102,7 @@ mod tests {
         buf.put_u32_le(0);
         buf.put_u32_le(0);
         buf.put_u32_le(0);
-        buf.put_u32_le(1);
+        buf.put_u8(1);
         buf.put_u32_le(1 << 20);
         let limits = DecodeLimits {
             payload_bytes_max: 1 << 10,
@@ -1104,7 +1120,7 @@ mod tests {
     }
 
     #[test]
-    fn a_state_part_beyond_its_parts_is_refused() {
+    fn a_state_part_with_a_bad_last_flag_is_refused() {
         let mut buf = BytesMut::new();
         encode(
             &Wire::State {
@@ -1112,14 +1128,16 @@ mod tests {
                 subgroup: 0,
                 shard: 0,
                 part: 3,
-                parts: 3,
+                last: true,
                 state: Bytes::from_static(b"x"),
             },
             &mut buf,
         );
+        // tag, view, subgroup, shard, part, then the flag.
+        buf[1 + 4 * 4] = 2;
         let err = decode(buf.freeze(), &DecodeLimits::default()).expect_err("refused");
         assert!(
-            matches!(err, DecodeError::Invalid { value: 3, .. }),
+            matches!(err, DecodeError::Invalid { value: 2, .. }),
             "{err}"
         );
     }

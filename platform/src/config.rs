@@ -48,6 +48,13 @@ pub struct CoreConfig {
     /// A shard's state for a joiner travels in parts of at most this many bytes, so a
     /// state of any size fits the transport's message limit (which must exceed it).
     pub state_part_bytes_max: usize,
+    /// State parts sent and not yet acknowledged by every joiner (`Wire::StateAck`: the
+    /// joiner's application took them in) stay under this many bytes (one part always
+    /// goes). With the application supplying the state piece by piece
+    /// ([`Core::supply_state_piece`](crate::Core::supply_state_piece)), neither the
+    /// source nor a joiner ever holds more than about this much of a transfer in flight,
+    /// whatever the shard's size.
+    pub state_window_bytes: usize,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -86,6 +93,7 @@ impl CoreConfig {
             partition_safety: true,
             read_lease_ms: 0,
             state_part_bytes_max: STATE_PART_BYTES_MAX,
+            state_window_bytes: 2 * STATE_PART_BYTES_MAX,
         }
     }
 
@@ -100,6 +108,7 @@ impl CoreConfig {
             ("join_retry_ms", self.join_retry_ms),
             ("future_messages_max", self.future_messages_max as u64),
             ("state_part_bytes_max", self.state_part_bytes_max as u64),
+            ("state_window_bytes", self.state_window_bytes as u64),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero { field });

@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use thiserror::Error;
 
 use crate::config::{ConfigError, CoreConfig};
@@ -110,7 +110,8 @@ pub enum Output {
     /// a log ships the shard's log records after `joiners_hold` with it if its log holds
     /// that version (then the joiners' logs are prefixes of its own up to there: versions
     /// name the view they were delivered in, so a version is never reused for another
-    /// message), else all of them, and says which.
+    /// message), else all of them, and says which. A large state may be supplied piece
+    /// by piece ([`Core::supply_state_piece`]): deliveries wait only for the first.
     StateTransferRequest {
         view_id: ViewId,
         subgroup: u32,
@@ -120,11 +121,25 @@ pub enum Output {
         /// `None`: the joiners' logs hold nothing of it that counts.
         joiners_hold: Option<Version>,
     },
-    /// The shard's state at the start of `view_id`; deliveries of the shard follow it.
+    /// The joiners took in enough of the state supplied so far: call
+    /// [`Core::supply_state_piece`] with the next piece of it (as of the start of
+    /// `view_id`, whatever was delivered since).
+    StateSupplyMore {
+        view_id: ViewId,
+        subgroup: u32,
+        shard: u32,
+    },
+    /// Part `part` of the shard's state at the start of `view_id`: the parts, in order,
+    /// concatenated, up to the `last`, are the state the source supplied. Call
+    /// [`Core::state_part_applied`] once it is taken in: the source sends only
+    /// [`CoreConfig::state_window_bytes`] ahead of that. Deliveries of the shard follow
+    /// the last part.
     ReceiveState {
         view_id: ViewId,
         subgroup: u32,
         shard: u32,
+        part: u32,
+        last: bool,
         /// With a log, the state says how far the receiver's log is kept (the source
         /// ships only what follows what the joiners hold, when its own log has that).
         state: Bytes,
@@ -287,10 +302,11 @@ struct ShardState {
     own_tickets: VecDeque<(u64, SendTicket)>,
     state_source: Option<MemberId>,
     hold_for_state: bool,
-    /// State parts received so far, in order, and how many the source announced.
-    state_parts: Vec<Bytes>,
-    state_parts_announced: Option<u32>,
+    /// The number of the next state part this joiner expects.
+    state_next_part: u32,
     hold_for_supply: bool,
+    /// The transfer this member is the source of, once the application began supplying.
+    supply: Option<StateSupply>,
     /// Outside restart views the source asks for the state only once every joiner said
     /// how much of the shard its log holds (`Wire::StateWanted`), by joiner index.
     wanted: Option<Vec<Option<Option<Version>>>>,
@@ -311,6 +327,29 @@ impl ShardState {
     fn senders(&self) -> u64 {
         self.members.len() as u64
     }
+}
+
+/// A state transfer this member is the source of, streamed: the application supplies the
+/// state in pieces, the core cuts them into parts (slices, no copy) and keeps at most
+/// `CoreConfig::state_window_bytes` of them unacknowledged by the joiners still trusted,
+/// asking for the next piece only when its queue is empty and the window has room. So
+/// neither this member, its transport nor a joiner holds much more than the window of a
+/// shard of any size.
+#[derive(Debug, Default)]
+struct StateSupply {
+    /// Parts cut and not yet sent: the window was full.
+    queued: VecDeque<Bytes>,
+    /// The application supplied its last piece.
+    supplied_all: bool,
+    /// `Output::StateSupplyMore` is out and unanswered.
+    asked: bool,
+    next_part: u32,
+    /// Parts sent that some trusted joiner has not acknowledged: number and size.
+    in_flight: VecDeque<(u32, usize)>,
+    in_flight_bytes: usize,
+    /// Per joiner (by index in `ShardState::joiners`), one past the last part it
+    /// acknowledged.
+    acked: Vec<u32>,
 }
 
 /// One member's protocol core. See the module documentation.
@@ -1073,6 +1112,29 @@ impl Core {
 
     /// A joiner of this view said how much of the shard its log holds: once every joiner
     /// has, the application is asked for the state after the least of them.
+    /// A joiner took in the state up to `part`: the window moves on.
+    fn on_state_ack(&mut self, from: MemberId, subgroup: u32, part: u32) {
+        let g = subgroup as usize;
+        let Some(shard) = self.shards.get_mut(g).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(i) = shard.joiners.iter().position(|j| *j == from) else {
+            return;
+        };
+        let Some(supply) = shard.supply.as_mut() else {
+            return;
+        };
+        if part >= supply.next_part {
+            // An ack of a part never sent: a broken joiner.
+            if let Some(r) = self.current_view().rank_of(from) {
+                self.suspect_rank(r);
+            }
+            return;
+        }
+        supply.acked[i] = supply.acked[i].max(part + 1);
+        self.pump_state(g);
+    }
+
     fn on_state_wanted(&mut self, from: MemberId, subgroup: u32, after: Option<Version>) {
         let view_id = self.current_view().id;
         let Some(shard) = self
@@ -1107,50 +1169,160 @@ impl Core {
         });
     }
 
-    /// The application's answer to [`Output::StateTransferRequest`].
+    /// The application's answer to [`Output::StateTransferRequest`]: the whole state.
     pub fn supply_state(&mut self, view_id: ViewId, subgroup: u32, state: Bytes) {
+        self.supply_state_piece(view_id, subgroup, state, true);
+    }
+
+    /// The application's answer to [`Output::StateTransferRequest`] (the first piece:
+    /// the shard's deliveries resume) or to [`Output::StateSupplyMore`], piece by piece;
+    /// `last` ends the state. The joiners receive the pieces concatenated.
+    pub fn supply_state_piece(&mut self, view_id: ViewId, subgroup: u32, piece: Bytes, last: bool) {
         if !self.is_member() || view_id != self.current_view().id {
             return;
         }
         let g = subgroup as usize;
+        let part_max = self.cfg.state_part_bytes_max.max(1);
         let Some(shard) = self.shards.get_mut(g).and_then(Option::as_mut) else {
             return;
         };
-        if !shard.hold_for_supply {
+        if shard.hold_for_supply {
+            shard.hold_for_supply = false;
+            shard.supply = Some(StateSupply {
+                acked: vec![0; shard.joiners.len()],
+                ..StateSupply::default()
+            });
+        }
+        let Some(supply) = shard.supply.as_mut().filter(|s| !s.supplied_all) else {
+            return;
+        };
+        supply.asked = false;
+        supply.supplied_all = last;
+        // Parts of at most the configured size fit any transport's message limit; the
+        // link's FIFO order brings them to each joiner in sequence.
+        let mut from = 0;
+        while from < piece.len() {
+            let to = (from + part_max).min(piece.len());
+            supply.queued.push_back(piece.slice(from..to));
+            from = to;
+        }
+        if last && supply.queued.is_empty() {
+            // The joiners learn the state is whole from a part marked last.
+            supply.queued.push_back(Bytes::new());
+        }
+        self.pump_state(g);
+        self.progress();
+    }
+
+    /// The application took in state part `part` of `subgroup` (see
+    /// [`Output::ReceiveState`]): the source may send further.
+    pub fn state_part_applied(&mut self, view_id: ViewId, subgroup: u32, part: u32) {
+        if !self.is_member() || view_id != self.current_view().id {
             return;
         }
-        shard.hold_for_supply = false;
-        // In parts (slices of the one buffer, no copy) that fit any transport's message
-        // limit; the link's FIFO order brings them to each joiner in sequence.
-        // Parts grow past the configured size only where 2^32 of them would not do.
-        let part_max = self
-            .cfg
-            .state_part_bytes_max
-            .max(state.len().div_ceil(u32::MAX as usize))
-            .max(1);
-        let parts = state.len().div_ceil(part_max).max(1);
-        let parts_u32 = u32::try_from(parts).unwrap_or(u32::MAX);
-        let mut msgs = Vec::with_capacity(parts * shard.joiners.len());
-        for j in &shard.joiners {
-            for part in 0..parts {
-                let from = part * part_max;
-                let to = (from + part_max).min(state.len());
-                msgs.push(Output::Send {
+        let Some(source) = self
+            .shards
+            .get(subgroup as usize)
+            .and_then(Option::as_ref)
+            .and_then(|shard| shard.state_source)
+        else {
+            return;
+        };
+        self.send_to(
+            source.node,
+            Some(source.incarnation),
+            Wire::StateAck {
+                view_id,
+                subgroup,
+                part,
+            },
+        );
+    }
+
+    /// Sends the state parts the window has room for, and asks the application for the
+    /// next piece once every part supplied is out and the window is not full.
+    fn pump_state(&mut self, g: usize) {
+        let view_id = self.current_view().id;
+        let Some(shard) = self.shards.get(g).and_then(Option::as_ref) else {
+            return;
+        };
+        if shard.supply.is_none() {
+            return;
+        }
+        let trusted: Vec<bool> = shard
+            .joiners
+            .iter()
+            .map(|j| {
+                self.current_view()
+                    .rank_of(*j)
+                    .is_some_and(|r| !self.is_suspected(r))
+            })
+            .collect();
+        let window = self.cfg.state_window_bytes;
+        let Some(shard) = self.shards.get_mut(g).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(supply) = shard.supply.as_mut() else {
+            return;
+        };
+        // No part goes to a suspected joiner, nor waits for it: it will not finish in
+        // this view, and the next one sends it the state again.
+        let Some(floor) = supply
+            .acked
+            .iter()
+            .zip(&trusted)
+            .filter(|(_, trusted)| **trusted)
+            .map(|(acked, _)| *acked)
+            .min()
+        else {
+            return;
+        };
+        while let Some(&(part, bytes)) = supply.in_flight.front() {
+            if part >= floor {
+                break;
+            }
+            supply.in_flight.pop_front();
+            supply.in_flight_bytes -= bytes;
+        }
+        while let Some(next) = supply.queued.front() {
+            if supply.in_flight_bytes > 0 && supply.in_flight_bytes + next.len() > window {
+                break;
+            }
+            let Some(state) = supply.queued.pop_front() else {
+                break;
+            };
+            let last = supply.supplied_all && supply.queued.is_empty();
+            let part = supply.next_part;
+            supply.next_part += 1;
+            supply.in_flight.push_back((part, state.len()));
+            supply.in_flight_bytes += state.len();
+            for (j, _) in shard.joiners.iter().zip(&trusted).filter(|(_, t)| **t) {
+                self.outputs.push(Output::Send {
                     to: j.node,
                     incarnation: Some(j.incarnation),
                     msg: Wire::State {
                         view_id,
-                        subgroup,
+                        subgroup: g as u32,
                         shard: shard.shard as u32,
-                        part: part as u32,
-                        parts: parts_u32,
-                        state: state.slice(from..to),
+                        part,
+                        last,
+                        state: state.clone(),
                     },
                 });
             }
         }
-        self.outputs.extend(msgs);
-        self.progress();
+        if supply.queued.is_empty()
+            && !supply.supplied_all
+            && !supply.asked
+            && supply.in_flight_bytes < window
+        {
+            supply.asked = true;
+            self.outputs.push(Output::StateSupplyMore {
+                view_id,
+                subgroup: g as u32,
+                shard: shard.shard as u32,
+            });
+        }
     }
 
     /// Leaves the group gracefully: this member stops sending, takes part in the view
@@ -1219,6 +1391,7 @@ impl Core {
                 Wire::Update { .. } | Wire::State { .. } => self.buffer_future(from, msg),
                 Wire::JoinRequest
                 | Wire::StateWanted { .. }
+                | Wire::StateAck { .. }
                 | Wire::Evicted { .. }
                 | Wire::RestartHello { .. }
                 | Wire::RestartPrepare { .. }
@@ -1329,6 +1502,16 @@ impl Core {
                     self.on_state_wanted(from, subgroup, after);
                 }
             }
+            Wire::StateAck {
+                view_id,
+                subgroup,
+                part,
+            } => {
+                // An ack of another view's transfer concerns a stream that is gone.
+                if view_id == view.id {
+                    self.on_state_ack(from, subgroup, part);
+                }
+            }
             Wire::Update { view_id, .. } | Wire::State { view_id, .. } if view_id < view.id => {
                 // A member lagging in an older view: if we have given up on it, tell it.
                 if from_rank.is_none_or(|r| self.is_suspected(r)) {
@@ -1358,7 +1541,7 @@ impl Core {
             Wire::State {
                 subgroup,
                 part,
-                parts,
+                last,
                 state,
                 ..
             } => {
@@ -1368,27 +1551,28 @@ impl Core {
                 };
                 if shard.hold_for_state && shard.state_source == Some(from) {
                     let Some(r) = from_rank else { return };
-                    let expected = shard.state_parts.len();
-                    let announced = shard.state_parts_announced.unwrap_or(parts);
-                    if part as usize != expected || parts != announced {
+                    if part != shard.state_next_part {
                         // The link is FIFO with no holes: a part out of sequence is a
                         // broken source.
                         self.suspect_rank(r);
                         return;
                     }
-                    shard.state_parts_announced = Some(parts);
-                    shard.state_parts.push(state);
-                    if part + 1 < parts {
-                        return;
+                    shard.state_next_part += 1;
+                    let shard_no = shard.shard as u32;
+                    if last {
+                        shard.hold_for_state = false;
                     }
-                    let state = concat_parts(std::mem::take(&mut shard.state_parts));
-                    shard.hold_for_state = false;
                     self.outputs.push(Output::ReceiveState {
                         view_id: view.id,
                         subgroup,
-                        shard: shard.shard as u32,
+                        shard: shard_no,
+                        part,
+                        last,
                         state,
                     });
+                    if !last {
+                        return;
+                    }
                     if let Some(row) = self.my_row_mut().shards[g].as_mut() {
                         row.awaiting_state = false;
                     }
@@ -1586,6 +1770,7 @@ impl Core {
             Wire::Update { .. } | Wire::State { .. } => self.buffer_future(from, msg),
             Wire::JoinRequest
             | Wire::StateWanted { .. }
+            | Wire::StateAck { .. }
             | Wire::Evicted { .. }
             | Wire::ReadProbe { .. }
             | Wire::ReadProbeAck { .. } => {}
@@ -1872,6 +2057,10 @@ impl Core {
         let row = self.my_row_mut();
         row.suspected[rank] = true;
         row.wedged = true;
+        // A state transfer no longer waits for that member's acks.
+        for g in 0..self.shards.len() {
+            self.pump_state(g);
+        }
     }
 
     // ----- ordered and raw multicast -------------------------------------------------
@@ -2996,9 +3185,9 @@ impl Core {
                 own_tickets: VecDeque::new(),
                 state_source: sv.state_source,
                 hold_for_state,
-                state_parts: Vec::new(),
-                state_parts_announced: None,
+                state_next_part: 0,
                 hold_for_supply,
+                supply: None,
                 wanted,
                 joiners: sv.joined.clone(),
                 last_version: None,
@@ -3238,18 +3427,6 @@ fn null_target(me: usize, received: &[u64], message_end: &[u64], count_max: u64)
 
 /// Whether an ordered shard's undelivered slots `from..to` hold a message (not only
 /// nulls). Long ranges count as holding one: the answer only saves a row push.
-/// The state parts as one buffer: the only part itself (no copy), or one copy of all.
-fn concat_parts(mut parts: Vec<Bytes>) -> Bytes {
-    if parts.len() == 1 {
-        return parts.pop().unwrap_or_default();
-    }
-    let mut all = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
-    for part in &parts {
-        all.extend_from_slice(part);
-    }
-    all.freeze()
-}
-
 fn holds_message(shard: &ShardState, from: u64, to: u64) -> bool {
     const SCAN_SLOTS_MAX: u64 = 1024;
     if to <= from {

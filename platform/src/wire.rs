@@ -53,16 +53,26 @@ pub enum Wire {
     /// Sent by a view's leader to the members it admitted (and by any member to a member
     /// that asks again).
     Welcome { view: Arc<View> },
-    /// Part `part` of `parts` of the shard state for a member new to the shard, as of the
-    /// start of `view_id` (the parts, in order, concatenated: see
+    /// Part `part` of the shard state for a member new to the shard, as of the start of
+    /// `view_id` (the parts, in order, concatenated, up to the one marked `last`: see
     /// [`CoreConfig::state_part_bytes_max`](crate::CoreConfig::state_part_bytes_max)).
+    /// The source learns only as it goes how many parts there are: it streams a shard
+    /// larger than its memory.
     State {
         view_id: ViewId,
         subgroup: u32,
         shard: u32,
         part: u32,
-        parts: u32,
+        last: bool,
         state: Bytes,
+    },
+    /// From a member new to a shard to its state source: "my application took in every
+    /// part of the state up to `part`": the source's window of parts in flight moves on
+    /// ([`CoreConfig::state_window_bytes`](crate::CoreConfig::state_window_bytes)).
+    StateAck {
+        view_id: ViewId,
+        subgroup: u32,
+        part: u32,
     },
     /// From a member new to a shard in `view_id` to the shard's state source: its log of
     /// the shard already holds every version up to `after` (from its last life), so the
@@ -106,7 +116,8 @@ impl Wire {
         match self {
             Wire::Update { view_id, .. }
             | Wire::State { view_id, .. }
-            | Wire::StateWanted { view_id, .. } => Some(*view_id),
+            | Wire::StateWanted { view_id, .. }
+            | Wire::StateAck { view_id, .. } => Some(*view_id),
             _ => None,
         }
     }

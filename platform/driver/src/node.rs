@@ -16,7 +16,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::state::StateEnvelope;
+use crate::state::{StateHeader, StateReader, encode_records};
 use crate::transport::{Inbound, Transport};
 
 /// Appends, syncs and metadata queued for the log thread. The core's send window bounds
@@ -322,21 +322,36 @@ enum LogWork {
         version: u64,
         reply: oneshot::Sender<Result<Option<Bytes>, String>>,
     },
-    /// Records of `key` after `after`, for a state transfer.
-    /// The records after `after` if the log holds that version, else all of them; with
-    /// the version they follow.
+    /// The first chunk of the records of `key` after `after` (at most
+    /// `payload_bytes_max` of payload) if the log holds that version, else from the
+    /// start, for a state transfer: with the version they follow and the log's last
+    /// version now (the transfer ends there).
     ReadTail {
         key: ShardKey,
         after: Option<Version>,
+        payload_bytes_max: usize,
         reply: oneshot::Sender<Result<Tail, String>>,
     },
-    /// Keep `key`'s log up to `keep` and replace the rest with `records`, durably; then
-    /// answer with the log's last version.
-    ReplaceTail {
+    /// The next chunk of a state transfer this node is the source of: records of `key`
+    /// in `[from, to]`, answered with [`LogDone::StateChunk`].
+    ReadStateChunk {
         key: ShardKey,
-        keep: Option<Version>,
+        from: u64,
+        to: u64,
+        payload_bytes_max: usize,
+        view_id: ViewId,
+        subgroup: u32,
+    },
+    /// Records of a state transfer this node receives: with `keep`, its first records,
+    /// `key`'s log is first cut after `keep` (`Some(None)`: emptied). Then answered with
+    /// `taken` (on the completion channel) or, with `reply`, synced first and answered
+    /// with the log's last version (the transfer's end).
+    StateRecords {
+        key: ShardKey,
+        keep: Option<Option<Version>>,
         records: Vec<Record>,
-        reply: oneshot::Sender<Result<Option<u64>, String>>,
+        taken: Option<LogDone>,
+        reply: Option<oneshot::Sender<Result<Option<u64>, String>>>,
     },
     /// A bounded chunk of `key`'s records (`LogStore::range_bounded`).
     ReadChunk {
@@ -368,6 +383,18 @@ enum LogDone {
     AckLogged {
         view_id: ViewId,
         ballot: Ballot,
+    },
+    /// A chunk of a state transfer this node is the source of (`LogWork::ReadStateChunk`).
+    StateChunk {
+        view_id: ViewId,
+        subgroup: u32,
+        records: Vec<Record>,
+    },
+    /// A part of a state transfer this node receives is in its log.
+    StatePartTaken {
+        view_id: ViewId,
+        subgroup: u32,
+        part: u32,
     },
     Failed(String),
 }
@@ -417,6 +444,10 @@ pub fn start_node(
         feedback: VecDeque::new(),
         last_hlc_us: 0,
         tails: Vec::new(),
+        outgoing: Vec::new(),
+        incoming: Vec::new(),
+        state_chunk_bytes: cfg.core.state_part_bytes_max,
+        record_bytes_max: cfg.core.payload_size_max_bytes,
         unlogged: cfg.unlogged_subgroups.clone(),
         read_waits: Vec::new(),
         reads_asked: std::collections::HashMap::new(),
@@ -449,6 +480,13 @@ struct Driver {
     last_hlc_us: u64,
     /// Log tails being read for state transfers the application has yet to answer.
     tails: Vec<PendingTail>,
+    /// State transfers this node is the source of with log records still to read.
+    outgoing: Vec<OutgoingState>,
+    /// State transfers this node receives, by subgroup.
+    incoming: Vec<IncomingState>,
+    /// Payload read from the log per piece of an outgoing state (a part's worth).
+    state_chunk_bytes: usize,
+    record_bytes_max: usize,
     unlogged: Vec<u32>,
     /// Reads waiting for a delivery (see [`NodeHandle::read_barrier`]); the application
     /// bounds how many it asks for.
@@ -465,12 +503,40 @@ struct ReadWait {
     leased: bool,
 }
 
-/// A shard log's records for joiners and the version they follow (none: all of them).
-type Tail = (Option<u64>, Vec<Record>);
+/// The first records of a shard log for joiners.
+#[derive(Debug)]
+struct Tail {
+    /// The version they follow (none: from the start).
+    base: Option<u64>,
+    records: Vec<Record>,
+    /// The log's last version when it was read: the transfer ends there.
+    end: Option<u64>,
+}
+
+/// A state transfer this node is the source of: the records `next..=end` are still to
+/// be read and supplied, a chunk each time the core asks (`Output::StateSupplyMore`).
+#[derive(Debug)]
+struct OutgoingState {
+    view_id: ViewId,
+    key: ShardKey,
+    next: u64,
+    end: u64,
+}
+
+/// A state transfer this node receives.
+#[derive(Debug)]
+struct IncomingState {
+    view_id: ViewId,
+    subgroup: u32,
+    reader: StateReader,
+    /// Its records began to reach the log (which was cut to the base first).
+    logging: bool,
+}
 
 struct PendingTail {
     view_id: ViewId,
     subgroup: u32,
+    key: ShardKey,
     records: oneshot::Receiver<Result<Tail, String>>,
 }
 
@@ -666,6 +732,16 @@ impl Driver {
                 .await;
             }
             LogDone::AckLogged { view_id, ballot } => self.core.ack_logged(view_id, ballot),
+            LogDone::StateChunk {
+                view_id,
+                subgroup,
+                records,
+            } => self.supply_chunk(view_id, subgroup, records),
+            LogDone::StatePartTaken {
+                view_id,
+                subgroup,
+                part,
+            } => self.core.state_part_applied(view_id, subgroup, part),
             LogDone::Failed(reason) => {
                 // A log that cannot write cannot keep promises: stop being a member.
                 warn!(%reason, "log failed; leaving the group");
@@ -674,16 +750,17 @@ impl Driver {
         }
     }
 
-    /// Hands the core the application's state with the log records the joiners lack.
+    /// Hands the core the application's state with the first log records the joiners
+    /// lack; the rest follow a chunk at a time as the core asks ([`Driver::supply_more`]).
     async fn supply_state(&mut self, view_id: ViewId, subgroup: u32, app: Bytes) {
         let pending = self
             .tails
             .iter()
             .position(|t| t.view_id == view_id && t.subgroup == subgroup)
             .map(|i| self.tails.swap_remove(i));
-        let (base, records) = match pending {
-            Some(tail) => match tail.records.await {
-                Ok(Ok(tail)) => tail,
+        let (key, tail) = match pending {
+            Some(pending) => match pending.records.await {
+                Ok(Ok(tail)) => (Some(pending.key), tail),
                 Ok(Err(reason)) => {
                     self.feedback.push_back(LogDone::Failed(reason));
                     return;
@@ -694,16 +771,189 @@ impl Driver {
                     return;
                 }
             },
-            None => (None, Vec::new()),
+            None => (
+                None,
+                Tail {
+                    base: None,
+                    records: Vec::new(),
+                    end: None,
+                },
+            ),
         };
+        let mut piece = BytesMut::new();
+        StateHeader {
+            app,
+            base: tail.base,
+        }
+        .encode(&mut piece);
+        encode_records(&tail.records, &mut piece);
+        let next = tail.records.last().map(|r| r.version + 1);
+        self.outgoing.retain(|o| o.key.subgroup != subgroup);
+        let last = match (key, next, tail.end) {
+            (Some(key), Some(next), Some(end)) if next <= end => {
+                self.outgoing.push(OutgoingState {
+                    view_id,
+                    key,
+                    next,
+                    end,
+                });
+                false
+            }
+            _ => true,
+        };
+        // `records`: in this first piece; with `more`, the rest follow in chunks.
         info!(
             subgroup,
-            after = ?base.map(Version),
-            records = records.len(),
+            after = ?tail.base.map(Version),
+            through = ?tail.end.map(Version),
+            records = tail.records.len(),
+            more = !last,
             "state for joiners"
         );
-        let state = StateEnvelope { app, base, records }.encode();
-        self.core.supply_state(view_id, subgroup, state);
+        self.core
+            .supply_state_piece(view_id, subgroup, piece.freeze(), last);
+    }
+
+    /// The core can send more of an outgoing state: read the next chunk of the log.
+    fn supply_more(&mut self, view_id: ViewId, subgroup: u32) {
+        let Some(out) = self
+            .outgoing
+            .iter()
+            .find(|o| o.view_id == view_id && o.key.subgroup == subgroup)
+        else {
+            return;
+        };
+        let work = LogWork::ReadStateChunk {
+            key: out.key,
+            from: out.next,
+            to: out.end,
+            payload_bytes_max: self.state_chunk_bytes,
+            view_id,
+            subgroup,
+        };
+        self.queue_log_work(work);
+    }
+
+    /// A chunk of an outgoing state was read: supply it.
+    fn supply_chunk(&mut self, view_id: ViewId, subgroup: u32, records: Vec<Record>) {
+        let Some(i) = self
+            .outgoing
+            .iter()
+            .position(|o| o.view_id == view_id && o.key.subgroup == subgroup)
+        else {
+            return;
+        };
+        let mut piece = BytesMut::new();
+        encode_records(&records, &mut piece);
+        let out = &mut self.outgoing[i];
+        // An empty chunk: the log lost what it held (cannot happen while it serves);
+        // the transfer ends rather than ask for the same chunk again.
+        out.next = records
+            .last()
+            .map_or(u64::MAX, |r| r.version.saturating_add(1));
+        let last = out.next > out.end;
+        if last {
+            self.outgoing.swap_remove(i);
+        }
+        self.core
+            .supply_state_piece(view_id, subgroup, piece.freeze(), last);
+    }
+
+    /// A part of an incoming state: its records go to the log as they arrive (the
+    /// source sends only a window ahead of what this node took in), the application's
+    /// state to the application once the last part is in.
+    async fn receive_state(
+        &mut self,
+        view_id: ViewId,
+        subgroup: u32,
+        shard: u32,
+        part: u32,
+        last: bool,
+        state: Bytes,
+    ) -> Result<(), String> {
+        if part == 0 {
+            // A new transfer; one that broke off with its view is dropped (the new one
+            // cuts the log again).
+            self.incoming.retain(|i| i.subgroup != subgroup);
+            self.incoming.push(IncomingState {
+                view_id,
+                subgroup,
+                reader: StateReader::new(self.record_bytes_max),
+                logging: false,
+            });
+        }
+        let Some(i) = self
+            .incoming
+            .iter()
+            .position(|i| i.subgroup == subgroup && i.view_id == view_id)
+        else {
+            return Err(format!("state part {part} of a transfer that never began"));
+        };
+        let logs = self.logs(subgroup);
+        let incoming = &mut self.incoming[i];
+        incoming.reader.push(state);
+        let base = incoming
+            .reader
+            .header()
+            .map_err(|e| e.to_string())?
+            .map(|h| h.base);
+        let records = incoming.reader.records().map_err(|e| e.to_string())?;
+        if !logs && !records.is_empty() {
+            return Err("log records in the state of an unlogged subgroup".to_string());
+        }
+        let key = ShardKey { subgroup, shard };
+        let keep = match base {
+            Some(base) if logs && !incoming.logging => {
+                incoming.logging = true;
+                Some(base.map(Version))
+            }
+            _ => None,
+        };
+        if !last {
+            if keep.is_some() || !records.is_empty() {
+                self.queue_log_work(LogWork::StateRecords {
+                    key,
+                    keep,
+                    records,
+                    taken: Some(LogDone::StatePartTaken {
+                        view_id,
+                        subgroup,
+                        part,
+                    }),
+                    reply: None,
+                });
+            } else {
+                self.core.state_part_applied(view_id, subgroup, part);
+            }
+            return Ok(());
+        }
+        let mut incoming = self.incoming.swap_remove(i);
+        let header = incoming.reader.finish().map_err(|e| e.to_string())?;
+        let mut log = None;
+        if logs {
+            let (reply, whole) = oneshot::channel();
+            self.queue_log_work(LogWork::StateRecords {
+                key,
+                keep,
+                records,
+                taken: None,
+                reply: Some(reply),
+            });
+            match whole.await {
+                Ok(Ok(last_version)) => log = Some(LoggedHistory { last_version }),
+                // The log thread reports its failure (the node then leaves).
+                Ok(Err(_)) | Err(_) => return Ok(()),
+            }
+        }
+        self.emit(AppEvent::StateReceived {
+            view_id,
+            subgroup,
+            shard,
+            state: header.app,
+            log,
+        })
+        .await;
+        Ok(())
     }
 
     async fn report_arrivals(&self, from: MemberId, msg: &Wire) {
@@ -917,15 +1167,18 @@ impl Driver {
             } => {
                 if self.logs(subgroup) {
                     let (reply, records) = oneshot::channel();
+                    let key = ShardKey { subgroup, shard };
                     self.queue_log_work(LogWork::ReadTail {
-                        key: ShardKey { subgroup, shard },
+                        key,
                         after: joiners_hold,
+                        payload_bytes_max: self.state_chunk_bytes,
                         reply,
                     });
                     self.tails.retain(|t| t.subgroup != subgroup);
                     self.tails.push(PendingTail {
                         view_id,
                         subgroup,
+                        key,
                         records,
                     });
                 }
@@ -936,45 +1189,26 @@ impl Driver {
                 })
                 .await;
             }
+            Output::StateSupplyMore {
+                view_id, subgroup, ..
+            } => self.supply_more(view_id, subgroup),
             Output::ReceiveState {
                 view_id,
                 subgroup,
                 shard,
+                part,
+                last,
                 state,
             } => {
-                let envelope = match StateEnvelope::decode(state) {
-                    Ok(envelope) => envelope,
-                    Err(e) => {
-                        // The source broke the protocol; without the state this node
-                        // cannot serve the shard.
-                        warn!(error = %e, "malformed state transfer; leaving the group");
-                        self.core.leave();
-                        return None;
-                    }
-                };
-                let mut log = None;
-                if self.logs(subgroup) {
-                    let (reply, whole) = oneshot::channel();
-                    self.queue_log_work(LogWork::ReplaceTail {
-                        key: ShardKey { subgroup, shard },
-                        keep: envelope.base.map(Version),
-                        records: envelope.records,
-                        reply,
-                    });
-                    match whole.await {
-                        Ok(Ok(last_version)) => log = Some(LoggedHistory { last_version }),
-                        // The log thread reports its failure (the node then leaves).
-                        Ok(Err(_)) | Err(_) => return None,
-                    }
+                if let Err(e) = self
+                    .receive_state(view_id, subgroup, shard, part, last, state)
+                    .await
+                {
+                    // The source broke the protocol; without the state this node
+                    // cannot serve the shard.
+                    warn!(error = %e, "malformed state transfer; leaving the group");
+                    self.core.leave();
                 }
-                self.emit(AppEvent::StateReceived {
-                    view_id,
-                    subgroup,
-                    shard,
-                    state: envelope.app,
-                    log,
-                })
-                .await;
             }
             Output::Restart(plan) => {
                 info!(view = plan.view.id, members = ?plan.view.members, "restarting the group");
@@ -1094,35 +1328,73 @@ fn spawn_log_thread(
                                 .map_err(|e| e.to_string());
                             let _ = reply.send(record);
                         }
-                        LogWork::ReadTail { key, after, reply } => {
+                        LogWork::ReadTail {
+                            key,
+                            after,
+                            payload_bytes_max,
+                            reply,
+                        } => {
                             let tail = after
                                 .map_or(Ok(None), |v| {
                                     store.get(key, v.0).map(|held| held.map(|_| v.0))
                                 })
                                 .and_then(|base| {
                                     let from = base.map_or(0, |b| b + 1);
-                                    Ok((base, store.range(key, from, u64::MAX)?))
+                                    Ok(Tail {
+                                        base,
+                                        records: store.range_bounded(
+                                            key,
+                                            from,
+                                            u64::MAX,
+                                            payload_bytes_max,
+                                        )?,
+                                        end: store.last_version(key),
+                                    })
                                 })
                                 .map_err(|e| e.to_string());
                             let _ = reply.send(tail);
                         }
-                        LogWork::ReplaceTail {
+                        LogWork::ReadStateChunk {
+                            key,
+                            from,
+                            to,
+                            payload_bytes_max,
+                            view_id,
+                            subgroup,
+                        } => match store.range_bounded(key, from, to, payload_bytes_max) {
+                            Ok(records) => after_sync.push(LogDone::StateChunk {
+                                view_id,
+                                subgroup,
+                                records,
+                            }),
+                            Err(e) => return fail(&done, e),
+                        },
+                        LogWork::StateRecords {
                             key,
                             keep,
                             records,
+                            taken,
                             reply,
                         } => {
-                            let result = store
-                                .truncate_after(key, keep.map(|v| v.0))
+                            let result = keep
+                                .map_or(Ok(()), |keep| store.truncate_after(key, keep.map(|v| v.0)))
                                 .and_then(|()| {
                                     records.into_iter().try_for_each(|r| store.append(key, r))
                                 })
-                                .and_then(|()| store.sync().map(drop));
+                                .and_then(|()| match reply {
+                                    Some(_) => store.sync().map(drop),
+                                    None => Ok(()),
+                                });
                             if let Err(e) = result {
-                                let _ = reply.send(Err(e.to_string()));
+                                if let Some(reply) = reply {
+                                    let _ = reply.send(Err(e.to_string()));
+                                }
                                 return fail(&done, e);
                             }
-                            let _ = reply.send(Ok(store.last_version(key)));
+                            if let Some(reply) = reply {
+                                let _ = reply.send(Ok(store.last_version(key)));
+                            }
+                            after_sync.extend(taken);
                         }
                         LogWork::ReadChunk {
                             key,

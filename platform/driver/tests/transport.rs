@@ -54,7 +54,7 @@ async fn a_16_mib_message_arrives_whole_in_order_between_small_ones() {
         subgroup: 0,
         shard: 0,
         part: 0,
-        parts: 1,
+        last: true,
         state,
     };
     // Sent before the link is up: queued, then delivered in order.
@@ -114,7 +114,7 @@ async fn control_traffic_overtakes_a_large_message_but_data_keeps_its_order() {
         subgroup: 0,
         shard: 0,
         part: 0,
-        parts: 1,
+        last: true,
         state: Bytes::from(vec![n as u8; len]),
     };
     // Queued before the link is up, so the writer sees all three at once.

@@ -146,6 +146,10 @@ impl Scenario {
         // seed): a transfer then takes many messages, and faults land between them.
         if seed.is_multiple_of(3) {
             core.state_part_bytes_max = 1 + (seed / 3 % 40) as usize;
+            // And 64-512 parts in flight: the source waits for acks. (A transfer of a
+            // shard's log then takes some round trips, as one of many parts does in a
+            // real cluster; a window of one tiny part would take thousands.)
+            core.state_window_bytes = core.state_part_bytes_max * (64 << (seed / 7 % 4));
         }
         core.pending_sends_max = 256;
         core.batch_messages_max = rng.random_range(1..=32);
@@ -187,6 +191,9 @@ pub struct RunReport {
     pub seed: u64,
     pub history: History,
     pub result: Result<(), Violation>,
+    /// State parts a joiner received with its source's window full: how often flow
+    /// control held a source back.
+    pub state_windows_full: u64,
 }
 
 impl RunReport {
@@ -199,12 +206,13 @@ impl RunReport {
 
 /// Runs one seed's scenario and checks its history.
 pub fn run_seed(seed: u64) -> RunReport {
-    let history = Simulation::new(Scenario::from_seed(seed)).run();
+    let (history, state_windows_full) = Simulation::new(Scenario::from_seed(seed)).run();
     let result = checkers::check_all(&history);
     RunReport {
         seed,
         history,
         result,
+        state_windows_full,
     }
 }
 
@@ -252,6 +260,14 @@ enum Action {
     AppSend {
         node: NodeId,
         incarnation: u32,
+    },
+    /// The parts of an incoming state transfer received so far reached the node's
+    /// disk: acknowledge them.
+    StatePartTaken {
+        node: NodeId,
+        incarnation: u32,
+        view_id: ViewId,
+        subgroup: u32,
     },
     /// A read barrier at a random member, then the next one is scheduled.
     ReadBarriers,
@@ -345,6 +361,27 @@ struct SimNode {
     disk: SimDisk,
     /// Delivered, not yet durable: `(subgroup, shard, version, payload)`.
     unpersisted: Vec<(u32, u32, Version, PayloadId)>,
+    /// Per subgroup, a state this node is the source of and has not supplied all of
+    /// (supplied in pieces, as a driver streams a log): the view and what is left.
+    state_out: HashMap<u32, (ViewId, Bytes, usize)>,
+    /// Per subgroup, the state parts received and not yet taken in (less than a header
+    /// or a record); the records before them are in the log already.
+    state_in: HashMap<u32, StateIn>,
+}
+
+/// A state transfer on its way in: records go to the log as they arrive (as a driver
+/// writes them), so a crash in the middle leaves a log that is a prefix of the shard.
+#[derive(Debug, Default)]
+struct StateIn {
+    bytes: Vec<u8>,
+    header: Option<StateDigest>,
+    /// Parts received and not yet acknowledged (not yet on disk): number and size.
+    unacked: std::collections::VecDeque<(u32, usize)>,
+    unacked_bytes: usize,
+    /// A disk write is under way; it takes in every part received when it completes
+    /// (as a log thread's batch does).
+    writing: bool,
+    view_id: ViewId,
 }
 
 struct Simulation {
@@ -383,6 +420,8 @@ struct Simulation {
     finished: bool,
     /// A total stop happened and not every node is back yet.
     restarting_all: bool,
+    /// State parts that found the joiner's window full (the source then waits for acks).
+    state_windows_full: u64,
 }
 
 impl Simulation {
@@ -409,6 +448,7 @@ impl Simulation {
             payload_ids: HashMap::new(),
             payloads: Vec::new(),
             zero_anchor: Bytes::from(vec![0u8; 1 << 16]),
+            state_windows_full: 0,
             large_payloads: 0,
             healing: false,
             probes_sent: false,
@@ -423,7 +463,7 @@ impl Simulation {
         self.queue.insert((at_us, self.next_seq), action);
     }
 
-    fn run(mut self) -> History {
+    fn run(mut self) -> (History, u64) {
         for _ in 0..self.sc.initial_nodes {
             let id = self.next_node_id;
             self.next_node_id += 1;
@@ -463,7 +503,7 @@ impl Simulation {
         if !self.finished {
             self.finish(false);
         }
-        self.history
+        (self.history, self.state_windows_full)
     }
 
     fn start_node(&mut self, id: NodeId, founder: bool) {
@@ -598,6 +638,7 @@ impl Simulation {
             | Action::TrimLogged { node, .. }
             | Action::AckLogged { node, .. }
             | Action::Suspect { node, .. }
+            | Action::StatePartTaken { node, .. }
             | Action::AppSend { node, .. } => Some(*node),
             _ => None,
         };
@@ -670,6 +711,37 @@ impl Simulation {
                     self.now_us + TICK_INTERVAL_US,
                     Action::Tick { node, incarnation },
                 );
+            }
+            Action::StatePartTaken {
+                node,
+                incarnation,
+                view_id,
+                subgroup,
+            } => {
+                if !self.alive(node, incarnation) {
+                    return;
+                }
+                let Some(incoming) = self
+                    .nodes
+                    .get_mut(&node)
+                    .and_then(|n| n.state_in.get_mut(&subgroup))
+                else {
+                    return;
+                };
+                if incoming.view_id != view_id {
+                    // A write for a transfer that broke off with its view.
+                    return;
+                }
+                incoming.writing = false;
+                let Some(&(part, _)) = incoming.unacked.back() else {
+                    return;
+                };
+                incoming.unacked.clear();
+                incoming.unacked_bytes = 0;
+                if let Some(core) = self.core_mut(node) {
+                    core.state_part_applied(view_id, subgroup, part);
+                }
+                self.pump(node);
             }
             Action::Persisted {
                 node,
@@ -1163,6 +1235,8 @@ impl Simulation {
             return;
         };
         let Some(core) = node.core.take() else { return };
+        node.state_out.clear();
+        node.state_in.clear();
         let member = core.me();
         if crashed {
             self.history.push(Event::Crashed {
@@ -1565,35 +1639,138 @@ impl Simulation {
                         state.extend_from_slice(&payload.to_le_bytes());
                     }
                 }
-                if let Some(core) = self.core_mut(id) {
-                    core.supply_state(view_id, subgroup, Bytes::from(state));
+                // In pieces on odd seeds, each when the core asks for it: as a driver
+                // reads its log a part's worth at a time, 1-3 parts per piece (or the
+                // state in 1-3 pieces when it fits a part), so a transfer takes as many
+                // messages as the state takes parts.
+                let state = Bytes::from(state);
+                let part_max = self.sc.core.state_part_bytes_max;
+                let k = 1 + (self.sc.seed / 2 % 3) as usize;
+                let piece = if self.sc.seed.is_multiple_of(2) {
+                    state.len()
+                } else if part_max < state.len() {
+                    part_max * k
+                } else {
+                    state.len().div_ceil(k)
+                }
+                .max(1);
+                let first = state.slice(..piece.min(state.len()));
+                let rest = state.slice(first.len()..);
+                let last = rest.is_empty();
+                let node = self.nodes.get_mut(&id).expect("a node produced it");
+                node.state_out.insert(subgroup, (view_id, rest, piece));
+                if let Some(core) = node.core.as_mut() {
+                    core.supply_state_piece(view_id, subgroup, first, last);
+                }
+            }
+            Output::StateSupplyMore {
+                view_id, subgroup, ..
+            } => {
+                let node = self.nodes.get_mut(&id).expect("a node produced it");
+                let Some((for_view, rest, piece)) = node.state_out.get_mut(&subgroup) else {
+                    panic!(
+                        "seed {}: {me} asked for more of a state it never began",
+                        self.sc.seed
+                    );
+                };
+                assert_eq!(
+                    *for_view, view_id,
+                    "seed {}: {me} asked for more of another view's state",
+                    self.sc.seed
+                );
+                let next = rest.split_to((*piece).min(rest.len()));
+                let last = rest.is_empty();
+                if let Some(core) = node.core.as_mut() {
+                    core.supply_state_piece(view_id, subgroup, next, last);
                 }
             }
             Output::ReceiveState {
                 view_id,
                 subgroup,
                 shard,
+                part,
+                last,
                 state,
-                ..
             } => {
-                let digest = decode_digest(&state);
-                if let Some(node) = self.nodes.get_mut(&id) {
-                    node.app[subgroup as usize] = digest;
-                    let log = node.disk.logs.entry((subgroup, shard)).or_default();
+                let Some(node) = self.nodes.get_mut(&id) else {
+                    return;
+                };
+                let incoming = node.state_in.entry(subgroup).or_default();
+                if part == 0 {
+                    // A new transfer (an earlier one broke off with its view).
+                    *incoming = StateIn {
+                        view_id,
+                        ..StateIn::default()
+                    };
+                }
+                incoming.bytes.extend_from_slice(&state);
+                let log = node.disk.logs.entry((subgroup, shard)).or_default();
+                if incoming.header.is_none() && incoming.bytes.len() >= 24 {
+                    incoming.header = Some(decode_digest(&incoming.bytes));
                     // The records follow the source's base: keep the log up to it.
-                    match decode_base(&state) {
+                    match decode_base(&incoming.bytes) {
                         Some(v) => {
                             log.split_off(&Version(v.0 + 1));
                         }
                         None => log.clear(),
                     }
-                    for record in state.get(24..).unwrap_or_default().chunks_exact(16) {
+                    incoming.bytes.drain(..24);
+                }
+                if incoming.header.is_some() {
+                    let whole = incoming.bytes.len() / 16 * 16;
+                    for record in incoming.bytes[..whole].chunks_exact(16) {
                         let word = |at: usize| {
                             u64::from_le_bytes(record[at..at + 8].try_into().expect("8 bytes"))
                         };
                         log.insert(Version(word(0)), word(8));
                     }
+                    incoming.bytes.drain(..whole);
                 }
+                if !last {
+                    // The source keeps at most its window in flight (one part may
+                    // exceed it alone).
+                    incoming.unacked.push_back((part, state.len()));
+                    incoming.unacked_bytes += state.len();
+                    let window = self.sc.core.state_window_bytes;
+                    let part_max = self.sc.core.state_part_bytes_max;
+                    assert!(
+                        incoming.unacked_bytes <= window.max(part_max),
+                        "seed {}: {me} holds {} bytes of state unacknowledged, over the \
+                         window of {window}",
+                        self.sc.seed,
+                        incoming.unacked_bytes
+                    );
+                    if incoming.unacked_bytes + part_max > window {
+                        self.state_windows_full += 1;
+                    }
+                    // Acknowledged once on disk, as a driver does.
+                    if !incoming.writing {
+                        incoming.writing = true;
+                        let at = self.disk_done_at(id);
+                        self.schedule(
+                            at,
+                            Action::StatePartTaken {
+                                node: id,
+                                incarnation: me.incarnation,
+                                view_id,
+                                subgroup,
+                            },
+                        );
+                    }
+                    return;
+                }
+                let Some(node) = self.nodes.get_mut(&id) else {
+                    return;
+                };
+                let incoming = node.state_in.remove(&subgroup).unwrap_or_default();
+                let (Some(digest), true) = (incoming.header, incoming.bytes.is_empty()) else {
+                    panic!(
+                        "seed {}: {me} received a state that does not parse ({} bytes left over)",
+                        self.sc.seed,
+                        incoming.bytes.len()
+                    );
+                };
+                node.app[subgroup as usize] = digest;
                 self.history.push(Event::StateReceived {
                     at_us: now,
                     member: me,
