@@ -390,6 +390,12 @@ pub struct Core {
     /// What this member's log held of each shard when it started from it (a restart),
     /// until it installs its first view: a joiner reports it so only the rest travels.
     last_life_tails: Vec<ShardTail>,
+    /// What this member's log holds of each shard it received a state transfer of (all
+    /// or part: one that broke off with its view left a prefix of the shard's history)
+    /// in this life, as its application said ([`Core::state_logged`]): a joiner of that
+    /// shard again reports it, so only the rest travels. Dropped at a restart (which
+    /// truncates logs).
+    transfer_tails: Vec<ShardTail>,
     /// A proposal I agreed to (as leader or follower) whose agreement is being logged;
     /// my row shows it once [`Core::ack_logged`] confirms.
     ack_logging: Option<Arc<Proposal>>,
@@ -488,6 +494,7 @@ impl Core {
             promises: Vec::new(),
             restart: None,
             last_life_tails: Vec::new(),
+            transfer_tails: Vec::new(),
             ack_logging: None,
         })
     }
@@ -1239,6 +1246,23 @@ impl Core {
         );
     }
 
+    /// The application's log of `subgroup`'s shard `shard` now ends at `through` after
+    /// taking in parts of a state transfer (every record up to it came from the shard's
+    /// history, as the transfer's source had it). Should the transfer break off with its
+    /// view, the next view's transfer ships only what follows. Call it only with a log
+    /// that nothing but a later transfer or a restart will cut.
+    pub fn state_logged(&mut self, subgroup: u32, shard: u32, through: Option<Version>) {
+        self.transfer_tails
+            .retain(|t| t.subgroup != subgroup || t.shard != shard);
+        if let Some(version) = through {
+            self.transfer_tails.push(ShardTail {
+                subgroup,
+                shard,
+                version,
+            });
+        }
+    }
+
     /// Sends the state parts the window has room for, and asks the application for the
     /// next piece once every part supplied is out and the window is not full.
     fn pump_state(&mut self, g: usize) {
@@ -1889,6 +1913,7 @@ impl Core {
 
     fn install_restart(&mut self, plan: Arc<RestartPlan>) {
         self.outputs.push(Output::Restart(Arc::clone(&plan)));
+        self.transfer_tails.clear();
         self.restart = Some(Arc::clone(&plan));
         self.setup_view(Arc::clone(&plan.view), None);
         self.restart = None;
@@ -3155,6 +3180,7 @@ impl Core {
                 let after = self
                     .last_life_tails
                     .iter()
+                    .chain(&self.transfer_tails)
                     .find(|t| t.subgroup == g as u32 && t.shard == s as u32)
                     .map(|t| t.version);
                 self.send_to(

@@ -162,6 +162,30 @@ fn read_leases_serve_reads_without_a_round_and_only_they_do() {
 /// odd seeds the source supplies the state in pieces of 1-3 parts as the core asks; a
 /// joiner acknowledges parts only once on its (simulated) disk, and checks that its
 /// source never has more than its window unacknowledged.
+/// How many state transfers shipped only a log tail, in seeds 0..1000 or those of
+/// `SQUALL_SEEDS=FROM..TO`, which must all pass (run with `--ignored --nocapture`).
+#[test]
+#[ignore]
+fn count_tail_transfers() {
+    let seeds = std::env::var("SQUALL_SEEDS")
+        .ok()
+        .and_then(|s| {
+            let (from, to) = s.split_once("..")?;
+            Some(from.parse::<u64>().ok()?..to.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0..1000);
+    let (mut transfers, mut tails) = (0, 0);
+    for seed in seeds.clone() {
+        let report = run_seed(seed);
+        if let Some(line) = report.failure_line() {
+            panic!("{line}");
+        }
+        transfers += report.state.transfers;
+        tails += report.state.tails;
+    }
+    println!("{tails} of {transfers} state transfers in seeds {seeds:?} shipped only a tail");
+}
+
 #[test]
 fn shard_states_in_many_parts_arrive_whole() {
     use squall_platform::sim::{Scenario, history::Event};
@@ -177,7 +201,7 @@ fn shard_states_in_many_parts_arrive_whole() {
         if let Some(line) = report.failure_line() {
             panic!("{line}");
         }
-        windows_full += report.state_windows_full;
+        windows_full += report.state.windows_full;
         transfers += report
             .history
             .events

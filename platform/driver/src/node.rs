@@ -344,13 +344,13 @@ enum LogWork {
     },
     /// Records of a state transfer this node receives: with `keep`, its first records,
     /// `key`'s log is first cut after `keep` (`Some(None)`: emptied). Then answered with
-    /// `taken` (on the completion channel) or, with `reply`, synced first and answered
-    /// with the log's last version (the transfer's end).
+    /// [`LogDone::StatePartTaken`] for `taken` (view and part) or, with `reply`, synced
+    /// first and answered with the log's last version (the transfer's end).
     StateRecords {
         key: ShardKey,
         keep: Option<Option<Version>>,
         records: Vec<Record>,
-        taken: Option<LogDone>,
+        taken: Option<(ViewId, u32)>,
         reply: Option<oneshot::Sender<Result<Option<u64>, String>>>,
     },
     /// A bounded chunk of `key`'s records (`LogStore::range_bounded`).
@@ -390,11 +390,13 @@ enum LogDone {
         subgroup: u32,
         records: Vec<Record>,
     },
-    /// A part of a state transfer this node receives is in its log.
+    /// A part of a state transfer this node receives is in its log, which now ends at
+    /// `logged`.
     StatePartTaken {
         view_id: ViewId,
-        subgroup: u32,
+        key: ShardKey,
         part: u32,
+        logged: Option<u64>,
     },
     Failed(String),
 }
@@ -739,9 +741,21 @@ impl Driver {
             } => self.supply_chunk(view_id, subgroup, records),
             LogDone::StatePartTaken {
                 view_id,
-                subgroup,
+                key,
                 part,
-            } => self.core.state_part_applied(view_id, subgroup, part),
+                logged,
+            } => {
+                // Unless a later transfer began since (its first records cut the log).
+                if self
+                    .incoming
+                    .iter()
+                    .any(|i| i.subgroup == key.subgroup && i.view_id == view_id)
+                {
+                    self.core
+                        .state_logged(key.subgroup, key.shard, logged.map(Version));
+                }
+                self.core.state_part_applied(view_id, key.subgroup, part);
+            }
             LogDone::Failed(reason) => {
                 // A log that cannot write cannot keep promises: stop being a member.
                 warn!(%reason, "log failed; leaving the group");
@@ -814,13 +828,15 @@ impl Driver {
             .supply_state_piece(view_id, subgroup, piece.freeze(), last);
     }
 
+    fn outgoing(&self, view_id: ViewId, subgroup: u32) -> Option<usize> {
+        self.outgoing
+            .iter()
+            .position(|o| o.view_id == view_id && o.key.subgroup == subgroup)
+    }
+
     /// The core can send more of an outgoing state: read the next chunk of the log.
     fn supply_more(&mut self, view_id: ViewId, subgroup: u32) {
-        let Some(out) = self
-            .outgoing
-            .iter()
-            .find(|o| o.view_id == view_id && o.key.subgroup == subgroup)
-        else {
+        let Some(out) = self.outgoing(view_id, subgroup).map(|i| &self.outgoing[i]) else {
             return;
         };
         let work = LogWork::ReadStateChunk {
@@ -836,11 +852,7 @@ impl Driver {
 
     /// A chunk of an outgoing state was read: supply it.
     fn supply_chunk(&mut self, view_id: ViewId, subgroup: u32, records: Vec<Record>) {
-        let Some(i) = self
-            .outgoing
-            .iter()
-            .position(|o| o.view_id == view_id && o.key.subgroup == subgroup)
-        else {
+        let Some(i) = self.outgoing(view_id, subgroup) else {
             return;
         };
         let mut piece = BytesMut::new();
@@ -915,11 +927,7 @@ impl Driver {
                     key,
                     keep,
                     records,
-                    taken: Some(LogDone::StatePartTaken {
-                        view_id,
-                        subgroup,
-                        part,
-                    }),
+                    taken: Some((view_id, part)),
                     reply: None,
                 });
             } else {
@@ -940,7 +948,11 @@ impl Driver {
                 reply: Some(reply),
             });
             match whole.await {
-                Ok(Ok(last_version)) => log = Some(LoggedHistory { last_version }),
+                Ok(Ok(last_version)) => {
+                    self.core
+                        .state_logged(subgroup, shard, last_version.map(Version));
+                    log = Some(LoggedHistory { last_version });
+                }
                 // The log thread reports its failure (the node then leaves).
                 Ok(Err(_)) | Err(_) => return Ok(()),
             }
@@ -1391,10 +1403,18 @@ fn spawn_log_thread(
                                 }
                                 return fail(&done, e);
                             }
+                            let logged = store.last_version(key);
                             if let Some(reply) = reply {
-                                let _ = reply.send(Ok(store.last_version(key)));
+                                let _ = reply.send(Ok(logged));
                             }
-                            after_sync.extend(taken);
+                            after_sync.extend(taken.map(|(view_id, part)| {
+                                LogDone::StatePartTaken {
+                                    view_id,
+                                    key,
+                                    part,
+                                    logged,
+                                }
+                            }));
                         }
                         LogWork::ReadChunk {
                             key,

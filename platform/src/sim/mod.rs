@@ -191,9 +191,19 @@ pub struct RunReport {
     pub seed: u64,
     pub history: History,
     pub result: Result<(), Violation>,
-    /// State parts a joiner received with its source's window full: how often flow
-    /// control held a source back.
-    pub state_windows_full: u64,
+    pub state: StateCounts,
+}
+
+/// What a run's state transfers did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StateCounts {
+    /// Parts a joiner received with its source's window full: how often flow control
+    /// held a source back.
+    pub windows_full: u64,
+    /// Transfers asked of sources.
+    pub transfers: u64,
+    /// Transfers that shipped only what followed the joiners' logs.
+    pub tails: u64,
 }
 
 impl RunReport {
@@ -206,13 +216,13 @@ impl RunReport {
 
 /// Runs one seed's scenario and checks its history.
 pub fn run_seed(seed: u64) -> RunReport {
-    let (history, state_windows_full) = Simulation::new(Scenario::from_seed(seed)).run();
+    let (history, state) = Simulation::new(Scenario::from_seed(seed)).run();
     let result = checkers::check_all(&history);
     RunReport {
         seed,
         history,
         result,
-        state_windows_full,
+        state,
     }
 }
 
@@ -422,6 +432,9 @@ struct Simulation {
     restarting_all: bool,
     /// State parts that found the joiner's window full (the source then waits for acks).
     state_windows_full: u64,
+    /// State transfers asked of sources, and those that shipped only a log tail.
+    state_transfers: u64,
+    state_tails: u64,
 }
 
 impl Simulation {
@@ -449,6 +462,8 @@ impl Simulation {
             payloads: Vec::new(),
             zero_anchor: Bytes::from(vec![0u8; 1 << 16]),
             state_windows_full: 0,
+            state_transfers: 0,
+            state_tails: 0,
             large_payloads: 0,
             healing: false,
             probes_sent: false,
@@ -463,7 +478,7 @@ impl Simulation {
         self.queue.insert((at_us, self.next_seq), action);
     }
 
-    fn run(mut self) -> (History, u64) {
+    fn run(mut self) -> (History, StateCounts) {
         for _ in 0..self.sc.initial_nodes {
             let id = self.next_node_id;
             self.next_node_id += 1;
@@ -503,7 +518,12 @@ impl Simulation {
         if !self.finished {
             self.finish(false);
         }
-        (self.history, self.state_windows_full)
+        let counts = StateCounts {
+            windows_full: self.state_windows_full,
+            transfers: self.state_transfers,
+            tails: self.state_tails,
+        };
+        (self.history, counts)
     }
 
     fn start_node(&mut self, id: NodeId, founder: bool) {
@@ -1631,6 +1651,8 @@ impl Simulation {
                 state.extend_from_slice(&digest.chain.to_le_bytes());
                 let log = node.disk.logs.get(&(subgroup, shard));
                 let base = joiners_hold.filter(|v| log.is_some_and(|l| l.contains_key(v)));
+                self.state_transfers += 1;
+                self.state_tails += u64::from(base.is_some());
                 state.extend_from_slice(&base.map_or(u64::MAX, |v| v.0).to_le_bytes());
                 if let Some(log) = log {
                     let from = base.map_or(Version(0), |v| Version(v.0 + 1));
@@ -1725,6 +1747,11 @@ impl Simulation {
                         log.insert(Version(word(0)), word(8));
                     }
                     incoming.bytes.drain(..whole);
+                    // What the log holds now, should this transfer break off.
+                    let through = log.keys().next_back().copied();
+                    if let Some(core) = node.core.as_mut() {
+                        core.state_logged(subgroup, shard, through);
+                    }
                 }
                 if !last {
                     // The source keeps at most its window in flight (one part may
