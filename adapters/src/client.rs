@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use squall_kvs::op::{self, Op};
-use squall_kvs::{Condition, MessageId, PoolSpec, PoolTable};
+use squall_kvs::{Condition, MessageId, PoolSpec, PoolTable, StoreKind};
 use squall_platform::Version;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1032,6 +1032,18 @@ impl Client {
             Response::Pools(p) => Ok(p),
             other => Err(Self::unexpected(other)),
         }
+    }
+
+    /// The subgroup of the first existing pool of `kind`: where a new pool of that kind
+    /// lands when its creator names no subgroup (the layout is the node's; clients see
+    /// pools). `None`: no pool of that kind exists to learn it from.
+    pub async fn first_subgroup_of(&self, kind: StoreKind) -> Result<Option<u32>, ClientError> {
+        let pools = self.list_pools().await?;
+        Ok(pools
+            .iter()
+            .filter(|p| p.kind == kind)
+            .map(|p| p.subgroup)
+            .min())
     }
 
     pub async fn find_pool(&self, key: &str) -> Result<PoolSpec, ClientError> {

@@ -267,12 +267,9 @@ impl NativeClient {
 
 /// The subgroup of the first existing pool of `kind` (as the CLI picks it).
 async fn first_subgroup_of(client: &Client, kind: StoreKind) -> Result<u32, ClientError> {
-    let pools = client.list_pools().await?;
-    pools
-        .iter()
-        .filter(|p| p.kind == kind)
-        .map(|p| p.subgroup)
-        .min()
+    client
+        .first_subgroup_of(kind)
+        .await?
         .ok_or_else(|| ClientError::Server {
             code: squall_adapters::wire::ErrorCode::BadRequest,
             message: format!(

@@ -385,8 +385,9 @@ struct SimNode {
 struct StateIn {
     bytes: Vec<u8>,
     header: Option<StateDigest>,
-    /// Parts received and not yet acknowledged (not yet on disk): number and size.
-    unacked: std::collections::VecDeque<(u32, usize)>,
+    /// The last part received and not yet acknowledged (not yet on disk), and the bytes
+    /// of all such parts.
+    unacked_last: Option<u32>,
     unacked_bytes: usize,
     /// A disk write is under way; it takes in every part received when it completes
     /// (as a log thread's batch does).
@@ -753,10 +754,9 @@ impl Simulation {
                     return;
                 }
                 incoming.writing = false;
-                let Some(&(part, _)) = incoming.unacked.back() else {
+                let Some(part) = incoming.unacked_last.take() else {
                     return;
                 };
-                incoming.unacked.clear();
                 incoming.unacked_bytes = 0;
                 if let Some(core) = self.core_mut(node) {
                     core.state_part_applied(view_id, subgroup, part);
@@ -1756,7 +1756,7 @@ impl Simulation {
                 if !last {
                     // The source keeps at most its window in flight (one part may
                     // exceed it alone).
-                    incoming.unacked.push_back((part, state.len()));
+                    incoming.unacked_last = Some(part);
                     incoming.unacked_bytes += state.len();
                     let window = self.sc.core.state_window_bytes;
                     let part_max = self.sc.core.state_part_bytes_max;

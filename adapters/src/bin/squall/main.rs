@@ -665,18 +665,12 @@ fn parse_gpu_cache(text: &str) -> Result<squall_kvs::GpuCache, String> {
 /// The pool a kind lands in by default: the first data subgroup of that kind, learned from
 /// an existing pool of the kind (the layout is the node's; clients see pools).
 async fn first_subgroup_of(client: &Client, kind: StoreKind) -> Result<u32> {
-    let pools = client.list_pools().await?;
-    pools
-        .iter()
-        .filter(|p| p.kind == kind)
-        .map(|p| p.subgroup)
-        .min()
-        .ok_or_else(|| {
-            anyhow!(
-                "no {} pool exists to learn its subgroup from: pass --subgroup",
-                kind.name()
-            )
-        })
+    client.first_subgroup_of(kind).await?.ok_or_else(|| {
+        anyhow!(
+            "no {} pool exists to learn its subgroup from: pass --subgroup",
+            kind.name()
+        )
+    })
 }
 
 async fn demo(addrs: &[String]) -> Result<()> {
