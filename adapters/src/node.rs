@@ -226,7 +226,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (inbound_tx, inbound) = mpsc::channel(65_536);
     let transport = TcpTransport::start(tcp, listener, inbound_tx);
 
-    let (log, report) = FileLog::open(LogConfig::new(config.node.data_dir.join("log")))?;
+    let (log, report) = FileLog::open(LogConfig {
+        preallocate_bytes: config.limits.log_preallocate_bytes,
+        ..LogConfig::new(config.node.data_dir.join("log"))
+    })?;
     info!(?report, "log recovered");
     // What each shard's log holds now; the service replays it in chunks once it exists.
     let replays: Vec<_> = log

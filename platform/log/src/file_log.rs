@@ -6,8 +6,11 @@
 //! - `meta.log`: the metadata log.
 //!
 //! Invariant that recovery leans on: every segment but a shard's last one is sealed
-//! (fsynced) before the next one is created. A crash can therefore only tear the last
-//! segment, and damage anywhere else is real corruption, reported as such.
+//! (cut to its records and fsynced) before the next one is created. A crash can
+//! therefore only tear the last segment, and damage anywhere else is real corruption,
+//! reported as such. The last segment may end in zeros written ahead of its records
+//! (`LogConfig::preallocate_bytes`); recovery tells them from a torn tail by their being
+//! all zero.
 
 use std::collections::btree_map::Entry as MapEntry;
 use std::collections::{BTreeMap, VecDeque};
@@ -50,6 +53,9 @@ struct Segment {
     path: PathBuf,
     /// Bytes of valid records; for the active segment, where the next append goes.
     len: u64,
+    /// The file's length: `len` plus the zeros written ahead of the records (only the
+    /// active segment has any; sealing cuts them).
+    prepared: u64,
 }
 
 /// Where one record lives. Kept for every record in memory (40 bytes each) so reads
@@ -281,7 +287,7 @@ impl FileLog {
             }
         };
         if roll {
-            shard.seal()?;
+            shard.retire_active()?;
             shard.create_segment(record.version)?;
         }
         let (Some(file), Some(mut active)) = (&shard.active, shard.segments.last_entry()) else {
@@ -296,8 +302,18 @@ impl FileLog {
             &record.payload,
             &mut self.scratch,
         );
+        let end = active.len + record_bytes;
+        let prepare = self.cfg.preallocate_bytes;
+        if end > active.prepared && prepare > 0 && record_bytes <= prepare / 4 {
+            // Zeros ride along with this write; the sync that grows the file for them
+            // is then the only one in the next `prepare` bytes that has to.
+            let zeros_end = (end + prepare).min(self.cfg.segment_bytes_max).max(end);
+            self.scratch
+                .resize(self.scratch.len() + (zeros_end - end) as usize, 0);
+        }
         file.write_all_at(&self.scratch, active.len)
             .map_err(io_err(&active.path))?;
+        active.prepared = active.prepared.max(active.len + self.scratch.len() as u64);
         let entry = Entry {
             version: record.version,
             hlc_us: record.hlc_us,
@@ -378,6 +394,21 @@ impl ShardLog {
             .all(|(a, b)| a.hlc_us <= b.hlc_us);
     }
 
+    /// Seal the active segment before a new one takes over: cut the zeros written ahead
+    /// of its records, so that only a last segment can ever end in anything but a record,
+    /// and fsync it.
+    fn retire_active(&mut self) -> Result<(), LogError> {
+        if let (Some(file), Some(segment)) = (&self.active, self.segments.values_mut().next_back())
+            && segment.prepared > segment.len
+        {
+            file.set_len(segment.len).map_err(io_err(&segment.path))?;
+            segment.prepared = segment.len;
+            // sync_all, not sync_data: the new, smaller size is what matters here.
+            file.sync_all().map_err(io_err(&segment.path))?;
+        }
+        self.seal()
+    }
+
     /// fsync the active segment if it has unsynced writes. Since every earlier segment
     /// was sealed before it stopped being active, everything is then durable.
     fn seal(&mut self) -> Result<(), LogError> {
@@ -396,8 +427,14 @@ impl ShardLog {
         let path = self.dir.join(segment_name(first_version));
         let file = open_rw(&path, true)?;
         sync_dir(&self.dir)?;
-        self.segments
-            .insert(first_version, Segment { path, len: 0 });
+        self.segments.insert(
+            first_version,
+            Segment {
+                path,
+                len: 0,
+                prepared: 0,
+            },
+        );
         self.active = Some(file);
         Ok(())
     }
@@ -450,6 +487,12 @@ impl ShardLog {
             })?;
             let len = match end {
                 ScanEnd::Clean => file_len,
+                ScanEnd::Defect { offset, .. }
+                    if is_last && zeros(&file, &path, offset, file_len)? =>
+                {
+                    // Written ahead of the records, not torn: kept for the appends to come.
+                    offset
+                }
                 ScanEnd::Defect { offset, .. } if is_last => {
                     // A crash mid-append: everything from here on was never reported
                     // durable (the last sync ended before it), so it can go.
@@ -480,7 +523,15 @@ impl ShardLog {
             report.records += entries.len() as u64;
             report.segments += 1;
             shard.index.extend(entries);
-            shard.segments.insert(first, Segment { path, len });
+            let prepared = if is_last { file_len.max(len) } else { len };
+            shard.segments.insert(
+                first,
+                Segment {
+                    path,
+                    len,
+                    prepared,
+                },
+            );
             shard.active = is_last.then_some(file);
         }
         if shard.active.is_none()
@@ -610,6 +661,7 @@ impl ShardLog {
             // sync_all, not sync_data: the new, smaller size is what matters here.
             file.sync_all().map_err(io_err(&segment.path))?;
             segment.len = kept.end();
+            segment.prepared = kept.end();
             self.active = Some(file);
         }
         self.index.truncate(keep);
@@ -651,6 +703,24 @@ impl ShardLog {
         self.recompute_hlc_monotone();
         Ok(())
     }
+}
+
+/// Whether bytes `from..to` of `file` are all zero: zeros written ahead of the records,
+/// as opposed to a torn or damaged tail.
+fn zeros(file: &File, path: &Path, from: u64, to: u64) -> Result<bool, LogError> {
+    const CHUNK_BYTES: u64 = 64 * 1024;
+    let mut buf = vec![0u8; CHUNK_BYTES.min(to.saturating_sub(from)) as usize];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(CHUNK_BYTES) as usize;
+        file.read_exact_at(&mut buf[..n], at)
+            .map_err(io_err(path))?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
 }
 
 /// Recovery's ordering checks for a record that passed its CRC. A valid record in the

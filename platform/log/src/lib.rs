@@ -25,6 +25,13 @@ pub use format::{HEADER_BYTES, META_MAGIC, RECORD_BYTES_MAX_FORMAT, SEGMENT_MAGI
 /// is rare, small enough that compaction frees space in useful steps.
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
 
+/// Default [`LogConfig::preallocate_bytes`]. Measured on this project's VM (ext4, three
+/// processes each writing and syncing one file in a loop): an fdatasync after overwriting
+/// zeros already on disk took 200-300 µs at p50, after appending past the end of the file
+/// 320-800 µs, because growing a file makes the sync commit the file system's journal too.
+/// A megabyte of zeros is written, and synced, once per megabyte of small records.
+pub const PREALLOCATE_BYTES_DEFAULT: u64 = 1024 * 1024;
+
 /// Default [`LogConfig::record_bytes_max`]: a record is one multicast message, and
 /// messages far larger than this point at a bug upstream rather than real traffic.
 pub const RECORD_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
@@ -57,6 +64,12 @@ pub struct LogConfig {
     /// [`RECORD_BYTES_MAX_FORMAT`]. Lowering it later never makes existing records
     /// unreadable: recovery judges lengths by the format's limit, not this one.
     pub record_bytes_max: usize,
+    /// Zeros written ahead of the active segment's end, this many bytes at a time, so that
+    /// small appends overwrite space the file already has and a sync need not grow the
+    /// file (see [`PREALLOCATE_BYTES_DEFAULT`]). Records of more than a quarter of it are
+    /// appended as they are: for them the journal commit is a small part of the sync, and
+    /// zeros written first would double the bytes written. 0 turns preallocation off.
+    pub preallocate_bytes: u64,
 }
 
 impl LogConfig {
@@ -66,6 +79,7 @@ impl LogConfig {
             dir: dir.into(),
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
             record_bytes_max: RECORD_BYTES_MAX_DEFAULT,
+            preallocate_bytes: PREALLOCATE_BYTES_DEFAULT,
         }
     }
 }

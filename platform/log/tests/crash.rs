@@ -21,11 +21,12 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use common::{A, B, config, rec};
+use common::{A, B, preallocating, rec};
 use squall_log::{FileLog, LogStore, ShardKey};
 
 const CHILD_ENV: &str = "SQUALL_LOG_CHILD";
 const SYNC_EVERY_ENV: &str = "SQUALL_LOG_CHILD_SYNC_EVERY";
+const PREALLOCATE_ENV: &str = "SQUALL_LOG_CHILD_PREALLOCATE_BYTES";
 const SEED_ENV: &str = "SQUALL_LOG_CRASH_SEED";
 /// Marks the child's announcements, which share stdout with the test harness.
 const TAG: &str = "SQUALL_LOG ";
@@ -33,6 +34,10 @@ const SHARDS: [ShardKey; 2] = [A, B];
 const ROUNDS: u64 = 24;
 /// Small, so a round rolls segments and kills also land around rolls.
 const SEGMENT_BYTES_MAX: u64 = 32 * 1024;
+/// Zeros written ahead of the records this many bytes at a time, in every other round
+/// (the rounds between run without), so kills land around preallocation, and a log
+/// written one way is reopened the other.
+const PREALLOCATE_BYTES: u64 = 4 * 1024;
 /// A metadata record every this many shard appends.
 const META_EVERY: u64 = 11;
 /// The child stops on its own after this, in case the parent died.
@@ -59,11 +64,16 @@ fn crash_child() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
-    child_main(Path::new(&dir), sync_every);
+    let preallocate_bytes: u64 = std::env::var(PREALLOCATE_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    child_main(Path::new(&dir), sync_every, preallocate_bytes);
 }
 
-fn child_main(dir: &Path, sync_every: u64) {
-    let (mut log, _) = FileLog::open(config(dir, SEGMENT_BYTES_MAX)).expect("child: open");
+fn child_main(dir: &Path, sync_every: u64, preallocate_bytes: u64) {
+    let (mut log, _) = FileLog::open(preallocating(dir, SEGMENT_BYTES_MAX, preallocate_bytes))
+        .expect("child: open");
     let mut next = SHARDS.map(|s| log.last_version(s).unwrap_or(0) + 1);
     let mut meta_next = log.meta().expect("child: meta").len() as u64 + 1;
     let mut out = std::io::stdout().lock();
@@ -141,7 +151,8 @@ struct Promised {
 
 /// Reopen the log and check it keeps every promise, with correct content.
 fn verify(dir: &Path, promised: &Promised, round: u64) -> u64 {
-    let (log, report) = FileLog::open(config(dir, SEGMENT_BYTES_MAX))
+    // Preallocation changes what is written, not how it is read back.
+    let (log, report) = FileLog::open(preallocating(dir, SEGMENT_BYTES_MAX, 0))
         .unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
     for (i, shard) in SHARDS.into_iter().enumerate() {
         let last = log.last_version(shard).unwrap_or(0);
@@ -210,6 +221,10 @@ fn kill_9_keeps_every_announced_durable_record() {
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, dir.path())
             .env(SYNC_EVERY_ENV, (1 + round % 5).to_string())
+            .env(
+                PREALLOCATE_ENV,
+                (PREALLOCATE_BYTES * u64::from(round % 2 == 0)).to_string(),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

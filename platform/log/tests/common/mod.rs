@@ -39,9 +39,17 @@ pub fn rec_bytes(version: u64) -> u64 {
     (HEADER_BYTES + payload(version).len()) as u64
 }
 
+/// A configuration without preallocation, so that a segment file is exactly its records
+/// back to back: the layout the format tests count bytes of.
 pub fn config(dir: &Path, segment_bytes_max: u64) -> LogConfig {
+    preallocating(dir, segment_bytes_max, 0)
+}
+
+/// A configuration writing zeros ahead of the records, `preallocate_bytes` at a time.
+pub fn preallocating(dir: &Path, segment_bytes_max: u64, preallocate_bytes: u64) -> LogConfig {
     LogConfig {
         segment_bytes_max,
+        preallocate_bytes,
         ..LogConfig::new(dir)
     }
 }
