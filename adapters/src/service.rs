@@ -17,14 +17,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use squall_driver::{AppEvent, LoggedHistory, NodeEvent, NodeHandle, NodeSendError};
+use squall_driver::{AppEvent, NodeEvent, NodeHandle, NodeSendError};
 use squall_kvs::op::{self, Op};
 use squall_kvs::store::ReadError;
 use squall_kvs::{
-    MessageId, Object, Outcome, PoolError, PoolSpec, PoolTable, ShardStore, StoreKind, StoreLimits,
-    VersionReader,
+    MessageId, Object, Outcome, PoolError, PoolSpec, PoolTable, ShardStore, SnapshotLoader,
+    SnapshotStream, StoreKind, StoreLimits, VersionReader,
 };
-use squall_platform::{MemberId, SendError, SendTicket, Version, View};
+use squall_platform::{MemberId, SendError, SendTicket, Version, View, ViewId};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -151,6 +151,11 @@ pub const UDL_PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from
 /// and after a state transfer): what a replay holds beyond the store it builds.
 pub const REPLAY_CHUNK_BYTES: usize = 16 << 20;
 
+/// A volatile shard's snapshot goes to joiners in pieces of about this many bytes, each
+/// encoded when the transfer asks for it: the source holds the pieces in flight (the
+/// core's window) and one being encoded, not a copy of the store.
+pub const SNAPSHOT_PIECE_BYTES: usize = 8 << 20;
+
 /// Requests of the node itself (read markers, default pools) use ids of this client.
 const SYSTEM_CLIENT_BIT: u64 = 1 << 63;
 
@@ -270,6 +275,11 @@ pub struct Service {
     /// Shards this node is new to in the current view whose state has not arrived:
     /// reads that do not wait for the core's barrier (past versions) go elsewhere.
     awaiting_state: HashSet<(u32, u32)>,
+    /// Volatile shards' snapshots on their way to joiners, by subgroup: encoded a piece at
+    /// a time as the transfer asks ([`SNAPSHOT_PIECE_BYTES`]).
+    snapshots_out: HashMap<u32, (ViewId, SnapshotStream)>,
+    /// Snapshots arriving, applied a part at a time.
+    snapshots_in: HashMap<(u32, u32), (ViewId, SnapshotLoader)>,
     stable_waits: Vec<StableWait>,
     /// Reads of the past waiting for the log, by token.
     log_reads: HashMap<u64, LogRead>,
@@ -377,6 +387,8 @@ impl Service {
             stores: HashMap::new(),
             history: HashMap::new(),
             awaiting_state: HashSet::new(),
+            snapshots_out: HashMap::new(),
+            snapshots_in: HashMap::new(),
             log_reads: HashMap::new(),
             stable_waits: Vec::new(),
             next_log_read: 0,
@@ -736,22 +748,45 @@ impl Service {
                 subgroup,
                 shard,
             } => {
-                // Logged shards travel as their log; volatile ones as a snapshot.
-                let state = match self.stores.get(&(subgroup, shard)) {
-                    Some(store) if store.kind() == StoreKind::Volatile => store.snapshot(),
-                    _ => Bytes::new(),
-                };
-                self.handle.supply_state(view_id, subgroup, state).await;
+                // Logged shards travel as their log; volatile ones as a snapshot, streamed.
+                match self.stores.get(&(subgroup, shard)) {
+                    Some(store) if store.kind() == StoreKind::Volatile => {
+                        let stream = store.snapshot_stream();
+                        self.snapshots_out.insert(subgroup, (view_id, stream));
+                        self.supply_snapshot_piece(view_id, subgroup).await;
+                    }
+                    _ => {
+                        self.handle
+                            .supply_state(view_id, subgroup, Bytes::new())
+                            .await
+                    }
+                }
+            }
+            AppEvent::StateSupplyMore { view_id, subgroup } => {
+                self.supply_snapshot_piece(view_id, subgroup).await;
+            }
+            AppEvent::StatePart {
+                view_id,
+                subgroup,
+                shard,
+                part,
+                state,
+                last,
+            } => {
+                self.on_state_part(view_id, subgroup, shard, part, state, last)
+                    .await
             }
             AppEvent::StateReceived {
                 subgroup,
                 shard,
-                state,
                 log,
                 ..
             } => {
                 self.awaiting_state.remove(&(subgroup, shard));
-                self.on_state(subgroup, shard, state, log).await;
+                if let Err(e) = self.replay_log(subgroup, shard, log.last_version).await {
+                    warn!(error = %e, subgroup, shard, "cannot replay the transferred log; leaving");
+                    self.handle.leave().await;
+                }
             }
             // `run` ends on it before it comes here.
             AppEvent::Stopped(_) => {}
@@ -765,40 +800,81 @@ impl Service {
         }
     }
 
-    /// A shard's state arrived (this node is new to the shard): its log, or a snapshot.
-    async fn on_state(
+    /// The next piece of the snapshot going to `subgroup`'s joiners in `view_id`.
+    async fn supply_snapshot_piece(&mut self, view_id: ViewId, subgroup: u32) {
+        let Some((for_view, stream)) = self.snapshots_out.get_mut(&subgroup) else {
+            return;
+        };
+        if *for_view != view_id {
+            return;
+        }
+        let (piece, last) = stream.next_piece(SNAPSHOT_PIECE_BYTES);
+        if last {
+            self.snapshots_out.remove(&subgroup);
+        }
+        self.handle
+            .supply_state_piece(view_id, subgroup, piece, last)
+            .await;
+    }
+
+    /// A part of a volatile shard's state (this node is new to the shard): applied to the
+    /// store being rebuilt, which replaces the shard's store once the last part is in.
+    async fn on_state_part(
         &mut self,
+        view_id: ViewId,
         subgroup: u32,
         shard: u32,
+        part: u32,
         state: Bytes,
-        log: Option<LoggedHistory>,
+        last: bool,
     ) {
-        match log {
-            Some(history) => {
-                if let Err(e) = self.replay_log(subgroup, shard, history.last_version).await {
-                    warn!(error = %e, subgroup, shard, "cannot replay the transferred log; leaving");
-                    self.handle.leave().await;
+        let kind = self.kind(subgroup);
+        if part == 0 {
+            let loader = SnapshotLoader::new(kind, self.cfg.store_limits);
+            self.snapshots_in
+                .insert((subgroup, shard), (view_id, loader));
+        }
+        let applied = match self.snapshots_in.get_mut(&(subgroup, shard)) {
+            Some((for_view, loader)) if *for_view == view_id => loader.push(state),
+            _ => {
+                warn!(
+                    subgroup,
+                    shard, part, "a state part of a transfer that never began; leaving"
+                );
+                self.handle.leave().await;
+                return;
+            }
+        };
+        if let Err(e) = applied {
+            self.snapshots_in.remove(&(subgroup, shard));
+            warn!(error = %e, subgroup, shard, part, "malformed state; leaving");
+            self.handle.leave().await;
+            return;
+        }
+        self.handle.state_part_taken(view_id, subgroup, part).await;
+        if !last {
+            return;
+        }
+        let Some((_, loader)) = self.snapshots_in.remove(&(subgroup, shard)) else {
+            return;
+        };
+        self.awaiting_state.remove(&(subgroup, shard));
+        // Nothing at all: the source held no store (a trigger shard, or a new one).
+        let store = if loader.bytes_received() == 0 {
+            Ok(ShardStore::new(kind, self.cfg.store_limits))
+        } else {
+            loader.finish()
+        };
+        match store {
+            Ok(store) => {
+                cache_store(&self.gpu, &self.pools, subgroup, &store);
+                if let Some(replaced) = self.stores.insert((subgroup, shard), store) {
+                    uncache_store(&self.gpu, &self.pools, subgroup, &replaced);
                 }
             }
-            None => {
-                let kind = self.kind(subgroup);
-                let store = if state.is_empty() {
-                    Ok(ShardStore::new(kind, self.cfg.store_limits))
-                } else {
-                    ShardStore::from_snapshot(kind, self.cfg.store_limits, state)
-                };
-                match store {
-                    Ok(store) => {
-                        cache_store(&self.gpu, &self.pools, subgroup, &store);
-                        if let Some(replaced) = self.stores.insert((subgroup, shard), store) {
-                            uncache_store(&self.gpu, &self.pools, subgroup, &replaced);
-                        }
-                    }
-                    Err(e) => {
-                        warn!(error = %e, subgroup, shard, "malformed state; leaving");
-                        self.handle.leave().await;
-                    }
-                }
+            Err(e) => {
+                warn!(error = %e, subgroup, shard, "malformed state; leaving");
+                self.handle.leave().await;
             }
         }
     }
@@ -839,6 +915,9 @@ impl Service {
         }
         self.history
             .retain(|(g, s), _| view.shard_of(*g as usize, me) == Some(*s as usize));
+        // Transfers end with their view (the next one starts again): drop what they hold.
+        self.snapshots_out.retain(|_, (v, _)| *v >= view.id);
+        self.snapshots_in.retain(|_, (v, _)| *v >= view.id);
         self.awaiting_state = view
             .shards
             .iter()

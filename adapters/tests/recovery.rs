@@ -342,6 +342,89 @@ async fn a_new_node_takes_a_log_larger_than_memory_should_hold_without_either_si
     }
 }
 
+/// A node restarted into a volatile shard of 160 MiB (160 objects of 1 MiB, in memory
+/// only, so the whole shard travels) takes it as a streamed snapshot: the source encodes
+/// it a piece at a time as the transfer asks, with blobs shared until their piece is
+/// encoded, and the joiner applies each part as it arrives. The source's peak resident
+/// memory grows by far less than the shard, and the joiner's peak stays well under twice
+/// it. Before, the source encoded the whole store into one snapshot and the driver copied
+/// that once more into the transfer's first message, and the joiner gathered every part
+/// before decoding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_takes_a_volatile_shard_streamed_without_its_source_copying_it() {
+    const OBJECTS: usize = 160;
+    const OBJECT_BYTES: usize = 1 << 20;
+    const SHARD_BYTES: u64 = (OBJECTS * OBJECT_BYTES) as u64;
+    let _turn = HEAVY.lock().await;
+    let mut cluster = cluster();
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    let value = |i: usize| Bytes::from(vec![i as u8; OBJECT_BYTES]);
+    for i in 0..OBJECTS {
+        c.put(&format!("/cache/k{i}"), value(i)).await.expect("put");
+    }
+    let before = incarnations(&c).await;
+    let sources: Vec<(u32, u32, u64)> = [0u32, 2]
+        .iter()
+        .map(|n| {
+            let pid = cluster.procs[n].id();
+            reset_peak(pid);
+            (*n, pid, rss_bytes(pid))
+        })
+        .collect();
+    cluster.kill9(1);
+    let started = Instant::now();
+    cluster.start(1);
+    let c1 = rejoined(&cluster, &c, &before, 1).await;
+    // Reads of the latest value wait for the state: once one is answered, it is in.
+    let last = format!("/cache/k{}", OBJECTS - 1);
+    let got = c1.get(&last).await.expect("get");
+    assert!(
+        got.is_some_and(|o| o.blob == value(OBJECTS - 1)),
+        "{last} missing at node 1"
+    );
+    let took = started.elapsed();
+    for i in [0, OBJECTS / 3, OBJECTS / 2] {
+        let key = format!("/cache/k{i}");
+        let got = c1.get(&key).await.expect("get");
+        assert!(
+            got.is_some_and(|o| o.blob == value(i)),
+            "{key} missing or different at node 1"
+        );
+    }
+    let keys = c1.list_keys("/cache", None).await.expect("list");
+    assert_eq!(keys.len(), OBJECTS, "node 1 lists other keys than were put");
+    let joiner_peak = peak_rss_bytes(cluster.procs[&1].id());
+    let source_growth: Vec<(u32, u64)> = sources
+        .iter()
+        .map(|(n, pid, rss)| (*n, peak_rss_bytes(*pid).saturating_sub(*rss)))
+        .collect();
+    println!(
+        "a {} MiB volatile shard to a restarted node in {took:?} from its start: its peak {} \
+         MiB resident; the others' peaks grew by {:?} MiB",
+        SHARD_BYTES >> 20,
+        joiner_peak >> 20,
+        source_growth
+            .iter()
+            .map(|(n, b)| (*n, b >> 20))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        joiner_peak < SHARD_BYTES * 3 / 2,
+        "node 1 peaked at {} MiB taking in a {} MiB shard",
+        joiner_peak >> 20,
+        SHARD_BYTES >> 20
+    );
+    for (n, growth) in source_growth {
+        assert!(
+            growth < SHARD_BYTES / 2,
+            "node {n} grew by {} MiB shipping a {} MiB shard",
+            growth >> 20,
+            SHARD_BYTES >> 20
+        );
+    }
+}
+
 /// A node whose data directory was lost (a wiped or replaced disk) comes back into the
 /// running cluster: node 0, which founds the group at a cluster's first start, must join
 /// it rather than found a second one beside it (split brain: before, it did, alone and

@@ -20,6 +20,10 @@ use crate::op::{
 };
 use crate::pool::StoreKind;
 
+mod snapshot;
+
+pub use snapshot::{SnapshotLoader, SnapshotStream};
+
 /// Bounds of one store. Duplicate detection remembers a window of recent requests per
 /// client for a bounded number of clients (the least recently active is forgotten first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,14 +117,14 @@ pub enum ReadError {
     Log(String),
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct KeyEntry {
     /// Oldest first. Volatile: only the latest.
     versions: Vec<VersionMeta>,
     latest: Object,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct ClientWindow {
     recent: VecDeque<(u64, Outcome)>,
     last_active: Option<Version>,
@@ -456,124 +460,28 @@ impl ShardStore {
         self.keys.values().filter(|e| !e.latest.tombstone).count()
     }
 
-    /// The whole state (objects, version history, retry memory), for a state transfer
-    /// where no log carries it (volatile stores). Blobs are copied into it once.
+    /// The whole state (objects, version history, retry memory) in one piece: see
+    /// [`ShardStore::snapshot_stream`] for the format. Blobs are copied into it once.
     pub fn snapshot(&self) -> Bytes {
-        let mut out = BytesMut::new();
-        put_version(&mut out, self.last_version);
-        put_version(&mut out, self.last_delivered);
-        out.put_u64_le(self.last_timestamp_us);
-        let mut keys: Vec<&Arc<str>> = self.keys.keys().collect();
-        keys.sort();
-        out.put_u32_le(keys.len() as u32);
-        for key in keys {
-            let e = &self.keys[key];
-            let o = &e.latest;
-            put_str(&mut out, key);
-            out.put_u64_le(o.version.0);
-            out.put_u64_le(o.timestamp_us);
-            put_version(&mut out, o.previous_version);
-            put_version(&mut out, o.previous_key_version);
-            out.put_u64_le(o.message_id.client);
-            out.put_u64_le(o.message_id.seq);
-            out.put_u8(u8::from(o.tombstone));
-            out.put_u32_le(o.blob.len() as u32);
-            out.put_slice(&o.blob);
-            out.put_u32_le(e.versions.len() as u32);
-            for m in &e.versions {
-                out.put_u64_le(m.version.0);
-                out.put_u64_le(m.timestamp_us);
-                out.put_u64_le(m.size as u64);
-                out.put_u8(u8::from(m.tombstone));
-            }
-        }
-        let mut clients: Vec<(&u64, &ClientWindow)> = self.dedup.iter().collect();
-        clients.sort_by_key(|(c, _)| **c);
-        out.put_u32_le(clients.len() as u32);
-        for (client, w) in clients {
-            out.put_u64_le(*client);
-            put_version(&mut out, w.last_active);
-            out.put_u32_le(w.recent.len() as u32);
-            for (seq, outcome) in &w.recent {
-                out.put_u64_le(*seq);
-                put_outcome(&mut out, outcome);
-            }
-        }
-        out.freeze()
+        self.snapshot_stream().next_piece(usize::MAX).0
+    }
+
+    /// The state as of now, for a state transfer where no log carries it (volatile
+    /// stores), encoded a piece at a time: this takes the stores' metadata only (keys,
+    /// versions, retry memory), while blobs stay shared until their piece is encoded.
+    pub fn snapshot_stream(&self) -> SnapshotStream {
+        SnapshotStream::new(self)
     }
 
     /// Rebuilds a store from [`ShardStore::snapshot`]'s bytes; blobs share `bytes`.
     pub fn from_snapshot(
         kind: StoreKind,
         limits: StoreLimits,
-        mut bytes: Bytes,
+        bytes: Bytes,
     ) -> Result<ShardStore, OpError> {
-        let r = &mut bytes;
-        let mut store = ShardStore::new(kind, limits);
-        store.last_version = get_version(r)?;
-        store.last_delivered = get_version(r)?;
-        store.last_timestamp_us = get_u64(r, "timestamp")?;
-        let keys = get_count(r, "keys", 47)?;
-        for _ in 0..keys {
-            let key: Arc<str> = Arc::from(get_str(r, "key")?);
-            let version = Version(get_u64(r, "version")?);
-            let timestamp_us = get_u64(r, "timestamp")?;
-            let previous_version = get_version(r)?;
-            let previous_key_version = get_version(r)?;
-            let message_id = MessageId {
-                client: get_u64(r, "message id")?,
-                seq: get_u64(r, "message id")?,
-            };
-            let tombstone = get_u8(r, "tombstone")? != 0;
-            let len = get_count(r, "blob", 1)?;
-            let blob = r.split_to(len);
-            let n = get_count(r, "versions", 25)?;
-            let mut versions = Vec::with_capacity(n);
-            for _ in 0..n {
-                versions.push(VersionMeta {
-                    version: Version(get_u64(r, "version")?),
-                    timestamp_us: get_u64(r, "timestamp")?,
-                    size: get_u64(r, "size")? as usize,
-                    tombstone: get_u8(r, "tombstone")? != 0,
-                });
-            }
-            let latest = Object {
-                key: Arc::clone(&key),
-                blob,
-                version,
-                timestamp_us,
-                previous_version,
-                previous_key_version,
-                message_id,
-                tombstone,
-            };
-            store.keys.insert(key, KeyEntry { versions, latest });
-        }
-        let clients = get_count(r, "clients", 13)?;
-        for _ in 0..clients {
-            let client = get_u64(r, "client")?;
-            let last_active = get_version(r)?;
-            let n = get_count(r, "requests", 9)?;
-            let mut recent = VecDeque::with_capacity(n);
-            for _ in 0..n {
-                let seq = get_u64(r, "sequence")?;
-                recent.push_back((seq, get_outcome(r)?));
-            }
-            if let Some(v) = last_active {
-                store.activity.insert(v, client);
-            }
-            store.dedup.insert(
-                client,
-                ClientWindow {
-                    recent,
-                    last_active,
-                },
-            );
-        }
-        if r.has_remaining() {
-            return Err(OpError::Trailing(r.remaining()));
-        }
-        Ok(store)
+        let mut loader = SnapshotLoader::new(kind, limits);
+        loader.push(bytes)?;
+        loader.finish()
     }
 }
 

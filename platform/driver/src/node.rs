@@ -120,21 +120,43 @@ pub enum AppEvent {
         /// Served under a read lease (no probe round among the replicas).
         leased: bool,
     },
-    /// Answer with [`NodeHandle::supply_state`]: the shard's state as of now.
+    /// Answer with [`NodeHandle::supply_state`]: the shard's state as of now. For a
+    /// subgroup without a log the state may also come in pieces
+    /// ([`NodeHandle::supply_state_piece`]), so that a large one need not be encoded at
+    /// once.
     StateRequested {
         view_id: ViewId,
         subgroup: u32,
         shard: u32,
     },
+    /// The joiners took what was sent of a state supplied in pieces: answer with the next
+    /// one ([`NodeHandle::supply_state_piece`]).
+    StateSupplyMore {
+        view_id: ViewId,
+        subgroup: u32,
+    },
+    /// A part of the state of a subgroup without a log, as the source supplied it cut
+    /// into parts of at most `state_part_bytes_max`; the parts in order are the bytes the
+    /// source supplied. Tell the driver once each is applied
+    /// ([`NodeHandle::state_part_taken`]): the source sends only a window ahead of that.
+    StatePart {
+        view_id: ViewId,
+        subgroup: u32,
+        shard: u32,
+        part: u32,
+        state: Bytes,
+        last: bool,
+    },
+    /// The state of a logged subgroup (after its records reached the log).
     StateReceived {
         view_id: ViewId,
         subgroup: u32,
         shard: u32,
         state: Bytes,
-        /// Logged subgroups with a log only: the transferred records are in this
-        /// node's log, which now holds the shard's whole history. An application that
-        /// replays its log rebuilds from it, in chunks ([`NodeHandle::read_log_chunk`]).
-        log: Option<LoggedHistory>,
+        /// The transferred records are in this node's log, which now holds the shard's
+        /// whole history. An application that replays its log rebuilds from it, in
+        /// chunks ([`NodeHandle::read_log_chunk`]).
+        log: LoggedHistory,
     },
     Stopped(StopReason),
 }
@@ -150,6 +172,17 @@ enum Command {
         view_id: ViewId,
         subgroup: u32,
         state: Bytes,
+    },
+    SupplyStatePiece {
+        view_id: ViewId,
+        subgroup: u32,
+        piece: Bytes,
+        last: bool,
+    },
+    StatePartTaken {
+        view_id: ViewId,
+        subgroup: u32,
+        part: u32,
     },
     ReadBarrier {
         subgroup: u32,
@@ -282,6 +315,40 @@ impl NodeHandle {
                 view_id,
                 subgroup,
                 state,
+            })
+            .await;
+    }
+
+    /// One piece of the state of a subgroup without a log; the first answers
+    /// [`AppEvent::StateRequested`], each next one an [`AppEvent::StateSupplyMore`], and
+    /// `last` ends it. A logged subgroup's application state is one piece: for one, a
+    /// piece with `last` is taken as [`NodeHandle::supply_state`] and any other ignored.
+    pub async fn supply_state_piece(
+        &self,
+        view_id: ViewId,
+        subgroup: u32,
+        piece: Bytes,
+        last: bool,
+    ) {
+        let _ = self
+            .commands
+            .send(Command::SupplyStatePiece {
+                view_id,
+                subgroup,
+                piece,
+                last,
+            })
+            .await;
+    }
+
+    /// The application applied [`AppEvent::StatePart`] `part`.
+    pub async fn state_part_taken(&self, view_id: ViewId, subgroup: u32, part: u32) {
+        let _ = self
+            .commands
+            .send(Command::StatePartTaken {
+                view_id,
+                subgroup,
+                part,
             })
             .await;
     }
@@ -643,6 +710,18 @@ impl Driver {
                     Command::SupplyState { view_id, subgroup, state } => {
                         self.supply_state(view_id, subgroup, state).await;
                     }
+                    Command::SupplyStatePiece { view_id, subgroup, piece, last } => {
+                        if !self.logs(subgroup) {
+                            self.core.supply_state_piece(view_id, subgroup, piece, last);
+                        } else if last {
+                            self.supply_state(view_id, subgroup, piece).await;
+                        } else {
+                            warn!(subgroup, "a logged subgroup's state came in pieces; ignored");
+                        }
+                    }
+                    Command::StatePartTaken { view_id, subgroup, part } => {
+                        self.core.state_part_applied(view_id, subgroup, part);
+                    }
                     Command::Leave => self.core.leave(),
                 },
                 Some(completion) = done.recv() => self.complete(completion).await,
@@ -767,6 +846,11 @@ impl Driver {
     /// Hands the core the application's state with the first log records the joiners
     /// lack; the rest follow a chunk at a time as the core asks ([`Driver::supply_more`]).
     async fn supply_state(&mut self, view_id: ViewId, subgroup: u32, app: Bytes) {
+        if !self.logs(subgroup) {
+            // No log to stream after it: the application's bytes are the whole transfer.
+            self.core.supply_state_piece(view_id, subgroup, app, true);
+            return;
+        }
         let pending = self
             .tails
             .iter()
@@ -834,8 +918,14 @@ impl Driver {
             .position(|o| o.view_id == view_id && o.key.subgroup == subgroup)
     }
 
-    /// The core can send more of an outgoing state: read the next chunk of the log.
-    fn supply_more(&mut self, view_id: ViewId, subgroup: u32) {
+    /// The core can send more of an outgoing state: read the next chunk of the log, or
+    /// ask the application for its next piece.
+    async fn supply_more(&mut self, view_id: ViewId, subgroup: u32) {
+        if !self.logs(subgroup) {
+            self.emit(AppEvent::StateSupplyMore { view_id, subgroup })
+                .await;
+            return;
+        }
         let Some(out) = self.outgoing(view_id, subgroup).map(|i| &self.outgoing[i]) else {
             return;
         };
@@ -871,9 +961,10 @@ impl Driver {
             .supply_state_piece(view_id, subgroup, piece.freeze(), last);
     }
 
-    /// A part of an incoming state: its records go to the log as they arrive (the
-    /// source sends only a window ahead of what this node took in), the application's
-    /// state to the application once the last part is in.
+    /// A part of an incoming state. Without a log it goes to the application as it is,
+    /// which acknowledges it once applied. With one, its records go to the log as they
+    /// arrive (the source sends only a window ahead of what this node took in), the
+    /// application's state to the application once the last part is in.
     async fn receive_state(
         &mut self,
         view_id: ViewId,
@@ -883,6 +974,18 @@ impl Driver {
         last: bool,
         state: Bytes,
     ) -> Result<(), String> {
+        if !self.logs(subgroup) {
+            self.emit(AppEvent::StatePart {
+                view_id,
+                subgroup,
+                shard,
+                part,
+                state,
+                last,
+            })
+            .await;
+            return Ok(());
+        }
         if part == 0 {
             // A new transfer; one that broke off with its view is dropped (the new one
             // cuts the log again).
@@ -901,7 +1004,6 @@ impl Driver {
         else {
             return Err(format!("state part {part} of a transfer that never began"));
         };
-        let logs = self.logs(subgroup);
         let incoming = &mut self.incoming[i];
         incoming.reader.push(state);
         let base = incoming
@@ -910,12 +1012,9 @@ impl Driver {
             .map_err(|e| e.to_string())?
             .map(|h| h.base);
         let records = incoming.reader.records().map_err(|e| e.to_string())?;
-        if !logs && !records.is_empty() {
-            return Err("log records in the state of an unlogged subgroup".to_string());
-        }
         let key = ShardKey { subgroup, shard };
         let keep = match base {
-            Some(base) if logs && !incoming.logging => {
+            Some(base) if !incoming.logging => {
                 incoming.logging = true;
                 Some(base.map(Version))
             }
@@ -937,26 +1036,23 @@ impl Driver {
         }
         let mut incoming = self.incoming.swap_remove(i);
         let header = incoming.reader.finish().map_err(|e| e.to_string())?;
-        let mut log = None;
-        if logs {
-            let (reply, whole) = oneshot::channel();
-            self.queue_log_work(LogWork::StateRecords {
-                key,
-                keep,
-                records,
-                taken: None,
-                reply: Some(reply),
-            });
-            match whole.await {
-                Ok(Ok(last_version)) => {
-                    self.core
-                        .state_logged(subgroup, shard, last_version.map(Version));
-                    log = Some(LoggedHistory { last_version });
-                }
-                // The log thread reports its failure (the node then leaves).
-                Ok(Err(_)) | Err(_) => return Ok(()),
+        let (reply, whole) = oneshot::channel();
+        self.queue_log_work(LogWork::StateRecords {
+            key,
+            keep,
+            records,
+            taken: None,
+            reply: Some(reply),
+        });
+        let log = match whole.await {
+            Ok(Ok(last_version)) => {
+                self.core
+                    .state_logged(subgroup, shard, last_version.map(Version));
+                LoggedHistory { last_version }
             }
-        }
+            // The log thread reports its failure (the node then leaves).
+            Ok(Err(_)) | Err(_) => return Ok(()),
+        };
         self.emit(AppEvent::StateReceived {
             view_id,
             subgroup,
@@ -1203,7 +1299,7 @@ impl Driver {
             }
             Output::StateSupplyMore {
                 view_id, subgroup, ..
-            } => self.supply_more(view_id, subgroup),
+            } => self.supply_more(view_id, subgroup).await,
             Output::ReceiveState {
                 view_id,
                 subgroup,

@@ -228,6 +228,7 @@ async fn main() -> Result<()> {
     // The application's state is what its log replays to (the log holds every version
     // this node delivered or received by state transfer, in order).
     let mut digest = StateDigest::default();
+    let mut state_parts = Vec::new();
     let log: Option<Box<dyn LogStore + Send>> = if args.persistent {
         let (log, report) = FileLog::open(LogConfig::new(args.data_dir.join("log")))?;
         eprintln!("node {me}: log recovered: {report:?}");
@@ -356,6 +357,20 @@ async fn main() -> Result<()> {
                         digest = decode_digest(&state).ok_or_else(|| anyhow!("malformed state from the source"))?;
                         rec.record(Event::StateReceived { at_us, member: me, view_id, subgroup, digest })?;
                     }
+                    // Unlogged subgroups: the digest in parts (one, unless it is huge).
+                    AppEvent::StatePart { view_id, subgroup, part, state, last, .. } => {
+                        if part == 0 {
+                            state_parts.clear();
+                        }
+                        state_parts.extend_from_slice(&state);
+                        handle.state_part_taken(view_id, subgroup, part).await;
+                        if last {
+                            digest = decode_digest(&state_parts).ok_or_else(|| anyhow!("malformed state from the source"))?;
+                            rec.record(Event::StateReceived { at_us, member: me, view_id, subgroup, digest })?;
+                        }
+                    }
+                    // The digest goes in one piece.
+                    AppEvent::StateSupplyMore { .. } => {}
                     // This node asks for no reads.
                     AppEvent::ReadReady { .. } => {}
                     AppEvent::Stopped(reason) => {
