@@ -342,6 +342,139 @@ async fn a_new_node_takes_a_log_larger_than_memory_should_hold_without_either_si
     }
 }
 
+/// Bytes of shard log segments under `node`'s data directory.
+fn log_bytes(cluster: &Cluster, node: usize) -> u64 {
+    let dir = cluster.configs[node].node.data_dir.join("log");
+    let Ok(shards) = std::fs::read_dir(&dir) else {
+        return 0;
+    };
+    shards
+        .flatten()
+        .filter(|d| d.file_name().to_string_lossy().starts_with("shard-"))
+        .filter_map(|d| std::fs::read_dir(d.path()).ok())
+        .flat_map(|files| files.flatten())
+        .filter_map(|f| f.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// What `node` logged since `from` bytes into its log file.
+fn log_since(cluster: &Cluster, node: usize, from: usize) -> String {
+    let path = cluster.dir.path().join(format!("n{node}.log"));
+    let text = std::fs::read(path).unwrap_or_default();
+    strip_ansi(&String::from_utf8_lossy(&text[from.min(text.len())..]))
+}
+
+/// A new node's state transfer cut off by its source's crash, mid-log, resumes from the
+/// other replica where the new node's log got: the second transfer ships only what
+/// follows (its source logs `after=Some(..)`), and the node then serves the latest value
+/// and past versions from either side of the cut from its own log. Real processes; the
+/// simulator checks the same on thousands of seeds (`Core::state_logged`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_cut_off_by_its_source_crash_resumes_where_the_new_node_log_got() {
+    const VERSIONS: usize = 320;
+    const VALUE_BYTES: usize = 512 << 10;
+    const LOG_BYTES: u64 = (VERSIONS * VALUE_BYTES) as u64;
+    /// The cut comes once the new node logged this much: past its first parts.
+    const CUT_AFTER_BYTES: u64 = 24 << 20;
+    let _turn = HEAVY.lock().await;
+    let value = |i: usize| Bytes::from(vec![i as u8; VALUE_BYTES]);
+    let (mut cluster, c, versions) = cluster_with_a_long_log(VERSIONS, value).await;
+    let before = incarnations(&c).await;
+    cluster.kill9(1);
+    let data_dir = cluster.configs[1].node.data_dir.clone();
+    std::fs::remove_dir_all(&data_dir).expect("wipe the data directory");
+    let log_start: Vec<usize> = (0..3).map(|n| log_since(&cluster, n, 0).len()).collect();
+    let shipping = |cluster: &Cluster, n: usize| {
+        log_since(cluster, n, log_start[n])
+            .lines()
+            .filter(|l| l.contains("state for joiners") && l.contains("subgroup=1"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    cluster.start(1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (source, logged_at_cut) = loop {
+        let source = [0, 2]
+            .into_iter()
+            .find(|&n| !shipping(&cluster, n).is_empty());
+        let logged = log_bytes(&cluster, 1);
+        if let Some(source) = source
+            && logged >= CUT_AFTER_BYTES
+        {
+            cluster.kill9(source as u32);
+            break (source, logged);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no transfer to node 1 under way (source {source:?}, {logged} bytes logged)\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    assert!(
+        logged_at_cut < LOG_BYTES,
+        "the transfer was over before the cut ({logged_at_cut} bytes logged): nothing to resume"
+    );
+    let other = 2 - source;
+    // Node 1 back in a view with the other replica, its source gone.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = incarnations(&c).await;
+        if now.get(&1) > before.get(&1) && !now.contains_key(&(source as u32)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 did not rejoin after the cut: {now:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let addrs = cluster.addrs();
+    let only: HashMap<String, String> = [0, 2].map(|n| (addrs[n].clone(), addrs[1].clone())).into();
+    let c1 = Client::connect_via(&addrs[1..=1], None, Policy::RoundRobin, only)
+        .await
+        .expect("node 1 takes clients");
+    let latest = c1.get("/demo/big").await.expect("get");
+    assert!(latest.is_some_and(|o| o.blob == value(VERSIONS - 1)));
+    let cut_at = (logged_at_cut / VALUE_BYTES as u64) as usize;
+    for i in [0, cut_at.saturating_sub(1), cut_at + 1, VERSIONS - 2] {
+        let past = c1
+            .get_at("/demo/big", At::Version(versions[i]))
+            .await
+            .expect("by version");
+        assert!(
+            past.is_some_and(|o| o.blob == value(i)),
+            "node 1's log lacks version {i} (cut near {cut_at})"
+        );
+    }
+    let resumed = shipping(&cluster, other);
+    println!(
+        "cut after node 1 logged {} MiB of a {} MiB log; node {other} then shipped: {resumed:?}",
+        logged_at_cut >> 20,
+        LOG_BYTES >> 20
+    );
+    assert!(
+        resumed.iter().any(|l| l.contains("after=Some")),
+        "node {other} shipped the whole log again: {resumed:?}"
+    );
+    // Through all those views, a log line names the current view once (its own span):
+    // recording it into the node's span appended one value per view ever installed.
+    let survivor = log_since(&cluster, other, 0);
+    assert!(
+        survivor.contains("}:view{view="),
+        "no view span in node {other}'s log"
+    );
+    for line in survivor.lines() {
+        let node_span = line.split("node{").nth(1).and_then(|r| r.split('}').next());
+        assert!(
+            node_span.is_none_or(|fields| !fields.contains("view=")),
+            "a view in the node's span: {line}"
+        );
+    }
+}
+
 /// A node restarted into a volatile shard of 160 MiB (160 objects of 1 MiB, in memory
 /// only, so the whole shard travels) takes it as a streamed snapshot: the source encodes
 /// it a piece at a time as the transfer asks, with blobs shared until their piece is

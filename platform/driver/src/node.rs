@@ -520,14 +520,13 @@ pub fn start_node(
         unlogged: cfg.unlogged_subgroups.clone(),
         read_waits: Vec::new(),
         reads_asked: std::collections::HashMap::new(),
+        node_span: tracing::Span::none(),
+        view_span: tracing::Span::none(),
     };
-    // Every log line of the node carries its node, incarnation and current view.
-    let span = info_span!(
-        "node",
-        node = cfg.me.node,
-        incarnation = cfg.me.incarnation,
-        view = tracing::field::Empty
-    );
+    // Every log line of the node carries its node and incarnation, and from the first
+    // view on the current view (a child span replaced at each install: recording the
+    // field again would append to it, one value per view the node ever saw).
+    let span = info_span!("node", node = cfg.me.node, incarnation = cfg.me.incarnation);
     tokio::spawn(driver.run(cfg, inbound, commands, done).instrument(span));
     Ok((
         NodeHandle {
@@ -563,6 +562,10 @@ struct Driver {
     /// Reads the core is confirming (read probes): its ticket to the subgroup and the
     /// application's token.
     reads_asked: std::collections::HashMap<u64, (u32, u64)>,
+    /// The span every step runs in is `view_span`, a child of `node_span` made anew at
+    /// each view install.
+    node_span: tracing::Span,
+    view_span: tracing::Span,
 }
 
 struct ReadWait {
@@ -653,87 +656,107 @@ impl Driver {
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(cfg.tick_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.node_span = tracing::Span::current();
         loop {
-            // Completions that need no I/O (no log) act at once, with their outputs.
-            while let Some(completion) = self.feedback.pop_front() {
-                self.complete(completion).await;
-                if self.execute_outputs().await.is_some() {
-                    return;
-                }
-            }
-            tokio::select! {
-                Some(msg) = inbound.recv() => {
-                    self.inbound(&cfg, msg).await;
-                    // Take in what else has arrived before answering: one row push
-                    // then answers many messages.
-                    for _ in 1..INBOUND_BATCH_MAX {
-                        let Ok(msg) = inbound.try_recv() else { break };
-                        self.inbound(&cfg, msg).await;
-                    }
-                }
-                Some(command) = commands.recv() => match command {
-                    Command::Send { subgroup, payload, reply } => {
-                        let _ = reply.send(self.core.send(subgroup, payload));
-                    }
-                    Command::ReadLogged {
-                        subgroup,
-                        shard,
-                        version,
-                        reply,
-                    } => {
-                        if self.log.is_some() {
-                            self.queue_log_work(LogWork::ReadRecord {
-                                key: ShardKey { subgroup, shard },
-                                version: version.0,
-                                reply,
-                            });
-                        } else {
-                            let _ = reply.send(Ok(None));
-                        }
-                    }
-                    Command::ReadBarrier { subgroup, token } => {
-                        let now_ms = self.clock.elapsed().as_millis() as u64;
-                        match self.core.request_read(subgroup, now_ms) {
-                            Ok(ticket) => {
-                                self.reads_asked.insert(ticket, (subgroup, token));
-                            }
-                            Err(e) => {
-                                self.emit(AppEvent::ReadReady {
-                                    token,
-                                    result: Err(e),
-                                    leased: false,
-                                })
-                                .await;
-                            }
-                        }
-                    }
-                    Command::SupplyState { view_id, subgroup, state } => {
-                        self.supply_state(view_id, subgroup, state).await;
-                    }
-                    Command::SupplyStatePiece { view_id, subgroup, piece, last } => {
-                        if !self.logs(subgroup) {
-                            self.core.supply_state_piece(view_id, subgroup, piece, last);
-                        } else if last {
-                            self.supply_state(view_id, subgroup, piece).await;
-                        } else {
-                            warn!(subgroup, "a logged subgroup's state came in pieces; ignored");
-                        }
-                    }
-                    Command::StatePartTaken { view_id, subgroup, part } => {
-                        self.core.state_part_applied(view_id, subgroup, part);
-                    }
-                    Command::Leave => self.core.leave(),
-                },
-                Some(completion) = done.recv() => self.complete(completion).await,
-                _ = tick.tick() => {
-                    let now_ms = self.clock.elapsed().as_millis() as u64;
-                    self.core.tick(now_ms);
-                }
-            }
-            if self.execute_outputs().await.is_some() {
+            // Each step runs in the span of the view it starts in, a child of the node's.
+            let view_span = self.view_span.clone();
+            let stop = self
+                .step(&cfg, &mut inbound, &mut commands, &mut done, &mut tick)
+                .instrument(view_span)
+                .await;
+            if stop {
                 return;
             }
         }
+    }
+
+    /// Takes in one event (or a batch of messages) and executes the core's outputs; true
+    /// once the node has stopped.
+    async fn step(
+        &mut self,
+        cfg: &NodeConfig,
+        inbound: &mut mpsc::Receiver<Inbound>,
+        commands: &mut mpsc::Receiver<Command>,
+        done: &mut mpsc::Receiver<LogDone>,
+        tick: &mut tokio::time::Interval,
+    ) -> bool {
+        // Completions that need no I/O (no log) act at once, with their outputs.
+        while let Some(completion) = self.feedback.pop_front() {
+            self.complete(completion).await;
+            if self.execute_outputs().await.is_some() {
+                return true;
+            }
+        }
+        tokio::select! {
+            Some(msg) = inbound.recv() => {
+                self.inbound(cfg, msg).await;
+                // Take in what else has arrived before answering: one row push
+                // then answers many messages.
+                for _ in 1..INBOUND_BATCH_MAX {
+                    let Ok(msg) = inbound.try_recv() else { break };
+                    self.inbound(cfg, msg).await;
+                }
+            }
+            Some(command) = commands.recv() => match command {
+                Command::Send { subgroup, payload, reply } => {
+                    let _ = reply.send(self.core.send(subgroup, payload));
+                }
+                Command::ReadLogged {
+                    subgroup,
+                    shard,
+                    version,
+                    reply,
+                } => {
+                    if self.log.is_some() {
+                        self.queue_log_work(LogWork::ReadRecord {
+                            key: ShardKey { subgroup, shard },
+                            version: version.0,
+                            reply,
+                        });
+                    } else {
+                        let _ = reply.send(Ok(None));
+                    }
+                }
+                Command::ReadBarrier { subgroup, token } => {
+                    let now_ms = self.clock.elapsed().as_millis() as u64;
+                    match self.core.request_read(subgroup, now_ms) {
+                        Ok(ticket) => {
+                            self.reads_asked.insert(ticket, (subgroup, token));
+                        }
+                        Err(e) => {
+                            self.emit(AppEvent::ReadReady {
+                                token,
+                                result: Err(e),
+                                leased: false,
+                            })
+                            .await;
+                        }
+                    }
+                }
+                Command::SupplyState { view_id, subgroup, state } => {
+                    self.supply_state(view_id, subgroup, state).await;
+                }
+                Command::SupplyStatePiece { view_id, subgroup, piece, last } => {
+                    if !self.logs(subgroup) {
+                        self.core.supply_state_piece(view_id, subgroup, piece, last);
+                    } else if last {
+                        self.supply_state(view_id, subgroup, piece).await;
+                    } else {
+                        warn!(subgroup, "a logged subgroup's state came in pieces; ignored");
+                    }
+                }
+                Command::StatePartTaken { view_id, subgroup, part } => {
+                    self.core.state_part_applied(view_id, subgroup, part);
+                }
+                Command::Leave => self.core.leave(),
+            },
+            Some(completion) = done.recv() => self.complete(completion).await,
+            _ = tick.tick() => {
+                let now_ms = self.clock.elapsed().as_millis() as u64;
+                self.core.tick(now_ms);
+            }
+        }
+        self.execute_outputs().await.is_some()
     }
 
     async fn release_reads(&mut self, ready: impl Fn(&ReadWait) -> bool) {
@@ -1241,7 +1264,7 @@ impl Driver {
                 }
             }
             Output::InstallView(view) => {
-                tracing::Span::current().record("view", view.id);
+                self.view_span = info_span!(parent: &self.node_span, "view", view = view.id);
                 info!(view = view.id, members = ?view.members, "installed");
                 for gone in view.failed.iter().chain(&view.left) {
                     self.transport.forget(*gone);
