@@ -264,6 +264,49 @@ fn reset_peak(pid: u32) {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak RSS");
 }
 
+/// Node 1 took `bytes` of state (`what`) in `took` from its start; `sources` are the other
+/// nodes as (node, pid, resident bytes when their peaks were reset). Prints the peaks and
+/// asserts node 1's stayed under `joiner_max` and each source's growth under `source_max`.
+fn check_transfer_memory(
+    cluster: &Cluster,
+    sources: &[(u32, u32, u64)],
+    what: &str,
+    bytes: u64,
+    took: Duration,
+    joiner_max: u64,
+    source_max: u64,
+) {
+    let joiner_peak = peak_rss_bytes(cluster.procs[&1].id());
+    let source_growth: Vec<(u32, u64)> = sources
+        .iter()
+        .map(|(n, pid, rss)| (*n, peak_rss_bytes(*pid).saturating_sub(*rss)))
+        .collect();
+    println!(
+        "a {} MiB {what} in {took:?} from its start: its peak {} MiB resident; the others' \
+         peaks grew by {:?} MiB",
+        bytes >> 20,
+        joiner_peak >> 20,
+        source_growth
+            .iter()
+            .map(|(n, b)| (*n, b >> 20))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        joiner_peak < joiner_max,
+        "node 1 peaked at {} MiB taking in a {} MiB {what}",
+        joiner_peak >> 20,
+        bytes >> 20
+    );
+    for (n, growth) in source_growth {
+        assert!(
+            growth < source_max,
+            "node {n} grew by {} MiB shipping a {} MiB {what}",
+            growth >> 20,
+            bytes >> 20
+        );
+    }
+}
+
 /// A brand-new node (its disk wiped) joins a shard whose log is larger than a node should
 /// hold at once (one key overwritten 320 times with 512 KiB: a 160 MiB log) and receives
 /// the whole log by state transfer, streamed: the source reads and sends it a chunk at a
@@ -311,35 +354,15 @@ async fn a_new_node_takes_a_log_larger_than_memory_should_hold_without_either_si
             "node 1's log lacks version {i}"
         );
     }
-    let joiner_peak = peak_rss_bytes(cluster.procs[&1].id());
-    let source_growth: Vec<(u32, u64)> = sources
-        .iter()
-        .map(|(n, pid, rss)| (*n, peak_rss_bytes(*pid).saturating_sub(*rss)))
-        .collect();
-    println!(
-        "a {} MiB log to a new node in {took:?} from its start: its peak {} MiB resident; \
-         the others' peaks grew by {:?} MiB",
-        LOG_BYTES >> 20,
-        joiner_peak >> 20,
-        source_growth
-            .iter()
-            .map(|(n, b)| (*n, b >> 20))
-            .collect::<Vec<_>>()
+    check_transfer_memory(
+        &cluster,
+        &sources,
+        "log to a new node",
+        LOG_BYTES,
+        took,
+        LOG_BYTES * 3 / 4,
+        LOG_BYTES * 3 / 4,
     );
-    assert!(
-        joiner_peak < LOG_BYTES * 3 / 4,
-        "the new node peaked at {} MiB taking in a {} MiB log",
-        joiner_peak >> 20,
-        LOG_BYTES >> 20
-    );
-    for (n, growth) in source_growth {
-        assert!(
-            growth < LOG_BYTES * 3 / 4,
-            "node {n} grew by {} MiB shipping a {} MiB log",
-            growth >> 20,
-            LOG_BYTES >> 20
-        );
-    }
 }
 
 /// Bytes of shard log segments under `node`'s data directory.
@@ -527,35 +550,15 @@ async fn a_node_takes_a_volatile_shard_streamed_without_its_source_copying_it() 
     }
     let keys = c1.list_keys("/cache", None).await.expect("list");
     assert_eq!(keys.len(), OBJECTS, "node 1 lists other keys than were put");
-    let joiner_peak = peak_rss_bytes(cluster.procs[&1].id());
-    let source_growth: Vec<(u32, u64)> = sources
-        .iter()
-        .map(|(n, pid, rss)| (*n, peak_rss_bytes(*pid).saturating_sub(*rss)))
-        .collect();
-    println!(
-        "a {} MiB volatile shard to a restarted node in {took:?} from its start: its peak {} \
-         MiB resident; the others' peaks grew by {:?} MiB",
-        SHARD_BYTES >> 20,
-        joiner_peak >> 20,
-        source_growth
-            .iter()
-            .map(|(n, b)| (*n, b >> 20))
-            .collect::<Vec<_>>()
+    check_transfer_memory(
+        &cluster,
+        &sources,
+        "volatile shard to a restarted node",
+        SHARD_BYTES,
+        took,
+        SHARD_BYTES * 3 / 2,
+        SHARD_BYTES / 2,
     );
-    assert!(
-        joiner_peak < SHARD_BYTES * 3 / 2,
-        "node 1 peaked at {} MiB taking in a {} MiB shard",
-        joiner_peak >> 20,
-        SHARD_BYTES >> 20
-    );
-    for (n, growth) in source_growth {
-        assert!(
-            growth < SHARD_BYTES / 2,
-            "node {n} grew by {} MiB shipping a {} MiB shard",
-            growth >> 20,
-            SHARD_BYTES >> 20
-        );
-    }
 }
 
 /// A node whose data directory was lost (a wiped or replaced disk) comes back into the
