@@ -159,13 +159,34 @@ async fn cluster_with_a_long_log(
     (cluster, c, written)
 }
 
-/// Waits until `node` is back in the view as a later incarnation than in `before`, then
-/// connects to it alone (the others' addresses lead there too).
+/// Reads through `c` the `i`th version written by [`cluster_with_a_long_log`] for each
+/// `i` in `indices`, and checks it is `value(i)`.
+async fn reads_past_versions(
+    c: &Client,
+    versions: &[squall_platform::Version],
+    value: impl Fn(usize) -> Bytes,
+    indices: &[usize],
+) {
+    for &i in indices {
+        let past = c
+            .get_at("/demo/big", At::Version(versions[i]))
+            .await
+            .expect("by version");
+        assert!(
+            past.is_some_and(|o| o.blob == value(i)),
+            "the node's log lacks version {i}"
+        );
+    }
+}
+
+/// Waits until `node` is back, as a later incarnation than in `before`, in a view of
+/// `members` nodes, then connects to it alone (the others' addresses lead there too).
 async fn rejoined(
     cluster: &Cluster,
     c: &Client,
     before: &BTreeMap<u32, u32>,
     node: usize,
+    members: usize,
 ) -> Client {
     let addrs = cluster.addrs();
     let only: HashMap<String, String> = (0..addrs.len())
@@ -175,7 +196,7 @@ async fn rejoined(
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let now = incarnations(c).await;
-        if now.len() == addrs.len() && now.get(&(node as u32)) > before.get(&(node as u32)) {
+        if now.len() == members && now.get(&(node as u32)) > before.get(&(node as u32)) {
             break;
         }
         assert!(
@@ -219,7 +240,7 @@ async fn a_node_restarts_from_a_log_larger_than_its_store_without_holding_the_lo
     let before = incarnations(&c).await;
     cluster.kill9(1);
     cluster.start(1);
-    let c1 = rejoined(&cluster, &c, &before, 1).await;
+    let c1 = rejoined(&cluster, &c, &before, 1, 3).await;
     let latest = c1.get("/demo/big").await.expect("get");
     assert!(latest.is_some_and(|o| o.blob == value(VERSIONS - 1)));
     let past = c1
@@ -262,6 +283,19 @@ fn peak_rss_bytes(pid: u32) -> u64 {
 /// Restarts the count of a process's peak resident memory from what it holds now.
 fn reset_peak(pid: u32) {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak RSS");
+}
+
+/// Nodes 0 and 2, the sources of node 1's state, as (node, pid, resident bytes), their
+/// peak resident memory counted from now.
+fn sources_with_peaks_reset(cluster: &Cluster) -> Vec<(u32, u32, u64)> {
+    [0u32, 2]
+        .iter()
+        .map(|n| {
+            let pid = cluster.procs[n].id();
+            reset_peak(pid);
+            (*n, pid, rss_bytes(pid))
+        })
+        .collect()
 }
 
 /// Node 1 took `bytes` of state (`what`) in `took` from its start; `sources` are the other
@@ -326,34 +360,18 @@ async fn a_new_node_takes_a_log_larger_than_memory_should_hold_without_either_si
     let value = |i: usize| Bytes::from(vec![i as u8; VALUE_BYTES]);
     let (mut cluster, c, versions) = cluster_with_a_long_log(VERSIONS, value).await;
     let before = incarnations(&c).await;
-    let sources: Vec<(u32, u32, u64)> = [0u32, 2]
-        .iter()
-        .map(|n| {
-            let pid = cluster.procs[n].id();
-            reset_peak(pid);
-            (*n, pid, rss_bytes(pid))
-        })
-        .collect();
+    let sources = sources_with_peaks_reset(&cluster);
     cluster.kill9(1);
     let data_dir = cluster.configs[1].node.data_dir.clone();
     std::fs::remove_dir_all(&data_dir).expect("wipe the data directory");
     let started = Instant::now();
     cluster.start(1);
-    let c1 = rejoined(&cluster, &c, &before, 1).await;
+    let c1 = rejoined(&cluster, &c, &before, 1, 3).await;
     let latest = c1.get("/demo/big").await.expect("get");
     assert!(latest.is_some_and(|o| o.blob == value(VERSIONS - 1)));
     // Reads of the latest value wait for the state: the transfer is done.
     let took = started.elapsed();
-    for i in [0, VERSIONS / 2] {
-        let past = c1
-            .get_at("/demo/big", At::Version(versions[i]))
-            .await
-            .expect("by version");
-        assert!(
-            past.is_some_and(|o| o.blob == value(i)),
-            "node 1's log lacks version {i}"
-        );
-    }
+    reads_past_versions(&c1, &versions, value, &[0, VERSIONS / 2]).await;
     check_transfer_memory(
         &cluster,
         &sources,
@@ -441,37 +459,12 @@ async fn a_transfer_cut_off_by_its_source_crash_resumes_where_the_new_node_log_g
     );
     let other = 2 - source;
     // Node 1 back in a view with the other replica, its source gone.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let now = incarnations(&c).await;
-        if now.get(&1) > before.get(&1) && !now.contains_key(&(source as u32)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 1 did not rejoin after the cut: {now:?}\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let addrs = cluster.addrs();
-    let only: HashMap<String, String> = [0, 2].map(|n| (addrs[n].clone(), addrs[1].clone())).into();
-    let c1 = Client::connect_via(&addrs[1..=1], None, Policy::RoundRobin, only)
-        .await
-        .expect("node 1 takes clients");
+    let c1 = rejoined(&cluster, &c, &before, 1, 2).await;
     let latest = c1.get("/demo/big").await.expect("get");
     assert!(latest.is_some_and(|o| o.blob == value(VERSIONS - 1)));
     let cut_at = (logged_at_cut / VALUE_BYTES as u64) as usize;
-    for i in [0, cut_at.saturating_sub(1), cut_at + 1, VERSIONS - 2] {
-        let past = c1
-            .get_at("/demo/big", At::Version(versions[i]))
-            .await
-            .expect("by version");
-        assert!(
-            past.is_some_and(|o| o.blob == value(i)),
-            "node 1's log lacks version {i} (cut near {cut_at})"
-        );
-    }
+    let around_cut = [0, cut_at.saturating_sub(1), cut_at + 1, VERSIONS - 2];
+    reads_past_versions(&c1, &versions, value, &around_cut).await;
     let resumed = shipping(&cluster, other);
     println!(
         "cut after node 1 logged {} MiB of a {} MiB log; node {other} then shipped: {resumed:?}",
@@ -520,18 +513,11 @@ async fn a_node_takes_a_volatile_shard_streamed_without_its_source_copying_it() 
         c.put(&format!("/cache/k{i}"), value(i)).await.expect("put");
     }
     let before = incarnations(&c).await;
-    let sources: Vec<(u32, u32, u64)> = [0u32, 2]
-        .iter()
-        .map(|n| {
-            let pid = cluster.procs[n].id();
-            reset_peak(pid);
-            (*n, pid, rss_bytes(pid))
-        })
-        .collect();
+    let sources = sources_with_peaks_reset(&cluster);
     cluster.kill9(1);
     let started = Instant::now();
     cluster.start(1);
-    let c1 = rejoined(&cluster, &c, &before, 1).await;
+    let c1 = rejoined(&cluster, &c, &before, 1, 3).await;
     // Reads of the latest value wait for the state: once one is answered, it is in.
     let last = format!("/cache/k{}", OBJECTS - 1);
     let got = c1.get(&last).await.expect("get");
