@@ -485,20 +485,21 @@ impl ShardLog {
                 });
                 Ok(())
             })?;
-            let len = match end {
-                ScanEnd::Clean => file_len,
+            // (records' end, file's end)
+            let (len, prepared) = match end {
+                ScanEnd::Clean => (file_len, file_len),
                 ScanEnd::Defect { offset, .. }
                     if is_last && zeros(&file, &path, offset, file_len)? =>
                 {
                     // Written ahead of the records, not torn: kept for the appends to come.
-                    offset
+                    (offset, file_len)
                 }
                 ScanEnd::Defect { offset, .. } if is_last => {
                     // A crash mid-append: everything from here on was never reported
                     // durable (the last sync ended before it), so it can go.
                     file.set_len(offset).map_err(io_err(&path))?;
                     report.torn_tails_cut.push((key, file_len - offset));
-                    offset
+                    (offset, offset)
                 }
                 ScanEnd::Defect { offset, defect } => {
                     return Err(corrupt(
@@ -523,7 +524,6 @@ impl ShardLog {
             report.records += entries.len() as u64;
             report.segments += 1;
             shard.index.extend(entries);
-            let prepared = if is_last { file_len.max(len) } else { len };
             shard.segments.insert(
                 first,
                 Segment {

@@ -761,6 +761,12 @@ fn preallocated_torn_tail_case(damage: impl FnOnce(&Path, u64), expect_last: u64
     assert_eq!(file_len(file), end);
     append_range(&mut log, A, expect_last + 1..=expect_last + 3);
     log.sync()?;
+    // The cut took the zeros too: the next append writes new ones behind it.
+    assert!(
+        zeros_from(file, offset_of(1, expect_last + 4))
+            && file_len(file) > offset_of(1, expect_last + 4),
+        "no zeros ahead after the cut"
+    );
     drop(log);
     let (log, report) = FileLog::open(cfg)?;
     assert!(report.torn_tails_cut.is_empty(), "{report:?}");
