@@ -138,13 +138,21 @@ async fn a_node_restarted_into_shards_larger_than_a_message_rejoins_and_serves_t
         .expect("the cluster takes writes");
 }
 
-/// A cluster with one persistent key overwritten `versions` times with `value(i)`: a log
-/// of `versions × value_bytes` whose store keeps one value. Past versions kept in memory
-/// for reads by version (64 MiB by default) are few here, so that what a node holds is its
-/// store, not a cache of history. Returns the client and the versions written.
+/// Bytes of each value in [`cluster_with_a_long_log`].
+const LONG_LOG_VALUE_BYTES: usize = 512 << 10;
+
+/// The `i`th value written by [`cluster_with_a_long_log`].
+fn long_log_value(i: usize) -> Bytes {
+    Bytes::from(vec![i as u8; LONG_LOG_VALUE_BYTES])
+}
+
+/// A cluster with one persistent key overwritten `versions` times with
+/// `long_log_value(i)`: a log of `versions × LONG_LOG_VALUE_BYTES` whose store keeps one
+/// value. Past versions kept in memory for reads by version (64 MiB by default) are few
+/// here, so that what a node holds is its store, not a cache of history. Returns the
+/// client and the versions written.
 async fn cluster_with_a_long_log(
     versions: usize,
-    value: impl Fn(usize) -> Bytes,
 ) -> (Cluster, Client, Vec<squall_platform::Version>) {
     let mut cluster = cluster();
     for cfg in &mut cluster.configs {
@@ -154,26 +162,26 @@ async fn cluster_with_a_long_log(
     let c = cluster.client(None, 3).await;
     let mut written = Vec::new();
     for i in 0..versions {
-        written.push(c.put("/demo/big", value(i)).await.expect("put").version);
+        written.push(
+            c.put("/demo/big", long_log_value(i))
+                .await
+                .expect("put")
+                .version,
+        );
     }
     (cluster, c, written)
 }
 
 /// Reads through `c` the `i`th version written by [`cluster_with_a_long_log`] for each
-/// `i` in `indices`, and checks it is `value(i)`.
-async fn reads_past_versions(
-    c: &Client,
-    versions: &[squall_platform::Version],
-    value: impl Fn(usize) -> Bytes,
-    indices: &[usize],
-) {
+/// `i` in `indices`, and checks it is `long_log_value(i)`.
+async fn reads_past_versions(c: &Client, versions: &[squall_platform::Version], indices: &[usize]) {
     for &i in indices {
         let past = c
             .get_at("/demo/big", At::Version(versions[i]))
             .await
             .expect("by version");
         assert!(
-            past.is_some_and(|o| o.blob == value(i)),
+            past.is_some_and(|o| o.blob == long_log_value(i)),
             "the node's log lacks version {i}"
         );
     }
@@ -232,22 +240,20 @@ fn rss_bytes(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarts_from_a_log_larger_than_its_store_without_holding_the_log() {
     const VERSIONS: usize = 240;
-    const VALUE_BYTES: usize = 512 << 10;
-    const LOG_BYTES: u64 = (VERSIONS * VALUE_BYTES) as u64;
+    const LOG_BYTES: u64 = (VERSIONS * LONG_LOG_VALUE_BYTES) as u64;
     let _turn = HEAVY.lock().await;
-    let value = |i: usize| Bytes::from(vec![i as u8; VALUE_BYTES]);
-    let (mut cluster, c, versions) = cluster_with_a_long_log(VERSIONS, value).await;
+    let (mut cluster, c, versions) = cluster_with_a_long_log(VERSIONS).await;
     let before = incarnations(&c).await;
     cluster.kill9(1);
     cluster.start(1);
     let c1 = rejoined(&cluster, &c, &before, 1, 3).await;
     let latest = c1.get("/demo/big").await.expect("get");
-    assert!(latest.is_some_and(|o| o.blob == value(VERSIONS - 1)));
+    assert!(latest.is_some_and(|o| o.blob == long_log_value(VERSIONS - 1)));
     let past = c1
         .get_at("/demo/big", At::Version(versions[VERSIONS / 2]))
         .await
         .expect("by version");
-    assert!(past.is_some_and(|o| o.blob == value(VERSIONS / 2)));
+    assert!(past.is_some_and(|o| o.blob == long_log_value(VERSIONS / 2)));
     let pid = cluster.procs.get(&1).expect("node 1 runs").id();
     let rss = rss_bytes(pid);
     let others: Vec<u64> = [0, 2]
@@ -354,11 +360,9 @@ fn check_transfer_memory(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_node_takes_a_log_larger_than_memory_should_hold_without_either_side_holding_it() {
     const VERSIONS: usize = 320;
-    const VALUE_BYTES: usize = 512 << 10;
-    const LOG_BYTES: u64 = (VERSIONS * VALUE_BYTES) as u64;
+    const LOG_BYTES: u64 = (VERSIONS * LONG_LOG_VALUE_BYTES) as u64;
     let _turn = HEAVY.lock().await;
-    let value = |i: usize| Bytes::from(vec![i as u8; VALUE_BYTES]);
-    let (mut cluster, c, versions) = cluster_with_a_long_log(VERSIONS, value).await;
+    let (mut cluster, c, versions) = cluster_with_a_long_log(VERSIONS).await;
     let before = incarnations(&c).await;
     let sources = sources_with_peaks_reset(&cluster);
     cluster.kill9(1);
@@ -368,10 +372,10 @@ async fn a_new_node_takes_a_log_larger_than_memory_should_hold_without_either_si
     cluster.start(1);
     let c1 = rejoined(&cluster, &c, &before, 1, 3).await;
     let latest = c1.get("/demo/big").await.expect("get");
-    assert!(latest.is_some_and(|o| o.blob == value(VERSIONS - 1)));
+    assert!(latest.is_some_and(|o| o.blob == long_log_value(VERSIONS - 1)));
     // Reads of the latest value wait for the state: the transfer is done.
     let took = started.elapsed();
-    reads_past_versions(&c1, &versions, value, &[0, VERSIONS / 2]).await;
+    reads_past_versions(&c1, &versions, &[0, VERSIONS / 2]).await;
     check_transfer_memory(
         &cluster,
         &sources,
@@ -414,13 +418,11 @@ fn log_since(cluster: &Cluster, node: usize, from: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transfer_cut_off_by_its_source_crash_resumes_where_the_new_node_log_got() {
     const VERSIONS: usize = 320;
-    const VALUE_BYTES: usize = 512 << 10;
-    const LOG_BYTES: u64 = (VERSIONS * VALUE_BYTES) as u64;
+    const LOG_BYTES: u64 = (VERSIONS * LONG_LOG_VALUE_BYTES) as u64;
     /// The cut comes once the new node logged this much: past its first parts.
     const CUT_AFTER_BYTES: u64 = 24 << 20;
     let _turn = HEAVY.lock().await;
-    let value = |i: usize| Bytes::from(vec![i as u8; VALUE_BYTES]);
-    let (mut cluster, c, versions) = cluster_with_a_long_log(VERSIONS, value).await;
+    let (mut cluster, c, versions) = cluster_with_a_long_log(VERSIONS).await;
     let before = incarnations(&c).await;
     cluster.kill9(1);
     let data_dir = cluster.configs[1].node.data_dir.clone();
@@ -461,10 +463,10 @@ async fn a_transfer_cut_off_by_its_source_crash_resumes_where_the_new_node_log_g
     // Node 1 back in a view with the other replica, its source gone.
     let c1 = rejoined(&cluster, &c, &before, 1, 2).await;
     let latest = c1.get("/demo/big").await.expect("get");
-    assert!(latest.is_some_and(|o| o.blob == value(VERSIONS - 1)));
-    let cut_at = (logged_at_cut / VALUE_BYTES as u64) as usize;
+    assert!(latest.is_some_and(|o| o.blob == long_log_value(VERSIONS - 1)));
+    let cut_at = (logged_at_cut / LONG_LOG_VALUE_BYTES as u64) as usize;
     let around_cut = [0, cut_at.saturating_sub(1), cut_at + 1, VERSIONS - 2];
-    reads_past_versions(&c1, &versions, value, &around_cut).await;
+    reads_past_versions(&c1, &versions, &around_cut).await;
     let resumed = shipping(&cluster, other);
     println!(
         "cut after node 1 logged {} MiB of a {} MiB log; node {other} then shipped: {resumed:?}",

@@ -168,11 +168,6 @@ enum Command {
         payload: Bytes,
         reply: oneshot::Sender<Result<SendTicket, SendError>>,
     },
-    SupplyState {
-        view_id: ViewId,
-        subgroup: u32,
-        state: Bytes,
-    },
     SupplyStatePiece {
         view_id: ViewId,
         subgroup: u32,
@@ -311,10 +306,11 @@ impl NodeHandle {
     pub async fn supply_state(&self, view_id: ViewId, subgroup: u32, state: Bytes) {
         let _ = self
             .commands
-            .send(Command::SupplyState {
+            .send(Command::SupplyStatePiece {
                 view_id,
                 subgroup,
-                state,
+                piece: state,
+                last: true,
             })
             .await;
     }
@@ -733,11 +729,10 @@ impl Driver {
                         }
                     }
                 }
-                Command::SupplyState { view_id, subgroup, state } => {
-                    self.supply_state(view_id, subgroup, state).await;
-                }
                 Command::SupplyStatePiece { view_id, subgroup, piece, last } => {
                     if !self.logs(subgroup) {
+                        // No log to stream after it: the application's bytes are the
+                        // whole transfer.
                         self.core.supply_state_piece(view_id, subgroup, piece, last);
                     } else if last {
                         self.supply_state(view_id, subgroup, piece).await;
@@ -866,14 +861,10 @@ impl Driver {
         }
     }
 
-    /// Hands the core the application's state with the first log records the joiners
-    /// lack; the rest follow a chunk at a time as the core asks ([`Driver::supply_more`]).
+    /// Hands the core a logged subgroup's application state with the first log records
+    /// the joiners lack; the rest follow a chunk at a time as the core asks
+    /// ([`Driver::supply_more`]).
     async fn supply_state(&mut self, view_id: ViewId, subgroup: u32, app: Bytes) {
-        if !self.logs(subgroup) {
-            // No log to stream after it: the application's bytes are the whole transfer.
-            self.core.supply_state_piece(view_id, subgroup, app, true);
-            return;
-        }
         let pending = self
             .tails
             .iter()
