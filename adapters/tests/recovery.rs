@@ -219,15 +219,20 @@ async fn rejoined(
         .expect("the node takes clients")
 }
 
-/// Resident memory of a process, from /proc (bytes).
-fn rss_bytes(pid: u32) -> u64 {
+/// A memory figure (`field`, in kB there) of a process, from /proc (bytes).
+fn proc_status_bytes(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
     let kib: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
     kib * 1024
+}
+
+/// Resident memory of a process (bytes).
+fn rss_bytes(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmRSS")
 }
 
 /// A node restarts from a persistent log far larger than what its store keeps (one key
@@ -277,13 +282,7 @@ async fn a_node_restarts_from_a_log_larger_than_its_store_without_holding_the_lo
 
 /// A process's peak resident memory since it started or since [`reset_peak`] (bytes).
 fn peak_rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kib * 1024
+    proc_status_bytes(pid, "VmHWM")
 }
 
 /// Restarts the count of a process's peak resident memory from what it holds now.
