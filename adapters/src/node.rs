@@ -91,6 +91,11 @@ fn stop_reason_text(reason: Option<StopReason>) -> String {
         Some(StopReason::MinorityPartition) => "it was on the minority side of a partition".into(),
         Some(StopReason::FellBehind) => "it fell too far behind the group's views".into(),
         Some(StopReason::Left) => "it left the group".into(),
+        Some(StopReason::StorageFailed) => {
+            "its log could not write (see the error above: a full disk?), so it stopped and \
+             the group goes on without it"
+                .into()
+        }
         None => "its platform stopped (see the errors above)".into(),
     }
 }

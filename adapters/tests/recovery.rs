@@ -637,3 +637,135 @@ fn strip_ansi(text: &str) -> String {
     }
     out
 }
+
+/// A small file system mounted on a node's data directory for a test (tmpfs: a real
+/// `ENOSPC` when full), unmounted when dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    /// Fails, with the reason, where this process may not mount (not root).
+    fn mount(path: &std::path::Path, size_bytes: u64) -> Result<SmallDisk, String> {
+        std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_bytes}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(SmallDisk {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Grows the file system, keeping its files: the operator freed space.
+    fn grow(&self, size_bytes: u64) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size_bytes}")])
+            .arg(&self.path)
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "remount {}", self.path.display());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// A node whose disk fills stops at once, and the others go on: every put is answered,
+/// persistent and volatile, and reads return them. Before, the node tried to leave
+/// gracefully, which needs its log (a member logs the next view before acknowledging
+/// it), so every shard of the cluster, volatile ones too, waited on it for good. Once
+/// the operator frees space and the node is started again, it rejoins and serves
+/// everything from its own replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_fills_stops_and_the_others_go_on() {
+    let _turn = HEAVY.lock().await;
+    let mut cluster = cluster();
+    let data_dir = cluster.configs[1].node.data_dir.clone();
+    let disk = match SmallDisk::mount(&data_dir, 12 << 20) {
+        Ok(disk) => disk,
+        Err(reason) => {
+            println!("skipped: cannot mount a small file system: {reason}");
+            return;
+        }
+    };
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    let before = incarnations(&c).await;
+    let value = |i: usize| Bytes::from(vec![(i % 251) as u8; 64 << 10]);
+    let mut written = Vec::new();
+    let mut stopped = None;
+    // 12 MiB hold about 180 such objects; every put must be answered all the same.
+    for i in 0..400 {
+        let key = format!("/demo/full/{i:03}");
+        let put = tokio::time::timeout(Duration::from_secs(30), c.put(&key, value(i)))
+            .await
+            .unwrap_or_else(|_| panic!("put {i} was not answered\n{}", cluster.logs()))
+            .unwrap_or_else(|e| panic!("put {i}: {e}\n{}", cluster.logs()));
+        written.push((key, put.version));
+        if stopped.is_none()
+            && let Some(status) = cluster
+                .procs
+                .get_mut(&1)
+                .and_then(|p| p.try_wait().expect("wait"))
+        {
+            stopped = Some((i, status));
+        }
+        if stopped.is_some_and(|(at, _)| i >= at + 20) {
+            break;
+        }
+    }
+    let (at, status) =
+        stopped.unwrap_or_else(|| panic!("node 1 did not stop on a full disk\n{}", cluster.logs()));
+    println!("node 1 stopped ({status}) after put {at}");
+    assert_eq!(status.code(), Some(1), "a stop on a failed log is an error");
+    let log = strip_ansi(
+        &std::fs::read_to_string(cluster.dir.path().join("n1.log")).expect("node 1's log"),
+    );
+    assert!(
+        log.contains("No space left on device") && log.contains("its log could not write"),
+        "node 1 does not say why it stopped:\n{log}"
+    );
+    // The other two go on, volatile pools too.
+    let now = incarnations(&c).await;
+    assert_eq!(
+        now.keys().copied().collect::<Vec<_>>(),
+        vec![0, 2],
+        "{now:?}"
+    );
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        c.put("/cache/after", Bytes::from_static(b"volatile")),
+    )
+    .await
+    .expect("a volatile put is answered")
+    .expect("volatile put");
+    for (i, (key, version)) in written.iter().enumerate() {
+        let o = c.get(key).await.expect("get").expect("present");
+        assert!(o.version == *version && o.blob == value(i), "{key}");
+    }
+    // The operator frees space; the node starts again, rejoins and has everything.
+    disk.grow(256 << 20);
+    cluster.procs.remove(&1);
+    cluster.start(1);
+    let via = rejoined(&cluster, &c, &before, 1, 3).await;
+    for (i, (key, version)) in written.iter().enumerate() {
+        let o = via.get(key).await.expect("get").expect("present");
+        assert!(
+            o.version == *version && o.blob == value(i),
+            "{key} through node 1"
+        );
+    }
+    drop(cluster);
+    drop(disk);
+}

@@ -68,6 +68,8 @@ pub enum StopReason {
     Left,
     /// The buffer of messages for views we have not installed overflowed.
     FellBehind,
+    /// This node's log could not write ([`Core::storage_failed`]).
+    StorageFailed,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1347,6 +1349,17 @@ impl Core {
                 shard: shard.shard as u32,
             });
         }
+    }
+
+    /// This node's log failed a write (a full disk, an I/O error): stop at once, as a
+    /// crash would. A member that cannot make deliveries durable cannot keep what its
+    /// acknowledgements promise, and it cannot [`Core::leave`] either: a member logs the
+    /// agreement on the next view before it acknowledges it, so the group would wait on
+    /// it for good (a full disk at one node stalled every shard). Stopped, it sends
+    /// nothing more; the others suspect it once its links break and go on without it, and
+    /// a new start recovers what its log holds and rejoins.
+    pub fn storage_failed(&mut self) {
+        self.stop(StopReason::StorageFailed);
     }
 
     /// Leaves the group gracefully: this member stops sending, takes part in the view

@@ -223,3 +223,59 @@ fn shard_states_in_many_parts_arrive_whole() {
         "{transfers} multi-part state transfers in {seeds} seeds; a full window {windows_full} times"
     );
 }
+
+/// A node whose log fails stops at once (`Core::storage_failed`), and the others install
+/// a view that names it failed: before, it tried to leave gracefully, which needs its log,
+/// and the whole group waited on it.
+#[test]
+fn a_node_whose_disk_fails_stops_and_the_others_go_on() {
+    use squall_platform::StopReason;
+    use squall_platform::sim::{Scenario, history::Event};
+    let mut failed_disks = 0;
+    let mut excluded = 0;
+    let mut seeds = 0;
+    for seed in 0..600 {
+        let scenario = Scenario::from_seed(seed);
+        if scenario.disk_failures == 0 {
+            continue;
+        }
+        seeds += 1;
+        let report = run_seed(seed);
+        if let Some(line) = report.failure_line() {
+            panic!("{line}");
+        }
+        let events = &report.history.events;
+        for (at, event) in events.iter().enumerate() {
+            let Event::Stopped {
+                at_us,
+                member,
+                reason: StopReason::StorageFailed,
+            } = event
+            else {
+                continue;
+            };
+            failed_disks += 1;
+            let later = &events[at..];
+            // Unless every node stops soon after (a total restart), the others name it
+            // failed in a view of theirs.
+            if scenario.total_restart_at_us.is_some_and(|t| t >= *at_us) {
+                continue;
+            }
+            assert!(
+                later.iter().any(
+                    |e| matches!(e, Event::Installed { view, .. } if view.failed.contains(member))
+                ),
+                "seed {seed}: {member} stopped on a failed disk and no view names it failed"
+            );
+            excluded += 1;
+        }
+    }
+    assert!(
+        excluded >= 50,
+        "only {excluded} disk failures the others went on from, in {seeds} seeds"
+    );
+    println!(
+        "{failed_disks} disk failures in {seeds} seeds; {excluded} named failed by the others, \
+         the rest followed by a total restart"
+    );
+}

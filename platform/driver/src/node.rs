@@ -2,7 +2,7 @@
 //! messages, the real clock and the log's completions, and executes its commands.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -14,7 +14,7 @@ use squall_platform::{
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::state::{StateHeader, StateReader, encode_records};
 use crate::transport::{Inbound, Transport};
@@ -495,8 +495,12 @@ pub fn start_node(
     let (commands_tx, commands) = mpsc::channel(cfg.commands_max);
     let (events_tx, events) = mpsc::channel(cfg.events_max);
     let (done_tx, done) = mpsc::channel(cfg.commands_max);
+    let log_failure = Arc::new(OnceLock::new());
     let log_tx = match log {
-        Some(store) => Some(spawn_log_thread(store, done_tx).map_err(NodeError::Thread)?),
+        Some(store) => Some(
+            spawn_log_thread(store, done_tx, Arc::clone(&log_failure))
+                .map_err(NodeError::Thread)?,
+        ),
         None => None,
     };
     let log_handle = log_tx.clone();
@@ -505,6 +509,7 @@ pub fn start_node(
         transport,
         events: events_tx,
         log: log_tx,
+        log_failure,
         clock,
         feedback: VecDeque::new(),
         last_hlc_us: 0,
@@ -538,6 +543,10 @@ struct Driver {
     transport: Arc<dyn Transport>,
     events: mpsc::Sender<NodeEvent>,
     log: Option<std::sync::mpsc::SyncSender<LogWork>>,
+    /// Why the log thread ended, set before it ends: whichever notice of its end the
+    /// driver meets first (a refused send, a dropped reply, the thread's own report)
+    /// gives the operator the real reason, a full disk say.
+    log_failure: Arc<OnceLock<String>>,
     clock: Instant,
     /// Completions available at once (no log: persistence is immediate).
     feedback: VecDeque<LogDone>,
@@ -854,9 +863,10 @@ impl Driver {
                 self.core.state_part_applied(view_id, key.subgroup, part);
             }
             LogDone::Failed(reason) => {
-                // A log that cannot write cannot keep promises: stop being a member.
-                warn!(%reason, "log failed; leaving the group");
-                self.core.leave();
+                // A log that cannot write cannot keep promises, nor log a graceful
+                // leave: stop as a crash would (`Core::storage_failed`).
+                error!(%reason, "the log failed; this node stops");
+                self.core.storage_failed();
             }
         }
     }
@@ -878,8 +888,7 @@ impl Driver {
                     return;
                 }
                 Err(_) => {
-                    self.feedback
-                        .push_back(LogDone::Failed("log thread ended".to_string()));
+                    self.feedback.push_back(self.log_ended());
                     return;
                 }
             },
@@ -1117,9 +1126,18 @@ impl Driver {
     fn queue_log_work(&mut self, work: LogWork) {
         let Some(log) = &self.log else { return };
         if log.send(work).is_err() {
-            self.feedback
-                .push_back(LogDone::Failed("log thread ended".to_string()));
+            self.feedback.push_back(self.log_ended());
         }
+    }
+
+    /// The log thread is gone: why, as it said before ending.
+    fn log_ended(&self) -> LogDone {
+        LogDone::Failed(
+            self.log_failure
+                .get()
+                .cloned()
+                .unwrap_or_else(|| "the log thread ended".to_string()),
+        )
     }
 
     /// Executes one command of the core; returns the stop reason when the core stopped.
@@ -1329,7 +1347,7 @@ impl Driver {
                     // The source broke the protocol; without the state this node
                     // cannot serve the shard.
                     warn!(error = %e, "malformed state transfer; leaving the group");
-                    self.core.leave();
+                    self.core.storage_failed();
                 }
             }
             Output::Restart(plan) => {
@@ -1405,12 +1423,14 @@ fn encode_trim(out: &mut BytesMut, view_id: ViewId, subgroup: u32, shard: u32, r
 fn spawn_log_thread(
     mut store: Box<dyn LogStore + Send>,
     done: mpsc::Sender<LogDone>,
+    failure: Arc<OnceLock<String>>,
 ) -> std::io::Result<std::sync::mpsc::SyncSender<LogWork>> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<LogWork>(LOG_QUEUE_MAX);
     std::thread::Builder::new()
         .name("squall-log".to_string())
         .spawn(move || {
             let fail = |done: &mpsc::Sender<LogDone>, e: LogError| {
+                let _ = failure.set(e.to_string());
                 let _ = done.blocking_send(LogDone::Failed(e.to_string()));
             };
             while let Ok(first) = rx.recv() {

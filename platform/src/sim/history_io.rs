@@ -181,7 +181,7 @@ macro_rules! name_fields {
 }
 name_fields! {
     DeliveryKind { Stable, Trim, Raw }
-    StopReason { Evicted, MinorityPartition, Left, FellBehind }
+    StopReason { Evicted, MinorityPartition, Left, FellBehind, StorageFailed }
 }
 
 impl Field for MemberId {

@@ -53,6 +53,9 @@ const LARGE_PAYLOADS_MAX: usize = 3;
 /// Mixed into the seed for the read-barrier RNG, so that read barriers draw nothing from
 /// the scenario's or the run's RNG: a seed runs exactly as it did without them.
 const READ_BARRIER_SEED_MIX: u64 = 0x4ead_ba55_1e55_0b5e;
+/// Mixed into the seed for the RNG of disk failures, so that a seed without one runs
+/// exactly as it did before they were simulated.
+const DISK_FAILURE_SEED_MIX: u64 = 0xd15c_fa11_0000_0001;
 /// Longest gap between two read barriers at random members.
 const READ_BARRIER_GAP_MAX_US: u64 = 4_000;
 /// Chance, in percent, that an ordered delivery is followed by a read barrier at another
@@ -77,6 +80,9 @@ pub struct Scenario {
     pub slow_disks: usize,
     pub joins: usize,
     pub leaves: usize,
+    /// Nodes whose log fails a write (a full disk): they stop at once
+    /// (`Core::storage_failed`), losing what they had not made durable.
+    pub disk_failures: usize,
     /// Every message sent is also encoded and decoded, and must come back equal (the
     /// original travels on: payload identity matters to the checkers).
     pub codec_check: bool,
@@ -181,6 +187,8 @@ impl Scenario {
             split_lanes: seed % 3 == 1,
             total_restart_at_us,
             lazy_persistence: (seed / 5) % 2 == 1,
+            // Drawn last, so the scenario's other draws are those of before.
+            disk_failures: if faulty { rng.random_range(0..=1) } else { 0 },
         }
     }
 }
@@ -307,6 +315,7 @@ enum Action {
     },
     Join,
     Leave,
+    DiskFails,
     HealPhase,
     Check,
 }
@@ -400,6 +409,8 @@ struct Simulation {
     rng: ChaCha8Rng,
     /// Draws only when and where read barriers happen (see `READ_BARRIER_SEED_MIX`).
     barrier_rng: ChaCha8Rng,
+    /// Draws only when and where disks fail (see `DISK_FAILURE_SEED_MIX`).
+    disk_rng: ChaCha8Rng,
     /// Reads asked and not answered: their subgroup and shard.
     reads: HashMap<(MemberId, u64), (u32, u32)>,
     now_us: u64,
@@ -442,11 +453,13 @@ impl Simulation {
     fn new(sc: Scenario) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(sc.seed ^ 0x5eed_5eed_5eed_5eed);
         let barrier_rng = ChaCha8Rng::seed_from_u64(sc.seed ^ READ_BARRIER_SEED_MIX);
+        let disk_rng = ChaCha8Rng::seed_from_u64(sc.seed ^ DISK_FAILURE_SEED_MIX);
         Simulation {
             history: History::new(sc.seed),
             sc,
             rng,
             barrier_rng,
+            disk_rng,
             reads: HashMap::new(),
             now_us: 0,
             queue: BTreeMap::new(),
@@ -502,6 +515,10 @@ impl Simulation {
                 let duration = self.rng.random_range(30_000..=400_000);
                 self.schedule(at, make(duration));
             }
+        }
+        for _ in 0..self.sc.disk_failures {
+            let at = self.disk_rng.random_range(start..end.max(start + 1));
+            self.schedule(at, Action::DiskFails);
         }
         if let Some(at) = self.sc.total_restart_at_us {
             self.schedule(at, Action::TotalStop);
@@ -1039,6 +1056,21 @@ impl Simulation {
                 let id = self.next_node_id;
                 self.next_node_id += 1;
                 self.start_node(id, false);
+            }
+            Action::DiskFails => {
+                let candidates = self.safe_victims();
+                if candidates.is_empty() {
+                    return;
+                }
+                let victim = candidates[self.disk_rng.random_range(0..candidates.len())];
+                if let Some(node) = self.nodes.get_mut(&victim) {
+                    // The write that failed, and every one queued behind it, never lands.
+                    node.unpersisted.clear();
+                }
+                if let Some(core) = self.core_mut(victim) {
+                    core.storage_failed();
+                }
+                self.pump(victim);
             }
             Action::Leave => {
                 // Only leaves the layout can absorb; others would wait for joins.

@@ -141,7 +141,11 @@ impl NodeProc {
                     self.pid().unwrap_or(0)
                 ),
                 Err(e) => {
-                    println!("squall: node {} could not be started again: {e:#}", self.id);
+                    println!(
+                        "squall: node {} could not be started again: {}",
+                        self.id,
+                        crate::error_line(&e)
+                    );
                     self.schedule(Duration::ZERO, now);
                 }
             }

@@ -238,9 +238,24 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(cli) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", error_line(&e));
         std::process::exit(1);
     }
+}
+
+/// An error and its causes on one line. Our error types name their cause in their own
+/// message and report it as their source too, so a cause already in the line is not
+/// repeated (`{:#}` printed a full disk's `os error 28` three times).
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -795,4 +810,28 @@ async fn pipeline_demo(client: &Client) -> Result<()> {
         println!("get {key} -> {}", show(&out));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let disk = std::io::Error::from_raw_os_error(28);
+        let inner = squall_driver::incarnation::IncarnationError::Io {
+            path: "/d/incarnation.tmp".into(),
+            source: disk,
+        };
+        let e = anyhow::Error::from(squall_adapters::node::RunError::from(inner));
+        let line = error_line(&e);
+        assert_eq!(line.matches("os error 28").count(), 1, "{line}");
+        assert!(line.starts_with("incarnation: incarnation file /d/incarnation.tmp: "));
+        // A context's cause is not in its message: it follows.
+        let e = anyhow::Error::from(std::io::Error::from_raw_os_error(2)).context("reading x");
+        assert_eq!(
+            error_line(&e),
+            format!("reading x: {}", std::io::Error::from_raw_os_error(2))
+        );
+    }
 }
