@@ -84,6 +84,7 @@
 //! udl_emit_queue_max = 1024
 //! history_cache_bytes = 67108864
 //! log_preallocate_bytes = 1048576
+//! disk_reserve_bytes = 268435456
 //!
 //! [timing]
 //! heartbeat_interval_ms = 20
@@ -540,7 +541,18 @@ pub struct Limits {
     /// with it): on ext4 it made the sync of a small put 1.6-3× faster on this project's test VM. 0 turns it off,
     /// which suits copy-on-write file systems (btrfs, ZFS), where it gains nothing.
     pub log_preallocate_bytes: u64,
+    /// Free space kept on the data directory's file system. Below it, this node raises a
+    /// storage alarm (replicated in the metadata): every node refuses writes this node
+    /// would have to log (to a persistent shard it holds, to the metadata) with
+    /// `storage_full`, while reads and volatile pools go on. The alarm clears by itself
+    /// once a quarter more than the reserve is free. It must cover what arrives in the
+    /// alarm's fraction of a second to spread, so keep it a few times the largest object
+    /// at your write rate. 0 turns it off (a full disk then stops the node).
+    pub disk_reserve_bytes: u64,
 }
+
+/// Default of `limits.disk_reserve_bytes`: four of the largest objects by default.
+pub const DISK_RESERVE_BYTES_DEFAULT: u64 = 256 << 20;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -560,6 +572,7 @@ impl Default for Limits {
             udl_emit_queue_max: 1024,
             history_cache_bytes: 64 << 20,
             log_preallocate_bytes: squall_log::PREALLOCATE_BYTES_DEFAULT,
+            disk_reserve_bytes: DISK_RESERVE_BYTES_DEFAULT,
         }
     }
 }

@@ -156,6 +156,7 @@ fn status_of(code: ErrorCode) -> StatusCode {
         TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         NotHere | Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         OutboxFull => StatusCode::TOO_MANY_REQUESTS,
+        StorageFull => StatusCode::INSUFFICIENT_STORAGE,
         Internal | UdlFailed => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -212,6 +213,11 @@ enum ErrorResponses {
         description = "The WAN outbox towards a remote site is full (`outbox_full`)"
     )]
     OutboxFull(ApiError),
+    #[response(
+        status = 507,
+        description = "A node that would log the write is under its disk reserve (`storage_full`)"
+    )]
+    StorageFull(ApiError),
     #[response(status = 503, description = "No node could serve it now; retry")]
     Unavailable(ApiError),
 }

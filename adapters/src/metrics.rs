@@ -33,6 +33,10 @@ pub struct NodeMetrics {
     pub reads: IntCounterVec,
     pub client_connections: IntGauge,
     pub resident_bytes: IntGauge,
+    /// Free bytes on the file system of this node's log (`limits.disk_reserve_bytes`).
+    pub disk_free_bytes: IntGauge,
+    /// Nodes with a storage alarm raised, as this node's metadata says.
+    pub storage_alarms: IntGauge,
 }
 
 fn metric<T: prometheus::core::Collector + Clone + 'static>(
@@ -166,6 +170,20 @@ impl NodeMetrics {
                 IntGauge::new(
                     "squall_process_resident_memory_bytes",
                     "Resident memory of this node process",
+                )?,
+            )?,
+            disk_free_bytes: metric(
+                registry,
+                IntGauge::new(
+                    "squall_disk_free_bytes",
+                    "Free bytes on the file system of this node's log",
+                )?,
+            )?,
+            storage_alarms: metric(
+                registry,
+                IntGauge::new(
+                    "squall_storage_alarms",
+                    "Nodes whose data disk is under its reserve: writes they would log are refused",
                 )?,
             )?,
         })

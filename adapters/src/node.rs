@@ -290,6 +290,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         default_pools: config.pools.iter().map(|p| config.pool_spec(p)).collect(),
         clock_skew_max_us: 60_000_000,
         wan: WanConfig::from_config(&config),
+        log_dir: Some(config.node.data_dir.join("log")),
+        disk_reserve_bytes: config.limits.disk_reserve_bytes,
     };
     let mut service_cfg = service_cfg;
     if let Some(wan) = &service_cfg.wan {

@@ -63,6 +63,11 @@ pub struct ServiceConfig {
     pub clock_skew_max_us: u64,
     /// Remote clusters and the outbox towards them; `None` when none is configured.
     pub wan: Option<WanConfig>,
+    /// The directory of this node's log, whose file system's free space is watched
+    /// against `disk_reserve_bytes` (`None`: no log, nothing to watch).
+    pub log_dir: Option<std::path::PathBuf>,
+    /// See `Limits::disk_reserve_bytes` (0: no alarm).
+    pub disk_reserve_bytes: u64,
 }
 
 /// A client request handed to the service by a connection.
@@ -144,6 +149,14 @@ pub struct ConnectionGone;
 
 /// How often pool sizes and process memory are sampled for metrics.
 const METRICS_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often a node measures the free space of its log's file system: an alarm must
+/// spread before the reserve is written full.
+const DISK_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+/// The disk is also measured each time this fraction of its reserve was delivered to
+/// logged shards: an alarm goes out within an eighth of the reserve, whatever the rate.
+const DISK_CHECKS_PER_RESERVE: u64 = 8;
+/// A storage alarm not yet in the metadata is sent again after this long.
+const ALARM_RESEND_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 /// How often a node tells its shards how far its `one` UDL work is done.
 pub const UDL_PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -297,6 +310,16 @@ pub struct Service {
     durable: BTreeMap<(u32, Version), Vec<Answer>>,
     global: HashMap<u32, Version>,
     watchers: Vec<Watcher>,
+    /// Nodes whose data disk is under its reserve, with its free and reserve bytes, as
+    /// the metadata says (`Op::StorageAlarm`): writes they would log are refused.
+    storage_alarms: BTreeMap<u32, (u64, u64)>,
+    /// A failure to measure the disk was logged (once, not every check).
+    disk_check_failed: bool,
+    /// Bytes delivered to logged shards since the disk was last measured.
+    logged_since_disk_check: u64,
+    /// The last storage alarm this node sent and when: the same one is not sent again
+    /// while the first may still be on its way.
+    alarm_sent: Option<(bool, std::time::Instant)>,
     next_seq: u64,
     /// Linearizable local reads waiting for their barrier ([`AppEvent::ReadReady`]).
     reads: HashMap<u64, (Request, Reply)>,
@@ -402,6 +425,10 @@ impl Service {
             durable: BTreeMap::new(),
             global: HashMap::new(),
             watchers: Vec::new(),
+            storage_alarms: BTreeMap::new(),
+            disk_check_failed: false,
+            logged_since_disk_check: 0,
+            alarm_sent: None,
             next_seq: 0,
             reads: HashMap::new(),
             next_read: 0,
@@ -609,6 +636,9 @@ impl Service {
         let wan = self.forwarders.is_some();
         let mut outbox_tick = tokio::time::interval(OUTBOX_TICK);
         outbox_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut disk_tick = tokio::time::interval(DISK_CHECK_INTERVAL);
+        disk_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let watch_disk = self.cfg.log_dir.is_some() && self.cfg.disk_reserve_bytes > 0;
         let stopped = loop {
             self.udl.drain_overflow();
             tokio::select! {
@@ -620,6 +650,7 @@ impl Service {
                 }
                 Some((token, result)) = log_read_done.recv() => self.finish_log_read(token, result),
                 _ = progress.tick() => self.announce_udl_progress().await,
+                _ = disk_tick.tick(), if watch_disk => self.check_disk().await,
                 _ = sample.tick() => self.sample_metrics(),
                 event = events.recv() => {
                     let Some(NodeEvent { event, .. }) = event else { break None };
@@ -654,7 +685,19 @@ impl Service {
         match event {
             AppEvent::Delivered(d) => {
                 if let Some(version) = d.version {
+                    let logged = d.subgroup == 0 || self.kind(d.subgroup) == StoreKind::Persistent;
+                    let bytes = d.payload.len() as u64;
                     self.apply(d.subgroup, d.shard, version, d.payload, true);
+                    if logged {
+                        // A fast writer fills the reserve quicker than the clock ticks.
+                        self.logged_since_disk_check += bytes;
+                        if self.logged_since_disk_check
+                            >= (self.cfg.disk_reserve_bytes / DISK_CHECKS_PER_RESERVE).max(1)
+                            && self.cfg.disk_reserve_bytes > 0
+                        {
+                            self.check_disk().await;
+                        }
+                    }
                 }
             }
             AppEvent::GlobalPersisted { subgroup, version } => {
@@ -1038,6 +1081,34 @@ impl Service {
                     },
                     Op::RemoveDfg { dfg, .. } => {
                         self.udl.remove_dfg(&dfg);
+                        Response::Done
+                    }
+                    Op::StorageAlarm {
+                        node,
+                        low,
+                        free_bytes,
+                        reserve_bytes,
+                        ..
+                    } => {
+                        let was = if low {
+                            self.storage_alarms
+                                .insert(node, (free_bytes, reserve_bytes))
+                        } else {
+                            self.storage_alarms.remove(&node)
+                        };
+                        if live && was.is_some() != low {
+                            info!(
+                                node,
+                                low,
+                                free_bytes,
+                                reserve_bytes,
+                                "storage alarm {}",
+                                if low { "raised" } else { "cleared" }
+                            );
+                        }
+                        if let Some(m) = &self.metrics {
+                            m.storage_alarms.set(self.storage_alarms.len() as i64);
+                        }
                         Response::Done
                     }
                     _ => Response::error(ErrorCode::BadRequest, "not a metadata operation"),
@@ -1748,6 +1819,7 @@ impl Service {
             }
         };
         self.check_member(g, s)?;
+        self.check_storage(g, s)?;
         self.outboxes
             .room(g, s, site, bytes, wan)
             .map_err(|full| Response::error(ErrorCode::OutboxFull, full.to_string()))?;
@@ -1917,6 +1989,115 @@ impl Service {
         })
     }
 
+    /// `StorageFull` if a write to this shard would be logged by a node whose disk is
+    /// under its reserve (`Op::StorageAlarm`): a persistent shard's members, or every
+    /// member for the metadata. Volatile and trigger shards log nothing.
+    fn check_storage(&self, subgroup: u32, shard: u32) -> Result<(), Response> {
+        if self.storage_alarms.is_empty()
+            || (subgroup != 0 && self.kind(subgroup) != StoreKind::Persistent)
+        {
+            return Ok(());
+        }
+        let Some(view) = &self.view else {
+            return Ok(());
+        };
+        let members: &[MemberId] = if subgroup == 0 {
+            &view.members
+        } else {
+            view.shards
+                .get(subgroup as usize)
+                .and_then(|s| s.get(shard as usize))
+                .map_or(&[], |sv| &sv.members)
+        };
+        let Some((node, (free, reserve))) = members
+            .iter()
+            .find_map(|m| self.storage_alarms.get(&m.node).map(|a| (m.node, *a)))
+        else {
+            return Ok(());
+        };
+        let what = if subgroup == 0 {
+            "the cluster's metadata".to_string()
+        } else {
+            format!("subgroup {subgroup} shard {shard}")
+        };
+        Err(Response::error(
+            ErrorCode::StorageFull,
+            format!(
+                "node {node} logs {what} and has {} MiB free on its data disk, under its \
+                 reserve of {} MiB (limits.disk_reserve_bytes): writes there are refused until \
+                 space is freed on that node; reads and volatile pools go on",
+                free >> 20,
+                reserve >> 20
+            ),
+        ))
+    }
+
+    /// Measures the free space of the log's file system and raises or clears this node's
+    /// storage alarm when the metadata does not say what the disk does: below the reserve
+    /// raises it; it clears once a quarter more than the reserve is free, so that a disk
+    /// hovering at the mark does not flap.
+    async fn check_disk(&mut self) {
+        self.logged_since_disk_check = 0;
+        let Some(dir) = &self.cfg.log_dir else { return };
+        let free = match rustix::fs::statvfs(dir) {
+            Ok(st) => st.f_bavail.saturating_mul(st.f_frsize),
+            Err(e) => {
+                if !self.disk_check_failed {
+                    self.disk_check_failed = true;
+                    warn!(dir = %dir.display(), error = %e, "cannot measure the data disk's free space");
+                }
+                return;
+            }
+        };
+        if let Some(m) = &self.metrics {
+            m.disk_free_bytes
+                .set(i64::try_from(free).unwrap_or(i64::MAX));
+        }
+        let reserve = self.cfg.disk_reserve_bytes;
+        let node = self.cfg.me.node;
+        let raised = self.storage_alarms.contains_key(&node);
+        let low = if raised {
+            free < reserve.saturating_add(reserve / 4)
+        } else {
+            free < reserve
+        };
+        // Only a member may send; the metadata tells when the alarm took effect, so a
+        // lost send is sent again at the next check.
+        if low == raised || self.view.as_ref().is_none_or(|v| !v.contains(self.cfg.me)) {
+            return;
+        }
+        if self
+            .alarm_sent
+            .is_some_and(|(sent, at)| sent == low && at.elapsed() < ALARM_RESEND_AFTER)
+        {
+            return;
+        }
+        self.alarm_sent = Some((low, std::time::Instant::now()));
+        if low {
+            warn!(
+                free_mib = free >> 20,
+                reserve_mib = reserve >> 20,
+                "the data disk is under its reserve: raising a storage alarm (writes this node \
+                 must log are refused cluster-wide until space is freed)"
+            );
+        } else {
+            info!(
+                free_mib = free >> 20,
+                "the data disk has room again: clearing the storage alarm"
+            );
+        }
+        let op = Op::StorageAlarm {
+            id: self.system_id(),
+            node,
+            low,
+            free_bytes: free,
+            reserve_bytes: reserve,
+        };
+        if let Err(e) = self.handle.send(0, op::encode(&op)).await {
+            warn!(error = %e, "sending the storage alarm");
+        }
+    }
+
     fn system_id(&mut self) -> MessageId {
         self.next_seq += 1;
         MessageId {
@@ -1979,12 +2160,13 @@ impl Service {
                     }
                 };
                 let needed = match op {
-                    Op::UdlDone { .. } | Op::OutboxDone { .. } => {
+                    Op::UdlDone { .. } | Op::OutboxDone { .. } | Op::StorageAlarm { .. } => {
                         return answer(
                             reply,
                             Response::error(
                                 ErrorCode::BadRequest,
-                                "UDL progress and outbox markers are the nodes' own",
+                                "UDL progress, outbox markers and storage alarms are the \
+                                 nodes' own",
                             ),
                         );
                     }
@@ -2069,6 +2251,9 @@ impl Service {
                         if let Err(r) = self.check_member(g, s) {
                             return answer(reply, r);
                         }
+                        if let Err(r) = self.check_storage(g, s) {
+                            return answer(reply, r);
+                        }
                         (g, kind == StoreKind::Persistent)
                     }
                     Op::OutboxPut {
@@ -2126,6 +2311,9 @@ impl Service {
                         plugin,
                         ..
                     } => {
+                        if let Err(r) = self.check_storage(0, 0) {
+                            return answer(reply, r);
+                        }
                         if udl::checksum(plugin) != *checksum {
                             return answer(
                                 reply,
@@ -2226,10 +2414,18 @@ impl Service {
                         }
                         (0, false)
                     }
-                    Op::Read { .. } | Op::UdlDone { .. } | Op::OutboxDone { .. } => {
+                    Op::Read { .. }
+                    | Op::UdlDone { .. }
+                    | Op::OutboxDone { .. }
+                    | Op::StorageAlarm { .. } => {
                         unreachable!("refused above")
                     }
                 };
+                if subgroup == 0
+                    && let Err(r) = self.check_storage(0, 0)
+                {
+                    return answer(reply, r);
+                }
                 if self.udl.saturated() && subgroup != 0 {
                     return answer(
                         reply,

@@ -206,6 +206,10 @@ pub enum ErrorCode {
     /// A UDL invocation of a [`Request::Call`] returned an error or panicked (the
     /// message carries it). Not retried by clients: the logic ran.
     UdlFailed = 22,
+    /// A node that would log the write has its data disk under its reserve
+    /// (`limits.disk_reserve_bytes`; the message names it). Not retried by clients: it
+    /// lasts until space is freed there.
+    StorageFull = 23,
 }
 
 impl ErrorCode {
@@ -234,6 +238,7 @@ impl ErrorCode {
             InvalidPlugin,
             OutboxFull,
             UdlFailed,
+            StorageFull,
         ]
         .into_iter()
         .find(|c| *c as u16 == v)
@@ -264,6 +269,7 @@ impl ErrorCode {
             InvalidPlugin => "invalid_plugin",
             OutboxFull => "outbox_full",
             UdlFailed => "udl_failed",
+            StorageFull => "storage_full",
         }
     }
 }

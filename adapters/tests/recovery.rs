@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use squall_adapters::client::{Client, Policy};
-use squall_adapters::wire::At;
+use squall_adapters::wire::{At, ErrorCode};
 
 mod common;
 use common::Cluster;
@@ -691,6 +691,9 @@ impl Drop for SmallDisk {
 async fn a_node_whose_disk_fills_stops_and_the_others_go_on() {
     let _turn = HEAVY.lock().await;
     let mut cluster = cluster();
+    // No reserve: the disk fills (the last line of defence, and what a reserve too small
+    // for a burst of writes comes to).
+    cluster.configs[1].limits.disk_reserve_bytes = 0;
     let data_dir = cluster.configs[1].node.data_dir.clone();
     let disk = match SmallDisk::mount(&data_dir, 12 << 20) {
         Ok(disk) => disk,
@@ -768,4 +771,117 @@ async fn a_node_whose_disk_fills_stops_and_the_others_go_on() {
     }
     drop(cluster);
     drop(disk);
+}
+
+/// Disks fill together: every replica holds the same data. Under its reserve a node
+/// raises a storage alarm, and the cluster refuses what it would log with `StorageFull`
+/// (typed, naming the node) before any disk is full: no node stops, reads and volatile
+/// pools go on, nothing already written is lost. Once space is freed the alarm clears by
+/// itself and writes are taken again. Without the reserve the first full disk stops its
+/// node, the next one the shard, and the cluster serves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disks_under_their_reserve_refuse_writes_and_serve_reads() {
+    let _turn = HEAVY.lock().await;
+    let mut cluster = cluster();
+    let mut disks = Vec::new();
+    for i in 0..3 {
+        let cfg = &mut cluster.configs[i];
+        cfg.limits.disk_reserve_bytes = 8 << 20;
+        match SmallDisk::mount(&cfg.node.data_dir, 24 << 20) {
+            Ok(disk) => disks.push(disk),
+            Err(reason) => {
+                println!("skipped: cannot mount a small file system: {reason}");
+                return;
+            }
+        }
+    }
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    let value = |i: usize| Bytes::from(vec![(i % 251) as u8; 64 << 10]);
+    let mut written = Vec::new();
+    let refused = loop {
+        let i = written.len();
+        assert!(
+            i < 400,
+            "24 MiB disks took {i} objects of 64 KiB without an alarm"
+        );
+        let key = format!("/demo/low/{i:03}");
+        match tokio::time::timeout(Duration::from_secs(30), c.put(&key, value(i)))
+            .await
+            .unwrap_or_else(|_| panic!("put {i} was not answered\n{}", cluster.logs()))
+        {
+            Ok(put) => written.push((key, put.version)),
+            Err(e) => break e,
+        }
+    };
+    println!("refused after {} puts: {refused}", written.len());
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::StorageFull),
+        "{refused}\n{}",
+        cluster.logs()
+    );
+    assert!(
+        refused.to_string().contains("limits.disk_reserve_bytes"),
+        "{refused}"
+    );
+    // Refused again, and metadata writes too; no node stopped.
+    let again = c
+        .put("/demo/low/again", value(0))
+        .await
+        .expect_err("refused");
+    assert_eq!(again.code(), Some(ErrorCode::StorageFull));
+    let pool = c
+        .create_pool(squall_kvs::PoolSpec::new(
+            "/more",
+            squall_kvs::StoreKind::Volatile,
+            2,
+        ))
+        .await
+        .expect_err("a metadata write is refused");
+    assert_eq!(pool.code(), Some(ErrorCode::StorageFull), "{pool}");
+    for (node, proc) in &mut cluster.procs {
+        assert!(
+            proc.try_wait().expect("wait").is_none(),
+            "node {node} stopped"
+        );
+    }
+    assert_eq!(incarnations(&c).await.len(), 3);
+    // Volatile pools and reads go on.
+    c.put("/cache/low", Bytes::from_static(b"volatile"))
+        .await
+        .expect("a volatile put");
+    for (i, (key, version)) in written.iter().enumerate() {
+        let o = c.get(key).await.expect("get").expect("present");
+        assert!(o.version == *version && o.blob == value(i), "{key}");
+    }
+    // Space is freed: the alarms clear and writes are taken again.
+    for disk in &disks {
+        disk.grow(256 << 20);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let put = loop {
+        match c.put("/demo/low/after", value(1)).await {
+            Ok(put) => break put,
+            Err(e) if e.code() == Some(ErrorCode::StorageFull) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("after freeing space: {e}\n{}", cluster.logs()),
+        }
+    };
+    let o = c
+        .get("/demo/low/after")
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(o.version, put.version);
+    c.create_pool(squall_kvs::PoolSpec::new(
+        "/more",
+        squall_kvs::StoreKind::Volatile,
+        2,
+    ))
+    .await
+    .expect("a metadata write once space is freed");
+    drop(cluster);
+    drop(disks);
 }

@@ -124,6 +124,17 @@ pub enum Op {
         site: String,
         below: u64,
     },
+    /// In the metadata shard: node `node`'s data disk has `free_bytes` left, under its
+    /// reserve of `reserve_bytes` (`low`), or back above it (not `low`). While a node is
+    /// low, writes it would have to log (to a persistent shard it holds, to the metadata)
+    /// are refused with `StorageFull` at every node, before its disk fills.
+    StorageAlarm {
+        id: MessageId,
+        node: u32,
+        low: bool,
+        free_bytes: u64,
+        reserve_bytes: u64,
+    },
 }
 
 /// The pool holding the WAN outboxes (one persistent pool; its path is reserved).
@@ -149,7 +160,8 @@ impl Op {
             | Op::RemoveDfg { id, .. }
             | Op::UdlDone { id, .. }
             | Op::OutboxPut { id, .. }
-            | Op::OutboxDone { id, .. } => *id,
+            | Op::OutboxDone { id, .. }
+            | Op::StorageAlarm { id, .. } => *id,
         }
     }
 }
@@ -186,6 +198,7 @@ const TAG_OUTBOX_PUT: u8 = 11;
 const TAG_OUTBOX_DONE: u8 = 12;
 /// A pool creation whose spec has extensions (see the module doc).
 pub const TAG_CREATE_POOL_EXTENDED: u8 = 13;
+const TAG_STORAGE_ALARM: u8 = 14;
 
 /// The bits of a pool spec's extension section (`extensions: u8`); unknown bits are
 /// refused.
@@ -330,6 +343,20 @@ fn encode_into(op: &Op, out: &mut BytesMut, inline: bool) -> Option<Bytes> {
             put_str(out, site);
             out.put_u64_le(*below);
         }
+        Op::StorageAlarm {
+            id,
+            node,
+            low,
+            free_bytes,
+            reserve_bytes,
+        } => {
+            out.put_u8(TAG_STORAGE_ALARM);
+            put_id(out, *id);
+            out.put_u32_le(*node);
+            out.put_u8(u8::from(*low));
+            out.put_u64_le(*free_bytes);
+            out.put_u64_le(*reserve_bytes);
+        }
     }
     tail
 }
@@ -439,6 +466,22 @@ pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
             site: get_str(r, "site")?,
             below: get_u64(r, "version")?,
         },
+        TAG_STORAGE_ALARM => {
+            let id = get_id(r)?;
+            let node = get_u32(r, "node")?;
+            let low = match get_u8(r, "alarm")? {
+                0 => false,
+                1 => true,
+                tag => return Err(OpError::UnknownTag { what: "alarm", tag }),
+            };
+            Op::StorageAlarm {
+                id,
+                node,
+                low,
+                free_bytes: get_u64(r, "free bytes")?,
+                reserve_bytes: get_u64(r, "reserve bytes")?,
+            }
+        }
         tag => {
             return Err(OpError::UnknownTag {
                 what: "operation",
@@ -790,6 +833,13 @@ mod tests {
                 id,
                 site: "cloud".into(),
                 below: 0x0000_0004_0000_0012,
+            },
+            Op::StorageAlarm {
+                id,
+                node: 2,
+                low: true,
+                free_bytes: 3 << 20,
+                reserve_bytes: 256 << 20,
             },
         ]
     }

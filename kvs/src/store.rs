@@ -204,7 +204,8 @@ impl ShardStore {
             | Op::AddDfgs { .. }
             | Op::RemoveDfg { .. }
             | Op::UdlDone { .. }
-            | Op::OutboxDone { .. } => Outcome::ReadPoint { version },
+            | Op::OutboxDone { .. }
+            | Op::StorageAlarm { .. } => Outcome::ReadPoint { version },
             // Queued by the node's outbox, not stored as an object: it gets a version
             // and a timestamp (the outbox's order) and is applied once per message id.
             Op::OutboxPut { hlc_us, .. } => {

@@ -41,6 +41,7 @@ from .errors import (
     UdlFailedError,
     UnavailableError,
     OutboxFullError,
+    StorageFullError,
 )
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "UdlFailedError",
     "UnavailableError",
     "OutboxFullError",
+    "StorageFullError",
     "UserDefinedLogic",
     "Watch",
     "WatchEvent",

@@ -107,6 +107,14 @@ class OutboxFullError(SquallError):
     code = "outbox_full"
 
 
+class StorageFullError(SquallError):
+    """A node that would log the write has its data disk under its reserve
+    (``limits.disk_reserve_bytes``; the message names the node). Reads and volatile pools
+    go on; writes there are refused until space is freed on that node."""
+
+    code = "storage_full"
+
+
 class ConnectError(UnavailableError):
     """The client could not connect to any node it was given."""
 
@@ -149,6 +157,7 @@ BY_CODE = {
     "not_here": UnavailableError,
     "unavailable": UnavailableError,
     "outbox_full": OutboxFullError,
+    "storage_full": StorageFullError,
     "connect": ConnectError,
     "protocol": ProtocolError,
     "internal": InternalError,
