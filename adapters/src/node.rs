@@ -812,13 +812,33 @@ fn output_op(o: &Emit, now_us: u64) -> squall_kvs::Op {
 }
 
 /// One output the way a single write goes: an outbox entry until it is taken, a put
-/// with the client's retries (a write that fails for good is logged and dropped).
+/// with the client's retries. A put refused for a disk under its reserve
+/// (`StorageFull`) waits for space, with a pause that doubles up to a second: dropping
+/// it would lose the output of an input already counted done, and waiting backs up the
+/// emit queue, the UDL workers and then new inputs instead. Any other write that fails
+/// for good is logged and dropped.
 async fn write_output(c: &Client, out: Emit, pressure: &crate::service::WanPressure) {
     if let Some(site) = out.site.clone() {
         outbox_output(c, &site, out, pressure).await;
         return;
     }
-    if let Err(e) = c.put_with_id(&out.key, out.value, out.id).await {
-        warn!(key = %out.key, error = %e, "a UDL output could not be written");
+    let mut pause = Duration::from_millis(20);
+    let mut waited = false;
+    loop {
+        match c.put_with_id(&out.key, out.value.clone(), out.id).await {
+            Ok(_) => return,
+            Err(e) if e.code() == Some(ErrorCode::StorageFull) => {
+                if !waited {
+                    waited = true;
+                    warn!(key = %out.key, error = %e, "a UDL output waits for disk space");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => {
+                warn!(key = %out.key, error = %e, "a UDL output could not be written");
+                return;
+            }
+        }
     }
 }

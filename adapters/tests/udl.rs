@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Cluster, printer};
+use common::{Cluster, SmallDisk, printer};
 use squall_adapters::client::Client;
 use squall_adapters::config::Role;
 use squall_adapters::wire::ErrorCode;
@@ -589,4 +589,87 @@ async fn a_new_plugin_version_takes_over_while_inputs_flow_and_none_is_lost() {
         "{} of {INPUTS} outputs from version 2; {switches} switches",
         versions.iter().filter(|v| **v).count()
     );
+}
+
+/// A UDL's output refused because a replica's disk is under its reserve waits for space
+/// instead of being dropped: the input was counted done, so a dropped output would be
+/// lost for good. Inputs go to a volatile pool (taken while the disks are low), the
+/// printer's outputs to a persistent one (refused); once space is freed every output is
+/// written, with its input's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udl_output_refused_for_disk_space_is_written_once_space_returns() {
+    let plugin = std::fs::read(printer()).expect("the plugin library");
+    let mut cluster = Cluster::new(3, &[]);
+    let mut disks = Vec::new();
+    for cfg in &mut cluster.configs {
+        cfg.limits.object_bytes_max = 64 << 20;
+        cfg.limits.frame_bytes_max = (64 << 20) + (1 << 20);
+        cfg.limits.disk_reserve_bytes = 16 << 20;
+        // Room for the plugin (in the metadata log and the UDL directory) and some data.
+        let room = 3 * plugin.len() as u64 + (48 << 20);
+        match SmallDisk::mount(&cfg.node.data_dir, room) {
+            Ok(disk) => disks.push(disk),
+            Err(reason) => {
+                println!("skipped: cannot mount a small file system: {reason}");
+                return;
+            }
+        }
+    }
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    c.upload_udl("printer", Bytes::from(plugin))
+        .await
+        .expect("upload");
+    let dfg_id = "2a9c7b1e-1111-4a2b-9c3d-000000000009";
+    c.add_dfgs(dfg(dfg_id, PRINTER_UUID))
+        .await
+        .expect("add the DFG");
+    // Fill the persistent pool until the disks are under their reserve.
+    let junk = Bytes::from(vec![7u8; 256 << 10]);
+    let mut filled = 0;
+    loop {
+        assert!(
+            filled < 400,
+            "no storage alarm after {filled} puts\n{}",
+            cluster.logs()
+        );
+        match c.put(&format!("/demo/junk/{filled}"), junk.clone()).await {
+            Ok(_) => filled += 1,
+            Err(e) if e.code() == Some(ErrorCode::StorageFull) => break,
+            Err(e) => panic!("filling: {e}\n{}", cluster.logs()),
+        }
+    }
+    // Inputs are taken (volatile); their outputs wait.
+    for i in 0..10 {
+        c.put(
+            &format!("/cache/in/k{i}"),
+            Bytes::from(format!("value {i}")),
+        )
+        .await
+        .expect("a volatile input");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..10 {
+        assert!(
+            c.get(&format!("/demo/out/k{i}"))
+                .await
+                .expect("get")
+                .is_none(),
+            "output k{i} written under a storage alarm"
+        );
+    }
+    for disk in &disks {
+        disk.grow(512 << 20);
+    }
+    for i in 0..10 {
+        let out = eventually(&c, &format!("/demo/out/k{i}"), Duration::from_secs(20)).await;
+        assert_eq!(
+            out.as_deref(),
+            Some(format!("value {i}").as_bytes()),
+            "output of k{i} once space is freed\n{}",
+            cluster.logs()
+        );
+    }
+    drop(cluster);
+    drop(disks);
 }

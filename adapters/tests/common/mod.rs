@@ -321,3 +321,46 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// A small file system mounted on a node's data directory for a test (tmpfs: a real
+/// `ENOSPC` when full), unmounted when dropped.
+pub struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    /// Fails, with the reason, where this process may not mount (not root).
+    pub fn mount(path: &std::path::Path, size_bytes: u64) -> Result<SmallDisk, String> {
+        std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_bytes}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(SmallDisk {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Grows the file system, keeping its files: the operator freed space.
+    pub fn grow(&self, size_bytes: u64) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size_bytes}")])
+            .arg(&self.path)
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "remount {}", self.path.display());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
