@@ -740,6 +740,7 @@ async fn a_node_whose_disk_fills_stops_and_the_others_go_on() {
 async fn disks_under_their_reserve_refuse_writes_and_serve_reads() {
     let _turn = HEAVY.lock().await;
     let mut cluster = cluster();
+    cluster.with_http();
     let mut disks = Vec::new();
     for i in 0..3 {
         let cfg = &mut cluster.configs[i];
@@ -804,6 +805,13 @@ async fn disks_under_their_reserve_refuse_writes_and_serve_reads() {
         );
     }
     assert_eq!(incarnations(&c).await.len(), 3);
+    // What the dashboard shows: the alarm, and the disk's free space.
+    let metrics = node_metrics(&cluster, 0);
+    assert!(
+        metric_value(&metrics, "squall_storage_alarms") >= 1.0,
+        "{metrics}"
+    );
+    assert!(metric_value(&metrics, "squall_disk_free_bytes") < f64::from(24u32 << 20));
     // Volatile pools and reads go on.
     c.put("/cache/low", Bytes::from_static(b"volatile"))
         .await
@@ -839,6 +847,25 @@ async fn disks_under_their_reserve_refuse_writes_and_serve_reads() {
     ))
     .await
     .expect("a metadata write once space is freed");
+    assert_eq!(
+        metric_value(&node_metrics(&cluster, 0), "squall_storage_alarms"),
+        0.0
+    );
     drop(cluster);
     drop(disks);
+}
+
+/// Node `node`'s `/metrics` text.
+fn node_metrics(cluster: &Cluster, node: u32) -> String {
+    let (status, body) = common::http(cluster.http_addr(node), "GET", "/metrics", b"");
+    assert_eq!(status, 200);
+    String::from_utf8_lossy(&body).to_string()
+}
+
+/// The value of an unlabelled metric in a `/metrics` text.
+fn metric_value(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
 }

@@ -562,6 +562,14 @@
     setText('#view-id', state.viewId === null ? '–' : state.viewId);
     const mem = value('squall_process_resident_memory_bytes');
     setText('#node-memory', mem === null ? '–' : fmtBytes(mem));
+    // Free space on this node's data disk, and the cluster's storage alarms (nodes under
+    // their disk reserve: writes they would log are refused with storage_full).
+    const free = value('squall_disk_free_bytes');
+    const alarms = value('squall_storage_alarms') || 0;
+    const disk = $('#node-disk');
+    setText('#node-disk', (free === null ? '–' : fmtBytes(free))
+      + (alarms > 0 ? ` · ${alarms} storage alarm${alarms > 1 ? 's' : ''}: writes refused` : ''));
+    if (disk) disk.classList.toggle('bad', alarms > 0);
 
     // Every node seen in a view this node installed, and the current members.
     const nodes = new Map();

@@ -105,6 +105,9 @@ async function main() {
   await waitFor('the view history', () => document.querySelectorAll('#views-table tbody tr').length > 0);
   const view0 = Number(await textOf(page, '#view-id'));
   log('members', members, 'view', view0);
+  // The data disk's free space, from squall_disk_free_bytes (no alarm on this machine).
+  await waitFor('the data disk card', () => /^\d+(\.\d+)? [KMGT]?i?B$/.test(document.querySelector('#node-disk').textContent));
+  log('data disk free', await textOf(page, '#node-disk'));
   // A little traffic so the rate charts move, and a few seconds of points.
   for (let i = 0; i < 10; i += 1) await call('PUT', `api/v1/objects/cache/warmup/k${i}`, `w${i}`);
   await waitFor('the charts', () => document.querySelectorAll('#chart-ops canvas, #chart-requests canvas').length === 2);
