@@ -105,3 +105,37 @@ def test_a_stopped_cluster_is_a_clear_error():
     assert time.monotonic() - started < 60
     with pytest.raises(squall.ConnectError):
         squall.Client(c.addrs)
+
+
+def test_a_disk_under_its_reserve_refuses_writes_with_storage_full(tmp_path, monkeypatch):
+    """Nodes whose data disk is under ``limits.disk_reserve_bytes`` make the cluster refuse
+    what they would log with ``StorageFullError`` (a ``SquallError``) naming the setting;
+    what was written reads back and volatile pools go on. The three nodes share one small
+    tmpfs here (mounting needs root)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(data)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system: {mounted.stderr.strip()}")
+    try:
+        monkeypatch.setenv("SQUALL__LIMITS__DISK_RESERVE_BYTES", str(8 << 20))
+        with squall.local_cluster(nodes=3, data_dir=str(data)) as cluster:
+            with squall.Client(cluster.addrs) as c:
+                value = bytes(range(256)) * 256  # 64 KiB
+                written = 0
+                with pytest.raises(squall.StorageFullError) as refused:
+                    for i in range(600):
+                        c.put(f"/demo/low/{i}", value)
+                        written += 1
+                assert isinstance(refused.value, squall.SquallError)
+                assert "limits.disk_reserve_bytes" in str(refused.value), str(refused.value)
+                assert 20 < written < 600, written
+                assert bytes(c.get(f"/demo/low/{written - 1}").value) == value
+                c.put("/cache/low", b"volatile")
+                assert bytes(c.get("/cache/low").value) == b"volatile"
+    finally:
+        subprocess.run(["umount", "-l", str(data)], check=False)
