@@ -741,18 +741,9 @@ async fn disks_under_their_reserve_refuse_writes_and_serve_reads() {
     let _turn = HEAVY.lock().await;
     let mut cluster = cluster();
     cluster.with_http();
-    let mut disks = Vec::new();
-    for i in 0..3 {
-        let cfg = &mut cluster.configs[i];
-        cfg.limits.disk_reserve_bytes = 8 << 20;
-        match SmallDisk::mount(&cfg.node.data_dir, 24 << 20) {
-            Ok(disk) => disks.push(disk),
-            Err(reason) => {
-                println!("skipped: cannot mount a small file system: {reason}");
-                return;
-            }
-        }
-    }
+    let Some(disks) = cluster.small_disks(24 << 20, 8 << 20) else {
+        return;
+    };
     cluster.start_all();
     let c = cluster.client(None, 3).await;
     let value = |i: usize| Bytes::from(vec![(i % 251) as u8; 64 << 10]);

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Cluster, SmallDisk, printer};
+use common::{Cluster, printer};
 use squall_adapters::client::Client;
 use squall_adapters::config::Role;
 use squall_adapters::wire::ErrorCode;
@@ -600,21 +600,15 @@ async fn a_new_plugin_version_takes_over_while_inputs_flow_and_none_is_lost() {
 async fn a_udl_output_refused_for_disk_space_is_written_once_space_returns() {
     let plugin = std::fs::read(printer()).expect("the plugin library");
     let mut cluster = Cluster::new(3, &[]);
-    let mut disks = Vec::new();
     for cfg in &mut cluster.configs {
         cfg.limits.object_bytes_max = 64 << 20;
         cfg.limits.frame_bytes_max = (64 << 20) + (1 << 20);
-        cfg.limits.disk_reserve_bytes = 16 << 20;
-        // Room for the plugin (in the metadata log and the UDL directory) and some data.
-        let room = 3 * plugin.len() as u64 + (48 << 20);
-        match SmallDisk::mount(&cfg.node.data_dir, room) {
-            Ok(disk) => disks.push(disk),
-            Err(reason) => {
-                println!("skipped: cannot mount a small file system: {reason}");
-                return;
-            }
-        }
     }
+    // Room for the plugin (in the metadata log and the UDL directory) and some data.
+    let room = 3 * plugin.len() as u64 + (48 << 20);
+    let Some(disks) = cluster.small_disks(room, 16 << 20) else {
+        return;
+    };
     cluster.start_all();
     let c = cluster.client(None, 3).await;
     c.upload_udl("printer", Bytes::from(plugin))

@@ -111,6 +111,24 @@ impl Cluster {
             .expect("with_http was called")
     }
 
+    /// Mounts a tmpfs of `size_bytes` under every node's data directory and gives each
+    /// node a disk reserve of `reserve_bytes`; `None`, having said why, where this
+    /// process may not mount (not root).
+    pub fn small_disks(&mut self, size_bytes: u64, reserve_bytes: u64) -> Option<Vec<SmallDisk>> {
+        let mut disks = Vec::new();
+        for cfg in &mut self.configs {
+            cfg.limits.disk_reserve_bytes = reserve_bytes;
+            match SmallDisk::mount(&cfg.node.data_dir, size_bytes) {
+                Ok(disk) => disks.push(disk),
+                Err(reason) => {
+                    println!("skipped: cannot mount a small file system: {reason}");
+                    return None;
+                }
+            }
+        }
+        Some(disks)
+    }
+
     pub fn start(&mut self, node: u32) {
         self.start_with(node, &[], &[]);
     }
