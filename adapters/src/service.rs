@@ -638,7 +638,7 @@ impl Service {
         outbox_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut disk_tick = tokio::time::interval(DISK_CHECK_INTERVAL);
         disk_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let watch_disk = self.cfg.log_dir.is_some() && self.cfg.disk_reserve_bytes > 0;
+        let watch_disk = self.watches_disk();
         let stopped = loop {
             self.udl.drain_overflow();
             tokio::select! {
@@ -685,18 +685,16 @@ impl Service {
         match event {
             AppEvent::Delivered(d) => {
                 if let Some(version) = d.version {
-                    let logged = d.subgroup == 0 || self.kind(d.subgroup) == StoreKind::Persistent;
-                    let bytes = d.payload.len() as u64;
+                    if self.logs(d.subgroup) {
+                        self.logged_since_disk_check += d.payload.len() as u64;
+                    }
                     self.apply(d.subgroup, d.shard, version, d.payload, true);
-                    if logged {
-                        // A fast writer fills the reserve quicker than the clock ticks.
-                        self.logged_since_disk_check += bytes;
-                        if self.logged_since_disk_check
-                            >= (self.cfg.disk_reserve_bytes / DISK_CHECKS_PER_RESERVE).max(1)
-                            && self.cfg.disk_reserve_bytes > 0
-                        {
-                            self.check_disk().await;
-                        }
+                    // A fast writer fills the reserve quicker than the clock ticks.
+                    if self.watches_disk()
+                        && self.logged_since_disk_check
+                            >= self.cfg.disk_reserve_bytes / DISK_CHECKS_PER_RESERVE
+                    {
+                        self.check_disk().await;
                     }
                 }
             }
@@ -1993,9 +1991,7 @@ impl Service {
     /// under its reserve (`Op::StorageAlarm`): a persistent shard's members, or every
     /// member for the metadata. Volatile and trigger shards log nothing.
     fn check_storage(&self, subgroup: u32, shard: u32) -> Result<(), Response> {
-        if self.storage_alarms.is_empty()
-            || (subgroup != 0 && self.kind(subgroup) != StoreKind::Persistent)
-        {
+        if self.storage_alarms.is_empty() || !self.logs(subgroup) {
             return Ok(());
         }
         let Some(view) = &self.view else {
@@ -2032,6 +2028,17 @@ impl Service {
         ))
     }
 
+    /// Whether `subgroup`'s deliveries go to the log: persistent ones and the metadata
+    /// (subgroup 0, persistent in `ServiceConfig::kinds`).
+    fn logs(&self, subgroup: u32) -> bool {
+        self.kind(subgroup) == StoreKind::Persistent
+    }
+
+    /// Whether this node watches its disk against a reserve (it has a log and a reserve).
+    fn watches_disk(&self) -> bool {
+        self.cfg.log_dir.is_some() && self.cfg.disk_reserve_bytes > 0
+    }
+
     /// Measures the free space of the log's file system and raises or clears this node's
     /// storage alarm when the metadata does not say what the disk does: below the reserve
     /// raises it; it clears once a quarter more than the reserve is free, so that a disk
@@ -2062,7 +2069,7 @@ impl Service {
             free < reserve
         };
         // Only a member may send; the metadata tells when the alarm took effect, so a
-        // lost send is sent again at the next check.
+        // lost send is sent again at a check after `ALARM_RESEND_AFTER`.
         if low == raised || self.view.as_ref().is_none_or(|v| !v.contains(self.cfg.me)) {
             return;
         }
