@@ -280,6 +280,44 @@ async fn every_operation_and_its_errors_on_a_real_cluster() {
     assert_eq!(status, Some(1));
     assert!(stderr.contains("no_pool_for_key"), "{stderr}");
 
+    // Time travel from the command line: a put prints its time in µs and in RFC 3339,
+    // `--time` takes either, or a duration back from now.
+    let (status, stdout, stderr) = cli(&["put", "/demo/when", "before"]);
+    assert_eq!(status, Some(0), "{stderr}");
+    let (us, rfc3339) = stdout
+        .trim()
+        .split_once(" at ")
+        .and_then(|(_, t)| t.split_once(" µs = "))
+        .unwrap_or_else(|| panic!("no time in {stdout:?}"));
+    assert!(rfc3339.ends_with('Z') && rfc3339.contains('T'), "{stdout}");
+    let (status, _, stderr) = cli(&["put", "/demo/when", "after"]);
+    assert_eq!(status, Some(0), "{stderr}");
+    for at in [us, rfc3339] {
+        let (status, stdout, stderr) = cli(&["get", "/demo/when", "--time", at]);
+        assert_eq!(status, Some(0), "--time {at}: {stderr}");
+        assert!(stdout.contains("= before ("), "--time {at}: {stdout}");
+        assert!(stdout.contains(rfc3339), "--time {at}: {stdout}");
+    }
+    let (_, stdout, _) = cli(&["get", "/demo/when", "--time", "0s ago"]);
+    assert!(stdout.contains("= after ("), "{stdout}");
+    let (status, _, stderr) = cli(&["get", "/demo/when", "--time", "-1h"]);
+    assert_eq!(
+        status,
+        Some(1),
+        "the key did not exist an hour ago: {stderr}"
+    );
+    assert!(stderr.contains("not found"), "{stderr}");
+    let (_, stdout, _) = cli(&["ls", "/demo", "--time", rfc3339]);
+    assert!(stdout.lines().any(|l| l == "/demo/when"), "{stdout}");
+    let (_, stdout, _) = cli(&["ls", "/demo", "--time", "1h ago"]);
+    assert!(!stdout.lines().any(|l| l == "/demo/when"), "{stdout}");
+    let (status, _, stderr) = cli(&["get", "/demo/when", "--time", "yesterday"]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("\"yesterday\"") && stderr.contains("RFC 3339"),
+        "{stderr}"
+    );
+
     // Watch and members.
     let mut watch = c.watch("/demo").await.expect("watch");
     c.put("/demo/w", Bytes::from_static(b"seen"))

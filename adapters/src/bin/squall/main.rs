@@ -8,6 +8,7 @@
 //!                                         one node (the id from a host name like squall-2)
 //! squall put KEY VALUE|@FILE [--if-version V | --if-absent]
 //! squall get KEY [--version V | --time T | --stable]
+//!                                         T: µs since the epoch, RFC 3339, or "5m ago"
 //! squall rm KEY | ls PREFIX [--time T] | members | watch PREFIX
 //! squall call KEY VALUE|@FILE             run the UDLs a trigger_put of KEY triggers;
 //!                                         print what they emit
@@ -32,6 +33,7 @@ use squall_kvs::{Condition, PoolSpec, StoreKind};
 use squall_platform::Version;
 
 mod local;
+mod moment;
 
 use local::LocalCluster;
 
@@ -126,8 +128,9 @@ enum Cmd {
         key: String,
         #[arg(long, conflicts_with_all = ["time", "stable"])]
         version: Option<String>,
-        /// Microseconds since the Unix epoch.
-        #[arg(long, conflicts_with = "stable")]
+        /// As of a time: microseconds since the Unix epoch (as a put prints), an RFC 3339
+        /// time (2026-11-24T03:00:00Z) or a duration back from now ("90s ago", -5m).
+        #[arg(long, conflicts_with = "stable", value_parser = moment::parse_arg, allow_hyphen_values = true)]
         time: Option<u64>,
         #[arg(long)]
         stable: bool,
@@ -140,7 +143,8 @@ enum Cmd {
     /// List the keys under a prefix (now, or at a time).
     Ls {
         prefix: String,
-        #[arg(long)]
+        /// As of a time, in any form `get --time` takes.
+        #[arg(long, value_parser = moment::parse_arg, allow_hyphen_values = true)]
         time: Option<u64>,
     },
     /// Object pools.
@@ -425,12 +429,13 @@ fn value_arg(value: String) -> Result<Bytes> {
 
 fn show(o: &WireObject) -> String {
     format!(
-        "{} = {} ({} bytes, version {}, time {} µs)",
+        "{} = {} ({} bytes, version {}, time {} µs = {})",
         o.key,
         String::from_utf8_lossy(&o.blob[..o.blob.len().min(200)]),
         o.blob.len(),
         o.version,
-        o.timestamp_us
+        o.timestamp_us,
+        moment::rfc3339(o.timestamp_us)
     )
 }
 
@@ -450,7 +455,12 @@ async fn client_command(cluster: &str, token: Option<String>, command: Cmd) -> R
                 (None, false) => Condition::Always,
             };
             let w = client.put_if(&key, bytes, condition).await?;
-            println!("{key}: version {} at {} µs", w.version, w.timestamp_us);
+            println!(
+                "{key}: version {} at {} µs = {}",
+                w.version,
+                w.timestamp_us,
+                moment::rfc3339(w.timestamp_us)
+            );
         }
         Cmd::Get {
             key,
