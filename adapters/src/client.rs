@@ -25,7 +25,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::wire::{
     self, At, CallOutput, ErrorCode, Frame, Layout, MAGIC, MemberInfo, PROTOCOL_VERSION, Request,
-    Response, WatchEvent, WireObject,
+    Response, WatchEvent, WatchPoint, WireObject,
 };
 
 /// Largest frame the client accepts from a node.
@@ -347,8 +347,6 @@ struct Routing {
 
 /// Nodes covering a pool's shards (see [`Client::shard_plan`]).
 struct ShardPlan {
-    routing: Arc<Routing>,
-    pool: String,
     /// Each node with the shards it covers.
     nodes: Vec<(String, Vec<u32>)>,
 }
@@ -846,7 +844,7 @@ impl Client {
 
     /// Nodes that together hold every shard of the pool `prefix` names or lies in, each
     /// with the shards it is asked for, by the cached layout; `None` if it does not know
-    /// the pool. Also the layout and the pool's path, to place keys with.
+    /// the pool.
     fn shard_plan(&self, prefix: &str) -> Option<ShardPlan> {
         let routing = self
             .inner
@@ -867,12 +865,7 @@ impl Client {
                 None => nodes.push((self.pick(members, Some(prefix)), vec![s])),
             }
         }
-        let pool = pool.spec.path.clone();
-        Some(ShardPlan {
-            routing,
-            pool,
-            nodes,
-        })
+        Some(ShardPlan { nodes })
     }
 
     pub async fn create_pool(&self, spec: PoolSpec) -> Result<(), ClientError> {
@@ -1064,74 +1057,233 @@ impl Client {
         }
     }
 
-    /// Every change delivered under `prefix` from now on. A pool spread over several
-    /// nodes is watched at a set of nodes holding all its shards, each passing on the
-    /// changes of the shards it was asked for, merged into one stream. The stream ends if
-    /// a node drops its watch (it fell behind) or a connection ends: then some changes
-    /// may be missing, and the caller watches again.
+    /// Every change delivered under `prefix` from now on, as one stream.
+    ///
+    /// A prefix inside one pool is watched shard by shard, each at one of its replicas.
+    /// When a replica's watch breaks (the node stops, the connection drops, the node drops
+    /// a watcher that fell behind or a shard it no longer holds), the client resumes it
+    /// at a replica after the last version it passed on: that node first sends what the
+    /// watch missed, so nothing is lost or repeated. A persistent pool gives every
+    /// version; a volatile one the latest of each key changed in the meantime (it keeps
+    /// no versions in between). The stream ends only when no replica of a shard takes the
+    /// watch back within [`WATCH_RESUME_PATIENCE`], or one refuses it for good (too far
+    /// behind, `TooLarge`: list the keys again). A prefix not inside one pool is watched
+    /// at one node and ends when that watch does.
     pub async fn watch(&self, prefix: &str) -> Result<mpsc::Receiver<WatchEvent>, ClientError> {
         if self.inner.routing_stale.load(Ordering::Relaxed) {
             self.refresh_routing().await;
         }
-        let plan = self.shard_plan(prefix);
-        let single = plan.as_ref().filter(|p| p.nodes.len() == 1);
-        let single = single.and_then(|p| p.nodes.first().cloned());
-        let Some(plan) = plan.filter(|p| p.nodes.len() > 1) else {
-            let mut nodes = self.inner.nodes.lock().await.clone();
-            if let Some(first) = single {
-                // The one node holding the pool's shards first.
-                nodes.retain(|n| *n != first.0);
-                nodes.insert(0, first.0);
-            }
-            let mut last = String::new();
-            for addr in nodes {
-                match self.watch_at(&addr, prefix).await {
-                    Ok(rx) => return Ok(rx),
-                    Err(e @ ClientError::Server { .. }) => return Err(e),
-                    Err(e) => last = e.to_string(),
-                }
-            }
-            return Err(ClientError::Unavailable { attempts: 1, last });
+        let Some((subgroup, shards)) = self.watched_shards(prefix) else {
+            return self.watch_one_node(prefix).await;
         };
-        let (merged, rx) = mpsc::channel(1024);
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let mut streams = Vec::new();
-        for (addr, shards) in &plan.nodes {
-            streams.push((self.watch_at(addr, prefix).await?, shards.clone()));
+        // Every shard's watch is in place before this returns, so the stream has every
+        // change from then on.
+        let mut started = Vec::with_capacity(shards as usize);
+        for shard in 0..shards {
+            let at = ShardWatch {
+                prefix: prefix.to_string(),
+                subgroup,
+                shard,
+            };
+            let (addr, version, events) = self.watch_shard(&at, WatchPoint::Now, None).await?;
+            started.push((at, addr, version, events));
         }
-        let routing = plan.routing;
-        let pool = plan.pool;
-        for (mut events, shards) in streams {
-            let (merged, stop, mut stopped) = (merged.clone(), stop.clone(), stopped.clone());
-            let (routing, pool) = (Arc::clone(&routing), pool.clone());
-            tokio::spawn(async move {
-                loop {
-                    let event = tokio::select! {
-                        event = events.recv() => event,
-                        _ = stopped.changed() => None,
-                    };
-                    let Some(event) = event else { break };
-                    let shard = routing.pools.get(&pool).map(|p| p.shard_of(&event.key));
-                    if shard.is_some_and(|s| shards.contains(&s))
-                        && merged.send(event).await.is_err()
-                    {
-                        break;
-                    }
-                }
-                // One stream ending ends them all: the merged stream must not go on
-                // silently missing a shard.
-                let _ = stop.send(true);
-            });
+        let (merged, rx) = mpsc::channel(1024);
+        let (stop, _) = tokio::sync::watch::channel(false);
+        for (at, addr, version, events) in started {
+            let follow = ShardFollow {
+                at,
+                addr,
+                last: version,
+                events,
+                merged: merged.clone(),
+                stop: stop.clone(),
+            };
+            tokio::spawn(self.clone().follow_shard(follow));
         }
         Ok(rx)
     }
 
-    /// A watch of `prefix` at the node `addr`.
-    async fn watch_at(
+    /// The subgroup and shard count of the pool `prefix` lies in, if routing knows it.
+    fn watched_shards(&self, prefix: &str) -> Option<(u32, u32)> {
+        let routing = self
+            .inner
+            .routing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()?;
+        let pool = routing
+            .pools
+            .get(prefix)
+            .or_else(|| routing.pools.find(prefix).ok())?;
+        routing.shards.get(pool.spec.subgroup as usize)?;
+        Some((pool.spec.subgroup, pool.shards))
+    }
+
+    /// The replicas of a shard as routing knows them, the policy's pick first and `avoid`
+    /// (where a watch just broke) last.
+    fn replicas_of(&self, subgroup: u32, shard: u32, avoid: Option<&str>) -> Vec<String> {
+        let routing = self
+            .inner
+            .routing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let mut members = routing
+            .as_ref()
+            .and_then(|r| {
+                r.shards
+                    .get(subgroup as usize)?
+                    .get(shard as usize)
+                    .cloned()
+            })
+            .unwrap_or_default();
+        if members.is_empty() {
+            return members;
+        }
+        let first = self.pick(&members, None);
+        members.retain(|m| *m != first);
+        members.insert(0, first);
+        if let Some(avoid) = avoid
+            && let Some(i) = members.iter().position(|m| m == avoid)
+        {
+            let again = members.remove(i);
+            members.push(again);
+        }
+        members
+    }
+
+    /// Starts a one-shard watch at the first replica that takes it: its address, where
+    /// the shard stood there, and the events.
+    async fn watch_shard(
         &self,
-        addr: &str,
+        at: &ShardWatch,
+        from: WatchPoint,
+        avoid: Option<&str>,
+    ) -> Result<(String, Option<Version>, mpsc::Receiver<WatchEvent>), ClientError> {
+        let replicas = self.replicas_of(at.subgroup, at.shard, avoid);
+        let mut last = format!(
+            "no replica of subgroup {} shard {} is known",
+            at.subgroup, at.shard
+        );
+        let attempts = replicas.len() as u32;
+        for addr in replicas {
+            let request = Request::WatchShard {
+                prefix: at.prefix.clone(),
+                subgroup: at.subgroup,
+                shard: at.shard,
+                from,
+            };
+            match self.start_watch(&addr, request).await {
+                Ok((Response::Watching { version }, events)) => return Ok((addr, version, events)),
+                Ok((other, _)) => return Err(Self::unexpected(other)),
+                Err(ClientError::Server {
+                    code: ErrorCode::NotHere | ErrorCode::Unavailable,
+                    message,
+                    ..
+                }) => last = format!("{addr}: {message}"),
+                Err(e @ ClientError::Server { .. }) => return Err(e),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(ClientError::Unavailable {
+            attempts: attempts.max(1),
+            last,
+        })
+    }
+
+    /// Passes one shard's events on to the merged stream, resuming the watch where it
+    /// breaks; ends every shard's part (`stop`) if it cannot.
+    async fn follow_shard(self, mut f: ShardFollow) {
+        let mut stopped = f.stop.subscribe();
+        loop {
+            loop {
+                let event = tokio::select! {
+                    event = f.events.recv() => event,
+                    _ = stopped.changed() => return,
+                    _ = f.merged.closed() => return,
+                };
+                let Some(event) = event else { break };
+                // A replica resumed behind the one before sends again what was passed on.
+                if f.last.is_some_and(|last| event.version <= last) {
+                    continue;
+                }
+                f.last = Some(event.version);
+                if f.merged.send(event).await.is_err() {
+                    return;
+                }
+            }
+            let from = f.last.map_or(WatchPoint::Start, WatchPoint::After);
+            let deadline = std::time::Instant::now() + WATCH_RESUME_PATIENCE;
+            let mut attempt = 0;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff(attempt)) => {}
+                    _ = f.merged.closed() => return,
+                }
+                attempt += 1;
+                self.refresh_routing().await;
+                match self.watch_shard(&f.at, from, Some(&f.addr)).await {
+                    Ok((addr, _, events)) => {
+                        f.addr = addr;
+                        f.events = events;
+                        break;
+                    }
+                    Err(e) => {
+                        let fatal = matches!(e, ClientError::Server { .. });
+                        if fatal || std::time::Instant::now() > deadline {
+                            tracing::warn!(
+                                prefix = %f.at.prefix,
+                                subgroup = f.at.subgroup,
+                                shard = f.at.shard,
+                                error = %e,
+                                "the watch could not be resumed; it ends"
+                            );
+                            let _ = f.stop.send(true);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A watch of `prefix` at one node, for a prefix not inside one pool: the node
+    /// holding the pool's shards if there is one such node, else the first that takes it.
+    async fn watch_one_node(
+        &self,
         prefix: &str,
     ) -> Result<mpsc::Receiver<WatchEvent>, ClientError> {
+        let mut nodes = self.inner.nodes.lock().await.clone();
+        let single = self
+            .shard_plan(prefix)
+            .filter(|p| p.nodes.len() == 1)
+            .and_then(|p| p.nodes.into_iter().next());
+        if let Some((first, _)) = single {
+            nodes.retain(|n| *n != first);
+            nodes.insert(0, first);
+        }
+        let mut last = String::new();
+        for addr in nodes {
+            let request = Request::Watch {
+                prefix: prefix.to_string(),
+            };
+            match self.start_watch(&addr, request).await {
+                Ok((Response::Done, events)) => return Ok(events),
+                Ok((other, _)) => return Err(Self::unexpected(other)),
+                Err(e @ ClientError::Server { .. }) => return Err(e),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(ClientError::Unavailable { attempts: 1, last })
+    }
+
+    /// Sends a watch request to the node at `addr`: its first answer and the events.
+    async fn start_watch(
+        &self,
+        addr: &str,
+        request: Request,
+    ) -> Result<(Response, mpsc::Receiver<WatchEvent>), ClientError> {
         let lost = |reason: &str| ClientError::Connect {
             addr: addr.to_string(),
             reason: reason.to_string(),
@@ -1144,20 +1296,54 @@ impl Client {
         conn.pending.lock().await.insert(request_id, reply);
         let frame = Frame::Request {
             request_id,
-            request: Request::Watch {
-                prefix: prefix.to_string(),
-            },
+            request,
         };
         if conn.send(&frame).await.is_err() {
+            conn.watches.lock().await.remove(&request_id);
             return Err(lost("connection lost"));
         }
         match answer.await {
-            Ok(Response::Done) => Ok(rx),
-            Ok(other) => Err(Self::unexpected(other)),
+            Ok(Response::Error {
+                code,
+                message,
+                current,
+                ..
+            }) => {
+                conn.watches.lock().await.remove(&request_id);
+                Err(ClientError::Server {
+                    code,
+                    message,
+                    current,
+                })
+            }
+            Ok(response) => Ok((response, rx)),
             Err(_) => Err(lost("connection lost")),
         }
     }
 }
+
+/// One shard of a watched prefix.
+#[derive(Clone, Debug)]
+struct ShardWatch {
+    prefix: String,
+    subgroup: u32,
+    shard: u32,
+}
+
+/// A shard's part of a watch as [`Client::follow_shard`] runs it.
+struct ShardFollow {
+    at: ShardWatch,
+    /// The replica watched now.
+    addr: String,
+    /// The last version passed on (or where the shard stood when the watch began).
+    last: Option<Version>,
+    events: mpsc::Receiver<WatchEvent>,
+    merged: mpsc::Sender<WatchEvent>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// How long a broken shard watch keeps trying replicas before the whole watch ends.
+pub const WATCH_RESUME_PATIENCE: Duration = Duration::from_secs(30);
 
 fn put_op(id: MessageId, condition: Condition, key: &str, value: Bytes) -> Op {
     Op::Put {

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::service::{Command, Reply};
+use crate::service::{Command, Reply, WatchFrom, WatchStart};
 use crate::wire::{
     self, ErrorCode, Frame, MAGIC, PROTOCOL_VERSION, Request, Response, Role, WireError,
 };
@@ -326,50 +326,21 @@ async fn connection(
                 .with_label_values(&[request.op_name()])
                 .inc();
         }
-        match request {
-            Request::Watch { prefix } => {
-                let (events_tx, mut events) = mpsc::channel(cfg.watch_queue_max);
-                let (reply, answer) = oneshot::channel();
-                let command = Command::Watch {
-                    prefix,
-                    events: events_tx,
-                    reply,
-                };
-                if commands.send(command).await.is_err() {
-                    break Err("the node stopped".to_string());
-                }
-                let out = out_tx.clone();
-                tokio::spawn(async move {
-                    let response = answer.await.unwrap_or_else(|_| {
-                        Response::error(ErrorCode::Unavailable, "the node stopped")
-                    });
-                    let ok = matches!(response, Response::Done);
-                    let _ = out
-                        .send(Frame::Response {
-                            request_id,
-                            response,
-                        })
-                        .await;
-                    if !ok {
-                        return;
-                    }
-                    while let Some(event) = events.recv().await {
-                        if out.send(Frame::Event { request_id, event }).await.is_err() {
-                            return;
-                        }
-                    }
-                    // The service dropped the watcher (it fell behind): say so.
-                    let _ = out
-                        .send(Frame::Response {
-                            request_id,
-                            response: Response::error(
-                                ErrorCode::Unavailable,
-                                "the watch fell behind and was dropped; watch again",
-                            ),
-                        })
-                        .await;
-                });
-            }
+        let (prefix, shard) = match request {
+            Request::Watch { prefix } => (prefix, None),
+            Request::WatchShard {
+                prefix,
+                subgroup,
+                shard,
+                from,
+            } => (
+                prefix,
+                Some(WatchFrom {
+                    subgroup,
+                    shard,
+                    from,
+                }),
+            ),
             request => {
                 let command = Command::Request {
                     request,
@@ -379,8 +350,78 @@ async fn connection(
                 if commands.send(command).await.is_err() {
                     break Err("the node stopped".to_string());
                 }
+                continue;
             }
+        };
+        let (events_tx, mut events) = mpsc::channel(cfg.watch_queue_max);
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Watch {
+            prefix,
+            shard,
+            events: events_tx,
+            reply,
+        };
+        if commands.send(command).await.is_err() {
+            break Err("the node stopped".to_string());
         }
+        let out = out_tx.clone();
+        tokio::spawn(async move {
+            let start = answer.await.unwrap_or_else(|_| WatchStart {
+                response: Response::error(ErrorCode::Unavailable, "the node stopped"),
+                catch_up: None,
+            });
+            let ok = matches!(start.response, Response::Done | Response::Watching { .. });
+            let _ = out
+                .send(Frame::Response {
+                    request_id,
+                    response: start.response,
+                })
+                .await;
+            if !ok {
+                return;
+            }
+            // What a resuming watch missed goes first; what happened since waits
+            // in its queue (and overruns it if this takes too long, as any
+            // watcher that falls behind: the client resumes again from there).
+            if let Some(mut catch_up) = start.catch_up {
+                while let Some(event) = catch_up.next().await {
+                    let event = match event {
+                        Ok(event) => event,
+                        Err(reason) => {
+                            let _ = out
+                                .send(Frame::Response {
+                                    request_id,
+                                    response: Response::error(
+                                        ErrorCode::Unavailable,
+                                        format!("the watch could not catch up: {reason}"),
+                                    ),
+                                })
+                                .await;
+                            return;
+                        }
+                    };
+                    if out.send(Frame::Event { request_id, event }).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            while let Some(event) = events.recv().await {
+                if out.send(Frame::Event { request_id, event }).await.is_err() {
+                    return;
+                }
+            }
+            // The service dropped the watcher (it fell behind): say so.
+            let _ = out
+                .send(Frame::Response {
+                    request_id,
+                    response: Response::error(
+                        ErrorCode::Unavailable,
+                        "the node dropped the watch (it fell behind, or the node no longer \
+                         holds the shard); watch again",
+                    ),
+                })
+                .await;
+        });
     };
     drop(out_tx);
     let _ = writer_task.await;

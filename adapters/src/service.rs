@@ -35,7 +35,8 @@ use crate::wan::{
     Forwarded, Forwarders, OUTBOX_TICK, OutboxEntry, Outboxes, SharedLinks, WanConfig, WanMetrics,
 };
 use crate::wire::{
-    At, ErrorCode, Frame, Layout, MemberInfo, Request, Response, Role, WatchEvent, WireObject,
+    At, ErrorCode, Frame, Layout, MemberInfo, Request, Response, Role, WatchEvent, WatchPoint,
+    WireObject,
 };
 
 /// Everything the service needs to know about its node and cluster.
@@ -80,9 +81,79 @@ pub enum Command {
     },
     Watch {
         prefix: String,
+        /// A one-shard watch ([`Request::WatchShard`]); `None`: every shard held here.
+        shard: Option<WatchFrom>,
         events: mpsc::Sender<WatchEvent>,
-        reply: tokio::sync::oneshot::Sender<Response>,
+        reply: tokio::sync::oneshot::Sender<WatchStart>,
     },
+}
+
+/// Which shard a [`Request::WatchShard`] watches, and where it starts.
+#[derive(Clone, Copy, Debug)]
+pub struct WatchFrom {
+    pub subgroup: u32,
+    pub shard: u32,
+    pub from: WatchPoint,
+}
+
+/// The answer to [`Command::Watch`]: `Done` or `Watching` (or an error), and for a watch
+/// that resumes, the changes it missed, to send before the events queued for it.
+#[derive(Debug)]
+pub struct WatchStart {
+    pub response: Response,
+    pub catch_up: Option<CatchUp>,
+}
+
+/// The most changes a resuming watch may have missed. A watch further behind is refused
+/// (`TooLarge`): its client lists the keys again rather than having a node hold (and
+/// read back from its log) an unbounded backlog for it.
+pub const WATCH_CATCH_UP_MAX: usize = 262_144;
+
+/// The changes a resuming watch missed, oldest first. Values not in memory (older
+/// versions of a persistent shard) are read from the log one at a time as they are sent,
+/// so the backlog costs keys and versions, not values.
+#[derive(Debug)]
+pub struct CatchUp {
+    handle: NodeHandle,
+    subgroup: u32,
+    shard: u32,
+    changes: std::vec::IntoIter<squall_kvs::Change>,
+}
+
+impl CatchUp {
+    /// The next missed change as an event; an error if its value could not be read.
+    pub async fn next(&mut self) -> Option<Result<WatchEvent, String>> {
+        let change = self.changes.next()?;
+        let blob = match (change.blob, change.meta.tombstone) {
+            (_, true) => Ok(None),
+            (Some(blob), false) => Ok(Some(blob)),
+            (None, false) => self.read_logged(change.meta.version).await.map(Some),
+        };
+        Some(blob.map(|blob| WatchEvent {
+            key: change.key.to_string(),
+            version: change.meta.version,
+            timestamp_us: change.meta.timestamp_us,
+            blob,
+        }))
+    }
+
+    async fn read_logged(&self, version: Version) -> Result<Bytes, String> {
+        let answer = self
+            .handle
+            .read_logged(self.subgroup, self.shard, version)
+            .await
+            .map_err(|_| "the node stopped".to_string())?;
+        let payload = answer
+            .await
+            .map_err(|_| "the log stopped".to_string())??
+            .ok_or_else(|| format!("version {version} is not in this node's log"))?;
+        // A record is the delivered operation: the value is the put's blob (a slice of
+        // the record, not a copy).
+        match op::decode(payload) {
+            Ok(Op::Put { blob, .. }) => Ok(blob),
+            _ => Err(format!("the log's record {version} is not a put")),
+        }
+    }
 }
 
 /// Where a request's answer goes: straight into its connection's write queue, so an
@@ -195,6 +266,8 @@ enum Waiting {
 #[derive(Debug)]
 struct Watcher {
     prefix: String,
+    /// (subgroup, shard) of a one-shard watch; `None`: every shard held here.
+    shard: Option<(u32, u32)>,
     events: mpsc::Sender<WatchEvent>,
 }
 
@@ -956,6 +1029,12 @@ impl Service {
         }
         self.history
             .retain(|(g, s), _| view.shard_of(*g as usize, me) == Some(*s as usize));
+        // A one-shard watcher of a shard this node left would wait forever: ending it
+        // sends its client to a replica that holds the shard.
+        self.watchers.retain(|w| {
+            w.shard
+                .is_none_or(|(g, s)| view.shard_of(g as usize, me) == Some(s as usize))
+        });
         // Transfers end with their view (the next one starts again): drop what they hold.
         self.snapshots_out.retain(|_, (v, _)| *v >= view.id);
         self.snapshots_in.retain(|_, (v, _)| *v >= view.id);
@@ -1229,7 +1308,7 @@ impl Service {
                 );
             }
             if live {
-                self.notify(&op, version, *timestamp_us);
+                self.notify(subgroup, shard, &op, version, *timestamp_us);
                 if let Op::Put { key, .. } = &op
                     && self.udl.has_handlers()
                     && let Some(object) = self
@@ -1308,14 +1387,16 @@ impl Service {
         }
     }
 
-    fn notify(&mut self, op: &Op, version: Version, timestamp_us: u64) {
+    fn notify(&mut self, subgroup: u32, shard: u32, op: &Op, version: Version, timestamp_us: u64) {
         let (key, blob) = match op {
             Op::Put { key, blob, .. } => (key, Some(blob.clone())),
             Op::Remove { key, .. } => (key, None),
             _ => return,
         };
         self.watchers.retain(|w| {
-            if !squall_kvs::key::contains(&w.prefix, key) {
+            if !squall_kvs::key::contains(&w.prefix, key)
+                || w.shard.is_some_and(|held| held != (subgroup, shard))
+            {
                 return !w.events.is_closed();
             }
             let event = WatchEvent {
@@ -1352,20 +1433,12 @@ impl Service {
         match command {
             Command::Watch {
                 prefix,
+                shard,
                 events,
                 reply,
             } => {
-                self.watchers.retain(|w| !w.events.is_closed());
-                let response = if self.watchers.len() >= self.cfg.watchers_max {
-                    Response::error(
-                        ErrorCode::Unavailable,
-                        format!("{} watchers already (the limit)", self.cfg.watchers_max),
-                    )
-                } else {
-                    self.watchers.push(Watcher { prefix, events });
-                    Response::Done
-                };
-                let _ = reply.send(response);
+                let start = self.watch(prefix, shard, events);
+                let _ = reply.send(start);
             }
             Command::Request {
                 request,
@@ -1381,6 +1454,93 @@ impl Service {
                 }
                 self.request(request, role, reply).await;
             }
+        }
+    }
+
+    /// Registers a watcher: of every shard held here, or of one shard, resuming after a
+    /// version with what this node holds since (the backlog is taken in the same step as
+    /// the watcher is registered, so nothing falls between the two).
+    fn watch(
+        &mut self,
+        prefix: String,
+        shard: Option<WatchFrom>,
+        events: mpsc::Sender<WatchEvent>,
+    ) -> WatchStart {
+        let refused = |response| WatchStart {
+            response,
+            catch_up: None,
+        };
+        self.watchers.retain(|w| !w.events.is_closed());
+        if self.watchers.len() >= self.cfg.watchers_max {
+            return refused(Response::error(
+                ErrorCode::Unavailable,
+                format!("{} watchers already (the limit)", self.cfg.watchers_max),
+            ));
+        }
+        let Some(from) = shard else {
+            self.watchers.push(Watcher {
+                prefix,
+                shard: None,
+                events,
+            });
+            return refused(Response::Done);
+        };
+        let (g, s) = (from.subgroup, from.shard);
+        if let Err(response) = self.check_member(g, s) {
+            return refused(response);
+        }
+        let store = match self.stores.get(&(g, s)) {
+            Some(store) if !self.awaiting_state.contains(&(g, s)) => store,
+            _ => {
+                return refused(Response::error(
+                    ErrorCode::Unavailable,
+                    format!("this node is still receiving subgroup {g} shard {s}; retry"),
+                ));
+            }
+        };
+        let version = store.last_delivered();
+        let after = match from.from {
+            WatchPoint::Now => None,
+            WatchPoint::Start => Some(None),
+            WatchPoint::After(v) => Some(Some(v)),
+        };
+        let catch_up = match after {
+            None => None,
+            Some(after) => {
+                let changes = store.changes_after(&prefix, after);
+                if changes.len() > WATCH_CATCH_UP_MAX {
+                    return refused(Response::error(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "the watch missed {} changes, more than a watch may catch up on \
+                             ({WATCH_CATCH_UP_MAX}): list the keys again",
+                            changes.len()
+                        ),
+                    ));
+                }
+                // Older values still in memory need no log read.
+                let mut changes = changes;
+                if let Some(history) = self.history.get(&(g, s)) {
+                    for c in changes.iter_mut().filter(|c| c.blob.is_none()) {
+                        c.blob = history.blobs.get(&c.meta.version).cloned();
+                    }
+                }
+                Some(CatchUp {
+                    handle: self.handle.clone(),
+                    subgroup: g,
+                    shard: s,
+                    changes: changes.into_iter(),
+                })
+            }
+        };
+        self.watchers.push(Watcher {
+            prefix,
+            shard: Some((g, s)),
+            events,
+        });
+        WatchStart {
+            response: Response::Watching { version },
+            catch_up,
         }
     }
 
@@ -2622,7 +2782,7 @@ impl Service {
                     },
                 )
             }
-            Request::Watch { .. } => answer(
+            Request::Watch { .. } | Request::WatchShard { .. } => answer(
                 reply,
                 Response::error(
                     ErrorCode::BadRequest,

@@ -95,6 +95,19 @@ pub enum Request {
     Watch {
         prefix: String,
     },
+    /// A watch of one shard's changes under `prefix`, answered with
+    /// [`Response::Watching`] (where the shard stands here), then its events. Resuming
+    /// (`from` not `Now`), first the changes this node holds since that point, so a
+    /// client whose watch broke (a node down, its queue overrun) goes on at another
+    /// replica without a gap: every version for a persistent shard, the latest of each
+    /// changed key for a volatile one. Refused with `NotHere` by a node that holds no
+    /// replica of the shard and `Unavailable` by one still receiving the shard's state.
+    WatchShard {
+        prefix: String,
+        subgroup: u32,
+        shard: u32,
+        from: WatchPoint,
+    },
     /// The UDL plugins stored in the cluster: a JSON array in [`Response::Json`].
     ListUdls,
     /// The DFGs in force: Cascade's `dfgs.json` form, in [`Response::Json`].
@@ -115,6 +128,17 @@ pub enum Request {
         /// WAN link: CPU is cheaper there than bytes). Decoding says `false`.
         compress: bool,
     },
+}
+
+/// Where a [`Request::WatchShard`] starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchPoint {
+    /// With the next change delivered.
+    Now,
+    /// With every change the node holds (a watch that broke before it saw any version).
+    Start,
+    /// With the changes after this version (the last one the watch saw).
+    After(Version),
 }
 
 /// The most writes in one [`Request::WriteMany`].
@@ -138,7 +162,7 @@ impl Request {
             Request::ListPools => "list_pools",
             Request::FindPool { .. } => "find_pool",
             Request::Members => "members",
-            Request::Watch { .. } => "watch",
+            Request::Watch { .. } | Request::WatchShard { .. } => "watch",
             Request::ListUdls => "list_udls",
             Request::ListDfgs => "list_dfgs",
             Request::Layout => "layout",
@@ -305,6 +329,11 @@ pub enum Response {
     Many(Vec<Response>),
     /// What the UDLs of a [`Request::Call`] emitted, in the order they emitted it.
     Outputs(Vec<CallOutput>),
+    /// A [`Request::WatchShard`] is registered; the shard's last version delivered at
+    /// this node then (`None`: nothing yet). Its events follow.
+    Watching {
+        version: Option<Version>,
+    },
 }
 
 /// One output of a [`Request::Call`]: the key as the UDL emitted it (relative to the
@@ -779,6 +808,25 @@ fn put_request(out: &mut FrameBuf, r: &Request) {
             out.put_u8(13);
             put_str(out, prefix);
         }
+        Request::WatchShard {
+            prefix,
+            subgroup,
+            shard,
+            from,
+        } => {
+            out.put_u8(20);
+            put_str(out, prefix);
+            out.put_u32_le(*subgroup);
+            out.put_u32_le(*shard);
+            match from {
+                WatchPoint::Now => out.put_u8(0),
+                WatchPoint::Start => out.put_u8(1),
+                WatchPoint::After(v) => {
+                    out.put_u8(2);
+                    out.put_u64_le(v.0);
+                }
+            }
+        }
         Request::ListUdls => out.put_u8(14),
         Request::ListDfgs => out.put_u8(15),
         Request::Layout => out.put_u8(16),
@@ -893,6 +941,10 @@ fn put_response(out: &mut FrameBuf, r: &Response) {
             for answer in answers {
                 put_response(out, answer);
             }
+        }
+        Response::Watching { version } => {
+            out.put_u8(20);
+            put_version(out, *version);
         }
         Response::Outputs(outputs) => {
             out.put_u8(15);
@@ -1165,6 +1217,17 @@ fn request(r: &mut Bytes) -> Result<Request, WireError> {
         13 => Request::Watch {
             prefix: str_(r, "prefix")?,
         },
+        20 => Request::WatchShard {
+            prefix: str_(r, "prefix")?,
+            subgroup: u32_(r, "subgroup")?,
+            shard: u32_(r, "shard")?,
+            from: match u8_(r, "watch point")? {
+                0 => WatchPoint::Now,
+                1 => WatchPoint::Start,
+                2 => WatchPoint::After(Version(u64_(r, "version")?)),
+                t => return Err(tag("watch point", t)),
+            },
+        },
         14 => Request::ListUdls,
         15 => Request::ListDfgs,
         16 => Request::Layout,
@@ -1356,6 +1419,9 @@ fn response(r: &mut Bytes) -> Result<Response, WireError> {
             }
             Response::Outputs(outputs)
         }
+        20 => Response::Watching {
+            version: version(r)?,
+        },
         t => return Err(tag("response", t)),
     })
 }
@@ -1434,6 +1500,24 @@ mod tests {
             Request::Watch {
                 prefix: "/p".into(),
             },
+            Request::WatchShard {
+                prefix: "/p/".into(),
+                subgroup: 2,
+                shard: 7,
+                from: WatchPoint::After(Version(9 << 32 | 4)),
+            },
+            Request::WatchShard {
+                prefix: "/p".into(),
+                subgroup: 1,
+                shard: 0,
+                from: WatchPoint::Now,
+            },
+            Request::WatchShard {
+                prefix: "/".into(),
+                subgroup: 0,
+                shard: 3,
+                from: WatchPoint::Start,
+            },
             Request::WriteMany {
                 ops: vec![Bytes::from_static(b"\x01op"), Bytes::new()],
                 compress: false,
@@ -1452,6 +1536,10 @@ mod tests {
                 timestamp_us: 2,
             },
             Response::Done,
+            Response::Watching { version: None },
+            Response::Watching {
+                version: Some(Version(3 << 32 | 1)),
+            },
             Response::Outputs(vec![
                 CallOutput {
                     key: "a".into(),

@@ -455,6 +455,172 @@ async fn a_pool_spread_over_nodes_lists_every_key() {
     );
 }
 
+/// A watch outlives the node it is on: killed, the watch resumes at another replica
+/// after the last version it passed on, and that node sends what it missed first. While
+/// a writer keeps writing, every node is killed and restarted in turn, so whichever holds
+/// the watch dies under it: every acknowledged put to the persistent pool reaches the
+/// watcher (a put the client retried at most twice), in version order, and the volatile
+/// pool's keys end at their last values. Without the resume the stream ends at the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_goes_on_at_another_replica_when_its_node_dies_and_misses_nothing() {
+    let mut cluster = Cluster::new(3, &[]);
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    let watcher = Client::connect(&cluster.addrs(), None, Policy::Fixed)
+        .await
+        .expect("connect");
+    let mut persistent = watcher.watch("/demo/w").await.expect("watch /demo/w");
+    let mut volatile = watcher.watch("/cache/w").await.expect("watch /cache/w");
+
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (c, writing) = (c.clone(), Arc::clone(&writing));
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0u32;
+            while writing.load(Ordering::Relaxed) || i < 50 {
+                let key = format!("/demo/w/{i:05}");
+                // A put the client gave up on may still have been applied: the watch may
+                // see it, and the retry, once each.
+                while let Err(e) = c.put(&key, Bytes::from(key.clone())).await {
+                    eprintln!("put {key}: {e}; again");
+                }
+                let cached = format!("/cache/w/{}", i % 8);
+                while c.put(&cached, Bytes::from(i.to_string())).await.is_err() {}
+                acked.push(key);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            acked
+        })
+    };
+    let members = |n: usize| {
+        let c = c.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !matches!(c.members().await, Ok((_, m)) if m.len() == n) {
+                assert!(Instant::now() < deadline, "no view of {n} members");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    for node in [0, 1, 2] {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        cluster.kill9(node);
+        members(2).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        cluster.start(node);
+        members(3).await;
+    }
+    writing.store(false, Ordering::Relaxed);
+    let acked = writer.await.expect("writer");
+    assert!(acked.len() >= 50, "{} puts", acked.len());
+
+    // Persistent: each acknowledged key at least once, no version twice, versions rising.
+    let mut seen = std::collections::BTreeMap::new();
+    let mut last = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !acked.iter().all(|k| seen.contains_key(k)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = tokio::time::timeout(left, persistent.recv())
+            .await
+            .unwrap_or_else(|_| {
+                let missing: Vec<_> = acked.iter().filter(|k| !seen.contains_key(*k)).collect();
+                panic!(
+                    "{} acknowledged puts never seen: {missing:?}",
+                    missing.len()
+                )
+            })
+            .expect("the watch goes on through the kills");
+        assert!(
+            Some(event.version) > last,
+            "{:?} after {last:?}",
+            event.version
+        );
+        last = Some(event.version);
+        assert_eq!(event.blob.as_deref(), Some(event.key.as_bytes()));
+        *seen.entry(event.key).or_insert(0) += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 2).collect();
+    assert!(twice.is_empty(), "seen more than put and retry: {twice:?}");
+
+    // Volatile: each key's last event is its value now.
+    let mut latest = std::collections::HashMap::new();
+    let mut last_of_key = std::collections::HashMap::new();
+    let want: std::collections::HashMap<String, Bytes> = {
+        let mut want = std::collections::HashMap::new();
+        for k in 0..8 {
+            let key = format!("/cache/w/{k}");
+            let o = c.get(&key).await.expect("get").expect("written");
+            want.insert(key, o.blob);
+        }
+        want
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while want.iter().any(|(k, v)| latest.get(k) != Some(v)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = tokio::time::timeout(left, volatile.recv())
+            .await
+            .unwrap_or_else(|_| panic!("volatile keys end at {latest:?}, not {want:?}"))
+            .expect("the watch goes on through the kills");
+        // One key lives on one shard, whose versions rise along its stream.
+        let before = last_of_key.insert(event.key.clone(), event.version);
+        assert!(before < Some(event.version), "{event:?} after {before:?}");
+        latest.insert(event.key, event.blob.expect("a value"));
+    }
+}
+
+/// A watcher too slow for its queue is dropped by its node, and its client resumes it
+/// where it stopped: the node sends the versions it missed (older ones read back from its
+/// log, past a tiny history cache), then goes on. Every version arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_falls_behind_catches_up_with_every_version() {
+    let mut cluster = Cluster::new(3, &[]);
+    for cfg in &mut cluster.configs {
+        cfg.limits.watch_queue_max = 8;
+        cfg.limits.history_cache_bytes = 4 << 10;
+    }
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    let mut events = c.watch("/demo/slow").await.expect("watch");
+    // Nobody reads while 16 keys get 250 versions of 8 KiB each: 32 MiB, more than the
+    // client's queues (2,048 events), the sockets and the node's queue hold.
+    let mut written = Vec::new();
+    for round in 0..250 {
+        for k in 0..16 {
+            let key = format!("/demo/slow/{k:02}");
+            let mut value = format!("{key}@{round}").into_bytes();
+            value.resize(8 << 10, b'.');
+            let value = Bytes::from(value);
+            let w = c.put(&key, value.clone()).await.expect("put");
+            written.push((w.version, key, value));
+        }
+    }
+    for (i, (version, key, value)) in written.iter().enumerate() {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {i} of {} versions seen", written.len()))
+            .expect("the watch goes on");
+        assert_eq!(
+            (&event.version, &event.key, event.blob.as_ref()),
+            (version, key, Some(value)),
+            "change {i}"
+        );
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), events.recv())
+            .await
+            .is_err(),
+        "a change was passed on twice"
+    );
+    assert!(
+        cluster
+            .logs()
+            .contains("a watcher fell behind and was dropped"),
+        "the slow watcher was never dropped, so nothing was caught up"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_objects_and_time_travel_survive_a_restart_of_every_node() {
     let mut cluster = Cluster::new(3, &[]);

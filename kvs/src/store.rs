@@ -92,6 +92,16 @@ pub struct VersionMeta {
     pub tombstone: bool,
 }
 
+/// One change in [`ShardStore::changes_after`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub key: Arc<str>,
+    pub meta: VersionMeta,
+    /// The value if it is the key's latest (in memory); `None` for a removal or for an
+    /// older version, whose value is in the log.
+    pub blob: Option<Bytes>,
+}
+
 /// Reads the blob of an older version from durable storage (the node's log).
 pub trait VersionReader {
     fn read(&self, version: Version) -> Result<Option<Bytes>, String>;
@@ -441,6 +451,29 @@ impl ShardStore {
         keys
     }
 
+    /// The changes to keys under `prefix` after version `after` (all with `None`), oldest
+    /// first: what a watch that broke off there missed. A persistent store has every
+    /// version; a volatile one only each key's latest, so the versions in between are
+    /// skipped (each key still ends at its current value or removal).
+    pub fn changes_after(&self, prefix: &str, after: Option<Version>) -> Vec<Change> {
+        let mut changes: Vec<Change> = self
+            .keys
+            .iter()
+            .filter(|(k, _)| crate::key::contains(prefix, k))
+            .flat_map(|(k, e)| {
+                let from = e.versions.partition_point(|m| Some(m.version) <= after);
+                e.versions[from..].iter().map(|m| Change {
+                    key: Arc::clone(k),
+                    meta: *m,
+                    blob: (m.version == e.latest.version && !m.tombstone)
+                        .then(|| e.latest.blob.clone()),
+                })
+            })
+            .collect();
+        changes.sort_unstable_by_key(|c| c.meta.version);
+        changes
+    }
+
     /// The newest operation delivered to this shard (writes, duplicates, conflicts).
     pub fn last_delivered(&self) -> Option<Version> {
         self.last_delivered
@@ -772,5 +805,53 @@ mod tests {
             Outcome::TooLarge { size: 3, max: 2 }
         );
         assert_eq!(s.latest("/p/a"), None);
+    }
+
+    #[test]
+    fn changes_after_a_version_are_every_version_or_each_latest() {
+        let remove = |seq, key: &str| Op::Remove {
+            id: id(seq),
+            hlc_us: 0,
+            condition: Condition::Always,
+            key: key.into(),
+        };
+        for kind in [StoreKind::Persistent, StoreKind::Volatile] {
+            let mut s = ShardStore::new(kind, StoreLimits::default());
+            s.apply(v(1), &put(1, "/p/a", b"a1", Condition::Always));
+            s.apply(v(2), &put(2, "/p/b", b"b1", Condition::Always));
+            s.apply(v(3), &put(3, "/p/a", b"a2", Condition::Always));
+            s.apply(v(4), &put(4, "/q/x", b"x", Condition::Always));
+            s.apply(v(5), &remove(5, "/p/b"));
+            s.apply(v(6), &put(6, "/p/a", b"a3", Condition::Always));
+            let seen = |after| {
+                s.changes_after("/p", after)
+                    .into_iter()
+                    .map(|c| (c.meta.version, c.key.to_string(), c.meta.tombstone, c.blob))
+                    .collect::<Vec<_>>()
+            };
+            let a3 = (
+                v(6),
+                "/p/a".to_string(),
+                false,
+                Some(Bytes::from_static(b"a3")),
+            );
+            let b_removed = (v(5), "/p/b".to_string(), true, None);
+            match kind {
+                StoreKind::Persistent => {
+                    // Every version after v1, oldest first; older values are in the log.
+                    let b1 = (v(2), "/p/b".to_string(), false, None);
+                    let a2 = (v(3), "/p/a".to_string(), false, None);
+                    assert_eq!(seen(Some(v(1))), vec![b1, a2, b_removed, a3.clone()]);
+                    assert_eq!(seen(None).len(), 5);
+                }
+                _ => {
+                    // Only each key's latest: its value now, or its removal.
+                    assert_eq!(seen(Some(v(1))), vec![b_removed, a3.clone()]);
+                    assert_eq!(seen(None).len(), 2);
+                }
+            }
+            assert_eq!(seen(Some(v(5))), vec![a3]);
+            assert_eq!(seen(Some(v(6))), vec![]);
+        }
     }
 }

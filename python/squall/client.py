@@ -138,9 +138,14 @@ def _python_bundle(
 
 class Watch:
     """Every change under a prefix, as an iterator (``for event in watch``) or an async
-    iterator (``async for event in watch``). The stream ends (``StopIteration``) if a
-    node dropped it or a connection closed: some changes may then be missing, so watch
-    again."""
+    iterator (``async for event in watch``).
+
+    A watch of a prefix inside one pool outlives the node it is on: when that node
+    stops or drops the watch (it fell behind), the client resumes it at another replica
+    after the last version it passed on, and is sent what it missed first. A persistent
+    pool gives every version, a volatile one the latest of each key changed meanwhile.
+    The stream ends (``StopIteration``) only if no replica takes the watch back within
+    30 s, or one refuses (too far behind): then list the keys again and watch anew."""
 
     def __init__(self, native: "_native.Watch") -> None:
         self._native = native
@@ -276,7 +281,7 @@ class Client:
         return self._n.list_keys(prefix, timestamp_us).wait()
 
     def watch(self, prefix: str) -> Watch:
-        """Every change delivered under ``prefix`` from now on."""
+        """Every change delivered under ``prefix`` from now on (see :class:`Watch`)."""
         return Watch(self._n.watch(prefix).wait())
 
     # ----- pools and members ----------------------------------------------------------

@@ -229,7 +229,7 @@ impl WatchEventPy {
 }
 
 /// The stream of a `watch`: each `next()` is a call producing the next event, or `None`
-/// once the stream ended (a node dropped it or a connection closed: watch again).
+/// once the stream ended (no replica took a broken watch back: list and watch again).
 #[pyclass(module = "squall._native", frozen)]
 pub struct Watch {
     events: Arc<Mutex<mpsc::Receiver<WatchEvent>>>,
