@@ -345,6 +345,15 @@ struct Routing {
     shards: Vec<Vec<Vec<String>>>,
 }
 
+impl Routing {
+    /// The pool `prefix` names or lies in.
+    fn pool_of_prefix(&self, prefix: &str) -> Option<&squall_kvs::Pool> {
+        self.pools
+            .get(prefix)
+            .or_else(|| self.pools.find(prefix).ok())
+    }
+}
+
 /// Nodes covering a pool's shards (see [`Client::shard_plan`]).
 struct ShardPlan {
     /// Each node with the shards it covers.
@@ -510,6 +519,15 @@ impl Client {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(routing));
     }
 
+    /// The cached layout, if there is one.
+    fn routing(&self) -> Option<Arc<Routing>> {
+        self.inner
+            .routing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     /// The node `route` names under the cached layout, if it knows one.
     fn routed(&self, route: Route<'_>) -> Option<String> {
         let (key, write) = match route {
@@ -534,12 +552,7 @@ impl Client {
     /// `f` of the members of `key`'s shard (client addresses, first member first) under
     /// the cached layout, if it says.
     fn with_replicas<R>(&self, key: &str, f: impl FnOnce(&[String]) -> R) -> Option<R> {
-        let routing = self
-            .inner
-            .routing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()?;
+        let routing = self.routing()?;
         let Ok(pool) = routing.pools.find(key) else {
             // A pool created since (through another client): the next request learns it.
             self.routing_changed();
@@ -846,16 +859,8 @@ impl Client {
     /// with the shards it is asked for, by the cached layout; `None` if it does not know
     /// the pool.
     fn shard_plan(&self, prefix: &str) -> Option<ShardPlan> {
-        let routing = self
-            .inner
-            .routing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()?;
-        let pool = routing
-            .pools
-            .get(prefix)
-            .or_else(|| routing.pools.find(prefix).ok())?;
+        let routing = self.routing()?;
+        let pool = routing.pool_of_prefix(prefix)?;
         let shards = routing.shards.get(pool.spec.subgroup as usize)?;
         let mut nodes: Vec<(String, Vec<u32>)> = Vec::new();
         for s in 0..pool.shards {
@@ -1106,16 +1111,8 @@ impl Client {
 
     /// The subgroup and shard count of the pool `prefix` lies in, if routing knows it.
     fn watched_shards(&self, prefix: &str) -> Option<(u32, u32)> {
-        let routing = self
-            .inner
-            .routing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()?;
-        let pool = routing
-            .pools
-            .get(prefix)
-            .or_else(|| routing.pools.find(prefix).ok())?;
+        let routing = self.routing()?;
+        let pool = routing.pool_of_prefix(prefix)?;
         routing.shards.get(pool.spec.subgroup as usize)?;
         Some((pool.spec.subgroup, pool.shards))
     }
@@ -1123,14 +1120,8 @@ impl Client {
     /// The replicas of a shard as routing knows them, the policy's pick first and `avoid`
     /// (where a watch just broke) last.
     fn replicas_of(&self, subgroup: u32, shard: u32, avoid: Option<&str>) -> Vec<String> {
-        let routing = self
-            .inner
-            .routing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        let mut members = routing
-            .as_ref()
+        let mut members = self
+            .routing()
             .and_then(|r| {
                 r.shards
                     .get(subgroup as usize)?

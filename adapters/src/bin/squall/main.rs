@@ -570,7 +570,10 @@ async fn client_command(cluster: &str, token: Option<String>, command: Cmd) -> R
                     None => println!("{} removed (version {})", e.key, e.version),
                 }
             }
-            bail!("the watch ended (the node dropped it or the connection closed)");
+            bail!(
+                "the watch ended: no replica of a watched shard took it back (see the nodes), \
+                 or it fell too far behind; list the keys and watch again"
+            );
         }
         Cmd::Members => {
             let (view, members) = client.members().await?;
