@@ -162,6 +162,15 @@ impl Conn {
             Arc::clone(&closed),
         );
         let name = addr.to_string();
+        let conn = Arc::new(Conn {
+            addr: addr.to_string(),
+            writer: Mutex::new((writer, wire::FrameBuf::new())),
+            closed,
+            pending,
+            watches,
+            next_request: AtomicU64::new(1),
+        });
+        let this = Arc::downgrade(&conn);
         tokio::spawn(async move {
             loop {
                 match read_frame(&mut reader, &mut buf, &name).await {
@@ -193,12 +202,23 @@ impl Conn {
                         }
                         break;
                     }
+                    // Never waits on a watch's consumer: a reader blocked on one would
+                    // hold up every other answer on this connection (a client that
+                    // watches and writes without reading its events would deadlock).
+                    // A watch whose queue is full (or whose consumer is gone) is ended
+                    // here and at the node; a resuming watch then resumes from the last
+                    // event it took, so a slow consumer loses nothing.
                     Ok(Some(Frame::Event { request_id, event })) => {
-                        let sink = w.lock().await.get(&request_id).cloned();
-                        if let Some(sink) = sink
-                            && sink.send(event).await.is_err()
-                        {
-                            w.lock().await.remove(&request_id);
+                        let mut sinks = w.lock().await;
+                        let Some(sink) = sinks.get(&request_id) else {
+                            continue;
+                        };
+                        if sink.try_send(event).is_err() {
+                            sinks.remove(&request_id);
+                            drop(sinks);
+                            if let Some(conn) = this.upgrade() {
+                                tokio::spawn(async move { conn.unwatch(request_id).await });
+                            }
                         }
                     }
                     _ => break,
@@ -209,14 +229,18 @@ impl Conn {
             p.lock().await.clear();
             w.lock().await.clear();
         });
-        Ok(Arc::new(Conn {
-            addr: addr.to_string(),
-            writer: Mutex::new((writer, wire::FrameBuf::new())),
-            closed,
-            pending,
-            watches,
-            next_request: AtomicU64::new(1),
-        }))
+        Ok(conn)
+    }
+
+    /// Asks the node to end watch `watch`, whose events this client no longer takes (its
+    /// answer is not waited for: a lost connection ends the watch anyway).
+    async fn unwatch(&self, watch: u64) {
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let frame = Frame::Request {
+            request_id,
+            request: Request::Unwatch { watch },
+        };
+        let _ = self.send(&frame).await;
     }
 
     async fn send(&self, frame: &Frame) -> std::io::Result<()> {
@@ -1090,7 +1114,9 @@ impl Client {
                 subgroup,
                 shard,
             };
-            let (addr, version, events) = self.watch_shard(&at, WatchPoint::Now, None).await?;
+            let (addr, version, events) = self
+                .watch_shard_patiently(&at, WatchPoint::Now, None)
+                .await?;
             started.push((at, addr, version, events));
         }
         let (merged, rx) = mpsc::channel(1024);
@@ -1205,37 +1231,52 @@ impl Client {
                 }
             }
             let from = f.last.map_or(WatchPoint::Start, WatchPoint::After);
-            let deadline = std::time::Instant::now() + WATCH_RESUME_PATIENCE;
-            let mut attempt = 0;
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff(attempt)) => {}
-                    _ = f.merged.closed() => return,
+            self.refresh_routing().await;
+            let resumed = tokio::select! {
+                resumed = self.watch_shard_patiently(&f.at, from, Some(&f.addr)) => resumed,
+                _ = f.merged.closed() => return,
+            };
+            match resumed {
+                Ok((addr, _, events)) => {
+                    f.addr = addr;
+                    f.events = events;
                 }
-                attempt += 1;
-                self.refresh_routing().await;
-                match self.watch_shard(&f.at, from, Some(&f.addr)).await {
-                    Ok((addr, _, events)) => {
-                        f.addr = addr;
-                        f.events = events;
-                        break;
-                    }
-                    Err(e) => {
-                        let fatal = matches!(e, ClientError::Server { .. });
-                        if fatal || std::time::Instant::now() > deadline {
-                            tracing::warn!(
-                                prefix = %f.at.prefix,
-                                subgroup = f.at.subgroup,
-                                shard = f.at.shard,
-                                error = %e,
-                                "the watch could not be resumed; it ends"
-                            );
-                            let _ = f.stop.send(true);
-                            return;
-                        }
-                    }
+                Err(e) => {
+                    tracing::warn!(
+                        prefix = %f.at.prefix,
+                        subgroup = f.at.subgroup,
+                        shard = f.at.shard,
+                        error = %e,
+                        "the watch could not be resumed; it ends"
+                    );
+                    let _ = f.stop.send(true);
+                    return;
                 }
             }
+        }
+    }
+
+    /// [`Client::watch_shard`] until a replica takes the watch: a node may be starting,
+    /// still receiving the shard's state, or gone from a stale layout. Gives up after
+    /// [`WATCH_RESUME_PATIENCE`], or at once on an error retrying cannot cure.
+    async fn watch_shard_patiently(
+        &self,
+        at: &ShardWatch,
+        from: WatchPoint,
+        avoid: Option<&str>,
+    ) -> Result<(String, Option<Version>, mpsc::Receiver<WatchEvent>), ClientError> {
+        let deadline = std::time::Instant::now() + WATCH_RESUME_PATIENCE;
+        let mut attempt = 0;
+        loop {
+            match self.watch_shard(at, from, avoid).await {
+                Ok(started) => return Ok(started),
+                Err(e @ ClientError::Server { .. }) => return Err(e),
+                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => {}
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+            self.refresh_routing().await;
         }
     }
 
@@ -1333,7 +1374,8 @@ struct ShardFollow {
     stop: tokio::sync::watch::Sender<bool>,
 }
 
-/// How long a broken shard watch keeps trying replicas before the whole watch ends.
+/// How long a shard watch keeps trying replicas (to start, or to resume once broken)
+/// before it fails, ending the whole watch.
 pub const WATCH_RESUME_PATIENCE: Duration = Duration::from_secs(30);
 
 fn put_op(id: MessageId, condition: Condition, key: &str, value: Bytes) -> Op {

@@ -3,6 +3,7 @@
 //! answers as they complete, each connection with one reader and one writer task. A
 //! malformed frame or handshake gets a logged reason and closes that connection only.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -267,6 +268,10 @@ async fn connection(
     {
         return Err("writer ended".to_string());
     }
+    // This connection's watches, by the request that started each, so `Unwatch` can end
+    // one (its forwarding task holds the queue the node fills; ending the task closes it,
+    // and the node drops the watcher on its next event).
+    let mut watches: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
     let result = loop {
         let frame = match read_frame_or_skip(&mut reader, &mut buf, cfg.frame_bytes_max).await {
             Ok(Some(Ok(frame))) => frame,
@@ -327,6 +332,19 @@ async fn connection(
                 .inc();
         }
         let (prefix, shard) = match request {
+            Request::Unwatch { watch } => {
+                if let Some(task) = watches.remove(&watch) {
+                    task.abort();
+                }
+                let done = Frame::Response {
+                    request_id,
+                    response: Response::Done,
+                };
+                if out_tx.send(done).await.is_err() {
+                    break Err("writer ended".to_string());
+                }
+                continue;
+            }
             Request::Watch { prefix } => (prefix, None),
             Request::WatchShard {
                 prefix,
@@ -365,7 +383,7 @@ async fn connection(
             break Err("the node stopped".to_string());
         }
         let out = out_tx.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let start = answer.await.unwrap_or_else(|_| WatchStart {
                 response: Response::error(ErrorCode::Unavailable, "the node stopped"),
                 catch_up: None,
@@ -422,6 +440,8 @@ async fn connection(
                 })
                 .await;
         });
+        watches.retain(|_, task| !task.is_finished());
+        watches.insert(request_id, task.abort_handle());
     };
     drop(out_tx);
     let _ = writer_task.await;

@@ -1489,16 +1489,15 @@ impl Service {
         if let Err(response) = self.check_member(g, s) {
             return refused(response);
         }
-        let store = match self.stores.get(&(g, s)) {
-            Some(store) if !self.awaiting_state.contains(&(g, s)) => store,
-            _ => {
-                return refused(Response::error(
-                    ErrorCode::Unavailable,
-                    format!("this node is still receiving subgroup {g} shard {s}; retry"),
-                ));
-            }
-        };
-        let version = store.last_delivered();
+        if self.awaiting_state.contains(&(g, s)) {
+            return refused(Response::error(
+                ErrorCode::Unavailable,
+                format!("this node is still receiving subgroup {g} shard {s}; retry"),
+            ));
+        }
+        // No store yet: nothing was delivered to the shard here.
+        let store = self.stores.get(&(g, s));
+        let version = store.and_then(ShardStore::last_delivered);
         let after = match from.from {
             WatchPoint::Now => None,
             WatchPoint::Start => Some(None),
@@ -1507,7 +1506,7 @@ impl Service {
         let catch_up = match after {
             None => None,
             Some(after) => {
-                let changes = store.changes_after(&prefix, after);
+                let changes = store.map_or_else(Vec::new, |st| st.changes_after(&prefix, after));
                 if changes.len() > WATCH_CATCH_UP_MAX {
                     return refused(Response::error(
                         ErrorCode::TooLarge,
@@ -2782,7 +2781,7 @@ impl Service {
                     },
                 )
             }
-            Request::Watch { .. } | Request::WatchShard { .. } => answer(
+            Request::Watch { .. } | Request::WatchShard { .. } | Request::Unwatch { .. } => answer(
                 reply,
                 Response::error(
                     ErrorCode::BadRequest,

@@ -108,6 +108,11 @@ pub enum Request {
         shard: u32,
         from: WatchPoint,
     },
+    /// Ends this connection's watch started by request `watch` (its client stopped
+    /// taking the events); answered `Done`, also for a watch already ended.
+    Unwatch {
+        watch: u64,
+    },
     /// The UDL plugins stored in the cluster: a JSON array in [`Response::Json`].
     ListUdls,
     /// The DFGs in force: Cascade's `dfgs.json` form, in [`Response::Json`].
@@ -163,6 +168,7 @@ impl Request {
             Request::FindPool { .. } => "find_pool",
             Request::Members => "members",
             Request::Watch { .. } | Request::WatchShard { .. } => "watch",
+            Request::Unwatch { .. } => "unwatch",
             Request::ListUdls => "list_udls",
             Request::ListDfgs => "list_dfgs",
             Request::Layout => "layout",
@@ -808,6 +814,10 @@ fn put_request(out: &mut FrameBuf, r: &Request) {
             out.put_u8(13);
             put_str(out, prefix);
         }
+        Request::Unwatch { watch } => {
+            out.put_u8(21);
+            out.put_u64_le(*watch);
+        }
         Request::WatchShard {
             prefix,
             subgroup,
@@ -1217,6 +1227,9 @@ fn request(r: &mut Bytes) -> Result<Request, WireError> {
         13 => Request::Watch {
             prefix: str_(r, "prefix")?,
         },
+        21 => Request::Unwatch {
+            watch: u64_(r, "watch")?,
+        },
         20 => Request::WatchShard {
             prefix: str_(r, "prefix")?,
             subgroup: u32_(r, "subgroup")?,
@@ -1518,6 +1531,7 @@ mod tests {
                 shard: 3,
                 from: WatchPoint::Start,
             },
+            Request::Unwatch { watch: 77 },
             Request::WriteMany {
                 ops: vec![Bytes::from_static(b"\x01op"), Bytes::new()],
                 compress: false,
