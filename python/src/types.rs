@@ -264,7 +264,7 @@ impl Watch {
         })
     }
 
-    /// Stops the watch (the nodes drop it when they next send).
+    /// Stops the watch (the client ends it at each node when its next event comes).
     fn close(&self) {
         if let Ok(mut rx) = self.events.try_lock() {
             rx.close();
