@@ -1114,19 +1114,19 @@ impl Client {
                 subgroup,
                 shard,
             };
-            let (addr, version, events) = self
+            let first = self
                 .watch_shard_patiently(&at, WatchPoint::Now, None)
                 .await?;
-            started.push((at, addr, version, events));
+            started.push((at, first));
         }
         let (merged, rx) = mpsc::channel(1024);
         let (stop, _) = tokio::sync::watch::channel(false);
-        for (at, addr, version, events) in started {
+        for (at, first) in started {
             let follow = ShardFollow {
                 at,
-                addr,
-                last: version,
-                events,
+                addr: first.addr,
+                last: first.version,
+                events: first.events,
                 merged: merged.clone(),
                 stop: stop.clone(),
             };
@@ -1170,14 +1170,13 @@ impl Client {
         members
     }
 
-    /// Starts a one-shard watch at the first replica that takes it: its address, where
-    /// the shard stood there, and the events.
+    /// Starts a one-shard watch at the first replica that takes it.
     async fn watch_shard(
         &self,
         at: &ShardWatch,
         from: WatchPoint,
         avoid: Option<&str>,
-    ) -> Result<(String, Option<Version>, mpsc::Receiver<WatchEvent>), ClientError> {
+    ) -> Result<ShardWatchStarted, ClientError> {
         let replicas = self.replicas_of(at.subgroup, at.shard, avoid);
         let mut last = format!(
             "no replica of subgroup {} shard {} is known",
@@ -1192,7 +1191,13 @@ impl Client {
                 from,
             };
             match self.start_watch(&addr, request).await {
-                Ok((Response::Watching { version }, events)) => return Ok((addr, version, events)),
+                Ok((Response::Watching { version }, events)) => {
+                    return Ok(ShardWatchStarted {
+                        addr,
+                        version,
+                        events,
+                    });
+                }
                 Ok((other, _)) => return Err(Self::unexpected(other)),
                 Err(ClientError::Server {
                     code: ErrorCode::NotHere | ErrorCode::Unavailable,
@@ -1237,9 +1242,9 @@ impl Client {
                 _ = f.merged.closed() => return,
             };
             match resumed {
-                Ok((addr, _, events)) => {
-                    f.addr = addr;
-                    f.events = events;
+                Ok(started) => {
+                    f.addr = started.addr;
+                    f.events = started.events;
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -1264,7 +1269,7 @@ impl Client {
         at: &ShardWatch,
         from: WatchPoint,
         avoid: Option<&str>,
-    ) -> Result<(String, Option<Version>, mpsc::Receiver<WatchEvent>), ClientError> {
+    ) -> Result<ShardWatchStarted, ClientError> {
         let deadline = std::time::Instant::now() + WATCH_RESUME_PATIENCE;
         let mut attempt = 0;
         loop {
@@ -1360,6 +1365,14 @@ struct ShardWatch {
     prefix: String,
     subgroup: u32,
     shard: u32,
+}
+
+/// A one-shard watch a replica took.
+struct ShardWatchStarted {
+    addr: String,
+    /// Where the shard stood at that replica (its last delivered version).
+    version: Option<Version>,
+    events: mpsc::Receiver<WatchEvent>,
 }
 
 /// A shard's part of a watch as [`Client::follow_shard`] runs it.
