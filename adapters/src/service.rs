@@ -147,12 +147,16 @@ impl CatchUp {
             .await
             .map_err(|_| "the log stopped".to_string())??
             .ok_or_else(|| format!("version {version} is not in this node's log"))?;
-        // A record is the delivered operation: the value is the put's blob (a slice of
-        // the record, not a copy).
-        match op::decode(payload) {
-            Ok(Op::Put { blob, .. }) => Ok(blob),
-            _ => Err(format!("the log's record {version} is not a put")),
-        }
+        logged_blob(version, payload)
+    }
+}
+
+/// The value in a logged record: a record is the delivered operation, and the value the
+/// put's blob (a slice of the record, not a copy).
+fn logged_blob(version: Version, payload: Bytes) -> Result<Bytes, String> {
+    match op::decode(payload) {
+        Ok(Op::Put { blob, .. }) => Ok(blob),
+        _ => Err(format!("the log's record {version:?} is not a put")),
     }
 }
 
@@ -1674,12 +1678,7 @@ impl Service {
             version,
         };
         let blob = match result {
-            Ok(Some(payload)) => match op::decode(payload) {
-                Ok(Op::Put { blob, .. }) => Ok(blob),
-                _ => Err(ReadError::Log(format!(
-                    "the log's record {version:?} is not a put"
-                ))),
-            },
+            Ok(Some(payload)) => logged_blob(version, payload).map_err(ReadError::Log),
             Ok(None) => Err(missing()),
             Err(e) => Err(ReadError::Log(e)),
         };
