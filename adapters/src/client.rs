@@ -102,6 +102,18 @@ pub struct Written {
     pub timestamp_us: u64,
 }
 
+/// What one shard of a pool forgot in a compaction ([`Client::compact`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardCompacted {
+    pub shard: u32,
+    /// The point compacted to (the pool's newest write in the shard stamped at or before
+    /// the time asked): each key keeps its value as of it. `None`: nothing that old.
+    pub through: Option<Version>,
+    pub timestamp_us: u64,
+    pub versions_dropped: u64,
+    pub keys_dropped: u64,
+}
+
 #[derive(Debug)]
 struct Conn {
     addr: String,
@@ -915,6 +927,70 @@ impl Client {
         let result = self.write(op, false, None).await.map(drop);
         self.routing_changed();
         result
+    }
+
+    /// Forgets the history of pool `pool` before `before_us` (µs since the epoch), shard
+    /// by shard: each key keeps its value as of then and every later version; a key
+    /// removed by then is dropped whole. Reads of an earlier point answer `Compacted`
+    /// from then on. Each replica then drops the log files nothing needs any more, once
+    /// the compaction is durable on every replica. Needs the Admin role; not refused
+    /// while a disk is under its reserve, since it is how space comes back.
+    pub async fn compact(
+        &self,
+        pool: &str,
+        before_us: u64,
+    ) -> Result<Vec<ShardCompacted>, ClientError> {
+        if self.inner.routing_stale.load(Ordering::Relaxed) || self.routing().is_none() {
+            self.refresh_routing().await;
+        }
+        // Shards and their members by the cached layout; a pool it does not know goes
+        // once to any node, which names the error.
+        let (shards, members): (u32, Vec<Option<String>>) = match self.routing().and_then(|r| {
+            let p = r.pools.get(pool)?;
+            let members = (0..p.shards)
+                .map(|s| {
+                    r.shards
+                        .get(p.spec.subgroup as usize)
+                        .and_then(|g| g.get(s as usize))
+                        .and_then(|m| m.first().cloned())
+                })
+                .collect();
+            Some((p.shards, members))
+        }) {
+            Some(found) => found,
+            None => (1, vec![None]),
+        };
+        let mut done = Vec::with_capacity(shards as usize);
+        for (shard, member) in (0..shards).zip(members) {
+            let op = Op::Compact {
+                id: self.next_id(),
+                pool: pool.to_string(),
+                shard,
+                before_us,
+            };
+            let (head, tail) = op::encode_split(&op);
+            let request = Request::Write {
+                forget: false,
+                op: wire::OpBytes::new(head, tail),
+            };
+            let route = member.as_deref().map_or(Route::Any, Route::Node);
+            match self.call(request, route).await? {
+                Response::Compacted {
+                    through,
+                    timestamp_us,
+                    versions_dropped,
+                    keys_dropped,
+                } => done.push(ShardCompacted {
+                    shard,
+                    through,
+                    timestamp_us,
+                    versions_dropped,
+                    keys_dropped,
+                }),
+                other => return Err(Self::unexpected(other)),
+            }
+        }
+        Ok(done)
     }
 
     /// A put under a caller-chosen message id: a repeat with the same id is applied once.

@@ -84,6 +84,7 @@
 //! udl_emit_queue_max = 1024
 //! history_cache_bytes = 67108864
 //! log_preallocate_bytes = 1048576
+//! log_segment_bytes = 67108864
 //! disk_reserve_bytes = 268435456
 //!
 //! [timing]
@@ -541,6 +542,10 @@ pub struct Limits {
     /// with it): on ext4 it made the sync of a small put 1.6-3× faster on this project's test VM. 0 turns it off,
     /// which suits copy-on-write file systems (btrfs, ZFS), where it gains nothing.
     pub log_preallocate_bytes: u64,
+    /// A shard's log rolls to a new file at this size. A compaction (`squall compact`)
+    /// frees whole files only, so smaller files free space in finer steps; each roll
+    /// costs one more fsync.
+    pub log_segment_bytes: u64,
     /// Free space kept on the data directory's file system. Below it, this node raises a
     /// storage alarm (replicated in the metadata): every node refuses writes this node
     /// would have to log (to a persistent shard it holds, to the metadata) with
@@ -550,6 +555,10 @@ pub struct Limits {
     /// at your write rate. 0 turns it off (a full disk then stops the node).
     pub disk_reserve_bytes: u64,
 }
+
+/// The smallest `limits.log_segment_bytes`: below it, rolling files costs more than the
+/// finer compaction saves.
+pub const LOG_SEGMENT_BYTES_MIN: u64 = 64 << 10;
 
 /// Default of `limits.disk_reserve_bytes`: four of the largest objects by default.
 pub const DISK_RESERVE_BYTES_DEFAULT: u64 = 256 << 20;
@@ -572,6 +581,7 @@ impl Default for Limits {
             udl_emit_queue_max: 1024,
             history_cache_bytes: 64 << 20,
             log_preallocate_bytes: squall_log::PREALLOCATE_BYTES_DEFAULT,
+            log_segment_bytes: squall_log::SEGMENT_BYTES_MAX_DEFAULT,
             disk_reserve_bytes: DISK_RESERVE_BYTES_DEFAULT,
         }
     }
@@ -1349,6 +1359,12 @@ impl Config {
             if value == 0 {
                 return Err(invalid(format!("limits.{name}"), "must be at least 1"));
             }
+        }
+        if l.log_segment_bytes < LOG_SEGMENT_BYTES_MIN {
+            return Err(invalid(
+                "limits.log_segment_bytes",
+                format!("must be at least {LOG_SEGMENT_BYTES_MIN}"),
+            ));
         }
         match l.object_bytes_max.checked_add(FRAME_HEADROOM_BYTES) {
             Some(needed) if l.frame_bytes_max >= needed => Ok(()),

@@ -94,6 +94,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/pools", get(list_pools).post(create_pool))
         .route("/api/v1/pools/{*path}", get(find_pool).delete(remove_pool))
         .route("/api/v1/keys", get(list_keys))
+        .route("/api/v1/compact", axum::routing::post(compact))
         .route(
             "/api/v1/objects/{*key}",
             get(get_object).put(put_object).delete(remove_object),
@@ -157,6 +158,7 @@ fn status_of(code: ErrorCode) -> StatusCode {
         NotHere | Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         OutboxFull => StatusCode::TOO_MANY_REQUESTS,
         StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+        Compacted => StatusCode::GONE,
         Internal | UdlFailed => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -206,6 +208,11 @@ enum ErrorResponses {
     Forbidden(ApiError),
     #[response(status = 404, description = "No such key, pool, UDL or DFG")]
     NotFound(ApiError),
+    #[response(
+        status = 410,
+        description = "A read of the past before its pool's compaction point (`compacted`)"
+    )]
+    Compacted(ApiError),
     #[response(status = 413, description = "Over the node's size limits")]
     TooLarge(ApiError),
     #[response(
@@ -456,6 +463,32 @@ pub struct PoolBody {
     pub gpu_cache: Option<GpuCacheBody>,
 }
 
+/// A compaction: forget pool `pool`'s history before `before_us`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompactBody {
+    /// A persistent pool's path.
+    pub pool: String,
+    /// µs since the Unix epoch; absent: now (keep each key's latest value only).
+    #[serde(default)]
+    pub before_us: Option<u64>,
+}
+
+/// What one shard of the pool forgot.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ShardCompactedBody {
+    pub shard: u32,
+    /// The shard version compacted to (each key keeps its value as of it); absent:
+    /// nothing in the shard was that old.
+    pub through: Option<u64>,
+    /// `through` as `v<view>:<seq>`.
+    pub through_text: Option<String>,
+    /// Its timestamp, µs since the Unix epoch.
+    pub timestamp_us: u64,
+    pub versions_dropped: u64,
+    pub keys_dropped: u64,
+}
+
 /// A pool's `gpu_cache` option: `{"device": 0, "capacity": "8GiB"}`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -679,6 +712,33 @@ async fn create_pool(
     }
     client.create_pool(spec.clone()).await?;
     Ok((StatusCode::CREATED, Json(PoolBody::from(spec))))
+}
+
+#[utoipa::path(post, path = "/api/v1/compact", request_body = CompactBody,
+    responses((status = 200, description = "Per shard of the pool, what it forgot: each key keeps its value as of the point and every later version; reads of earlier points answer 410 `compacted`", body = Vec<ShardCompactedBody>), ErrorResponses))]
+async fn compact(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CompactBody>,
+) -> ApiResult<Json<Vec<ShardCompactedBody>>> {
+    let before_us = body.before_us.unwrap_or_else(crate::client::now_us);
+    let done = state
+        .client(&headers)
+        .await?
+        .compact(&body.pool, before_us)
+        .await?;
+    Ok(Json(
+        done.into_iter()
+            .map(|c| ShardCompactedBody {
+                shard: c.shard,
+                through: c.through.map(|v| v.0),
+                through_text: c.through.map(|v| v.to_string()),
+                timestamp_us: c.timestamp_us,
+                versions_dropped: c.versions_dropped,
+                keys_dropped: c.keys_dropped,
+            })
+            .collect(),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/pools/{path}", params(
@@ -1018,6 +1078,7 @@ fn metric_values(registry: &prometheus::Registry) -> HashMap<String, f64> {
         create_pool,
         find_pool,
         remove_pool,
+        compact,
         list_keys,
         get_object,
         put_object,
@@ -1038,6 +1099,8 @@ fn metric_values(registry: &prometheus::Registry) -> HashMap<String, f64> {
         MemberBody,
         MembersBody,
         PoolBody,
+        CompactBody,
+        ShardCompactedBody,
         GpuCacheBody,
         KeysBody,
         UploadedBody,

@@ -3,10 +3,13 @@
 //! service), [`udl`] (the node's UDL runtime), [`server`] and [`wire`] (the client
 //! protocol), [`client`] (the Rust client), [`http`] (REST API, metrics, dashboard),
 //! [`addr`] (`host:port` addresses that may be DNS names), [`gpu`] (the node's GPU caches
-//! of `gpu_cache` pools).
+//! of `gpu_cache` pools), [`checkpoint`] (persistent shards' checkpoints, which let a
+//! compacted log be replayed), [`compaction`] (writing them and compacting the log).
 
 pub mod addr;
+pub mod checkpoint;
 pub mod client;
+pub mod compaction;
 pub mod config;
 pub mod dashboard;
 pub mod gpu;

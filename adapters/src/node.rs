@@ -233,6 +233,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let (log, report) = FileLog::open(LogConfig {
         preallocate_bytes: config.limits.log_preallocate_bytes,
+        segment_bytes_max: config.limits.log_segment_bytes,
         ..LogConfig::new(config.node.data_dir.join("log"))
     })?;
     info!(?report, "log recovered");
@@ -291,6 +292,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         clock_skew_max_us: 60_000_000,
         wan: WanConfig::from_config(&config),
         log_dir: Some(config.node.data_dir.join("log")),
+        checkpoint_dir: Some(config.node.data_dir.join("checkpoints")),
         disk_reserve_bytes: config.limits.disk_reserve_bytes,
     };
     let mut service_cfg = service_cfg;

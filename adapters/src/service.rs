@@ -28,6 +28,8 @@ use squall_platform::{MemberId, SendError, SendTicket, Version, View, ViewId};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::checkpoint::{self, Checkpoints};
+use crate::compaction::Compactor;
 use crate::config::OutboxFull;
 use crate::gpu::NodeGpu;
 use crate::udl::{self, Arrival, Arrived, UdlRuntime};
@@ -69,6 +71,9 @@ pub struct ServiceConfig {
     pub log_dir: Option<std::path::PathBuf>,
     /// See `Limits::disk_reserve_bytes` (0: no alarm).
     pub disk_reserve_bytes: u64,
+    /// Where checkpoints of compacted persistent shards go (`None`: compactions forget
+    /// history in memory only, and the log keeps every record).
+    pub checkpoint_dir: Option<std::path::PathBuf>,
 }
 
 /// A client request handed to the service by a connection.
@@ -412,6 +417,8 @@ pub struct Service {
     wan_pressure: WanPressure,
     /// The GPU caches of GPU-cached pools (host memory where there is no GPU).
     gpu: NodeGpu,
+    /// Checkpoints of compacted shards and the log compactions they allow.
+    compactor: Compactor,
 }
 
 /// Sites whose outbox is full, as the node's UDL output writer last found them.
@@ -464,12 +471,24 @@ fn outcome_response(outcome: &Outcome) -> Response {
             format!("object of {size} bytes exceeds the limit of {max} bytes"),
         ),
         Outcome::ReadPoint { .. } => Response::Done,
+        Outcome::Compacted {
+            through,
+            timestamp_us,
+            versions_dropped,
+            keys_dropped,
+        } => Response::Compacted {
+            through: *through,
+            timestamp_us: *timestamp_us,
+            versions_dropped: *versions_dropped,
+            keys_dropped: *keys_dropped,
+        },
     }
 }
 
 fn read_error(e: ReadError) -> Response {
     match e {
         ReadError::NotVersioned { .. } => Response::error(ErrorCode::NotVersioned, e.to_string()),
+        ReadError::Compacted { .. } => Response::error(ErrorCode::Compacted, e.to_string()),
         _ => Response::error(ErrorCode::Internal, e.to_string()),
     }
 }
@@ -479,6 +498,7 @@ impl Service {
         let pools = PoolTable::new(cfg.key_bytes_max, cfg.pools_max);
         let meta = ShardStore::new(StoreKind::Trigger, cfg.store_limits);
         let (log_read_done, log_read_done_rx) = mpsc::channel(cfg.requests_in_flight_max);
+        let checkpoints = cfg.checkpoint_dir.clone().map(Checkpoints::new);
         Service {
             cfg,
             handle,
@@ -518,6 +538,7 @@ impl Service {
             gpu: NodeGpu::unregistered(squall_gpu::GpuAvailability::Unavailable {
                 reason: "GPU detection was not run (a service without its node)".to_string(),
             }),
+            compactor: Compactor::new(checkpoints),
         }
     }
 
@@ -540,11 +561,9 @@ impl Service {
         self.wan_pressure = pressure;
     }
 
-    /// Rebuilds a shard from its log (at start, or after a state transfer).
-    /// Rebuilds shard `(subgroup, shard)` from this node's log, through `last_version`,
-    /// read in chunks of [`REPLAY_CHUNK_BYTES`] so that a log larger than memory replays.
-    /// Each payload is copied out of its chunk: a value the store keeps (the latest of
-    /// its key) must not hold the rest of the chunk it was read with in memory.
+    /// Rebuilds shard `(subgroup, shard)` from this node's log, through `last_version` (at
+    /// start, or after a state transfer): from its newest usable checkpoint and the
+    /// records after it if the shard was compacted, else from the log's first record.
     pub async fn replay_log(
         &mut self,
         subgroup: u32,
@@ -552,8 +571,107 @@ impl Service {
         last_version: Option<u64>,
     ) -> Result<u64, String> {
         self.replay_reset(subgroup, shard);
+        let from = match self.load_checkpoint(subgroup, shard, last_version).await? {
+            Some(version) => version.0.saturating_add(1),
+            None => 0,
+        };
+        self.replay_records(subgroup, shard, from, last_version)
+            .await
+    }
+
+    /// Installs the newest checkpoint of a persistent shard that its log can be replayed
+    /// from (see [`Checkpoints::newest_usable`]); its version.
+    async fn load_checkpoint(
+        &mut self,
+        subgroup: u32,
+        shard: u32,
+        last_version: Option<u64>,
+    ) -> Result<Option<Version>, String> {
+        if subgroup == 0 || self.kind(subgroup) != StoreKind::Persistent {
+            return Ok(None);
+        }
+        let Some(ck) = self.compactor.checkpoints().cloned() else {
+            return Ok(None);
+        };
+        let limits = self.cfg.store_limits;
+        let loaded = tokio::task::spawn_blocking(move || {
+            ck.newest_usable(subgroup, shard, last_version, limits)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let Some(loaded) = loaded else {
+            return Ok(None);
+        };
+        let version = loaded.version;
+        info!(subgroup, shard, %version, "loaded the checkpoint");
+        self.install(subgroup, shard, loaded);
+        Ok(Some(version))
+    }
+
+    /// A checkpoint becomes the shard's store (and outbox).
+    fn install(&mut self, subgroup: u32, shard: u32, loaded: checkpoint::Loaded) {
+        let checkpoint::Loaded { store, outbox, .. } = loaded;
+        cache_store(&self.gpu, &self.pools, subgroup, &store);
+        if let Some(replaced) = self.stores.insert((subgroup, shard), store) {
+            uncache_store(&self.gpu, &self.pools, subgroup, &replaced);
+        }
+        self.outboxes.clear(subgroup, shard);
+        for (site, entry) in outbox {
+            self.outboxes.push(subgroup, shard, &site, entry);
+        }
+    }
+
+    /// A persistent shard's state as a transfer brought it (its source's log was
+    /// compacted, so the records alone cannot rebuild it): kept as this node's checkpoint
+    /// (and the start its log can be replayed from), installed, and the records after it
+    /// replayed.
+    async fn receive_checkpoint(
+        &mut self,
+        subgroup: u32,
+        shard: u32,
+        state: Bytes,
+        last_version: Option<u64>,
+    ) -> Result<u64, String> {
+        let ck = self.compactor.checkpoints().cloned();
+        let limits = self.cfg.store_limits;
+        let loaded = tokio::task::spawn_blocking(move || {
+            let loaded = checkpoint::decode(state.clone(), StoreKind::Persistent, limits)?;
+            if last_version.is_none_or(|last| loaded.version.0 > last) {
+                return Err(format!(
+                    "the state is at version {}, past the transferred log's end {last_version:?}",
+                    loaded.version
+                ));
+            }
+            if let Some(ck) = ck {
+                ck.write_encoded(subgroup, shard, loaded.version, &state)
+                    .and_then(|()| ck.set_log_start(subgroup, shard, loaded.version))
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(loaded)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let from = loaded.version.0.saturating_add(1);
+        info!(subgroup, shard, version = %loaded.version, "took the transferred checkpoint");
+        self.replay_reset(subgroup, shard);
+        self.install(subgroup, shard, loaded);
+        self.replay_records(subgroup, shard, from, last_version)
+            .await
+    }
+
+    /// Applies shard `(subgroup, shard)`'s logged records in `[from, last_version]`, read
+    /// in chunks of [`REPLAY_CHUNK_BYTES`] so that a log larger than memory replays. Each
+    /// payload is copied out of its chunk: a value the store keeps (the latest of its
+    /// key) must not hold the rest of the chunk it was read with in memory.
+    async fn replay_records(
+        &mut self,
+        subgroup: u32,
+        shard: u32,
+        mut from: u64,
+        last_version: Option<u64>,
+    ) -> Result<u64, String> {
         let mut records = 0u64;
-        let mut from = 0;
         while let Some(last) = last_version.filter(|last| from <= *last) {
             let chunk = self
                 .handle
@@ -591,6 +709,22 @@ impl Service {
                 uncache_store(&self.gpu, &self.pools, subgroup, &replaced);
             }
             self.history.remove(&(subgroup, shard));
+            self.outboxes.clear(subgroup, shard);
+        }
+    }
+
+    /// Whether this node compacted the shard's log (it no longer begins at the start).
+    fn log_compacted(&self, subgroup: u32, shard: u32) -> bool {
+        let Some(ck) = self.compactor.checkpoints() else {
+            return false;
+        };
+        match ck.log_start(subgroup, shard) {
+            Ok(start) => start.is_some(),
+            Err(e) => {
+                // Sending a checkpoint the joiner may not need is safe; the reverse is not.
+                warn!(error = %e, subgroup, shard, "reading the log start marker");
+                true
+            }
         }
     }
 
@@ -701,6 +835,7 @@ impl Service {
         let mut sample = tokio::time::interval(METRICS_SAMPLE_INTERVAL);
         sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut log_read_done = self.log_read_done_rx.take()?;
+        let mut checkpoint_written = self.compactor.start(self.handle.clone())?;
         let (forwarded_tx, mut forwarded) = mpsc::channel(crate::wan::FORWARD_QUEUE_MAX);
         self.forwarders = self.cfg.wan.as_ref().map(|wan| {
             Forwarders::start(
@@ -726,6 +861,7 @@ impl Service {
                     self.sample_outbox();
                 }
                 Some((token, result)) = log_read_done.recv() => self.finish_log_read(token, result),
+                Some(done) = checkpoint_written.recv() => self.compactor.written(done, &self.global),
                 _ = progress.tick() => self.announce_udl_progress().await,
                 _ = disk_tick.tick(), if watch_disk => self.check_disk().await,
                 _ = sample.tick() => self.sample_metrics(),
@@ -777,6 +913,7 @@ impl Service {
             }
             AppEvent::GlobalPersisted { subgroup, version } => {
                 self.global.insert(subgroup, version);
+                self.compactor.durable(&self.global);
                 if let Some(m) = &self.metrics {
                     let g = subgroup.to_string();
                     m.persisted_version
@@ -867,11 +1004,28 @@ impl Service {
                 shard,
             } => {
                 // Logged shards travel as their log; volatile ones as a snapshot, streamed.
+                // A compacted log lacks its beginning: a checkpoint of the store goes
+                // with it.
                 match self.stores.get(&(subgroup, shard)) {
                     Some(store) if store.kind() == StoreKind::Volatile => {
                         let stream = store.snapshot_stream();
                         self.snapshots_out.insert(subgroup, (view_id, stream));
                         self.supply_snapshot_piece(view_id, subgroup).await;
+                    }
+                    Some(store)
+                        if store.kind() == StoreKind::Persistent
+                            && self.log_compacted(subgroup, shard) =>
+                    {
+                        let stream = store.snapshot_stream();
+                        let version = store.last_delivered().unwrap_or(Version(0));
+                        let outbox = self.outboxes.entries(subgroup, shard);
+                        let state = tokio::task::spawn_blocking(move || {
+                            checkpoint::encode_to_bytes(version, stream, &outbox)
+                        })
+                        .await
+                        .unwrap_or_default();
+                        info!(subgroup, shard, %version, bytes = state.len(), "a checkpoint goes with the compacted log");
+                        self.handle.supply_state(view_id, subgroup, state).await
                     }
                     _ => {
                         self.handle
@@ -898,10 +1052,17 @@ impl Service {
                 subgroup,
                 shard,
                 log,
+                state,
                 ..
             } => {
                 self.awaiting_state.remove(&(subgroup, shard));
-                if let Err(e) = self.replay_log(subgroup, shard, log.last_version).await {
+                let rebuilt = if state.is_empty() {
+                    self.replay_log(subgroup, shard, log.last_version).await
+                } else {
+                    self.receive_checkpoint(subgroup, shard, state, log.last_version)
+                        .await
+                };
+                if let Err(e) = rebuilt {
                     warn!(error = %e, subgroup, shard, "cannot replay the transferred log; leaving");
                     self.handle.leave().await;
                 }
@@ -1221,6 +1382,26 @@ impl Service {
             .entry((subgroup, shard))
             .or_insert_with(|| ShardStore::new(kind, limits));
         let (outcome, duplicate) = store.apply(version, &op);
+        if let (
+            Op::Compact { .. },
+            Outcome::Compacted {
+                through: Some(_), ..
+            },
+            false,
+            true,
+        ) = (&op, &outcome, duplicate, live)
+        {
+            // Older values cached for reads of the past may be ones just forgotten.
+            self.history.remove(&(subgroup, shard));
+            self.compactor.checkpoint(
+                subgroup,
+                shard,
+                version,
+                store.snapshot_stream(),
+                self.outboxes.entries(subgroup, shard),
+                store.history_floor(),
+            );
+        }
         if let (Outcome::Applied { .. }, false) = (&outcome, duplicate) {
             // Every replica caches what it stores (the store's own `Bytes`: the host tier
             // shares it); a refusal never fails the write.
@@ -1510,7 +1691,11 @@ impl Service {
         let catch_up = match after {
             None => None,
             Some(after) => {
-                let changes = store.map_or_else(Vec::new, |st| st.changes_after(&prefix, after));
+                let changes = match store.map(|st| st.changes_after(&prefix, after)) {
+                    None => Vec::new(),
+                    Some(Ok(changes)) => changes,
+                    Some(Err(e)) => return refused(read_error(e)),
+                };
                 if changes.len() > WATCH_CATCH_UP_MAX {
                     return refused(Response::error(
                         ErrorCode::TooLarge,
@@ -1796,12 +1981,10 @@ impl Service {
                 let mut keys = Vec::new();
                 for s in held {
                     if let Some(store) = self.stores.get(&(g, s)) {
-                        keys.extend(
-                            store
-                                .list_keys(&prefix, at_time_us)
-                                .into_iter()
-                                .map(|k| k.to_string()),
-                        );
+                        match store.list_keys(&prefix, at_time_us) {
+                            Ok(held) => keys.extend(held.iter().map(|k| k.to_string())),
+                            Err(e) => return read_error(e),
+                        }
                     }
                 }
                 keys.sort();
@@ -2073,6 +2256,39 @@ impl Service {
         }
     }
 
+    /// Whether a compaction of `pool`'s shard `shard` can be taken here: the subgroup to
+    /// send it in, or the refusal.
+    fn check_compact(&self, pool: &str, shard: u32) -> Result<u32, Response> {
+        if reserved(pool) {
+            return Err(Response::error(
+                ErrorCode::InvalidPool,
+                format!("pools under {RESERVED_PREFIX} are the nodes' own"),
+            ));
+        }
+        let Some(p) = self.pools.get(pool) else {
+            return Err(pool_error(&PoolError::NoSuchPool {
+                path: pool.to_string(),
+            }));
+        };
+        if p.spec.kind != StoreKind::Persistent {
+            return Err(Response::error(
+                ErrorCode::NotVersioned,
+                format!(
+                    "{pool} is a {} pool: it keeps no history to compact",
+                    p.spec.kind.name()
+                ),
+            ));
+        }
+        if shard >= p.shards {
+            return Err(Response::error(
+                ErrorCode::BadRequest,
+                format!("{pool} has {} shards; there is no shard {shard}", p.shards),
+            ));
+        }
+        self.check_member(p.spec.subgroup, shard)?;
+        Ok(p.spec.subgroup)
+    }
+
     /// Tells each shard how far this node's `one` UDL work is done (see `Op::UdlDone`).
     async fn announce_udl_progress(&mut self) {
         let me = self.cfg.me;
@@ -2340,7 +2556,8 @@ impl Service {
                     | Op::PutUdl { .. }
                     | Op::RemoveUdl { .. }
                     | Op::AddDfgs { .. }
-                    | Op::RemoveDfg { .. } => Role::Admin,
+                    | Op::RemoveDfg { .. }
+                    | Op::Compact { .. } => Role::Admin,
                     Op::Read { .. } => {
                         return answer(
                             reply,
@@ -2421,6 +2638,12 @@ impl Service {
                         }
                         (g, kind == StoreKind::Persistent)
                     }
+                    Op::Compact { pool, shard, .. } => match self.check_compact(pool, *shard) {
+                        // Not refused under a storage alarm: compacting is how a full
+                        // disk gets space back.
+                        Ok(g) => (g, true),
+                        Err(refused) => return answer(reply, refused),
+                    },
                     Op::OutboxPut {
                         site,
                         key,
@@ -2855,7 +3078,7 @@ fn cache_store(gpu: &NodeGpu, pools: &PoolTable, subgroup: u32, store: &ShardSto
         .list()
         .filter(|p| p.spec.subgroup == subgroup && p.spec.gpu_cache.is_some())
     {
-        for key in store.list_keys(&pool.spec.path, None) {
+        for key in store.list_keys(&pool.spec.path, None).into_iter().flatten() {
             if let Some(object) = store.latest(&key) {
                 gpu.on_put(&pool.spec, &key, object.version.0, &object.blob);
             }
@@ -2869,7 +3092,7 @@ fn uncache_store(gpu: &NodeGpu, pools: &PoolTable, subgroup: u32, store: &ShardS
         .list()
         .filter(|p| p.spec.subgroup == subgroup && p.spec.gpu_cache.is_some())
     {
-        for key in store.list_keys(&pool.spec.path, None) {
+        for key in store.list_keys(&pool.spec.path, None).into_iter().flatten() {
             gpu.on_remove(&pool.spec.path, &key);
         }
     }

@@ -104,7 +104,7 @@ impl WanConfig {
 }
 
 /// One queued output.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxEntry {
     /// Its place in the outbox shard's order.
     pub version: Version,
@@ -200,6 +200,25 @@ impl Outboxes {
         );
         queue.bytes += entry.blob.len();
         queue.entries.push_back(entry);
+    }
+
+    /// Every entry of one shard, by site (in name order), each site's in order: what a
+    /// checkpoint of the shard keeps.
+    pub fn entries(&self, subgroup: u32, shard: u32) -> Vec<(String, OutboxEntry)> {
+        self.shards
+            .get(&(subgroup, shard))
+            .into_iter()
+            .flat_map(|sites| {
+                sites.iter().flat_map(|(site, queue)| {
+                    queue.entries.iter().map(|e| (site.clone(), e.clone()))
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets one shard's entries (before it is rebuilt from its log or a checkpoint).
+    pub fn clear(&mut self, subgroup: u32, shard: u32) {
+        self.shards.remove(&(subgroup, shard));
     }
 
     /// Drops the entries below `below` (the remote cluster applied them). Returns how

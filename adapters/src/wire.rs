@@ -240,6 +240,9 @@ pub enum ErrorCode {
     /// (`limits.disk_reserve_bytes`; the message names it). Not retried by clients: it
     /// lasts until space is freed there.
     StorageFull = 23,
+    /// A read of the past before the point its pool's history was compacted to
+    /// (`squall compact`): what it needs is no longer kept.
+    Compacted = 24,
 }
 
 impl ErrorCode {
@@ -269,6 +272,7 @@ impl ErrorCode {
             OutboxFull,
             UdlFailed,
             StorageFull,
+            Compacted,
         ]
         .into_iter()
         .find(|c| *c as u16 == v)
@@ -300,6 +304,7 @@ impl ErrorCode {
             OutboxFull => "outbox_full",
             UdlFailed => "udl_failed",
             StorageFull => "storage_full",
+            Compacted => "compacted",
         }
     }
 }
@@ -339,6 +344,15 @@ pub enum Response {
     /// this node then (`None`: nothing yet). Its events follow.
     Watching {
         version: Option<Version>,
+    },
+    /// A shard forgot its history before `through` (stamped `timestamp_us`): each key
+    /// keeps its value as of it and every later version. `through` is `None` when the
+    /// pool held nothing that old; the counts are what was dropped.
+    Compacted {
+        through: Option<Version>,
+        timestamp_us: u64,
+        versions_dropped: u64,
+        keys_dropped: u64,
     },
 }
 
@@ -956,6 +970,18 @@ fn put_response(out: &mut FrameBuf, r: &Response) {
             out.put_u8(20);
             put_version(out, *version);
         }
+        Response::Compacted {
+            through,
+            timestamp_us,
+            versions_dropped,
+            keys_dropped,
+        } => {
+            out.put_u8(21);
+            put_version(out, *through);
+            out.put_u64_le(*timestamp_us);
+            out.put_u64_le(*versions_dropped);
+            out.put_u64_le(*keys_dropped);
+        }
         Response::Outputs(outputs) => {
             out.put_u8(15);
             out.put_u32_le(outputs.len() as u32);
@@ -1435,6 +1461,12 @@ fn response(r: &mut Bytes) -> Result<Response, WireError> {
         20 => Response::Watching {
             version: version(r)?,
         },
+        21 => Response::Compacted {
+            through: version(r)?,
+            timestamp_us: u64_(r, "timestamp")?,
+            versions_dropped: u64_(r, "count")?,
+            keys_dropped: u64_(r, "count")?,
+        },
         t => return Err(tag("response", t)),
     })
 }
@@ -1551,6 +1583,12 @@ mod tests {
             },
             Response::Done,
             Response::Watching { version: None },
+            Response::Compacted {
+                through: Some(Version::new(3, 9)),
+                timestamp_us: 1_795_489_110_063_933,
+                versions_dropped: 12,
+                keys_dropped: 2,
+            },
             Response::Watching {
                 version: Some(Version(3 << 32 | 1)),
             },

@@ -231,6 +231,72 @@ async fn the_rest_api_does_every_client_operation() {
         204
     );
 
+    // Compaction: history before the point is gone (410 `compacted`), the latest stays.
+    let created = http(
+        web,
+        "POST",
+        "/api/v1/pools",
+        None,
+        br#"{"path": "/webhist", "kind": "persistent"}"#,
+    );
+    assert_eq!(created.status, 201);
+    let first = http(web, "PUT", "/api/v1/objects/webhist/k", None, b"one").json();
+    http(web, "PUT", "/api/v1/objects/webhist/k", None, b"two");
+    let done = http(
+        web,
+        "POST",
+        "/api/v1/compact",
+        None,
+        br#"{"pool": "/webhist"}"#,
+    );
+    assert_eq!(done.status, 200, "{}", String::from_utf8_lossy(&done.body));
+    let dropped: u64 = done
+        .json()
+        .as_array()
+        .expect("one entry per shard")
+        .iter()
+        .map(|s| s["versions_dropped"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(dropped, 1, "{}", done.json());
+    let old = http(
+        web,
+        "GET",
+        &format!(
+            "/api/v1/objects/webhist/k?time_us={}",
+            first["timestamp_us"]
+        ),
+        None,
+        b"",
+    );
+    assert_eq!(old.status, 410, "{}", String::from_utf8_lossy(&old.body));
+    assert_eq!(old.json()["code"], "compacted");
+    assert_eq!(
+        http(web, "GET", "/api/v1/objects/webhist/k", None, b"").json()["value_text"],
+        "two"
+    );
+    let volatile = http(
+        web,
+        "POST",
+        "/api/v1/compact",
+        None,
+        br#"{"pool": "/cache"}"#,
+    );
+    assert_eq!(volatile.status, 400);
+    assert_eq!(volatile.json()["code"], "not_versioned");
+    let missing = http(
+        web,
+        "POST",
+        "/api/v1/compact",
+        None,
+        br#"{"pool": "/nope"}"#,
+    );
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json()["code"], "no_such_pool");
+    assert_eq!(
+        http(web, "DELETE", "/api/v1/pools/webhist", None, b"").status,
+        204
+    );
+
     // DFGs and UDLs are listed (the UDL tests upload and run them).
     assert_eq!(
         http(web, "GET", "/api/v1/udls", None, b"").json(),
@@ -252,6 +318,7 @@ async fn the_rest_api_does_every_client_operation() {
         "/api/v1/pools",
         "/api/v1/members",
         "/api/v1/keys",
+        "/api/v1/compact",
         "/api/v1/udls",
         "/api/v1/dfgs",
     ] {
@@ -384,5 +451,28 @@ async fn tokens_and_roles_hold_over_http() {
         )
         .status,
         201
+    );
+    // Forgetting history is the admin's.
+    let compact = |token| {
+        http(
+            web,
+            "POST",
+            "/api/v1/compact",
+            Some(token),
+            br#"{"pool": "/demo"}"#,
+        )
+    };
+    assert_eq!(compact("w-token").status, 403);
+    assert_eq!(compact("w-token").json()["code"], "forbidden");
+    let as_admin = compact("a-token");
+    assert_eq!(
+        as_admin.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&as_admin.body)
+    );
+    assert_eq!(
+        http(web, "GET", "/api/v1/objects/demo/k", Some("r-token"), b"").json()["value_text"],
+        "v"
     );
 }

@@ -15,6 +15,6 @@ pub use key::{KEY_BYTES_MAX_DEFAULT, KeyError, validate_key};
 pub use op::{Condition, MessageId, OUTBOX_POOL, Op, OpError, outbox_key};
 pub use pool::{GpuCache, Pool, PoolError, PoolSpec, PoolTable, StoreKind};
 pub use store::{
-    Change, NoHistory, Object, Outcome, ReadError, ShardStore, SnapshotLoader, SnapshotStream,
-    StoreLimits, VersionMeta, VersionReader,
+    Change, Horizon, NoHistory, Object, Outcome, ReadError, ShardStore, SnapshotLoader,
+    SnapshotStream, StoreLimits, VersionMeta, VersionReader,
 };

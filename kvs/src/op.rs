@@ -135,6 +135,19 @@ pub enum Op {
         free_bytes: u64,
         reserve_bytes: u64,
     },
+    /// In a persistent shard: forget the history of pool `pool`'s keys before
+    /// `before_us`. Each replica finds the same point in its store (the newest write
+    /// under the pool stamped at or before `before_us`), keeps each key's value as of it
+    /// and every later version, and drops the rest: older versions, and keys removed by
+    /// then. Reads of the past that needed them answer `Compacted`. `shard` names the
+    /// shard the sender addressed (a pool spreads over several), so a node that holds
+    /// another one can refuse it.
+    Compact {
+        id: MessageId,
+        pool: String,
+        shard: u32,
+        before_us: u64,
+    },
 }
 
 /// The pool holding the WAN outboxes (one persistent pool; its path is reserved).
@@ -161,7 +174,8 @@ impl Op {
             | Op::UdlDone { id, .. }
             | Op::OutboxPut { id, .. }
             | Op::OutboxDone { id, .. }
-            | Op::StorageAlarm { id, .. } => *id,
+            | Op::StorageAlarm { id, .. }
+            | Op::Compact { id, .. } => *id,
         }
     }
 }
@@ -199,6 +213,7 @@ const TAG_OUTBOX_DONE: u8 = 12;
 /// A pool creation whose spec has extensions (see the module doc).
 pub const TAG_CREATE_POOL_EXTENDED: u8 = 13;
 const TAG_STORAGE_ALARM: u8 = 14;
+const TAG_COMPACT: u8 = 15;
 
 /// The bits of a pool spec's extension section (`extensions: u8`); unknown bits are
 /// refused.
@@ -357,6 +372,18 @@ fn encode_into(op: &Op, out: &mut BytesMut, inline: bool) -> Option<Bytes> {
             out.put_u64_le(*free_bytes);
             out.put_u64_le(*reserve_bytes);
         }
+        Op::Compact {
+            id,
+            pool,
+            shard,
+            before_us,
+        } => {
+            out.put_u8(TAG_COMPACT);
+            put_id(out, *id);
+            put_str(out, pool);
+            out.put_u32_le(*shard);
+            out.put_u64_le(*before_us);
+        }
     }
     tail
 }
@@ -482,6 +509,12 @@ pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
                 reserve_bytes: get_u64(r, "reserve bytes")?,
             }
         }
+        TAG_COMPACT => Op::Compact {
+            id: get_id(r)?,
+            pool: get_str(r, "pool")?,
+            shard: get_u32(r, "shard")?,
+            before_us: get_u64(r, "time")?,
+        },
         tag => {
             return Err(OpError::UnknownTag {
                 what: "operation",
@@ -840,6 +873,12 @@ mod tests {
                 low: true,
                 free_bytes: 3 << 20,
                 reserve_bytes: 256 << 20,
+            },
+            Op::Compact {
+                id,
+                pool: "/demo".into(),
+                shard: 3,
+                before_us: 1_795_489_110_063_933,
             },
         ]
     }

@@ -6,6 +6,12 @@
 //! Volatile stores keep the latest object of each key. Persistent stores keep every
 //! version's metadata (for reads by version and by time) and the latest blob; older blobs
 //! are read back from the log through a [`VersionReader`]. Trigger stores keep nothing.
+//!
+//! A persistent store's history is forgotten on request, in the shard's order
+//! ([`Op::Compact`]), so every replica forgets the same versions at the same point and
+//! answers every later operation alike. What is forgotten is recorded (a [`Horizon`] per
+//! pool, and per key where an older value was dropped), so a read of the past that would
+//! need it answers [`ReadError::Compacted`] rather than a wrong "not found".
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -81,6 +87,37 @@ pub enum Outcome {
     ReadPoint {
         version: Version,
     },
+    /// History forgotten (`Op::Compact`): everything of the pool before `through` (stamped
+    /// `timestamp_us`) except each key's value as of it. `through` is `None` when the
+    /// pool had nothing that old; counts are what this operation dropped.
+    Compacted {
+        through: Option<Version>,
+        timestamp_us: u64,
+        versions_dropped: u64,
+        keys_dropped: u64,
+    },
+}
+
+/// How far back a pool's history is kept: reads as of a point before `through` (in
+/// version or time) answer [`ReadError::Compacted`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Horizon {
+    pub pool: Arc<str>,
+    /// The newest write of the pool that was compacted to; each key's value as of it is
+    /// kept.
+    pub through: Version,
+    pub timestamp_us: u64,
+}
+
+impl Horizon {
+    fn as_meta(&self) -> VersionMeta {
+        VersionMeta {
+            version: self.through,
+            timestamp_us: self.timestamp_us,
+            size: 0,
+            tombstone: false,
+        }
+    }
 }
 
 /// Metadata of one version of a key.
@@ -125,6 +162,15 @@ pub enum ReadError {
     Missing { key: String, version: Version },
     #[error("reading the log: {0}")]
     Log(String),
+    #[error(
+        "the history of {key} before version {through} ({timestamp_us} µs) was compacted: \
+         reads as of an earlier point are no longer possible"
+    )]
+    Compacted {
+        key: String,
+        through: Version,
+        timestamp_us: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -132,6 +178,9 @@ struct KeyEntry {
     /// Oldest first. Volatile: only the latest.
     versions: Vec<VersionMeta>,
     latest: Object,
+    /// The first version kept when a compaction dropped the value this key had just
+    /// before it: reads as of an earlier point need what was dropped.
+    history_from: Option<VersionMeta>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -153,6 +202,9 @@ pub struct ShardStore {
     dedup: HashMap<u64, ClientWindow>,
     /// Clients by last activity, for evicting the least recently active.
     activity: BTreeMap<Version, u64>,
+    /// Per pool compacted, how far back its history goes (pools cannot nest, so a key
+    /// is under at most one).
+    horizons: Vec<Horizon>,
 }
 
 impl ShardStore {
@@ -166,6 +218,7 @@ impl ShardStore {
             last_timestamp_us: 0,
             dedup: HashMap::new(),
             activity: BTreeMap::new(),
+            horizons: Vec::new(),
         }
     }
 
@@ -216,6 +269,9 @@ impl ShardStore {
             | Op::UdlDone { .. }
             | Op::OutboxDone { .. }
             | Op::StorageAlarm { .. } => Outcome::ReadPoint { version },
+            Op::Compact {
+                pool, before_us, ..
+            } => self.compact(pool, *before_us),
             // Queued by the node's outbox, not stored as an object: it gets a version
             // and a timestamp (the outbox's order) and is applied once per message id.
             Op::OutboxPut { hlc_us, .. } => {
@@ -312,6 +368,7 @@ impl ShardStore {
                     KeyEntry {
                         versions: vec![meta],
                         latest: object,
+                        history_from: None,
                     },
                 );
             }
@@ -320,6 +377,111 @@ impl ShardStore {
             version,
             timestamp_us,
         }
+    }
+
+    /// Forgets the history of `pool`'s keys before the newest of its writes stamped at or
+    /// before `before_us` (call it C): each key keeps its versions after C and its value
+    /// as of C unless that is a removal; a key whose last version by C removed it is
+    /// dropped whole (a later put of it has no previous key version). Deterministic: it
+    /// depends only on the store, so every replica drops the same.
+    fn compact(&mut self, pool: &str, before_us: u64) -> Outcome {
+        let horizon = self.horizon(pool).cloned();
+        let no_op = |h: Option<Horizon>| Outcome::Compacted {
+            through: h.as_ref().map(|h| h.through),
+            timestamp_us: h.map_or(0, |h| h.timestamp_us),
+            versions_dropped: 0,
+            keys_dropped: 0,
+        };
+        if self.kind != StoreKind::Persistent {
+            return no_op(None);
+        }
+        let under = |k: &str| crate::key::contains(pool, k);
+        // Timestamps increase along each key's versions as versions do.
+        let point = self
+            .keys
+            .iter()
+            .filter(|(k, _)| under(k))
+            .filter_map(|(_, e)| {
+                let n = e.versions.partition_point(|m| m.timestamp_us <= before_us);
+                n.checked_sub(1).map(|i| e.versions[i])
+            })
+            .max_by_key(|m| m.version);
+        let Some(point) = point else {
+            return no_op(horizon);
+        };
+        if horizon.as_ref().is_some_and(|h| h.through >= point.version) {
+            return no_op(horizon);
+        }
+        let through = point.version;
+        let (mut versions_dropped, mut keys_dropped) = (0u64, 0u64);
+        self.keys.retain(|k, e| {
+            if !under(k) {
+                return true;
+            }
+            let n = e.versions.partition_point(|m| m.version <= through);
+            if n == 0 {
+                return true;
+            }
+            if n == e.versions.len() {
+                if e.versions[n - 1].tombstone {
+                    versions_dropped += n as u64;
+                    keys_dropped += 1;
+                    return false;
+                }
+                // Its value as of C is its latest: in memory, not in the log.
+                e.versions.drain(..n - 1);
+                versions_dropped += (n - 1) as u64;
+                e.history_from = None;
+                return true;
+            }
+            let dropped_live = !e.versions[n - 1].tombstone;
+            e.versions.drain(..n);
+            versions_dropped += n as u64;
+            e.history_from = dropped_live.then(|| e.versions[0]);
+            true
+        });
+        let new = Horizon {
+            pool: Arc::from(pool),
+            through,
+            timestamp_us: point.timestamp_us,
+        };
+        match self.horizons.iter_mut().find(|h| &*h.pool == pool) {
+            Some(h) => *h = new,
+            None => self.horizons.push(new),
+        }
+        Outcome::Compacted {
+            through: Some(through),
+            timestamp_us: point.timestamp_us,
+            versions_dropped,
+            keys_dropped,
+        }
+    }
+
+    /// How far back the history of the pool at `pool` goes, if it was ever compacted.
+    fn horizon(&self, pool: &str) -> Option<&Horizon> {
+        self.horizons.iter().find(|h| &*h.pool == pool)
+    }
+
+    /// The horizon of the pool `key` is in.
+    fn horizon_of(&self, key: &str) -> Option<&Horizon> {
+        self.horizons
+            .iter()
+            .find(|h| crate::key::contains(&h.pool, key))
+    }
+
+    /// Every pool's horizon.
+    pub fn horizons(&self) -> &[Horizon] {
+        &self.horizons
+    }
+
+    /// The oldest version the store may still read from the log (a key's version older
+    /// than its latest), `None` if none: log records below it are needed by no read.
+    pub fn history_floor(&self) -> Option<Version> {
+        self.keys
+            .values()
+            .filter(|e| e.versions.len() > 1)
+            .map(|e| e.versions[0].version)
+            .min()
     }
 
     fn remembered(&self, id: MessageId) -> Option<Outcome> {
@@ -393,9 +555,24 @@ impl ShardStore {
                 kind: self.kind.name(),
             });
         }
+        let compacted = |meta: VersionMeta| ReadError::Compacted {
+            key: key.to_string(),
+            through: meta.version,
+            timestamp_us: meta.timestamp_us,
+        };
+        if let Some(h) = self.horizon_of(key)
+            && !visible(&h.as_meta())
+        {
+            return Err(compacted(h.as_meta()));
+        }
         let Some(entry) = self.keys.get(key) else {
             return Ok(None);
         };
+        if let Some(from) = entry.history_from
+            && !visible(&from)
+        {
+            return Err(compacted(from));
+        }
         // Versions and timestamps both increase along the list.
         let n = entry.versions.partition_point(|m| visible(m));
         let Some(i) = n.checked_sub(1) else {
@@ -432,14 +609,29 @@ impl ShardStore {
         self.keys.get(key).map_or(&[], |e| e.versions.as_slice())
     }
 
-    /// Keys under `prefix` that exist now (or at time `at_us`), sorted.
-    pub fn list_keys(&self, prefix: &str, at_us: Option<u64>) -> Vec<Arc<str>> {
+    /// Keys under `prefix` that exist now (or at time `at_us`), sorted. A time before
+    /// the horizon of a pool under (or over) `prefix` is [`ReadError::Compacted`].
+    pub fn list_keys(&self, prefix: &str, at_us: Option<u64>) -> Result<Vec<Arc<str>>, ReadError> {
+        if let Some(t) = at_us
+            && let Some(h) = self
+                .horizons
+                .iter()
+                .find(|h| overlap(&h.pool, prefix) && t < h.timestamp_us)
+        {
+            return Err(ReadError::Compacted {
+                key: prefix.to_string(),
+                through: h.through,
+                timestamp_us: h.timestamp_us,
+            });
+        }
         let mut keys: Vec<Arc<str>> = self
             .keys
             .iter()
             .filter(|(k, _)| crate::key::contains(prefix, k) || prefix == "/")
             .filter(|(_, e)| match at_us {
                 None => !e.latest.tombstone,
+                // Before its first kept version, the key held the value dropped.
+                Some(t) if e.history_from.is_some_and(|f| t < f.timestamp_us) => true,
                 Some(t) => {
                     let n = e.versions.partition_point(|m| m.timestamp_us <= t);
                     n > 0 && !e.versions[n - 1].tombstone
@@ -448,14 +640,32 @@ impl ShardStore {
             .map(|(k, _)| Arc::clone(k))
             .collect();
         keys.sort();
-        keys
+        Ok(keys)
     }
 
     /// The changes to keys under `prefix` after version `after` (all with `None`), oldest
     /// first: what a watch that broke off there missed. A persistent store has every
     /// version; a volatile one only each key's latest, so the versions in between are
-    /// skipped (each key still ends at its current value or removal).
-    pub fn changes_after(&self, prefix: &str, after: Option<Version>) -> Vec<Change> {
+    /// skipped (each key still ends at its current value or removal). From the start
+    /// (`None`), the changes still held; after a point a compaction forgot, the changes
+    /// since cannot all be given: [`ReadError::Compacted`].
+    pub fn changes_after(
+        &self,
+        prefix: &str,
+        after: Option<Version>,
+    ) -> Result<Vec<Change>, ReadError> {
+        if let Some(after) = after
+            && let Some(h) = self
+                .horizons
+                .iter()
+                .find(|h| overlap(&h.pool, prefix) && after < h.through)
+        {
+            return Err(ReadError::Compacted {
+                key: prefix.to_string(),
+                through: h.through,
+                timestamp_us: h.timestamp_us,
+            });
+        }
         let mut changes: Vec<Change> = self
             .keys
             .iter()
@@ -471,7 +681,7 @@ impl ShardStore {
             })
             .collect();
         changes.sort_unstable_by_key(|c| c.meta.version);
-        changes
+        Ok(changes)
     }
 
     /// The newest operation delivered to this shard (writes, duplicates, conflicts).
@@ -543,7 +753,24 @@ fn put_outcome(out: &mut BytesMut, o: &Outcome) {
             out.put_u8(4);
             out.put_u64_le(version.0);
         }
+        Outcome::Compacted {
+            through,
+            timestamp_us,
+            versions_dropped,
+            keys_dropped,
+        } => {
+            out.put_u8(5);
+            put_version(out, *through);
+            out.put_u64_le(*timestamp_us);
+            out.put_u64_le(*versions_dropped);
+            out.put_u64_le(*keys_dropped);
+        }
     }
+}
+
+/// Whether one of two path prefixes contains the other (a pool and a listed prefix).
+fn overlap(pool: &str, prefix: &str) -> bool {
+    prefix == "/" || crate::key::contains(pool, prefix) || crate::key::contains(prefix, pool)
 }
 
 /// A count of entries of at least `min_bytes` each, refused if the rest cannot hold it.
@@ -570,6 +797,12 @@ fn get_outcome(r: &mut Bytes) -> Result<Outcome, OpError> {
         },
         4 => Outcome::ReadPoint {
             version: Version(get_u64(r, "version")?),
+        },
+        5 => Outcome::Compacted {
+            through: get_version(r)?,
+            timestamp_us: get_u64(r, "timestamp")?,
+            versions_dropped: get_u64(r, "count")?,
+            keys_dropped: get_u64(r, "count")?,
         },
         tag => {
             return Err(OpError::UnknownTag {
@@ -637,8 +870,8 @@ mod tests {
         };
         assert!(matches!(s.apply(v(5), &rm).0, Outcome::Applied { .. }));
         assert_eq!(s.latest("/p/a"), None);
-        assert!(s.list_keys("/p", None).is_empty());
-        assert_eq!(s.list_keys("/p", Some(t0)).len(), 1);
+        assert!(s.list_keys("/p", None).expect("listed").is_empty());
+        assert_eq!(s.list_keys("/p", Some(t0)).expect("listed").len(), 1);
         assert_eq!(
             s.apply(
                 v(6),
@@ -825,6 +1058,7 @@ mod tests {
             s.apply(v(6), &put(6, "/p/a", b"a3", Condition::Always));
             let seen = |after| {
                 s.changes_after("/p", after)
+                    .expect("nothing compacted")
                     .into_iter()
                     .map(|c| (c.meta.version, c.key.to_string(), c.meta.tombstone, c.blob))
                     .collect::<Vec<_>>()
@@ -853,5 +1087,186 @@ mod tests {
             assert_eq!(seen(Some(v(5))), vec![a3]);
             assert_eq!(seen(Some(v(6))), vec![]);
         }
+    }
+
+    fn compact(seq: u64, pool: &str, before_us: u64) -> Op {
+        Op::Compact {
+            id: id(seq),
+            pool: pool.into(),
+            shard: 0,
+            before_us,
+        }
+    }
+
+    /// Puts (hlc = 1000 + seq, so the timestamp of `v(n)` is 1000 + n) and removes:
+    /// `/p/a` a1 a2 | a3, `/p/b` b1 removed |, `/p/c` c1 |, `/p/d` removed | d2,
+    /// `/q/x` x1 x2 |, where `|` is v(8), the point a compaction before 1008 µs finds.
+    fn compactable() -> (ShardStore, Log) {
+        let mut s = ShardStore::new(StoreKind::Persistent, StoreLimits::default());
+        let mut log = Log(HashMap::new());
+        let remove = |seq: u64, key: &str| Op::Remove {
+            id: id(seq),
+            hlc_us: 1_000 + seq,
+            condition: Condition::Always,
+            key: key.into(),
+        };
+        let ops = [
+            put(1, "/p/a", b"a1", Condition::Always),
+            put(2, "/p/b", b"b1", Condition::Always),
+            put(3, "/p/a", b"a2", Condition::Always),
+            put(4, "/p/c", b"c1", Condition::Always),
+            put(5, "/p/d", b"d1", Condition::Always),
+            remove(6, "/p/b"),
+            put(7, "/q/x", b"x1", Condition::Always),
+            remove(8, "/p/d"),
+            put(9, "/p/a", b"a3", Condition::Always),
+            put(10, "/p/d", b"d2", Condition::Always),
+            put(11, "/q/x", b"x2", Condition::Always),
+        ];
+        for (i, op) in ops.iter().enumerate() {
+            let seq = i as u32 + 1;
+            let (outcome, _) = s.apply(v(seq), op);
+            assert!(matches!(outcome, Outcome::Applied { .. }), "{outcome:?}");
+            if let Op::Put { blob, .. } = op {
+                log.0.insert(v(seq), blob.clone());
+            }
+        }
+        (s, log)
+    }
+
+    fn value(s: &ShardStore, log: &Log, key: &str, t_us: u64) -> Result<Option<Bytes>, ReadError> {
+        s.at_time(key, t_us, log).map(|o| o.map(|o| o.blob))
+    }
+
+    #[test]
+    fn compaction_keeps_each_value_as_of_its_point_and_everything_after() {
+        let (mut s, log) = compactable();
+        let floor_before = s.history_floor();
+        assert_eq!(floor_before, Some(v(1)), "a1 is an older version of /p/a");
+        let (outcome, _) = s.apply(v(12), &compact(12, "/p", 1_008));
+        assert_eq!(
+            outcome,
+            Outcome::Compacted {
+                through: Some(v(8)),
+                timestamp_us: 1_008,
+                // a1, a2; b1 and b's removal; d1 and d's removal.
+                versions_dropped: 6,
+                keys_dropped: 1,
+            }
+        );
+        assert_eq!(s.last_version(), Some(v(11)), "a compaction is not a write");
+        let b = |v: &'static [u8]| Ok(Some(Bytes::from_static(v)));
+        // As of the point and later, every answer is what it was.
+        assert_eq!(
+            value(&s, &log, "/p/a", 1_008),
+            Err(ReadError::Compacted {
+                key: "/p/a".into(),
+                through: v(9),
+                timestamp_us: 1_009,
+            }),
+            "a2 was /p/a's value at the point, and it was dropped"
+        );
+        assert_eq!(value(&s, &log, "/p/a", 1_009), b(b"a3"));
+        assert_eq!(value(&s, &log, "/p/b", 1_008), Ok(None));
+        assert_eq!(value(&s, &log, "/p/c", 1_008), b(b"c1"));
+        assert_eq!(value(&s, &log, "/p/d", 1_008), Ok(None), "removed then");
+        assert_eq!(value(&s, &log, "/p/d", 1_010), b(b"d2"));
+        // Before it: compacted, whatever the key.
+        for key in ["/p/a", "/p/b", "/p/c", "/p/zzz"] {
+            assert!(
+                matches!(
+                    value(&s, &log, key, 1_007),
+                    Err(ReadError::Compacted { .. })
+                ),
+                "{key}"
+            );
+        }
+        assert!(matches!(
+            s.at_version("/p/c", v(7), &log),
+            Err(ReadError::Compacted { .. })
+        ));
+        // Another pool of the shard keeps its history.
+        assert_eq!(value(&s, &log, "/q/x", 1_007), b(b"x1"));
+        assert_eq!(
+            s.history_floor(),
+            Some(v(7)),
+            "x1 is the oldest version left"
+        );
+        // Listings: /p/a existed at 1008 (a2, dropped), /p/d did not.
+        let names = |keys: Vec<Arc<str>>| keys.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            names(s.list_keys("/p", Some(1_008)).expect("after the point")),
+            ["/p/a", "/p/c"]
+        );
+        assert!(matches!(
+            s.list_keys("/p", Some(1_007)),
+            Err(ReadError::Compacted { .. })
+        ));
+        assert!(matches!(
+            s.list_keys("/", Some(1_007)),
+            Err(ReadError::Compacted { .. })
+        ));
+        assert_eq!(
+            names(s.list_keys("/q", Some(1_007)).expect("not compacted")),
+            ["/q/x"]
+        );
+        // A watch resuming before the point cannot get every change; after, it can.
+        assert!(matches!(
+            s.changes_after("/p", Some(v(7))),
+            Err(ReadError::Compacted { .. })
+        ));
+        assert_eq!(s.changes_after("/p", Some(v(8))).expect("kept").len(), 2);
+        assert_eq!(s.changes_after("/p", None).expect("what is kept").len(), 3);
+        // The removed key is gone whole: a new put of it has no previous key version.
+        s.apply(v(13), &put(13, "/p/b", b"b2", Condition::Always));
+        assert_eq!(s.latest("/p/b").expect("put").previous_key_version, None);
+        // Compacting again to an older or the same point drops nothing more.
+        let (again, _) = s.apply(v(14), &compact(14, "/p", 1_005));
+        assert!(matches!(
+            again,
+            Outcome::Compacted { through: Some(t), versions_dropped: 0, .. } if t == v(8)
+        ));
+    }
+
+    #[test]
+    fn a_compacted_store_travels_whole_in_a_snapshot() {
+        let (mut s, log) = compactable();
+        s.apply(v(12), &compact(12, "/p", 1_008));
+        let copy =
+            ShardStore::from_snapshot(StoreKind::Persistent, StoreLimits::default(), s.snapshot())
+                .expect("loads");
+        assert_eq!(copy.horizons(), s.horizons());
+        for key in ["/p/a", "/p/b", "/p/c", "/p/d", "/q/x"] {
+            assert_eq!(copy.versions(key), s.versions(key), "{key}");
+            for t in 1_000..1_013 {
+                assert_eq!(
+                    value(&copy, &log, key, t),
+                    value(&s, &log, key, t),
+                    "{key} at {t}"
+                );
+            }
+        }
+        assert_eq!(copy.history_floor(), s.history_floor());
+    }
+
+    #[test]
+    fn compacting_other_stores_or_a_pool_with_nothing_that_old_drops_nothing() {
+        let (mut s, _) = compactable();
+        let (outcome, _) = s.apply(v(12), &compact(12, "/p", 999));
+        assert_eq!(
+            outcome,
+            Outcome::Compacted {
+                through: None,
+                timestamp_us: 0,
+                versions_dropped: 0,
+                keys_dropped: 0
+            }
+        );
+        assert!(s.horizons().is_empty());
+        let mut volatile = ShardStore::new(StoreKind::Volatile, StoreLimits::default());
+        volatile.apply(v(1), &put(1, "/p/a", b"a", Condition::Always));
+        let (outcome, _) = volatile.apply(v(2), &compact(2, "/p", u64::MAX));
+        assert!(matches!(outcome, Outcome::Compacted { through: None, .. }));
+        assert!(volatile.latest("/p/a").is_some());
     }
 }

@@ -1,13 +1,14 @@
 //! The shard store against a plain reference model: random puts, removes, conditional
-//! writes and retried requests, applied to both; every outcome and every historical read
-//! must agree.
+//! writes, retried requests and compactions, applied to both; every outcome must agree,
+//! and every historical read must agree or, after a compaction, be `Compacted` (always
+//! for a point before the compaction's, never a wrong value).
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 use proptest::prelude::*;
 use squall_kvs::{
-    Condition, MessageId, Op, Outcome, ShardStore, StoreKind, StoreLimits, VersionReader,
+    Condition, MessageId, Op, Outcome, ReadError, ShardStore, StoreKind, StoreLimits, VersionReader,
 };
 use squall_platform::Version;
 
@@ -26,6 +27,11 @@ enum Step {
     Retry {
         back: u8,
     },
+    /// Forget the history before time `before_us` (the model's writes are stamped 1, 2,
+    /// 3, ... in order: their hlc is 0).
+    Compact {
+        before_us: u8,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -33,6 +39,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (0u8..4, any::<u8>(), 0u8..4).prop_map(|(key, value, cond)| Step::Put { key, value, cond }),
         1 => (0u8..4, 0u8..4).prop_map(|(key, cond)| Step::Remove { key, cond }),
         1 => (0u8..8).prop_map(|back| Step::Retry { back }),
+        1 => (0u8..60).prop_map(|before_us| Step::Compact { before_us }),
     ]
 }
 
@@ -41,6 +48,8 @@ fn step() -> impl Strategy<Value = Step> {
 struct Model {
     writes: Vec<(Version, String, Option<u8>)>,
     answers: HashMap<MessageId, Outcome>,
+    /// The newest point compacted to.
+    horizon: Option<Version>,
 }
 
 impl Model {
@@ -99,6 +108,21 @@ proptest! {
                     Some(j) => sent[j].clone(),
                     None => continue,
                 },
+                Step::Compact { before_us } => {
+                    let op = Op::Compact { id, pool: "/p".into(), shard: 0, before_us: u64::from(*before_us) };
+                    // The newest write stamped at or before the time, if past the horizon.
+                    let point = model.writes.get((*before_us as usize).min(model.writes.len()).wrapping_sub(1)).map(|w| w.0);
+                    if point > model.horizon {
+                        model.horizon = point;
+                    }
+                    let (got, _) = store.apply(version, &op);
+                    match got {
+                        Outcome::Compacted { through, .. } => prop_assert_eq!(through, model.horizon, "step {}", i),
+                        other => prop_assert!(false, "step {}: {:?}", i, other),
+                    }
+                    sent.push(op);
+                    continue;
+                }
             };
             // What the model expects.
             let expected = if let Some(first) = model.answers.get(&op.id()) {
@@ -107,7 +131,12 @@ proptest! {
                 let (key, condition, value) = match &op {
                     Op::Put { key, condition, blob, .. } => (key.clone(), *condition, Some(blob[0])),
                     Op::Remove { key, condition, .. } => (key.clone(), *condition, None),
-                    _ => unreachable!("only writes here"),
+                    // A retried compaction: answered as the first time, nothing more.
+                    _ => {
+                        let (got, duplicate) = store.apply(version, &op);
+                        prop_assert!(duplicate && matches!(got, Outcome::Compacted { .. }), "step {}", i);
+                        continue;
+                    }
                 };
                 let live = model.live(&key);
                 let outcome = match condition {
@@ -130,15 +159,25 @@ proptest! {
             if let Op::Put { blob, .. } = &op { blobs.0.insert(version, blob.clone()); }
             if !matches!(step, Step::Retry { .. }) { sent.push(op); }
         }
-        // Every key as of every version reads as the model says.
+        // Every key as of every version reads as the model says, or was compacted: always
+        // before the horizon, and never as of the newest version.
         for k in 0..4u8 {
             let key = format!("/p/k{k}");
             prop_assert_eq!(store.latest(&key).map(|o| o.blob[0]), model.latest(&key, None).and_then(|(_, v)| v));
             for i in 0..steps.len() as u32 {
                 let at = Version::new(2, i);
-                let got = store.at_version(&key, at, &blobs).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let want = model.latest(&key, Some(at)).and_then(|(_, v)| v);
-                prop_assert_eq!(got.map(|o| o.blob[0]), want, "{} at {}", key, at);
+                match store.at_version(&key, at, &blobs) {
+                    Ok(got) => {
+                        prop_assert!(model.horizon.is_none_or(|h| at >= h), "{} at {} is before the horizon", key, at);
+                        prop_assert_eq!(got.map(|o| o.blob[0]), want, "{} at {}", key, at);
+                    }
+                    Err(ReadError::Compacted { .. }) => {
+                        prop_assert!(model.horizon.is_some(), "{} at {}: compacted without a compaction", key, at);
+                        prop_assert!(i + 1 < steps.len() as u32, "{} as of the last version", key);
+                    }
+                    Err(e) => return Err(TestCaseError::fail(e.to_string())),
+                }
             }
         }
     }

@@ -42,6 +42,7 @@ from .errors import (
     UnavailableError,
     OutboxFullError,
     StorageFullError,
+    CompactedError,
 )
 
 __all__ = [
@@ -71,6 +72,7 @@ __all__ = [
     "UnavailableError",
     "OutboxFullError",
     "StorageFullError",
+    "CompactedError",
     "UserDefinedLogic",
     "Watch",
     "WatchEvent",

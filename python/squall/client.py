@@ -18,12 +18,18 @@ import asyncio
 import io
 import json
 import os
+import time
 import zipfile
 from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _native
 from ._native import Member, Object, Output, Pool, WatchEvent
 from .errors import UnavailableError
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
 
 #: What a put accepts: any contiguous buffer, or ``str`` (UTF-8).
 Value = Union[bytes, bytearray, memoryview, str, Any]
@@ -317,6 +323,16 @@ class Client:
     def remove_pool(self, path: str) -> None:
         self._n.remove_pool(path).wait()
 
+    def compact(self, pool: str, *, before_us: Optional[int] = None) -> list:
+        """Forgets the history of persistent pool ``pool`` before ``before_us`` (µs since
+        the epoch; default now), shard by shard: each key keeps its value as of then and
+        every later version, a key removed by then is dropped. Reads of earlier points
+        raise :class:`~squall.CompactedError` from then on, and the nodes' logs drop the
+        files nothing needs. Needs the admin role. Returns one dict per shard:
+        ``shard``, ``through`` (the version compacted to, ``None`` if nothing was that
+        old), ``timestamp_us``, ``versions_dropped``, ``keys_dropped``."""
+        return self._n.compact(pool, _now_us() if before_us is None else before_us).wait()
+
     def find_pool(self, key: str) -> Pool:
         """The pool ``key`` belongs to (:class:`~squall.PoolError` if none)."""
         return self._n.find_pool(key).wait()
@@ -527,6 +543,11 @@ class AsyncClient:
     async def remove_pool(self, path: str) -> None:
         n = await self._native()
         await _aio(n.remove_pool(path))
+
+    async def compact(self, pool: str, *, before_us: Optional[int] = None) -> list:
+        """See :meth:`Client.compact`."""
+        n = await self._native()
+        return await _aio(n.compact(pool, _now_us() if before_us is None else before_us))
 
     async def find_pool(self, key: str) -> Pool:
         n = await self._native()

@@ -115,6 +115,14 @@ class StorageFullError(SquallError):
     code = "storage_full"
 
 
+class CompactedError(SquallError):
+    """A read of the past (by version, time, or a listing or watch from then) before
+    the point its pool's history was compacted to (:meth:`Client.compact`): what it
+    needs is no longer kept."""
+
+    code = "compacted"
+
+
 class ConnectError(UnavailableError):
     """The client could not connect to any node it was given."""
 
@@ -158,6 +166,7 @@ BY_CODE = {
     "unavailable": UnavailableError,
     "outbox_full": OutboxFullError,
     "storage_full": StorageFullError,
+    "compacted": CompactedError,
     "connect": ConnectError,
     "protocol": ProtocolError,
     "internal": InternalError,

@@ -43,6 +43,8 @@ pub enum Out {
     /// A wait with a time limit ran out (`TimeoutError`).
     Timeout,
     Client(squall_adapters::client::Client),
+    /// Per shard, what a compaction forgot.
+    Compacted(Vec<squall_adapters::client::ShardCompacted>),
 }
 
 pub type CallResult = Result<Out, ClientError>;
@@ -263,6 +265,19 @@ pub fn convert(py: Python<'_>, result: CallResult) -> PyResult<Py<PyAny>> {
             (view_id, members).into_pyobject(py)?.into_any().unbind()
         }
         Out::Text(t) => t.into_pyobject(py)?.into_any().unbind(),
+        Out::Compacted(shards) => {
+            let list = pyo3::types::PyList::empty(py);
+            for c in shards {
+                let d = pyo3::types::PyDict::new(py);
+                d.set_item("shard", c.shard)?;
+                d.set_item("through", c.through.map(|v| v.0))?;
+                d.set_item("timestamp_us", c.timestamp_us)?;
+                d.set_item("versions_dropped", c.versions_dropped)?;
+                d.set_item("keys_dropped", c.keys_dropped)?;
+                list.append(d)?;
+            }
+            list.into_any().unbind()
+        }
         Out::Watch(rx) => Py::new(py, Watch::new(rx))?.into_any(),
         Out::Client(inner) => Py::new(py, crate::client::NativeClient { inner })?.into_any(),
         Out::Timeout => {

@@ -190,6 +190,11 @@ impl NativeClient {
         }))
     }
 
+    fn compact(&self, pool: String, before_us: u64) -> Call {
+        let client = self.inner.clone();
+        Call::new(async move { Ok(Out::Compacted(client.compact(&pool, before_us).await?)) })
+    }
+
     fn remove_pool(&self, path: String) -> Call {
         let client = self.inner.clone();
         Call::new(async move {

@@ -72,6 +72,39 @@ def test_versions_time_and_stable_reads(client):
         client.get(key, version=v1, stable=True)
 
 
+def test_compact_forgets_history_before_a_time(client):
+    """Compacting one pool: each key keeps its value as of the point and later
+    versions; reads before it raise ``CompactedError``; another pool of the same
+    subgroup keeps its history."""
+    pool = unique("/hist")
+    client.create_pool(pool, "persistent")
+    other = unique("/demo/kept")
+    o1, _ = client.put(other, b"old")
+    client.put(other, b"new")
+    key = f"{pool}/k"
+    v1, t1 = client.put(key, b"one")
+    v2, t2 = client.put(key, b"two")
+    time.sleep(0.002)
+    shards = client.compact(pool)
+    assert sum(s["versions_dropped"] for s in shards) == 1, shards
+    assert [s["through"] for s in shards if s["through"] is not None] == [v2], shards
+    assert bytes(client.get(key).value) == b"two"
+    assert bytes(client.get(key, timestamp_us=t2).value) == b"two"
+    with pytest.raises(squall.CompactedError) as e:
+        client.get(key, timestamp_us=t1)
+    assert e.value.code == "compacted" and isinstance(e.value, squall.SquallError)
+    with pytest.raises(squall.CompactedError):
+        client.get(key, version=v1)
+    with pytest.raises(squall.CompactedError):
+        client.list_keys(pool, timestamp_us=t1)
+    assert bytes(client.get(other, version=o1).value) == b"old"
+    with pytest.raises(squall.NotVersionedError):
+        client.compact("/cache")
+    with pytest.raises(squall.PoolError):
+        client.compact(unique("/nowhere"))
+    client.remove_pool(pool)
+
+
 def test_conditional_puts(client):
     key = unique("/demo/cond")
     v1, _ = client.put(key, b"a", if_absent=True)

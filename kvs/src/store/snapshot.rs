@@ -6,7 +6,8 @@
 //! flight.
 //!
 //! Format: frames of `u32 length | body`, little-endian. The first frame is the header
-//! (last version, last delivered, last timestamp, key count, client count), then one
+//! (last version, last delivered, last timestamp, key count, client count, the pools'
+//! horizons), then one
 //! frame per key (sorted), then one per client's retry memory (sorted). Pieces may be cut
 //! anywhere, so a frame may span pieces.
 //!
@@ -25,9 +26,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use squall_platform::Version;
 
 use super::{
-    ClientWindow, KeyEntry, MessageId, Object, OpError, ShardStore, StoreKind, StoreLimits,
-    VersionMeta, get_count, get_outcome, get_str, get_u8, get_u64, get_version, need, put_outcome,
-    put_str, put_version,
+    ClientWindow, Horizon, KeyEntry, MessageId, Object, OpError, ShardStore, StoreKind,
+    StoreLimits, VersionMeta, get_count, get_outcome, get_str, get_u8, get_u64, get_version, need,
+    put_outcome, put_str, put_version,
 };
 
 /// What one frame may hold beyond the largest object: the key, the object's metadata,
@@ -63,6 +64,12 @@ impl SnapshotStream {
             out.put_u64_le(store.last_timestamp_us);
             out.put_u32_le(keys.len() as u32);
             out.put_u32_le(clients.len() as u32);
+            out.put_u32_le(store.horizons.len() as u32);
+            for h in &store.horizons {
+                put_str(out, &h.pool);
+                out.put_u64_le(h.through.0);
+                out.put_u64_le(h.timestamp_us);
+            }
         });
         SnapshotStream {
             header: Some(header.freeze()),
@@ -150,6 +157,14 @@ impl SnapshotLoader {
                 need(r, 8, "snapshot header")?;
                 self.keys_left = Some(r.get_u32_le() as usize);
                 self.clients_left = r.get_u32_le() as usize;
+                let n = get_count(r, "horizons", 18)?;
+                for _ in 0..n {
+                    self.store.horizons.push(Horizon {
+                        pool: Arc::from(get_str(r, "pool")?),
+                        through: Version(get_u64(r, "version")?),
+                        timestamp_us: get_u64(r, "timestamp")?,
+                    });
+                }
             }
             Some(n) if n > 0 => {
                 let (key, entry) = get_entry(r, share_bytes_min)?;
@@ -263,13 +278,27 @@ fn put_entry(out: &mut BytesMut, key: &str, e: &KeyEntry) {
     out.put_u8(u8::from(o.tombstone));
     out.put_u32_le(o.blob.len() as u32);
     out.put_slice(&o.blob);
-    out.put_u32_le(e.versions.len() as u32);
-    for m in &e.versions {
-        out.put_u64_le(m.version.0);
-        out.put_u64_le(m.timestamp_us);
-        out.put_u64_le(m.size as u64);
-        out.put_u8(u8::from(m.tombstone));
+    out.put_u32_le((e.versions.len() + usize::from(e.history_from.is_some())) as u32);
+    for m in e.versions.iter().chain(&e.history_from) {
+        put_meta(out, m);
     }
+    out.put_u8(u8::from(e.history_from.is_some()));
+}
+
+fn put_meta(out: &mut BytesMut, m: &VersionMeta) {
+    out.put_u64_le(m.version.0);
+    out.put_u64_le(m.timestamp_us);
+    out.put_u64_le(m.size as u64);
+    out.put_u8(u8::from(m.tombstone));
+}
+
+fn get_meta(r: &mut Bytes) -> Result<VersionMeta, OpError> {
+    Ok(VersionMeta {
+        version: Version(get_u64(r, "version")?),
+        timestamp_us: get_u64(r, "timestamp")?,
+        size: get_u64(r, "size")? as usize,
+        tombstone: get_u8(r, "tombstone")? != 0,
+    })
 }
 
 /// One key's frame; its blob shares `r`'s buffer if it is `share_bytes_min` or more, and
@@ -296,13 +325,19 @@ fn get_entry(r: &mut Bytes, share_bytes_min: usize) -> Result<(Arc<str>, KeyEntr
     let n = get_count(r, "versions", 25)?;
     let mut versions = Vec::with_capacity(n);
     for _ in 0..n {
-        versions.push(VersionMeta {
-            version: Version(get_u64(r, "version")?),
-            timestamp_us: get_u64(r, "timestamp")?,
-            size: get_u64(r, "size")? as usize,
-            tombstone: get_u8(r, "tombstone")? != 0,
-        });
+        versions.push(get_meta(r)?);
     }
+    // The versions' count covers a trailing `history_from`, flagged after them.
+    let history_from = match get_u8(r, "history flag")? {
+        0 => None,
+        1 => versions.pop(),
+        tag => {
+            return Err(OpError::UnknownTag {
+                what: "history flag",
+                tag,
+            });
+        }
+    };
     let latest = Object {
         key: Arc::clone(&key),
         blob,
@@ -313,7 +348,14 @@ fn get_entry(r: &mut Bytes, share_bytes_min: usize) -> Result<(Arc<str>, KeyEntr
         message_id,
         tombstone,
     };
-    Ok((key, KeyEntry { versions, latest }))
+    Ok((
+        key,
+        KeyEntry {
+            versions,
+            latest,
+            history_from,
+        },
+    ))
 }
 
 fn put_client(out: &mut BytesMut, client: u64, w: &ClientWindow) {

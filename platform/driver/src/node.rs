@@ -273,6 +273,26 @@ impl NodeHandle {
         Ok(answer)
     }
 
+    /// Drops the oldest whole segments of this node's log for a shard whose records are
+    /// all below `before` (`LogStore::compact_before`), on the log thread after all log
+    /// work queued before: the application's record that it no longer needs them (a
+    /// checkpoint of its state) must be durable first. With no log, nothing happens.
+    pub async fn compact_log(&self, subgroup: u32, shard: u32, before: u64) -> Result<(), String> {
+        let Some(log) = &self.log else {
+            return Ok(());
+        };
+        let (reply, answer) = oneshot::channel();
+        log.send(LogWork::Compact {
+            key: ShardKey { subgroup, shard },
+            before,
+            reply,
+        })
+        .map_err(|_| "the log thread ended".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the log thread ended".to_string())?
+    }
+
     /// The records of this node's log for a shard with versions in `[from, to]`, as
     /// many as fit in `payload_bytes_max` (at least one when there is one); empty with no
     /// log. Read on the log thread after all log work queued before, and answered by it
@@ -423,6 +443,12 @@ enum LogWork {
         to: u64,
         payload_bytes_max: usize,
         reply: oneshot::Sender<Result<Vec<Record>, String>>,
+    },
+    /// Drop `key`'s oldest whole segments below `before` (`LogStore::compact_before`).
+    Compact {
+        key: ShardKey,
+        before: u64,
+        reply: oneshot::Sender<Result<(), String>>,
     },
     /// Drop `key`'s records after `after`, durably (a restart's agreed trim).
     Truncate {
@@ -1557,6 +1583,13 @@ fn spawn_log_thread(
                                 .range_bounded(key, from, to, payload_bytes_max)
                                 .map_err(|e| e.to_string());
                             let _ = reply.send(chunk);
+                        }
+                        LogWork::Compact { key, before, reply } => {
+                            // A failure here loses nothing (the segments stay): it is
+                            // the caller's to report, not a reason to stop the node.
+                            let compacted =
+                                store.compact_before(key, before).map_err(|e| e.to_string());
+                            let _ = reply.send(compacted);
                         }
                         LogWork::Truncate { key, after } => {
                             if let Err(e) = store.truncate_after(key, after.map(|v| v.0)) {

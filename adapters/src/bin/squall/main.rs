@@ -152,6 +152,16 @@ enum Cmd {
         #[command(subcommand)]
         command: PoolCmd,
     },
+    /// Forget a persistent pool's history before a time (admin): each key keeps its value
+    /// as of then and every later version; reads of earlier points answer `compacted`.
+    /// The nodes' logs then drop the files nothing needs (freeing disk).
+    Compact {
+        pool: String,
+        /// The time, in any form `get --time` takes; default now (keep only each key's
+        /// latest value).
+        #[arg(long, value_parser = moment::parse_arg, allow_hyphen_values = true)]
+        before: Option<u64>,
+    },
     /// Print every change under a prefix as it happens.
     Watch { prefix: String },
     /// The current view's members.
@@ -557,6 +567,26 @@ async fn client_command(cluster: &str, token: Option<String>, command: Cmd) -> R
                 println!("pool {path} removed");
             }
         },
+        Cmd::Compact { pool, before } => {
+            let before = before.unwrap_or_else(moment::now_us);
+            for c in client.compact(&pool, before).await? {
+                match c.through {
+                    Some(through) => println!(
+                        "{pool} shard {}: history before version {through} ({}) forgotten: \
+                         {} versions, {} removed keys",
+                        c.shard,
+                        moment::rfc3339(c.timestamp_us),
+                        c.versions_dropped,
+                        c.keys_dropped
+                    ),
+                    None => println!(
+                        "{pool} shard {}: nothing written at or before {}",
+                        c.shard,
+                        moment::rfc3339(before)
+                    ),
+                }
+            }
+        }
         Cmd::Watch { prefix } => {
             let mut events = client.watch(&prefix).await?;
             while let Some(e) = events.recv().await {

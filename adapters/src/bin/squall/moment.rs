@@ -52,7 +52,7 @@ pub fn rfc3339(us: u64) -> String {
         .unwrap_or_else(|| format!("{us} µs"))
 }
 
-fn now_us() -> u64 {
+pub fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))

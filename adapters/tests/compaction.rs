@@ -1,0 +1,279 @@
+//! Compacting a persistent pool's history (`squall compact`) on real `squall node`
+//! processes: what is forgotten and what is kept, the log files freed on every replica,
+//! and the same answers after a node restarts, after the whole cluster restarts, and from
+//! a node that lost its disk and joins again (its state comes as a checkpoint, since the
+//! others' logs no longer hold the beginning).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use squall_adapters::client::{Client, ClientError, Policy, Written};
+use squall_adapters::wire::{At, ErrorCode};
+
+mod common;
+use common::Cluster;
+
+const KEYS: usize = 8;
+const VALUE_BYTES: usize = 8 << 10;
+/// Rounds of puts before the point the test compacts to, and after it.
+const ROUNDS_BEFORE: usize = 40;
+const ROUNDS_AFTER: usize = 20;
+
+fn value(key: usize, round: usize) -> Bytes {
+    let mut v = format!("k{key} round {round} ").into_bytes();
+    v.resize(VALUE_BYTES, b'.');
+    Bytes::from(v)
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_micros() as u64
+}
+
+fn key(k: usize) -> String {
+    format!("/demo/k{k}")
+}
+
+/// Bytes in the files under `dir`.
+fn bytes_under(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => bytes_under(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
+
+fn log_bytes(cluster: &Cluster, node: usize) -> u64 {
+    bytes_under(&cluster.configs[node].node.data_dir.join("log"))
+}
+
+/// A client that sends everything to `node`, once `node` is up and in a view of three.
+async fn via(cluster: &Cluster, node: usize) -> Client {
+    let addrs = cluster.addrs();
+    let only: HashMap<String, String> = (0..addrs.len())
+        .filter(|n| *n != node)
+        .map(|n| (addrs[n].clone(), addrs[node].clone()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        if let Ok(c) =
+            Client::connect_via(&addrs[node..=node], None, Policy::RoundRobin, only.clone()).await
+            && let Ok((_, members)) = c.members().await
+            && members.len() == 3
+        {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {node} is not back in a view of three: {}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+struct Expected {
+    /// Each key's last put.
+    latest: Vec<Option<Written>>,
+    /// A put after the point: its version stays readable.
+    after: Written,
+    point_us: u64,
+}
+
+fn compacted(result: Result<Option<squall_adapters::wire::WireObject>, ClientError>) -> bool {
+    matches!(result, Err(ref e) if e.code() == Some(ErrorCode::Compacted))
+}
+
+/// What every node must answer after the compaction, whatever happened since.
+async fn check(c: &Client, e: &Expected, who: &str) {
+    for k in 0..KEYS {
+        let got = c.get(&key(k)).await.expect("get");
+        match e.latest[k] {
+            Some(w) => {
+                let o = got.unwrap_or_else(|| panic!("{who}: k{k} lost"));
+                assert_eq!(o.version, w.version, "{who}: k{k}");
+                let round = if k < 6 {
+                    ROUNDS_BEFORE + ROUNDS_AFTER - 1
+                } else {
+                    0
+                };
+                assert_eq!(o.blob, value(k, round), "{who}: k{k}");
+            }
+            None => assert!(got.is_none(), "{who}: k{k} was removed"),
+        }
+    }
+    // As of the point: a key untouched since keeps its value, a removed one is gone, and
+    // one overwritten since had a value the compaction dropped.
+    let at = At::Time(e.point_us);
+    let k6 = c.get_at(&key(6), at).await.expect("k6 as of the point");
+    assert_eq!(k6.map(|o| o.blob), Some(value(6, 0)), "{who}");
+    assert_eq!(
+        c.get_at(&key(7), at).await.expect("k7 as of the point"),
+        None,
+        "{who}"
+    );
+    assert!(
+        compacted(c.get_at(&key(0), at).await),
+        "{who}: k0 as of the point"
+    );
+    assert!(
+        compacted(c.get_at(&key(6), At::Time(e.point_us - 60_000_000)).await),
+        "{who}: a minute before the point"
+    );
+    // A version after the point is still read (from the log, where it is not the latest).
+    let after = c
+        .get_at(&key(0), At::Version(e.after.version))
+        .await
+        .expect("a version after the point");
+    assert_eq!(after.map(|o| o.version), Some(e.after.version), "{who}");
+    let mut listed = c
+        .list_keys("/demo", Some(e.point_us))
+        .await
+        .expect("list as of the point");
+    listed.sort();
+    assert_eq!(listed, (0..7).map(key).collect::<Vec<_>>(), "{who}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_forgets_history_frees_the_log_and_survives_restarts_and_joins() {
+    let mut cluster = Cluster::new(3, &[]);
+    for cfg in &mut cluster.configs {
+        cfg.limits.log_segment_bytes = 256 << 10;
+        cfg.limits.history_cache_bytes = 4 << 10;
+    }
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+
+    let mut latest: Vec<Option<Written>> = vec![None; KEYS];
+    // k6 is written once, first: its value lies in the oldest log file, which the
+    // compaction drops, so only a checkpoint keeps it.
+    for round in 0..ROUNDS_BEFORE {
+        for (k, slot) in latest.iter_mut().enumerate() {
+            if k == 6 && round > 0 {
+                continue;
+            }
+            *slot = Some(c.put(&key(k), value(k, round)).await.expect("put"));
+        }
+    }
+    c.remove(&key(7)).await.expect("remove");
+    latest[7] = None;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let point_us = now_us();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut after = None;
+    for round in ROUNDS_BEFORE..ROUNDS_BEFORE + ROUNDS_AFTER {
+        for (k, slot) in latest.iter_mut().enumerate().take(6) {
+            let w = c.put(&key(k), value(k, round)).await.expect("put");
+            if k == 0 && round == ROUNDS_BEFORE {
+                after = Some(w);
+            }
+            *slot = Some(w);
+        }
+    }
+    let expected = Expected {
+        latest,
+        after: after.expect("a put after the point"),
+        point_us,
+    };
+    let before: Vec<u64> = (0..3).map(|n| log_bytes(&cluster, n)).collect();
+
+    let done = c.compact("/demo", point_us).await.expect("compact");
+    let versions: u64 = done.iter().map(|d| d.versions_dropped).sum();
+    let keys: u64 = done.iter().map(|d| d.keys_dropped).sum();
+    // k0-k5: all 40 versions before the point (each was overwritten since); k6: none
+    // (its one value is its value then); k7: 40 and its removal, and the key itself.
+    assert_eq!((versions, keys), (6 * 40 + 41, 1), "{done:?}");
+    assert!(done.iter().all(|d| d.through.is_some()), "{done:?}");
+    check(&c, &expected, "after the compaction").await;
+    // Again to the same point: nothing more.
+    let again = c.compact("/demo", point_us).await.expect("compact again");
+    assert!(again.iter().all(|d| d.versions_dropped == 0), "{again:?}");
+
+    // Every replica drops the log files nothing needs: about 40 of the 60 rounds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now: Vec<u64> = (0..3).map(|n| log_bytes(&cluster, n)).collect();
+        let freed: Vec<i64> = (0..3).map(|n| before[n] as i64 - now[n] as i64).collect();
+        println!("log bytes before {before:?}, now {now:?}");
+        if freed.iter().all(|f| *f >= 2 << 20) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the logs were not compacted: before {before:?}, now {now:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // One node restarts: it rebuilds from its checkpoint and what its log still holds.
+    cluster.kill9(1);
+    cluster.start(1);
+    check(&via(&cluster, 1).await, &expected, "node 1 restarted").await;
+
+    // The whole cluster restarts.
+    for n in 0..3 {
+        cluster.kill9(n);
+    }
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    check(&c, &expected, "after a total restart").await;
+    for n in 0..3 {
+        check(
+            &via(&cluster, n).await,
+            &expected,
+            &format!("node {n} after a total restart"),
+        )
+        .await;
+    }
+
+    // A node loses its disk and joins again: no log holds the shard's beginning now, so
+    // its state comes as a checkpoint; it then restarts from its own.
+    cluster.kill9(2);
+    std::fs::remove_dir_all(&cluster.configs[2].node.data_dir).expect("wipe node 2");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    cluster.start(2);
+    check(
+        &via(&cluster, 2).await,
+        &expected,
+        "node 2 after losing its disk",
+    )
+    .await;
+    cluster.kill9(2);
+    cluster.start(2);
+    check(
+        &via(&cluster, 2).await,
+        &expected,
+        "node 2 restarted from its checkpoint",
+    )
+    .await;
+
+    // The CLI: a read before the point is a clear, typed error; compacting to now keeps
+    // each key's latest value only.
+    let (status, _, err) = cluster.cli(0, &["get", "/demo/k0", "--time", &point_us.to_string()]);
+    assert_ne!(status, Some(0));
+    assert!(err.contains("compacted"), "{err}");
+    let (status, out, err) = cluster.cli(0, &["compact", "/demo"]);
+    assert_eq!(status, Some(0), "{out}{err}");
+    assert!(out.contains("forgotten"), "{out}");
+    let c = cluster.client(None, 3).await;
+    let k0 = c.get(&key(0)).await.expect("get").expect("k0");
+    assert_eq!(k0.blob, value(0, ROUNDS_BEFORE + ROUNDS_AFTER - 1));
+    assert!(compacted(
+        c.get_at(&key(0), At::Version(expected.after.version)).await
+    ));
+    // Bad input: a volatile pool, a pool that does not exist.
+    let volatile = c.compact("/cache", point_us).await.expect_err("volatile");
+    assert_eq!(volatile.code(), Some(ErrorCode::NotVersioned), "{volatile}");
+    let missing = c.compact("/nowhere", point_us).await.expect_err("no pool");
+    assert_eq!(missing.code(), Some(ErrorCode::NoSuchPool), "{missing}");
+}
