@@ -846,6 +846,82 @@ async fn disks_under_their_reserve_refuse_writes_and_serve_reads() {
     drop(disks);
 }
 
+/// The way out of a storage alarm without more disk: a pool whose keys were overwritten
+/// until the disks reached their reserve is compacted (taken under the alarm), the logs
+/// drop what nothing needs, the alarms clear and writes are taken again, with every key
+/// at its latest value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacting_a_full_pool_frees_its_disk_and_lifts_the_alarm() {
+    let _turn = HEAVY.lock().await;
+    let mut cluster = cluster();
+    let Some(disks) = cluster.small_disks(24 << 20, 8 << 20) else {
+        return;
+    };
+    for cfg in &mut cluster.configs {
+        cfg.limits.log_segment_bytes = 1 << 20;
+    }
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    let value = |i: usize| Bytes::from(vec![(i % 251) as u8; 64 << 10]);
+    let key = |i: usize| format!("/demo/full/k{}", i % 4);
+    let mut latest = BTreeMap::new();
+    let mut puts = 0;
+    let refused = loop {
+        let i = puts;
+        assert!(
+            i < 400,
+            "24 MiB disks took {i} objects of 64 KiB without an alarm"
+        );
+        match tokio::time::timeout(Duration::from_secs(30), c.put(&key(i), value(i)))
+            .await
+            .unwrap_or_else(|_| panic!("put {i} was not answered\n{}", cluster.logs()))
+        {
+            Ok(put) => {
+                latest.insert(key(i), (i, put.version));
+                puts += 1;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(refused.code(), Some(ErrorCode::StorageFull), "{refused}");
+    let compacted = c
+        .compact("/demo", now_us())
+        .await
+        .expect("a compaction is taken under a storage alarm");
+    let dropped: u64 = compacted.iter().map(|s| s.versions_dropped).sum();
+    assert!(dropped > 100, "{compacted:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        match c.put("/demo/full/after", value(1)).await {
+            Ok(put) => break put,
+            Err(e) if e.code() == Some(ErrorCode::StorageFull) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("after the compaction: {e}\n{}", cluster.logs()),
+        }
+    };
+    println!("refused after {puts} puts; {dropped} versions dropped");
+    for (k, (i, version)) in &latest {
+        let o = c.get(k).await.expect("get").expect("present");
+        assert!(o.version == *version && o.blob == value(*i), "{k}");
+    }
+    let o = c
+        .get("/demo/full/after")
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(o.version, after.version);
+    drop(cluster);
+    drop(disks);
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_micros() as u64
+}
+
 /// Node `node`'s `/metrics` text.
 fn node_metrics(cluster: &Cluster, node: u32) -> String {
     let (status, body) = common::http(cluster.http_addr(node), "GET", "/metrics", b"");
