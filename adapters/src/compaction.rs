@@ -54,6 +54,9 @@ pub struct Compactor {
     written_rx: Option<mpsc::Receiver<Written>>,
     /// Checkpoints written, waiting for their version to be durable everywhere.
     waiting: HashMap<(u32, u32), Job>,
+    /// The newest checkpoint each shard's log was (or is being) compacted for: an older
+    /// one written late must not move the log's start marker back.
+    sent: HashMap<(u32, u32), Version>,
     jobs: Option<mpsc::Sender<Job>>,
 }
 
@@ -66,6 +69,7 @@ impl Compactor {
             written_tx,
             written_rx: Some(written_rx),
             waiting: HashMap::new(),
+            sent: HashMap::new(),
             jobs: None,
         }
     }
@@ -127,6 +131,7 @@ impl Compactor {
             .waiting
             .get(&key)
             .is_some_and(|j| j.version > done.version)
+            || self.sent.get(&key).is_some_and(|v| *v >= done.version)
         {
             return;
         }
@@ -154,15 +159,20 @@ impl Compactor {
             .map(|(k, _)| *k)
             .collect();
         for key in ready {
-            if let Some(job) = self.waiting.remove(&key)
-                && let Err(e) = jobs.try_send(job)
-            {
+            let Some(job) = self.waiting.remove(&key) else {
+                continue;
+            };
+            let version = job.version;
+            match jobs.try_send(job) {
+                Ok(()) => {
+                    self.sent.insert(key, version);
+                }
                 // Full: it waits for the next durable version or compaction.
-                let job = match e {
-                    mpsc::error::TrySendError::Full(job)
-                    | mpsc::error::TrySendError::Closed(job) => job,
-                };
-                self.waiting.insert(key, job);
+                Err(
+                    mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job),
+                ) => {
+                    self.waiting.insert(key, job);
+                }
             }
         }
     }

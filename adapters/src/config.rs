@@ -83,6 +83,7 @@
 //! udl_queue_max = 1024
 //! udl_emit_queue_max = 1024
 //! history_cache_bytes = 67108864
+//! history_retention_s = 0
 //! log_preallocate_bytes = 1048576
 //! log_segment_bytes = 67108864
 //! disk_reserve_bytes = 268435456
@@ -537,6 +538,11 @@ pub struct Limits {
     /// Bytes of older versions of a persistent shard's objects kept in memory for reads
     /// by version or time; older ones are read back from the log.
     pub history_cache_bytes: usize,
+    /// Persistent pools forget versions older than this many seconds by themselves
+    /// (each key keeps its value as of then, as `squall compact POOL --before "Ns ago"`
+    /// would), checked every half of it (at most a minute). 0 (the default): every
+    /// version is kept until someone compacts.
+    pub history_retention_s: u64,
     /// Zeros written ahead of a persistent shard's log, this many bytes at a time, so that
     /// a small write's fsync need not grow the file (and commit the file system's journal
     /// with it): on ext4 it made the sync of a small put 1.6-3× faster on this project's test VM. 0 turns it off,
@@ -580,6 +586,7 @@ impl Default for Limits {
             udl_queue_max: 1024,
             udl_emit_queue_max: 1024,
             history_cache_bytes: 64 << 20,
+            history_retention_s: 0,
             log_preallocate_bytes: squall_log::PREALLOCATE_BYTES_DEFAULT,
             log_segment_bytes: squall_log::SEGMENT_BYTES_MAX_DEFAULT,
             disk_reserve_bytes: DISK_RESERVE_BYTES_DEFAULT,

@@ -282,6 +282,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         watchers_max: config.limits.watchers_max,
         watch_queue_max: config.limits.watch_queue_max,
         history_cache_bytes: config.limits.history_cache_bytes,
+        history_retention_us: config.limits.history_retention_s.saturating_mul(1_000_000),
         requests_in_flight_max: config.limits.requests_in_flight_max,
         client_addrs: config
             .client_map()

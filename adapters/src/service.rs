@@ -71,6 +71,9 @@ pub struct ServiceConfig {
     pub log_dir: Option<std::path::PathBuf>,
     /// See `Limits::disk_reserve_bytes` (0: no alarm).
     pub disk_reserve_bytes: u64,
+    /// Persistent pools forget versions older than this (µs) by themselves: see
+    /// `Limits::history_retention_s` (0: never).
+    pub history_retention_us: u64,
     /// Where checkpoints of compacted persistent shards go (`None`: compactions forget
     /// history in memory only, and the log keeps every record).
     pub checkpoint_dir: Option<std::path::PathBuf>,
@@ -851,6 +854,11 @@ impl Service {
         let mut disk_tick = tokio::time::interval(DISK_CHECK_INTERVAL);
         disk_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let watch_disk = self.watches_disk();
+        let retention_us = self.cfg.history_retention_us;
+        let mut retention_tick = tokio::time::interval(std::time::Duration::from_micros(
+            (retention_us / 2).clamp(1_000_000, 60_000_000),
+        ));
+        retention_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stopped = loop {
             self.udl.drain_overflow();
             tokio::select! {
@@ -864,6 +872,7 @@ impl Service {
                 Some(done) = checkpoint_written.recv() => self.compactor.written(done, &self.global),
                 _ = progress.tick() => self.announce_udl_progress().await,
                 _ = disk_tick.tick(), if watch_disk => self.check_disk().await,
+                _ = retention_tick.tick(), if retention_us > 0 => self.retain_history().await,
                 _ = sample.tick() => self.sample_metrics(),
                 event = events.recv() => {
                     let Some(NodeEvent { event, .. }) = event else { break None };
@@ -1385,11 +1394,14 @@ impl Service {
         if let (
             Op::Compact { .. },
             Outcome::Compacted {
-                through: Some(_), ..
+                versions_dropped,
+                keys_dropped,
+                ..
             },
             false,
             true,
         ) = (&op, &outcome, duplicate, live)
+            && versions_dropped + keys_dropped > 0
         {
             // Older values cached for reads of the past may be ones just forgotten.
             self.history.remove(&(subgroup, shard));
@@ -2252,6 +2264,54 @@ impl Service {
                 m.oldest_age_seconds
                     .with_label_values(&l)
                     .set(age_s.unwrap_or(0.0));
+            }
+        }
+    }
+
+    /// `limits.history_retention_s`: the first member of each persistent pool's shard
+    /// sends a compaction of what is older than the retention, when there is something to
+    /// forget (each one costs a checkpoint of the shard).
+    async fn retain_history(&mut self) {
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        let me = self.cfg.me;
+        let before_us = now_us().saturating_sub(self.cfg.history_retention_us);
+        let mut due = Vec::new();
+        for pool in self.pools.list() {
+            let (path, g) = (&pool.spec.path, pool.spec.subgroup);
+            if pool.spec.kind != StoreKind::Persistent || reserved(path) {
+                continue;
+            }
+            let Some(s) = view.shard_of(g as usize, me) else {
+                continue;
+            };
+            let first = view
+                .shards
+                .get(g as usize)
+                .and_then(|shards| shards.get(s))
+                .and_then(|shard| shard.members.first());
+            if first != Some(&me) || s as u32 >= pool.shards {
+                continue;
+            }
+            if self
+                .stores
+                .get(&(g, s as u32))
+                .is_some_and(|st| st.would_compact(path, before_us))
+            {
+                due.push((g, s as u32, path.clone()));
+            }
+        }
+        for (subgroup, shard, pool) in due {
+            info!(subgroup, shard, %pool, before_us, "forgetting history older than limits.history_retention_s");
+            let op = Op::Compact {
+                id: self.system_id(),
+                pool,
+                shard,
+                before_us,
+            };
+            if let Err(e) = self.handle.send(subgroup, op::encode(&op)).await {
+                warn!(error = %e, subgroup, shard, "sending a scheduled compaction");
             }
         }
     }

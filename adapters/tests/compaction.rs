@@ -277,3 +277,39 @@ async fn compaction_forgets_history_frees_the_log_and_survives_restarts_and_join
     let missing = c.compact("/nowhere", point_us).await.expect_err("no pool");
     assert_eq!(missing.code(), Some(ErrorCode::NoSuchPool), "{missing}");
 }
+
+/// `limits.history_retention_s`: a pool forgets what is older than the retention by
+/// itself (the shard's first member sends the compaction), keeping each key's latest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_forgets_history_older_than_the_retention_by_itself() {
+    let mut cluster = Cluster::new(3, &[]);
+    for cfg in &mut cluster.configs {
+        cfg.limits.history_retention_s = 4;
+    }
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    let old = c
+        .put("/demo/kept", Bytes::from_static(b"one"))
+        .await
+        .expect("put");
+    c.put("/demo/kept", Bytes::from_static(b"two"))
+        .await
+        .expect("put");
+    // Within the retention, the past reads.
+    let then = c
+        .get_at("/demo/kept", At::Time(old.timestamp_us))
+        .await
+        .expect("a read within the retention");
+    assert_eq!(then.map(|o| o.blob), Some(Bytes::from_static(b"one")));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !compacted(c.get_at("/demo/kept", At::Time(old.timestamp_us)).await) {
+        assert!(
+            Instant::now() < deadline,
+            "the history was kept past the retention\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let latest = c.get("/demo/kept").await.expect("get").expect("kept");
+    assert_eq!(latest.blob, Bytes::from_static(b"two"));
+}

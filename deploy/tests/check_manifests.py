@@ -472,7 +472,7 @@ CONFIG_SCHEMA: dict[str, tuple[set[str], set[str]]] = {
         "key_bytes_max", "object_bytes_max", "frame_bytes_max", "clients_max", "requests_in_flight_max",
         "watchers_max", "watch_queue_max", "dedup_clients_max", "dedup_per_client_max", "pools_max",
         "udl_workers", "udl_queue_max", "udl_emit_queue_max", "history_cache_bytes",
-        "log_preallocate_bytes", "log_segment_bytes", "disk_reserve_bytes",
+        "history_retention_s", "log_preallocate_bytes", "log_segment_bytes", "disk_reserve_bytes",
     }),
     "timing": (set(), {"heartbeat_interval_ms", "suspicion_timeout_ms", "restart_grace_ms", "read_lease_ms"}),
     "auth": (set(), {"tokens"}),

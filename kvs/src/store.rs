@@ -392,26 +392,10 @@ impl ShardStore {
             versions_dropped: 0,
             keys_dropped: 0,
         };
-        if self.kind != StoreKind::Persistent {
-            return no_op(None);
-        }
-        let under = |k: &str| crate::key::contains(pool, k);
-        // Timestamps increase along each key's versions as versions do.
-        let point = self
-            .keys
-            .iter()
-            .filter(|(k, _)| under(k))
-            .filter_map(|(_, e)| {
-                let n = e.versions.partition_point(|m| m.timestamp_us <= before_us);
-                n.checked_sub(1).map(|i| e.versions[i])
-            })
-            .max_by_key(|m| m.version);
-        let Some(point) = point else {
+        let Some(point) = self.compaction_point(pool, before_us) else {
             return no_op(horizon);
         };
-        if horizon.as_ref().is_some_and(|h| h.through >= point.version) {
-            return no_op(horizon);
-        }
+        let under = |k: &str| crate::key::contains(pool, k);
         let through = point.version;
         let (mut versions_dropped, mut keys_dropped) = (0u64, 0u64);
         self.keys.retain(|k, e| {
@@ -455,6 +439,44 @@ impl ShardStore {
             versions_dropped,
             keys_dropped,
         }
+    }
+
+    /// The point a compaction of `pool` before `before_us` would compact to: the pool's
+    /// newest write stamped at or before it, if past the pool's horizon (and the store
+    /// keeps history at all).
+    fn compaction_point(&self, pool: &str, before_us: u64) -> Option<VersionMeta> {
+        if self.kind != StoreKind::Persistent {
+            return None;
+        }
+        // Timestamps increase along each key's versions as versions do.
+        let point = self
+            .keys
+            .iter()
+            .filter(|(k, _)| crate::key::contains(pool, k))
+            .filter_map(|(_, e)| {
+                let n = e.versions.partition_point(|m| m.timestamp_us <= before_us);
+                n.checked_sub(1).map(|i| e.versions[i])
+            })
+            .max_by_key(|m| m.version)?;
+        match self.horizon(pool) {
+            Some(h) if h.through >= point.version => None,
+            _ => Some(point),
+        }
+    }
+
+    /// Whether a compaction of `pool` before `before_us` would forget anything: lets a
+    /// node that compacts on a schedule send nothing when there is nothing to forget.
+    pub fn would_compact(&self, pool: &str, before_us: u64) -> bool {
+        let Some(point) = self.compaction_point(pool, before_us) else {
+            return false;
+        };
+        self.keys
+            .iter()
+            .filter(|(k, _)| crate::key::contains(pool, k))
+            .any(|(_, e)| {
+                let n = e.versions.partition_point(|m| m.version <= point.version);
+                n > 0 && (n < e.versions.len() || n > 1 || e.versions[n - 1].tombstone)
+            })
     }
 
     /// How far back the history of the pool at `pool` goes, if it was ever compacted.
@@ -1143,7 +1165,15 @@ mod tests {
         let (mut s, log) = compactable();
         let floor_before = s.history_floor();
         assert_eq!(floor_before, Some(v(1)), "a1 is an older version of /p/a");
+        assert!(s.would_compact("/p", 1_008));
+        assert!(!s.would_compact("/p", 1_000), "nothing that old");
         let (outcome, _) = s.apply(v(12), &compact(12, "/p", 1_008));
+        assert!(!s.would_compact("/p", 1_008), "done");
+        assert!(
+            !s.would_compact("/p", u64::MAX),
+            "one live version per key: nothing to forget"
+        );
+        assert!(s.would_compact("/q", u64::MAX), "x1 is older than x2");
         assert_eq!(
             outcome,
             Outcome::Compacted {

@@ -115,9 +115,13 @@ proptest! {
                     if point > model.horizon {
                         model.horizon = point;
                     }
+                    let would = store.would_compact("/p", u64::from(*before_us));
                     let (got, _) = store.apply(version, &op);
                     match got {
-                        Outcome::Compacted { through, .. } => prop_assert_eq!(through, model.horizon, "step {}", i),
+                        Outcome::Compacted { through, versions_dropped, keys_dropped, .. } => {
+                            prop_assert_eq!(through, model.horizon, "step {}", i);
+                            prop_assert_eq!(would, versions_dropped + keys_dropped > 0, "step {}", i);
+                        }
                         other => prop_assert!(false, "step {}: {:?}", i, other),
                     }
                     sent.push(op);
