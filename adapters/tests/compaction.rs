@@ -13,7 +13,7 @@ use squall_adapters::client::{Client, ClientError, Policy, Written};
 use squall_adapters::wire::{At, ErrorCode};
 
 mod common;
-use common::Cluster;
+use common::{Cluster, now_us};
 
 const KEYS: usize = 8;
 const VALUE_BYTES: usize = 8 << 10;
@@ -25,13 +25,6 @@ fn value(key: usize, round: usize) -> Bytes {
     let mut v = format!("k{key} round {round} ").into_bytes();
     v.resize(VALUE_BYTES, b'.');
     Bytes::from(v)
-}
-
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_micros() as u64
 }
 
 fn key(k: usize) -> String {

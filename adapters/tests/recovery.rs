@@ -12,7 +12,7 @@ use squall_adapters::client::{Client, Policy};
 use squall_adapters::wire::{At, ErrorCode};
 
 mod common;
-use common::{Cluster, SmallDisk};
+use common::{Cluster, SmallDisk, now_us};
 
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -913,13 +913,6 @@ async fn compacting_a_full_pool_frees_its_disk_and_lifts_the_alarm() {
     assert_eq!(o.version, after.version);
     drop(cluster);
     drop(disks);
-}
-
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_micros() as u64
 }
 
 /// Node `node`'s `/metrics` text.

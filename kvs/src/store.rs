@@ -491,6 +491,27 @@ impl ShardStore {
             .find(|h| crate::key::contains(&h.pool, key))
     }
 
+    /// [`ReadError::Compacted`] if a pool under or over `prefix` has a horizon the read
+    /// reaches `before`.
+    fn check_horizons(
+        &self,
+        prefix: &str,
+        before: impl Fn(&Horizon) -> bool,
+    ) -> Result<(), ReadError> {
+        match self
+            .horizons
+            .iter()
+            .find(|h| overlap(&h.pool, prefix) && before(h))
+        {
+            Some(h) => Err(ReadError::Compacted {
+                key: prefix.to_string(),
+                through: h.through,
+                timestamp_us: h.timestamp_us,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Every pool's horizon.
     pub fn horizons(&self) -> &[Horizon] {
         &self.horizons
@@ -634,17 +655,8 @@ impl ShardStore {
     /// Keys under `prefix` that exist now (or at time `at_us`), sorted. A time before
     /// the horizon of a pool under (or over) `prefix` is [`ReadError::Compacted`].
     pub fn list_keys(&self, prefix: &str, at_us: Option<u64>) -> Result<Vec<Arc<str>>, ReadError> {
-        if let Some(t) = at_us
-            && let Some(h) = self
-                .horizons
-                .iter()
-                .find(|h| overlap(&h.pool, prefix) && t < h.timestamp_us)
-        {
-            return Err(ReadError::Compacted {
-                key: prefix.to_string(),
-                through: h.through,
-                timestamp_us: h.timestamp_us,
-            });
+        if let Some(t) = at_us {
+            self.check_horizons(prefix, |h| t < h.timestamp_us)?;
         }
         let mut keys: Vec<Arc<str>> = self
             .keys
@@ -676,17 +688,8 @@ impl ShardStore {
         prefix: &str,
         after: Option<Version>,
     ) -> Result<Vec<Change>, ReadError> {
-        if let Some(after) = after
-            && let Some(h) = self
-                .horizons
-                .iter()
-                .find(|h| overlap(&h.pool, prefix) && after < h.through)
-        {
-            return Err(ReadError::Compacted {
-                key: prefix.to_string(),
-                through: h.through,
-                timestamp_us: h.timestamp_us,
-            });
+        if let Some(after) = after {
+            self.check_horizons(prefix, |h| after < h.through)?;
         }
         let mut changes: Vec<Change> = self
             .keys

@@ -382,3 +382,11 @@ impl Drop for SmallDisk {
             .status();
     }
 }
+
+/// Now, in µs since the Unix epoch (what puts are stamped with).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_micros() as u64
+}
