@@ -203,6 +203,7 @@ impl Checkpoints {
         limits: StoreLimits,
     ) -> Result<Option<Loaded>, CheckpointError> {
         let start = self.log_start(subgroup, shard)?;
+        self.remove_partial(subgroup, shard)?;
         for version in self.versions(subgroup, shard)?.into_iter().rev() {
             if last_version.is_none_or(|last| version.0 > last) {
                 tracing::warn!(subgroup, shard, %version, ?last_version, "a checkpoint past the log's end is removed");
@@ -240,6 +241,23 @@ impl Checkpoints {
         for old in self.versions(subgroup, shard)? {
             if old < version {
                 let path = self.path(subgroup, shard, old);
+                fs::remove_file(&path).map_err(io_err(&path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the temporary files of writes a crash cut short.
+    fn remove_partial(&self, subgroup: u32, shard: u32) -> Result<(), CheckpointError> {
+        let dir = self.dir(subgroup, shard);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        for entry in entries {
+            let path = entry.map_err(io_err(&dir))?.path();
+            if path.extension().is_some_and(|x| x == "tmp") {
                 fs::remove_file(&path).map_err(io_err(&path))?;
             }
         }
@@ -516,7 +534,17 @@ mod tests {
         assert_eq!(ck.log_start(1, 2)?, None);
         ck.set_log_start(1, 2, at)?;
         assert_eq!(ck.log_start(1, 2)?, Some(at));
-        ck.remove_below(1, 2, Version(at.0 + 1))?;
+        // The newest usable one; a write a crash cut short is cleaned up.
+        std::fs::write(ck.dir(1, 2).join("00000000000000ff.tmp"), b"partial")?;
+        let usable = ck.newest_usable(1, 2, Some(at.0), StoreLimits::default())?;
+        assert_eq!(usable.map(|l| l.version), Some(at));
+        assert!(!ck.dir(1, 2).join("00000000000000ff.tmp").exists());
+        // Past the log's end (a restart cut it shorter): removed, and with the log
+        // compacted from it, nothing usable is an error.
+        let err = ck
+            .newest_usable(1, 2, Some(at.0 - 1), StoreLimits::default())
+            .expect_err("no checkpoint from the log's start");
+        assert!(err.to_string().contains("compacted"), "{err}");
         assert!(ck.versions(1, 2)?.is_empty());
         Ok(())
     }
