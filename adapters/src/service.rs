@@ -1558,12 +1558,17 @@ impl Service {
                         .observe(sent.elapsed().as_secs_f64());
                 }
                 let response = outcome_response(&outcome);
-                match (&outcome, persistent) {
-                    (Outcome::Applied { version, .. }, true)
-                        if self.global.get(&subgroup) < Some(version) =>
-                    {
+                // A persistent write, and a compaction (so that once it is answered,
+                // every replica has it), are answered once durable on every replica.
+                let durable_at = match (&outcome, persistent) {
+                    (Outcome::Applied { version, .. }, true) => Some(*version),
+                    (Outcome::Compacted { .. }, true) => Some(version),
+                    _ => None,
+                };
+                match durable_at {
+                    Some(at) if self.global.get(&subgroup) < Some(&at) => {
                         self.durable
-                            .entry((subgroup, *version))
+                            .entry((subgroup, at))
                             .or_default()
                             .push((reply, response));
                     }

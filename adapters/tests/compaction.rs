@@ -15,6 +15,9 @@ use squall_adapters::wire::{At, ErrorCode};
 mod common;
 use common::{Cluster, now_us};
 
+/// The tests take turns: each runs a three-node cluster through restarts.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const KEYS: usize = 8;
 const VALUE_BYTES: usize = 8 << 10;
 /// Rounds of puts before the point the test compacts to, and after it.
@@ -86,6 +89,18 @@ fn compacted(result: Result<Option<squall_adapters::wire::WireObject>, ClientErr
     matches!(result, Err(ref e) if e.code() == Some(ErrorCode::Compacted))
 }
 
+/// Waits (briefly) until `c` answers `compacted` for `key` as of `at`.
+async fn forgotten(c: &Client, key: &str, at: At) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !compacted(c.get_at(key, at).await) {
+        assert!(
+            Instant::now() < deadline,
+            "{key} as of {at:?} is still read"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// What every node must answer after the compaction, whatever happened since.
 async fn check(c: &Client, e: &Expected, who: &str) {
     for k in 0..KEYS {
@@ -138,6 +153,7 @@ async fn check(c: &Client, e: &Expected, who: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_forgets_history_frees_the_log_and_survives_restarts_and_joins() {
+    let _turn = TURN.lock().await;
     let mut cluster = Cluster::new(3, &[]);
     for cfg in &mut cluster.configs {
         cfg.limits.log_segment_bytes = 256 << 10;
@@ -186,6 +202,10 @@ async fn compaction_forgets_history_frees_the_log_and_survives_restarts_and_join
     // (its one value is its value then); k7: 40 and its removal, and the key itself.
     assert_eq!((versions, keys), (6 * 40 + 41, 1), "{done:?}");
     assert!(done.iter().all(|d| d.through.is_some()), "{done:?}");
+    // Answered once durable everywhere; each replica applies it as its service takes it.
+    for n in 0..3 {
+        forgotten(&via(&cluster, n).await, &key(0), At::Time(point_us)).await;
+    }
     check(&c, &expected, "after the compaction").await;
     // Again to the same point: nothing more.
     let again = c.compact("/demo", point_us).await.expect("compact again");
@@ -261,9 +281,14 @@ async fn compaction_forgets_history_frees_the_log_and_survives_restarts_and_join
     let c = cluster.client(None, 3).await;
     let k0 = c.get(&key(0)).await.expect("get").expect("k0");
     assert_eq!(k0.blob, value(0, ROUNDS_BEFORE + ROUNDS_AFTER - 1));
-    assert!(compacted(
-        c.get_at(&key(0), At::Version(expected.after.version)).await
-    ));
+    for n in 0..3 {
+        forgotten(
+            &via(&cluster, n).await,
+            &key(0),
+            At::Version(expected.after.version),
+        )
+        .await;
+    }
     // Bad input: a volatile pool, a pool that does not exist.
     let volatile = c.compact("/cache", point_us).await.expect_err("volatile");
     assert_eq!(volatile.code(), Some(ErrorCode::NotVersioned), "{volatile}");
@@ -275,6 +300,7 @@ async fn compaction_forgets_history_frees_the_log_and_survives_restarts_and_join
 /// itself (the shard's first member sends the compaction), keeping each key's latest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_forgets_history_older_than_the_retention_by_itself() {
+    let _turn = TURN.lock().await;
     let mut cluster = Cluster::new(3, &[]);
     for cfg in &mut cluster.configs {
         cfg.limits.history_retention_s = 4;

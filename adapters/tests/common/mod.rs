@@ -176,6 +176,27 @@ impl Cluster {
             .collect()
     }
 
+    /// Each node process and its state, for a failure message.
+    pub fn exited(&self) -> String {
+        let mut out = String::new();
+        for (node, child) in &self.procs {
+            // From /proc (`try_wait` needs `&mut self`): R, S, D running or waiting,
+            // Z exited, T stopped.
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id()));
+            let state = match stat {
+                Ok(s) => s
+                    .rsplit(')')
+                    .next()
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .unwrap_or("?")
+                    .to_string(),
+                Err(_) => "gone".to_string(),
+            };
+            out += &format!("node {node}: process {} state {state}\n", child.id());
+        }
+        out
+    }
+
     pub fn logs(&self) -> String {
         let mut all = String::new();
         for c in &self.configs {
@@ -205,7 +226,7 @@ impl Cluster {
                 return c;
             }
             if Instant::now() > deadline {
-                panic!("the cluster did not form; {}", self.logs());
+                panic!("the cluster did not form; {}{}", self.exited(), self.logs());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
