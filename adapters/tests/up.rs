@@ -290,3 +290,39 @@ async fn the_nodes_of_a_killed_up_leave_by_themselves() {
         "{log}"
     );
 }
+
+/// README command 1: `squall demo` runs from start to end on a local cluster of its own
+/// (here on free ports; the UDL pipeline part runs where its plugin is built next to the
+/// binary, as the README's command builds it, and says it skips otherwise).
+#[test]
+fn the_demo_runs_from_start_to_end() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let peer_port = free_run(3);
+    let mut client_port = free_run(3);
+    while client_port.abs_diff(peer_port) < 3 {
+        client_port = free_run(3);
+    }
+    let out = Command::new(SQUALL)
+        .args(["demo", "--http-port", "0", "--data"])
+        .arg(dir.path().join("data"))
+        .args(["--peer-port", &peer_port.to_string()])
+        .args(["--client-port", &client_port.to_string()])
+        .output()
+        .expect("squall demo runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    for line in [
+        "get /demo/greeting              -> /demo/greeting = hello, world",
+        "-> /demo/greeting = hello (5 bytes",
+        "watch: /demo/greeting changed to Some(\"hello, world\")",
+        "compact /demo before the second put -> 1 older version(s) forgotten",
+        "compacted: the history of /demo/greeting before version",
+        "== demo done",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
+}

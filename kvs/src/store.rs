@@ -162,10 +162,7 @@ pub enum ReadError {
     Missing { key: String, version: Version },
     #[error("reading the log: {0}")]
     Log(String),
-    #[error(
-        "the history of {key} before version {through} ({timestamp_us} µs) was compacted: \
-         reads as of an earlier point are no longer possible"
-    )]
+    #[error("the history of {key} before version {through} ({timestamp_us} µs) is no longer kept")]
     Compacted {
         key: String,
         through: Version,

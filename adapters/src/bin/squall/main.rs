@@ -87,12 +87,20 @@ enum Cmd {
         #[arg(long)]
         overlay: Option<PathBuf>,
     },
-    /// Start a local cluster, show puts, gets, a time-travel read and a watch, then stop.
+    /// Start a local cluster, show puts, gets, a time-travel read, a watch and a
+    /// compaction, run the example UDL pipeline if it is built, then stop.
     Demo {
         #[arg(long, default_value_t = 3)]
         nodes: u32,
         #[arg(long)]
         data: Option<PathBuf>,
+        /// As for `up`.
+        #[arg(long, default_value_t = CLIENT_BASE_PORT)]
+        client_port: u16,
+        #[arg(long, default_value_t = PEER_BASE_PORT)]
+        peer_port: u16,
+        #[arg(long, default_value_t = HTTP_BASE_PORT)]
+        http_port: u16,
     },
     /// Run one node.
     Node {
@@ -366,10 +374,20 @@ fn run(cli: Cli) -> Result<()> {
             cluster.stop();
             Ok(())
         }
-        Cmd::Demo { nodes, data } => {
+        Cmd::Demo {
+            nodes,
+            data,
+            client_port,
+            peer_port,
+            http_port,
+        } => {
             let data = data.unwrap_or_else(|| std::env::temp_dir().join("squall-demo"));
             let _ = std::fs::remove_dir_all(&data);
-            let ports = (PEER_BASE_PORT, CLIENT_BASE_PORT, Some(HTTP_BASE_PORT));
+            let ports = (
+                peer_port,
+                client_port,
+                (http_port != 0).then_some(http_port),
+            );
             let mut cluster = LocalCluster::start(nodes, &data, ports, None)?;
             cluster.print();
             let result = tokio::runtime::Runtime::new()?.block_on(demo(&cluster.client_addrs()));
@@ -784,6 +802,24 @@ async fn demo(addrs: &[String]) -> Result<()> {
             ),
             _ => bail!("the watch saw nothing"),
         }
+    }
+    // Forget /demo's history before the second put: the greeting keeps "hello, world",
+    // and its past is no longer read.
+    let forgotten: u64 = client
+        .compact("/demo", second.timestamp_us)
+        .await?
+        .iter()
+        .map(|s| s.versions_dropped)
+        .sum();
+    println!("compact /demo before the second put -> {forgotten} older version(s) forgotten");
+    match client
+        .get_at("/demo/greeting", At::Time(first.timestamp_us))
+        .await
+    {
+        Err(e) if e.code() == Some(ErrorCode::Compacted) => {
+            println!("get /demo/greeting at time {} -> {e}", first.timestamp_us)
+        }
+        other => bail!("the compacted past still reads: {other:?}"),
     }
     pipeline_demo(&client).await?;
     println!("== demo done");
