@@ -115,12 +115,18 @@ fn pid_of(text: &str, node: u32) -> u32 {
         .unwrap_or_else(|| panic!("no pid for node {node} in:\n{text}"))
 }
 
-fn start_up(dir: &Path) -> Up {
+/// Base ports for three nodes' peers and clients, all free and distinct.
+fn free_ports() -> (u16, u16) {
     let peer_port = free_run(3);
     let mut client_port = free_run(3);
     while client_port.abs_diff(peer_port) < 3 {
         client_port = free_run(3);
     }
+    (peer_port, client_port)
+}
+
+fn start_up(dir: &Path) -> Up {
+    let (peer_port, client_port) = free_ports();
     let out = dir.join("up.out");
     let file = std::fs::File::create(&out).expect("up.out");
     let child = Command::new(SQUALL)
@@ -297,11 +303,7 @@ async fn the_nodes_of_a_killed_up_leave_by_themselves() {
 #[test]
 fn the_demo_runs_from_start_to_end() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let peer_port = free_run(3);
-    let mut client_port = free_run(3);
-    while client_port.abs_diff(peer_port) < 3 {
-        client_port = free_run(3);
-    }
+    let (peer_port, client_port) = free_ports();
     let out = Command::new(SQUALL)
         .args(["demo", "--http-port", "0", "--data"])
         .arg(dir.path().join("data"))

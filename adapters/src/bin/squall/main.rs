@@ -63,6 +63,31 @@ struct Cli {
     command: Cmd,
 }
 
+/// Where a local cluster's nodes listen (`up`, `demo`).
+#[derive(clap::Args, Debug)]
+struct Ports {
+    /// Node i listens for clients on this port + i.
+    #[arg(long, default_value_t = CLIENT_BASE_PORT)]
+    client_port: u16,
+    /// Node i listens for its peers on this port + i.
+    #[arg(long, default_value_t = PEER_BASE_PORT)]
+    peer_port: u16,
+    /// Node i serves its dashboard, REST API and metrics on this port + i (0: none).
+    #[arg(long, default_value_t = HTTP_BASE_PORT)]
+    http_port: u16,
+}
+
+impl Ports {
+    /// `(peer, client, http)` base ports as `LocalCluster::start` takes them.
+    fn local(&self) -> (u16, u16, Option<u16>) {
+        (
+            self.peer_port,
+            self.client_port,
+            (self.http_port != 0).then_some(self.http_port),
+        )
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Start a local cluster of node processes on loopback and keep it running (a node
@@ -73,15 +98,8 @@ enum Cmd {
         /// Where the nodes keep their data (kept across runs: a restart recovers it).
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Node i listens for clients on this port + i.
-        #[arg(long, default_value_t = CLIENT_BASE_PORT)]
-        client_port: u16,
-        /// Node i listens for its peers on this port + i.
-        #[arg(long, default_value_t = PEER_BASE_PORT)]
-        peer_port: u16,
-        /// Node i serves its dashboard, REST API and metrics on this port + i (0: none).
-        #[arg(long, default_value_t = HTTP_BASE_PORT)]
-        http_port: u16,
+        #[command(flatten)]
+        ports: Ports,
         /// TOML merged into every node's config: `[site]`, `[[remotes]]`, `[wan]`,
         /// `[auth]`, `[limits]`, `[cluster] id`, ... (tables merge, other values replace).
         #[arg(long)]
@@ -94,13 +112,8 @@ enum Cmd {
         nodes: u32,
         #[arg(long)]
         data: Option<PathBuf>,
-        /// As for `up`.
-        #[arg(long, default_value_t = CLIENT_BASE_PORT)]
-        client_port: u16,
-        #[arg(long, default_value_t = PEER_BASE_PORT)]
-        peer_port: u16,
-        #[arg(long, default_value_t = HTTP_BASE_PORT)]
-        http_port: u16,
+        #[command(flatten)]
+        ports: Ports,
     },
     /// Run one node.
     Node {
@@ -352,13 +365,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Up {
             nodes,
             data,
-            client_port,
-            peer_port,
-            http_port,
+            ports,
             overlay,
         } => {
             let data = data.unwrap_or_else(|| std::env::temp_dir().join("squall-up"));
-            let http = (http_port != 0).then_some(http_port);
             let overlay = match overlay {
                 Some(path) => Some(
                     std::fs::read_to_string(&path)
@@ -366,29 +376,17 @@ fn run(cli: Cli) -> Result<()> {
                 ),
                 None => None,
             };
-            let ports = (peer_port, client_port, http);
-            let mut cluster = LocalCluster::start(nodes, &data, ports, overlay.as_deref())?;
+            let mut cluster = LocalCluster::start(nodes, &data, ports.local(), overlay.as_deref())?;
             cluster.print();
             println!("Ctrl-C stops the cluster; a node that dies is started again.");
             cluster.run_until_stopped()?;
             cluster.stop();
             Ok(())
         }
-        Cmd::Demo {
-            nodes,
-            data,
-            client_port,
-            peer_port,
-            http_port,
-        } => {
+        Cmd::Demo { nodes, data, ports } => {
             let data = data.unwrap_or_else(|| std::env::temp_dir().join("squall-demo"));
             let _ = std::fs::remove_dir_all(&data);
-            let ports = (
-                peer_port,
-                client_port,
-                (http_port != 0).then_some(http_port),
-            );
-            let mut cluster = LocalCluster::start(nodes, &data, ports, None)?;
+            let mut cluster = LocalCluster::start(nodes, &data, ports.local(), None)?;
             cluster.print();
             let result = tokio::runtime::Runtime::new()?.block_on(demo(&cluster.client_addrs()));
             cluster.stop();
