@@ -107,7 +107,7 @@ pub struct Written {
 pub struct ShardCompacted {
     pub shard: u32,
     /// The point compacted to (the pool's newest write in the shard stamped at or before
-    /// the time asked): each key keeps its value as of it. `None`: nothing that old.
+    /// the time asked). `None`: nothing that old.
     pub through: Option<Version>,
     pub timestamp_us: u64,
     pub versions_dropped: u64,
@@ -930,8 +930,8 @@ impl Client {
     }
 
     /// Forgets the history of pool `pool` before `before_us` (µs since the epoch), shard
-    /// by shard: each key keeps its value as of then and every later version; a key
-    /// removed by then is dropped whole. Reads of an earlier point answer `Compacted`
+    /// by shard: each key keeps its later versions, or, if it was not written since, its
+    /// value then; a key removed by then is dropped whole. Reads of an earlier point answer `Compacted`
     /// from then on. Each replica then drops the log files nothing needs any more, once
     /// the compaction is durable on every replica. Needs the Admin role; not refused
     /// while a disk is under its reserve, since it is how space comes back.

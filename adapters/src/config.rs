@@ -539,8 +539,8 @@ pub struct Limits {
     /// by version or time; older ones are read back from the log.
     pub history_cache_bytes: usize,
     /// Persistent pools forget versions older than this many seconds by themselves
-    /// (each key keeps its value as of then, as `squall compact POOL --before "Ns ago"`
-    /// would), checked every half of it (at most a minute). 0 (the default): every
+    /// (as `squall compact POOL --before "Ns ago"` would), checked every half of it (at
+    /// most a minute). 0 (the default): every
     /// version is kept until someone compacts.
     pub history_retention_s: u64,
     /// Zeros written ahead of a persistent shard's log, this many bytes at a time, so that

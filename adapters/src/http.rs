@@ -478,8 +478,7 @@ pub struct CompactBody {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ShardCompactedBody {
     pub shard: u32,
-    /// The shard version compacted to (each key keeps its value as of it); absent:
-    /// nothing in the shard was that old.
+    /// The shard version compacted to; absent: nothing in the shard was that old.
     pub through: Option<u64>,
     /// `through` as `v<view>:<seq>`.
     pub through_text: Option<String>,
@@ -715,7 +714,7 @@ async fn create_pool(
 }
 
 #[utoipa::path(post, path = "/api/v1/compact", request_body = CompactBody,
-    responses((status = 200, description = "Per shard of the pool, what it forgot: each key keeps its value as of the point and every later version; reads of earlier points answer 410 `compacted`", body = Vec<ShardCompactedBody>), ErrorResponses))]
+    responses((status = 200, description = "Per shard of the pool, what it forgot: each key keeps its later versions or, if not written since, its value then; reads of earlier points answer 410 `compacted`", body = Vec<ShardCompactedBody>), ErrorResponses))]
 async fn compact(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

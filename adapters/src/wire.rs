@@ -345,8 +345,8 @@ pub enum Response {
     Watching {
         version: Option<Version>,
     },
-    /// A shard forgot its history before `through` (stamped `timestamp_us`): each key
-    /// keeps its value as of it and every later version. `through` is `None` when the
+    /// A shard forgot its history up to `through` (stamped `timestamp_us`) but the value
+    /// then of each key not written since. `through` is `None` when the
     /// pool held nothing that old; the counts are what was dropped.
     Compacted {
         through: Option<Version>,

@@ -137,9 +137,9 @@ pub enum Op {
     },
     /// In a persistent shard: forget the history of pool `pool`'s keys before
     /// `before_us`. Each replica finds the same point in its store (the newest write
-    /// under the pool stamped at or before `before_us`), keeps each key's value as of it
-    /// and every later version, and drops the rest: older versions, and keys removed by
-    /// then. Reads of the past that needed them answer `Compacted`. `shard` names the
+    /// under the pool stamped at or before `before_us`); each key keeps its later versions,
+    /// or, if it was not written since, its value then, and the rest is dropped (a key
+    /// removed by then whole). Reads of the past that needed it answer `Compacted`. `shard` names the
     /// shard the sender addressed (a pool spreads over several), so a node that holds
     /// another one can refuse it.
     Compact {

@@ -87,9 +87,9 @@ pub enum Outcome {
     ReadPoint {
         version: Version,
     },
-    /// History forgotten (`Op::Compact`): everything of the pool before `through` (stamped
-    /// `timestamp_us`) except each key's value as of it. `through` is `None` when the
-    /// pool had nothing that old; counts are what this operation dropped.
+    /// History forgotten (`Op::Compact`): the pool's versions up to `through` (stamped
+    /// `timestamp_us`), except the value then of each key not written since. `through` is
+    /// `None` when the pool had nothing that old; counts are what this operation dropped.
     Compacted {
         through: Option<Version>,
         timestamp_us: u64,
@@ -103,8 +103,8 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Horizon {
     pub pool: Arc<str>,
-    /// The newest write of the pool that was compacted to; each key's value as of it is
-    /// kept.
+    /// The newest write of the pool that was compacted to; a key not written since keeps
+    /// its value as of it.
     pub through: Version,
     pub timestamp_us: u64,
 }

@@ -325,8 +325,8 @@ class Client:
 
     def compact(self, pool: str, *, before_us: Optional[int] = None) -> list:
         """Forgets the history of persistent pool ``pool`` before ``before_us`` (µs since
-        the epoch; default now), shard by shard: each key keeps its value as of then and
-        every later version, a key removed by then is dropped. Reads of earlier points
+        the epoch; default now), shard by shard: each key keeps its later versions, or,
+        if it was not written since, its value then; a key removed by then is dropped. Reads of earlier points
         raise :class:`~squall.CompactedError` from then on, and the nodes' logs drop the
         files nothing needs. Needs the admin role. Returns one dict per shard:
         ``shard``, ``through`` (the version compacted to, ``None`` if nothing was that

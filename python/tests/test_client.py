@@ -73,9 +73,9 @@ def test_versions_time_and_stable_reads(client):
 
 
 def test_compact_forgets_history_before_a_time(client):
-    """Compacting one pool: each key keeps its value as of the point and later
-    versions; reads before it raise ``CompactedError``; another pool of the same
-    subgroup keeps its history."""
+    """Compacting one pool: a key not written since keeps its value as of the point;
+    reads before it raise ``CompactedError``; another pool of the same subgroup keeps
+    its history."""
     pool = unique("/hist")
     client.create_pool(pool, "persistent")
     other = unique("/demo/kept")

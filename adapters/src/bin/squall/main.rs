@@ -173,8 +173,9 @@ enum Cmd {
         #[command(subcommand)]
         command: PoolCmd,
     },
-    /// Forget a persistent pool's history before a time (admin): each key keeps its value
-    /// as of then and every later version; reads of earlier points answer `compacted`.
+    /// Forget a persistent pool's history before a time (admin): each key keeps its later
+    /// versions, or, if not written since, its value then; reads of earlier points
+    /// answer `compacted`.
     /// The nodes' logs then drop the files nothing needs (freeing disk).
     Compact {
         pool: String,
