@@ -137,25 +137,29 @@ impl Checkpoints {
         sync_dir(&dir)
     }
 
-    /// The versions of this shard's checkpoints, oldest first.
-    pub fn versions(&self, subgroup: u32, shard: u32) -> Result<Vec<Version>, CheckpointError> {
+    /// The files in this shard's directory (none before its first checkpoint).
+    fn files(&self, subgroup: u32, shard: u32) -> Result<Vec<PathBuf>, CheckpointError> {
         let dir = self.dir(subgroup, shard);
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(io_err(&dir)(e)),
         };
-        let mut versions = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(io_err(&dir))?;
-            let name = entry.file_name();
-            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(SUFFIX)) else {
-                continue;
-            };
-            if let Ok(v) = u64::from_str_radix(hex, 16) {
-                versions.push(Version(v));
-            }
-        }
+        entries
+            .map(|entry| entry.map(|e| e.path()).map_err(io_err(&dir)))
+            .collect()
+    }
+
+    /// The versions of this shard's checkpoints, oldest first.
+    pub fn versions(&self, subgroup: u32, shard: u32) -> Result<Vec<Version>, CheckpointError> {
+        let mut versions: Vec<Version> = self
+            .files(subgroup, shard)?
+            .iter()
+            .filter_map(|path| {
+                let hex = path.file_name()?.to_str()?.strip_suffix(SUFFIX)?;
+                u64::from_str_radix(hex, 16).ok().map(Version)
+            })
+            .collect();
         versions.sort();
         Ok(versions)
     }
@@ -249,14 +253,7 @@ impl Checkpoints {
 
     /// Removes the temporary files of writes a crash cut short.
     fn remove_partial(&self, subgroup: u32, shard: u32) -> Result<(), CheckpointError> {
-        let dir = self.dir(subgroup, shard);
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_err(&dir)(e)),
-        };
-        for entry in entries {
-            let path = entry.map_err(io_err(&dir))?.path();
+        for path in self.files(subgroup, shard)? {
             if path.extension().is_some_and(|x| x == "tmp") {
                 fs::remove_file(&path).map_err(io_err(&path))?;
             }

@@ -714,12 +714,22 @@ impl Client {
         forget: bool,
         key: Option<&str>,
     ) -> Result<Response, ClientError> {
+        self.write_to(op, forget, key.map_or(Route::Any, Route::Write))
+            .await
+    }
+
+    /// `op` sent where `route` says.
+    async fn write_to(
+        &self,
+        op: Op,
+        forget: bool,
+        route: Route<'_>,
+    ) -> Result<Response, ClientError> {
         let (head, tail) = op::encode_split(&op);
         let request = Request::Write {
             forget,
             op: wire::OpBytes::new(head, tail),
         };
-        let route = key.map_or(Route::Any, Route::Write);
         self.call(request, route).await
     }
 
@@ -968,13 +978,8 @@ impl Client {
                 shard,
                 before_us,
             };
-            let (head, tail) = op::encode_split(&op);
-            let request = Request::Write {
-                forget: false,
-                op: wire::OpBytes::new(head, tail),
-            };
             let route = member.as_deref().map_or(Route::Any, Route::Node);
-            match self.call(request, route).await? {
+            match self.write_to(op, false, route).await? {
                 Response::Compacted {
                     through,
                     timestamp_us,

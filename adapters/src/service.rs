@@ -438,6 +438,15 @@ fn wire_object(o: &Object) -> WireObject {
     }
 }
 
+/// Whether `me` is the first member of shard `(g, s)` in `view`: the one member that
+/// acts for the shard (forwards its outbox, sends its scheduled compactions).
+fn leads(view: &View, g: u32, s: u32, me: MemberId) -> bool {
+    view.shards
+        .get(g as usize)
+        .and_then(|shards| shards.get(s as usize))
+        .is_some_and(|sv| sv.members.first() == Some(&me))
+}
+
 fn pool_error(e: &PoolError) -> Response {
     let code = match e {
         PoolError::Path(_) => ErrorCode::InvalidKey,
@@ -2213,12 +2222,7 @@ impl Service {
             return;
         };
         let me = self.cfg.me;
-        let leads = |g: u32, s: u32| {
-            view.shards
-                .get(g as usize)
-                .and_then(|shards| shards.get(s as usize))
-                .is_some_and(|sv| sv.members.first() == Some(&me))
-        };
+        let leads = |g: u32, s: u32| leads(view, g, s, me);
         for batch in self.outboxes.next_batches(leads, wan) {
             if let Err(batch) = forwarders.send(batch) {
                 // No forwarder for that site (not in this node's config), or it is busy:
@@ -2291,12 +2295,7 @@ impl Service {
             let Some(s) = view.shard_of(g as usize, me) else {
                 continue;
             };
-            let first = view
-                .shards
-                .get(g as usize)
-                .and_then(|shards| shards.get(s))
-                .and_then(|shard| shard.members.first());
-            if first != Some(&me) || s as u32 >= pool.shards {
+            if !leads(&view, g, s as u32, me) || s as u32 >= pool.shards {
                 continue;
             }
             if self
