@@ -867,37 +867,85 @@ impl Client {
         }
     }
 
-    /// The keys under `prefix` (in one pool), sorted: from a set of nodes that together
-    /// hold every shard of the pool, each read linearizably.
+    /// The keys under `prefix`, sorted: from a set of nodes that together hold every
+    /// shard of the pool, each read linearizably. A prefix not inside one pool (`/`, or a
+    /// parent of several pools) lists every pool under it, each pool read on its own (the
+    /// listing is not one snapshot of all of them).
     pub async fn list_keys(
         &self,
         prefix: &str,
         at_time_us: Option<u64>,
     ) -> Result<Vec<String>, ClientError> {
-        let request = Request::ListKeys {
-            prefix: prefix.to_string(),
-            at_time_us,
-        };
         if self.inner.routing_stale.load(Ordering::Relaxed) {
             self.refresh_routing().await;
         }
-        let cover: Vec<String> = self
-            .shard_plan(prefix)
-            .map(|plan| plan.nodes.into_iter().map(|(addr, _)| addr).collect())
-            .unwrap_or_default();
-        if cover.is_empty() {
+        if self.shard_plan(prefix).is_none() {
+            // Not inside a pool this client knows: read the pool table again, so a pool
+            // made elsewhere a moment ago is listed (or is the one `prefix` lies in).
+            self.refresh_routing().await;
+        }
+        let pools: Vec<String> = match self.routing() {
+            Some(r) => match r.pool_of_prefix(prefix) {
+                Some(pool) => vec![pool.spec.path.clone()],
+                // `/` or a parent of several pools: every pool under it, each whole.
+                None => r
+                    .pools
+                    .list()
+                    .filter(|p| squall_kvs::key::contains(prefix, &p.spec.path))
+                    .map(|p| p.spec.path.clone())
+                    .collect(),
+            },
+            None => Vec::new(),
+        };
+        if pools.is_empty() {
+            if prefix == "/" && self.routing().is_some() {
+                return Ok(Vec::new()); // no pools at all
+            }
+            // The node says why (no pool there, most likely) in its typed error.
+            let request = Request::ListKeys {
+                prefix: prefix.to_string(),
+                at_time_us,
+            };
             return match self.call(request, Route::Any).await? {
                 Response::Keys(keys) => Ok(keys),
                 other => Err(Self::unexpected(other)),
             };
         }
-        let mut all = std::collections::BTreeSet::new();
-        for addr in &cover {
-            match self.call(request.clone(), Route::Node(addr)).await? {
-                Response::Keys(keys) => all.extend(keys),
-                other => return Err(Self::unexpected(other)),
+        // One request per pool and node covering its shards, all at once.
+        let mut asks = Vec::new();
+        for pool in &pools {
+            // Within its pool, `prefix` itself; a pool under `prefix`, whole.
+            let within = if squall_kvs::key::contains(pool, prefix) {
+                prefix
+            } else {
+                pool
+            };
+            let cover = self
+                .shard_plan(pool)
+                .map(|plan| plan.nodes)
+                .unwrap_or_default();
+            if cover.is_empty() {
+                asks.push((within.to_string(), None));
+            }
+            for (addr, _) in cover {
+                asks.push((within.to_string(), Some(addr)));
             }
         }
+        let lists = futures_util::future::try_join_all(asks.into_iter().map(|(within, addr)| {
+            let request = Request::ListKeys {
+                prefix: within,
+                at_time_us,
+            };
+            async move {
+                let route = addr.as_deref().map_or(Route::Any, Route::Node);
+                match self.call(request, route).await? {
+                    Response::Keys(keys) => Ok(keys),
+                    other => Err(Self::unexpected(other)),
+                }
+            }
+        }))
+        .await?;
+        let all: std::collections::BTreeSet<String> = lists.into_iter().flatten().collect();
         Ok(all.into_iter().collect())
     }
 
@@ -1177,19 +1225,21 @@ impl Client {
     /// version; a volatile one the latest of each key changed in the meantime (it keeps
     /// no versions in between). The stream ends only when no replica of a shard takes the
     /// watch back within [`WATCH_RESUME_PATIENCE`], or one refuses it for good (too far
-    /// behind, `TooLarge`: list the keys again). A prefix not inside one pool is watched
-    /// at one node and ends when that watch does.
+    /// behind, `TooLarge`: list the keys again).
+    ///
+    /// A prefix not inside one pool (`/`, or a parent of several pools) is watched the
+    /// same way on every shard of every data subgroup, so it resumes as well, and it also
+    /// sees pools created under it after the watch began (they live in those shards).
+    /// Changes of different shards arrive in no particular order between them.
     pub async fn watch(&self, prefix: &str) -> Result<mpsc::Receiver<WatchEvent>, ClientError> {
-        if self.inner.routing_stale.load(Ordering::Relaxed) {
+        if self.inner.routing_stale.load(Ordering::Relaxed) || self.routing().is_none() {
             self.refresh_routing().await;
         }
-        let Some((subgroup, shards)) = self.watched_shards(prefix) else {
-            return self.watch_one_node(prefix).await;
-        };
+        let targets = self.watched_shards(prefix)?;
         // Every shard's watch is in place before this returns, so the stream has every
         // change from then on.
-        let mut started = Vec::with_capacity(shards as usize);
-        for shard in 0..shards {
+        let mut started = Vec::with_capacity(targets.len());
+        for (subgroup, shard) in targets {
             let at = ShardWatch {
                 prefix: prefix.to_string(),
                 subgroup,
@@ -1216,12 +1266,29 @@ impl Client {
         Ok(rx)
     }
 
-    /// The subgroup and shard count of the pool `prefix` lies in, if routing knows it.
-    fn watched_shards(&self, prefix: &str) -> Option<(u32, u32)> {
-        let routing = self.routing()?;
-        let pool = routing.pool_of_prefix(prefix)?;
-        routing.shards.get(pool.spec.subgroup as usize)?;
-        Some((pool.spec.subgroup, pool.shards))
+    /// The shards (subgroup, shard) a watch of `prefix` follows: those of the pool it lies
+    /// in, or for a prefix not inside one pool, every shard of every data subgroup (not
+    /// the metadata, subgroup 0, which holds no objects).
+    fn watched_shards(&self, prefix: &str) -> Result<Vec<(u32, u32)>, ClientError> {
+        let Some(routing) = self.routing() else {
+            return Err(ClientError::Unavailable {
+                attempts: 1,
+                last: "no node answered with the cluster's layout".to_string(),
+            });
+        };
+        if let Some(pool) = routing.pool_of_prefix(prefix)
+            && routing.shards.get(pool.spec.subgroup as usize).is_some()
+        {
+            let g = pool.spec.subgroup;
+            return Ok((0..pool.shards).map(|s| (g, s)).collect());
+        }
+        Ok(routing
+            .shards
+            .iter()
+            .enumerate()
+            .skip(1)
+            .flat_map(|(g, shards)| (0..shards.len()).map(move |s| (g as u32, s as u32)))
+            .collect())
     }
 
     /// The replicas of a shard as routing knows them, the policy's pick first and `avoid`
@@ -1364,36 +1431,6 @@ impl Client {
             attempt += 1;
             self.refresh_routing().await;
         }
-    }
-
-    /// A watch of `prefix` at one node, for a prefix not inside one pool: the node
-    /// holding the pool's shards if there is one such node, else the first that takes it.
-    async fn watch_one_node(
-        &self,
-        prefix: &str,
-    ) -> Result<mpsc::Receiver<WatchEvent>, ClientError> {
-        let mut nodes = self.inner.nodes.lock().await.clone();
-        let single = self
-            .shard_plan(prefix)
-            .filter(|p| p.nodes.len() == 1)
-            .and_then(|p| p.nodes.into_iter().next());
-        if let Some((first, _)) = single {
-            nodes.retain(|n| *n != first);
-            nodes.insert(0, first);
-        }
-        let mut last = String::new();
-        for addr in nodes {
-            let request = Request::Watch {
-                prefix: prefix.to_string(),
-            };
-            match self.start_watch(&addr, request).await {
-                Ok((Response::Done, events)) => return Ok(events),
-                Ok((other, _)) => return Err(Self::unexpected(other)),
-                Err(e @ ClientError::Server { .. }) => return Err(e),
-                Err(e) => last = e.to_string(),
-            }
-        }
-        Err(ClientError::Unavailable { attempts: 1, last })
     }
 
     /// Sends a watch request to the node at `addr`: its first answer and the events.

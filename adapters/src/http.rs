@@ -539,7 +539,7 @@ pub struct UploadedBody {
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct KeysQuery {
-    /// The prefix to list (within one pool).
+    /// The prefix to list: within a pool, or above several (`/` lists every pool).
     pub prefix: String,
     /// List as of this time (µs), persistent pools.
     pub time_us: Option<u64>,

@@ -417,6 +417,17 @@ async fn a_pool_spread_over_nodes_lists_every_key() {
         c.put(key, Bytes::from(key.clone())).await.expect("put");
     }
     keys.sort();
+    c.put("/demo/d", Bytes::from_static(b"d"))
+        .await
+        .expect("put");
+    c.put("/cache/c", Bytes::from_static(b"c"))
+        .await
+        .expect("put");
+    // `/` spans every pool, each node holding one shard of /spread: a listing of it was
+    // refused (no pool holds `/`) before, and a watch of it saw one node's shards only.
+    let mut everything: Vec<String> = keys.clone();
+    everything.extend(["/cache/c".to_string(), "/demo/d".to_string()]);
+    everything.sort();
     for addr in cluster.addrs() {
         let one = Client::connect(std::slice::from_ref(&addr), None, Policy::default())
             .await
@@ -426,6 +437,11 @@ async fn a_pool_spread_over_nodes_lists_every_key() {
             keys,
             "listed through a client of {addr}"
         );
+        assert_eq!(
+            one.list_keys("/", None).await.expect("list /"),
+            everything,
+            "/ listed through a client of {addr}"
+        );
         let got = one.get("/spread/k07").await.expect("get").expect("present");
         assert_eq!(&got.blob[..], b"/spread/k07");
     }
@@ -434,25 +450,59 @@ async fn a_pool_spread_over_nodes_lists_every_key() {
         .await
         .expect("connect");
     let mut events = watcher.watch("/spread").await.expect("watch");
-    for key in &keys {
+    let mut all_events = watcher.watch("/").await.expect("watch /");
+    for key in everything.iter() {
         c.put(key, Bytes::from_static(b"again")).await.expect("put");
     }
-    let mut seen = Vec::new();
-    while seen.len() < keys.len() {
-        let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {} changes seen", seen.len(), keys.len()))
-            .expect("the watch goes on");
-        seen.push(event.key);
+    for (events, want) in [(&mut events, &keys), (&mut all_events, &everything)] {
+        let mut seen = Vec::new();
+        while seen.len() < want.len() {
+            let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of {} changes seen", seen.len(), want.len()))
+                .expect("the watch goes on");
+            seen.push(event.key);
+        }
+        seen.sort();
+        assert_eq!(&seen, want);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), events.recv())
+                .await
+                .is_err(),
+            "a change was passed on twice"
+        );
     }
-    seen.sort();
-    assert_eq!(seen, keys);
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), events.recv())
+    // A pool made after the watch began is watched too, and listed under `/`.
+    c.create_pool(PoolSpec::new(
+        "/later/pool".to_string(),
+        StoreKind::Persistent,
+        1,
+    ))
+    .await
+    .expect("create a pool");
+    c.put("/later/pool/x", Bytes::from_static(b"x"))
+        .await
+        .expect("put");
+    let event = tokio::time::timeout(Duration::from_secs(10), all_events.recv())
+        .await
+        .expect("the new pool's change in time")
+        .expect("the watch goes on");
+    assert_eq!(event.key, "/later/pool/x");
+    let listed = watcher.list_keys("/", None).await.expect("list /");
+    assert!(listed.contains(&"/later/pool/x".to_string()), "{listed:?}");
+    // A parent of one pool lists that pool; a parent of none is refused as before.
+    assert_eq!(
+        watcher
+            .list_keys("/later", None)
             .await
-            .is_err(),
-        "a change was passed on twice"
+            .expect("list /later"),
+        vec!["/later/pool/x".to_string()]
     );
+    let e = watcher
+        .list_keys("/nowhere", None)
+        .await
+        .expect_err("no pool there");
+    assert_eq!(code(&e), Some(ErrorCode::NoPoolForKey), "{e}");
 }
 
 /// A watch outlives the node it is on: killed, the watch resumes at another replica
@@ -460,7 +510,8 @@ async fn a_pool_spread_over_nodes_lists_every_key() {
 /// a writer keeps writing, every node is killed and restarted in turn, so whichever holds
 /// the watch dies under it: every acknowledged put to the persistent pool reaches the
 /// watcher (a put the client retried at most twice), in version order, and the volatile
-/// pool's keys end at their last values. Without the resume the stream ends at the kill.
+/// pool's keys end at their last values. The same holds for a watch of `/`, which spans
+/// both pools. Without the resume the stream ends at the kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_goes_on_at_another_replica_when_its_node_dies_and_misses_nothing() {
     let mut cluster = Cluster::new(3, &[]);
@@ -471,6 +522,7 @@ async fn a_watch_goes_on_at_another_replica_when_its_node_dies_and_misses_nothin
         .expect("connect");
     let mut persistent = watcher.watch("/demo/w").await.expect("watch /demo/w");
     let mut volatile = watcher.watch("/cache/w").await.expect("watch /cache/w");
+    let mut everything = watcher.watch("/").await.expect("watch /");
 
     let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let writer = {
@@ -516,58 +568,66 @@ async fn a_watch_goes_on_at_another_replica_when_its_node_dies_and_misses_nothin
     let acked = writer.await.expect("writer");
     assert!(acked.len() >= 50, "{} puts", acked.len());
 
-    // Persistent: each acknowledged key at least once, no version twice, versions rising.
+    let mut latest = std::collections::HashMap::new();
+    for k in 0..8 {
+        let key = format!("/cache/w/{k}");
+        let o = c.get(&key).await.expect("get").expect("written");
+        latest.insert(key, o.blob);
+    }
+    let none = std::collections::HashMap::new();
+    follow_until(&mut persistent, "/demo/w", &acked, &none).await;
+    follow_until(&mut volatile, "/cache/w", &[], &latest).await;
+    follow_until(&mut everything, "/", &acked, &latest).await;
+}
+
+/// Reads a watch's events until every key of `acked` (persistent) was seen and every key
+/// of `latest` (volatile) was last seen at its value there, checking on the way that
+/// each pool's versions rise along the stream (one shard per pool here), that a
+/// persistent value is its key, and that no acknowledged put came more than twice (put
+/// and retry).
+async fn follow_until(
+    events: &mut tokio::sync::mpsc::Receiver<squall_adapters::wire::WatchEvent>,
+    watched: &str,
+    acked: &[String],
+    latest: &std::collections::HashMap<String, Bytes>,
+) {
     let mut seen = std::collections::BTreeMap::new();
-    let mut last = None;
+    let mut now = std::collections::HashMap::new();
+    let mut last_of_pool = std::collections::HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !acked.iter().all(|k| seen.contains_key(k)) {
+    while !acked.iter().all(|k| seen.contains_key(k))
+        || latest.iter().any(|(k, v)| now.get(k) != Some(v))
+    {
         let left = deadline.saturating_duration_since(Instant::now());
-        let event = tokio::time::timeout(left, persistent.recv())
+        let event = tokio::time::timeout(left, events.recv())
             .await
             .unwrap_or_else(|_| {
                 let missing: Vec<_> = acked.iter().filter(|k| !seen.contains_key(*k)).collect();
                 panic!(
-                    "{} acknowledged puts never seen: {missing:?}",
+                    "watch of {watched}: {} acknowledged puts never seen: {missing:?}; \
+                     volatile keys end at {now:?}, not {latest:?}",
                     missing.len()
                 )
             })
-            .expect("the watch goes on through the kills");
+            .unwrap_or_else(|| panic!("the watch of {watched} ended at a kill"));
+        let pool = event.key.split('/').nth(1).unwrap_or_default().to_string();
+        let before = last_of_pool.insert(pool, event.version);
         assert!(
-            Some(event.version) > last,
-            "{:?} after {last:?}",
-            event.version
+            before < Some(event.version),
+            "watch of {watched}: {event:?} after {before:?}"
         );
-        last = Some(event.version);
-        assert_eq!(event.blob.as_deref(), Some(event.key.as_bytes()));
-        *seen.entry(event.key).or_insert(0) += 1;
+        if event.key.starts_with("/demo/") {
+            assert_eq!(event.blob.as_deref(), Some(event.key.as_bytes()));
+            *seen.entry(event.key).or_insert(0) += 1;
+        } else {
+            now.insert(event.key, event.blob.expect("a value"));
+        }
     }
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 2).collect();
-    assert!(twice.is_empty(), "seen more than put and retry: {twice:?}");
-
-    // Volatile: each key's last event is its value now.
-    let mut latest = std::collections::HashMap::new();
-    let mut last_of_key = std::collections::HashMap::new();
-    let want: std::collections::HashMap<String, Bytes> = {
-        let mut want = std::collections::HashMap::new();
-        for k in 0..8 {
-            let key = format!("/cache/w/{k}");
-            let o = c.get(&key).await.expect("get").expect("written");
-            want.insert(key, o.blob);
-        }
-        want
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while want.iter().any(|(k, v)| latest.get(k) != Some(v)) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let event = tokio::time::timeout(left, volatile.recv())
-            .await
-            .unwrap_or_else(|_| panic!("volatile keys end at {latest:?}, not {want:?}"))
-            .expect("the watch goes on through the kills");
-        // One key lives on one shard, whose versions rise along its stream.
-        let before = last_of_key.insert(event.key.clone(), event.version);
-        assert!(before < Some(event.version), "{event:?} after {before:?}");
-        latest.insert(event.key, event.blob.expect("a value"));
-    }
+    assert!(
+        twice.is_empty(),
+        "watch of {watched}: seen more than put and retry: {twice:?}"
+    );
 }
 
 /// A watch started on a node that has had nothing delivered to the shard yet (no store)

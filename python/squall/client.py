@@ -282,8 +282,9 @@ class Client:
         return self._n.get_size(key).wait()
 
     def list_keys(self, prefix: str, *, timestamp_us: Optional[int] = None) -> list:
-        """The keys under ``prefix`` (within one pool), sorted; as of ``timestamp_us``
-        if given (persistent pools)."""
+        """The keys under ``prefix``, sorted; as of ``timestamp_us`` if given
+        (persistent pools). A prefix above several pools (``/``) lists every pool
+        under it."""
         return self._n.list_keys(prefix, timestamp_us).wait()
 
     def watch(self, prefix: str) -> Watch:

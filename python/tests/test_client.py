@@ -196,6 +196,21 @@ def test_watch_sees_puts_and_removes(client):
     watch.close()
 
 
+def test_root_lists_and_watches_every_pool(client):
+    keys = [unique("/demo/everywhere"), unique("/cache/everywhere")]
+    watch = client.watch("/")
+    for key in keys:
+        client.put(key, b"v")
+    listed = client.list_keys("/")
+    assert all(key in listed for key in keys), listed
+    seen = set()
+    while seen != set(keys):
+        event = watch.next(timeout_s=10)
+        if event.key in keys:
+            seen.add(event.key)
+    watch.close()
+
+
 def test_bad_input_is_a_clear_error_and_changes_nothing(client, cluster):
     with pytest.raises(squall.PoolError) as e:
         client.put("/nopool/x", b"1")
