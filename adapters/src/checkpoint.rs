@@ -114,6 +114,28 @@ impl Checkpoints {
         self.write_with(subgroup, shard, version, |out| out.write_all(bytes))
     }
 
+    /// Keeps the checkpoint a state transfer brought (`bytes`, checked whole) as this
+    /// shard's, durably; its version. Blocking. The driver calls it (as its
+    /// `StateKeeper`) before the shard's log takes the records that follow it.
+    pub fn keep_transferred(
+        &self,
+        subgroup: u32,
+        shard: u32,
+        bytes: &[u8],
+    ) -> Result<Version, CheckpointError> {
+        let version = version_of(bytes).map_err(|reason| CheckpointError::Damaged {
+            path: self.dir(subgroup, shard),
+            reason: format!("the transferred checkpoint: {reason}"),
+        })?;
+        self.write_encoded(subgroup, shard, version, bytes)?;
+        Ok(version)
+    }
+
+    /// Whether this shard has a checkpoint file at `version`.
+    pub fn has(&self, subgroup: u32, shard: u32, version: Version) -> bool {
+        self.path(subgroup, shard, version).is_file()
+    }
+
     fn write_with(
         &self,
         subgroup: u32,
@@ -390,6 +412,29 @@ pub fn encode_to_bytes(
 }
 
 /// Reads a checkpoint; the reason if it is damaged.
+/// The version of an encoded checkpoint, once its checksum and header check out.
+pub fn version_of(bytes: &[u8]) -> Result<Version, String> {
+    let body_len = bytes
+        .len()
+        .checked_sub(4)
+        .ok_or("shorter than its checksum")?;
+    let stored = u32::from_le_bytes(
+        bytes[body_len..]
+            .try_into()
+            .map_err(|_| "shorter than its checksum")?,
+    );
+    if crc32c::crc32c(&bytes[..body_len]) != stored {
+        return Err("its checksum does not match".to_string());
+    }
+    if body_len < 16 || &bytes[..8] != MAGIC {
+        return Err("not a checkpoint (bad magic)".to_string());
+    }
+    let version: [u8; 8] = bytes[8..16]
+        .try_into()
+        .map_err(|_| "it ends inside its header")?;
+    Ok(Version(u64::from_le_bytes(version)))
+}
+
 pub fn decode(mut bytes: Bytes, kind: StoreKind, limits: StoreLimits) -> Result<Loaded, String> {
     let body_len = bytes
         .len()
@@ -557,9 +602,10 @@ mod tests {
             let mut bad = good.clone();
             bad[i] ^= 0x40;
             assert!(
-                decode(Bytes::from(bad), StoreKind::Persistent, limits).is_err(),
+                decode(Bytes::from(bad.clone()), StoreKind::Persistent, limits).is_err(),
                 "byte {i}"
             );
+            assert!(version_of(&bad).is_err(), "byte {i}");
         }
         for len in [0, 3, 20, good.len() - 1] {
             let cut = Bytes::copy_from_slice(&good[..len]);
@@ -567,9 +613,18 @@ mod tests {
                 decode(cut, StoreKind::Persistent, limits).is_err(),
                 "cut at {len}"
             );
+            assert!(version_of(&good[..len]).is_err(), "cut at {len}");
         }
         let dir = tempfile::tempdir()?;
         let ck = Checkpoints::new(dir.path().to_path_buf());
+        // A transferred one is kept only whole, under its own version.
+        let mut bad = good.clone();
+        bad[30] ^= 1;
+        assert!(ck.keep_transferred(2, 0, &bad).is_err());
+        assert!(ck.versions(2, 0)?.is_empty());
+        assert_eq!(ck.keep_transferred(2, 0, &good)?, at);
+        assert!(ck.has(2, 0, at));
+        assert_eq!(fs::read(ck.path(2, 0, at))?, good);
         ck.write_encoded(1, 1, at, &good)?;
         let path = ck.path(1, 1, at);
         let mut bytes = fs::read(&path)?;

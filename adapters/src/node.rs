@@ -16,8 +16,8 @@ use std::time::Duration;
 use squall_udl_host::engine::{Engine, EngineConfig, EngineMetrics};
 
 use squall_driver::{
-    NodeConfig, TcpConfig, TcpTransport, has_incarnation, next_incarnation, next_incarnation_from,
-    start_node,
+    NodeConfig, StateKeeper, TcpConfig, TcpTransport, has_incarnation, next_incarnation,
+    next_incarnation_from, start_node,
 };
 use squall_kvs::StoreKind;
 use squall_log::{FileLog, LogConfig, LogStore};
@@ -83,6 +83,20 @@ pub enum RunError {
 }
 
 /// Why the group stopped a node, in a user's words.
+/// The driver's `StateKeeper`: a checkpoint that comes with a compacted shard's log is
+/// kept in `dir` before that log replaces what this node's log held of the shard, so a
+/// crash between the two never leaves records without the state they follow (the
+/// service then finds it written and only marks the log's start).
+fn transferred_checkpoint_keeper(dir: std::path::PathBuf) -> StateKeeper {
+    let checkpoints = crate::checkpoint::Checkpoints::new(dir);
+    StateKeeper(Arc::new(move |key, state| {
+        checkpoints
+            .keep_transferred(key.subgroup, key.shard, state)
+            .map(drop)
+            .map_err(std::io::Error::other)
+    }))
+}
+
 fn stop_reason_text(reason: Option<StopReason>) -> String {
     match reason {
         Some(StopReason::Evicted) => {
@@ -266,6 +280,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         commands_max: 4_096,
         report_arrivals: false,
         unlogged_subgroups: unlogged,
+        state_keeper: Some(transferred_checkpoint_keeper(
+            config.node.data_dir.join("checkpoints"),
+        )),
     };
     let (handle, events) = start_node(node_cfg, transport, inbound, Some(Box::new(log)))?;
 

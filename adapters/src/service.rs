@@ -226,6 +226,13 @@ impl Drop for Reply {
     }
 }
 
+/// Whether `SQUALL_TEST_CRASH_BEFORE_TAKING_STATE` is set: a test hook that makes the
+/// node abort when a transferred checkpoint reaches the service (read once).
+fn crash_before_taking_state() -> bool {
+    static SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SET.get_or_init(|| std::env::var_os("SQUALL_TEST_CRASH_BEFORE_TAKING_STATE").is_some())
+}
+
 /// The client connection a [`Reply`] was for has closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionGone;
@@ -656,8 +663,13 @@ impl Service {
                 ));
             }
             if let Some(ck) = ck {
-                ck.write_encoded(subgroup, shard, loaded.version, &state)
-                    .and_then(|()| ck.set_log_start(subgroup, shard, loaded.version))
+                // The driver kept it before the log took the records after it (see
+                // `transferred_checkpoint_keeper`); written here only if it did not.
+                if !ck.has(subgroup, shard, loaded.version) {
+                    ck.write_encoded(subgroup, shard, loaded.version, &state)
+                        .map_err(|e| e.to_string())?;
+                }
+                ck.set_log_start(subgroup, shard, loaded.version)
                     .map_err(|e| e.to_string())?;
             }
             Ok(loaded)
@@ -1074,6 +1086,11 @@ impl Service {
                 ..
             } => {
                 self.awaiting_state.remove(&(subgroup, shard));
+                if !state.is_empty() && crash_before_taking_state() {
+                    // Test hook: a crash in the window between the log taking a
+                    // compacted shard's records and this node taking their state.
+                    std::process::abort();
+                }
                 let rebuilt = if state.is_empty() {
                     self.replay_log(subgroup, shard, log.last_version).await
                 } else {

@@ -270,6 +270,43 @@ async fn compaction_forgets_history_frees_the_log_and_survives_restarts_and_join
     )
     .await;
 
+    // Again, but node 2 crashes once its log holds the transferred records and before
+    // its service takes the checkpoint that came with them. The driver kept that
+    // checkpoint before the log took the records, so node 2 rebuilds from it at restart
+    // (it rebuilt from the records alone before, which no longer start at the shard's
+    // beginning: a store without k6, which only a transfer back then corrected, and not
+    // at all if node 2's log were the one a total restart continues from).
+    cluster.kill9(2);
+    let data2 = cluster.configs[2].node.data_dir.clone();
+    std::fs::remove_dir_all(&data2).expect("wipe node 2");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    cluster.start_with(2, &[], &[("SQUALL_TEST_CRASH_BEFORE_TAKING_STATE", "1")]);
+    let status = cluster.wait_exit(2, Duration::from_secs(40));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "node 2 did not crash at the hook: {status:?}\n{}",
+        cluster.logs()
+    );
+    assert!(
+        bytes_under(&data2.join("checkpoints")) > 0,
+        "no checkpoint beside the transferred log"
+    );
+    let loads = |c: &Cluster| c.node_log(2).matches("loaded the checkpoint").count();
+    let loads_before = loads(&cluster);
+    cluster.start(2);
+    check(
+        &via(&cluster, 2).await,
+        &expected,
+        "node 2 restarted after crashing before taking its state",
+    )
+    .await;
+    assert_eq!(
+        loads(&cluster),
+        loads_before + 1,
+        "node 2 did not rebuild from the kept checkpoint:\n{}",
+        cluster.node_log(2)
+    );
+
     // The CLI: a read before the point is a clear, typed error; compacting to now keeps
     // each key's latest value only.
     let (status, _, err) = cluster.cli(0, &["get", "/demo/k0", "--time", &point_us.to_string()]);

@@ -89,6 +89,7 @@ async fn run(args: &NodeArgs) -> Result<()> {
         commands_max: 4_096,
         report_arrivals: false,
         unlogged_subgroups: Vec::new(),
+        state_keeper: None,
     };
     let (handle, mut events) = start_node(cfg, transport, inbound, None)?;
     let mut control = child::control()?;

@@ -169,6 +169,27 @@ impl Cluster {
         }
     }
 
+    /// Waits up to `timeout` for `node`'s process to end by itself; its exit status.
+    #[allow(dead_code)]
+    pub fn wait_exit(
+        &mut self,
+        node: u32,
+        timeout: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        let child = self.procs.get_mut(&node)?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.procs.remove(&node);
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     pub fn addrs(&self) -> Vec<String> {
         self.configs
             .iter()
@@ -195,6 +216,12 @@ impl Cluster {
             out += &format!("node {node}: process {} state {state}\n", child.id());
         }
         out
+    }
+
+    /// Everything `node` has logged, over all its starts.
+    #[allow(dead_code)]
+    pub fn node_log(&self, node: u32) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("n{node}.log"))).unwrap_or_default()
     }
 
     pub fn logs(&self) -> String {

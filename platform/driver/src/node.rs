@@ -60,6 +60,28 @@ pub struct NodeConfig {
     /// immediate and their state transfers carry no log. Views, trims and agreements are
     /// logged regardless when there is a log.
     pub unlogged_subgroups: Vec<u32>,
+    /// Keeps a logged shard's transferred application state (a transfer header's, when
+    /// not empty) durably, called on the log thread before the log drops what it held of
+    /// the shard and takes the records that follow that state. So a log never holds a
+    /// transferred log's records without the state they follow: if the source's log no
+    /// longer starts at the shard's beginning, those records alone rebuild a different
+    /// store, and a crash between the two would leave just that. `None`: not kept here
+    /// (the application still gets it with [`AppEvent::StateReceived`]).
+    pub state_keeper: Option<StateKeeper>,
+}
+
+/// See [`NodeConfig::state_keeper`]: stores a shard's transferred application state
+/// durably (synced) before returning.
+#[derive(Clone)]
+pub struct StateKeeper(pub Arc<KeepState>);
+
+/// What a [`StateKeeper`] calls: keeps `state` for the shard, durably.
+pub type KeepState = dyn Fn(ShardKey, &Bytes) -> std::io::Result<()> + Send + Sync;
+
+impl std::fmt::Debug for StateKeeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateKeeper")
+    }
 }
 
 /// An [`AppEvent`] stamped with the wall clock when the driver produced it: before any
@@ -432,6 +454,9 @@ enum LogWork {
     StateRecords {
         key: ShardKey,
         keep: Option<Option<Version>>,
+        /// The transfer's application state, kept (`NodeConfig::state_keeper`) before
+        /// the log changes; with the first records of a transfer only.
+        state: Option<Bytes>,
         records: Vec<Record>,
         taken: Option<(ViewId, u32)>,
         reply: Option<oneshot::Sender<Result<Option<u64>, String>>>,
@@ -524,8 +549,13 @@ pub fn start_node(
     let log_failure = Arc::new(OnceLock::new());
     let log_tx = match log {
         Some(store) => Some(
-            spawn_log_thread(store, done_tx, Arc::clone(&log_failure))
-                .map_err(NodeError::Thread)?,
+            spawn_log_thread(
+                store,
+                cfg.state_keeper.clone(),
+                done_tx,
+                Arc::clone(&log_failure),
+            )
+            .map_err(NodeError::Thread)?,
         ),
         None => None,
     };
@@ -1055,25 +1085,26 @@ impl Driver {
         };
         let incoming = &mut self.incoming[i];
         incoming.reader.push(state);
-        let base = incoming
+        let header = incoming
             .reader
             .header()
             .map_err(|e| e.to_string())?
-            .map(|h| h.base);
+            .map(|h| (h.base, h.app.clone()));
         let records = incoming.reader.records().map_err(|e| e.to_string())?;
         let key = ShardKey { subgroup, shard };
-        let keep = match base {
-            Some(base) if !incoming.logging => {
+        let (keep, state) = match header {
+            Some((base, app)) if !incoming.logging => {
                 incoming.logging = true;
-                Some(base.map(Version))
+                (Some(base.map(Version)), (!app.is_empty()).then_some(app))
             }
-            _ => None,
+            _ => (None, None),
         };
         if !last {
             if keep.is_some() || !records.is_empty() {
                 self.queue_log_work(LogWork::StateRecords {
                     key,
                     keep,
+                    state,
                     records,
                     taken: Some((view_id, part)),
                     reply: None,
@@ -1089,6 +1120,7 @@ impl Driver {
         self.queue_log_work(LogWork::StateRecords {
             key,
             keep,
+            state,
             records,
             taken: None,
             reply: Some(reply),
@@ -1448,6 +1480,7 @@ fn encode_trim(out: &mut BytesMut, view_id: ViewId, subgroup: u32, shard: u32, r
 /// commits in groups: every sync request queued behind one fsync is answered by it.
 fn spawn_log_thread(
     mut store: Box<dyn LogStore + Send>,
+    keeper: Option<StateKeeper>,
     done: mpsc::Sender<LogDone>,
     failure: Arc<OnceLock<String>>,
 ) -> std::io::Result<std::sync::mpsc::SyncSender<LogWork>> {
@@ -1540,10 +1573,27 @@ fn spawn_log_thread(
                         LogWork::StateRecords {
                             key,
                             keep,
+                            state,
                             records,
                             taken,
                             reply,
                         } => {
+                            if let (Some(state), Some(keeper)) = (&state, &keeper)
+                                && let Err(e) = (keeper.0)(key, state)
+                            {
+                                let e = LogError::Io {
+                                    path: format!(
+                                        "the transferred state of subgroup {} shard {}",
+                                        key.subgroup, key.shard
+                                    )
+                                    .into(),
+                                    source: e,
+                                };
+                                if let Some(reply) = reply {
+                                    let _ = reply.send(Err(e.to_string()));
+                                }
+                                return fail(&done, e);
+                            }
                             let result = keep
                                 .map_or(Ok(()), |keep| store.truncate_after(key, keep.map(|v| v.0)))
                                 .and_then(|()| {

@@ -258,6 +258,7 @@ async fn main() -> Result<()> {
         commands_max: 4_096,
         report_arrivals: true,
         unlogged_subgroups: Vec::new(),
+        state_keeper: None,
     };
     let (handle, mut events) = start_node(cfg, transport, inbound, log)?;
 
