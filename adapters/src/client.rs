@@ -977,14 +977,55 @@ impl Client {
         result
     }
 
+    /// Removes pool `path` with its objects. Three steps: the pool leaves the table (no
+    /// key finds it; none can be made at or around its path yet); its objects are
+    /// dropped from each of its shards, in that shard's order; then the table lets a pool
+    /// be made there again, which starts empty. If this stops half-way (the client dies),
+    /// the pool stays "being removed" until `remove_pool` of it runs again.
     pub async fn remove_pool(&self, path: &str) -> Result<(), ClientError> {
         let op = Op::RemovePool {
             id: self.next_id(),
             path: path.to_string(),
         };
-        let result = self.write(op, false, None).await.map(drop);
+        let removed = self.write(op, false, None).await;
         self.routing_changed();
-        result
+        let spec = match removed? {
+            Response::Pools(mut specs) if specs.len() == 1 => specs.remove(0),
+            // A retry whose first attempt was applied, and the removal finished since.
+            Response::Done => return Ok(()),
+            other => return Err(Self::unexpected(other)),
+        };
+        if spec.kind != StoreKind::Trigger {
+            self.refresh_routing().await;
+            // `spec.shards`: the shards it spread over.
+            for shard in 0..spec.shards.max(1) {
+                let member = self.routing().and_then(|r| {
+                    r.shards
+                        .get(spec.subgroup as usize)?
+                        .get(shard as usize)?
+                        .first()
+                        .cloned()
+                });
+                let op = Op::DropPool {
+                    id: self.next_id(),
+                    pool: path.to_string(),
+                    shard,
+                };
+                let route = member.as_deref().map_or(Route::Any, Route::Node);
+                match self.write_to(op, false, route).await? {
+                    Response::Done => {}
+                    other => return Err(Self::unexpected(other)),
+                }
+            }
+        }
+        let op = Op::PoolDropped {
+            id: self.next_id(),
+            path: path.to_string(),
+        };
+        match self.write(op, false, None).await? {
+            Response::Done => Ok(()),
+            other => Err(Self::unexpected(other)),
+        }
     }
 
     /// Forgets the history of pool `pool` before `before_us` (µs since the epoch), shard

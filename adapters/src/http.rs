@@ -756,6 +756,7 @@ async fn find_pool(
     Ok(Json(PoolBody::from(pool)))
 }
 
+/// Removes the pool and its objects; again, it finishes a removal that was interrupted.
 #[utoipa::path(delete, path = "/api/v1/pools/{path}", params(
     ("path" = String, Path, description = "The pool's path (without its leading slash)")),
     responses((status = 204), ErrorResponses))]

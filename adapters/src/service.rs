@@ -466,6 +466,20 @@ fn pool_error(e: &PoolError) -> Response {
     Response::error(code, e.to_string())
 }
 
+/// A removed pool's spec with the shards it spread over (not 0 for "all").
+fn removed_spec(pool: &squall_kvs::Pool) -> PoolSpec {
+    let mut spec = pool.spec.clone();
+    spec.shards = pool.shards;
+    spec
+}
+
+fn not_being_removed(path: &str) -> Response {
+    Response::error(
+        ErrorCode::InvalidPool,
+        format!("pool {path} is not being removed: only a removed pool's objects are dropped"),
+    )
+}
+
 fn outcome_response(outcome: &Outcome) -> Response {
     match outcome {
         Outcome::Applied {
@@ -489,7 +503,7 @@ fn outcome_response(outcome: &Outcome) -> Response {
             ErrorCode::TooLarge,
             format!("object of {size} bytes exceeds the limit of {max} bytes"),
         ),
-        Outcome::ReadPoint { .. } => Response::Done,
+        Outcome::ReadPoint { .. } | Outcome::Dropped { .. } => Response::Done,
         Outcome::Compacted {
             through,
             timestamp_us,
@@ -1321,7 +1335,14 @@ impl Service {
         if subgroup == 0 {
             let (_, duplicate) = self.meta.apply(version, &op);
             let response = if duplicate {
-                Response::Done
+                // A retried removal still gets the pool to finish removing.
+                match &op {
+                    Op::RemovePool { path, .. } => self
+                        .pools
+                        .removing(path)
+                        .map_or(Response::Done, |p| Response::Pools(vec![removed_spec(p)])),
+                    _ => Response::Done,
+                }
             } else {
                 match op {
                     Op::CreatePool { spec, .. } => match self.pool_kind_error(&spec) {
@@ -1331,13 +1352,19 @@ impl Service {
                             Err(e) => pool_error(&e),
                         },
                     },
+                    // Answered with the pool, so its remover knows which shards to drop
+                    // its objects from (`Client::remove_pool`).
                     Op::RemovePool { path, .. } => match self.pools.remove(&path) {
-                        Ok(_) => {
+                        Ok(pool) => {
                             self.gpu.retain_pools(&self.pools);
-                            Response::Done
+                            Response::Pools(vec![removed_spec(&pool)])
                         }
                         Err(e) => pool_error(&e),
                     },
+                    Op::PoolDropped { path, .. } => {
+                        self.pools.dropped(&path);
+                        Response::Done
+                    }
                     Op::PutUdl {
                         uuid,
                         name,
@@ -2339,6 +2366,24 @@ impl Service {
 
     /// Whether a compaction of `pool`'s shard `shard` can be taken here: the subgroup to
     /// send it in, or the refusal.
+    /// Where an `Op::DropPool` goes: a shard of a pool being removed (never a live one's),
+    /// answered once durable on every replica if the pool was persistent (so a pool made
+    /// again at its path, which waits for `Op::PoolDropped`, cannot find it back after a
+    /// restart). Not refused under a storage alarm: it frees memory.
+    fn check_drop(&self, pool: &str, shard: u32) -> Result<(u32, bool), Response> {
+        let Some(p) = self.pools.removing(pool) else {
+            return Err(not_being_removed(pool));
+        };
+        if shard >= p.shards {
+            return Err(Response::error(
+                ErrorCode::BadRequest,
+                format!("{pool} had {} shards; there is no shard {shard}", p.shards),
+            ));
+        }
+        self.check_member(p.spec.subgroup, shard)?;
+        Ok((p.spec.subgroup, p.spec.kind == StoreKind::Persistent))
+    }
+
     fn check_compact(&self, pool: &str, shard: u32) -> Result<u32, Response> {
         if reserved(pool) {
             return Err(Response::error(
@@ -2638,7 +2683,9 @@ impl Service {
                     | Op::RemoveUdl { .. }
                     | Op::AddDfgs { .. }
                     | Op::RemoveDfg { .. }
-                    | Op::Compact { .. } => Role::Admin,
+                    | Op::Compact { .. }
+                    | Op::DropPool { .. }
+                    | Op::PoolDropped { .. } => Role::Admin,
                     Op::Read { .. } => {
                         return answer(
                             reply,
@@ -2765,11 +2812,23 @@ impl Service {
                                 ),
                             );
                         }
-                        if self.pools.get(path).is_none() {
+                        // One being removed may be removed again: its remover may have
+                        // stopped before its objects were dropped.
+                        if self.pools.get(path).is_none() && self.pools.removing(path).is_none() {
                             return answer(
                                 reply,
                                 pool_error(&PoolError::NoSuchPool { path: path.clone() }),
                             );
+                        }
+                        (0, false)
+                    }
+                    Op::DropPool { pool, shard, .. } => match self.check_drop(pool, *shard) {
+                        Ok(located) => located,
+                        Err(refused) => return answer(reply, refused),
+                    },
+                    Op::PoolDropped { path, .. } => {
+                        if self.pools.removing(path).is_none() {
+                            return answer(reply, not_being_removed(path));
                         }
                         (0, false)
                     }

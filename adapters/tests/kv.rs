@@ -1178,3 +1178,221 @@ async fn incarnations(c: &Client) -> std::collections::BTreeMap<u32, u32> {
     let (_, members) = c.members().await.expect("members");
     members.iter().map(|m| (m.node, m.incarnation)).collect()
 }
+
+/// Sends one operation on a raw connection to `addr` and returns its answer (a client
+/// that stops after one step of something).
+async fn raw_write(addr: &str, op: &Op) -> Response {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut out = wire::FrameBuf::new();
+    wire::put_frame(
+        &mut out,
+        &Frame::Hello {
+            magic: wire::MAGIC,
+            version: wire::PROTOCOL_VERSION,
+            token: None,
+        },
+    );
+    wire::put_frame(
+        &mut out,
+        &Frame::Request {
+            request_id: 7,
+            request: Request::Write {
+                forget: false,
+                op: op::encode(op).into(),
+            },
+        },
+    );
+    let mut raw = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    raw.write_all(&out.to_vec()).await.expect("write");
+    let mut buf = BytesMut::new();
+    loop {
+        while let Some(body) = wire::split_frame(&mut buf, 1 << 20).expect("frame") {
+            if let Frame::Response {
+                request_id: 7,
+                response,
+            } = wire::decode_frame(body).expect("decodes")
+            {
+                return response;
+            }
+        }
+        let n = raw.read_buf(&mut buf).await.expect("read");
+        assert!(n > 0, "the node closed the connection");
+    }
+}
+
+/// Removing a pool takes its objects with it: a pool made again at the path starts
+/// empty, in every shard it spreads over, and stays so after a restart (its objects came
+/// back before: the store kept them and the new pool found them). While a removal has
+/// not finished (its remover stopped after the first step), no pool can be made there
+/// and no key finds the old one; removing it again finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_pool_takes_its_objects_and_a_pool_made_again_starts_empty() {
+    let mut cluster = Cluster::new(3, &[]);
+    for cfg in &mut cluster.configs {
+        cfg.layout.subgroups.push(SubgroupSpec {
+            kind: SubgroupKind::Volatile,
+            shards: 3,
+            min_nodes: 1,
+            max_nodes: 1,
+        });
+    }
+    let spread = cluster.configs[0].layout.subgroups.len() as u32;
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    let persistent = PoolSpec::new("/gone".to_string(), StoreKind::Persistent, 1);
+    let volatile = PoolSpec::new("/spread".to_string(), StoreKind::Volatile, spread);
+    c.create_pool(persistent.clone())
+        .await
+        .expect("create /gone");
+    c.create_pool(volatile.clone())
+        .await
+        .expect("create /spread");
+    let mut old = Vec::new();
+    for i in 0..10 {
+        let key = format!("/gone/k{i}");
+        c.put(&key, Bytes::from_static(b"first"))
+            .await
+            .expect("put");
+        old.push((
+            key.clone(),
+            c.put(&key, Bytes::from_static(b"second"))
+                .await
+                .expect("put"),
+        ));
+        c.put(&format!("/spread/k{i:02}"), Bytes::from_static(b"old"))
+            .await
+            .expect("put");
+    }
+    let then_us = old[9].1.timestamp_us;
+    c.put("/demo/stays", Bytes::from_static(b"kept"))
+        .await
+        .expect("put");
+
+    for pool in ["/gone", "/spread"] {
+        c.remove_pool(pool).await.expect("remove");
+    }
+    c.create_pool(persistent.clone())
+        .await
+        .expect("create /gone again");
+    c.create_pool(volatile.clone())
+        .await
+        .expect("create /spread again");
+    let empty_everywhere = |c: Client,
+                            old: Vec<(String, squall_adapters::client::Written)>,
+                            gone_now: Vec<String>| async move {
+        assert_eq!(c.list_keys("/gone", None).await.expect("list"), gone_now);
+        assert_eq!(
+            c.list_keys("/spread", None).await.expect("list"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            c.list_keys("/gone", Some(then_us))
+                .await
+                .expect("list then"),
+            Vec::<String>::new()
+        );
+        for (key, written) in &old {
+            assert_eq!(c.get(key).await.expect("get"), None, "{key}");
+            assert_eq!(
+                c.get_at(key, At::Version(written.version))
+                    .await
+                    .expect("by version"),
+                None,
+                "{key} by version"
+            );
+            assert_eq!(
+                c.get_at(key, At::Time(then_us)).await.expect("by time"),
+                None,
+                "{key} by time"
+            );
+        }
+        for i in 0..10 {
+            let key = format!("/spread/k{i:02}");
+            assert_eq!(c.get(&key).await.expect("get"), None, "{key}");
+        }
+        let stays = c
+            .get("/demo/stays")
+            .await
+            .expect("get")
+            .expect("another pool's key");
+        assert_eq!(&stays.blob[..], b"kept");
+    };
+    empty_everywhere(c.clone(), old.clone(), vec![]).await;
+    c.put("/gone/new", Bytes::from_static(b"new"))
+        .await
+        .expect("put");
+
+    // A removal whose remover stopped after taking the pool out of the table.
+    let p2 = PoolSpec::new("/half".to_string(), StoreKind::Persistent, 1);
+    c.create_pool(p2.clone()).await.expect("create /half");
+    c.put("/half/k", Bytes::from_static(b"old"))
+        .await
+        .expect("put");
+    let answer = raw_write(
+        &cluster.addrs()[1],
+        &Op::RemovePool {
+            id: MessageId {
+                client: 777,
+                seq: 1,
+            },
+            path: "/half".into(),
+        },
+    )
+    .await;
+    assert!(
+        matches!(answer, Response::Pools(ref p) if p.len() == 1),
+        "{answer:?}"
+    );
+    let refused = c
+        .create_pool(p2.clone())
+        .await
+        .expect_err("still being removed");
+    assert_eq!(code(&refused), Some(ErrorCode::InvalidPool), "{refused}");
+    assert!(refused.to_string().contains("being removed"), "{refused}");
+    let e = c
+        .put("/half/k", Bytes::from_static(b"x"))
+        .await
+        .expect_err("no pool");
+    assert_eq!(code(&e), Some(ErrorCode::NoPoolForKey), "{e}");
+    // A drop of a live pool's objects is refused.
+    let live = raw_write(
+        &cluster.addrs()[0],
+        &Op::DropPool {
+            id: MessageId {
+                client: 777,
+                seq: 2,
+            },
+            pool: "/demo".into(),
+            shard: 0,
+        },
+    )
+    .await;
+    assert!(
+        matches!(
+            live,
+            Response::Error {
+                code: ErrorCode::InvalidPool,
+                ..
+            }
+        ),
+        "{live:?}"
+    );
+    c.remove_pool("/half").await.expect("finish the removal");
+    c.create_pool(p2).await.expect("create /half again");
+    assert_eq!(c.get("/half/k").await.expect("get"), None);
+
+    // The same after every node restarts (the drops are in the logs).
+    for n in 0..3 {
+        cluster.kill9(n);
+    }
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    empty_everywhere(c.clone(), old, vec!["/gone/new".to_string()]).await;
+    let new = c
+        .get("/gone/new")
+        .await
+        .expect("get")
+        .expect("the new pool's key");
+    assert_eq!(&new.blob[..], b"new");
+    assert_eq!(c.get("/half/k").await.expect("get"), None);
+}

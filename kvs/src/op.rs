@@ -148,6 +148,22 @@ pub enum Op {
         shard: u32,
         before_us: u64,
     },
+    /// In a data shard: drop every object under pool path `pool` with its history (and
+    /// the pool's compaction horizon), as of this point of the shard's order. Sent to each
+    /// shard of a pool's subgroup after the pool is removed (to free what it held) and
+    /// before a pool is created there (so a pool made again at a path starts empty, not
+    /// with what an earlier pool of that path left). `shard` as for `Compact`.
+    DropPool {
+        id: MessageId,
+        pool: String,
+        shard: u32,
+    },
+    /// In the metadata: removed pool `path`'s objects are dropped from every shard
+    /// (`DropPool`), so a pool may be made at the path again.
+    PoolDropped {
+        id: MessageId,
+        path: String,
+    },
 }
 
 /// The pool holding the WAN outboxes (one persistent pool; its path is reserved).
@@ -175,7 +191,9 @@ impl Op {
             | Op::OutboxPut { id, .. }
             | Op::OutboxDone { id, .. }
             | Op::StorageAlarm { id, .. }
-            | Op::Compact { id, .. } => *id,
+            | Op::Compact { id, .. }
+            | Op::DropPool { id, .. }
+            | Op::PoolDropped { id, .. } => *id,
         }
     }
 }
@@ -214,6 +232,8 @@ const TAG_OUTBOX_DONE: u8 = 12;
 pub const TAG_CREATE_POOL_EXTENDED: u8 = 13;
 const TAG_STORAGE_ALARM: u8 = 14;
 const TAG_COMPACT: u8 = 15;
+const TAG_DROP_POOL: u8 = 16;
+const TAG_POOL_DROPPED: u8 = 17;
 
 /// The bits of a pool spec's extension section (`extensions: u8`); unknown bits are
 /// refused.
@@ -384,6 +404,17 @@ fn encode_into(op: &Op, out: &mut BytesMut, inline: bool) -> Option<Bytes> {
             out.put_u32_le(*shard);
             out.put_u64_le(*before_us);
         }
+        Op::DropPool { id, pool, shard } => {
+            out.put_u8(TAG_DROP_POOL);
+            put_id(out, *id);
+            put_str(out, pool);
+            out.put_u32_le(*shard);
+        }
+        Op::PoolDropped { id, path } => {
+            out.put_u8(TAG_POOL_DROPPED);
+            put_id(out, *id);
+            put_str(out, path);
+        }
     }
     tail
 }
@@ -514,6 +545,15 @@ pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
             pool: get_str(r, "pool")?,
             shard: get_u32(r, "shard")?,
             before_us: get_u64(r, "time")?,
+        },
+        TAG_DROP_POOL => Op::DropPool {
+            id: get_id(r)?,
+            pool: get_str(r, "pool")?,
+            shard: get_u32(r, "shard")?,
+        },
+        TAG_POOL_DROPPED => Op::PoolDropped {
+            id: get_id(r)?,
+            path: get_str(r, "path")?,
         },
         tag => {
             return Err(OpError::UnknownTag {
@@ -879,6 +919,15 @@ mod tests {
                 pool: "/demo".into(),
                 shard: 3,
                 before_us: 1_795_489_110_063_933,
+            },
+            Op::DropPool {
+                id,
+                pool: "/demo".into(),
+                shard: 1,
+            },
+            Op::PoolDropped {
+                id,
+                path: "/demo".into(),
             },
         ]
     }

@@ -112,6 +112,13 @@ pub enum PoolError {
     /// with a zero capacity.
     #[error("pool {path}: {reason}")]
     GpuCache { path: String, reason: String },
+    /// A pool at or around the path was removed and its objects are still being
+    /// dropped (`squall pool rm` finishes that; run it again if it was interrupted).
+    #[error(
+        "pool {removing} is still being removed (its objects are being dropped); \
+         retry, or finish it with `squall pool rm {removing}` if that was interrupted"
+    )]
+    BeingRemoved { path: String, removing: String },
 }
 
 /// Only stored pools can be GPU-cached, and a cache must be able to hold something.
@@ -166,6 +173,11 @@ impl Pool {
 #[derive(Clone, Debug, Default)]
 pub struct PoolTable {
     pools: BTreeMap<String, Pool>,
+    /// Pools removed whose objects are still being dropped from their shards
+    /// (`Op::DropPool`), until `Op::PoolDropped`: no key finds them, and no pool can be
+    /// made at or around their path meanwhile, so nothing written to a new pool there
+    /// can be dropped with the old one's objects.
+    removing: BTreeMap<String, Pool>,
     key_bytes_max: usize,
     pools_max: usize,
 }
@@ -174,6 +186,7 @@ impl PoolTable {
     pub fn new(key_bytes_max: usize, pools_max: usize) -> PoolTable {
         PoolTable {
             pools: BTreeMap::new(),
+            removing: BTreeMap::new(),
             key_bytes_max,
             pools_max,
         }
@@ -194,6 +207,16 @@ impl PoolTable {
             return Err(PoolError::Nested {
                 path: spec.path.clone(),
                 existing: existing.clone(),
+            });
+        }
+        if let Some(removing) = self
+            .removing
+            .keys()
+            .find(|p| key::contains(p, &spec.path) || key::contains(&spec.path, p))
+        {
+            return Err(PoolError::BeingRemoved {
+                path: spec.path.clone(),
+                removing: removing.clone(),
             });
         }
         if self.pools.len() >= self.pools_max {
@@ -258,12 +281,32 @@ impl PoolTable {
         Ok(())
     }
 
+    /// Removes a pool: no key finds it from now on, and it is being removed until
+    /// [`PoolTable::dropped`] says its objects are gone. Removing a pool that is being
+    /// removed again gives it again (its remover may have stopped half-way).
     pub fn remove(&mut self, path: &str) -> Result<Pool, PoolError> {
-        self.pools
+        if let Some(pool) = self.removing.get(path) {
+            return Ok(pool.clone());
+        }
+        let pool = self
+            .pools
             .remove(path)
             .ok_or_else(|| PoolError::NoSuchPool {
                 path: path.to_string(),
-            })
+            })?;
+        self.removing.insert(path.to_string(), pool.clone());
+        Ok(pool)
+    }
+
+    /// The objects of removed pool `path` are gone from every shard: a pool may be made
+    /// there again. Nothing happens if it is not being removed.
+    pub fn dropped(&mut self, path: &str) {
+        self.removing.remove(path);
+    }
+
+    /// The removed pool at `path` whose objects are still being dropped, if any.
+    pub fn removing(&self, path: &str) -> Option<&Pool> {
+        self.removing.get(path)
     }
 
     pub fn get(&self, path: &str) -> Option<&Pool> {

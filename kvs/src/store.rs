@@ -96,6 +96,12 @@ pub enum Outcome {
         versions_dropped: u64,
         keys_dropped: u64,
     },
+    /// A pool's objects dropped (`Op::DropPool`): how many keys (live or removed) and
+    /// versions went.
+    Dropped {
+        keys_dropped: u64,
+        versions_dropped: u64,
+    },
 }
 
 /// How far back a pool's history is kept: reads as of a point before `through` (in
@@ -265,10 +271,12 @@ impl ShardStore {
             | Op::RemoveDfg { .. }
             | Op::UdlDone { .. }
             | Op::OutboxDone { .. }
-            | Op::StorageAlarm { .. } => Outcome::ReadPoint { version },
+            | Op::StorageAlarm { .. }
+            | Op::PoolDropped { .. } => Outcome::ReadPoint { version },
             Op::Compact {
                 pool, before_us, ..
             } => self.compact(pool, *before_us),
+            Op::DropPool { pool, .. } => self.drop_pool(pool),
             // Queued by the node's outbox, not stored as an object: it gets a version
             // and a timestamp (the outbox's order) and is applied once per message id.
             Op::OutboxPut { hlc_us, .. } => {
@@ -435,6 +443,25 @@ impl ShardStore {
             timestamp_us: point.timestamp_us,
             versions_dropped,
             keys_dropped,
+        }
+    }
+
+    /// Drops every key under `pool` with all its versions, and the pool's horizon: what
+    /// a removed pool left, so that a pool made at its path again starts empty.
+    fn drop_pool(&mut self, pool: &str) -> Outcome {
+        let (mut keys_dropped, mut versions_dropped) = (0u64, 0u64);
+        self.keys.retain(|k, e| {
+            if !crate::key::contains(pool, k) {
+                return true;
+            }
+            keys_dropped += 1;
+            versions_dropped += e.versions.len() as u64;
+            false
+        });
+        self.horizons.retain(|h| &*h.pool != pool);
+        Outcome::Dropped {
+            keys_dropped,
+            versions_dropped,
         }
     }
 
@@ -787,6 +814,14 @@ fn put_outcome(out: &mut BytesMut, o: &Outcome) {
             out.put_u64_le(*versions_dropped);
             out.put_u64_le(*keys_dropped);
         }
+        Outcome::Dropped {
+            keys_dropped,
+            versions_dropped,
+        } => {
+            out.put_u8(6);
+            out.put_u64_le(*keys_dropped);
+            out.put_u64_le(*versions_dropped);
+        }
     }
 }
 
@@ -825,6 +860,10 @@ fn get_outcome(r: &mut Bytes) -> Result<Outcome, OpError> {
             timestamp_us: get_u64(r, "timestamp")?,
             versions_dropped: get_u64(r, "count")?,
             keys_dropped: get_u64(r, "count")?,
+        },
+        6 => Outcome::Dropped {
+            keys_dropped: get_u64(r, "count")?,
+            versions_dropped: get_u64(r, "count")?,
         },
         tag => {
             return Err(OpError::UnknownTag {
@@ -1298,5 +1337,50 @@ mod tests {
         let (outcome, _) = volatile.apply(v(2), &compact(2, "/p", u64::MAX));
         assert!(matches!(outcome, Outcome::Compacted { through: None, .. }));
         assert!(volatile.latest("/p/a").is_some());
+    }
+
+    /// A removed pool's objects go with their history and its horizon, and a pool made
+    /// at the path again starts empty; other pools are untouched.
+    #[test]
+    fn dropping_a_pool_leaves_nothing_of_it() {
+        let (mut s, log) = compactable();
+        s.apply(v(12), &compact(12, "/p", 1_008));
+        let drop = Op::DropPool {
+            id: id(13),
+            pool: "/p".into(),
+            shard: 0,
+        };
+        // Left by the compaction: a3, c1, d2 (b was removed by its point).
+        let (outcome, _) = s.apply(v(13), &drop);
+        assert_eq!(outcome, outcome_of_drop());
+        assert!(s.horizons().is_empty());
+        assert_eq!(s.list_keys("/p", None), Ok(vec![]));
+        // Before the drop is not "compacted" any more: the pool there now never had it.
+        assert_eq!(value(&s, &log, "/p/a", 1_005), Ok(None));
+        assert_eq!(s.list_keys("/p", Some(1_005)), Ok(vec![]));
+        assert_eq!(
+            value(&s, &log, "/q/x", 1_012).map(|b| b.is_some()),
+            Ok(true)
+        );
+        // Made again: a put is the key's first version (no earlier one to point back to).
+        let (outcome, _) = s.apply(v(14), &put(14, "/p/a", b"new", Condition::KeyVersion(None)));
+        assert!(matches!(outcome, Outcome::Applied { .. }), "{outcome:?}");
+        assert_eq!(s.versions("/p/a").len(), 1);
+        // A retry of the drop is answered as before, not applied again.
+        let (again, duplicate) = s.apply(v(15), &drop);
+        assert!(duplicate);
+        assert_eq!(again, outcome_of_drop());
+        assert!(s.latest("/p/a").is_some());
+        // Its outcome survives the retry memory's encoding.
+        let mut buf = BytesMut::new();
+        put_outcome(&mut buf, &again);
+        assert_eq!(get_outcome(&mut buf.freeze()), Ok(again));
+    }
+
+    fn outcome_of_drop() -> Outcome {
+        Outcome::Dropped {
+            keys_dropped: 3,
+            versions_dropped: 3,
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The shard store against a plain reference model: random puts, removes, conditional
-//! writes, retried requests and compactions, applied to both; every outcome must agree,
+//! writes, retried requests, compactions and drops of the pool (its removal), applied
+//! to both; every outcome must agree,
 //! and every historical read must agree or, after a compaction, be `Compacted` (always
 //! for a point before the compaction's, never a wrong value).
 
@@ -32,6 +33,8 @@ enum Step {
     Compact {
         before_us: u8,
     },
+    /// Drop the pool's objects (it was removed; a pool made again there starts empty).
+    Drop,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -40,6 +43,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0u8..4, 0u8..4).prop_map(|(key, cond)| Step::Remove { key, cond }),
         1 => (0u8..8).prop_map(|back| Step::Retry { back }),
         1 => (0u8..60).prop_map(|before_us| Step::Compact { before_us }),
+        1 => Just(Step::Drop),
     ]
 }
 
@@ -50,11 +54,13 @@ struct Model {
     answers: HashMap<MessageId, Outcome>,
     /// The newest point compacted to.
     horizon: Option<Version>,
+    /// Writes before this index were dropped with the pool.
+    live_from: usize,
 }
 
 impl Model {
     fn latest(&self, key: &str, at: Option<Version>) -> Option<(Version, Option<u8>)> {
-        self.writes
+        self.writes[self.live_from..]
             .iter()
             .rev()
             .filter(|(v, k, _)| k == key && at.is_none_or(|at| *v <= at))
@@ -108,10 +114,32 @@ proptest! {
                     Some(j) => sent[j].clone(),
                     None => continue,
                 },
+                Step::Drop => {
+                    let op = Op::DropPool { id, pool: "/p".into(), shard: 0 };
+                    let (got, _) = store.apply(version, &op);
+                    let live_keys = (0..4u8).filter(|k| model.latest(&key_name(*k), None).is_some()).count() as u64;
+                    let versions = (model.writes.len() - model.live_from) as u64;
+                    match got {
+                        // Every key with a version kept (compactions may have dropped some).
+                        Outcome::Dropped { keys_dropped, versions_dropped } => {
+                            prop_assert!(keys_dropped <= live_keys && versions_dropped <= versions, "step {}", i);
+                            if model.horizon.is_none() {
+                                prop_assert_eq!((keys_dropped, versions_dropped), (live_keys, versions), "step {}", i);
+                            }
+                        }
+                        other => prop_assert!(false, "step {}: {:?}", i, other),
+                    }
+                    model.live_from = model.writes.len();
+                    model.horizon = None;
+                    sent.push(op);
+                    continue;
+                }
                 Step::Compact { before_us } => {
                     let op = Op::Compact { id, pool: "/p".into(), shard: 0, before_us: u64::from(*before_us) };
-                    // The newest write stamped at or before the time, if past the horizon.
-                    let point = model.writes.get((*before_us as usize).min(model.writes.len()).wrapping_sub(1)).map(|w| w.0);
+                    // The newest write stamped at or before the time (the n-th write is
+                    // stamped n), if not dropped and past the horizon.
+                    let n = (*before_us as usize).min(model.writes.len());
+                    let point = n.checked_sub(1).filter(|w| *w >= model.live_from).map(|w| model.writes[w].0);
                     if point > model.horizon {
                         model.horizon = point;
                     }
@@ -138,7 +166,7 @@ proptest! {
                     // A retried compaction: answered as the first time, nothing more.
                     _ => {
                         let (got, duplicate) = store.apply(version, &op);
-                        prop_assert!(duplicate && matches!(got, Outcome::Compacted { .. }), "step {}", i);
+                        prop_assert!(duplicate && matches!(got, Outcome::Compacted { .. } | Outcome::Dropped { .. }), "step {}", i);
                         continue;
                     }
                 };

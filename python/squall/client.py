@@ -322,6 +322,8 @@ class Client:
         ).wait()
 
     def remove_pool(self, path: str) -> None:
+        """Removes pool ``path`` and its objects; a pool made at the path again starts
+        empty. Run it again if it was interrupted (the path stays "being removed")."""
         self._n.remove_pool(path).wait()
 
     def compact(self, pool: str, *, before_us: Optional[int] = None) -> list:

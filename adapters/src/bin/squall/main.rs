@@ -259,6 +259,8 @@ enum PoolCmd {
         gpu_cache: Option<squall_kvs::GpuCache>,
     },
     Ls,
+    /// Remove a pool and its objects (a pool made at the path again starts empty); run it
+    /// again to finish a removal that was interrupted.
     Rm {
         path: String,
     },
