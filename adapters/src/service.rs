@@ -1611,11 +1611,12 @@ impl Service {
                         .observe(sent.elapsed().as_secs_f64());
                 }
                 let response = outcome_response(&outcome);
-                // A persistent write, and a compaction (so that once it is answered,
-                // every replica has it), are answered once durable on every replica.
+                // A persistent write, a compaction and a pool's drop (so that once it is
+                // answered, every replica has it) are answered once durable on every
+                // replica.
                 let durable_at = match (&outcome, persistent) {
                     (Outcome::Applied { version, .. }, true) => Some(*version),
-                    (Outcome::Compacted { .. }, true) => Some(version),
+                    (Outcome::Compacted { .. } | Outcome::Dropped { .. }, true) => Some(version),
                     _ => None,
                 };
                 match durable_at {
