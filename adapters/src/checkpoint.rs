@@ -411,9 +411,9 @@ pub fn encode_to_bytes(
     Bytes::from(out)
 }
 
-/// Reads a checkpoint; the reason if it is damaged.
-/// The version of an encoded checkpoint, once its checksum and header check out.
-pub fn version_of(bytes: &[u8]) -> Result<Version, String> {
+/// The length of an encoded checkpoint's body (all but its checksum), once the checksum
+/// checks out.
+fn checked_body_len(bytes: &[u8]) -> Result<usize, String> {
     let body_len = bytes
         .len()
         .checked_sub(4)
@@ -426,6 +426,12 @@ pub fn version_of(bytes: &[u8]) -> Result<Version, String> {
     if crc32c::crc32c(&bytes[..body_len]) != stored {
         return Err("its checksum does not match".to_string());
     }
+    Ok(body_len)
+}
+
+/// The version of an encoded checkpoint, once its checksum and header check out.
+pub fn version_of(bytes: &[u8]) -> Result<Version, String> {
+    let body_len = checked_body_len(bytes)?;
     if body_len < 16 || &bytes[..8] != MAGIC {
         return Err("not a checkpoint (bad magic)".to_string());
     }
@@ -435,19 +441,9 @@ pub fn version_of(bytes: &[u8]) -> Result<Version, String> {
     Ok(Version(u64::from_le_bytes(version)))
 }
 
+/// Reads a checkpoint; the reason if it is damaged.
 pub fn decode(mut bytes: Bytes, kind: StoreKind, limits: StoreLimits) -> Result<Loaded, String> {
-    let body_len = bytes
-        .len()
-        .checked_sub(4)
-        .ok_or("shorter than its checksum")?;
-    let stored = u32::from_le_bytes(
-        bytes[body_len..]
-            .try_into()
-            .map_err(|_| "shorter than its checksum")?,
-    );
-    if crc32c::crc32c(&bytes[..body_len]) != stored {
-        return Err("its checksum does not match".to_string());
-    }
+    let body_len = checked_body_len(&bytes)?;
     bytes.truncate(body_len);
     let r = &mut bytes;
     let need = |r: &Bytes, n: usize, what: &str| {

@@ -388,11 +388,9 @@ async fn a_pool_created_through_one_node_is_seen_at_once_through_every_node() {
     }
 }
 
-/// A pool over three shards held by one node each: every key is reached from any client
-/// (routed to its shard), and `list_keys` lists all of them, whichever node the client
-/// knows first.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pool_spread_over_nodes_lists_every_key() {
+/// Three nodes with one more volatile subgroup of three shards, one node each (so no
+/// node holds every shard); the cluster and that subgroup's number.
+fn spread_cluster() -> (Cluster, u32) {
     let mut cluster = Cluster::new(3, &[]);
     for cfg in &mut cluster.configs {
         cfg.layout.subgroups.push(SubgroupSpec {
@@ -402,7 +400,16 @@ async fn a_pool_spread_over_nodes_lists_every_key() {
             max_nodes: 1,
         });
     }
-    let spread_subgroup = cluster.configs[0].layout.subgroups.len() as u32;
+    let subgroup = cluster.configs[0].layout.subgroups.len() as u32;
+    (cluster, subgroup)
+}
+
+/// A pool over three shards held by one node each: every key is reached from any client
+/// (routed to its shard), and `list_keys` lists all of them, whichever node the client
+/// knows first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_spread_over_nodes_lists_every_key() {
+    let (mut cluster, spread_subgroup) = spread_cluster();
     cluster.start_all();
     let c = cluster.client(None, 3).await;
     c.create_pool(PoolSpec::new(
@@ -837,25 +844,7 @@ async fn a_retried_put_is_applied_once() {
     // Send the put on a raw connection and cut it before the reply.
     let addr = &cluster.addrs()[0];
     let mut raw = std::net::TcpStream::connect(addr).expect("connect");
-    let mut out = wire::FrameBuf::new();
-    wire::put_frame(
-        &mut out,
-        &Frame::Hello {
-            magic: wire::MAGIC,
-            version: wire::PROTOCOL_VERSION,
-            token: None,
-        },
-    );
-    wire::put_frame(
-        &mut out,
-        &Frame::Request {
-            request_id: 1,
-            request: Request::Write {
-                forget: false,
-                op: bytes.clone().into(),
-            },
-        },
-    );
+    let out = hello_and_write(1, bytes.clone());
     raw.write_all(&out.to_vec()).expect("write");
     raw.shutdown(std::net::Shutdown::Both).expect("cut");
     drop(raw);
@@ -1179,10 +1168,8 @@ async fn incarnations(c: &Client) -> std::collections::BTreeMap<u32, u32> {
     members.iter().map(|m| (m.node, m.incarnation)).collect()
 }
 
-/// Sends one operation on a raw connection to `addr` and returns its answer (a client
-/// that stops after one step of something).
-async fn raw_write(addr: &str, op: &Op) -> Response {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A handshake and one write request of `op`, as a raw connection sends them.
+fn hello_and_write(request_id: u64, op: Bytes) -> wire::FrameBuf {
     let mut out = wire::FrameBuf::new();
     wire::put_frame(
         &mut out,
@@ -1195,13 +1182,21 @@ async fn raw_write(addr: &str, op: &Op) -> Response {
     wire::put_frame(
         &mut out,
         &Frame::Request {
-            request_id: 7,
+            request_id,
             request: Request::Write {
                 forget: false,
-                op: op::encode(op).into(),
+                op: op.into(),
             },
         },
     );
+    out
+}
+
+/// Sends one operation on a raw connection to `addr` and returns its answer (a client
+/// that stops after one step of something).
+async fn raw_write(addr: &str, op: &Op) -> Response {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let out = hello_and_write(7, op::encode(op));
     let mut raw = tokio::net::TcpStream::connect(addr).await.expect("connect");
     raw.write_all(&out.to_vec()).await.expect("write");
     let mut buf = BytesMut::new();
@@ -1227,16 +1222,7 @@ async fn raw_write(addr: &str, op: &Op) -> Response {
 /// and no key finds the old one; removing it again finishes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_pool_takes_its_objects_and_a_pool_made_again_starts_empty() {
-    let mut cluster = Cluster::new(3, &[]);
-    for cfg in &mut cluster.configs {
-        cfg.layout.subgroups.push(SubgroupSpec {
-            kind: SubgroupKind::Volatile,
-            shards: 3,
-            min_nodes: 1,
-            max_nodes: 1,
-        });
-    }
-    let spread = cluster.configs[0].layout.subgroups.len() as u32;
+    let (mut cluster, spread) = spread_cluster();
     cluster.start_all();
     let c = cluster.client(None, 3).await;
     let persistent = PoolSpec::new("/gone".to_string(), StoreKind::Persistent, 1);

@@ -199,24 +199,23 @@ impl PoolTable {
         if self.pools.contains_key(&spec.path) {
             return Err(PoolError::Exists { path: spec.path });
         }
-        if let Some(existing) = self
-            .pools
-            .keys()
-            .find(|p| key::contains(p, &spec.path) || key::contains(&spec.path, p))
-        {
+        // A path at, above or below one of `paths`.
+        let around = |paths: &BTreeMap<String, Pool>| {
+            paths
+                .keys()
+                .find(|p| key::contains(p, &spec.path) || key::contains(&spec.path, p))
+                .cloned()
+        };
+        if let Some(existing) = around(&self.pools) {
             return Err(PoolError::Nested {
                 path: spec.path.clone(),
-                existing: existing.clone(),
+                existing,
             });
         }
-        if let Some(removing) = self
-            .removing
-            .keys()
-            .find(|p| key::contains(p, &spec.path) || key::contains(&spec.path, p))
-        {
+        if let Some(removing) = around(&self.removing) {
             return Err(PoolError::BeingRemoved {
                 path: spec.path.clone(),
-                removing: removing.clone(),
+                removing,
             });
         }
         if self.pools.len() >= self.pools_max {
