@@ -999,13 +999,7 @@ impl Client {
             self.refresh_routing().await;
             // `spec.shards`: the shards it spread over.
             for shard in 0..spec.shards.max(1) {
-                let member = self.routing().and_then(|r| {
-                    r.shards
-                        .get(spec.subgroup as usize)?
-                        .get(shard as usize)?
-                        .first()
-                        .cloned()
-                });
+                let member = self.first_member(spec.subgroup, shard);
                 let op = Op::DropPool {
                     id: self.next_id(),
                     pool: path.to_string(),
@@ -1042,31 +1036,21 @@ impl Client {
         if self.inner.routing_stale.load(Ordering::Relaxed) || self.routing().is_none() {
             self.refresh_routing().await;
         }
-        // Shards and their members by the cached layout; a pool it does not know goes
-        // once to any node, which names the error.
-        let (shards, members): (u32, Vec<Option<String>>) = match self.routing().and_then(|r| {
-            let p = r.pools.get(pool)?;
-            let members = (0..p.shards)
-                .map(|s| {
-                    r.shards
-                        .get(p.spec.subgroup as usize)
-                        .and_then(|g| g.get(s as usize))
-                        .and_then(|m| m.first().cloned())
-                })
-                .collect();
-            Some((p.shards, members))
-        }) {
-            Some(found) => found,
-            None => (1, vec![None]),
-        };
+        // Shards by the cached layout; a pool it does not know goes once to any node,
+        // which names the error.
+        let (subgroup, shards) = self
+            .routing()
+            .and_then(|r| r.pools.get(pool).map(|p| (Some(p.spec.subgroup), p.shards)))
+            .unwrap_or((None, 1));
         let mut done = Vec::with_capacity(shards as usize);
-        for (shard, member) in (0..shards).zip(members) {
+        for shard in 0..shards {
             let op = Op::Compact {
                 id: self.next_id(),
                 pool: pool.to_string(),
                 shard,
                 before_us,
             };
+            let member = subgroup.and_then(|g| self.first_member(g, shard));
             let route = member.as_deref().map_or(Route::Any, Route::Node);
             match self.write_to(op, false, route).await? {
                 Response::Compacted {
@@ -1330,6 +1314,16 @@ impl Client {
             .skip(1)
             .flat_map(|(g, shards)| (0..shards.len()).map(move |s| (g as u32, s as u32)))
             .collect())
+    }
+
+    /// The first member of a shard (where its writes go) as routing knows it.
+    fn first_member(&self, subgroup: u32, shard: u32) -> Option<String> {
+        self.routing()?
+            .shards
+            .get(subgroup as usize)?
+            .get(shard as usize)?
+            .first()
+            .cloned()
     }
 
     /// The replicas of a shard as routing knows them, the policy's pick first and `avoid`

@@ -82,7 +82,6 @@ pub enum RunError {
     Stopped(String),
 }
 
-/// Why the group stopped a node, in a user's words.
 /// The driver's `StateKeeper`: a checkpoint that comes with a compacted shard's log is
 /// kept in `dir` before that log replaces what this node's log held of the shard, so a
 /// crash between the two never leaves records without the state they follow (the
@@ -97,6 +96,7 @@ fn transferred_checkpoint_keeper(dir: std::path::PathBuf) -> StateKeeper {
     }))
 }
 
+/// Why the group stopped a node, in a user's words.
 fn stop_reason_text(reason: Option<StopReason>) -> String {
     match reason {
         Some(StopReason::Evicted) => {

@@ -2365,8 +2365,6 @@ impl Service {
         }
     }
 
-    /// Whether a compaction of `pool`'s shard `shard` can be taken here: the subgroup to
-    /// send it in, or the refusal.
     /// Where an `Op::DropPool` goes: a shard of a pool being removed (never a live one's),
     /// answered once durable on every replica if the pool was persistent (so a pool made
     /// again at its path, which waits for `Op::PoolDropped`, cannot find it back after a
@@ -2385,6 +2383,8 @@ impl Service {
         Ok((p.spec.subgroup, p.spec.kind == StoreKind::Persistent))
     }
 
+    /// Whether a compaction of `pool`'s shard `shard` can be taken here: the subgroup to
+    /// send it in, or the refusal.
     fn check_compact(&self, pool: &str, shard: u32) -> Result<u32, Response> {
         if reserved(pool) {
             return Err(Response::error(
