@@ -13,11 +13,11 @@
 //! local replica at once.
 
 use crate::client::now_us;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use squall_driver::{AppEvent, NodeEvent, NodeHandle, NodeSendError};
+use squall_driver::{AppEvent, NodeEvent, NodeHandle, NodeSendError, SendReceipt};
 use squall_kvs::op::{self, Op};
 use squall_kvs::store::ReadError;
 use squall_kvs::{
@@ -282,6 +282,34 @@ enum Waiting {
     Read { reply: Reply, keys: Vec<String> },
 }
 
+/// Waits until the driver has answered the oldest submitted send.
+async fn front_answered(submitted: &mut VecDeque<Submitted>) {
+    if let Some(front) = submitted.front_mut() {
+        front.receipt.ready().await;
+    }
+}
+
+/// Answers a request the driver would not take.
+fn refuse(waiting: Waiting, e: NodeSendError) {
+    let reply = match waiting {
+        Waiting::Write { reply, .. } | Waiting::Read { reply, .. } => reply,
+    };
+    let message = match e {
+        NodeSendError::Core(SendError::Backlogged { .. }) => "the shard is busy; retry".to_string(),
+        other => format!("cannot send now ({other}); retry"),
+    };
+    let _ = reply.send(Response::error(ErrorCode::Unavailable, message));
+}
+
+/// A request the driver has been handed, waiting for its ticket.
+#[derive(Debug)]
+struct Submitted {
+    subgroup: u32,
+    id: MessageId,
+    receipt: SendReceipt,
+    waiting: Waiting,
+}
+
 #[derive(Debug)]
 struct Watcher {
     prefix: String,
@@ -398,6 +426,10 @@ pub struct Service {
     status: Option<crate::metrics::SharedStatus>,
     waiting: HashMap<MessageId, Waiting>,
     tickets: HashMap<(u32, SendTicket), MessageId>,
+    /// Requests handed to the driver whose tickets have not come back yet, in
+    /// submission order (the driver answers in that order). Submitting without waiting
+    /// lets requests that arrive together leave in one message per peer.
+    submitted: VecDeque<Submitted>,
     /// Answers waiting for their version to be durable on every replica.
     durable: BTreeMap<(u32, Version), Vec<Answer>>,
     global: HashMap<u32, Version>,
@@ -552,6 +584,7 @@ impl Service {
             status: None,
             waiting: HashMap::new(),
             tickets: HashMap::new(),
+            submitted: VecDeque::new(),
             durable: BTreeMap::new(),
             global: HashMap::new(),
             watchers: Vec::new(),
@@ -896,7 +929,10 @@ impl Service {
         retention_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stopped = loop {
             self.udl.drain_overflow();
+            self.settle_submitted();
             tokio::select! {
+                // A refused send is answered at once, not at the next event.
+                () = front_answered(&mut self.submitted), if !self.submitted.is_empty() => {}
                 Some(done) = udl_done.recv() => self.udl.job_done(done),
                 Some(done) = forwarded.recv() => self.on_forwarded(done).await,
                 _ = outbox_tick.tick(), if wan => {
@@ -915,6 +951,7 @@ impl Service {
                         warn!(?reason, "the node stopped");
                         break Some(reason);
                     }
+                    self.settle_submitted();
                     self.on_event(event).await;
                 }
                 command = commands.recv() => {
@@ -923,7 +960,9 @@ impl Service {
                 }
             }
         };
-        for (_, waiting) in self.waiting.drain() {
+        self.settle_submitted();
+        let submitted = self.submitted.drain(..).map(|s| s.waiting);
+        for waiting in self.waiting.drain().map(|(_, w)| w).chain(submitted) {
             let reply = match waiting {
                 Waiting::Write { reply, .. } | Waiting::Read { reply, .. } => reply,
             };
@@ -1701,7 +1740,7 @@ impl Service {
                 role,
                 reply,
             } => {
-                if self.waiting.len() >= self.cfg.requests_in_flight_max {
+                if self.waiting.len() + self.submitted.len() >= self.cfg.requests_in_flight_max {
                     let _ = reply.send(Response::error(
                         ErrorCode::Unavailable,
                         "too many requests in flight; retry",
@@ -2617,30 +2656,49 @@ impl Service {
     }
 
     /// Multicasts `bytes` in `subgroup` and parks `waiting` under `id` until delivery.
+    /// Does not wait for the driver: the ticket is taken in by `settle_submitted`.
     async fn multicast(&mut self, subgroup: u32, id: MessageId, bytes: Bytes, waiting: Waiting) {
-        match self.handle.send(subgroup, bytes).await {
-            Ok(ticket) => {
-                self.tickets.insert((subgroup, ticket), id);
-                if let Some(old) = self.waiting.insert(id, waiting) {
-                    // The same request again on this node while the first is in flight:
-                    // the first caller gave up; the retry gets the answer.
-                    let reply = match old {
-                        Waiting::Write { reply, .. } | Waiting::Read { reply, .. } => reply,
-                    };
-                    let _ = reply.send(Response::error(ErrorCode::Unavailable, "superseded"));
-                }
-            }
-            Err(e) => {
-                let reply = match waiting {
-                    Waiting::Write { reply, .. } | Waiting::Read { reply, .. } => reply,
-                };
-                let message = match e {
-                    NodeSendError::Core(SendError::Backlogged { .. }) => {
-                        "the shard is busy; retry".to_string()
+        match self.handle.submit(subgroup, bytes).await {
+            Ok(receipt) => self.submitted.push_back(Submitted {
+                subgroup,
+                id,
+                receipt,
+                waiting,
+            }),
+            Err(e) => refuse(waiting, e),
+        }
+    }
+
+    /// Takes in the tickets the driver has answered, in order. Runs before any event is
+    /// handled: an event about a send (its delivery, its abort) comes after its ticket,
+    /// so the request is found waiting under its id by then.
+    fn settle_submitted(&mut self) {
+        while let Some(front) = self.submitted.front_mut() {
+            let Some(answer) = front.receipt.try_ticket() else {
+                return;
+            };
+            let Some(Submitted {
+                subgroup,
+                id,
+                waiting,
+                ..
+            }) = self.submitted.pop_front()
+            else {
+                return;
+            };
+            match answer {
+                Ok(ticket) => {
+                    self.tickets.insert((subgroup, ticket), id);
+                    if let Some(old) = self.waiting.insert(id, waiting) {
+                        // The same request again on this node while the first is in
+                        // flight: the first caller gave up; the retry gets the answer.
+                        let reply = match old {
+                            Waiting::Write { reply, .. } | Waiting::Read { reply, .. } => reply,
+                        };
+                        let _ = reply.send(Response::error(ErrorCode::Unavailable, "superseded"));
                     }
-                    other => format!("cannot send now ({other}); retry"),
-                };
-                let _ = reply.send(Response::error(ErrorCode::Unavailable, message));
+                }
+                Err(e) => refuse(waiting, e),
             }
         }
     }
@@ -2965,7 +3023,8 @@ impl Service {
                     );
                 }
                 if forget {
-                    let _ = self.handle.send(subgroup, bytes).await;
+                    // Nobody waits for its outcome, nor for the driver to take it.
+                    let _ = self.handle.submit(subgroup, bytes).await;
                     return answer(reply, Response::Done);
                 }
                 self.multicast(

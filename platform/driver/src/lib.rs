@@ -13,6 +13,6 @@ pub mod transport;
 pub use incarnation::{has_incarnation, next_incarnation, next_incarnation_from};
 pub use node::{
     AppEvent, LoggedHistory, LoggedRead, NodeConfig, NodeError, NodeEvent, NodeHandle,
-    NodeSendError, StateKeeper, start_node,
+    NodeSendError, SendReceipt, StateKeeper, start_node,
 };
 pub use transport::{Inbound, PeerAddr, TcpConfig, TcpTransport, Transport};

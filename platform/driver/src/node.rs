@@ -27,6 +27,9 @@ pub const LOG_QUEUE_MAX: usize = 65_536;
 /// Peer messages the node task takes in before it executes the core's outputs.
 pub const INBOUND_BATCH_MAX: usize = 64;
 
+/// Commands (sends, mostly) the driver takes in before executing the core's outputs.
+pub const COMMAND_BATCH_MAX: usize = 64;
+
 /// Kinds of metadata records in the log.
 pub const META_VIEW: u8 = 1;
 pub const META_TRIM: u8 = 2;
@@ -247,6 +250,19 @@ pub struct NodeHandle {
 impl NodeHandle {
     /// Multicasts `payload` in `subgroup`. `Backlogged` means: retry later.
     pub async fn send(&self, subgroup: u32, payload: Bytes) -> Result<SendTicket, NodeSendError> {
+        self.submit(subgroup, payload).await?.ticket().await
+    }
+
+    /// Queues `payload` for multicast in `subgroup` without waiting for the core to take
+    /// it: the receipt yields its ticket (or why the core refused it) later. A caller
+    /// that submits many sends before looking at any receipt lets the driver put them
+    /// in one message per peer; one that awaits each ticket in turn costs every send a
+    /// round trip to the driver, and a message of its own.
+    pub async fn submit(
+        &self,
+        subgroup: u32,
+        payload: Bytes,
+    ) -> Result<SendReceipt, NodeSendError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Send {
@@ -256,10 +272,10 @@ impl NodeHandle {
             })
             .await
             .map_err(|_| NodeSendError::Stopped)?;
-        answer
-            .await
-            .map_err(|_| NodeSendError::Stopped)?
-            .map_err(NodeSendError::Core)
+        Ok(SendReceipt {
+            answer: Some(answer),
+            arrived: None,
+        })
     }
 
     /// Asks for [`AppEvent::ReadReady`] with `token` once a linearizable read of this
@@ -405,6 +421,55 @@ pub enum NodeSendError {
     Core(SendError),
     #[error("the node has stopped")]
     Stopped,
+}
+
+/// A submitted send's answer: its ticket once the core has taken it. Receipts are
+/// answered in submission order, and before any event about the send (its delivery, or
+/// its abort in a view change) is emitted.
+#[derive(Debug)]
+pub struct SendReceipt {
+    /// `None` once the answer came off it (a oneshot is read once).
+    answer: Option<oneshot::Receiver<Result<SendTicket, SendError>>>,
+    /// Taken off `answer` by [`SendReceipt::ready`], for `try_ticket` to hand out.
+    arrived: Option<Result<SendTicket, NodeSendError>>,
+}
+
+impl SendReceipt {
+    /// The answer if the driver has given it, once; `None` while the command still
+    /// waits (and after the answer was handed out).
+    pub fn try_ticket(&mut self) -> Option<Result<SendTicket, NodeSendError>> {
+        if let Some(arrived) = self.arrived.take() {
+            return Some(arrived);
+        }
+        let answer = self.answer.as_mut()?.try_recv();
+        let answer = match answer {
+            Ok(answer) => answer.map_err(NodeSendError::Core),
+            Err(oneshot::error::TryRecvError::Empty) => return None,
+            Err(oneshot::error::TryRecvError::Closed) => Err(NodeSendError::Stopped),
+        };
+        self.answer = None;
+        Some(answer)
+    }
+
+    /// Waits for the answer.
+    pub async fn ticket(mut self) -> Result<SendTicket, NodeSendError> {
+        self.ready().await;
+        self.arrived.take().unwrap_or(Err(NodeSendError::Stopped))
+    }
+
+    /// Waits until the answer is there without taking it: `try_ticket` then has it.
+    /// Cancel-safe: dropped before the answer came, it loses nothing.
+    pub async fn ready(&mut self) {
+        let Some(answer) = self.answer.as_mut() else {
+            return;
+        };
+        let answer = answer.await;
+        self.answer = None;
+        self.arrived = Some(match answer {
+            Ok(answer) => answer.map_err(NodeSendError::Core),
+            Err(_) => Err(NodeSendError::Stopped),
+        });
+    }
 }
 
 /// Work for the log thread; it answers through [`LogDone`].
@@ -758,58 +823,15 @@ impl Driver {
                     self.inbound(cfg, msg).await;
                 }
             }
-            Some(command) = commands.recv() => match command {
-                Command::Send { subgroup, payload, reply } => {
-                    let _ = reply.send(self.core.send(subgroup, payload));
+            Some(command) = commands.recv() => {
+                self.command(command).await;
+                // Take in what else was asked before executing: sends submitted
+                // together leave in one message per peer.
+                for _ in 1..COMMAND_BATCH_MAX {
+                    let Ok(command) = commands.try_recv() else { break };
+                    self.command(command).await;
                 }
-                Command::ReadLogged {
-                    subgroup,
-                    shard,
-                    version,
-                    reply,
-                } => {
-                    if self.log.is_some() {
-                        self.queue_log_work(LogWork::ReadRecord {
-                            key: ShardKey { subgroup, shard },
-                            version: version.0,
-                            reply,
-                        });
-                    } else {
-                        let _ = reply.send(Ok(None));
-                    }
-                }
-                Command::ReadBarrier { subgroup, token } => {
-                    let now_ms = self.clock.elapsed().as_millis() as u64;
-                    match self.core.request_read(subgroup, now_ms) {
-                        Ok(ticket) => {
-                            self.reads_asked.insert(ticket, (subgroup, token));
-                        }
-                        Err(e) => {
-                            self.emit(AppEvent::ReadReady {
-                                token,
-                                result: Err(e),
-                                leased: false,
-                            })
-                            .await;
-                        }
-                    }
-                }
-                Command::SupplyStatePiece { view_id, subgroup, piece, last } => {
-                    if !self.logs(subgroup) {
-                        // No log to stream after it: the application's bytes are the
-                        // whole transfer.
-                        self.core.supply_state_piece(view_id, subgroup, piece, last);
-                    } else if last {
-                        self.supply_state(view_id, subgroup, piece).await;
-                    } else {
-                        warn!(subgroup, "a logged subgroup's state came in pieces; ignored");
-                    }
-                }
-                Command::StatePartTaken { view_id, subgroup, part } => {
-                    self.core.state_part_applied(view_id, subgroup, part);
-                }
-                Command::Leave => self.core.leave(),
-            },
+            }
             Some(completion) = done.recv() => self.complete(completion).await,
             _ = tick.tick() => {
                 let now_ms = self.clock.elapsed().as_millis() as u64;
@@ -817,6 +839,77 @@ impl Driver {
             }
         }
         self.execute_outputs().await.is_some()
+    }
+
+    async fn command(&mut self, command: Command) {
+        match command {
+            Command::Send {
+                subgroup,
+                payload,
+                reply,
+            } => {
+                let _ = reply.send(self.core.send(subgroup, payload));
+            }
+            Command::ReadLogged {
+                subgroup,
+                shard,
+                version,
+                reply,
+            } => {
+                if self.log.is_some() {
+                    self.queue_log_work(LogWork::ReadRecord {
+                        key: ShardKey { subgroup, shard },
+                        version: version.0,
+                        reply,
+                    });
+                } else {
+                    let _ = reply.send(Ok(None));
+                }
+            }
+            Command::ReadBarrier { subgroup, token } => {
+                let now_ms = self.clock.elapsed().as_millis() as u64;
+                match self.core.request_read(subgroup, now_ms) {
+                    Ok(ticket) => {
+                        self.reads_asked.insert(ticket, (subgroup, token));
+                    }
+                    Err(e) => {
+                        self.emit(AppEvent::ReadReady {
+                            token,
+                            result: Err(e),
+                            leased: false,
+                        })
+                        .await;
+                    }
+                }
+            }
+            Command::SupplyStatePiece {
+                view_id,
+                subgroup,
+                piece,
+                last,
+            } => {
+                if !self.logs(subgroup) {
+                    // No log to stream after it: the application's bytes are the
+                    // whole transfer.
+                    self.core.supply_state_piece(view_id, subgroup, piece, last);
+                } else if last {
+                    self.supply_state(view_id, subgroup, piece).await;
+                } else {
+                    warn!(
+                        subgroup,
+                        "a logged subgroup's state came in pieces; ignored"
+                    );
+                }
+            }
+            Command::StatePartTaken {
+                view_id,
+                subgroup,
+                part,
+            } => {
+                self.core.state_part_applied(view_id, subgroup, part);
+            }
+            Command::Leave => self.core.leave(),
+        }
     }
 
     async fn release_reads(&mut self, ready: impl Fn(&ReadWait) -> bool) {
