@@ -7,6 +7,10 @@ use thiserror::Error;
 /// is noise, small enough that a transport holds a few in flight without strain.
 pub const STATE_PART_BYTES_MAX: usize = 16 << 20;
 
+/// Default [`CoreConfig::update_data_bytes_max`]: a thousand 1 KiB messages share one
+/// update; 1 MiB messages go one per update, each taken in as soon as it arrives.
+pub const UPDATE_DATA_BYTES_MAX: usize = 1 << 20;
+
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
     pub layout: Layout,
@@ -19,6 +23,12 @@ pub struct CoreConfig {
     pub pending_sends_max: usize,
     /// Messages of one sender taken from the pending queue per flush (send batching).
     pub batch_messages_max: usize,
+    /// Multicast payload bytes one `Wire::Update` carries; more go in further updates to
+    /// the same peer (a larger message goes alone). Batching small messages is cheap,
+    /// but a receiver takes a message in only whole: a flush of many large messages in
+    /// one update would hold every one of them back until the last arrived, and could
+    /// outgrow the transport's message limit.
+    pub update_data_bytes_max: usize,
     /// A row is pushed at least this often even if nothing changed (the heartbeat).
     pub heartbeat_interval_ms: u64,
     /// A member heard from for this long is suspected.
@@ -84,6 +94,7 @@ impl CoreConfig {
             payload_size_max_bytes: 64 << 20,
             pending_sends_max: 16_384,
             batch_messages_max: 1024,
+            update_data_bytes_max: UPDATE_DATA_BYTES_MAX,
             heartbeat_interval_ms: 10,
             suspicion_timeout_ms: 200,
             join_retry_ms: 100,
@@ -104,6 +115,7 @@ impl CoreConfig {
             ("payload_size_max_bytes", self.payload_size_max_bytes as u64),
             ("pending_sends_max", self.pending_sends_max as u64),
             ("batch_messages_max", self.batch_messages_max as u64),
+            ("update_data_bytes_max", self.update_data_bytes_max as u64),
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
             ("join_retry_ms", self.join_retry_ms),
             ("future_messages_max", self.future_messages_max as u64),

@@ -3349,17 +3349,22 @@ impl Core {
             if data.is_empty() && !push_row {
                 continue;
             }
-            let row = push_row.then(|| Arc::clone(&self.rows[self.my_rank]));
             let member = view.members[r];
-            self.outputs.push(Output::Send {
-                to: member.node,
-                incarnation: Some(member.incarnation),
-                msg: Wire::Update {
-                    view_id: view.id,
-                    data,
-                    row,
-                },
-            });
+            let mut updates = split_data(data, self.cfg.update_data_bytes_max).peekable();
+            while let Some(data) = updates.next() {
+                // The row goes last: it counts every message before it as sent.
+                let last = updates.peek().is_none();
+                let row = (push_row && last).then(|| Arc::clone(&self.rows[self.my_rank]));
+                self.outputs.push(Output::Send {
+                    to: member.node,
+                    incarnation: Some(member.incarnation),
+                    msg: Wire::Update {
+                        view_id: view.id,
+                        data,
+                        row,
+                    },
+                });
+            }
         }
         if push_row {
             self.row_dirty = false;
@@ -3486,6 +3491,61 @@ fn holds_message(shard: &ShardState, from: u64, to: u64) -> bool {
     })
 }
 
+/// Cuts a peer's outbox into the data of successive updates, each carrying at most
+/// `bytes_max` payload bytes (a larger message alone). Runs stay contiguous: a run cut in
+/// two continues at the index where its first part ended. Always at least one (maybe
+/// empty) update, for a row to ride on.
+fn split_data(runs: Vec<DataRun>, bytes_max: usize) -> impl Iterator<Item = Vec<DataRun>> {
+    let payload_bytes = |item: &Item| match item {
+        Item::Message(payload) => payload.len(),
+        Item::Nulls(_) => 0,
+    };
+    let total: usize = runs
+        .iter()
+        .flat_map(|run| &run.items)
+        .map(payload_bytes)
+        .sum();
+    let mut updates = vec![Vec::new()];
+    if total <= bytes_max {
+        updates[0] = runs;
+        return updates.into_iter();
+    }
+    let mut bytes = 0;
+    for run in runs {
+        let mut part = DataRun {
+            subgroup: run.subgroup,
+            first_index: run.first_index,
+            items: Vec::new(),
+        };
+        let mut next_index = run.first_index;
+        for item in run.items {
+            let len = payload_bytes(&item);
+            if len > 0 && bytes > 0 && bytes + len > bytes_max {
+                let done = std::mem::replace(
+                    &mut part,
+                    DataRun {
+                        subgroup: run.subgroup,
+                        first_index: next_index,
+                        items: Vec::new(),
+                    },
+                );
+                if !done.items.is_empty() {
+                    updates.last_mut().expect("never empty").push(done);
+                }
+                updates.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += len;
+            next_index += item.slots();
+            part.items.push(item);
+        }
+        if !part.items.is_empty() {
+            updates.last_mut().expect("never empty").push(part);
+        }
+    }
+    updates.into_iter()
+}
+
 fn seq_received(received: &[u64]) -> u64 {
     let senders = received.len() as u64;
     received
@@ -3563,10 +3623,74 @@ pub fn next_view(cfg: &CoreConfig, view: &View, change: &Change) -> Result<View,
 
 #[cfg(test)]
 mod tests {
-    use super::{Core, Output, null_target, seq_received};
+    use super::{Core, Output, null_target, seq_received, split_data};
     use crate::config::CoreConfig;
     use crate::ids::{MemberId, NodeId};
     use crate::layout::{DeliveryMode, Layout, ShardLayout, SubgroupLayout};
+    use crate::wire::{DataRun, Item};
+    use bytes::Bytes;
+
+    fn message(len: usize) -> Item {
+        Item::Message(Bytes::from(vec![7; len]))
+    }
+
+    #[test]
+    fn an_outbox_over_the_update_limit_leaves_in_contiguous_parts() {
+        let runs = vec![
+            DataRun {
+                subgroup: 0,
+                first_index: 10,
+                items: vec![message(40), Item::Nulls(3), message(40), message(40)],
+            },
+            DataRun {
+                subgroup: 1,
+                first_index: 5,
+                items: vec![message(500), message(10)],
+            },
+        ];
+        let updates: Vec<Vec<DataRun>> = split_data(runs.clone(), 100).collect();
+        // 40 + 40 fit; the third 40 starts a new update; 500 goes alone; 10 follows.
+        let bytes: Vec<usize> = updates
+            .iter()
+            .map(|u| {
+                u.iter()
+                    .flat_map(|r| &r.items)
+                    .map(|i| match i {
+                        Item::Message(p) => p.len(),
+                        Item::Nulls(_) => 0,
+                    })
+                    .sum()
+            })
+            .collect();
+        assert_eq!(bytes, vec![80, 40, 500, 10]);
+        // Put back together, the parts are the runs: same items, each part starting
+        // where the one before it in its subgroup ended.
+        let mut next: std::collections::HashMap<u32, u64> =
+            runs.iter().map(|r| (r.subgroup, r.first_index)).collect();
+        let mut items: std::collections::HashMap<u32, Vec<Item>> = Default::default();
+        for part in updates.iter().flatten() {
+            assert!(!part.items.is_empty(), "no empty runs");
+            assert_eq!(part.first_index, next[&part.subgroup], "contiguous");
+            *next.get_mut(&part.subgroup).expect("known") +=
+                part.items.iter().map(Item::slots).sum::<u64>();
+            items
+                .entry(part.subgroup)
+                .or_default()
+                .extend(part.items.clone());
+        }
+        for run in &runs {
+            assert_eq!(items[&run.subgroup], run.items);
+        }
+        // Under the limit: one update, untouched; an empty outbox: one empty update.
+        assert_eq!(
+            split_data(runs.clone(), 10_000).collect::<Vec<_>>(),
+            vec![runs]
+        );
+        assert_eq!(
+            split_data(Vec::new(), 100).collect::<Vec<_>>(),
+            vec![Vec::new()]
+        );
+    }
 
     #[test]
     fn a_shard_of_one_delivers_a_send_at_once_without_a_tick() {

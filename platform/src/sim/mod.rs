@@ -157,6 +157,11 @@ impl Scenario {
             // real cluster; a window of one tiny part would take thousands.)
             core.state_window_bytes = core.state_part_bytes_max * (64 << (seed / 7 % 4));
         }
+        // Updates cut at 1-4,096 payload bytes on a quarter of the seeds (from the seed):
+        // a flush then sends several updates to a peer, the row on the last.
+        if seed % 4 == 1 {
+            core.update_data_bytes_max = 1 << (seed / 4 % 13);
+        }
         core.pending_sends_max = 256;
         core.batch_messages_max = rng.random_range(1..=32);
         if rng.random_bool(0.05) {
