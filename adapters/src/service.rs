@@ -2176,6 +2176,9 @@ impl Service {
             let op = op.into();
             Box::pin(self.request(Request::Write { forget: false, op }, role, one)).await;
             sent += 1;
+            // The core may refuse it too (a full queue): know before sending the next,
+            // or a later write of the batch could be applied and an earlier one not.
+            self.settle_all_submitted().await;
             // Only a refusal is answered before the write is applied.
             if !answers.is_empty() {
                 break;
@@ -2667,6 +2670,16 @@ impl Service {
             }),
             Err(e) => refuse(waiting, e),
         }
+    }
+
+    /// Waits until the driver has answered every send submitted so far, and takes the
+    /// answers in.
+    async fn settle_all_submitted(&mut self) {
+        if let Some(last) = self.submitted.back_mut() {
+            // Answered in submission order: once the last is, all are.
+            last.receipt.ready().await;
+        }
+        self.settle_submitted();
     }
 
     /// Takes in the tickets the driver has answered, in order. Runs before any event is
