@@ -1227,12 +1227,9 @@ async fn a_removed_pool_takes_its_objects_and_a_pool_made_again_starts_empty() {
     let c = cluster.client(None, 3).await;
     let persistent = PoolSpec::new("/gone".to_string(), StoreKind::Persistent, 1);
     let volatile = PoolSpec::new("/spread".to_string(), StoreKind::Volatile, spread);
-    c.create_pool(persistent.clone())
-        .await
-        .expect("create /gone");
-    c.create_pool(volatile.clone())
-        .await
-        .expect("create /spread");
+    for spec in [&persistent, &volatile] {
+        c.create_pool(spec.clone()).await.expect("create");
+    }
     let mut old = Vec::new();
     for i in 0..10 {
         let key = format!("/gone/k{i}");
@@ -1257,12 +1254,9 @@ async fn a_removed_pool_takes_its_objects_and_a_pool_made_again_starts_empty() {
     for pool in ["/gone", "/spread"] {
         c.remove_pool(pool).await.expect("remove");
     }
-    c.create_pool(persistent.clone())
-        .await
-        .expect("create /gone again");
-    c.create_pool(volatile.clone())
-        .await
-        .expect("create /spread again");
+    for spec in [&persistent, &volatile] {
+        c.create_pool(spec.clone()).await.expect("create again");
+    }
     let empty_everywhere = |c: Client,
                             old: Vec<(String, squall_adapters::client::Written)>,
                             gone_now: Vec<String>| async move {

@@ -441,14 +441,13 @@ impl SendReceipt {
         if let Some(arrived) = self.arrived.take() {
             return Some(arrived);
         }
-        let answer = self.answer.as_mut()?.try_recv();
-        let answer = match answer {
-            Ok(answer) => answer.map_err(NodeSendError::Core),
+        let answer = match self.answer.as_mut()?.try_recv() {
+            Ok(answer) => Some(answer),
             Err(oneshot::error::TryRecvError::Empty) => return None,
-            Err(oneshot::error::TryRecvError::Closed) => Err(NodeSendError::Stopped),
+            Err(oneshot::error::TryRecvError::Closed) => None,
         };
         self.answer = None;
-        Some(answer)
+        Some(receipt_result(answer))
     }
 
     /// Waits for the answer.
@@ -463,13 +462,19 @@ impl SendReceipt {
         let Some(answer) = self.answer.as_mut() else {
             return;
         };
-        let answer = answer.await;
+        let answer = answer.await.ok();
         self.answer = None;
-        self.arrived = Some(match answer {
-            Ok(answer) => answer.map_err(NodeSendError::Core),
-            Err(_) => Err(NodeSendError::Stopped),
-        });
+        self.arrived = Some(receipt_result(answer));
     }
+}
+
+/// A receipt's answer as its caller sees it; `None`: the driver stopped unanswered.
+fn receipt_result(
+    answer: Option<Result<SendTicket, SendError>>,
+) -> Result<SendTicket, NodeSendError> {
+    answer.map_or(Err(NodeSendError::Stopped), |a| {
+        a.map_err(NodeSendError::Core)
+    })
 }
 
 /// Work for the log thread; it answers through [`LogDone`].
