@@ -16,11 +16,18 @@
 //!   replayed from (a decimal version). A replay that finds no readable checkpoint from
 //!   there fails rather than replay a log with its beginning missing.
 //!
-//! File format (little-endian): magic `SQCKPT01`, version `u64`, the snapshot as pieces
+//! The metadata shard (subgroup 0) is checkpointed the same way after an
+//! `Op::CompactMetadata`: its store is the metadata's retry memory, and the rest of its
+//! state (pools, UDLs, DFGs, storage alarms) goes as *rebuild operations*, the metadata
+//! operations that remake it on an empty node.
+//!
+//! File format (little-endian): magic `SQCKPT02`, version `u64`, the snapshot as pieces
 //! (`u32 length | bytes`, ended by a zero length), the outbox entries (`u32 count`, then
 //! each `site, version u64, timestamp u64, trigger u8, key, blob` with strings and blob
-//! as `u32 length | bytes`), and a CRC32C of everything before it. A transfer to a
-//! joiner carries the same bytes.
+//! as `u32 length | bytes`), the rebuild operations (`u32 count`, then each encoded
+//! operation as `u32 length | bytes`), and a CRC32C of everything before it. Magic
+//! `SQCKPT01` (written before the metadata was compacted) is the same without rebuild
+//! operations. A transfer to a joiner carries the same bytes.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
@@ -33,7 +40,9 @@ use thiserror::Error;
 
 use crate::wan::OutboxEntry;
 
-const MAGIC: &[u8; 8] = b"SQCKPT01";
+const MAGIC: &[u8; 8] = b"SQCKPT02";
+/// Checkpoints without rebuild operations, still read.
+const MAGIC_V1: &[u8; 8] = b"SQCKPT01";
 /// Snapshot bytes encoded at a time while a checkpoint is written.
 const PIECE_BYTES: usize = 8 << 20;
 /// The marker naming the oldest checkpoint a compacted log can be replayed from.
@@ -59,6 +68,9 @@ pub struct Loaded {
     pub store: ShardStore,
     /// The shard's WAN outbox entries then, by site, in order.
     pub outbox: Vec<(String, OutboxEntry)>,
+    /// The metadata's rebuild operations, in the order they are applied (none for a
+    /// data shard).
+    pub rebuild: Vec<Bytes>,
 }
 
 /// The checkpoints of this node's persistent shards.
@@ -89,7 +101,8 @@ impl Checkpoints {
     }
 
     /// Writes the state `stream` was taken at (`version`, its last delivered operation)
-    /// with the shard's outbox entries, durably. Blocking: call it off the async threads.
+    /// with the shard's outbox entries and rebuild operations, durably. Blocking: call it
+    /// off the async threads.
     pub fn write(
         &self,
         subgroup: u32,
@@ -97,9 +110,10 @@ impl Checkpoints {
         version: Version,
         stream: SnapshotStream,
         outbox: &[(String, OutboxEntry)],
+        rebuild: &[Bytes],
     ) -> Result<(), CheckpointError> {
         self.write_with(subgroup, shard, version, |out| {
-            encode(version, stream, outbox, out)
+            encode(version, stream, outbox, rebuild, out)
         })
     }
 
@@ -226,6 +240,7 @@ impl Checkpoints {
         subgroup: u32,
         shard: u32,
         last_version: Option<u64>,
+        kind: StoreKind,
         limits: StoreLimits,
     ) -> Result<Option<Loaded>, CheckpointError> {
         let start = self.log_start(subgroup, shard)?;
@@ -239,7 +254,7 @@ impl Checkpoints {
             if start.is_some_and(|start| version < start) {
                 break;
             }
-            match self.load(subgroup, shard, version, StoreKind::Persistent, limits) {
+            match self.load(subgroup, shard, version, kind, limits) {
                 Ok(loaded) => return Ok(Some(loaded)),
                 Err(e) => tracing::warn!(error = %e, "skipping a checkpoint"),
             }
@@ -366,6 +381,7 @@ pub fn encode(
     version: Version,
     mut stream: SnapshotStream,
     outbox: &[(String, OutboxEntry)],
+    rebuild: &[Bytes],
     out: &mut dyn Write,
 ) -> io::Result<()> {
     let mut w = Crc { out, crc: 0 };
@@ -392,6 +408,12 @@ pub fn encode(
         put_bytes(&mut w, e.key.as_bytes())?;
         put_bytes(&mut w, &e.blob)?;
     }
+    let count = u32::try_from(rebuild.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many rebuild operations"))?;
+    w.write_all(&count.to_le_bytes())?;
+    for op in rebuild {
+        put_bytes(&mut w, op)?;
+    }
     let crc = w.crc;
     w.out.write_all(&crc.to_le_bytes())
 }
@@ -401,10 +423,11 @@ pub fn encode_to_bytes(
     version: Version,
     stream: SnapshotStream,
     outbox: &[(String, OutboxEntry)],
+    rebuild: &[Bytes],
 ) -> Bytes {
     let mut out = Vec::new();
     // Writing to a Vec fails only for a field over 4 GiB, which no limit allows.
-    if let Err(e) = encode(version, stream, outbox, &mut out) {
+    if let Err(e) = encode(version, stream, outbox, rebuild, &mut out) {
         tracing::error!(error = %e, "encoding a checkpoint");
         return Bytes::new();
     }
@@ -432,7 +455,7 @@ fn checked_body_len(bytes: &[u8]) -> Result<usize, String> {
 /// The version of an encoded checkpoint, once its checksum and header check out.
 pub fn version_of(bytes: &[u8]) -> Result<Version, String> {
     let body_len = checked_body_len(bytes)?;
-    if body_len < 16 || &bytes[..8] != MAGIC {
+    if body_len < 16 || (&bytes[..8] != MAGIC && &bytes[..8] != MAGIC_V1) {
         return Err("not a checkpoint (bad magic)".to_string());
     }
     let version: [u8; 8] = bytes[8..16]
@@ -454,9 +477,11 @@ pub fn decode(mut bytes: Bytes, kind: StoreKind, limits: StoreLimits) -> Result<
         }
     };
     need(r, 16, "its header")?;
-    if &r[..8] != MAGIC {
-        return Err("not a checkpoint (bad magic)".to_string());
-    }
+    let has_rebuild = match &r[..8] {
+        m if m == MAGIC => true,
+        m if m == MAGIC_V1 => false,
+        _ => return Err("not a checkpoint (bad magic)".to_string()),
+    };
     r.advance(8);
     let version = Version(r.get_u64_le());
     let take = |r: &mut Bytes, what: &str| -> Result<Bytes, String> {
@@ -507,6 +532,16 @@ pub fn decode(mut bytes: Bytes, kind: StoreKind, limits: StoreLimits) -> Result<
             },
         ));
     }
+    let mut rebuild = Vec::new();
+    if has_rebuild {
+        need(r, 4, "the rebuild operations")?;
+        let count = r.get_u32_le() as usize;
+        rebuild.reserve(count.min(r.remaining() / 4));
+        for _ in 0..count {
+            // Copied out, as the snapshot's pieces are: a plugin kept must not pin the file.
+            rebuild.push(Bytes::copy_from_slice(&take(r, "a rebuild operation")?));
+        }
+    }
     if r.has_remaining() {
         return Err(format!("{} bytes after its end", r.remaining()));
     }
@@ -514,6 +549,7 @@ pub fn decode(mut bytes: Bytes, kind: StoreKind, limits: StoreLimits) -> Result<
         version,
         store,
         outbox,
+        rebuild,
     })
 }
 
@@ -554,33 +590,54 @@ mod tests {
         )]
     }
 
+    fn rebuild() -> Vec<Bytes> {
+        vec![
+            Bytes::from_static(b"first"),
+            Bytes::new(),
+            Bytes::from_static(b"third"),
+        ]
+    }
+
     #[test]
     fn a_checkpoint_reads_back_the_store_and_outbox_it_was_written_from() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let ck = Checkpoints::new(dir.path().to_path_buf());
         let s = store();
         let at = s.last_delivered().expect("applied");
-        ck.write(1, 2, at, s.snapshot_stream(), &outbox())?;
+        ck.write(1, 2, at, s.snapshot_stream(), &outbox(), &rebuild())?;
         assert_eq!(ck.versions(1, 2)?, vec![at]);
         let loaded = ck.load(1, 2, at, StoreKind::Persistent, StoreLimits::default())?;
         assert_eq!(loaded.version, at);
         assert_eq!(loaded.store.snapshot(), s.snapshot());
         assert_eq!(loaded.outbox, outbox());
+        assert_eq!(loaded.rebuild, rebuild());
         // The bytes a transfer carries are the file's.
-        let bytes = encode_to_bytes(at, s.snapshot_stream(), &outbox());
+        let bytes = encode_to_bytes(at, s.snapshot_stream(), &outbox(), &rebuild());
         assert_eq!(bytes, fs::read(ck.path(1, 2, at))?);
         assert_eq!(ck.log_start(1, 2)?, None);
         ck.set_log_start(1, 2, at)?;
         assert_eq!(ck.log_start(1, 2)?, Some(at));
         // The newest usable one; a write a crash cut short is cleaned up.
         std::fs::write(ck.dir(1, 2).join("00000000000000ff.tmp"), b"partial")?;
-        let usable = ck.newest_usable(1, 2, Some(at.0), StoreLimits::default())?;
+        let usable = ck.newest_usable(
+            1,
+            2,
+            Some(at.0),
+            StoreKind::Persistent,
+            StoreLimits::default(),
+        )?;
         assert_eq!(usable.map(|l| l.version), Some(at));
         assert!(!ck.dir(1, 2).join("00000000000000ff.tmp").exists());
         // Past the log's end (a restart cut it shorter): removed, and with the log
         // compacted from it, nothing usable is an error.
         let err = ck
-            .newest_usable(1, 2, Some(at.0 - 1), StoreLimits::default())
+            .newest_usable(
+                1,
+                2,
+                Some(at.0 - 1),
+                StoreKind::Persistent,
+                StoreLimits::default(),
+            )
             .expect_err("no checkpoint from the log's start");
         assert!(err.to_string().contains("compacted"), "{err}");
         assert!(ck.versions(1, 2)?.is_empty());
@@ -591,7 +648,7 @@ mod tests {
     fn a_damaged_checkpoint_is_refused() -> anyhow::Result<()> {
         let s = store();
         let at = s.last_delivered().expect("applied");
-        let good = encode_to_bytes(at, s.snapshot_stream(), &outbox()).to_vec();
+        let good = encode_to_bytes(at, s.snapshot_stream(), &outbox(), &rebuild()).to_vec();
         let limits = StoreLimits::default();
         // Any flipped byte, and any cut, is caught.
         for i in (0..good.len()).step_by(97) {
@@ -630,6 +687,29 @@ mod tests {
             .load(1, 1, at, StoreKind::Persistent, limits)
             .expect_err("damaged");
         assert!(err.to_string().contains("checksum"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_checkpoint_written_before_rebuild_operations_still_reads() -> anyhow::Result<()> {
+        let s = store();
+        let at = s.last_delivered().expect("applied");
+        let current = encode_to_bytes(at, s.snapshot_stream(), &outbox(), &[]).to_vec();
+        // The first format: another magic, no rebuild count, its own checksum.
+        let mut v1 = current[..current.len() - 8].to_vec();
+        v1[..8].copy_from_slice(MAGIC_V1);
+        let crc = crc32c::crc32c(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(version_of(&v1), Ok(at));
+        let loaded = decode(
+            Bytes::from(v1),
+            StoreKind::Persistent,
+            StoreLimits::default(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        assert_eq!(loaded.store.snapshot(), s.snapshot());
+        assert_eq!(loaded.outbox, outbox());
+        assert!(loaded.rebuild.is_empty());
         Ok(())
     }
 }

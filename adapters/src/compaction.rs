@@ -1,4 +1,5 @@
-//! After a compaction (`Op::Compact`) is applied to a persistent shard, this node writes
+//! After a compaction (`Op::Compact`, or `Op::CompactMetadata` for the metadata) is
+//! applied to a persistent shard, this node writes
 //! a checkpoint of the shard ([`crate::checkpoint`]) and, once the compaction's version is
 //! durable on every replica, drops the log segments nothing needs any more.
 //!
@@ -15,6 +16,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use squall_driver::NodeHandle;
 use squall_kvs::SnapshotStream;
 use squall_platform::Version;
@@ -44,6 +46,15 @@ struct Job {
     shard: u32,
     version: Version,
     needed_from: u64,
+}
+
+/// What a checkpoint holds: the store's state, the shard's outbox entries, and the
+/// metadata's rebuild operations (see [`crate::checkpoint`]).
+#[derive(Debug)]
+pub struct Contents {
+    pub stream: SnapshotStream,
+    pub outbox: Vec<(String, OutboxEntry)>,
+    pub rebuild: Vec<Bytes>,
 }
 
 /// A node's checkpoints and log compactions.
@@ -96,8 +107,7 @@ impl Compactor {
         subgroup: u32,
         shard: u32,
         version: Version,
-        stream: SnapshotStream,
-        outbox: Vec<(String, OutboxEntry)>,
+        contents: Contents,
         history_floor: Option<Version>,
     ) {
         let Some(checkpoints) = self.checkpoints.clone() else {
@@ -107,7 +117,14 @@ impl Compactor {
         let needed_from = history_floor.map_or(u64::MAX, |v| v.0).min(version.0 + 1);
         tokio::task::spawn_blocking(move || {
             let result = checkpoints
-                .write(subgroup, shard, version, stream, &outbox)
+                .write(
+                    subgroup,
+                    shard,
+                    version,
+                    contents.stream,
+                    &contents.outbox,
+                    &contents.rebuild,
+                )
                 .map_err(|e| e.to_string());
             let _ = written.blocking_send(Written {
                 subgroup,

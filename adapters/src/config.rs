@@ -87,6 +87,7 @@
 //! log_preallocate_bytes = 1048576
 //! log_segment_bytes = 67108864
 //! disk_reserve_bytes = 268435456
+//! metadata_log_compact_bytes = 67108864
 //!
 //! [timing]
 //! heartbeat_interval_ms = 20
@@ -560,6 +561,11 @@ pub struct Limits {
     /// alarm's fraction of a second to spread, so keep it a few times the largest object
     /// at your write rate. 0 turns it off (a full disk then stops the node).
     pub disk_reserve_bytes: u64,
+    /// Once the metadata log (pools, UDL uploads, DFGs) has grown by this many bytes
+    /// since its last checkpoint, every node writes a checkpoint of the metadata and
+    /// drops the log's older segments (whole `log_segment_bytes` files), so uploading a
+    /// plugin again and again does not fill the disk or slow every restart. 0: never.
+    pub metadata_log_compact_bytes: u64,
 }
 
 /// The smallest `limits.log_segment_bytes`: below it, rolling files costs more than the
@@ -590,6 +596,7 @@ impl Default for Limits {
             log_preallocate_bytes: squall_log::PREALLOCATE_BYTES_DEFAULT,
             log_segment_bytes: squall_log::SEGMENT_BYTES_MAX_DEFAULT,
             disk_reserve_bytes: DISK_RESERVE_BYTES_DEFAULT,
+            metadata_log_compact_bytes: 64 << 20,
         }
     }
 }
@@ -1366,6 +1373,16 @@ impl Config {
             if value == 0 {
                 return Err(invalid(format!("limits.{name}"), "must be at least 1"));
             }
+        }
+        if l.metadata_log_compact_bytes != 0 && l.metadata_log_compact_bytes < LOG_SEGMENT_BYTES_MIN
+        {
+            return Err(invalid(
+                "limits.metadata_log_compact_bytes",
+                format!(
+                    "must be 0 (never) or at least {LOG_SEGMENT_BYTES_MIN}: each checkpoint \
+                     writes every stored UDL again"
+                ),
+            ));
         }
         if l.log_segment_bytes < LOG_SEGMENT_BYTES_MIN {
             return Err(invalid(

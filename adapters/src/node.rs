@@ -312,6 +312,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         log_dir: Some(config.node.data_dir.join("log")),
         checkpoint_dir: Some(config.node.data_dir.join("checkpoints")),
         disk_reserve_bytes: config.limits.disk_reserve_bytes,
+        metadata_compact_bytes: config.limits.metadata_log_compact_bytes,
     };
     let mut service_cfg = service_cfg;
     if let Some(wan) = &service_cfg.wan {

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::checkpoint::{self, Checkpoints};
-use crate::compaction::Compactor;
+use crate::compaction::{Compactor, Contents};
 use crate::config::OutboxFull;
 use crate::gpu::NodeGpu;
 use crate::udl::{self, Arrival, Arrived, UdlRuntime};
@@ -77,6 +77,8 @@ pub struct ServiceConfig {
     /// Where checkpoints of compacted persistent shards go (`None`: compactions forget
     /// history in memory only, and the log keeps every record).
     pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// See `Limits::metadata_log_compact_bytes` (0: never).
+    pub metadata_compact_bytes: u64,
 }
 
 /// A client request handed to the service by a connection.
@@ -247,6 +249,8 @@ const DISK_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_milli
 const DISK_CHECKS_PER_RESERVE: u64 = 8;
 /// A storage alarm not yet in the metadata is sent again after this long.
 const ALARM_RESEND_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+/// A metadata compaction not yet delivered is asked for again after this long.
+const METADATA_COMPACT_RESEND_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often a node tells its shards how far its `one` UDL work is done.
 pub const UDL_PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -444,6 +448,11 @@ pub struct Service {
     /// The last storage alarm this node sent and when: the same one is not sent again
     /// while the first may still be on its way.
     alarm_sent: Option<(bool, std::time::Instant)>,
+    /// Bytes the metadata log took since its last checkpoint (or since the start).
+    metadata_logged_bytes: u64,
+    /// When this node last asked for a metadata checkpoint (`Op::CompactMetadata`): not
+    /// again while that one may still be on its way.
+    metadata_compact_sent: Option<std::time::Instant>,
     next_seq: u64,
     /// Linearizable local reads waiting for their barrier ([`AppEvent::ReadReady`]).
     reads: HashMap<u64, (Request, Reply)>,
@@ -479,6 +488,16 @@ fn wire_object(o: &Object) -> WireObject {
 
 /// Whether `me` is the first member of shard `(g, s)` in `view`: the one member that
 /// acts for the shard (forwards its outbox, sends its scheduled compactions).
+/// The kind of store a checkpoint of `subgroup` holds: the metadata's is its retry
+/// memory (no objects), a data shard's a persistent store.
+fn checkpoint_kind(subgroup: u32) -> StoreKind {
+    if subgroup == 0 {
+        StoreKind::Trigger
+    } else {
+        StoreKind::Persistent
+    }
+}
+
 fn leads(view: &View, g: u32, s: u32, me: MemberId) -> bool {
     view.shards
         .get(g as usize)
@@ -592,6 +611,8 @@ impl Service {
             disk_check_failed: false,
             logged_since_disk_check: 0,
             alarm_sent: None,
+            metadata_logged_bytes: 0,
+            metadata_compact_sent: None,
             next_seq: 0,
             reads: HashMap::new(),
             next_read: 0,
@@ -653,15 +674,16 @@ impl Service {
         shard: u32,
         last_version: Option<u64>,
     ) -> Result<Option<Version>, String> {
-        if subgroup == 0 || self.kind(subgroup) != StoreKind::Persistent {
+        if subgroup != 0 && self.kind(subgroup) != StoreKind::Persistent {
             return Ok(None);
         }
         let Some(ck) = self.compactor.checkpoints().cloned() else {
             return Ok(None);
         };
         let limits = self.cfg.store_limits;
+        let kind = checkpoint_kind(subgroup);
         let loaded = tokio::task::spawn_blocking(move || {
-            ck.newest_usable(subgroup, shard, last_version, limits)
+            ck.newest_usable(subgroup, shard, last_version, kind, limits)
         })
         .await
         .map_err(|e| e.to_string())?
@@ -671,12 +693,20 @@ impl Service {
         };
         let version = loaded.version;
         info!(subgroup, shard, %version, "loaded the checkpoint");
-        self.install(subgroup, shard, loaded);
+        self.install(subgroup, shard, loaded)?;
         Ok(Some(version))
     }
 
-    /// A checkpoint becomes the shard's store (and outbox).
-    fn install(&mut self, subgroup: u32, shard: u32, loaded: checkpoint::Loaded) {
+    /// A checkpoint becomes the shard's store (and outbox), or the metadata.
+    fn install(
+        &mut self,
+        subgroup: u32,
+        shard: u32,
+        loaded: checkpoint::Loaded,
+    ) -> Result<(), String> {
+        if subgroup == 0 {
+            return self.install_metadata(loaded);
+        }
         let checkpoint::Loaded { store, outbox, .. } = loaded;
         cache_store(&self.gpu, &self.pools, subgroup, &store);
         if let Some(replaced) = self.stores.insert((subgroup, shard), store) {
@@ -686,6 +716,7 @@ impl Service {
         for (site, entry) in outbox {
             self.outboxes.push(subgroup, shard, &site, entry);
         }
+        Ok(())
     }
 
     /// A persistent shard's state as a transfer brought it (its source's log was
@@ -701,8 +732,9 @@ impl Service {
     ) -> Result<u64, String> {
         let ck = self.compactor.checkpoints().cloned();
         let limits = self.cfg.store_limits;
+        let kind = checkpoint_kind(subgroup);
         let loaded = tokio::task::spawn_blocking(move || {
-            let loaded = checkpoint::decode(state.clone(), StoreKind::Persistent, limits)?;
+            let loaded = checkpoint::decode(state.clone(), kind, limits)?;
             if last_version.is_none_or(|last| loaded.version.0 > last) {
                 return Err(format!(
                     "the state is at version {}, past the transferred log's end {last_version:?}",
@@ -726,7 +758,7 @@ impl Service {
         let from = loaded.version.0.saturating_add(1);
         info!(subgroup, shard, version = %loaded.version, "took the transferred checkpoint");
         self.replay_reset(subgroup, shard);
-        self.install(subgroup, shard, loaded);
+        self.install(subgroup, shard, loaded)?;
         self.replay_records(subgroup, shard, from, last_version)
             .await
     }
@@ -769,7 +801,8 @@ impl Service {
     fn replay_reset(&mut self, subgroup: u32, shard: u32) {
         if subgroup == 0 {
             self.pools = PoolTable::new(self.cfg.key_bytes_max, self.cfg.pools_max);
-            self.meta = ShardStore::new(StoreKind::Trigger, self.cfg.store_limits);
+            self.meta = ShardStore::new(checkpoint_kind(0), self.cfg.store_limits);
+            self.metadata_logged_bytes = 0;
         } else {
             let kind = self.kind(subgroup);
             let replaced = self.stores.insert(
@@ -984,7 +1017,11 @@ impl Service {
                     if self.logs(d.subgroup) {
                         self.logged_since_disk_check += d.payload.len() as u64;
                     }
+                    let subgroup = d.subgroup;
                     self.apply(d.subgroup, d.shard, version, d.payload, true);
+                    if subgroup == 0 {
+                        self.maybe_compact_metadata().await;
+                    }
                     // A fast writer fills the reserve quicker than the clock ticks.
                     if self.watches_disk()
                         && self.logged_since_disk_check
@@ -1103,11 +1140,23 @@ impl Service {
                         let version = store.last_delivered().unwrap_or(Version(0));
                         let outbox = self.outboxes.entries(subgroup, shard);
                         let state = tokio::task::spawn_blocking(move || {
-                            checkpoint::encode_to_bytes(version, stream, &outbox)
+                            checkpoint::encode_to_bytes(version, stream, &outbox, &[])
                         })
                         .await
                         .unwrap_or_default();
                         info!(subgroup, shard, %version, bytes = state.len(), "a checkpoint goes with the compacted log");
+                        self.handle.supply_state(view_id, subgroup, state).await
+                    }
+                    None if subgroup == 0 && self.log_compacted(subgroup, shard) => {
+                        let stream = self.meta.snapshot_stream();
+                        let version = self.meta.last_delivered().unwrap_or(Version(0));
+                        let rebuild = self.metadata_rebuild();
+                        let state = tokio::task::spawn_blocking(move || {
+                            checkpoint::encode_to_bytes(version, stream, &[], &rebuild)
+                        })
+                        .await
+                        .unwrap_or_default();
+                        info!(%version, bytes = state.len(), "a metadata checkpoint goes with the compacted log");
                         self.handle.supply_state(view_id, subgroup, state).await
                     }
                     _ => {
@@ -1359,9 +1408,237 @@ impl Service {
         }
     }
 
+    /// What a metadata operation does to the pools, UDLs, DFGs and alarms (its retry
+    /// memory aside): delivered, replayed, or rebuilt from a checkpoint.
+    fn apply_metadata(&mut self, op: Op, version: Version, live: bool) -> Response {
+        match op {
+            Op::CreatePool { spec, .. } => match self.pool_kind_error(&spec) {
+                Some(refused) => refused,
+                None => match self.pools.create(spec, &self.cfg.shards) {
+                    Ok(()) => Response::Done,
+                    Err(e) => pool_error(&e),
+                },
+            },
+            // Answered with the pool, so its remover knows which shards to drop
+            // its objects from (`Client::remove_pool`).
+            Op::RemovePool { path, .. } => match self.pools.remove(&path) {
+                Ok(pool) => {
+                    self.gpu.retain_pools(&self.pools);
+                    Response::Pools(vec![removed_spec(&pool)])
+                }
+                Err(e) => pool_error(&e),
+            },
+            Op::PoolDropped { path, .. } => {
+                self.pools.dropped(&path);
+                Response::Done
+            }
+            Op::PutUdl {
+                uuid,
+                name,
+                checksum,
+                plugin,
+                ..
+            } => {
+                self.udl.put_udl(&uuid, &name, checksum, &plugin);
+                Response::Done
+            }
+            Op::RemoveUdl { uuid, .. } => {
+                self.udl.remove_udl(&uuid);
+                Response::Done
+            }
+            Op::AddDfgs { json, .. } => match self.udl.add_dfgs(&json) {
+                Ok(_) => Response::Done,
+                Err(e) => Response::error(ErrorCode::InvalidDfg, e),
+            },
+            Op::RemoveDfg { dfg, .. } => {
+                self.udl.remove_dfg(&dfg);
+                Response::Done
+            }
+            Op::StorageAlarm {
+                node,
+                low,
+                free_bytes,
+                reserve_bytes,
+                ..
+            } => {
+                let was = if low {
+                    self.storage_alarms
+                        .insert(node, (free_bytes, reserve_bytes))
+                } else {
+                    self.storage_alarms.remove(&node)
+                };
+                if live && was.is_some() != low {
+                    info!(
+                        node,
+                        low,
+                        free_bytes,
+                        reserve_bytes,
+                        "storage alarm {}",
+                        if low { "raised" } else { "cleared" }
+                    );
+                }
+                if let Some(m) = &self.metrics {
+                    m.storage_alarms.set(self.storage_alarms.len() as i64);
+                }
+                Response::Done
+            }
+            Op::CompactMetadata { .. } => {
+                self.metadata_logged_bytes = 0;
+                self.metadata_compact_sent = None;
+                if live {
+                    self.checkpoint_metadata(version);
+                }
+                Response::Done
+            }
+            _ => Response::error(ErrorCode::BadRequest, "not a metadata operation"),
+        }
+    }
+
+    /// Writes a checkpoint of the metadata as of `version` (an `Op::CompactMetadata`);
+    /// the log before it is dropped once it is durable everywhere.
+    fn checkpoint_metadata(&self, version: Version) {
+        let rebuild = self.metadata_rebuild();
+        info!(%version, operations = rebuild.len(), "checkpointing the metadata");
+        self.compactor.checkpoint(
+            0,
+            0,
+            version,
+            Contents {
+                stream: self.meta.snapshot_stream(),
+                outbox: Vec::new(),
+                rebuild,
+            },
+            None,
+        );
+    }
+
+    /// The metadata operations that remake this node's pools, UDLs, DFGs and storage
+    /// alarms on an empty one, in the order they apply: pools being removed are made and
+    /// removed before the live ones are made (nothing can be made around them), UDLs
+    /// before the DFGs that name them.
+    fn metadata_rebuild(&self) -> Vec<Bytes> {
+        let mut seq = 0u64;
+        let mut id = || {
+            seq += 1;
+            // Never applied to the retry memory: a rebuild bypasses it.
+            MessageId {
+                client: SYSTEM_CLIENT_BIT,
+                seq,
+            }
+        };
+        let mut ops = Vec::new();
+        for pool in self.pools.list_removing() {
+            ops.push(Op::CreatePool {
+                id: id(),
+                spec: pool.spec.clone(),
+            });
+        }
+        for pool in self.pools.list_removing() {
+            ops.push(Op::RemovePool {
+                id: id(),
+                path: pool.spec.path.clone(),
+            });
+        }
+        for pool in self.pools.list() {
+            ops.push(Op::CreatePool {
+                id: id(),
+                spec: pool.spec.clone(),
+            });
+        }
+        for (uuid, name, checksum, upload) in self.udl.uploads() {
+            ops.push(Op::PutUdl {
+                id: id(),
+                uuid: uuid.to_string(),
+                name: name.to_string(),
+                checksum,
+                plugin: upload.clone(),
+            });
+        }
+        for source in self.udl.dfg_sources() {
+            ops.push(Op::AddDfgs {
+                id: id(),
+                json: Bytes::copy_from_slice(source.as_bytes()),
+            });
+        }
+        for (node, (free_bytes, reserve_bytes)) in &self.storage_alarms {
+            ops.push(Op::StorageAlarm {
+                id: id(),
+                node: *node,
+                low: true,
+                free_bytes: *free_bytes,
+                reserve_bytes: *reserve_bytes,
+            });
+        }
+        ops.iter().map(op::encode).collect()
+    }
+
+    /// A metadata checkpoint becomes this node's metadata: its retry memory, and the
+    /// pools, UDLs, DFGs and alarms its rebuild operations make.
+    fn install_metadata(&mut self, loaded: checkpoint::Loaded) -> Result<(), String> {
+        let checkpoint::Loaded {
+            version,
+            store,
+            rebuild,
+            ..
+        } = loaded;
+        self.meta = store;
+        self.pools = PoolTable::new(self.cfg.key_bytes_max, self.cfg.pools_max);
+        self.udl.clear();
+        self.storage_alarms.clear();
+        self.metadata_logged_bytes = 0;
+        for bytes in rebuild {
+            let op = op::decode(bytes)
+                .map_err(|e| format!("the metadata checkpoint at {version}: {e}"))?;
+            if let Response::Error { message, .. } = self.apply_metadata(op, version, false) {
+                return Err(format!(
+                    "the metadata checkpoint at {version} does not rebuild: {message}"
+                ));
+            }
+        }
+        self.gpu.retain_pools(&self.pools);
+        if let Some(m) = &self.metrics {
+            m.storage_alarms.set(self.storage_alarms.len() as i64);
+        }
+        Ok(())
+    }
+
+    /// Asks every node for a checkpoint of the metadata once its log has grown by
+    /// `limits.metadata_log_compact_bytes` since the last one. The metadata's first
+    /// member asks; the count is the same everywhere (the same log).
+    async fn maybe_compact_metadata(&mut self) {
+        let max = self.cfg.metadata_compact_bytes;
+        if max == 0 || self.metadata_logged_bytes < max {
+            return;
+        }
+        let Some(view) = &self.view else { return };
+        if !leads(view, 0, 0, self.cfg.me) {
+            return;
+        }
+        if self
+            .metadata_compact_sent
+            .is_some_and(|at| at.elapsed() < METADATA_COMPACT_RESEND_AFTER)
+        {
+            return;
+        }
+        self.metadata_compact_sent = Some(std::time::Instant::now());
+        info!(
+            bytes = self.metadata_logged_bytes,
+            "the metadata log grew past limits.metadata_log_compact_bytes: asking for a checkpoint"
+        );
+        let op = Op::CompactMetadata {
+            id: self.system_id(),
+        };
+        if let Err(e) = self.handle.send(0, op::encode(&op)).await {
+            warn!(error = %e, "sending a metadata compaction");
+        }
+    }
+
     /// Applies a delivered operation; `live`: answer waiting clients and watchers (not
     /// while replaying a log).
     fn apply(&mut self, subgroup: u32, shard: u32, version: Version, payload: Bytes, live: bool) {
+        if subgroup == 0 {
+            self.metadata_logged_bytes += payload.len() as u64;
+        }
         let op = match op::decode(payload) {
             Ok(op) => op,
             Err(e) => {
@@ -1383,79 +1660,7 @@ impl Service {
                     _ => Response::Done,
                 }
             } else {
-                match op {
-                    Op::CreatePool { spec, .. } => match self.pool_kind_error(&spec) {
-                        Some(refused) => refused,
-                        None => match self.pools.create(spec, &self.cfg.shards) {
-                            Ok(()) => Response::Done,
-                            Err(e) => pool_error(&e),
-                        },
-                    },
-                    // Answered with the pool, so its remover knows which shards to drop
-                    // its objects from (`Client::remove_pool`).
-                    Op::RemovePool { path, .. } => match self.pools.remove(&path) {
-                        Ok(pool) => {
-                            self.gpu.retain_pools(&self.pools);
-                            Response::Pools(vec![removed_spec(&pool)])
-                        }
-                        Err(e) => pool_error(&e),
-                    },
-                    Op::PoolDropped { path, .. } => {
-                        self.pools.dropped(&path);
-                        Response::Done
-                    }
-                    Op::PutUdl {
-                        uuid,
-                        name,
-                        checksum,
-                        plugin,
-                        ..
-                    } => {
-                        self.udl.put_udl(&uuid, &name, checksum, &plugin);
-                        Response::Done
-                    }
-                    Op::RemoveUdl { uuid, .. } => {
-                        self.udl.remove_udl(&uuid);
-                        Response::Done
-                    }
-                    Op::AddDfgs { json, .. } => match self.udl.add_dfgs(&json) {
-                        Ok(_) => Response::Done,
-                        Err(e) => Response::error(ErrorCode::InvalidDfg, e),
-                    },
-                    Op::RemoveDfg { dfg, .. } => {
-                        self.udl.remove_dfg(&dfg);
-                        Response::Done
-                    }
-                    Op::StorageAlarm {
-                        node,
-                        low,
-                        free_bytes,
-                        reserve_bytes,
-                        ..
-                    } => {
-                        let was = if low {
-                            self.storage_alarms
-                                .insert(node, (free_bytes, reserve_bytes))
-                        } else {
-                            self.storage_alarms.remove(&node)
-                        };
-                        if live && was.is_some() != low {
-                            info!(
-                                node,
-                                low,
-                                free_bytes,
-                                reserve_bytes,
-                                "storage alarm {}",
-                                if low { "raised" } else { "cleared" }
-                            );
-                        }
-                        if let Some(m) = &self.metrics {
-                            m.storage_alarms.set(self.storage_alarms.len() as i64);
-                        }
-                        Response::Done
-                    }
-                    _ => Response::error(ErrorCode::BadRequest, "not a metadata operation"),
-                }
+                self.apply_metadata(op, version, live)
             };
             if live && let Some(Waiting::Write { reply, .. }) = self.waiting.remove(&id) {
                 // A change that took effect is answered once every node has logged it,
@@ -1501,8 +1706,11 @@ impl Service {
                 subgroup,
                 shard,
                 version,
-                store.snapshot_stream(),
-                self.outboxes.entries(subgroup, shard),
+                Contents {
+                    stream: store.snapshot_stream(),
+                    outbox: self.outboxes.entries(subgroup, shard),
+                    rebuild: Vec::new(),
+                },
                 store.history_floor(),
             );
         }
@@ -2739,13 +2947,16 @@ impl Service {
                     }
                 };
                 let needed = match op {
-                    Op::UdlDone { .. } | Op::OutboxDone { .. } | Op::StorageAlarm { .. } => {
+                    Op::UdlDone { .. }
+                    | Op::OutboxDone { .. }
+                    | Op::StorageAlarm { .. }
+                    | Op::CompactMetadata { .. } => {
                         return answer(
                             reply,
                             Response::error(
                                 ErrorCode::BadRequest,
-                                "UDL progress, outbox markers and storage alarms are the \
-                                 nodes' own",
+                                "UDL progress, outbox markers, storage alarms and metadata \
+                                 compactions are the nodes' own",
                             ),
                         );
                     }
@@ -3017,7 +3228,8 @@ impl Service {
                     Op::Read { .. }
                     | Op::UdlDone { .. }
                     | Op::OutboxDone { .. }
-                    | Op::StorageAlarm { .. } => {
+                    | Op::StorageAlarm { .. }
+                    | Op::CompactMetadata { .. } => {
                         unreachable!("refused above")
                     }
                 };

@@ -322,6 +322,9 @@ struct StoredUdl {
     /// A Python UDL: the host's configuration keys (`python_path`, `module`,
     /// `entry_class`) added to each vertex's configuration of it.
     python: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The bytes uploaded, which a checkpoint of the metadata carries (its log, which
+    /// held them, is dropped after one).
+    upload: Bytes,
 }
 
 /// How an uploaded Python UDL begins: this line, a JSON [`PythonManifest`] line, then
@@ -444,6 +447,8 @@ pub struct UdlRuntime {
     dir: PathBuf,
     udls: BTreeMap<String, StoredUdl>,
     dfgs: BTreeMap<String, Dfg>,
+    /// Each DFG's JSON text as it was added (one DFG), for checkpoints of the metadata.
+    dfg_sources: BTreeMap<String, String>,
     handlers: Vec<Handler>,
     engine: Arc<Engine>,
     emits: mpsc::Sender<EmitItem>,
@@ -535,6 +540,7 @@ impl UdlRuntime {
             dir,
             udls: BTreeMap::new(),
             dfgs: BTreeMap::new(),
+            dfg_sources: BTreeMap::new(),
             handlers: Vec::new(),
             engine,
             emits,
@@ -624,6 +630,7 @@ impl UdlRuntime {
                 bytes: plugin.len(),
                 plugin: loaded,
                 python,
+                upload: plugin.clone(),
             },
         );
         self.rebuild();
@@ -688,7 +695,21 @@ impl UdlRuntime {
         let text = std::str::from_utf8(json).map_err(|_| "the DFG text is not UTF-8")?;
         let dfgs = dfg::parse_dfgs(text).map_err(|e| e.to_string())?;
         let ids: Vec<String> = dfgs.iter().map(|d| d.id.clone()).collect();
-        for d in dfgs {
+        // The text of each DFG alone (it parsed, so it is an object or an array of them).
+        let sources: Vec<String> = match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Array(items)) => items.iter().map(|v| v.to_string()).collect(),
+            Ok(one) => vec![one.to_string()],
+            Err(e) => return Err(format!("the DFG text: {e}")),
+        };
+        if sources.len() != dfgs.len() {
+            return Err(format!(
+                "the DFG text holds {} items for {} DFGs",
+                sources.len(),
+                dfgs.len()
+            ));
+        }
+        for (d, source) in dfgs.into_iter().zip(sources) {
+            self.dfg_sources.insert(d.id.clone(), source);
             self.dfgs.insert(d.id.clone(), d);
         }
         info!(?ids, "DFGs added");
@@ -698,11 +719,35 @@ impl UdlRuntime {
 
     pub fn remove_dfg(&mut self, id: &str) -> bool {
         let removed = self.dfgs.remove(id).is_some();
+        self.dfg_sources.remove(id);
         if removed {
             info!(%id, "DFG removed");
             self.rebuild();
         }
         removed
+    }
+
+    /// The stored UDLs as uploaded, by UUID: `(uuid, name, checksum, bytes)`.
+    pub fn uploads(&self) -> impl Iterator<Item = (&str, &str, u64, &Bytes)> {
+        self.udls
+            .iter()
+            .map(|(uuid, u)| (uuid.as_str(), u.name.as_str(), u.checksum, &u.upload))
+    }
+
+    /// Each DFG's JSON text (one DFG, as [`UdlRuntime::add_dfgs`] takes it), by id.
+    pub fn dfg_sources(&self) -> impl Iterator<Item = &str> {
+        self.dfg_sources.values().map(String::as_str)
+    }
+
+    /// Forgets every UDL and DFG: the metadata is about to be rebuilt from a checkpoint.
+    pub fn clear(&mut self) {
+        if self.udls.is_empty() && self.dfgs.is_empty() {
+            return;
+        }
+        self.udls.clear();
+        self.dfgs.clear();
+        self.dfg_sources.clear();
+        self.rebuild();
     }
 
     /// Remote sites the DFGs send outputs of inputs under `key` to.

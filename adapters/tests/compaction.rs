@@ -369,3 +369,216 @@ async fn a_pool_forgets_history_older_than_the_retention_by_itself() {
     let latest = c.get("/demo/kept").await.expect("get").expect("kept");
     assert_eq!(latest.blob, Bytes::from_static(b"two"));
 }
+
+/// The metadata's state as a client sees it from `c`: pools, UDLs (loaded), DFGs.
+async fn metadata_as_expected(c: &Client, who: &str, dfg_id: &str, cluster: &Cluster) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pools: Vec<String> = c
+            .list_pools()
+            .await
+            .map(|p| p.into_iter().map(|p| p.path).collect())
+            .unwrap_or_default();
+        let udls = c.list_udls().await.unwrap_or_default();
+        let dfgs = c.list_dfgs().await.unwrap_or_default();
+        let ok = pools.iter().any(|p| p == "/kept")
+            && !pools.iter().any(|p| p == "/gone")
+            && udls.contains(PRINTER_UUID)
+            && udls.contains("\"load_error\":null")
+            && dfgs.contains(dfg_id);
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{who}: pools {pools:?}, UDLs {udls}, DFGs {dfgs}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+const PRINTER_UUID: &str = "48e60f7c-8500-11eb-8755-0242ac110002";
+
+/// An input put to `/cache/in` at `c` gets its output in `/kept/out` (the DFG runs).
+async fn triggers(c: &Client, name: &str, cluster: &Cluster) {
+    let input = format!("/cache/in/{name}");
+    c.put(&input, Bytes::from(name.to_string()))
+        .await
+        .expect("put an input");
+    let output = format!("/kept/out/{name}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(o)) = c.get(&output).await {
+            assert_eq!(o.blob, name.as_bytes());
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no output for {input}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `node`'s log without its colours, for matching fields.
+fn plain_log(cluster: &Cluster, node: u32) -> String {
+    let log = cluster.node_log(node);
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\x1b' {
+            // An escape sequence: `ESC [ ... m`.
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+fn metadata_log_bytes(cluster: &Cluster, node: usize) -> u64 {
+    bytes_under(
+        &cluster.configs[node]
+            .node
+            .data_dir
+            .join("log")
+            .join("shard-0-0"),
+    )
+}
+
+/// `limits.metadata_log_compact_bytes`: uploading a plugin again and again does not
+/// grow the metadata log without end. Every node checkpoints the metadata (pools, UDLs,
+/// DFGs) and drops the log before it; a node restarts from that checkpoint, the whole
+/// cluster does, and a node that lost its disk gets the checkpoint with the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metadata_log_is_checkpointed_and_compacted() {
+    let _turn = TURN.lock().await;
+    let plugin = Bytes::from(std::fs::read(common::printer()).expect("the printer plugin"));
+    const UPLOADS: u64 = 6;
+    let mut cluster = Cluster::new(3, &[]);
+    for cfg in &mut cluster.configs {
+        cfg.limits.log_segment_bytes = 256 << 10;
+        cfg.limits.object_bytes_max = 16 << 20;
+        cfg.limits.frame_bytes_max = 17 << 20;
+        // Past it every second upload or so.
+        cfg.limits.metadata_log_compact_bytes = plugin.len() as u64 * 3 / 2;
+    }
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    let persistent = c
+        .list_pools()
+        .await
+        .expect("pools")
+        .iter()
+        .find(|p| p.path == "/demo")
+        .map(|p| p.subgroup)
+        .expect("the persistent default pool");
+    for path in ["/kept", "/gone"] {
+        c.create_pool(squall_kvs::PoolSpec::new(
+            path.to_string(),
+            squall_kvs::StoreKind::Persistent,
+            persistent,
+        ))
+        .await
+        .expect("a pool");
+    }
+    c.remove_pool("/gone").await.expect("remove a pool");
+    for _ in 0..UPLOADS {
+        c.upload_udl("printer", plugin.clone())
+            .await
+            .expect("upload");
+    }
+    let dfg_id = "2a9c7b1e-1111-4a2b-9c3d-00000000c0de";
+    c.add_dfgs(Bytes::from(format!(
+        r#"{{"id": "{dfg_id}", "desc": "printer to /kept/out", "graph": [{{
+            "pathname": "/cache/in", "user_defined_logic_list": ["{PRINTER_UUID}"],
+            "shard_dispatcher_list": ["one"], "user_defined_logic_hook_list": ["both"],
+            "user_defined_logic_config_list": [{{"quiet": true}}],
+            "destinations": [{{"/kept/out": "put"}}]}}]}}"#
+    )))
+    .await
+    .expect("add the DFG");
+    triggers(&c, "before", &cluster).await;
+
+    // Every node dropped most of what the uploads logged.
+    let uploaded = UPLOADS * plugin.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now: Vec<u64> = (0..3).map(|n| metadata_log_bytes(&cluster, n)).collect();
+        println!("metadata log bytes {now:?} after {uploaded} bytes of uploads");
+        if now.iter().all(|b| *b < uploaded / 2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the metadata logs were not compacted: {now:?} after {uploaded} bytes of uploads\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for n in 0..3 {
+        let checkpoints = cluster.configs[n]
+            .node
+            .data_dir
+            .join("checkpoints")
+            .join("0-0");
+        assert!(
+            bytes_under(&checkpoints) > 0,
+            "node {n}: no metadata checkpoint"
+        );
+    }
+
+    // One node restarts: from the checkpoint.
+    cluster.kill9(1);
+    cluster.start(1);
+    let c1 = via(&cluster, 1).await;
+    metadata_as_expected(&c1, "node 1 restarted", dfg_id, &cluster).await;
+    assert!(
+        plain_log(&cluster, 1).contains("loaded the checkpoint subgroup=0"),
+        "node 1 did not load the metadata checkpoint:\n{}",
+        cluster.node_log(1)
+    );
+
+    // The whole cluster restarts.
+    for n in 0..3 {
+        cluster.kill9(n);
+    }
+    cluster.start_all();
+    for n in 0..3 {
+        let cn = via(&cluster, n as usize).await;
+        metadata_as_expected(
+            &cn,
+            &format!("node {n} after a total restart"),
+            dfg_id,
+            &cluster,
+        )
+        .await;
+    }
+    let c = cluster.client(None, 3).await;
+    triggers(&c, "after-restart", &cluster).await;
+
+    // A node loses its disk: no log holds the metadata's beginning, so it comes as a
+    // checkpoint with the log.
+    cluster.kill9(2);
+    std::fs::remove_dir_all(&cluster.configs[2].node.data_dir).expect("wipe node 2");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    cluster.start(2);
+    let c2 = via(&cluster, 2).await;
+    metadata_as_expected(&c2, "node 2 after losing its disk", dfg_id, &cluster).await;
+    assert!(
+        plain_log(&cluster, 2).contains("took the transferred checkpoint subgroup=0"),
+        "node 2 did not take a metadata checkpoint:\n{}",
+        cluster.node_log(2)
+    );
+    cluster.kill9(2);
+    cluster.start(2);
+    let c2 = via(&cluster, 2).await;
+    metadata_as_expected(&c2, "node 2 restarted", dfg_id, &cluster).await;
+    triggers(&c2, "after-join", &cluster).await;
+}

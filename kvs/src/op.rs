@@ -164,6 +164,13 @@ pub enum Op {
         id: MessageId,
         path: String,
     },
+    /// In the metadata: every node writes a checkpoint of the cluster's metadata (pools,
+    /// UDLs, DFGs, storage alarms) as of this point, and once it is durable everywhere
+    /// drops the metadata log before it. Sent by the metadata's first member when the
+    /// log has grown past `limits.metadata_log_compact_bytes` since the last one.
+    CompactMetadata {
+        id: MessageId,
+    },
 }
 
 /// The pool holding the WAN outboxes (one persistent pool; its path is reserved).
@@ -193,7 +200,8 @@ impl Op {
             | Op::StorageAlarm { id, .. }
             | Op::Compact { id, .. }
             | Op::DropPool { id, .. }
-            | Op::PoolDropped { id, .. } => *id,
+            | Op::PoolDropped { id, .. }
+            | Op::CompactMetadata { id } => *id,
         }
     }
 }
@@ -234,6 +242,7 @@ const TAG_STORAGE_ALARM: u8 = 14;
 const TAG_COMPACT: u8 = 15;
 const TAG_DROP_POOL: u8 = 16;
 const TAG_POOL_DROPPED: u8 = 17;
+const TAG_COMPACT_METADATA: u8 = 18;
 
 /// The bits of a pool spec's extension section (`extensions: u8`); unknown bits are
 /// refused.
@@ -415,6 +424,10 @@ fn encode_into(op: &Op, out: &mut BytesMut, inline: bool) -> Option<Bytes> {
             put_id(out, *id);
             put_str(out, path);
         }
+        Op::CompactMetadata { id } => {
+            out.put_u8(TAG_COMPACT_METADATA);
+            put_id(out, *id);
+        }
     }
     tail
 }
@@ -555,6 +568,7 @@ pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
             id: get_id(r)?,
             path: get_str(r, "path")?,
         },
+        TAG_COMPACT_METADATA => Op::CompactMetadata { id: get_id(r)? },
         tag => {
             return Err(OpError::UnknownTag {
                 what: "operation",
@@ -929,6 +943,7 @@ mod tests {
                 id,
                 path: "/demo".into(),
             },
+            Op::CompactMetadata { id },
         ]
     }
 

@@ -333,6 +333,11 @@ impl PoolTable {
         self.pools.values()
     }
 
+    /// The removed pools whose objects are still being dropped.
+    pub fn list_removing(&self) -> impl Iterator<Item = &Pool> {
+        self.removing.values()
+    }
+
     pub fn len(&self) -> usize {
         self.pools.len()
     }

@@ -272,7 +272,8 @@ impl ShardStore {
             | Op::UdlDone { .. }
             | Op::OutboxDone { .. }
             | Op::StorageAlarm { .. }
-            | Op::PoolDropped { .. } => Outcome::ReadPoint { version },
+            | Op::PoolDropped { .. }
+            | Op::CompactMetadata { .. } => Outcome::ReadPoint { version },
             Op::Compact {
                 pool, before_us, ..
             } => self.compact(pool, *before_us),
