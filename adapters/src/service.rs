@@ -305,6 +305,15 @@ fn refuse(waiting: Waiting, e: NodeSendError) {
     let _ = reply.send(Response::error(ErrorCode::Unavailable, message));
 }
 
+/// A validated write of a `WriteMany`, not yet handed to the driver.
+#[derive(Debug)]
+struct Batched {
+    subgroup: u32,
+    id: MessageId,
+    bytes: Bytes,
+    waiting: Waiting,
+}
+
 /// A request the driver has been handed, waiting for its ticket.
 #[derive(Debug)]
 struct Submitted {
@@ -434,6 +443,9 @@ pub struct Service {
     /// submission order (the driver answers in that order). Submitting without waiting
     /// lets requests that arrive together leave in one message per peer.
     submitted: VecDeque<Submitted>,
+    /// While a `WriteMany` is validated: its writes, held back to go to the driver as
+    /// batches ([`NodeHandle::submit_batch`]) once all are validated.
+    batch: Option<Vec<Batched>>,
     /// Answers waiting for their version to be durable on every replica.
     durable: BTreeMap<(u32, Version), Vec<Answer>>,
     global: HashMap<u32, Version>,
@@ -603,6 +615,7 @@ impl Service {
             status: None,
             waiting: HashMap::new(),
             tickets: HashMap::new(),
+            batch: None,
             submitted: VecDeque::new(),
             durable: BTreeMap::new(),
             global: HashMap::new(),
@@ -2378,31 +2391,76 @@ impl Service {
     async fn write_many(&mut self, ops: Vec<Bytes>, role: Role, reply: Reply) {
         let n = ops.len();
         let (answers_tx, mut answers) = mpsc::channel(n.max(1));
-        let mut sent = 0;
+        // Validated first, all of them, then handed to the driver as one batch per run
+        // of writes to one subgroup, so they leave together.
+        self.batch = Some(Vec::new());
         for (i, op) in ops.into_iter().enumerate() {
             let one = Reply::new(i as u64, answers_tx.clone());
             let op = op.into();
             Box::pin(self.request(Request::Write { forget: false, op }, role, one)).await;
-            sent += 1;
-            // The core may refuse it too (a full queue): know before sending the next,
-            // or a later write of the batch could be applied and an earlier one not.
-            self.settle_all_submitted().await;
-            // Only a refusal is answered before the write is applied.
+            // Answered at once (refused, or a retry already applied): the batch ends
+            // before it.
             if !answers.is_empty() {
                 break;
             }
         }
         drop(answers_tx);
-        if sent == 1 && n >= 1 && !answers.is_empty() {
+        let batched = self.batch.take().unwrap_or_default();
+        let mut runs = batched.into_iter().peekable();
+        let mut refused = false;
+        while let Some(first) = runs.next() {
+            let subgroup = first.subgroup;
+            let mut run = vec![first];
+            while let Some(next) = runs.next_if(|b| b.subgroup == subgroup) {
+                run.push(next);
+            }
+            if refused {
+                // Never sent: the answer below says so.
+                continue;
+            }
+            let payloads = run.iter().map(|b| b.bytes.clone()).collect();
+            match self.handle.submit_batch(subgroup, payloads).await {
+                Ok(receipts) => {
+                    for (b, receipt) in run.into_iter().zip(receipts) {
+                        self.submitted.push_back(Submitted {
+                            subgroup,
+                            id: b.id,
+                            receipt,
+                            waiting: b.waiting,
+                        });
+                    }
+                }
+                Err(e) => {
+                    for b in run {
+                        refuse(b.waiting, NodeSendError::Stopped);
+                    }
+                    warn!(error = %e, "handing a batch of writes to the driver");
+                }
+            }
+            // What the core refused of a batch is its suffix; know it before the next
+            // run, or a later write could be applied and an earlier one not.
+            self.settle_all_submitted().await;
+            refused = !answers.is_empty();
+        }
+        // Nothing is delivered before this returns: what came back are refusals.
+        let mut out: Vec<Option<Response>> = vec![None; n];
+        while let Ok(frame) = answers.try_recv() {
+            if let Frame::Response {
+                request_id,
+                response,
+            } = frame
+                && let Some(slot) = out.get_mut(request_id as usize)
+            {
+                *slot = Some(response);
+            }
+        }
+        if let Some(first) = out.first_mut().and_then(Option::take) {
             // The first write was refused: that answers the whole request (a redirect or
             // a retry applies to all of it).
-            if let Some(Frame::Response { response, .. }) = answers.recv().await {
-                let _ = reply.send(response);
-            }
+            let _ = reply.send(first);
             return;
         }
         tokio::spawn(async move {
-            let mut out: Vec<Option<Response>> = vec![None; n];
             while let Some(frame) = answers.recv().await {
                 if let Frame::Response {
                     request_id,
@@ -2869,6 +2927,15 @@ impl Service {
     /// Multicasts `bytes` in `subgroup` and parks `waiting` under `id` until delivery.
     /// Does not wait for the driver: the ticket is taken in by `settle_submitted`.
     async fn multicast(&mut self, subgroup: u32, id: MessageId, bytes: Bytes, waiting: Waiting) {
+        if let Some(batch) = &mut self.batch {
+            batch.push(Batched {
+                subgroup,
+                id,
+                bytes,
+                waiting,
+            });
+            return;
+        }
         match self.handle.submit(subgroup, bytes).await {
             Ok(receipt) => self.submitted.push_back(Submitted {
                 subgroup,

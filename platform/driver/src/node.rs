@@ -191,7 +191,12 @@ enum Command {
     Send {
         subgroup: u32,
         payload: Bytes,
-        reply: oneshot::Sender<Result<SendTicket, SendError>>,
+        reply: oneshot::Sender<Result<SendTicket, NodeSendError>>,
+    },
+    /// Sends taken in one go: once one is refused, so is every one after it.
+    SendBatch {
+        subgroup: u32,
+        sends: Vec<(Bytes, oneshot::Sender<Result<SendTicket, NodeSendError>>)>,
     },
     SupplyStatePiece {
         view_id: ViewId,
@@ -276,6 +281,34 @@ impl NodeHandle {
             answer: Some(answer),
             arrived: None,
         })
+    }
+
+    /// Submits `payloads` as one command, in order: the core takes a prefix of them and
+    /// refuses the rest (once one is refused, every later one is, with
+    /// [`NodeSendError::EarlierRefused`]), so an application whose batch must apply in
+    /// order never sees a later send of it taken and an earlier one refused, which
+    /// separate submits allow (the core's queue may free up between them). They leave
+    /// together, as sends submitted together do. The caller bounds the batch's size.
+    pub async fn submit_batch(
+        &self,
+        subgroup: u32,
+        payloads: Vec<Bytes>,
+    ) -> Result<Vec<SendReceipt>, NodeSendError> {
+        let mut sends = Vec::with_capacity(payloads.len());
+        let mut receipts = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let (reply, answer) = oneshot::channel();
+            sends.push((payload, reply));
+            receipts.push(SendReceipt {
+                answer: Some(answer),
+                arrived: None,
+            });
+        }
+        self.commands
+            .send(Command::SendBatch { subgroup, sends })
+            .await
+            .map_err(|_| NodeSendError::Stopped)?;
+        Ok(receipts)
     }
 
     /// Asks for [`AppEvent::ReadReady`] with `token` once a linearizable read of this
@@ -421,6 +454,8 @@ pub enum NodeSendError {
     Core(SendError),
     #[error("the node has stopped")]
     Stopped,
+    #[error("an earlier send of its batch was refused")]
+    EarlierRefused,
 }
 
 /// A submitted send's answer: its ticket once the core has taken it. Receipts are
@@ -429,7 +464,7 @@ pub enum NodeSendError {
 #[derive(Debug)]
 pub struct SendReceipt {
     /// `None` once the answer came off it (a oneshot is read once).
-    answer: Option<oneshot::Receiver<Result<SendTicket, SendError>>>,
+    answer: Option<oneshot::Receiver<Result<SendTicket, NodeSendError>>>,
     /// Taken off `answer` by [`SendReceipt::ready`], for `try_ticket` to hand out.
     arrived: Option<Result<SendTicket, NodeSendError>>,
 }
@@ -470,11 +505,9 @@ impl SendReceipt {
 
 /// A receipt's answer as its caller sees it; `None`: the driver stopped unanswered.
 fn receipt_result(
-    answer: Option<Result<SendTicket, SendError>>,
+    answer: Option<Result<SendTicket, NodeSendError>>,
 ) -> Result<SendTicket, NodeSendError> {
-    answer.map_or(Err(NodeSendError::Stopped), |a| {
-        a.map_err(NodeSendError::Core)
-    })
+    answer.unwrap_or(Err(NodeSendError::Stopped))
 }
 
 /// Work for the log thread; it answers through [`LogDone`].
@@ -853,7 +886,25 @@ impl Driver {
                 payload,
                 reply,
             } => {
-                let _ = reply.send(self.core.send(subgroup, payload));
+                let _ = reply.send(
+                    self.core
+                        .send(subgroup, payload)
+                        .map_err(NodeSendError::Core),
+                );
+            }
+            Command::SendBatch { subgroup, sends } => {
+                let mut refused = false;
+                for (payload, reply) in sends {
+                    let answer = if refused {
+                        Err(NodeSendError::EarlierRefused)
+                    } else {
+                        self.core
+                            .send(subgroup, payload)
+                            .map_err(NodeSendError::Core)
+                    };
+                    refused |= answer.is_err();
+                    let _ = reply.send(answer);
+                }
             }
             Command::ReadLogged {
                 subgroup,

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use squall_driver::{
-    AppEvent, NodeConfig, NodeEvent, TcpConfig, TcpTransport, Transport, start_node,
+    AppEvent, NodeConfig, NodeEvent, NodeSendError, TcpConfig, TcpTransport, Transport, start_node,
 };
 use squall_platform::layout::{DeliveryMode, Layout, ShardLayout, SubgroupLayout};
 use squall_platform::wire::Item;
-use squall_platform::{CoreConfig, MemberId, NodeId, Wire};
+use squall_platform::{CoreConfig, MemberId, NodeId, SendError, Wire};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -54,8 +54,11 @@ async fn next_event(events: &mut mpsc::Receiver<NodeEvent>) -> AppEvent {
         .event
 }
 
-#[tokio::test]
-async fn sends_submitted_together_leave_in_one_message_per_peer_and_answer_in_order() {
+type Nodes = Vec<(squall_driver::NodeHandle, mpsc::Receiver<NodeEvent>)>;
+
+/// Two nodes in one view over real TCP, with messages of at most
+/// `payload_size_max_bytes`, and the counting transport of each.
+async fn two_nodes(payload_size_max_bytes: usize) -> (Nodes, Vec<Arc<Counting>>) {
     let listeners = [
         TcpListener::bind("127.0.0.1:0").await.expect("bind"),
         TcpListener::bind("127.0.0.1:0").await.expect("bind"),
@@ -86,6 +89,7 @@ async fn sends_submitted_together_leave_in_one_message_per_peer_and_answer_in_or
         });
         let mut core = CoreConfig::new(layout.clone());
         core.join_retry_ms = 50;
+        core.payload_size_max_bytes = payload_size_max_bytes;
         let cfg = NodeConfig {
             core,
             me,
@@ -113,6 +117,12 @@ async fn sends_submitted_together_leave_in_one_message_per_peer_and_answer_in_or
             }
         }
     }
+    (nodes, counters)
+}
+
+#[tokio::test]
+async fn sends_submitted_together_leave_in_one_message_per_peer_and_answer_in_order() {
+    let (mut nodes, counters) = two_nodes(1 << 20).await;
 
     const SENDS: usize = 32;
     let before = counters[0].updates_with_messages.load(Ordering::Relaxed);
@@ -153,4 +163,67 @@ async fn sends_submitted_together_leave_in_one_message_per_peer_and_answer_in_or
         updates <= 2,
         "{SENDS} sends submitted together left in {updates} updates"
     );
+}
+
+/// A batch (`submit_batch`) is taken as a prefix: once the core refuses one send, every
+/// later one is refused too, even one it would take alone.
+#[tokio::test]
+async fn a_batch_is_taken_up_to_its_first_refusal() {
+    let (mut nodes, counters) = two_nodes(64).await;
+    let (handle, _) = &nodes[0];
+    let small = |i: usize| Bytes::from(format!("small {i}"));
+    let batch = vec![small(0), small(1), Bytes::from(vec![b'x'; 65]), small(3)];
+    let receipts = handle.submit_batch(0, batch).await.expect("submitted");
+    let mut answers = Vec::new();
+    for receipt in receipts {
+        answers.push(receipt.ticket().await);
+    }
+    assert!(answers[0].is_ok() && answers[1].is_ok(), "{answers:?}");
+    assert!(
+        matches!(
+            answers[2],
+            Err(NodeSendError::Core(SendError::PayloadTooLarge { .. }))
+        ),
+        "{answers:?}"
+    );
+    assert!(
+        matches!(answers[3], Err(NodeSendError::EarlierRefused)),
+        "{answers:?}"
+    );
+    // The same send alone is taken.
+    handle
+        .submit(0, small(3))
+        .await
+        .expect("submitted")
+        .ticket()
+        .await
+        .expect("taken alone");
+    let (_, events) = &mut nodes[1];
+    let mut delivered = Vec::new();
+    while delivered.len() < 3 {
+        if let AppEvent::Delivered(d) = next_event(events).await {
+            delivered.push(d.payload);
+        }
+    }
+    assert_eq!(delivered, vec![small(0), small(1), small(3)]);
+
+    // A batch taken whole leaves in one update.
+    let before = counters[0].updates_with_messages.load(Ordering::Relaxed);
+    let (handle, _) = &nodes[0];
+    let receipts = handle
+        .submit_batch(0, (10..42).map(small).collect())
+        .await
+        .expect("submitted");
+    for receipt in receipts {
+        receipt.ticket().await.expect("taken");
+    }
+    let (_, events) = &mut nodes[1];
+    let mut delivered = 0;
+    while delivered < 32 {
+        if let AppEvent::Delivered(_) = next_event(events).await {
+            delivered += 1;
+        }
+    }
+    let updates = counters[0].updates_with_messages.load(Ordering::Relaxed) - before;
+    assert_eq!(updates, 1, "a batch of 32 left in {updates} updates");
 }
