@@ -305,6 +305,18 @@ fn refuse(waiting: Waiting, e: NodeSendError) {
     let _ = reply.send(Response::error(ErrorCode::Unavailable, message));
 }
 
+/// One write's answer of a `WriteMany` into its slot.
+fn take_answer(out: &mut [Option<Response>], frame: Frame) {
+    if let Frame::Response {
+        request_id,
+        response,
+    } = frame
+        && let Some(slot) = out.get_mut(request_id as usize)
+    {
+        *slot = Some(response);
+    }
+}
+
 /// A validated write of a `WriteMany`, not yet handed to the driver.
 #[derive(Debug)]
 struct Batched {
@@ -2445,14 +2457,7 @@ impl Service {
         // Nothing is delivered before this returns: what came back are refusals.
         let mut out: Vec<Option<Response>> = vec![None; n];
         while let Ok(frame) = answers.try_recv() {
-            if let Frame::Response {
-                request_id,
-                response,
-            } = frame
-                && let Some(slot) = out.get_mut(request_id as usize)
-            {
-                *slot = Some(response);
-            }
+            take_answer(&mut out, frame);
         }
         if let Some(first) = out.first_mut().and_then(Option::take) {
             // The first write was refused: that answers the whole request (a redirect or
@@ -2462,14 +2467,7 @@ impl Service {
         }
         tokio::spawn(async move {
             while let Some(frame) = answers.recv().await {
-                if let Frame::Response {
-                    request_id,
-                    response,
-                } = frame
-                    && let Some(slot) = out.get_mut(request_id as usize)
-                {
-                    *slot = Some(response);
-                }
+                take_answer(&mut out, frame);
             }
             let all = out
                 .into_iter()

@@ -315,7 +315,6 @@ pub struct Arrived<'a> {
 struct StoredUdl {
     name: String,
     checksum: u64,
-    bytes: usize,
     /// `Err`: why this node could not load it (every node reports it the same way
     /// unless its disk failed).
     plugin: Result<Plugin, String>,
@@ -627,7 +626,6 @@ impl UdlRuntime {
             StoredUdl {
                 name: name.to_string(),
                 checksum: sum,
-                bytes: plugin.len(),
                 plugin: loaded,
                 python,
                 upload: plugin.clone(),
@@ -1276,7 +1274,7 @@ impl UdlRuntime {
                     "invocations": invocations,
                     "errors": errors,
                     "checksum": format!("{:016x}", u.checksum),
-                    "bytes": u.bytes,
+                    "bytes": u.upload.len(),
                     "description": description,
                     "sdk_version": sdk,
                     "load_error": error,

@@ -13,7 +13,7 @@ use squall_adapters::client::{Client, ClientError, Policy, Written};
 use squall_adapters::wire::{At, ErrorCode};
 
 mod common;
-use common::{Cluster, now_us};
+use common::{Cluster, PRINTER_UUID, now_us};
 
 /// The tests take turns: each runs a three-node cluster through restarts.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -397,8 +397,6 @@ async fn metadata_as_expected(c: &Client, who: &str, dfg_id: &str, cluster: &Clu
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
-
-const PRINTER_UUID: &str = "48e60f7c-8500-11eb-8755-0242ac110002";
 
 /// An input put to `/cache/in` at `c` gets its output in `/kept/out` (the DFG runs).
 async fn triggers(c: &Client, name: &str, cluster: &Cluster) {

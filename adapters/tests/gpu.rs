@@ -13,7 +13,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Cluster, SQUALL, http, printer};
+use common::{Cluster, PRINTER_UUID, SQUALL, http, printer};
 use serde_json::Value;
 use squall_adapters::client::Client;
 use squall_adapters::config::{PoolEntry, SubgroupKind};
@@ -21,7 +21,6 @@ use squall_adapters::wire::ErrorCode;
 use squall_gpu::{ByteSize, GpuAvailability, GpuCacheSpec};
 use squall_kvs::{GpuCache, PoolSpec, StoreKind};
 
-const PRINTER_UUID: &str = "48e60f7c-8500-11eb-8755-0242ac110002";
 const NODES: u32 = 3;
 /// The cache capacity of the pool created through the client: small enough for a
 /// refused insert.

@@ -10,6 +10,7 @@
 //!   host→device transfer (the cache's metrics).
 
 mod common;
+use common::PRINTER_UUID;
 
 use std::sync::Arc;
 
@@ -22,7 +23,6 @@ use squall_platform::MemberId;
 use squall_udl_host::engine::{Engine, EngineConfig, EngineMetrics};
 use tokio::sync::mpsc;
 
-const PRINTER_UUID: &str = "48e60f7c-8500-11eb-8755-0242ac110002";
 const OBJECTS: usize = 4;
 
 struct Report {

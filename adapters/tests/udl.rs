@@ -7,12 +7,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Cluster, printer};
+use common::{Cluster, PRINTER_UUID, printer};
 use squall_adapters::client::Client;
 use squall_adapters::config::Role;
 use squall_adapters::wire::ErrorCode;
-
-const PRINTER_UUID: &str = "48e60f7c-8500-11eb-8755-0242ac110002";
 
 /// Three started nodes whose limits admit plugin libraries (megabytes: the test
 /// cluster's 1 MiB limits are too small).

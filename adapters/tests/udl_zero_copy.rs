@@ -4,6 +4,7 @@
 //! and every stage sees the same memory.
 
 mod common;
+use common::PRINTER_UUID;
 
 use std::sync::Arc;
 
@@ -14,8 +15,6 @@ use squall_kvs::{Condition, MessageId, Object, ShardStore, StoreKind, StoreLimit
 use squall_platform::{MemberId, Version};
 use squall_udl_host::engine::{Engine, EngineConfig, EngineMetrics};
 use tokio::sync::mpsc;
-
-const PRINTER_UUID: &str = "48e60f7c-8500-11eb-8755-0242ac110002";
 
 fn within(inner: &[u8], outer: &[u8]) -> bool {
     let (start, end) = (

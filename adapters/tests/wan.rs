@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Cluster, printer};
+use common::{Cluster, PRINTER_UUID, printer};
 use squall_adapters::client::Client;
 use squall_adapters::config::{OutboxFull, Remote, SiteKind, SiteSection};
 use squall_adapters::wire::At;
@@ -22,7 +22,6 @@ use squall_adapters::wire::ErrorCode;
 use squall_kvs::{PoolSpec, StoreKind};
 use squall_wanlink::{LinkSettings, LinkSpec, WanLink};
 
-const PRINTER_UUID: &str = "48e60f7c-8500-11eb-8755-0242ac110002";
 const SENSORS: usize = 8;
 const DELAY_MS: u64 = 50;
 const CUT: Duration = Duration::from_secs(30);

@@ -302,6 +302,9 @@ pub fn example_plugin_in(name: &str, dir: &str, env: &[(&str, &str)]) -> PathBuf
         .join(format!("libsquall_udl_example_{name}.so"))
 }
 
+/// The UUID the printer example plugin exports.
+pub const PRINTER_UUID: &str = "48e60f7c-8500-11eb-8755-0242ac110002";
+
 /// The printer example plugin.
 pub fn printer() -> PathBuf {
     example_plugin("printer")
