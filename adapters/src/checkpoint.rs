@@ -568,6 +568,7 @@ mod tests {
                 },
                 hlc_us: 1_000 + u64::from(seq),
                 condition: Condition::Always,
+                pool_generation: 0,
                 key: format!("/p/k{}", seq % 3),
                 blob: Bytes::from(vec![seq as u8; 100 * seq as usize]),
             };

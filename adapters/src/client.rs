@@ -718,19 +718,67 @@ impl Client {
             .await
     }
 
-    /// `op` sent where `route` says.
+    /// `op` sent where `route` says. A put or remove names its pool's generation as the
+    /// cached layout has it; refused for a pool made again since (`PoolChanged`), it is
+    /// sent again for the current one once the layout is fetched anew.
     async fn write_to(
         &self,
         op: Op,
         forget: bool,
         route: Route<'_>,
     ) -> Result<Response, ClientError> {
-        let (head, tail) = op::encode_split(&op);
-        let request = Request::Write {
-            forget,
-            op: wire::OpBytes::new(head, tail),
-        };
-        self.call(request, route).await
+        self.refresh_for_generation(std::slice::from_ref(&op)).await;
+        let mut attempt = 1;
+        loop {
+            let (head, tail) = op::encode_split(&self.with_generation(&op));
+            let request = Request::Write {
+                forget,
+                op: wire::OpBytes::new(head, tail),
+            };
+            match self.call(request, route).await {
+                Err(e) if pool_changed(&e) && attempt < POOL_CHANGED_ATTEMPTS => {
+                    attempt += 1;
+                    self.refresh_routing().await;
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    /// `op` naming the generation of its key's pool under the cached layout, if it is a
+    /// put or remove that names none (0 if the layout does not know the pool: the node
+    /// then answers `PoolChanged`, or why the key has no pool).
+    fn with_generation(&self, op: &Op) -> Op {
+        let mut op = op.clone();
+        if let Op::Put {
+            key,
+            pool_generation,
+            ..
+        }
+        | Op::Remove {
+            key,
+            pool_generation,
+            ..
+        } = &mut op
+            && *pool_generation == 0
+            && let Some(routing) = self.routing()
+            && let Ok(pool) = routing.pools.find(key)
+        {
+            *pool_generation = pool.spec.generation;
+        }
+        op
+    }
+
+    /// Fetches the layout before writes that will name pool generations, if it is
+    /// known to be stale (a pool made since, a view change).
+    async fn refresh_for_generation(&self, ops: &[Op]) {
+        if self.inner.routing_stale.load(Ordering::Relaxed)
+            && ops
+                .iter()
+                .any(|op| matches!(op, Op::Put { .. } | Op::Remove { .. }))
+        {
+            self.refresh_routing().await;
+        }
     }
 
     /// A node's error as a `Server` error; any other answer the caller did not expect
@@ -796,6 +844,7 @@ impl Client {
             id: self.next_id(),
             hlc_us: now_us(),
             condition: Condition::Always,
+            pool_generation: 0,
             key: key.to_string(),
         };
         Self::written(self.write(op, false, Some(key)).await?)
@@ -1004,6 +1053,7 @@ impl Client {
                     id: self.next_id(),
                     pool: path.to_string(),
                     shard,
+                    generation: spec.generation,
                 };
                 let route = member.as_deref().map_or(Route::Any, Route::Node);
                 match self.write_to(op, false, route).await? {
@@ -1015,6 +1065,7 @@ impl Client {
         let op = Op::PoolDropped {
             id: self.next_id(),
             path: path.to_string(),
+            generation: spec.generation,
         };
         match self.write(op, false, None).await? {
             Response::Done => Ok(()),
@@ -1118,8 +1169,52 @@ impl Client {
         route_key: &str,
         compress: bool,
     ) -> Result<Vec<Result<Written, ClientError>>, ClientError> {
+        self.refresh_for_generation(ops).await;
+        // Answers so far, in order: the writes before the first refused for a changed
+        // pool, which is sent again with the rest once the layout is fetched anew.
+        let mut done: Vec<Result<Written, ClientError>> = Vec::with_capacity(ops.len());
+        let mut attempt = 1;
+        loop {
+            let rest = &ops[done.len()..];
+            let retry = attempt < POOL_CHANGED_ATTEMPTS;
+            let answers = match self.write_many_once(rest, route_key, compress).await {
+                Ok(answers) => answers,
+                Err(e) if done.is_empty() && !(retry && pool_changed(&e)) => return Err(e),
+                // The first of `rest` refused: the others were not sent.
+                Err(e) => std::iter::once(Err(e))
+                    .chain((1..rest.len()).map(|_| Err(not_sent())))
+                    .collect(),
+            };
+            match answers
+                .iter()
+                .position(|a| a.as_ref().is_err_and(pool_changed))
+            {
+                Some(first) if retry => {
+                    done.extend(answers.into_iter().take(first));
+                    attempt += 1;
+                    self.refresh_routing().await;
+                }
+                _ => {
+                    done.extend(answers);
+                    return Ok(done);
+                }
+            }
+        }
+    }
+
+    /// One [`Request::WriteMany`] of `ops`, each naming its pool's generation as the
+    /// cached layout has it.
+    async fn write_many_once(
+        &self,
+        ops: &[Op],
+        route_key: &str,
+        compress: bool,
+    ) -> Result<Vec<Result<Written, ClientError>>, ClientError> {
         let request = Request::WriteMany {
-            ops: ops.iter().map(op::encode).collect(),
+            ops: ops
+                .iter()
+                .map(|op| op::encode(&self.with_generation(op)))
+                .collect(),
             compress,
         };
         match self.call(request, Route::Write(route_key)).await? {
@@ -1544,13 +1639,40 @@ struct ShardFollow {
 /// before it fails, ending the whole watch.
 pub const WATCH_RESUME_PATIENCE: Duration = Duration::from_secs(30);
 
+/// A put for the client to send; it names the pool's generation then
+/// ([`Client::with_generation`]).
 fn put_op(id: MessageId, condition: Condition, key: &str, value: Bytes) -> Op {
     Op::Put {
         id,
         hlc_us: now_us(),
         condition,
+        pool_generation: 0,
         key: key.to_string(),
         blob: value,
+    }
+}
+
+/// Attempts at a write refused because its pool was made again since the client learnt
+/// it (`PoolChanged`): each after fetching the layout anew. More than one only if the
+/// pool keeps being made again meanwhile.
+const POOL_CHANGED_ATTEMPTS: u32 = 4;
+
+fn pool_changed(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Server {
+            code: ErrorCode::PoolChanged,
+            ..
+        }
+    )
+}
+
+/// The answer of a write of a batch sent after one refused before it was sent.
+fn not_sent() -> ClientError {
+    ClientError::Server {
+        code: ErrorCode::Unavailable,
+        message: "not sent: an earlier write of this batch was refused; retry".to_string(),
+        current: None,
     }
 }
 

@@ -153,7 +153,7 @@ fn status_of(code: ErrorCode) -> StatusCode {
         Unauthenticated => StatusCode::UNAUTHORIZED,
         Forbidden => StatusCode::FORBIDDEN,
         NoPoolForKey | NoSuchPool | NoSuchKey | NoSuchUdl | NoSuchDfg => StatusCode::NOT_FOUND,
-        PoolExists | NestedPool | Conflict => StatusCode::CONFLICT,
+        PoolExists | NestedPool | Conflict | PoolChanged => StatusCode::CONFLICT,
         TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         NotHere | Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         OutboxFull => StatusCode::TOO_MANY_REQUESTS,

@@ -826,6 +826,8 @@ fn output_op(o: &Emit, now_us: u64) -> squall_kvs::Op {
             id: o.id,
             hlc_us: now_us,
             condition: squall_kvs::Condition::Always,
+            // The client names the pool's current generation.
+            pool_generation: 0,
             key: o.key.clone(),
             blob: o.value.clone(),
         },

@@ -548,10 +548,13 @@ fn removed_spec(pool: &squall_kvs::Pool) -> PoolSpec {
     spec
 }
 
-fn not_being_removed(path: &str) -> Response {
+fn not_being_removed(path: &str, generation: u64) -> Response {
     Response::error(
         ErrorCode::InvalidPool,
-        format!("pool {path} is not being removed: only a removed pool's objects are dropped"),
+        format!(
+            "pool {path} (generation {generation}) is not being removed: only a removed \
+             pool's objects are dropped"
+        ),
     )
 }
 
@@ -579,6 +582,12 @@ fn outcome_response(outcome: &Outcome) -> Response {
             format!("object of {size} bytes exceeds the limit of {max} bytes"),
         ),
         Outcome::ReadPoint { .. } | Outcome::Dropped { .. } => Response::Done,
+        Outcome::PoolRemoved { pool, generation } => Response::error(
+            ErrorCode::NoSuchPool,
+            format!(
+                "pool {pool} (generation {generation}) was removed while this write was on its way"
+            ),
+        ),
         Outcome::Compacted {
             through,
             timestamp_us,
@@ -1437,12 +1446,20 @@ impl Service {
     /// memory aside): delivered, replayed, or rebuilt from a checkpoint.
     fn apply_metadata(&mut self, op: Op, version: Version, live: bool) -> Response {
         match op {
-            Op::CreatePool { spec, .. } => match self.pool_kind_error(&spec) {
+            Op::CreatePool { mut spec, .. } => match self.pool_kind_error(&spec) {
                 Some(refused) => refused,
-                None => match self.pools.create(spec, &self.cfg.shards) {
-                    Ok(()) => Response::Done,
-                    Err(e) => pool_error(&e),
-                },
+                None => {
+                    // Delivered (or replayed): one past its metadata version, so a pool
+                    // made again at a path outranks every earlier one there. Rebuilt
+                    // from a checkpoint: the one it was given then.
+                    if spec.generation == 0 {
+                        spec.generation = version.0 + 1;
+                    }
+                    match self.pools.create(spec, &self.cfg.shards) {
+                        Ok(()) => Response::Done,
+                        Err(e) => pool_error(&e),
+                    }
+                }
             },
             // Answered with the pool, so its remover knows which shards to drop
             // its objects from (`Client::remove_pool`).
@@ -1453,8 +1470,10 @@ impl Service {
                 }
                 Err(e) => pool_error(&e),
             },
-            Op::PoolDropped { path, .. } => {
-                self.pools.dropped(&path);
+            Op::PoolDropped {
+                path, generation, ..
+            } => {
+                self.pools.dropped(&path, generation);
                 Response::Done
             }
             Op::PutUdl {
@@ -2378,6 +2397,32 @@ impl Service {
             .map_err(|e| pool_error(&e))
     }
 
+    /// Refuses a write of `key` made for another generation of its pool than the current
+    /// one (`PoolChanged`: the client refreshes its table and sends it again). The shard
+    /// refuses one that passed here but arrives after its generation was dropped.
+    fn check_generation(&self, key: &str, generation: u64) -> Result<(), Response> {
+        let pool = self.pools.find(key).map_err(|e| pool_error(&e))?;
+        if pool.spec.generation == generation {
+            return Ok(());
+        }
+        Err(Response::error(
+            ErrorCode::PoolChanged,
+            if generation == 0 {
+                format!(
+                    "the write names no generation of pool {} (now {}): refresh the pool \
+                     table",
+                    pool.spec.path, pool.spec.generation
+                )
+            } else {
+                format!(
+                    "the write was made for generation {generation} of pool {}, which is \
+                     generation {} now (removed and made again): refresh the pool table",
+                    pool.spec.path, pool.spec.generation
+                )
+            },
+        ))
+    }
+
     fn locate(&self, key: &str) -> Result<(u32, u32, StoreKind), Response> {
         squall_kvs::validate_key(key, self.cfg.key_bytes_max)
             .map_err(|e| Response::error(ErrorCode::InvalidKey, e.to_string()))?;
@@ -2675,9 +2720,13 @@ impl Service {
     /// answered once durable on every replica if the pool was persistent (so a pool made
     /// again at its path, which waits for `Op::PoolDropped`, cannot find it back after a
     /// restart). Not refused under a storage alarm: it frees memory.
-    fn check_drop(&self, pool: &str, shard: u32) -> Result<(u32, bool), Response> {
-        let Some(p) = self.pools.removing(pool) else {
-            return Err(not_being_removed(pool));
+    fn check_drop(&self, pool: &str, shard: u32, generation: u64) -> Result<(u32, bool), Response> {
+        let Some(p) = self
+            .pools
+            .removing(pool)
+            .filter(|p| p.spec.generation == generation)
+        else {
+            return Err(not_being_removed(pool, generation));
         };
         if shard >= p.shards {
             return Err(Response::error(
@@ -3065,7 +3114,18 @@ impl Service {
                     );
                 }
                 let (subgroup, persistent) = match &op {
-                    Op::Put { key, hlc_us, .. } | Op::Remove { key, hlc_us, .. } => {
+                    Op::Put {
+                        key,
+                        hlc_us,
+                        pool_generation,
+                        ..
+                    }
+                    | Op::Remove {
+                        key,
+                        hlc_us,
+                        pool_generation,
+                        ..
+                    } => {
                         if reserved(key) {
                             return answer(
                                 reply,
@@ -3079,6 +3139,9 @@ impl Service {
                             Ok(l) => l,
                             Err(r) => return answer(reply, r),
                         };
+                        if let Err(r) = self.check_generation(key, *pool_generation) {
+                            return answer(reply, r);
+                        }
                         if let Some(full) = self.outbox_pressure(key) {
                             return answer(reply, Response::error(ErrorCode::OutboxFull, full));
                         }
@@ -3131,6 +3194,15 @@ impl Service {
                         Err(refused) => return answer(reply, refused),
                     },
                     Op::CreatePool { spec, .. } => {
+                        if spec.generation != 0 {
+                            return answer(
+                                reply,
+                                Response::error(
+                                    ErrorCode::BadRequest,
+                                    "a pool's generation is the cluster's to assign",
+                                ),
+                            );
+                        }
                         if reserved(&spec.path) {
                             return answer(
                                 reply,
@@ -3170,13 +3242,24 @@ impl Service {
                         }
                         (0, false)
                     }
-                    Op::DropPool { pool, shard, .. } => match self.check_drop(pool, *shard) {
+                    Op::DropPool {
+                        pool,
+                        shard,
+                        generation,
+                        ..
+                    } => match self.check_drop(pool, *shard, *generation) {
                         Ok(located) => located,
                         Err(refused) => return answer(reply, refused),
                     },
-                    Op::PoolDropped { path, .. } => {
-                        if self.pools.removing(path).is_none() {
-                            return answer(reply, not_being_removed(path));
+                    Op::PoolDropped {
+                        path, generation, ..
+                    } => {
+                        if self
+                            .pools
+                            .removing(path)
+                            .is_none_or(|p| p.spec.generation != *generation)
+                        {
+                            return answer(reply, not_being_removed(path, *generation));
                         }
                         (0, false)
                     }

@@ -632,6 +632,8 @@ impl Forwarder {
                             },
                             hlc_us: now_us(),
                             condition: Condition::Always,
+                            // The client names the pool's current generation.
+                            pool_generation: 0,
                             key: e.key.clone(),
                             blob: e.blob.clone(),
                         }

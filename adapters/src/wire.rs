@@ -243,6 +243,10 @@ pub enum ErrorCode {
     /// A read of the past before the point its pool's history was compacted to
     /// (`squall compact`): what it needs is no longer kept.
     Compacted = 24,
+    /// A write made for a generation of its pool that is not the current one (the pool
+    /// was removed and made again since the client learnt it, or the write named none):
+    /// the client refreshes its pool table and sends it again for the current one.
+    PoolChanged = 25,
 }
 
 impl ErrorCode {
@@ -273,6 +277,7 @@ impl ErrorCode {
             UdlFailed,
             StorageFull,
             Compacted,
+            PoolChanged,
         ]
         .into_iter()
         .find(|c| *c as u16 == v)
@@ -305,6 +310,7 @@ impl ErrorCode {
             UdlFailed => "udl_failed",
             StorageFull => "storage_full",
             Compacted => "compacted",
+            PoolChanged => "pool_changed",
         }
     }
 }

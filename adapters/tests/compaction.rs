@@ -370,19 +370,22 @@ async fn a_pool_forgets_history_older_than_the_retention_by_itself() {
     assert_eq!(latest.blob, Bytes::from_static(b"two"));
 }
 
-/// The metadata's state as a client sees it from `c`: pools, UDLs (loaded), DFGs.
-async fn metadata_as_expected(c: &Client, who: &str, dfg_id: &str, cluster: &Cluster) {
+/// The metadata's state as a client sees it from `c`: pools (`kept` as it was, its
+/// generation too), UDLs (loaded), DFGs.
+async fn metadata_as_expected(
+    c: &Client,
+    who: &str,
+    kept: &squall_kvs::PoolSpec,
+    dfg_id: &str,
+    cluster: &Cluster,
+) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let pools: Vec<String> = c
-            .list_pools()
-            .await
-            .map(|p| p.into_iter().map(|p| p.path).collect())
-            .unwrap_or_default();
+        let pools = c.list_pools().await.unwrap_or_default();
         let udls = c.list_udls().await.unwrap_or_default();
         let dfgs = c.list_dfgs().await.unwrap_or_default();
-        let ok = pools.iter().any(|p| p == "/kept")
-            && !pools.iter().any(|p| p == "/gone")
+        let ok = pools.contains(kept)
+            && !pools.iter().any(|p| p.path == "/gone")
             && udls.contains(PRINTER_UUID)
             && udls.contains("\"load_error\":null")
             && dfgs.contains(dfg_id);
@@ -503,6 +506,7 @@ async fn the_metadata_log_is_checkpointed_and_compacted() {
     .await
     .expect("add the DFG");
     triggers(&c, "before", &cluster).await;
+    let kept = c.find_pool("/kept/x").await.expect("/kept");
 
     // Every node dropped most of what the uploads logged.
     let uploaded = UPLOADS * plugin.len() as u64;
@@ -536,7 +540,7 @@ async fn the_metadata_log_is_checkpointed_and_compacted() {
     cluster.kill9(1);
     cluster.start(1);
     let c1 = via(&cluster, 1).await;
-    metadata_as_expected(&c1, "node 1 restarted", dfg_id, &cluster).await;
+    metadata_as_expected(&c1, "node 1 restarted", &kept, dfg_id, &cluster).await;
     assert!(
         plain_log(&cluster, 1).contains("loaded the checkpoint subgroup=0"),
         "node 1 did not load the metadata checkpoint:\n{}",
@@ -553,6 +557,7 @@ async fn the_metadata_log_is_checkpointed_and_compacted() {
         metadata_as_expected(
             &cn,
             &format!("node {n} after a total restart"),
+            &kept,
             dfg_id,
             &cluster,
         )
@@ -568,7 +573,7 @@ async fn the_metadata_log_is_checkpointed_and_compacted() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     cluster.start(2);
     let c2 = via(&cluster, 2).await;
-    metadata_as_expected(&c2, "node 2 after losing its disk", dfg_id, &cluster).await;
+    metadata_as_expected(&c2, "node 2 after losing its disk", &kept, dfg_id, &cluster).await;
     assert!(
         plain_log(&cluster, 2).contains("took the transferred checkpoint subgroup=0"),
         "node 2 did not take a metadata checkpoint:\n{}",
@@ -577,6 +582,6 @@ async fn the_metadata_log_is_checkpointed_and_compacted() {
     cluster.kill9(2);
     cluster.start(2);
     let c2 = via(&cluster, 2).await;
-    metadata_as_expected(&c2, "node 2 restarted", dfg_id, &cluster).await;
+    metadata_as_expected(&c2, "node 2 restarted", &kept, dfg_id, &cluster).await;
     triggers(&c2, "after-join", &cluster).await;
 }

@@ -830,6 +830,11 @@ async fn a_retried_put_is_applied_once() {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_micros() as u64;
+    let pool = c.find_pool("/demo/once").await.expect("its pool");
+    assert_ne!(
+        pool.generation, 0,
+        "the cluster gives every pool a generation"
+    );
     let put = Op::Put {
         id: MessageId {
             client: 4242,
@@ -837,6 +842,7 @@ async fn a_retried_put_is_applied_once() {
         },
         hlc_us: now_us,
         condition: Condition::Always,
+        pool_generation: pool.generation,
         key: "/demo/once".into(),
         blob: Bytes::from_static(b"payload"),
     };
@@ -1250,6 +1256,12 @@ async fn a_removed_pool_takes_its_objects_and_a_pool_made_again_starts_empty() {
     c.put("/demo/stays", Bytes::from_static(b"kept"))
         .await
         .expect("put");
+    // A client that learnt the pools before the removal, and keeps its layout.
+    let stale = cluster.client(None, 3).await;
+    assert!(stale.get("/gone/k0").await.expect("get").is_some());
+    let stale_batch = cluster.client(None, 3).await;
+    assert!(stale_batch.get("/gone/k0").await.expect("get").is_some());
+    let generation_before = c.find_pool("/gone/k").await.expect("/gone").generation;
 
     for pool in ["/gone", "/spread"] {
         c.remove_pool(pool).await.expect("remove");
@@ -1257,6 +1269,65 @@ async fn a_removed_pool_takes_its_objects_and_a_pool_made_again_starts_empty() {
     for spec in [&persistent, &volatile] {
         c.create_pool(spec.clone()).await.expect("create again");
     }
+    let generation_now = c.find_pool("/gone/k").await.expect("/gone").generation;
+    assert!(
+        generation_now > generation_before,
+        "a pool made again outranks the one before: {generation_now} after {generation_before}"
+    );
+    // A write made for the removed pool is refused, not written to the new one.
+    let late = raw_write(
+        &cluster.addrs()[0],
+        &Op::Put {
+            id: MessageId {
+                client: 777,
+                seq: 10,
+            },
+            hlc_us: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("clock")
+                .as_micros() as u64,
+            condition: Condition::Always,
+            pool_generation: generation_before,
+            key: "/gone/late".into(),
+            blob: Bytes::from_static(b"late"),
+        },
+    )
+    .await;
+    assert!(
+        matches!(
+            late,
+            Response::Error {
+                code: ErrorCode::PoolChanged,
+                ..
+            }
+        ),
+        "{late:?}"
+    );
+    // Generations are the cluster's to give.
+    let chosen = raw_write(
+        &cluster.addrs()[1],
+        &Op::CreatePool {
+            id: MessageId {
+                client: 777,
+                seq: 11,
+            },
+            spec: PoolSpec {
+                generation: 99,
+                ..PoolSpec::new("/chosen".to_string(), StoreKind::Volatile, spread)
+            },
+        },
+    )
+    .await;
+    assert!(
+        matches!(
+            chosen,
+            Response::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        ),
+        "{chosen:?}"
+    );
     let empty_everywhere = |c: Client,
                             old: Vec<(String, squall_adapters::client::Written)>,
                             gone_now: Vec<String>| async move {
@@ -1298,9 +1369,43 @@ async fn a_removed_pool_takes_its_objects_and_a_pool_made_again_starts_empty() {
         assert_eq!(&stays.blob[..], b"kept");
     };
     empty_everywhere(c.clone(), old.clone(), vec![]).await;
-    c.put("/gone/new", Bytes::from_static(b"new"))
+    // The stale client's first try names the old generation; it learns the new one and
+    // writes to the new pool.
+    stale
+        .put("/gone/new", Bytes::from_static(b"new"))
         .await
-        .expect("put");
+        .expect("a put by a client that learnt the pool before it was made again");
+    // Likewise a batch: its first write names the new generation, the others none (the
+    // client names the old one): sent again from the first refused on.
+    let now_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as u64;
+    let batch: Vec<Op> = (0..3u8)
+        .map(|i| Op::Put {
+            id: MessageId {
+                client: 888,
+                seq: u64::from(i),
+            },
+            hlc_us: now_us,
+            condition: Condition::Always,
+            pool_generation: if i == 0 { generation_now } else { 0 },
+            key: "/gone/batch".into(),
+            blob: Bytes::from(vec![b'0' + i]),
+        })
+        .collect();
+    let answers = stale_batch
+        .write_many(&batch, "/gone/batch", false)
+        .await
+        .expect("the batch");
+    assert_eq!(answers.len(), 3);
+    let versions: Vec<Version> = answers
+        .into_iter()
+        .map(|a| a.expect("each write of the batch").version)
+        .collect();
+    assert!(versions.is_sorted(), "applied in order: {versions:?}");
+    let last = c.get("/gone/batch").await.expect("get").expect("written");
+    assert_eq!(&last.blob[..], b"2");
 
     // A removal whose remover stopped after taking the pool out of the table.
     let p2 = PoolSpec::new("/half".to_string(), StoreKind::Persistent, 1);
@@ -1319,10 +1424,42 @@ async fn a_removed_pool_takes_its_objects_and_a_pool_made_again_starts_empty() {
         },
     )
     .await;
-    assert!(
-        matches!(answer, Response::Pools(ref p) if p.len() == 1),
-        "{answer:?}"
-    );
+    let half_generation = match &answer {
+        Response::Pools(p) if p.len() == 1 => p[0].generation,
+        other => panic!("{other:?}"),
+    };
+    // Drops and their end name the generation being removed: another is refused.
+    for op in [
+        Op::DropPool {
+            id: MessageId {
+                client: 777,
+                seq: 3,
+            },
+            pool: "/half".into(),
+            shard: 0,
+            generation: half_generation + 1,
+        },
+        Op::PoolDropped {
+            id: MessageId {
+                client: 777,
+                seq: 4,
+            },
+            path: "/half".into(),
+            generation: half_generation + 1,
+        },
+    ] {
+        let refused = raw_write(&cluster.addrs()[0], &op).await;
+        assert!(
+            matches!(
+                refused,
+                Response::Error {
+                    code: ErrorCode::InvalidPool,
+                    ..
+                }
+            ),
+            "{op:?}: {refused:?}"
+        );
+    }
     let refused = c
         .create_pool(p2.clone())
         .await
@@ -1335,6 +1472,7 @@ async fn a_removed_pool_takes_its_objects_and_a_pool_made_again_starts_empty() {
         .expect_err("no pool");
     assert_eq!(code(&e), Some(ErrorCode::NoPoolForKey), "{e}");
     // A drop of a live pool's objects is refused.
+    let demo = c.find_pool("/demo/x").await.expect("/demo");
     let live = raw_write(
         &cluster.addrs()[0],
         &Op::DropPool {
@@ -1344,6 +1482,7 @@ async fn a_removed_pool_takes_its_objects_and_a_pool_made_again_starts_empty() {
             },
             pool: "/demo".into(),
             shard: 0,
+            generation: demo.generation,
         },
     )
     .await;
@@ -1367,12 +1506,22 @@ async fn a_removed_pool_takes_its_objects_and_a_pool_made_again_starts_empty() {
     }
     cluster.start_all();
     let c = cluster.client(None, 3).await;
-    empty_everywhere(c.clone(), old, vec!["/gone/new".to_string()]).await;
+    empty_everywhere(
+        c.clone(),
+        old,
+        vec!["/gone/batch".to_string(), "/gone/new".to_string()],
+    )
+    .await;
     let new = c
         .get("/gone/new")
         .await
         .expect("get")
         .expect("the new pool's key");
     assert_eq!(&new.blob[..], b"new");
+    assert_eq!(
+        c.find_pool("/gone/k").await.expect("/gone").generation,
+        generation_now,
+        "a pool keeps its generation across restarts"
+    );
     assert_eq!(c.get("/half/k").await.expect("get"), None);
 }

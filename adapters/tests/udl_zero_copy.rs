@@ -59,6 +59,7 @@ fn a_delivered_blob_reaches_the_udl_and_its_output_without_a_copy() {
         id,
         hlc_us: 1,
         condition: Condition::Always,
+        pool_generation: 3,
         key: "/in/frame".into(),
         blob: Bytes::from(vec![42u8; 256 << 10]),
     });

@@ -13,7 +13,9 @@
 //! before. So every log written before decodes unchanged, and a truncated extended
 //! operation is an error rather than a valid older one (which a trailing optional
 //! section would have allowed). A node of an older build refuses the new tag loudly
-//! instead of silently dropping the option.
+//! instead of silently dropping the option. Likewise a put, remove, pool drop or
+//! end-of-drop naming a pool generation sets [`TAG_GENERATION`] in its tag and carries
+//! the generation after the message id; without one (0) it is written as before.
 
 use std::collections::BTreeMap;
 
@@ -50,6 +52,12 @@ pub enum Op {
         /// The sender's clock; the store makes timestamps increase along the shard.
         hlc_us: u64,
         condition: Condition,
+        /// The generation of the key's pool this write was made for
+        /// ([`PoolSpec::generation`]): the node refuses it unless that is the pool's
+        /// generation now, and the shard refuses it once that generation was dropped
+        /// (`DropPool`), so a write racing its pool's removal cannot outlive it. 0 only in
+        /// logs written before generations (not checked).
+        pool_generation: u64,
         key: String,
         blob: Bytes,
     },
@@ -57,6 +65,8 @@ pub enum Op {
         id: MessageId,
         hlc_us: u64,
         condition: Condition,
+        /// As for `Put`.
+        pool_generation: u64,
         key: String,
     },
     /// An ordered read: its delivery marks the point where a `multi_get` reads.
@@ -153,16 +163,24 @@ pub enum Op {
     /// shard of a pool's subgroup after the pool is removed (to free what it held) and
     /// before a pool is created there (so a pool made again at a path starts empty, not
     /// with what an earlier pool of that path left). `shard` as for `Compact`.
+    ///
+    /// `generation` is the removed pool's: the shard remembers it, refuses the writes of
+    /// that generation (or older) that arrive after it, and applies a second drop of it
+    /// (a second remover's) as a no-op, which could otherwise drop a newer pool's first
+    /// writes. 0 only in logs written before generations (drops, remembers nothing).
     DropPool {
         id: MessageId,
         pool: String,
         shard: u32,
+        generation: u64,
     },
     /// In the metadata: removed pool `path`'s objects are dropped from every shard
-    /// (`DropPool`), so a pool may be made at the path again.
+    /// (`DropPool`), so a pool may be made at the path again. Ends the removal of
+    /// `generation` only (0: whichever, as logs written before generations say).
     PoolDropped {
         id: MessageId,
         path: String,
+        generation: u64,
     },
     /// In the metadata: every node writes a checkpoint of the cluster's metadata (pools,
     /// UDLs, DFGs, storage alarms) as of this point, and once it is durable everywhere
@@ -216,6 +234,9 @@ pub enum OpError {
     NotUtf8 { what: &'static str },
     #[error("{0} bytes after the operation")]
     Trailing(usize),
+    /// A generation is written only when there is one: 0 there is malformed.
+    #[error("a pool generation of 0 in {what}")]
+    ZeroGeneration { what: &'static str },
     #[error("{what} of {len} bytes exceeds the limit of {max}")]
     TooLong {
         what: &'static str,
@@ -243,11 +264,15 @@ const TAG_COMPACT: u8 = 15;
 const TAG_DROP_POOL: u8 = 16;
 const TAG_POOL_DROPPED: u8 = 17;
 const TAG_COMPACT_METADATA: u8 = 18;
+/// Set in the tag of a put, remove, `DropPool` or `PoolDropped` that names a pool
+/// generation, which follows the message id (see the module doc). Every tag is below it.
+pub const TAG_GENERATION: u8 = 0x80;
 
 /// The bits of a pool spec's extension section (`extensions: u8`); unknown bits are
 /// refused.
 const POOL_EXTENSION_GPU_CACHE: u8 = 1 << 0;
-const POOL_EXTENSIONS_KNOWN: u8 = POOL_EXTENSION_GPU_CACHE;
+const POOL_EXTENSION_GENERATION: u8 = 1 << 1;
+const POOL_EXTENSIONS_KNOWN: u8 = POOL_EXTENSION_GPU_CACHE | POOL_EXTENSION_GENERATION;
 
 /// Bounds on decoded strings and collections: a frame costs at most its own size.
 const STRING_BYTES_MAX: usize = 64 << 10;
@@ -288,11 +313,11 @@ fn encode_into(op: &Op, out: &mut BytesMut, inline: bool) -> Option<Bytes> {
             id,
             hlc_us,
             condition,
+            pool_generation,
             key,
             blob,
         } => {
-            out.put_u8(TAG_PUT);
-            put_id(out, *id);
+            put_tag_id(out, TAG_PUT, *id, *pool_generation);
             out.put_u64_le(*hlc_us);
             put_condition(out, *condition);
             put_str(out, key);
@@ -302,10 +327,10 @@ fn encode_into(op: &Op, out: &mut BytesMut, inline: bool) -> Option<Bytes> {
             id,
             hlc_us,
             condition,
+            pool_generation,
             key,
         } => {
-            out.put_u8(TAG_REMOVE);
-            put_id(out, *id);
+            put_tag_id(out, TAG_REMOVE, *id, *pool_generation);
             out.put_u64_le(*hlc_us);
             put_condition(out, *condition);
             put_str(out, key);
@@ -413,15 +438,22 @@ fn encode_into(op: &Op, out: &mut BytesMut, inline: bool) -> Option<Bytes> {
             out.put_u32_le(*shard);
             out.put_u64_le(*before_us);
         }
-        Op::DropPool { id, pool, shard } => {
-            out.put_u8(TAG_DROP_POOL);
-            put_id(out, *id);
+        Op::DropPool {
+            id,
+            pool,
+            shard,
+            generation,
+        } => {
+            put_tag_id(out, TAG_DROP_POOL, *id, *generation);
             put_str(out, pool);
             out.put_u32_le(*shard);
         }
-        Op::PoolDropped { id, path } => {
-            out.put_u8(TAG_POOL_DROPPED);
-            put_id(out, *id);
+        Op::PoolDropped {
+            id,
+            path,
+            generation,
+        } => {
+            put_tag_id(out, TAG_POOL_DROPPED, *id, *generation);
             put_str(out, path);
         }
         Op::CompactMetadata { id } => {
@@ -435,27 +467,19 @@ fn encode_into(op: &Op, out: &mut BytesMut, inline: bool) -> Option<Bytes> {
 /// Decodes an operation; a put's blob is a slice of `buf` (no copy).
 pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
     let r = &mut buf;
-    let op = match get_u8(r, "tag")? {
+    let tag = get_u8(r, "tag")?;
+    if tag & TAG_GENERATION != 0 {
+        return decode_with_generation(tag & !TAG_GENERATION, buf);
+    }
+    let op = match tag {
         TAG_PUT => {
             let id = get_id(r)?;
-            let hlc_us = get_u64(r, "timestamp")?;
-            let condition = get_condition(r)?;
-            let key = get_str(r, "key")?;
-            let blob = get_bytes(r, "blob")?;
-            Op::Put {
-                id,
-                hlc_us,
-                condition,
-                key,
-                blob,
-            }
+            get_put(r, id, 0)?
         }
-        TAG_REMOVE => Op::Remove {
-            id: get_id(r)?,
-            hlc_us: get_u64(r, "timestamp")?,
-            condition: get_condition(r)?,
-            key: get_str(r, "key")?,
-        },
+        TAG_REMOVE => {
+            let id = get_id(r)?;
+            get_remove(r, id, 0)?
+        }
         TAG_READ => Op::Read { id: get_id(r)? },
         TAG_CREATE_POOL => {
             let id = get_id(r)?;
@@ -559,15 +583,14 @@ pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
             shard: get_u32(r, "shard")?,
             before_us: get_u64(r, "time")?,
         },
-        TAG_DROP_POOL => Op::DropPool {
-            id: get_id(r)?,
-            pool: get_str(r, "pool")?,
-            shard: get_u32(r, "shard")?,
-        },
-        TAG_POOL_DROPPED => Op::PoolDropped {
-            id: get_id(r)?,
-            path: get_str(r, "path")?,
-        },
+        TAG_DROP_POOL => {
+            let id = get_id(r)?;
+            get_drop_pool(r, id, 0)?
+        }
+        TAG_POOL_DROPPED => {
+            let id = get_id(r)?;
+            get_pool_dropped(r, id, 0)?
+        }
         TAG_COMPACT_METADATA => Op::CompactMetadata { id: get_id(r)? },
         tag => {
             return Err(OpError::UnknownTag {
@@ -582,6 +605,93 @@ pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
     Ok(op)
 }
 
+/// The rest of an operation whose tag (`base`, the flag cleared) named a pool
+/// generation; a generation of 0 is written without the flag, so one here is refused.
+fn decode_with_generation(base: u8, mut buf: Bytes) -> Result<Op, OpError> {
+    let r = &mut buf;
+    let id = get_id(r)?;
+    let generation = get_u64(r, "pool generation")?;
+    if generation == 0 {
+        return Err(OpError::ZeroGeneration {
+            what: "an operation",
+        });
+    }
+    let op = match base {
+        TAG_PUT => get_put(r, id, generation)?,
+        TAG_REMOVE => get_remove(r, id, generation)?,
+        TAG_DROP_POOL => get_drop_pool(r, id, generation)?,
+        TAG_POOL_DROPPED => get_pool_dropped(r, id, generation)?,
+        _ => {
+            return Err(OpError::UnknownTag {
+                what: "operation",
+                tag: base | TAG_GENERATION,
+            });
+        }
+    };
+    if buf.has_remaining() {
+        return Err(OpError::Trailing(buf.remaining()));
+    }
+    Ok(op)
+}
+
+fn get_put(r: &mut Bytes, id: MessageId, pool_generation: u64) -> Result<Op, OpError> {
+    let hlc_us = get_u64(r, "timestamp")?;
+    let condition = get_condition(r)?;
+    let key = get_str(r, "key")?;
+    let blob = get_bytes(r, "blob")?;
+    Ok(Op::Put {
+        id,
+        hlc_us,
+        condition,
+        pool_generation,
+        key,
+        blob,
+    })
+}
+
+fn get_remove(r: &mut Bytes, id: MessageId, pool_generation: u64) -> Result<Op, OpError> {
+    Ok(Op::Remove {
+        id,
+        hlc_us: get_u64(r, "timestamp")?,
+        condition: get_condition(r)?,
+        pool_generation,
+        key: get_str(r, "key")?,
+    })
+}
+
+fn get_drop_pool(r: &mut Bytes, id: MessageId, generation: u64) -> Result<Op, OpError> {
+    Ok(Op::DropPool {
+        id,
+        pool: get_str(r, "pool")?,
+        shard: get_u32(r, "shard")?,
+        generation,
+    })
+}
+
+fn get_pool_dropped(r: &mut Bytes, id: MessageId, generation: u64) -> Result<Op, OpError> {
+    Ok(Op::PoolDropped {
+        id,
+        path: get_str(r, "path")?,
+        generation,
+    })
+}
+
+/// A tag and message id, and the pool generation if there is one (flagged in the tag).
+fn put_tag_id(out: &mut BytesMut, tag: u8, id: MessageId, generation: u64) {
+    debug_assert!(
+        tag & TAG_GENERATION == 0,
+        "tag {tag} collides with the flag"
+    );
+    if generation == 0 {
+        out.put_u8(tag);
+        put_id(out, id);
+    } else {
+        out.put_u8(tag | TAG_GENERATION);
+        put_id(out, id);
+        out.put_u64_le(generation);
+    }
+}
+
 /// How a pool spec is laid out. The writer picks it (from the spec, or for a listing
 /// from all of its specs) and says so with a tag; the reader is told by that tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -589,15 +699,16 @@ pub enum PoolSpecLayout {
     /// The first layout: path, kind, subgroup, shards, affinity, overrides. What every
     /// log written before pool options existed holds; only for specs without extensions.
     Base,
-    /// The base layout, then `extensions: u8` (bit 0: `gpu_cache`) and, per bit set, its
-    /// fields (`gpu_cache`: `device: u32`, `capacity_bytes: u64`).
+    /// The base layout, then `extensions: u8` (bit 0: `gpu_cache`, bit 1: `generation`)
+    /// and, per bit set in that order, its fields (`gpu_cache`: `device: u32`,
+    /// `capacity_bytes: u64`; `generation: u64`).
     Extended,
 }
 
 impl PoolSpecLayout {
     /// The layout `spec` needs: [`PoolSpecLayout::Base`] unless it uses an extension.
     pub fn for_spec(spec: &PoolSpec) -> PoolSpecLayout {
-        if spec.gpu_cache.is_some() {
+        if spec.gpu_cache.is_some() || spec.generation != 0 {
             PoolSpecLayout::Extended
         } else {
             PoolSpecLayout::Base
@@ -653,10 +764,16 @@ pub fn put_pool_spec(out: &mut BytesMut, spec: &PoolSpec, layout: PoolSpecLayout
     if spec.gpu_cache.is_some() {
         extensions |= POOL_EXTENSION_GPU_CACHE;
     }
+    if spec.generation != 0 {
+        extensions |= POOL_EXTENSION_GENERATION;
+    }
     out.put_u8(extensions);
     if let Some(gpu_cache) = spec.gpu_cache {
         out.put_u32_le(gpu_cache.device);
         out.put_u64_le(gpu_cache.capacity_bytes);
+    }
+    if spec.generation != 0 {
+        out.put_u64_le(spec.generation);
     }
 }
 
@@ -700,6 +817,7 @@ pub fn get_pool_spec(r: &mut Bytes, layout: PoolSpecLayout) -> Result<PoolSpec, 
         overrides.insert(key, get_u32(r, "override shard")?);
     }
     let mut gpu_cache = None;
+    let mut generation = 0;
     if layout == PoolSpecLayout::Extended {
         let extensions = get_u8(r, "pool extensions")?;
         if extensions & !POOL_EXTENSIONS_KNOWN != 0 {
@@ -714,6 +832,14 @@ pub fn get_pool_spec(r: &mut Bytes, layout: PoolSpecLayout) -> Result<PoolSpec, 
                 capacity_bytes: get_u64(r, "gpu_cache capacity")?,
             });
         }
+        if extensions & POOL_EXTENSION_GENERATION != 0 {
+            generation = get_u64(r, "pool generation")?;
+            if generation == 0 {
+                return Err(OpError::ZeroGeneration {
+                    what: "a pool spec",
+                });
+            }
+        }
     }
     Ok(PoolSpec {
         path,
@@ -723,6 +849,7 @@ pub fn get_pool_spec(r: &mut Bytes, layout: PoolSpecLayout) -> Result<PoolSpec, 
         affinity,
         overrides,
         gpu_cache,
+        generation,
     })
 }
 
@@ -854,6 +981,7 @@ mod tests {
                 id,
                 hlc_us: 5,
                 condition: Condition::KeyVersion(Some(Version::new(3, 4))),
+                pool_generation: 0x0000_0002_0000_0007,
                 key: "/p/a".into(),
                 blob: Bytes::from_static(b"hello"),
             },
@@ -861,6 +989,7 @@ mod tests {
                 id,
                 hlc_us: 0,
                 condition: Condition::ShardVersion(None),
+                pool_generation: 0,
                 key: "/p/empty".into(),
                 blob: Bytes::new(),
             },
@@ -868,9 +997,24 @@ mod tests {
                 id,
                 hlc_us: 6,
                 condition: Condition::Always,
+                pool_generation: 0,
                 key: "/p/a".into(),
             },
+            Op::Remove {
+                id,
+                hlc_us: 6,
+                condition: Condition::KeyVersion(None),
+                pool_generation: 9,
+                key: "/p/b".into(),
+            },
             Op::Read { id },
+            Op::CreatePool {
+                id,
+                spec: PoolSpec {
+                    generation: 0x0000_0002_0000_0007,
+                    ..spec.clone()
+                },
+            },
             Op::CreatePool { id, spec },
             Op::RemovePool {
                 id,
@@ -938,10 +1082,23 @@ mod tests {
                 id,
                 pool: "/demo".into(),
                 shard: 1,
+                generation: 0,
+            },
+            Op::DropPool {
+                id,
+                pool: "/demo".into(),
+                shard: 2,
+                generation: 77,
             },
             Op::PoolDropped {
                 id,
                 path: "/demo".into(),
+                generation: 0,
+            },
+            Op::PoolDropped {
+                id,
+                path: "/demo".into(),
+                generation: 77,
             },
             Op::CompactMetadata { id },
         ]
@@ -1044,7 +1201,7 @@ mod tests {
         // Unknown extension bits are refused, not skipped.
         let mut unknown = BytesMut::from(&bytes[..bytes.len() - 12]);
         let at = unknown.len() - 1;
-        unknown[at] = 0b10;
+        unknown[at] = 0b100;
         assert!(matches!(
             decode(unknown.freeze()),
             Err(OpError::UnknownTag {

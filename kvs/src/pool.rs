@@ -56,6 +56,12 @@ pub struct PoolSpec {
     /// Keep the pool's objects cached on a GPU (the `gpu_cache` pool option). Only
     /// persistent and volatile pools can: a trigger pool stores nothing to cache.
     pub gpu_cache: Option<GpuCache>,
+    /// Which pool made at this path this is: assigned by the cluster when the creation is
+    /// applied (the metadata version it was delivered at), so a pool made again at a path
+    /// has a greater one than every pool there before. Writes name it, so a write made
+    /// for a removed pool is refused rather than landing in its successor. 0 in a request
+    /// (a client does not choose it) and in logs written before generations.
+    pub generation: u64,
 }
 
 /// A pool's `gpu_cache` option as replicated metadata: which GPU and how many bytes. The
@@ -78,6 +84,7 @@ impl PoolSpec {
             affinity: None,
             overrides: BTreeMap::new(),
             gpu_cache: None,
+            generation: 0,
         }
     }
 }
@@ -297,10 +304,18 @@ impl PoolTable {
         Ok(pool)
     }
 
-    /// The objects of removed pool `path` are gone from every shard: a pool may be made
-    /// there again. Nothing happens if it is not being removed.
-    pub fn dropped(&mut self, path: &str) {
-        self.removing.remove(path);
+    /// The objects of removed pool `path` of `generation` (0: whichever) are gone from
+    /// every shard: a pool may be made there again. Nothing happens if it is not being
+    /// removed, or if the pool being removed there is another generation (a late repeat
+    /// of an earlier removal's end must not end a later one's before its drops).
+    pub fn dropped(&mut self, path: &str, generation: u64) {
+        if self
+            .removing
+            .get(path)
+            .is_some_and(|p| generation == 0 || p.spec.generation == generation)
+        {
+            self.removing.remove(path);
+        }
     }
 
     /// The removed pool at `path` whose objects are still being dropped, if any.

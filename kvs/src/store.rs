@@ -102,7 +102,19 @@ pub enum Outcome {
         keys_dropped: u64,
         versions_dropped: u64,
     },
+    /// A write made for a pool generation this shard has dropped since (its pool was
+    /// removed while the write was on its way): nothing is written.
+    PoolRemoved {
+        pool: String,
+        generation: u64,
+    },
 }
+
+/// Removed pools whose drops a shard remembers ([`ShardStore`]'s `dropped`), to refuse
+/// writes made for them that arrive late. Past it the oldest removal is forgotten, the
+/// same at every replica; a write for that pool arriving later still would land as an
+/// orphan no key of a live pool finds (unless a pool is made at that path once more).
+pub const DROPPED_POOLS_MAX: usize = 4096;
 
 /// How far back a pool's history is kept: reads as of a point before `through` (in
 /// version or time) answer [`ReadError::Compacted`].
@@ -208,6 +220,10 @@ pub struct ShardStore {
     /// Per pool compacted, how far back its history goes (pools cannot nest, so a key
     /// is under at most one).
     horizons: Vec<Horizon>,
+    /// Per pool path dropped (`Op::DropPool` naming a generation): the newest generation
+    /// dropped there. Writes made for it or an older one are refused, and a repeat of its
+    /// drop does nothing. At most [`DROPPED_POOLS_MAX`].
+    dropped: HashMap<Arc<str>, u64>,
 }
 
 impl ShardStore {
@@ -222,6 +238,7 @@ impl ShardStore {
             dedup: HashMap::new(),
             activity: BTreeMap::new(),
             horizons: Vec::new(),
+            dropped: HashMap::new(),
         }
     }
 
@@ -247,7 +264,39 @@ impl ShardStore {
         if let Some(previous) = self.remembered(id) {
             return (previous, true);
         }
-        let outcome = match op {
+        // A write made for a pool this shard has dropped since: refused, whatever it is.
+        let removed = match op {
+            Op::Put {
+                pool_generation,
+                key,
+                ..
+            }
+            | Op::Remove {
+                pool_generation,
+                key,
+                ..
+            } => self
+                .removed_pool(key, *pool_generation)
+                .map(|(pool, generation)| Outcome::PoolRemoved {
+                    pool: pool.to_string(),
+                    generation,
+                }),
+            _ => None,
+        };
+        let outcome = match removed {
+            Some(refused) => refused,
+            None => self.apply_op(version, op, id),
+        };
+        if matches!(outcome, Outcome::Applied { .. }) {
+            self.last_version = Some(version);
+        }
+        self.remember(id, version, outcome.clone());
+        (outcome, false)
+    }
+
+    /// What `op`, delivered as `version`, does to the store (its pool not removed).
+    fn apply_op(&mut self, version: Version, op: &Op, id: MessageId) -> Outcome {
+        match op {
             Op::Put {
                 hlc_us,
                 condition,
@@ -277,7 +326,9 @@ impl ShardStore {
             Op::Compact {
                 pool, before_us, ..
             } => self.compact(pool, *before_us),
-            Op::DropPool { pool, .. } => self.drop_pool(pool),
+            Op::DropPool {
+                pool, generation, ..
+            } => self.drop_pool(pool, *generation),
             // Queued by the node's outbox, not stored as an object: it gets a version
             // and a timestamp (the outbox's order) and is applied once per message id.
             Op::OutboxPut { hlc_us, .. } => {
@@ -288,12 +339,7 @@ impl ShardStore {
                     timestamp_us,
                 }
             }
-        };
-        if matches!(outcome, Outcome::Applied { .. }) {
-            self.last_version = Some(version);
         }
-        self.remember(id, version, outcome.clone());
-        (outcome, false)
     }
 
     #[allow(clippy::too_many_arguments)] // the fields of one put
@@ -447,9 +493,53 @@ impl ShardStore {
         }
     }
 
+    /// The removed pool (path, generation dropped) whose drop refuses a write of `key`
+    /// made for `generation`, if any: a pool at or above the key dropped at that
+    /// generation or a later one. Generation 0 (logs before generations) is not checked.
+    fn removed_pool(&self, key: &str, generation: u64) -> Option<(&str, u64)> {
+        if generation == 0 || self.dropped.is_empty() {
+            return None;
+        }
+        let mut at = key;
+        while let Some(cut) = at.rfind('/') {
+            at = &at[..cut];
+            if at.is_empty() {
+                break;
+            }
+            if let Some((path, &dropped)) = self.dropped.get_key_value(at)
+                && dropped >= generation
+            {
+                return Some((path, dropped));
+            }
+        }
+        None
+    }
+
     /// Drops every key under `pool` with all its versions, and the pool's horizon: what
-    /// a removed pool left, so that a pool made at its path again starts empty.
-    fn drop_pool(&mut self, pool: &str) -> Outcome {
+    /// a removed pool left, so that a pool made at its path again starts empty. A drop of
+    /// a generation already dropped here does nothing: it is a second remover's, and
+    /// the keys under the path now may be a newer pool's.
+    fn drop_pool(&mut self, pool: &str, generation: u64) -> Outcome {
+        if generation != 0 {
+            if self.dropped.get(pool).is_some_and(|&g| g >= generation) {
+                return Outcome::Dropped {
+                    keys_dropped: 0,
+                    versions_dropped: 0,
+                };
+            }
+            self.dropped.insert(Arc::from(pool), generation);
+            if self.dropped.len() > DROPPED_POOLS_MAX {
+                // The oldest removal (ties by path, so every replica forgets the same).
+                let oldest = self
+                    .dropped
+                    .iter()
+                    .min_by(|a, b| a.1.cmp(b.1).then_with(|| a.0.cmp(b.0)))
+                    .map(|(path, _)| Arc::clone(path));
+                if let Some(path) = oldest {
+                    self.dropped.remove(&path);
+                }
+            }
+        }
         let (mut keys_dropped, mut versions_dropped) = (0u64, 0u64);
         self.keys.retain(|k, e| {
             if !crate::key::contains(pool, k) {
@@ -823,6 +913,11 @@ fn put_outcome(out: &mut BytesMut, o: &Outcome) {
             out.put_u64_le(*keys_dropped);
             out.put_u64_le(*versions_dropped);
         }
+        Outcome::PoolRemoved { pool, generation } => {
+            out.put_u8(7);
+            put_str(out, pool);
+            out.put_u64_le(*generation);
+        }
     }
 }
 
@@ -866,6 +961,10 @@ fn get_outcome(r: &mut Bytes) -> Result<Outcome, OpError> {
             keys_dropped: get_u64(r, "count")?,
             versions_dropped: get_u64(r, "count")?,
         },
+        7 => Outcome::PoolRemoved {
+            pool: get_str(r, "pool")?,
+            generation: get_u64(r, "pool generation")?,
+        },
         tag => {
             return Err(OpError::UnknownTag {
                 what: "outcome",
@@ -888,6 +987,7 @@ mod tests {
             id: id(seq),
             hlc_us: 1_000 + seq,
             condition,
+            pool_generation: 0,
             key: key.into(),
             blob: Bytes::from_static(value),
         }
@@ -928,6 +1028,7 @@ mod tests {
             id: id(10),
             hlc_us: 0,
             condition: Condition::Always,
+            pool_generation: 0,
             key: "/p/a".into(),
         };
         assert!(matches!(s.apply(v(5), &rm).0, Outcome::Applied { .. }));
@@ -941,6 +1042,7 @@ mod tests {
                     id: id(11),
                     hlc_us: 0,
                     condition: Condition::Always,
+                    pool_generation: 0,
                     key: "/p/a".into()
                 }
             )
@@ -1030,6 +1132,7 @@ mod tests {
             id: MessageId { client, seq },
             hlc_us: 0,
             condition: Condition::Always,
+            pool_generation: 0,
             key: "/p/k".into(),
             blob: Bytes::new(),
         };
@@ -1061,6 +1164,7 @@ mod tests {
             id: id(3),
             hlc_us: 0,
             condition: Condition::Always,
+            pool_generation: 0,
             key: "/p/b".into(),
         };
         s.apply(v(3), &rm);
@@ -1108,6 +1212,7 @@ mod tests {
             id: id(seq),
             hlc_us: 0,
             condition: Condition::Always,
+            pool_generation: 0,
             key: key.into(),
         };
         for kind in [StoreKind::Persistent, StoreKind::Volatile] {
@@ -1170,6 +1275,7 @@ mod tests {
             id: id(seq),
             hlc_us: 1_000 + seq,
             condition: Condition::Always,
+            pool_generation: 0,
             key: key.into(),
         };
         let ops = [
@@ -1350,6 +1456,7 @@ mod tests {
             id: id(13),
             pool: "/p".into(),
             shard: 0,
+            generation: 0,
         };
         // Left by the compaction: a3, c1, d2 (b was removed by its point).
         let (outcome, _) = s.apply(v(13), &drop);
@@ -1376,6 +1483,110 @@ mod tests {
         let mut buf = BytesMut::new();
         put_outcome(&mut buf, &again);
         assert_eq!(get_outcome(&mut buf.freeze()), Ok(again));
+    }
+
+    fn put_for(seq: u64, key: &str, pool_generation: u64) -> Op {
+        Op::Put {
+            id: id(seq),
+            hlc_us: 1_000 + seq,
+            condition: Condition::Always,
+            pool_generation,
+            key: key.into(),
+            blob: Bytes::from_static(b"x"),
+        }
+    }
+
+    fn drop_of(seq: u64, pool: &str, generation: u64) -> Op {
+        Op::DropPool {
+            id: id(seq),
+            pool: pool.into(),
+            shard: 0,
+            generation,
+        }
+    }
+
+    /// A write made for a pool generation that was dropped before it arrived is refused
+    /// (it would be an orphan a later pool there shows), a newer pool's writes are not,
+    /// and a second drop of the same generation (a second remover's) leaves the newer
+    /// pool's objects alone.
+    #[test]
+    fn writes_for_a_dropped_pool_generation_are_refused() {
+        let mut s = ShardStore::new(StoreKind::Persistent, StoreLimits::default());
+        let applied = |o: &Outcome| matches!(o, Outcome::Applied { .. });
+        assert!(applied(&s.apply(v(1), &put_for(1, "/p/a", 5)).0));
+        let (outcome, _) = s.apply(v(2), &drop_of(2, "/p", 5));
+        assert_eq!(
+            outcome,
+            Outcome::Dropped {
+                keys_dropped: 1,
+                versions_dropped: 1
+            }
+        );
+        let removed = Outcome::PoolRemoved {
+            pool: "/p".into(),
+            generation: 5,
+        };
+        // Late: validated before the removal, delivered after the drop.
+        assert_eq!(s.apply(v(3), &put_for(3, "/p/b", 5)).0, removed);
+        let late_remove = Op::Remove {
+            id: id(4),
+            hlc_us: 0,
+            condition: Condition::Always,
+            pool_generation: 4,
+            key: "/p/a".into(),
+        };
+        assert_eq!(s.apply(v(4), &late_remove).0, removed);
+        assert_eq!(s.list_keys("/p", None), Ok(vec![]));
+        assert_eq!(s.last_version(), Some(v(1)), "a refused write is no write");
+        // The pool made again there has a greater generation.
+        assert!(applied(&s.apply(v(5), &put_for(5, "/p/c", 9)).0));
+        // A second remover of generation 5, late: nothing of generation 9 goes.
+        let (again, duplicate) = s.apply(v(6), &drop_of(6, "/p", 5));
+        assert!(!duplicate);
+        assert_eq!(
+            again,
+            Outcome::Dropped {
+                keys_dropped: 0,
+                versions_dropped: 0
+            }
+        );
+        assert!(s.latest("/p/c").is_some());
+        // Logs written before generations are applied as they were.
+        assert!(applied(&s.apply(v(7), &put_for(7, "/p/d", 0)).0));
+        // A pool made above a removed one: its writes pass, the removed one's do not.
+        s.apply(v(8), &drop_of(8, "/q/r", 3));
+        assert!(applied(&s.apply(v(9), &put_for(9, "/q/r/x", 10)).0));
+        assert!(matches!(
+            s.apply(v(10), &put_for(10, "/q/r/y", 3)).0,
+            Outcome::PoolRemoved { generation: 3, .. }
+        ));
+        // The refusal survives the retry memory's encoding, and the dropped generations
+        // a snapshot.
+        let mut buf = BytesMut::new();
+        put_outcome(&mut buf, &removed);
+        assert_eq!(get_outcome(&mut buf.freeze()), Ok(removed.clone()));
+        let mut copy =
+            ShardStore::from_snapshot(StoreKind::Persistent, StoreLimits::default(), s.snapshot())
+                .expect("loads");
+        assert_eq!(copy.snapshot(), s.snapshot());
+        assert_eq!(copy.apply(v(11), &put_for(11, "/p/e", 5)).0, removed);
+    }
+
+    /// The dropped generations are bounded: past the limit the oldest is forgotten, the
+    /// same way at every replica.
+    #[test]
+    fn the_oldest_dropped_generation_is_forgotten_past_the_limit() {
+        let mut s = ShardStore::new(StoreKind::Volatile, StoreLimits::default());
+        let n = DROPPED_POOLS_MAX as u64 + 1;
+        for i in 0..n {
+            s.apply(v(i as u32 + 1), &drop_of(i + 1, &format!("/p{i}"), i + 1));
+        }
+        assert_eq!(s.dropped.len(), DROPPED_POOLS_MAX);
+        let at = n as u32 + 1;
+        let oldest = s.apply(v(at), &put_for(n + 1, "/p0/a", 1)).0;
+        assert!(matches!(oldest, Outcome::Applied { .. }), "{oldest:?}");
+        let kept = s.apply(v(at + 1), &put_for(n + 2, "/p1/a", 2)).0;
+        assert!(matches!(kept, Outcome::PoolRemoved { .. }), "{kept:?}");
     }
 
     fn outcome_of_drop() -> Outcome {

@@ -1,6 +1,7 @@
 //! The shard store against a plain reference model: random puts, removes, conditional
-//! writes, retried requests, compactions and drops of the pool (its removal), applied
-//! to both; every outcome must agree,
+//! writes, retried requests, compactions and drops of the pool (its removal), writes
+//! made for pool generations dropped before they arrive, applied to both; every outcome
+//! must agree,
 //! and every historical read must agree or, after a compaction, be `Compacted` (always
 //! for a point before the compaction's, never a wrong value).
 
@@ -15,14 +16,18 @@ use squall_platform::Version;
 
 #[derive(Clone, Debug)]
 enum Step {
+    /// `generation`: the pool generation the write was made for (0: none, as in logs
+    /// written before generations).
     Put {
         key: u8,
         value: u8,
         cond: u8,
+        generation: u8,
     },
     Remove {
         key: u8,
         cond: u8,
+        generation: u8,
     },
     /// Resend the `back`-th most recent request (a client retry).
     Retry {
@@ -33,17 +38,20 @@ enum Step {
     Compact {
         before_us: u8,
     },
-    /// Drop the pool's objects (it was removed; a pool made again there starts empty).
-    Drop,
+    /// Drop the pool's objects (it was removed; a pool made again there starts empty):
+    /// those of `generation` (0: none named).
+    Drop {
+        generation: u8,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        4 => (0u8..4, any::<u8>(), 0u8..4).prop_map(|(key, value, cond)| Step::Put { key, value, cond }),
-        1 => (0u8..4, 0u8..4).prop_map(|(key, cond)| Step::Remove { key, cond }),
+        4 => (0u8..4, any::<u8>(), 0u8..4, 0u8..5).prop_map(|(key, value, cond, generation)| Step::Put { key, value, cond, generation }),
+        1 => (0u8..4, 0u8..4, 0u8..5).prop_map(|(key, cond, generation)| Step::Remove { key, cond, generation }),
         1 => (0u8..8).prop_map(|back| Step::Retry { back }),
         1 => (0u8..60).prop_map(|before_us| Step::Compact { before_us }),
-        1 => Just(Step::Drop),
+        1 => (0u8..5).prop_map(|generation| Step::Drop { generation }),
     ]
 }
 
@@ -56,6 +64,9 @@ struct Model {
     horizon: Option<Version>,
     /// Writes before this index were dropped with the pool.
     live_from: usize,
+    /// The newest pool generation dropped (0: none): writes made for it or an older one
+    /// are refused, and its drop again does nothing.
+    dropped: u64,
 }
 
 impl Model {
@@ -102,21 +113,29 @@ proptest! {
                 _ => Condition::ShardVersion(m.shard()),
             };
             let op = match step {
-                Step::Put { key, value, cond } => {
+                Step::Put { key, value, cond, generation } => {
                     let k = key_name(*key);
-                    Op::Put { id, hlc_us: 0, condition: condition(&model, &k, *cond), key: k, blob: Bytes::from(vec![*value]) }
+                    Op::Put { id, hlc_us: 0, condition: condition(&model, &k, *cond), pool_generation: u64::from(*generation), key: k, blob: Bytes::from(vec![*value]) }
                 }
-                Step::Remove { key, cond } => {
+                Step::Remove { key, cond, generation } => {
                     let k = key_name(*key);
-                    Op::Remove { id, hlc_us: 0, condition: condition(&model, &k, *cond), key: k }
+                    Op::Remove { id, hlc_us: 0, condition: condition(&model, &k, *cond), pool_generation: u64::from(*generation), key: k }
                 }
                 Step::Retry { back } => match sent.len().checked_sub(1 + *back as usize) {
                     Some(j) => sent[j].clone(),
                     None => continue,
                 },
-                Step::Drop => {
-                    let op = Op::DropPool { id, pool: "/p".into(), shard: 0 };
+                Step::Drop { generation } => {
+                    let generation = u64::from(*generation);
+                    let op = Op::DropPool { id, pool: "/p".into(), shard: 0, generation };
                     let (got, _) = store.apply(version, &op);
+                    sent.push(op);
+                    if generation != 0 && model.dropped >= generation {
+                        // A second remover's: nothing goes.
+                        prop_assert_eq!(got, Outcome::Dropped { keys_dropped: 0, versions_dropped: 0 }, "step {}", i);
+                        continue;
+                    }
+                    model.dropped = model.dropped.max(generation);
                     let live_keys = (0..4u8).filter(|k| model.latest(&key_name(*k), None).is_some()).count() as u64;
                     let versions = (model.writes.len() - model.live_from) as u64;
                     match got {
@@ -131,7 +150,6 @@ proptest! {
                     }
                     model.live_from = model.writes.len();
                     model.horizon = None;
-                    sent.push(op);
                     continue;
                 }
                 Step::Compact { before_us } => {
@@ -160,9 +178,9 @@ proptest! {
             let expected = if let Some(first) = model.answers.get(&op.id()) {
                 first.clone()
             } else {
-                let (key, condition, value) = match &op {
-                    Op::Put { key, condition, blob, .. } => (key.clone(), *condition, Some(blob[0])),
-                    Op::Remove { key, condition, .. } => (key.clone(), *condition, None),
+                let (key, condition, value, generation) = match &op {
+                    Op::Put { key, condition, blob, pool_generation, .. } => (key.clone(), *condition, Some(blob[0]), *pool_generation),
+                    Op::Remove { key, condition, pool_generation, .. } => (key.clone(), *condition, None, *pool_generation),
                     // A retried compaction: answered as the first time, nothing more.
                     _ => {
                         let (got, duplicate) = store.apply(version, &op);
@@ -172,6 +190,7 @@ proptest! {
                 };
                 let live = model.live(&key);
                 let outcome = match condition {
+                    _ if generation != 0 && generation <= model.dropped => Outcome::PoolRemoved { pool: "/p".into(), generation: model.dropped },
                     Condition::KeyVersion(want) if want != live => Outcome::Conflict { current: live },
                     Condition::ShardVersion(want) if want != model.shard() => Outcome::Conflict { current: model.shard() },
                     _ if value.is_none() && live.is_none() => Outcome::NoSuchKey,

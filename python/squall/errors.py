@@ -42,7 +42,8 @@ class InvalidKeyError(SquallError):
 
 
 class PoolError(SquallError):
-    """About object pools: none for the key, none at the path, exists, nested, invalid."""
+    """About object pools: none for the key, none at the path, exists, nested, invalid,
+    or changed (removed and made again) under a write that kept failing to catch up."""
 
     code = "no_such_pool"
 
@@ -153,6 +154,7 @@ BY_CODE = {
     "pool_exists": PoolError,
     "nested_pool": PoolError,
     "invalid_pool": PoolError,
+    "pool_changed": PoolError,
     "too_large": TooLargeError,
     "conflict": ConflictError,
     "no_such_key": NotFoundError,

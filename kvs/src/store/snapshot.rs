@@ -7,7 +7,8 @@
 //!
 //! Format: frames of `u32 length | body`, little-endian. The first frame is the header
 //! (last version, last delivered, last timestamp, key count, client count, the pools'
-//! horizons), then one
+//! horizons, then the removed pools' dropped generations: a section snapshots written
+//! before generations lack, read as none), then one
 //! frame per key (sorted), then one per client's retry memory (sorted). Pieces may be cut
 //! anywhere, so a frame may span pieces.
 //!
@@ -69,6 +70,14 @@ impl SnapshotStream {
                 put_str(out, &h.pool);
                 out.put_u64_le(h.through.0);
                 out.put_u64_le(h.timestamp_us);
+            }
+            // Sorted, so equal stores give equal snapshots.
+            let mut dropped: Vec<(&Arc<str>, &u64)> = store.dropped.iter().collect();
+            dropped.sort();
+            out.put_u32_le(dropped.len() as u32);
+            for (path, generation) in dropped {
+                put_str(out, path);
+                out.put_u64_le(*generation);
             }
         });
         SnapshotStream {
@@ -164,6 +173,23 @@ impl SnapshotLoader {
                         through: Version(get_u64(r, "version")?),
                         timestamp_us: get_u64(r, "timestamp")?,
                     });
+                }
+                // Absent from snapshots written before pool generations.
+                if r.has_remaining() {
+                    let n = get_count(r, "dropped pools", 12)?;
+                    if n > super::DROPPED_POOLS_MAX {
+                        return Err(OpError::TooLong {
+                            what: "dropped pool list",
+                            len: n,
+                            max: super::DROPPED_POOLS_MAX,
+                        });
+                    }
+                    for _ in 0..n {
+                        let path = Arc::from(get_str(r, "pool")?);
+                        self.store
+                            .dropped
+                            .insert(path, get_u64(r, "pool generation")?);
+                    }
                 }
             }
             Some(n) if n > 0 => {
@@ -401,6 +427,7 @@ mod tests {
                 },
                 hlc_us: 1_000 + u64::from(i),
                 condition: Condition::Always,
+                pool_generation: 0,
                 key: format!("/v/k{i:04}"),
                 blob: Bytes::from(vec![i as u8; 1 + (i as usize * 37) % 500]),
             };
@@ -458,6 +485,25 @@ mod tests {
         }
     }
 
+    /// A snapshot written before pool generations (its header ends after the horizons)
+    /// loads, with no dropped generations.
+    #[test]
+    fn a_snapshot_without_dropped_generations_loads() {
+        let store = store_with(3);
+        let now = store.snapshot();
+        let header = u32::from_le_bytes(now[..4].try_into().expect("4 bytes")) as usize;
+        // The new header's last field is the (empty) dropped list's count.
+        assert_eq!(now[4 + header - 4..4 + header], [0, 0, 0, 0]);
+        let mut old = BytesMut::new();
+        old.put_u32_le((header - 4) as u32);
+        old.put_slice(&now[4..4 + header - 4]);
+        old.put_slice(&now[4 + header..]);
+        let back =
+            ShardStore::from_snapshot(StoreKind::Volatile, StoreLimits::default(), old.freeze())
+                .expect("loads");
+        assert_eq!(back.snapshot(), now);
+    }
+
     #[test]
     fn the_stream_keeps_the_state_it_was_taken_at() {
         let mut store = store_with(20);
@@ -467,6 +513,7 @@ mod tests {
             id: MessageId { client: 9, seq: 1 },
             hlc_us: 5_000,
             condition: Condition::Always,
+            pool_generation: 0,
             key: "/v/k0003".into(),
             blob: Bytes::from_static(b"later"),
         };
@@ -485,6 +532,7 @@ mod tests {
             id: MessageId { client: 9, seq: 1 },
             hlc_us: 5_000,
             condition: Condition::Always,
+            pool_generation: 0,
             key: "/v/big".into(),
             blob: big_blob.clone(),
         };
