@@ -76,6 +76,7 @@
 //! requests_in_flight_max = 4096
 //! watchers_max = 1024
 //! watch_queue_max = 4096
+//! watch_replay_bytes = 16777216
 //! dedup_clients_max = 4096
 //! dedup_per_client_max = 256
 //! pools_max = 1024
@@ -524,6 +525,11 @@ pub struct Limits {
     /// Events buffered per watcher; a watcher that falls further behind is dropped
     /// rather than letting it hold memory without bound.
     pub watch_queue_max: usize,
+    /// Bytes of recent changes (values included) each volatile shard keeps, so a watch
+    /// that resumes at it (its node failed, it fell behind) gets every version it missed
+    /// while they reach back that far; past them, each key's latest value. 0 keeps none.
+    /// Persistent shards need none: they keep every version.
+    pub watch_replay_bytes: usize,
     /// Clients whose recent requests are remembered to answer retries exactly once.
     pub dedup_clients_max: usize,
     /// Recent requests remembered per client.
@@ -585,6 +591,7 @@ impl Default for Limits {
             requests_in_flight_max: 4096,
             watchers_max: 1024,
             watch_queue_max: 4096,
+            watch_replay_bytes: 16 << 20,
             dedup_clients_max: 4096,
             dedup_per_client_max: 256,
             pools_max: 1024,
@@ -608,6 +615,7 @@ impl Limits {
             object_bytes_max: self.object_bytes_max,
             dedup_clients_max: self.dedup_clients_max,
             dedup_per_client_max: self.dedup_per_client_max,
+            watch_replay_bytes: self.watch_replay_bytes,
         }
     }
 }

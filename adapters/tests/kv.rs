@@ -667,21 +667,36 @@ async fn a_watch_on_a_fresh_cluster_sees_the_first_write() {
 /// this test hung).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_that_falls_behind_catches_up_with_every_version() {
+    falls_behind("/demo/slow", 0).await;
+}
+
+/// The same on a volatile pool, which keeps only each key's latest value: its shards keep
+/// their recent changes (`limits.watch_replay_bytes`) for watches that resume. (Without
+/// them, 0, the resumed watch got each key's latest only, and this test fails.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_of_a_volatile_pool_that_falls_behind_catches_up_with_every_version() {
+    falls_behind("/cache/slow", 64 << 20).await;
+}
+
+/// A watch of `watched` whose consumer does not read while 16 keys there get 250
+/// versions of 8 KiB each; then every version arrives once, in order.
+async fn falls_behind(watched: &str, watch_replay_bytes: usize) {
     let mut cluster = Cluster::new(3, &[]);
     cluster.with_http();
     for cfg in &mut cluster.configs {
         cfg.limits.watch_queue_max = 8;
         cfg.limits.history_cache_bytes = 4 << 10;
+        cfg.limits.watch_replay_bytes = watch_replay_bytes;
     }
     cluster.start_all();
     let c = cluster.client(None, 3).await;
-    let mut events = c.watch("/demo/slow").await.expect("watch");
+    let mut events = c.watch(watched).await.expect("watch");
     // Nobody reads while 16 keys get 250 versions of 8 KiB each: 32 MiB, more than the
     // client's queues (2,048 events), the sockets and the node's queue hold.
     let mut written = Vec::new();
     for round in 0..250 {
         for k in 0..16 {
-            let key = format!("/demo/slow/{k:02}");
+            let key = format!("{watched}/{k:02}");
             let mut value = format!("{key}@{round}").into_bytes();
             value.resize(8 << 10, b'.');
             let value = Bytes::from(value);

@@ -473,6 +473,7 @@ CONFIG_SCHEMA: dict[str, tuple[set[str], set[str]]] = {
         "watchers_max", "watch_queue_max", "dedup_clients_max", "dedup_per_client_max", "pools_max",
         "udl_workers", "udl_queue_max", "udl_emit_queue_max", "history_cache_bytes",
         "history_retention_s", "log_preallocate_bytes", "log_segment_bytes", "disk_reserve_bytes",
+        "metadata_log_compact_bytes", "watch_replay_bytes",
     }),
     "timing": (set(), {"heartbeat_interval_ms", "suspicion_timeout_ms", "restart_grace_ms", "read_lease_ms"}),
     "auth": (set(), {"tokens"}),

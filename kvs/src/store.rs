@@ -37,6 +37,10 @@ pub struct StoreLimits {
     pub object_bytes_max: usize,
     pub dedup_clients_max: usize,
     pub dedup_per_client_max: usize,
+    /// A volatile store keeps its most recent changes (values included) up to this many
+    /// bytes, so a watch that resumes here gets every version it missed, not only each
+    /// key's latest ([`ShardStore::changes_after`]). 0 keeps none.
+    pub watch_replay_bytes: usize,
 }
 
 impl Default for StoreLimits {
@@ -45,6 +49,54 @@ impl Default for StoreLimits {
             object_bytes_max: 64 << 20,
             dedup_clients_max: 4096,
             dedup_per_client_max: 256,
+            watch_replay_bytes: 16 << 20,
+        }
+    }
+}
+
+/// A volatile store's most recent changes, oldest first, for watches that resume
+/// (persistent stores have every version's metadata, and the log, instead).
+#[derive(Debug, Default)]
+struct Recent {
+    changes: VecDeque<Change>,
+    /// What `changes` accounts for ([`Recent::cost`]), at most
+    /// [`StoreLimits::watch_replay_bytes`].
+    bytes: usize,
+    /// Every write after this point is in `changes` (`None`: every write since the store
+    /// began); it moves up as the oldest are forgotten.
+    complete_after: Option<Version>,
+}
+
+impl Recent {
+    /// What a change costs: its value (shared with the store, but kept alive by the
+    /// change once the key moves on), its key and its metadata.
+    fn cost(change: &Change) -> usize {
+        change.blob.as_ref().map_or(0, Bytes::len) + change.key.len() + size_of::<Change>()
+    }
+
+    fn push(&mut self, change: Change, bytes_max: usize) {
+        self.bytes += Recent::cost(&change);
+        self.changes.push_back(change);
+        while self.bytes > bytes_max {
+            let Some(oldest) = self.changes.pop_front() else {
+                break;
+            };
+            self.bytes -= Recent::cost(&oldest);
+            self.complete_after = Some(oldest.meta.version);
+        }
+        debug_assert!(
+            self.bytes <= bytes_max,
+            "the replay holds {} bytes",
+            self.bytes
+        );
+    }
+
+    /// Forgets the changes of keys `gone` says are gone (a dropped pool's).
+    fn forget(&mut self, gone: impl Fn(&str) -> bool) {
+        let before = self.changes.len();
+        self.changes.retain(|c| !gone(&c.key));
+        if self.changes.len() != before {
+            self.bytes = self.changes.iter().map(Recent::cost).sum();
         }
     }
 }
@@ -224,6 +276,8 @@ pub struct ShardStore {
     /// dropped there. Writes made for it or an older one are refused, and a repeat of its
     /// drop does nothing. At most [`DROPPED_POOLS_MAX`].
     dropped: HashMap<Arc<str>, u64>,
+    /// A volatile store's recent changes (empty otherwise).
+    recent: Recent,
 }
 
 impl ShardStore {
@@ -239,6 +293,7 @@ impl ShardStore {
             activity: BTreeMap::new(),
             horizons: Vec::new(),
             dropped: HashMap::new(),
+            recent: Recent::default(),
         }
     }
 
@@ -406,6 +461,14 @@ impl ShardStore {
             message_id: id,
             tombstone,
         };
+        if self.kind == StoreKind::Volatile {
+            let change = Change {
+                key: Arc::clone(&key),
+                meta,
+                blob: (!tombstone).then(|| object.blob.clone()),
+            };
+            self.recent.push(change, self.limits.watch_replay_bytes);
+        }
         match self.keys.get_mut(&key) {
             Some(entry) => {
                 if self.kind == StoreKind::Volatile {
@@ -540,6 +603,7 @@ impl ShardStore {
                 }
             }
         }
+        self.recent.forget(|k| crate::key::contains(pool, k));
         let (mut keys_dropped, mut versions_dropped) = (0u64, 0u64);
         self.keys.retain(|k, e| {
             if !crate::key::contains(pool, k) {
@@ -794,7 +858,9 @@ impl ShardStore {
 
     /// The changes to keys under `prefix` after version `after` (all with `None`), oldest
     /// first: what a watch that broke off there missed. A persistent store has every
-    /// version; a volatile one only each key's latest, so the versions in between are
+    /// version. A volatile one has every version since a point its recent changes reach
+    /// back to ([`StoreLimits::watch_replay_bytes`]; a store that came as a snapshot, from
+    /// that point); before it, only each key's latest, so the versions in between are
     /// skipped (each key still ends at its current value or removal). From the start
     /// (`None`), the changes still held; after a point a compaction forgot, the changes
     /// since cannot all be given: [`ReadError::Compacted`].
@@ -805,6 +871,15 @@ impl ShardStore {
     ) -> Result<Vec<Change>, ReadError> {
         if let Some(after) = after {
             self.check_horizons(prefix, |h| after < h.through)?;
+        }
+        if self.kind == StoreKind::Volatile && after >= self.recent.complete_after {
+            let recent = &self.recent.changes;
+            let from = recent.partition_point(|c| Some(c.meta.version) <= after);
+            return Ok(recent
+                .range(from..)
+                .filter(|c| crate::key::contains(prefix, &c.key))
+                .cloned()
+                .collect());
         }
         let mut changes: Vec<Change> = self
             .keys
@@ -1215,8 +1290,17 @@ mod tests {
             pool_generation: 0,
             key: key.into(),
         };
-        for kind in [StoreKind::Persistent, StoreKind::Volatile] {
-            let mut s = ShardStore::new(kind, StoreLimits::default());
+        // A volatile store with its recent changes, and one keeping none.
+        for (kind, watch_replay_bytes) in [
+            (StoreKind::Persistent, 0),
+            (StoreKind::Volatile, 1 << 20),
+            (StoreKind::Volatile, 0),
+        ] {
+            let limits = StoreLimits {
+                watch_replay_bytes,
+                ..StoreLimits::default()
+            };
+            let mut s = ShardStore::new(kind, limits);
             s.apply(v(1), &put(1, "/p/a", b"a1", Condition::Always));
             s.apply(v(2), &put(2, "/p/b", b"b1", Condition::Always));
             s.apply(v(3), &put(3, "/p/a", b"a2", Condition::Always));
@@ -1237,11 +1321,28 @@ mod tests {
                 Some(Bytes::from_static(b"a3")),
             );
             let b_removed = (v(5), "/p/b".to_string(), true, None);
-            match kind {
-                StoreKind::Persistent => {
+            match (kind, watch_replay_bytes) {
+                (StoreKind::Persistent, _) => {
                     // Every version after v1, oldest first; older values are in the log.
                     let b1 = (v(2), "/p/b".to_string(), false, None);
                     let a2 = (v(3), "/p/a".to_string(), false, None);
+                    assert_eq!(seen(Some(v(1))), vec![b1, a2, b_removed, a3.clone()]);
+                    assert_eq!(seen(None).len(), 5);
+                }
+                (_, 1..) => {
+                    // Every version, with its value: the recent changes hold them.
+                    let b1 = (
+                        v(2),
+                        "/p/b".to_string(),
+                        false,
+                        Some(Bytes::from_static(b"b1")),
+                    );
+                    let a2 = (
+                        v(3),
+                        "/p/a".to_string(),
+                        false,
+                        Some(Bytes::from_static(b"a2")),
+                    );
                     assert_eq!(seen(Some(v(1))), vec![b1, a2, b_removed, a3.clone()]);
                     assert_eq!(seen(None).len(), 5);
                 }
@@ -1587,6 +1688,81 @@ mod tests {
         assert!(matches!(oldest, Outcome::Applied { .. }), "{oldest:?}");
         let kept = s.apply(v(at + 1), &put_for(n + 2, "/p1/a", 2)).0;
         assert!(matches!(kept, Outcome::PoolRemoved { .. }), "{kept:?}");
+    }
+
+    /// A volatile store gives a watch resuming after a point every version since, while
+    /// its recent changes reach back that far; before it (or in a store that came as a
+    /// snapshot, before the snapshot) each key's latest.
+    #[test]
+    fn a_volatile_store_replays_its_recent_changes() {
+        let versions = |changes: Vec<Change>| -> Vec<(u32, String, Option<Bytes>)> {
+            changes
+                .into_iter()
+                .map(|c| (c.meta.version.seq(), c.key.to_string(), c.blob))
+                .collect()
+        };
+        let one = |v: &'static [u8]| Some(Bytes::from_static(v));
+        let cost = |blob: usize| size_of::<Change>() + "/p/a".len() + blob;
+        let limits = StoreLimits {
+            watch_replay_bytes: 3 * cost(1),
+            ..StoreLimits::default()
+        };
+        let mut s = ShardStore::new(StoreKind::Volatile, limits);
+        s.apply(v(1), &put(1, "/p/a", b"1", Condition::Always));
+        s.apply(v(2), &put(2, "/p/a", b"2", Condition::Always));
+        s.apply(v(3), &put(3, "/p/b", b"3", Condition::Always));
+        let rm = Op::Remove {
+            id: id(4),
+            hlc_us: 0,
+            condition: Condition::Always,
+            pool_generation: 0,
+            key: "/p/a".into(),
+        };
+        s.apply(v(4), &rm);
+        // The first change no longer fits: every version after it is there.
+        assert_eq!(
+            versions(s.changes_after("/p", Some(v(1))).expect("changes")),
+            vec![
+                (2, "/p/a".into(), one(b"2")),
+                (3, "/p/b".into(), one(b"3")),
+                (4, "/p/a".into(), None)
+            ]
+        );
+        assert_eq!(
+            versions(s.changes_after("/p/a", Some(v(2))).expect("changes")),
+            vec![(4, "/p/a".into(), None)]
+        );
+        // Before it: each key's latest.
+        assert_eq!(
+            versions(s.changes_after("/p", None).expect("changes")),
+            vec![(3, "/p/b".into(), one(b"3")), (4, "/p/a".into(), None)]
+        );
+        // Within the default limit, everything since the start.
+        let mut all = ShardStore::new(StoreKind::Volatile, StoreLimits::default());
+        for seq in 1..=3 {
+            all.apply(
+                v(seq),
+                &put(u64::from(seq), "/p/a", b"x", Condition::Always),
+            );
+        }
+        assert_eq!(all.changes_after("/p", None).expect("changes").len(), 3);
+        // A store from a snapshot has no changes before it.
+        let mut copy =
+            ShardStore::from_snapshot(StoreKind::Volatile, StoreLimits::default(), s.snapshot())
+                .expect("loads");
+        assert_eq!(
+            versions(copy.changes_after("/p", Some(v(2))).expect("changes")),
+            vec![(3, "/p/b".into(), one(b"3")), (4, "/p/a".into(), None)]
+        );
+        copy.apply(v(5), &put(5, "/p/c", b"5", Condition::Always));
+        assert_eq!(
+            versions(copy.changes_after("/p", Some(v(4))).expect("changes")),
+            vec![(5, "/p/c".into(), one(b"5"))]
+        );
+        // A dropped pool's changes go with it.
+        s.apply(v(5), &drop_of(5, "/p", 7));
+        assert_eq!(s.changes_after("/p", Some(v(1))), Ok(vec![]));
+        assert_eq!(s.recent.bytes, 0);
     }
 
     fn outcome_of_drop() -> Outcome {

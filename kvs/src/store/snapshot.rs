@@ -153,7 +153,11 @@ impl SnapshotLoader {
         if self.keys_left != Some(0) || self.clients_left != 0 || self.frames.partial() {
             return Err(OpError::Truncated { what: "snapshot" });
         }
-        Ok(self.store)
+        let mut store = self.store;
+        // Its changes before now are not here: a watch resuming before gets each key's
+        // latest.
+        store.recent.complete_after = store.last_version;
+        Ok(store)
     }
 
     fn apply(&mut self, mut frame: Bytes, share_bytes_min: usize) -> Result<(), OpError> {
