@@ -468,18 +468,26 @@ fn encode_into(op: &Op, out: &mut BytesMut, inline: bool) -> Option<Bytes> {
 pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
     let r = &mut buf;
     let tag = get_u8(r, "tag")?;
-    if tag & TAG_GENERATION != 0 {
-        return decode_with_generation(tag & !TAG_GENERATION, buf);
+    let named = tag & TAG_GENERATION != 0;
+    let op = match get_generational(r, tag & !TAG_GENERATION, named)? {
+        Some(op) => op,
+        None if named => {
+            return Err(OpError::UnknownTag {
+                what: "operation",
+                tag,
+            });
+        }
+        None => decode_other(r, tag)?,
+    };
+    if buf.has_remaining() {
+        return Err(OpError::Trailing(buf.remaining()));
     }
-    let op = match tag {
-        TAG_PUT => {
-            let id = get_id(r)?;
-            get_put(r, id, 0)?
-        }
-        TAG_REMOVE => {
-            let id = get_id(r)?;
-            get_remove(r, id, 0)?
-        }
+    Ok(op)
+}
+
+/// An operation that never names a pool generation, after its tag.
+fn decode_other(r: &mut Bytes, tag: u8) -> Result<Op, OpError> {
+    Ok(match tag {
         TAG_READ => Op::Read { id: get_id(r)? },
         TAG_CREATE_POOL => {
             let id = get_id(r)?;
@@ -583,14 +591,6 @@ pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
             shard: get_u32(r, "shard")?,
             before_us: get_u64(r, "time")?,
         },
-        TAG_DROP_POOL => {
-            let id = get_id(r)?;
-            get_drop_pool(r, id, 0)?
-        }
-        TAG_POOL_DROPPED => {
-            let id = get_id(r)?;
-            get_pool_dropped(r, id, 0)?
-        }
         TAG_COMPACT_METADATA => Op::CompactMetadata { id: get_id(r)? },
         tag => {
             return Err(OpError::UnknownTag {
@@ -598,40 +598,37 @@ pub fn decode(mut buf: Bytes) -> Result<Op, OpError> {
                 tag,
             });
         }
-    };
-    if buf.has_remaining() {
-        return Err(OpError::Trailing(buf.remaining()));
-    }
-    Ok(op)
+    })
 }
 
-/// The rest of an operation whose tag (`base`, the flag cleared) named a pool
-/// generation; a generation of 0 is written without the flag, so one here is refused.
-fn decode_with_generation(base: u8, mut buf: Bytes) -> Result<Op, OpError> {
-    let r = &mut buf;
-    let id = get_id(r)?;
-    let generation = get_u64(r, "pool generation")?;
-    if generation == 0 {
-        return Err(OpError::ZeroGeneration {
-            what: "an operation",
-        });
+/// A put, remove, pool drop or end of drop after its tag (`base`, the flag cleared), with
+/// the generation after the id if the tag `named` one (a generation of 0 is written
+/// without the flag, so one there is refused); `None` for the other operations.
+fn get_generational(r: &mut Bytes, base: u8, named: bool) -> Result<Option<Op>, OpError> {
+    if !matches!(
+        base,
+        TAG_PUT | TAG_REMOVE | TAG_DROP_POOL | TAG_POOL_DROPPED
+    ) {
+        return Ok(None);
     }
-    let op = match base {
+    let id = get_id(r)?;
+    let generation = match named {
+        false => 0,
+        true => match get_u64(r, "pool generation")? {
+            0 => {
+                return Err(OpError::ZeroGeneration {
+                    what: "an operation",
+                });
+            }
+            generation => generation,
+        },
+    };
+    Ok(Some(match base {
         TAG_PUT => get_put(r, id, generation)?,
         TAG_REMOVE => get_remove(r, id, generation)?,
         TAG_DROP_POOL => get_drop_pool(r, id, generation)?,
-        TAG_POOL_DROPPED => get_pool_dropped(r, id, generation)?,
-        _ => {
-            return Err(OpError::UnknownTag {
-                what: "operation",
-                tag: base | TAG_GENERATION,
-            });
-        }
-    };
-    if buf.has_remaining() {
-        return Err(OpError::Trailing(buf.remaining()));
-    }
-    Ok(op)
+        _ => get_pool_dropped(r, id, generation)?,
+    }))
 }
 
 fn get_put(r: &mut Bytes, id: MessageId, pool_generation: u64) -> Result<Op, OpError> {
@@ -1179,6 +1176,49 @@ mod tests {
         assert_eq!(spec.gpu_cache, None);
         // And a spec without options is still written exactly so.
         assert_eq!(encode(&Op::CreatePool { id, spec })[..], old[..]);
+    }
+
+    /// A write naming no generation is laid out as before generations (so old logs
+    /// decode unchanged); one naming one flags its tag and carries it after the id. A
+    /// flag on another operation, or a flagged generation of 0, is refused.
+    #[test]
+    fn a_pool_generation_is_flagged_in_the_tag() {
+        let id = MessageId { client: 3, seq: 4 };
+        let put = |pool_generation| Op::Put {
+            id,
+            hlc_us: 9,
+            condition: Condition::Always,
+            pool_generation,
+            key: "/p/k".into(),
+            blob: Bytes::from_static(b"v"),
+        };
+        let plain = encode(&put(0));
+        let named = encode(&put(0x0102_0304));
+        assert_eq!(plain[0], TAG_PUT);
+        assert_eq!(named[0], TAG_PUT | TAG_GENERATION);
+        assert_eq!(named.len(), plain.len() + 8);
+        assert_eq!(named[17..25], 0x0102_0304u64.to_le_bytes());
+        let mut zero = BytesMut::from(&named[..]);
+        zero[17..25].copy_from_slice(&[0; 8]);
+        assert_eq!(
+            decode(zero.freeze()),
+            Err(OpError::ZeroGeneration {
+                what: "an operation"
+            })
+        );
+        let mut read = BytesMut::from(&encode(&Op::Read { id })[..]);
+        read[0] |= TAG_GENERATION;
+        assert!(matches!(
+            decode(read.freeze()),
+            Err(OpError::UnknownTag {
+                what: "operation",
+                ..
+            })
+        ));
+        assert!(matches!(
+            decode(named.slice(..20)),
+            Err(OpError::Truncated { .. })
+        ));
     }
 
     #[test]
