@@ -29,12 +29,16 @@
 //! `SQCKPT01` (written before the metadata was compacted) is the same without rebuild
 //! operations. A transfer to a joiner carries the same bytes.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
+use squall_driver::KeepState;
 use squall_kvs::{ShardStore, SnapshotLoader, SnapshotStream, StoreKind, StoreLimits};
+use squall_log::ShardKey;
 use squall_platform::Version;
 use thiserror::Error;
 
@@ -47,6 +51,8 @@ const MAGIC_V1: &[u8; 8] = b"SQCKPT01";
 const PIECE_BYTES: usize = 8 << 20;
 /// The marker naming the oldest checkpoint a compacted log can be replayed from.
 const LOG_START: &str = "log-start";
+/// The file a checkpoint arriving in a state transfer is written to until it is whole.
+const TRANSFER_TMP: &str = "transfer.tmp";
 const SUFFIX: &str = ".ckpt";
 
 #[derive(Debug, Error)]
@@ -128,21 +134,27 @@ impl Checkpoints {
         self.write_with(subgroup, shard, version, |out| out.write_all(bytes))
     }
 
-    /// Keeps the checkpoint a state transfer brought (`bytes`, checked whole) as this
-    /// shard's, durably; its version. Blocking. The driver calls it (as its
-    /// `StateKeeper`) before the shard's log takes the records that follow it.
-    pub fn keep_transferred(
+    /// A checkpoint a state transfer brings, to be written as it arrives (in place of
+    /// one an earlier transfer left unfinished). Blocking.
+    pub fn begin_transferred(
         &self,
         subgroup: u32,
         shard: u32,
-        bytes: &[u8],
-    ) -> Result<Version, CheckpointError> {
-        let version = version_of(bytes).map_err(|reason| CheckpointError::Damaged {
-            path: self.dir(subgroup, shard),
-            reason: format!("the transferred checkpoint: {reason}"),
-        })?;
-        self.write_encoded(subgroup, shard, version, bytes)?;
-        Ok(version)
+    ) -> Result<Incoming, CheckpointError> {
+        let dir = self.dir(subgroup, shard);
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let tmp = dir.join(TRANSFER_TMP);
+        let file = File::create(&tmp).map_err(io_err(&tmp))?;
+        Ok(Incoming {
+            checkpoints: self.clone(),
+            subgroup,
+            shard,
+            out: BufWriter::with_capacity(1 << 20, file),
+            tmp,
+            head: Vec::with_capacity(HEAD_BYTES),
+            held: Vec::with_capacity(2 * CRC_BYTES),
+            crc: 0,
+        })
     }
 
     /// Whether this shard has a checkpoint file at `version`.
@@ -210,16 +222,12 @@ impl Checkpoints {
         limits: StoreLimits,
     ) -> Result<Loaded, CheckpointError> {
         let path = self.path(subgroup, shard, version);
-        let mut bytes = Vec::new();
-        File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(io_err(&path))?;
-        let loaded = decode(Bytes::from(bytes), kind, limits).map_err(|reason| {
-            CheckpointError::Damaged {
+        let file = File::open(&path).map_err(io_err(&path))?;
+        let loaded =
+            decode_from(file, kind, limits).map_err(|reason| CheckpointError::Damaged {
                 path: path.clone(),
                 reason,
-            }
-        })?;
+            })?;
         if loaded.version != version {
             return Err(CheckpointError::Damaged {
                 path,
@@ -351,155 +359,259 @@ fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
         .map_err(io_err(dir))
 }
 
-/// Counts CRC32C over what passes through.
-struct Crc<'a> {
-    out: &'a mut dyn Write,
-    crc: u32,
-}
-
-impl Write for Crc<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.out.write(buf)?;
-        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
-    }
-}
-
-fn put_bytes(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) -> io::Result<()> {
     let len = u32::try_from(bytes.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a field over 4 GiB"))?;
-    out.write_all(&len.to_le_bytes())?;
-    out.write_all(bytes)
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(bytes);
+    Ok(())
+}
+
+/// A checkpoint encoded a piece at a time, so that neither a file written nor a state
+/// transfer holds it whole (it can be as large as the shard).
+pub struct CheckpointPieces {
+    version: Version,
+    /// `None` once the snapshot's last piece went.
+    stream: Option<SnapshotStream>,
+    outbox: Vec<(String, OutboxEntry)>,
+    rebuild: Vec<Bytes>,
+    started: bool,
+    crc: u32,
+    /// Pieces given so far.
+    pieces: u32,
+}
+
+impl std::fmt::Debug for CheckpointPieces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointPieces")
+            .field("version", &self.version)
+            .field("snapshot_done", &self.stream.is_none())
+            .finish()
+    }
+}
+
+impl CheckpointPieces {
+    /// A checkpoint of the state `stream` was taken at (`version`, its last delivered
+    /// operation) with the shard's outbox entries and rebuild operations.
+    pub fn new(
+        version: Version,
+        stream: SnapshotStream,
+        outbox: Vec<(String, OutboxEntry)>,
+        rebuild: Vec<Bytes>,
+    ) -> CheckpointPieces {
+        CheckpointPieces {
+            version,
+            stream: Some(stream),
+            outbox,
+            rebuild,
+            started: false,
+            crc: 0,
+            pieces: 0,
+        }
+    }
+
+    /// The pieces given so far.
+    pub fn pieces(&self) -> u32 {
+        self.pieces
+    }
+
+    /// The next piece, with about `piece_bytes` of the snapshot (the last piece holds the
+    /// outbox, the rebuild operations and the checksum), and whether it is the last. An
+    /// error for a field over 4 GiB, which no limit allows.
+    pub fn next_piece(&mut self, piece_bytes: usize) -> io::Result<(Bytes, bool)> {
+        self.pieces += 1;
+        let mut out = Vec::new();
+        if !self.started {
+            self.started = true;
+            out.extend_from_slice(MAGIC);
+            out.extend_from_slice(&self.version.0.to_le_bytes());
+        }
+        if let Some(stream) = &mut self.stream {
+            let (piece, last) = stream.next_piece(piece_bytes);
+            if !piece.is_empty() {
+                put_bytes(&mut out, &piece)?;
+            }
+            if !last {
+                self.crc = crc32c::crc32c_append(self.crc, &out);
+                return Ok((Bytes::from(out), false));
+            }
+            self.stream = None;
+            out.extend_from_slice(&0u32.to_le_bytes());
+        }
+        let count = u32::try_from(self.outbox.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many outbox entries"))?;
+        out.extend_from_slice(&count.to_le_bytes());
+        for (site, e) in &self.outbox {
+            put_bytes(&mut out, site.as_bytes())?;
+            out.extend_from_slice(&e.version.0.to_le_bytes());
+            out.extend_from_slice(&e.timestamp_us.to_le_bytes());
+            out.push(u8::from(e.trigger));
+            put_bytes(&mut out, e.key.as_bytes())?;
+            put_bytes(&mut out, &e.blob)?;
+        }
+        let count = u32::try_from(self.rebuild.len()).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "too many rebuild operations")
+        })?;
+        out.extend_from_slice(&count.to_le_bytes());
+        for op in &self.rebuild {
+            put_bytes(&mut out, op)?;
+        }
+        self.crc = crc32c::crc32c_append(self.crc, &out);
+        out.extend_from_slice(&self.crc.to_le_bytes());
+        Ok((Bytes::from(out), true))
+    }
 }
 
 /// Encodes a checkpoint of the state `stream` was taken at, a piece at a time.
 pub fn encode(
     version: Version,
-    mut stream: SnapshotStream,
+    stream: SnapshotStream,
     outbox: &[(String, OutboxEntry)],
     rebuild: &[Bytes],
     out: &mut dyn Write,
 ) -> io::Result<()> {
-    let mut w = Crc { out, crc: 0 };
-    w.write_all(MAGIC)?;
-    w.write_all(&version.0.to_le_bytes())?;
+    let mut pieces = CheckpointPieces::new(version, stream, outbox.to_vec(), rebuild.to_vec());
     loop {
-        let (piece, last) = stream.next_piece(PIECE_BYTES);
-        if !piece.is_empty() {
-            put_bytes(&mut w, &piece)?;
-        }
+        let (piece, last) = pieces.next_piece(PIECE_BYTES)?;
+        out.write_all(&piece)?;
         if last {
-            break;
+            return Ok(());
         }
     }
-    w.write_all(&0u32.to_le_bytes())?;
-    let count = u32::try_from(outbox.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many outbox entries"))?;
-    w.write_all(&count.to_le_bytes())?;
-    for (site, e) in outbox {
-        put_bytes(&mut w, site.as_bytes())?;
-        w.write_all(&e.version.0.to_le_bytes())?;
-        w.write_all(&e.timestamp_us.to_le_bytes())?;
-        w.write_all(&[u8::from(e.trigger)])?;
-        put_bytes(&mut w, e.key.as_bytes())?;
-        put_bytes(&mut w, &e.blob)?;
-    }
-    let count = u32::try_from(rebuild.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many rebuild operations"))?;
-    w.write_all(&count.to_le_bytes())?;
-    for op in rebuild {
-        put_bytes(&mut w, op)?;
-    }
-    let crc = w.crc;
-    w.out.write_all(&crc.to_le_bytes())
 }
 
-/// Encodes a checkpoint into memory (a state transfer's application state).
-pub fn encode_to_bytes(
-    version: Version,
-    stream: SnapshotStream,
-    outbox: &[(String, OutboxEntry)],
-    rebuild: &[Bytes],
-) -> Bytes {
-    let mut out = Vec::new();
-    // Writing to a Vec fails only for a field over 4 GiB, which no limit allows.
-    if let Err(e) = encode(version, stream, outbox, rebuild, &mut out) {
-        tracing::error!(error = %e, "encoding a checkpoint");
-        return Bytes::new();
-    }
-    Bytes::from(out)
+/// Reads a checkpoint's body (all but its checksum, which it holds back) and counts
+/// CRC32C over it: a checkpoint is read in one pass, never whole in memory.
+struct Body<R> {
+    inner: R,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    crc: u32,
 }
 
-/// The length of an encoded checkpoint's body (all but its checksum), once the checksum
-/// checks out.
-fn checked_body_len(bytes: &[u8]) -> Result<usize, String> {
-    let body_len = bytes
-        .len()
-        .checked_sub(4)
-        .ok_or("shorter than its checksum")?;
-    let stored = u32::from_le_bytes(
-        bytes[body_len..]
+/// The bytes a [`Body`] reads from its file at a time.
+const BODY_READ_BYTES: usize = 256 << 10;
+const CRC_BYTES: usize = 4;
+
+impl<R: Read> Body<R> {
+    fn new(inner: R) -> Body<R> {
+        Body {
+            inner,
+            buf: vec![0; BODY_READ_BYTES + CRC_BYTES].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            eof: false,
+            crc: 0,
+        }
+    }
+
+    /// Once the body is read to its end: whether its checksum matches (an error if the
+    /// file is shorter than one).
+    fn checksum_matches(&self) -> Result<bool, String> {
+        let held = &self.buf[self.start..self.end];
+        let stored: [u8; CRC_BYTES] = held
             .try_into()
-            .map_err(|_| "shorter than its checksum")?,
-    );
-    if crc32c::crc32c(&bytes[..body_len]) != stored {
+            .map_err(|_| "shorter than its checksum".to_string())?;
+        Ok(u32::from_le_bytes(stored) == self.crc)
+    }
+}
+
+impl<R: Read> Read for Body<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.end - self.start <= CRC_BYTES && !self.eof {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            match self.inner.read(&mut self.buf[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let n = (self.end - self.start)
+            .saturating_sub(CRC_BYTES)
+            .min(out.len());
+        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.crc = crc32c::crc32c_append(self.crc, &out[..n]);
+        self.start += n;
+        Ok(n)
+    }
+}
+
+/// Reads a checkpoint, in one pass; the reason if it is damaged. A damaged one whose
+/// checksum does not match says so, whatever else the damage broke.
+pub fn decode_from(r: impl Read, kind: StoreKind, limits: StoreLimits) -> Result<Loaded, String> {
+    let mut body = Body::new(r);
+    let parsed = parse(&mut body, kind, limits);
+    // What the parse left (nothing, unless it failed or the body runs on) goes through
+    // the checksum too.
+    let after = io::copy(&mut body, &mut io::sink()).map_err(|e| e.to_string())?;
+    if !body.checksum_matches()? {
         return Err("its checksum does not match".to_string());
     }
-    Ok(body_len)
-}
-
-/// The version of an encoded checkpoint, once its checksum and header check out.
-pub fn version_of(bytes: &[u8]) -> Result<Version, String> {
-    let body_len = checked_body_len(bytes)?;
-    if body_len < 16 || (&bytes[..8] != MAGIC && &bytes[..8] != MAGIC_V1) {
-        return Err("not a checkpoint (bad magic)".to_string());
+    let loaded = parsed?;
+    if after > 0 {
+        return Err(format!("{after} bytes after its end"));
     }
-    let version: [u8; 8] = bytes[8..16]
-        .try_into()
-        .map_err(|_| "it ends inside its header")?;
-    Ok(Version(u64::from_le_bytes(version)))
+    Ok(loaded)
 }
 
-/// Reads a checkpoint; the reason if it is damaged.
-pub fn decode(mut bytes: Bytes, kind: StoreKind, limits: StoreLimits) -> Result<Loaded, String> {
-    let body_len = checked_body_len(&bytes)?;
-    bytes.truncate(body_len);
-    let r = &mut bytes;
-    let need = |r: &Bytes, n: usize, what: &str| {
-        if r.remaining() < n {
-            Err(format!("it ends inside {what}"))
-        } else {
-            Ok(())
-        }
-    };
-    need(r, 16, "its header")?;
-    let has_rebuild = match &r[..8] {
+/// Reads a checkpoint held in memory; the reason if it is damaged.
+pub fn decode(bytes: Bytes, kind: StoreKind, limits: StoreLimits) -> Result<Loaded, String> {
+    decode_from(&bytes[..], kind, limits)
+}
+
+fn exact<const N: usize>(r: &mut dyn Read, what: &str) -> Result<[u8; N], String> {
+    let mut b = [0; N];
+    r.read_exact(&mut b).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => format!("it ends inside {what}"),
+        _ => e.to_string(),
+    })?;
+    Ok(b)
+}
+
+fn u32_of(r: &mut dyn Read, what: &str) -> Result<u32, String> {
+    exact::<4>(r, what).map(u32::from_le_bytes)
+}
+
+fn u64_of(r: &mut dyn Read, what: &str) -> Result<u64, String> {
+    exact::<8>(r, what).map(u64::from_le_bytes)
+}
+
+/// A field's bytes (`u32 length | bytes`): read as they come, so that a damaged length
+/// costs no more memory than the file holds.
+fn field(r: &mut dyn Read, what: &str) -> Result<Vec<u8>, String> {
+    let len = u32_of(r, what)?;
+    let mut bytes = Vec::new();
+    r.take(u64::from(len))
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() != len as usize {
+        return Err(format!("it ends inside {what}"));
+    }
+    Ok(bytes)
+}
+
+fn parse(r: &mut dyn Read, kind: StoreKind, limits: StoreLimits) -> Result<Loaded, String> {
+    let magic = exact::<8>(r, "its header")?;
+    let has_rebuild = match &magic {
         m if m == MAGIC => true,
         m if m == MAGIC_V1 => false,
         _ => return Err("not a checkpoint (bad magic)".to_string()),
     };
-    r.advance(8);
-    let version = Version(r.get_u64_le());
-    let take = |r: &mut Bytes, what: &str| -> Result<Bytes, String> {
-        need(r, 4, what)?;
-        let len = r.get_u32_le() as usize;
-        need(r, len, what)?;
-        Ok(r.split_to(len))
-    };
+    let version = Version(u64_of(r, "its header")?);
     let mut loader = SnapshotLoader::new(kind, limits);
     loop {
-        let piece = take(r, "the snapshot")?;
+        let piece = field(r, "the snapshot")?;
         if piece.is_empty() {
             break;
         }
-        // A copy per piece, so that what the store keeps does not pin the whole file.
-        loader
-            .push(Bytes::copy_from_slice(&piece))
-            .map_err(|e| e.to_string())?;
+        loader.push(Bytes::from(piece)).map_err(|e| e.to_string())?;
     }
     let store = loader.finish().map_err(|e| e.to_string())?;
     if store.last_delivered() != Some(version) {
@@ -508,19 +620,18 @@ pub fn decode(mut bytes: Bytes, kind: StoreKind, limits: StoreLimits) -> Result<
             store.last_delivered()
         ));
     }
-    need(r, 4, "the outbox")?;
-    let count = r.get_u32_le() as usize;
-    let mut outbox = Vec::with_capacity(count.min(r.remaining() / 29));
+    let utf8 = |bytes: Vec<u8>, what: &str| {
+        String::from_utf8(bytes).map_err(|_| format!("{what} is not UTF-8"))
+    };
+    let count = u32_of(r, "the outbox")?;
+    let mut outbox = Vec::new();
     for _ in 0..count {
-        let site = String::from_utf8(take(r, "an outbox site")?.to_vec())
-            .map_err(|_| "an outbox site is not UTF-8")?;
-        need(r, 17, "an outbox entry")?;
-        let version = Version(r.get_u64_le());
-        let timestamp_us = r.get_u64_le();
-        let trigger = r.get_u8() != 0;
-        let key = String::from_utf8(take(r, "an outbox key")?.to_vec())
-            .map_err(|_| "an outbox key is not UTF-8")?;
-        let blob = Bytes::copy_from_slice(&take(r, "an outbox value")?);
+        let site = utf8(field(r, "an outbox site")?, "an outbox site")?;
+        let version = Version(u64_of(r, "an outbox entry")?);
+        let timestamp_us = u64_of(r, "an outbox entry")?;
+        let trigger = exact::<1>(r, "an outbox entry")?[0] != 0;
+        let key = utf8(field(r, "an outbox key")?, "an outbox key")?;
+        let blob = Bytes::from(field(r, "an outbox value")?);
         outbox.push((
             site,
             OutboxEntry {
@@ -534,16 +645,10 @@ pub fn decode(mut bytes: Bytes, kind: StoreKind, limits: StoreLimits) -> Result<
     }
     let mut rebuild = Vec::new();
     if has_rebuild {
-        need(r, 4, "the rebuild operations")?;
-        let count = r.get_u32_le() as usize;
-        rebuild.reserve(count.min(r.remaining() / 4));
+        let count = u32_of(r, "the rebuild operations")?;
         for _ in 0..count {
-            // Copied out, as the snapshot's pieces are: a plugin kept must not pin the file.
-            rebuild.push(Bytes::copy_from_slice(&take(r, "a rebuild operation")?));
+            rebuild.push(Bytes::from(field(r, "a rebuild operation")?));
         }
-    }
-    if r.has_remaining() {
-        return Err(format!("{} bytes after its end", r.remaining()));
     }
     Ok(Loaded {
         version,
@@ -551,6 +656,142 @@ pub fn decode(mut bytes: Bytes, kind: StoreKind, limits: StoreLimits) -> Result<
         outbox,
         rebuild,
     })
+}
+
+/// A checkpoint arriving in a state transfer, written to a temporary file as it comes and
+/// checked as a whole at its end ([`Incoming::finish`]).
+pub struct Incoming {
+    checkpoints: Checkpoints,
+    subgroup: u32,
+    shard: u32,
+    tmp: PathBuf,
+    out: BufWriter<File>,
+    /// The first bytes (magic and version), once arrived.
+    head: Vec<u8>,
+    /// The last bytes so far: the checksum, if they are the last.
+    held: Vec<u8>,
+    crc: u32,
+}
+
+const HEAD_BYTES: usize = 16;
+
+impl Incoming {
+    /// The next bytes of the checkpoint, in order.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<(), CheckpointError> {
+        self.out.write_all(bytes).map_err(io_err(&self.tmp))?;
+        if self.head.len() < HEAD_BYTES {
+            let n = (HEAD_BYTES - self.head.len()).min(bytes.len());
+            self.head.extend_from_slice(&bytes[..n]);
+        }
+        // Everything but the last CRC_BYTES seen is body: it goes through the checksum.
+        let body = (self.held.len() + bytes.len()).saturating_sub(CRC_BYTES);
+        let from_held = body.min(self.held.len());
+        let from_bytes = body - from_held;
+        self.crc = crc32c::crc32c_append(self.crc, &self.held[..from_held]);
+        self.crc = crc32c::crc32c_append(self.crc, &bytes[..from_bytes]);
+        self.held.drain(..from_held);
+        self.held.extend_from_slice(&bytes[from_bytes..]);
+        Ok(())
+    }
+
+    /// The checkpoint is whole: checked (magic, checksum) and kept, durably, under its
+    /// version; that version.
+    pub fn finish(self) -> Result<Version, CheckpointError> {
+        let damaged = |reason: &str| CheckpointError::Damaged {
+            path: self.tmp.clone(),
+            reason: format!("the transferred checkpoint: {reason}"),
+        };
+        let stored: [u8; CRC_BYTES] = self
+            .held
+            .as_slice()
+            .try_into()
+            .map_err(|_| damaged("shorter than its checksum"))?;
+        if u32::from_le_bytes(stored) != self.crc {
+            return Err(damaged("its checksum does not match"));
+        }
+        if self.head.len() < HEAD_BYTES || (&self.head[..8] != MAGIC && &self.head[..8] != MAGIC_V1)
+        {
+            return Err(damaged("not a checkpoint (bad magic)"));
+        }
+        let mut version = [0; 8];
+        version.copy_from_slice(&self.head[8..HEAD_BYTES]);
+        let version = Version(u64::from_le_bytes(version));
+        let file = self.out.into_inner().map_err(|e| CheckpointError::Io {
+            path: self.tmp.clone(),
+            source: e.into_error(),
+        })?;
+        file.sync_all().map_err(io_err(&self.tmp))?;
+        let path = self.checkpoints.path(self.subgroup, self.shard, version);
+        fs::rename(&self.tmp, &path).map_err(io_err(&path))?;
+        sync_dir(&self.checkpoints.dir(self.subgroup, self.shard))?;
+        Ok(version)
+    }
+}
+
+/// Keeps the checkpoints state transfers bring, as the driver's state keeper: each is
+/// written as it arrives and kept whole before the shard's log takes the records that
+/// follow it; the service then loads it ([`TransferKeeper::take_kept`]).
+#[derive(Debug)]
+pub struct TransferKeeper {
+    checkpoints: Checkpoints,
+    incoming: Mutex<HashMap<ShardKey, Incoming>>,
+    kept: Mutex<HashMap<ShardKey, Version>>,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming").field("tmp", &self.tmp).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> io::Result<std::sync::MutexGuard<'_, T>> {
+    m.lock()
+        .map_err(|_| io::Error::other("a thread panicked while keeping a transferred checkpoint"))
+}
+
+impl TransferKeeper {
+    pub fn new(checkpoints: Checkpoints) -> TransferKeeper {
+        TransferKeeper {
+            checkpoints,
+            incoming: Mutex::new(HashMap::new()),
+            kept: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The version of the checkpoint the last transfer of the shard brought, once.
+    pub fn take_kept(&self, subgroup: u32, shard: u32) -> Option<Version> {
+        lock(&self.kept).ok()?.remove(&ShardKey { subgroup, shard })
+    }
+}
+
+impl KeepState for TransferKeeper {
+    fn begin(&self, key: ShardKey) -> io::Result<()> {
+        let incoming = self
+            .checkpoints
+            .begin_transferred(key.subgroup, key.shard)
+            .map_err(io::Error::other)?;
+        lock(&self.incoming)?.insert(key, incoming);
+        lock(&self.kept)?.remove(&key);
+        Ok(())
+    }
+
+    fn append(&self, key: ShardKey, bytes: &[u8]) -> io::Result<()> {
+        match lock(&self.incoming)?.get_mut(&key) {
+            Some(incoming) => incoming.append(bytes).map_err(io::Error::other),
+            None => Err(io::Error::other(
+                "checkpoint bytes of a transfer that never began",
+            )),
+        }
+    }
+
+    fn finish(&self, key: ShardKey) -> io::Result<()> {
+        let incoming = lock(&self.incoming)?
+            .remove(&key)
+            .ok_or_else(|| io::Error::other("the end of a transfer that never began"))?;
+        let version = incoming.finish().map_err(io::Error::other)?;
+        lock(&self.kept)?.insert(key, version);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -612,9 +853,31 @@ mod tests {
         assert_eq!(loaded.store.snapshot(), s.snapshot());
         assert_eq!(loaded.outbox, outbox());
         assert_eq!(loaded.rebuild, rebuild());
-        // The bytes a transfer carries are the file's.
-        let bytes = encode_to_bytes(at, s.snapshot_stream(), &outbox(), &rebuild());
-        assert_eq!(bytes, fs::read(ck.path(1, 2, at))?);
+        // A transfer carries the file's bytes; in smaller pieces, a checkpoint that
+        // reads back the same.
+        let file = fs::read(ck.path(1, 2, at))?;
+        assert!(encoded(&s, &rebuild()) == file);
+        let mut pieces = CheckpointPieces::new(at, s.snapshot_stream(), outbox(), rebuild());
+        let mut streamed = Vec::new();
+        let mut count = 0;
+        loop {
+            let (piece, last) = pieces.next_piece(256)?;
+            streamed.extend_from_slice(&piece);
+            count += 1;
+            if last {
+                break;
+            }
+        }
+        assert!(count > 3, "{count} pieces");
+        let loaded = decode(
+            Bytes::from(streamed),
+            StoreKind::Persistent,
+            StoreLimits::default(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        assert_eq!(loaded.store.snapshot(), s.snapshot());
+        assert_eq!(loaded.outbox, outbox());
+        assert_eq!(loaded.rebuild, rebuild());
         assert_eq!(ck.log_start(1, 2)?, None);
         ck.set_log_start(1, 2, at)?;
         assert_eq!(ck.log_start(1, 2)?, Some(at));
@@ -645,21 +908,42 @@ mod tests {
         Ok(())
     }
 
+    fn encoded(s: &ShardStore, rebuild: &[Bytes]) -> Vec<u8> {
+        let at = s.last_delivered().expect("applied");
+        let mut out = Vec::new();
+        encode(at, s.snapshot_stream(), &outbox(), rebuild, &mut out).expect("encodes");
+        out
+    }
+
+    /// Hands `bytes` to a transfer's checkpoint in pieces of `piece` bytes.
+    fn transfer(ck: &Checkpoints, bytes: &[u8], piece: usize) -> Result<Version, CheckpointError> {
+        let mut incoming = ck.begin_transferred(2, 0)?;
+        for chunk in bytes.chunks(piece) {
+            incoming.append(chunk)?;
+        }
+        incoming.finish()
+    }
+
     #[test]
     fn a_damaged_checkpoint_is_refused() -> anyhow::Result<()> {
         let s = store();
         let at = s.last_delivered().expect("applied");
-        let good = encode_to_bytes(at, s.snapshot_stream(), &outbox(), &rebuild()).to_vec();
+        let good = encoded(&s, &rebuild());
+        assert!(good.len() > 1000);
         let limits = StoreLimits::default();
-        // Any flipped byte, and any cut, is caught.
-        for i in (0..good.len()).step_by(97) {
+        let dir = tempfile::tempdir()?;
+        let ck = Checkpoints::new(dir.path().to_path_buf());
+        // Any flipped byte is caught by the checksum, whatever else it broke, and a
+        // transfer's checkpoint with one is not kept.
+        for i in (0..good.len()).step_by(97).chain([good.len() - 1]) {
             let mut bad = good.clone();
             bad[i] ^= 0x40;
-            assert!(
-                decode(Bytes::from(bad.clone()), StoreKind::Persistent, limits).is_err(),
-                "byte {i}"
-            );
-            assert!(version_of(&bad).is_err(), "byte {i}");
+            let err = decode(Bytes::from(bad.clone()), StoreKind::Persistent, limits)
+                .expect_err("damaged");
+            assert!(err.contains("checksum"), "byte {i}: {err}");
+            let err = transfer(&ck, &bad, 13).expect_err("damaged");
+            assert!(err.to_string().contains("checksum"), "byte {i}: {err}");
+            assert!(ck.versions(2, 0)?.is_empty());
         }
         for len in [0, 3, 20, good.len() - 1] {
             let cut = Bytes::copy_from_slice(&good[..len]);
@@ -667,18 +951,23 @@ mod tests {
                 decode(cut, StoreKind::Persistent, limits).is_err(),
                 "cut at {len}"
             );
-            assert!(version_of(&good[..len]).is_err(), "cut at {len}");
+            assert!(transfer(&ck, &good[..len], 7).is_err(), "cut at {len}");
         }
-        let dir = tempfile::tempdir()?;
-        let ck = Checkpoints::new(dir.path().to_path_buf());
-        // A transferred one is kept only whole, under its own version.
-        let mut bad = good.clone();
-        bad[30] ^= 1;
-        assert!(ck.keep_transferred(2, 0, &bad).is_err());
-        assert!(ck.versions(2, 0)?.is_empty());
-        assert_eq!(ck.keep_transferred(2, 0, &good)?, at);
-        assert!(ck.has(2, 0, at));
-        assert_eq!(fs::read(ck.path(2, 0, at))?, good);
+        // Bytes after the end, with a checksum over them that matches.
+        let mut long = good[..good.len() - 4].to_vec();
+        long.extend_from_slice(b"more");
+        let crc = crc32c::crc32c(&long);
+        long.extend_from_slice(&crc.to_le_bytes());
+        let err = decode(Bytes::from(long), StoreKind::Persistent, limits).expect_err("long");
+        assert!(err.contains("4 bytes after its end"), "{err}");
+        // A transferred one is kept whole, under its own version, whatever its pieces.
+        for piece in [1, 3, 4, 5, 1000, good.len()] {
+            assert_eq!(transfer(&ck, &good, piece)?, at);
+            assert_eq!(ck.versions(2, 0)?, vec![at]);
+            assert!(fs::read(ck.path(2, 0, at))? == good, "pieces of {piece}");
+            assert!(!ck.dir(2, 0).join(TRANSFER_TMP).exists());
+            ck.remove(2, 0, at)?;
+        }
         ck.write_encoded(1, 1, at, &good)?;
         let path = ck.path(1, 1, at);
         let mut bytes = fs::read(&path)?;
@@ -692,22 +981,51 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_larger_than_a_read_loads_in_one_pass() -> anyhow::Result<()> {
+        // Values over several of the reader's buffers, so fields span its refills.
+        let mut s = ShardStore::new(StoreKind::Persistent, StoreLimits::default());
+        for seq in 1..=6u32 {
+            let op = Op::Put {
+                id: MessageId {
+                    client: 9,
+                    seq: u64::from(seq),
+                },
+                hlc_us: 2_000 + u64::from(seq),
+                condition: Condition::Always,
+                pool_generation: 0,
+                key: format!("/big/k{seq}"),
+                blob: Bytes::from(vec![seq as u8; BODY_READ_BYTES + 1_000 * seq as usize]),
+            };
+            s.apply(Version::new(1, seq), &op);
+        }
+        let at = s.last_delivered().expect("applied");
+        let dir = tempfile::tempdir()?;
+        let ck = Checkpoints::new(dir.path().to_path_buf());
+        ck.write(3, 0, at, s.snapshot_stream(), &outbox(), &rebuild())?;
+        let loaded = ck.load(3, 0, at, StoreKind::Persistent, StoreLimits::default())?;
+        assert_eq!(loaded.store.snapshot(), s.snapshot());
+        assert_eq!(loaded.outbox, outbox());
+        assert_eq!(loaded.rebuild, rebuild());
+        Ok(())
+    }
+
+    #[test]
     fn a_checkpoint_written_before_rebuild_operations_still_reads() -> anyhow::Result<()> {
         let s = store();
         let at = s.last_delivered().expect("applied");
-        let current = encode_to_bytes(at, s.snapshot_stream(), &outbox(), &[]).to_vec();
+        let current = encoded(&s, &[]);
         // The first format: another magic, no rebuild count, its own checksum.
         let mut v1 = current[..current.len() - 8].to_vec();
         v1[..8].copy_from_slice(MAGIC_V1);
         let crc = crc32c::crc32c(&v1);
         v1.extend_from_slice(&crc.to_le_bytes());
-        assert_eq!(version_of(&v1), Ok(at));
         let loaded = decode(
             Bytes::from(v1),
             StoreKind::Persistent,
             StoreLimits::default(),
         )
         .map_err(anyhow::Error::msg)?;
+        assert_eq!(loaded.version, at);
         assert_eq!(loaded.store.snapshot(), s.snapshot());
         assert_eq!(loaded.outbox, outbox());
         assert!(loaded.rebuild.is_empty());

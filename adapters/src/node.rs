@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use squall_udl_host::engine::{Engine, EngineConfig, EngineMetrics};
 
+use crate::checkpoint::{Checkpoints, TransferKeeper};
 use squall_driver::{
     NodeConfig, StateKeeper, TcpConfig, TcpTransport, has_incarnation, next_incarnation,
     next_incarnation_from, start_node,
@@ -80,20 +81,6 @@ pub enum RunError {
     /// again: a new start joins the running group and recovers from its log.
     #[error("this node stopped: {0}; starting it again rejoins the group")]
     Stopped(String),
-}
-
-/// The driver's `StateKeeper`: a checkpoint that comes with a compacted shard's log is
-/// kept in `dir` before that log replaces what this node's log held of the shard, so a
-/// crash between the two never leaves records without the state they follow (the
-/// service then finds it written and only marks the log's start).
-fn transferred_checkpoint_keeper(dir: std::path::PathBuf) -> StateKeeper {
-    let checkpoints = crate::checkpoint::Checkpoints::new(dir);
-    StateKeeper(Arc::new(move |key, state| {
-        checkpoints
-            .keep_transferred(key.subgroup, key.shard, state)
-            .map(drop)
-            .map_err(std::io::Error::other)
-    }))
 }
 
 /// Why the group stopped a node, in a user's words.
@@ -269,6 +256,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map(|(i, _)| i as u32 + 1)
         .collect();
     let lowest = config.peer_map().keys().next().copied();
+    let checkpoint_dir = config.node.data_dir.join("checkpoints");
+    let transfer_keeper = Arc::new(TransferKeeper::new(Checkpoints::new(
+        checkpoint_dir.clone(),
+    )));
     let node_cfg = NodeConfig {
         core,
         me,
@@ -280,9 +271,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         commands_max: 4_096,
         report_arrivals: false,
         unlogged_subgroups: unlogged,
-        state_keeper: Some(transferred_checkpoint_keeper(
-            config.node.data_dir.join("checkpoints"),
-        )),
+        state_keeper: Some(StateKeeper(transfer_keeper.clone())),
     };
     let (handle, events) = start_node(node_cfg, transport, inbound, Some(Box::new(log)))?;
 
@@ -310,7 +299,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         clock_skew_max_us: 60_000_000,
         wan: WanConfig::from_config(&config),
         log_dir: Some(config.node.data_dir.join("log")),
-        checkpoint_dir: Some(config.node.data_dir.join("checkpoints")),
+        checkpoint_dir: Some(checkpoint_dir),
+        transfer_keeper: Some(transfer_keeper),
         disk_reserve_bytes: config.limits.disk_reserve_bytes,
         metadata_compact_bytes: config.limits.metadata_log_compact_bytes,
     };

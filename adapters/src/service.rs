@@ -17,7 +17,9 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use squall_driver::{AppEvent, NodeEvent, NodeHandle, NodeSendError, SendReceipt};
+use squall_driver::{
+    AppEvent, NodeEvent, NodeHandle, NodeSendError, SendReceipt, TransferredState,
+};
 use squall_kvs::op::{self, Op};
 use squall_kvs::store::ReadError;
 use squall_kvs::{
@@ -28,7 +30,7 @@ use squall_platform::{MemberId, SendError, SendTicket, Version, View, ViewId};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::checkpoint::{self, Checkpoints};
+use crate::checkpoint::{self, CheckpointPieces, Checkpoints, TransferKeeper};
 use crate::compaction::{Compactor, Contents};
 use crate::config::OutboxFull;
 use crate::gpu::NodeGpu;
@@ -79,6 +81,16 @@ pub struct ServiceConfig {
     pub checkpoint_dir: Option<std::path::PathBuf>,
     /// See `Limits::metadata_log_compact_bytes` (0: never).
     pub metadata_compact_bytes: u64,
+    /// The driver's state keeper, which writes the checkpoints state transfers bring (into
+    /// `checkpoint_dir`); `None`: the driver collects them in memory.
+    pub transfer_keeper: Option<Arc<TransferKeeper>>,
+}
+
+/// A state going to joiners, a piece at a time.
+#[derive(Debug)]
+enum OutgoingState {
+    Snapshot(SnapshotStream),
+    Checkpoint(Box<CheckpointPieces>),
 }
 
 /// A client request handed to the service by a connection.
@@ -433,9 +445,10 @@ pub struct Service {
     /// Shards this node is new to in the current view whose state has not arrived:
     /// reads that do not wait for the core's barrier (past versions) go elsewhere.
     awaiting_state: HashSet<(u32, u32)>,
-    /// Volatile shards' snapshots on their way to joiners, by subgroup: encoded a piece at
-    /// a time as the transfer asks ([`SNAPSHOT_PIECE_BYTES`]).
-    snapshots_out: HashMap<u32, (ViewId, SnapshotStream)>,
+    /// States on their way to joiners, by subgroup: volatile shards' snapshots and
+    /// compacted shards' checkpoints, encoded a piece at a time as the transfer asks
+    /// ([`SNAPSHOT_PIECE_BYTES`]).
+    snapshots_out: HashMap<u32, (ViewId, OutgoingState)>,
     /// Snapshots arriving, applied a part at a time.
     snapshots_in: HashMap<(u32, u32), (ViewId, SnapshotLoader)>,
     stable_waits: Vec<StableWait>,
@@ -761,27 +774,48 @@ impl Service {
         &mut self,
         subgroup: u32,
         shard: u32,
-        state: Bytes,
+        state: TransferredState,
         last_version: Option<u64>,
     ) -> Result<u64, String> {
         let ck = self.compactor.checkpoints().cloned();
         let limits = self.cfg.store_limits;
         let kind = checkpoint_kind(subgroup);
+        let kept = match state {
+            TransferredState::Kept => Some(
+                self.cfg
+                    .transfer_keeper
+                    .as_ref()
+                    .and_then(|keeper| keeper.take_kept(subgroup, shard))
+                    .ok_or("the driver kept a checkpoint this node does not know of")?,
+            ),
+            _ => None,
+        };
         let loaded = tokio::task::spawn_blocking(move || {
-            let loaded = checkpoint::decode(state.clone(), kind, limits)?;
+            let loaded = match (state, kept, &ck) {
+                // The driver kept it (`TransferKeeper`) before the log took the records
+                // after it: read from its file.
+                (_, Some(version), Some(ck)) => ck
+                    .load(subgroup, shard, version, kind, limits)
+                    .map_err(|e| e.to_string())?,
+                (TransferredState::Bytes(state), _, ck) => {
+                    let loaded = checkpoint::decode(state.clone(), kind, limits)?;
+                    if let Some(ck) = ck
+                        && !ck.has(subgroup, shard, loaded.version)
+                    {
+                        ck.write_encoded(subgroup, shard, loaded.version, &state)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    loaded
+                }
+                _ => return Err("a kept checkpoint without a checkpoint directory".to_string()),
+            };
             if last_version.is_none_or(|last| loaded.version.0 > last) {
                 return Err(format!(
                     "the state is at version {}, past the transferred log's end {last_version:?}",
                     loaded.version
                 ));
             }
-            if let Some(ck) = ck {
-                // The driver kept it before the log took the records after it (see
-                // `transferred_checkpoint_keeper`); written here only if it did not.
-                if !ck.has(subgroup, shard, loaded.version) {
-                    ck.write_encoded(subgroup, shard, loaded.version, &state)
-                        .map_err(|e| e.to_string())?;
-                }
+            if let Some(ck) = &ck {
                 ck.set_log_start(subgroup, shard, loaded.version)
                     .map_err(|e| e.to_string())?;
             }
@@ -1162,7 +1196,7 @@ impl Service {
                 // with it.
                 match self.stores.get(&(subgroup, shard)) {
                     Some(store) if store.kind() == StoreKind::Volatile => {
-                        let stream = store.snapshot_stream();
+                        let stream = OutgoingState::Snapshot(store.snapshot_stream());
                         self.snapshots_out.insert(subgroup, (view_id, stream));
                         self.supply_snapshot_piece(view_id, subgroup).await;
                     }
@@ -1170,28 +1204,34 @@ impl Service {
                         if store.kind() == StoreKind::Persistent
                             && self.log_compacted(subgroup, shard) =>
                     {
-                        let stream = store.snapshot_stream();
                         let version = store.last_delivered().unwrap_or(Version(0));
-                        let outbox = self.outboxes.entries(subgroup, shard);
-                        let state = tokio::task::spawn_blocking(move || {
-                            checkpoint::encode_to_bytes(version, stream, &outbox, &[])
-                        })
-                        .await
-                        .unwrap_or_default();
-                        info!(subgroup, shard, %version, bytes = state.len(), "a checkpoint goes with the compacted log");
-                        self.handle.supply_state(view_id, subgroup, state).await
+                        let pieces = CheckpointPieces::new(
+                            version,
+                            store.snapshot_stream(),
+                            self.outboxes.entries(subgroup, shard),
+                            Vec::new(),
+                        );
+                        info!(subgroup, shard, %version, "a checkpoint goes with the compacted log");
+                        self.snapshots_out.insert(
+                            subgroup,
+                            (view_id, OutgoingState::Checkpoint(Box::new(pieces))),
+                        );
+                        self.supply_snapshot_piece(view_id, subgroup).await;
                     }
                     None if subgroup == 0 && self.log_compacted(subgroup, shard) => {
-                        let stream = self.meta.snapshot_stream();
                         let version = self.meta.last_delivered().unwrap_or(Version(0));
-                        let rebuild = self.metadata_rebuild();
-                        let state = tokio::task::spawn_blocking(move || {
-                            checkpoint::encode_to_bytes(version, stream, &[], &rebuild)
-                        })
-                        .await
-                        .unwrap_or_default();
-                        info!(%version, bytes = state.len(), "a metadata checkpoint goes with the compacted log");
-                        self.handle.supply_state(view_id, subgroup, state).await
+                        let pieces = CheckpointPieces::new(
+                            version,
+                            self.meta.snapshot_stream(),
+                            Vec::new(),
+                            self.metadata_rebuild(),
+                        );
+                        info!(%version, "a metadata checkpoint goes with the compacted log");
+                        self.snapshots_out.insert(
+                            subgroup,
+                            (view_id, OutgoingState::Checkpoint(Box::new(pieces))),
+                        );
+                        self.supply_snapshot_piece(view_id, subgroup).await;
                     }
                     _ => {
                         self.handle
@@ -1222,16 +1262,19 @@ impl Service {
                 ..
             } => {
                 self.awaiting_state.remove(&(subgroup, shard));
-                if !state.is_empty() && crash_before_taking_state() {
+                if state != TransferredState::Empty && crash_before_taking_state() {
                     // Test hook: a crash in the window between the log taking a
                     // compacted shard's records and this node taking their state.
                     std::process::abort();
                 }
-                let rebuilt = if state.is_empty() {
-                    self.replay_log(subgroup, shard, log.last_version).await
-                } else {
-                    self.receive_checkpoint(subgroup, shard, state, log.last_version)
-                        .await
+                let rebuilt = match state {
+                    TransferredState::Empty => {
+                        self.replay_log(subgroup, shard, log.last_version).await
+                    }
+                    state => {
+                        self.receive_checkpoint(subgroup, shard, state, log.last_version)
+                            .await
+                    }
                 };
                 if let Err(e) = rebuilt {
                     warn!(error = %e, subgroup, shard, "cannot replay the transferred log; leaving");
@@ -1258,8 +1301,29 @@ impl Service {
         if *for_view != view_id {
             return;
         }
-        let (piece, last) = stream.next_piece(SNAPSHOT_PIECE_BYTES);
+        let next = match stream {
+            OutgoingState::Snapshot(stream) => Ok(stream.next_piece(SNAPSHOT_PIECE_BYTES)),
+            OutgoingState::Checkpoint(pieces) => pieces.next_piece(SNAPSHOT_PIECE_BYTES),
+        };
+        let (piece, last) = match next {
+            Ok(next) => next,
+            Err(e) => {
+                // Only a field over 4 GiB, which no limit allows: another member has to
+                // be the source.
+                self.snapshots_out.remove(&subgroup);
+                warn!(error = %e, subgroup, "cannot encode the state for joiners; leaving");
+                self.handle.leave().await;
+                return;
+            }
+        };
         if last {
+            if let OutgoingState::Checkpoint(pieces) = stream {
+                info!(
+                    subgroup,
+                    pieces = pieces.pieces(),
+                    "the checkpoint for joiners is supplied"
+                );
+            }
             self.snapshots_out.remove(&subgroup);
         }
         self.handle

@@ -13,20 +13,30 @@ use squall_adapters::client::{Client, ClientError, Policy, Written};
 use squall_adapters::wire::{At, ErrorCode};
 
 mod common;
-use common::{Cluster, PRINTER_UUID, now_us};
+use common::{Cluster, PRINTER_UUID, now_us, strip_ansi};
 
 /// The tests take turns: each runs a three-node cluster through restarts.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const KEYS: usize = 8;
 const VALUE_BYTES: usize = 8 << 10;
+/// k6's one value: large enough that a checkpoint goes to a joiner in several pieces
+/// (`SNAPSHOT_PIECE_BYTES` of the store each), never encoded whole.
+const K6_VALUE_BYTES: usize = 12 << 20;
 /// Rounds of puts before the point the test compacts to, and after it.
 const ROUNDS_BEFORE: usize = 40;
 const ROUNDS_AFTER: usize = 20;
 
 fn value(key: usize, round: usize) -> Bytes {
     let mut v = format!("k{key} round {round} ").into_bytes();
-    v.resize(VALUE_BYTES, b'.');
+    v.resize(
+        if key == 6 {
+            K6_VALUE_BYTES
+        } else {
+            VALUE_BYTES
+        },
+        b'.',
+    );
     Bytes::from(v)
 }
 
@@ -158,6 +168,8 @@ async fn compaction_forgets_history_frees_the_log_and_survives_restarts_and_join
     for cfg in &mut cluster.configs {
         cfg.limits.log_segment_bytes = 256 << 10;
         cfg.limits.history_cache_bytes = 4 << 10;
+        cfg.limits.object_bytes_max = K6_VALUE_BYTES;
+        cfg.limits.frame_bytes_max = K6_VALUE_BYTES + (1 << 20);
     }
     cluster.start_all();
     let c = cluster.client(None, 3).await;
@@ -261,6 +273,31 @@ async fn compaction_forgets_history_frees_the_log_and_survives_restarts_and_join
         "node 2 after losing its disk",
     )
     .await;
+    // The checkpoint went in pieces, as the joiner's window took them.
+    let pieces: Vec<u32> = (0..2)
+        .flat_map(|n| {
+            cluster
+                .node_log(n)
+                .lines()
+                .filter(|l| l.contains("the checkpoint for joiners is supplied"))
+                .filter_map(|l| {
+                    let plain = strip_ansi(l);
+                    plain
+                        .split("pieces=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    assert!(
+        !pieces.is_empty() && pieces.iter().all(|p| *p >= 2),
+        "the checkpoint did not go in pieces: {pieces:?}\n{}",
+        cluster.logs()
+    );
     cluster.kill9(2);
     cluster.start(2);
     check(

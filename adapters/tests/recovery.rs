@@ -12,7 +12,7 @@ use squall_adapters::client::{Client, Policy};
 use squall_adapters::wire::{At, ErrorCode};
 
 mod common;
-use common::{Cluster, SmallDisk, now_us};
+use common::{Cluster, SmallDisk, now_us, strip_ansi};
 
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -548,6 +548,95 @@ async fn a_node_takes_a_volatile_shard_streamed_without_its_source_copying_it() 
     );
 }
 
+/// Whether every node but `except` has a compacted log (its `log-start` marker).
+fn logs_compacted(cluster: &Cluster, except: usize) -> bool {
+    fn has_marker(dir: &std::path::Path) -> bool {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                e.file_name() == "log-start" || (e.path().is_dir() && has_marker(&e.path()))
+            })
+        })
+    }
+    (0..cluster.configs.len())
+        .filter(|n| *n != except)
+        .all(|n| has_marker(&cluster.configs[n].node.data_dir.join("checkpoints")))
+}
+
+/// A brand-new node (its disk wiped) joins a persistent shard of 160 MiB (160 objects of
+/// 1 MiB) whose log was compacted, so no log holds the shard's beginning and its state
+/// comes as a checkpoint of the source's store: encoded a piece at a time as the window
+/// drains, written by the joiner's driver to a file as parts arrive, and loaded from it
+/// in one pass. The source's peak resident memory grows by far less than the shard, and
+/// the joiner's stays well under twice it. Before, the source encoded the whole
+/// checkpoint and the driver copied it into the transfer's first piece (growth: twice the
+/// shard), and the joiner gathered every part, copied them into one buffer and decoded
+/// the store from it (three times the shard).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_takes_a_compacted_shard_as_a_checkpoint_neither_side_holds_whole() {
+    const OBJECTS: usize = 160;
+    const OBJECT_BYTES: usize = 1 << 20;
+    const SHARD_BYTES: u64 = (OBJECTS * OBJECT_BYTES) as u64;
+    let _turn = HEAVY.lock().await;
+    let mut cluster = cluster();
+    for cfg in &mut cluster.configs {
+        cfg.limits.history_cache_bytes = 4 << 20;
+    }
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    let value = |i: usize| Bytes::from(vec![i as u8; OBJECT_BYTES]);
+    for i in 0..OBJECTS {
+        c.put(&format!("/demo/k{i}"), value(i)).await.expect("put");
+    }
+    // A compaction writes a checkpoint only when it forgets something: an overwritten
+    // version. The log is compacted once the checkpoint is durable everywhere, which
+    // the next delivery shows.
+    c.put("/demo/k0", value(0)).await.expect("put");
+    c.compact("/demo", now_us()).await.expect("compact");
+    c.put("/demo/k0", value(0)).await.expect("put");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !logs_compacted(&cluster, usize::MAX) {
+        assert!(
+            Instant::now() < deadline,
+            "the logs were not compacted\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = incarnations(&c).await;
+    let sources = sources_with_peaks_reset(&cluster);
+    cluster.kill9(1);
+    std::fs::remove_dir_all(&cluster.configs[1].node.data_dir).expect("wipe node 1");
+    let started = Instant::now();
+    cluster.start(1);
+    let c1 = rejoined(&cluster, &c, &before, 1, 3).await;
+    // Reads of the latest value wait for the state: once one is answered, it is in.
+    for i in [OBJECTS - 1, 0, OBJECTS / 2] {
+        let key = format!("/demo/k{i}");
+        let got = c1.get(&key).await.expect("get");
+        assert!(
+            got.is_some_and(|o| o.blob == value(i)),
+            "{key} missing or different at node 1"
+        );
+    }
+    let took = started.elapsed();
+    let keys = c1.list_keys("/demo", None).await.expect("list");
+    assert_eq!(keys.len(), OBJECTS, "node 1 lists other keys than were put");
+    let log = strip_ansi(&cluster.node_log(1));
+    assert!(
+        log.contains("took the transferred checkpoint"),
+        "node 1 did not take a checkpoint:\n{log}"
+    );
+    check_transfer_memory(
+        &cluster,
+        &sources,
+        "compacted shard to a new node",
+        SHARD_BYTES,
+        took,
+        SHARD_BYTES * 3 / 2,
+        SHARD_BYTES / 2,
+    );
+}
+
 /// A node whose data directory was lost (a wiped or replaced disk) comes back into the
 /// running cluster: node 0, which founds the group at a cluster's first start, must join
 /// it rather than found a second one beside it (split brain: before, it did, alone and
@@ -618,24 +707,6 @@ async fn a_node_that_lost_its_disk_rejoins_the_running_cluster() {
             "node {node} lacks the cluster's data"
         );
     }
-}
-
-/// The node logs without their terminal colours.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// A node whose disk fills stops at once, and the others go on: every put is answered,

@@ -441,3 +441,21 @@ pub fn now_us() -> u64 {
         .expect("after 1970")
         .as_micros() as u64
 }
+
+/// The node logs without their terminal colours.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -12,7 +12,7 @@ pub mod transport;
 
 pub use incarnation::{has_incarnation, next_incarnation, next_incarnation_from};
 pub use node::{
-    AppEvent, LoggedHistory, LoggedRead, NodeConfig, NodeError, NodeEvent, NodeHandle,
-    NodeSendError, SendReceipt, StateKeeper, start_node,
+    AppEvent, KeepState, LoggedHistory, LoggedRead, NodeConfig, NodeError, NodeEvent, NodeHandle,
+    NodeSendError, SendReceipt, StateKeeper, TransferredState, start_node,
 };
 pub use transport::{Inbound, PeerAddr, TcpConfig, TcpTransport, Transport};

@@ -16,7 +16,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::state::{StateHeader, StateReader, encode_records};
+use crate::state::{StateHeader, StateReader, encode_app_bytes, encode_app_end, encode_records};
 use crate::transport::{Inbound, Transport};
 
 /// Appends, syncs and metadata queued for the log thread. The core's send window bounds
@@ -63,28 +63,50 @@ pub struct NodeConfig {
     /// immediate and their state transfers carry no log. Views, trims and agreements are
     /// logged regardless when there is a log.
     pub unlogged_subgroups: Vec<u32>,
-    /// Keeps a logged shard's transferred application state (a transfer header's, when
-    /// not empty) durably, called on the log thread before the log drops what it held of
-    /// the shard and takes the records that follow that state. So a log never holds a
-    /// transferred log's records without the state they follow: if the source's log no
-    /// longer starts at the shard's beginning, those records alone rebuild a different
-    /// store, and a crash between the two would leave just that. `None`: not kept here
-    /// (the application still gets it with [`AppEvent::StateReceived`]).
+    /// Keeps a logged shard's transferred application state (when the source sent one)
+    /// durably, on the log thread, as its chunks arrive and before the log drops what it
+    /// held of the shard and takes the records that follow that state. So a log never
+    /// holds a transferred log's records without the state they follow: if the source's
+    /// log no longer starts at the shard's beginning, those records alone rebuild a
+    /// different store, and a crash between the two would leave just that; and the state,
+    /// which may be as large as the shard, is never held whole in memory. `None`: the
+    /// driver collects the state and the application gets it with
+    /// [`AppEvent::StateReceived`].
     pub state_keeper: Option<StateKeeper>,
 }
 
-/// See [`NodeConfig::state_keeper`]: stores a shard's transferred application state
-/// durably (synced) before returning.
+/// See [`NodeConfig::state_keeper`].
 #[derive(Clone)]
-pub struct StateKeeper(pub Arc<KeepState>);
+pub struct StateKeeper(pub Arc<dyn KeepState>);
 
-/// What a [`StateKeeper`] calls: keeps `state` for the shard, durably.
-pub type KeepState = dyn Fn(ShardKey, &Bytes) -> std::io::Result<()> + Send + Sync;
+/// Stores a shard's transferred application state as it arrives, durably once whole.
+/// Called on the log thread, in order, for one transfer of a shard at a time; a transfer
+/// that breaks off is followed by the next one's [`KeepState::begin`].
+pub trait KeepState: Send + Sync {
+    /// A transfer's state begins for `key`: drop whatever an earlier one left unfinished.
+    fn begin(&self, key: ShardKey) -> std::io::Result<()>;
+    /// The next bytes of the state, in order.
+    fn append(&self, key: ShardKey, bytes: &[u8]) -> std::io::Result<()>;
+    /// The state is whole: keep it, durably (synced), before returning; an error if it is
+    /// not a state the application can take.
+    fn finish(&self, key: ShardKey) -> std::io::Result<()>;
+}
 
 impl std::fmt::Debug for StateKeeper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("StateKeeper")
     }
+}
+
+/// The application state a logged shard's transfer brought.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransferredState {
+    /// None: the source's log holds the shard's whole history.
+    Empty,
+    /// The [`NodeConfig::state_keeper`] kept it.
+    Kept,
+    /// Collected in memory, without a state keeper.
+    Bytes(Bytes),
 }
 
 /// An [`AppEvent`] stamped with the wall clock when the driver produced it: before any
@@ -145,10 +167,10 @@ pub enum AppEvent {
         /// Served under a read lease (no probe round among the replicas).
         leased: bool,
     },
-    /// Answer with [`NodeHandle::supply_state`]: the shard's state as of now. For a
-    /// subgroup without a log the state may also come in pieces
-    /// ([`NodeHandle::supply_state_piece`]), so that a large one need not be encoded at
-    /// once.
+    /// Answer with [`NodeHandle::supply_state`]: the shard's state as of now (for a logged
+    /// subgroup, what its log lacks: empty if the log is whole). The state may also come
+    /// in pieces ([`NodeHandle::supply_state_piece`]), so that a large one need not be
+    /// encoded at once.
     StateRequested {
         view_id: ViewId,
         subgroup: u32,
@@ -177,7 +199,7 @@ pub enum AppEvent {
         view_id: ViewId,
         subgroup: u32,
         shard: u32,
-        state: Bytes,
+        state: TransferredState,
         /// The transferred records are in this node's log, which now holds the shard's
         /// whole history. An application that replays its log rebuilds from it, in
         /// chunks ([`NodeHandle::read_log_chunk`]).
@@ -406,10 +428,9 @@ impl NodeHandle {
             .await;
     }
 
-    /// One piece of the state of a subgroup without a log; the first answers
-    /// [`AppEvent::StateRequested`], each next one an [`AppEvent::StateSupplyMore`], and
-    /// `last` ends it. A logged subgroup's application state is one piece: for one, a
-    /// piece with `last` is taken as [`NodeHandle::supply_state`] and any other ignored.
+    /// One piece of a shard's state; the first answers [`AppEvent::StateRequested`], each
+    /// next one an [`AppEvent::StateSupplyMore`], and `last` ends it. For a logged
+    /// subgroup the log's records the joiners lack follow the last piece.
     pub async fn supply_state_piece(
         &self,
         view_id: ViewId,
@@ -510,6 +531,16 @@ fn receipt_result(
     answer.unwrap_or(Err(NodeSendError::Stopped))
 }
 
+/// Bytes of a transfer's application state for the state keeper, in order.
+#[derive(Debug, Default)]
+struct StateBytes {
+    /// The transfer's first ([`KeepState::begin`]).
+    begin: bool,
+    bytes: Vec<Bytes>,
+    /// The state's last ([`KeepState::finish`]).
+    end: bool,
+}
+
 /// Work for the log thread; it answers through [`LogDone`].
 #[derive(Debug)]
 enum LogWork {
@@ -550,17 +581,19 @@ enum LogWork {
         view_id: ViewId,
         subgroup: u32,
     },
-    /// Records of a state transfer this node receives: with `keep`, its first records,
-    /// `key`'s log is first cut after `keep` (`Some(None)`: emptied). Then answered with
+    /// What a part of a state transfer this node receives brought: bytes of the
+    /// application's state go to the state keeper (`NodeConfig::state_keeper`); with
+    /// `keep` (the state is whole, and kept), `key`'s log is first cut after `keep`
+    /// (`Some(None)`: emptied), then takes `records`. Then answered with
     /// [`LogDone::StatePartTaken`] for `taken` (view and part) or, with `reply`, synced
     /// first and answered with the log's last version (the transfer's end).
     StateRecords {
         key: ShardKey,
+        state: StateBytes,
         keep: Option<Option<Version>>,
-        /// The transfer's application state, kept (`NodeConfig::state_keeper`) before
-        /// the log changes; with the first records of a transfer only.
-        state: Option<Bytes>,
         records: Vec<Record>,
+        /// The log was cut for this transfer (by this work or an earlier one).
+        logging: bool,
         taken: Option<(ViewId, u32)>,
         reply: Option<oneshot::Sender<Result<Option<u64>, String>>>,
     },
@@ -613,7 +646,8 @@ enum LogDone {
         view_id: ViewId,
         key: ShardKey,
         part: u32,
-        logged: Option<u64>,
+        /// The log's last version, once it was cut for the transfer.
+        logged: Option<Option<u64>>,
     },
     Failed(String),
 }
@@ -677,6 +711,7 @@ pub fn start_node(
         incoming: Vec::new(),
         state_chunk_bytes: cfg.core.state_part_bytes_max,
         record_bytes_max: cfg.core.payload_size_max_bytes,
+        keeps_state: cfg.state_keeper.is_some(),
         unlogged: cfg.unlogged_subgroups.clone(),
         read_waits: Vec::new(),
         reads_asked: std::collections::HashMap::new(),
@@ -719,6 +754,8 @@ struct Driver {
     /// Payload read from the log per piece of an outgoing state (a part's worth).
     state_chunk_bytes: usize,
     record_bytes_max: usize,
+    /// A state keeper takes incoming application state (else it is collected here).
+    keeps_state: bool,
     unlogged: Vec<u32>,
     /// Reads waiting for a delivery (see [`NodeHandle::read_barrier`]); the application
     /// bounds how many it asks for.
@@ -749,11 +786,23 @@ struct Tail {
     end: Option<u64>,
 }
 
-/// A state transfer this node is the source of: the records `next..=end` are still to
-/// be read and supplied, a chunk each time the core asks (`Output::StateSupplyMore`).
+/// A state transfer this node is the source of, from the application's first piece on:
+/// the application's further pieces, then the tail's first records, then the records
+/// `next..=end` (`rest`), a chunk each time the core asks (`Output::StateSupplyMore`).
 #[derive(Debug)]
 struct OutgoingState {
     view_id: ViewId,
+    subgroup: u32,
+    /// The application supplied its last piece.
+    app_done: bool,
+    /// The tail's records read up front, sent after the application's last piece.
+    first_records: Vec<Record>,
+    rest: Option<RecordsLeft>,
+}
+
+/// Log records of an outgoing state still to be read.
+#[derive(Debug, Clone, Copy)]
+struct RecordsLeft {
     key: ShardKey,
     next: u64,
     end: u64,
@@ -765,7 +814,13 @@ struct IncomingState {
     view_id: ViewId,
     subgroup: u32,
     reader: StateReader,
-    /// Its records began to reach the log (which was cut to the base first).
+    /// Bytes of the application's state arrived (they went to the state keeper, or to
+    /// `app` without one).
+    app_began: bool,
+    /// The application's state, without a state keeper.
+    app: BytesMut,
+    /// Its records began to reach the log (which was cut to the base first, once the
+    /// application's state was whole).
     logging: bool,
 }
 
@@ -944,17 +999,13 @@ impl Driver {
                 piece,
                 last,
             } => {
-                if !self.logs(subgroup) {
+                if self.logs(subgroup) {
+                    self.supply_logged_piece(view_id, subgroup, piece, last)
+                        .await;
+                } else {
                     // No log to stream after it: the application's bytes are the
                     // whole transfer.
                     self.core.supply_state_piece(view_id, subgroup, piece, last);
-                } else if last {
-                    self.supply_state(view_id, subgroup, piece).await;
-                } else {
-                    warn!(
-                        subgroup,
-                        "a logged subgroup's state came in pieces; ignored"
-                    );
                 }
             }
             Command::StatePartTaken {
@@ -1056,11 +1107,12 @@ impl Driver {
                 part,
                 logged,
             } => {
-                // Unless a later transfer began since (its first records cut the log).
-                if self
-                    .incoming
-                    .iter()
-                    .any(|i| i.subgroup == key.subgroup && i.view_id == view_id)
+                // Once the log was cut for the transfer, unless a later one began since.
+                if let Some(logged) = logged
+                    && self
+                        .incoming
+                        .iter()
+                        .any(|i| i.subgroup == key.subgroup && i.view_id == view_id)
                 {
                     self.core
                         .state_logged(key.subgroup, key.shard, logged.map(Version));
@@ -1076,91 +1128,144 @@ impl Driver {
         }
     }
 
-    /// Hands the core a logged subgroup's application state with the first log records
-    /// the joiners lack; the rest follow a chunk at a time as the core asks
+    /// Hands the core a piece of a logged subgroup's application state. The first piece
+    /// of a transfer goes after the stream's header; after the last one, the first log
+    /// records the joiners lack, the rest a chunk at a time as the core asks
     /// ([`Driver::supply_more`]).
-    async fn supply_state(&mut self, view_id: ViewId, subgroup: u32, app: Bytes) {
-        let pending = self
+    async fn supply_logged_piece(
+        &mut self,
+        view_id: ViewId,
+        subgroup: u32,
+        app: Bytes,
+        last: bool,
+    ) {
+        let mut piece = BytesMut::new();
+        let i = match self.outgoing(view_id, subgroup) {
+            Some(i) if !self.outgoing[i].app_done => i,
+            Some(_) => {
+                warn!(
+                    subgroup,
+                    "a state piece after the state's last one; ignored"
+                );
+                return;
+            }
+            None => {
+                let Some(out) = self.begin_outgoing(view_id, subgroup).await else {
+                    return;
+                };
+                StateHeader { base: out.1 }.encode(&mut piece);
+                self.outgoing.retain(|o| o.subgroup != subgroup);
+                self.outgoing.push(out.0);
+                self.outgoing.len() - 1
+            }
+        };
+        encode_app_bytes(&app, &mut piece);
+        if !last {
+            self.core
+                .supply_state_piece(view_id, subgroup, piece.freeze(), false);
+            return;
+        }
+        encode_app_end(&mut piece);
+        let out = &mut self.outgoing[i];
+        out.app_done = true;
+        encode_records(&std::mem::take(&mut out.first_records), &mut piece);
+        let more = out.rest.is_some();
+        if !more {
+            self.outgoing.swap_remove(i);
+        }
+        self.core
+            .supply_state_piece(view_id, subgroup, piece.freeze(), !more);
+    }
+
+    /// A new outgoing state of `subgroup` in `view_id`, with the records of the log's
+    /// tail read when the core asked for it, and the version they follow; `None` if the
+    /// core asked for none there (a piece of a transfer that a later one replaced).
+    async fn begin_outgoing(
+        &mut self,
+        view_id: ViewId,
+        subgroup: u32,
+    ) -> Option<(OutgoingState, Option<u64>)> {
+        let Some(i) = self
             .tails
             .iter()
             .position(|t| t.view_id == view_id && t.subgroup == subgroup)
-            .map(|i| self.tails.swap_remove(i));
-        let (key, tail) = match pending {
-            Some(pending) => match pending.records.await {
-                Ok(Ok(tail)) => (Some(pending.key), tail),
-                Ok(Err(reason)) => {
-                    self.feedback.push_back(LogDone::Failed(reason));
-                    return;
-                }
-                Err(_) => {
-                    self.feedback.push_back(self.log_ended());
-                    return;
-                }
-            },
-            None => (
-                None,
-                Tail {
-                    base: None,
-                    records: Vec::new(),
-                    end: None,
-                },
-            ),
+        else {
+            tracing::debug!(
+                subgroup,
+                ?view_id,
+                "a state piece of a transfer that is over; ignored"
+            );
+            return None;
         };
-        let mut piece = BytesMut::new();
-        StateHeader {
-            app,
-            base: tail.base,
-        }
-        .encode(&mut piece);
-        encode_records(&tail.records, &mut piece);
-        let next = tail.records.last().map(|r| r.version + 1);
-        self.outgoing.retain(|o| o.key.subgroup != subgroup);
-        let last = match (key, next, tail.end) {
-            (Some(key), Some(next), Some(end)) if next <= end => {
-                self.outgoing.push(OutgoingState {
-                    view_id,
-                    key,
-                    next,
-                    end,
-                });
-                false
+        let pending = self.tails.swap_remove(i);
+        let tail = match pending.records.await {
+            Ok(Ok(tail)) => tail,
+            Ok(Err(reason)) => {
+                self.feedback.push_back(LogDone::Failed(reason));
+                return None;
             }
-            _ => true,
+            Err(_) => {
+                self.feedback.push_back(self.log_ended());
+                return None;
+            }
         };
-        // `records`: in this first piece; with `more`, the rest follow in chunks.
+        let next = tail.records.last().map(|r| r.version + 1);
+        let rest = match (next, tail.end) {
+            (Some(next), Some(end)) if next <= end => Some(RecordsLeft {
+                key: pending.key,
+                next,
+                end,
+            }),
+            _ => None,
+        };
+        // `records`: in the piece after the application's state; with `more`, the rest
+        // follow in chunks.
         info!(
             subgroup,
             after = ?tail.base.map(Version),
             through = ?tail.end.map(Version),
             records = tail.records.len(),
-            more = !last,
+            more = rest.is_some(),
             "state for joiners"
         );
-        self.core
-            .supply_state_piece(view_id, subgroup, piece.freeze(), last);
+        let out = OutgoingState {
+            view_id,
+            subgroup,
+            app_done: false,
+            first_records: tail.records,
+            rest,
+        };
+        Some((out, tail.base))
     }
 
     fn outgoing(&self, view_id: ViewId, subgroup: u32) -> Option<usize> {
         self.outgoing
             .iter()
-            .position(|o| o.view_id == view_id && o.key.subgroup == subgroup)
+            .position(|o| o.view_id == view_id && o.subgroup == subgroup)
     }
 
-    /// The core can send more of an outgoing state: read the next chunk of the log, or
-    /// ask the application for its next piece.
+    /// The core can send more of an outgoing state: ask the application for its next
+    /// piece, or read the next chunk of the log.
     async fn supply_more(&mut self, view_id: ViewId, subgroup: u32) {
-        if !self.logs(subgroup) {
+        let Some(out) = self.outgoing(view_id, subgroup).map(|i| &self.outgoing[i]) else {
+            if !self.logs(subgroup) {
+                self.emit(AppEvent::StateSupplyMore { view_id, subgroup })
+                    .await;
+            }
+            return;
+        };
+        if !out.app_done {
             self.emit(AppEvent::StateSupplyMore { view_id, subgroup })
                 .await;
             return;
         }
-        let Some(out) = self.outgoing(view_id, subgroup).map(|i| &self.outgoing[i]) else {
+        let Some(rest) = out.rest else {
             return;
         };
         let work = LogWork::ReadStateChunk {
-            key: out.key,
-            from: out.next,
-            to: out.end,
+            key: rest.key,
+            from: rest.next,
+            to: rest.end,
             payload_bytes_max: self.state_chunk_bytes,
             view_id,
             subgroup,
@@ -1176,12 +1281,15 @@ impl Driver {
         let mut piece = BytesMut::new();
         encode_records(&records, &mut piece);
         let out = &mut self.outgoing[i];
+        let Some(rest) = out.rest.as_mut() else {
+            return;
+        };
         // An empty chunk: the log lost what it held (cannot happen while it serves);
         // the transfer ends rather than ask for the same chunk again.
-        out.next = records
+        rest.next = records
             .last()
             .map_or(u64::MAX, |r| r.version.saturating_add(1));
-        let last = out.next > out.end;
+        let last = rest.next > rest.end;
         if last {
             self.outgoing.swap_remove(i);
         }
@@ -1190,9 +1298,10 @@ impl Driver {
     }
 
     /// A part of an incoming state. Without a log it goes to the application as it is,
-    /// which acknowledges it once applied. With one, its records go to the log as they
-    /// arrive (the source sends only a window ahead of what this node took in), the
-    /// application's state to the application once the last part is in.
+    /// which acknowledges it once applied. With one, the application's state goes to the
+    /// state keeper (or is collected) and the records to the log as they arrive (the
+    /// source sends only a window ahead of what this node took in); the application
+    /// hears of the transfer once the last part is in.
     async fn receive_state(
         &mut self,
         view_id: ViewId,
@@ -1216,12 +1325,14 @@ impl Driver {
         }
         if part == 0 {
             // A new transfer; one that broke off with its view is dropped (the new one
-            // cuts the log again).
+            // begins the state again and cuts the log again).
             self.incoming.retain(|i| i.subgroup != subgroup);
             self.incoming.push(IncomingState {
                 view_id,
                 subgroup,
                 reader: StateReader::new(self.record_bytes_max),
+                app_began: false,
+                app: BytesMut::new(),
                 logging: false,
             });
         }
@@ -1232,29 +1343,43 @@ impl Driver {
         else {
             return Err(format!("state part {part} of a transfer that never began"));
         };
+        let keeps_state = self.keeps_state;
         let incoming = &mut self.incoming[i];
         incoming.reader.push(state);
-        let header = incoming
-            .reader
-            .header()
-            .map_err(|e| e.to_string())?
-            .map(|h| (h.base, h.app.clone()));
+        let header = incoming.reader.header().map_err(|e| e.to_string())?;
+        let (app, app_ended) = incoming.reader.app_bytes();
         let records = incoming.reader.records().map_err(|e| e.to_string())?;
-        let key = ShardKey { subgroup, shard };
-        let (keep, state) = match header {
-            Some((base, app)) if !incoming.logging => {
-                incoming.logging = true;
-                (Some(base.map(Version)), (!app.is_empty()).then_some(app))
-            }
-            _ => (None, None),
+        let begin = !app.is_empty() && !incoming.app_began;
+        incoming.app_began |= !app.is_empty();
+        let app = if keeps_state {
+            app
+        } else {
+            app.iter().for_each(|b| incoming.app.extend_from_slice(b));
+            Vec::new()
         };
+        // Once the state is whole (and kept), the log is cut to the base, once.
+        let keep = match header {
+            Some(header) if app_ended && !incoming.logging => {
+                incoming.logging = true;
+                Some(header.base.map(Version))
+            }
+            _ => None,
+        };
+        let state = StateBytes {
+            begin,
+            bytes: app,
+            end: keep.is_some() && incoming.app_began && keeps_state,
+        };
+        let logging = incoming.logging;
+        let key = ShardKey { subgroup, shard };
         if !last {
-            if keep.is_some() || !records.is_empty() {
+            if keep.is_some() || !records.is_empty() || !state.bytes.is_empty() {
                 self.queue_log_work(LogWork::StateRecords {
                     key,
-                    keep,
                     state,
+                    keep,
                     records,
+                    logging,
                     taken: Some((view_id, part)),
                     reply: None,
                 });
@@ -1264,13 +1389,14 @@ impl Driver {
             return Ok(());
         }
         let mut incoming = self.incoming.swap_remove(i);
-        let header = incoming.reader.finish().map_err(|e| e.to_string())?;
+        incoming.reader.finish().map_err(|e| e.to_string())?;
         let (reply, whole) = oneshot::channel();
         self.queue_log_work(LogWork::StateRecords {
             key,
-            keep,
             state,
+            keep,
             records,
+            logging,
             taken: None,
             reply: Some(reply),
         });
@@ -1283,11 +1409,16 @@ impl Driver {
             // The log thread reports its failure (the node then leaves).
             Ok(Err(_)) | Err(_) => return Ok(()),
         };
+        let state = match (incoming.app_began, keeps_state) {
+            (false, _) => TransferredState::Empty,
+            (true, true) => TransferredState::Kept,
+            (true, false) => TransferredState::Bytes(incoming.app.freeze()),
+        };
         self.emit(AppEvent::StateReceived {
             view_id,
             subgroup,
             shard,
-            state: header.app,
+            state,
             log,
         })
         .await;
@@ -1625,6 +1756,20 @@ fn encode_trim(out: &mut BytesMut, view_id: ViewId, subgroup: u32, shard: u32, r
     }
 }
 
+/// Hands a part's bytes of a transferred state to the state keeper.
+fn keep_state(keeper: &dyn KeepState, key: ShardKey, state: &StateBytes) -> std::io::Result<()> {
+    if state.begin {
+        keeper.begin(key)?;
+    }
+    for bytes in &state.bytes {
+        keeper.append(key, bytes)?;
+    }
+    if state.end {
+        keeper.finish(key)?;
+    }
+    Ok(())
+}
+
 /// The log runs on its own thread (file I/O blocks). It applies work in order and
 /// commits in groups: every sync request queued behind one fsync is answered by it.
 fn spawn_log_thread(
@@ -1721,14 +1866,15 @@ fn spawn_log_thread(
                         },
                         LogWork::StateRecords {
                             key,
-                            keep,
                             state,
+                            keep,
                             records,
+                            logging,
                             taken,
                             reply,
                         } => {
-                            if let (Some(state), Some(keeper)) = (&state, &keeper)
-                                && let Err(e) = (keeper.0)(key, state)
+                            if let Some(keeper) = &keeper
+                                && let Err(e) = keep_state(&*keeper.0, key, &state)
                             {
                                 let e = LogError::Io {
                                     path: format!(
@@ -1767,7 +1913,7 @@ fn spawn_log_thread(
                                     view_id,
                                     key,
                                     part,
-                                    logged,
+                                    logged: logging.then_some(logged),
                                 }
                             }));
                         }

@@ -24,7 +24,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::{BufMut, Bytes, BytesMut};
 use squall_driver::{
-    AppEvent, NodeConfig, NodeEvent, NodeSendError, TcpConfig, TcpTransport, start_node,
+    AppEvent, NodeConfig, NodeEvent, NodeSendError, TcpConfig, TcpTransport, TransferredState,
+    start_node,
 };
 use squall_log::{FileLog, LogConfig, LogStore, ShardKey};
 use squall_platform::sim::history::{Event, StateDigest, UNKNOWN_PAYLOAD};
@@ -164,6 +165,9 @@ fn payload_id(payload: &[u8]) -> u64 {
         .map_or(UNKNOWN_PAYLOAD, u64::from_le_bytes)
 }
 
+/// The bytes of a digest in the first piece of its transfer.
+const DIGEST_FIRST_PIECE_BYTES: usize = 8;
+
 fn encode_digest(d: StateDigest) -> Bytes {
     let mut b = BytesMut::with_capacity(16);
     b.put_u64_le(d.applied);
@@ -229,6 +233,8 @@ async fn main() -> Result<()> {
     // this node delivered or received by state transfer, in order).
     let mut digest = StateDigest::default();
     let mut state_parts = Vec::new();
+    // The rest of a digest being supplied: its view and subgroup, and the bytes.
+    let mut supplying = None;
     let log: Option<Box<dyn LogStore + Send>> = if args.persistent {
         let (log, report) = FileLog::open(LogConfig::new(args.data_dir.join("log")))?;
         eprintln!("node {me}: log recovered: {report:?}");
@@ -351,10 +357,26 @@ async fn main() -> Result<()> {
                     AppEvent::Trimmed { view_id, subgroup, shard, received } => {
                         rec.record(Event::Trimmed { at_us, member: me, view_id, subgroup, shard, received })?;
                     }
+                    // The digest goes in two pieces, so that every transfer streams one.
                     AppEvent::StateRequested { view_id, subgroup, .. } => {
-                        handle.supply_state(view_id, subgroup, encode_digest(digest)).await;
+                        let mut whole = encode_digest(digest);
+                        let rest = whole.split_off(DIGEST_FIRST_PIECE_BYTES);
+                        supplying = Some((view_id, subgroup, rest));
+                        handle.supply_state_piece(view_id, subgroup, whole, false).await;
+                    }
+                    AppEvent::StateSupplyMore { view_id, subgroup } => {
+                        if let Some((for_view, for_subgroup, rest)) = supplying.take() {
+                            if (for_view, for_subgroup) == (view_id, subgroup) {
+                                handle.supply_state_piece(view_id, subgroup, rest, true).await;
+                            } else {
+                                supplying = Some((for_view, for_subgroup, rest));
+                            }
+                        }
                     }
                     AppEvent::StateReceived { view_id, subgroup, state, .. } => {
+                        let TransferredState::Bytes(state) = state else {
+                            bail!("the source sent no state");
+                        };
                         digest = decode_digest(&state).ok_or_else(|| anyhow!("malformed state from the source"))?;
                         rec.record(Event::StateReceived { at_us, member: me, view_id, subgroup, digest })?;
                     }
@@ -370,8 +392,6 @@ async fn main() -> Result<()> {
                             rec.record(Event::StateReceived { at_us, member: me, view_id, subgroup, digest })?;
                         }
                     }
-                    // The digest goes in one piece.
-                    AppEvent::StateSupplyMore { .. } => {}
                     // This node asks for no reads.
                     AppEvent::ReadReady { .. } => {}
                     AppEvent::Stopped(reason) => {
