@@ -1190,20 +1190,20 @@ impl Service {
                 view_id,
                 subgroup,
                 shard,
+                needs_state,
             } => {
                 // Logged shards travel as their log; volatile ones as a snapshot, streamed.
                 // A compacted log lacks its beginning: a checkpoint of the store goes
-                // with it.
+                // with it, unless the joiners' logs continue into it (a member back
+                // from a restart, rebuilt from its own checkpoint and log).
+                let needs_checkpoint = needs_state && self.log_compacted(subgroup, shard);
                 match self.stores.get(&(subgroup, shard)) {
                     Some(store) if store.kind() == StoreKind::Volatile => {
                         let stream = OutgoingState::Snapshot(store.snapshot_stream());
                         self.snapshots_out.insert(subgroup, (view_id, stream));
                         self.supply_snapshot_piece(view_id, subgroup).await;
                     }
-                    Some(store)
-                        if store.kind() == StoreKind::Persistent
-                            && self.log_compacted(subgroup, shard) =>
-                    {
+                    Some(store) if store.kind() == StoreKind::Persistent && needs_checkpoint => {
                         let version = store.last_delivered().unwrap_or(Version(0));
                         let pieces = CheckpointPieces::new(
                             version,
@@ -1218,7 +1218,7 @@ impl Service {
                         );
                         self.supply_snapshot_piece(view_id, subgroup).await;
                     }
-                    None if subgroup == 0 && self.log_compacted(subgroup, shard) => {
+                    None if subgroup == 0 && needs_checkpoint => {
                         let version = self.meta.last_delivered().unwrap_or(Version(0));
                         let pieces = CheckpointPieces::new(
                             version,

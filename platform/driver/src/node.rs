@@ -175,6 +175,12 @@ pub enum AppEvent {
         view_id: ViewId,
         subgroup: u32,
         shard: u32,
+        /// Whether the joiners need the application's state. Always for a subgroup
+        /// without a log; with one, not when the joiners' logs continue into the
+        /// source's (the transfer then carries only the records after what they hold,
+        /// and their logs, with what they kept beside them, hold the shard's history):
+        /// the state supplied may then be empty.
+        needs_state: bool,
     },
     /// The joiners took what was sent of a state supplied in pieces: answer with the next
     /// one ([`NodeHandle::supply_state_piece`]).
@@ -746,7 +752,7 @@ struct Driver {
     feedback: VecDeque<LogDone>,
     last_hlc_us: u64,
     /// Log tails being read for state transfers the application has yet to answer.
-    tails: Vec<PendingTail>,
+    tails: Vec<ReadTail>,
     /// State transfers this node is the source of with log records still to read.
     outgoing: Vec<OutgoingState>,
     /// State transfers this node receives, by subgroup.
@@ -824,11 +830,12 @@ struct IncomingState {
     logging: bool,
 }
 
-struct PendingTail {
+/// The tail of a shard's log read for a state transfer this node is asked to source.
+struct ReadTail {
     view_id: ViewId,
     subgroup: u32,
     key: ShardKey,
-    records: oneshot::Receiver<Result<Tail, String>>,
+    tail: Tail,
 }
 
 /// What this node's log says about its last life: the newest view it logged and the end
@@ -1150,7 +1157,7 @@ impl Driver {
                 return;
             }
             None => {
-                let Some(out) = self.begin_outgoing(view_id, subgroup).await else {
+                let Some(out) = self.begin_outgoing(view_id, subgroup) else {
                     return;
                 };
                 StateHeader { base: out.1 }.encode(&mut piece);
@@ -1180,7 +1187,7 @@ impl Driver {
     /// A new outgoing state of `subgroup` in `view_id`, with the records of the log's
     /// tail read when the core asked for it, and the version they follow; `None` if the
     /// core asked for none there (a piece of a transfer that a later one replaced).
-    async fn begin_outgoing(
+    fn begin_outgoing(
         &mut self,
         view_id: ViewId,
         subgroup: u32,
@@ -1197,25 +1204,10 @@ impl Driver {
             );
             return None;
         };
-        let pending = self.tails.swap_remove(i);
-        let tail = match pending.records.await {
-            Ok(Ok(tail)) => tail,
-            Ok(Err(reason)) => {
-                self.feedback.push_back(LogDone::Failed(reason));
-                return None;
-            }
-            Err(_) => {
-                self.feedback.push_back(self.log_ended());
-                return None;
-            }
-        };
+        let ReadTail { key, tail, .. } = self.tails.swap_remove(i);
         let next = tail.records.last().map(|r| r.version + 1);
         let rest = match (next, tail.end) {
-            (Some(next), Some(end)) if next <= end => Some(RecordsLeft {
-                key: pending.key,
-                next,
-                end,
-            }),
+            (Some(next), Some(end)) if next <= end => Some(RecordsLeft { key, next, end }),
             _ => None,
         };
         // `records`: in the piece after the application's state; with `more`, the rest
@@ -1643,6 +1635,9 @@ impl Driver {
                 joiners_hold,
                 ..
             } => {
+                // The log's tail is read first: whether the joiners' logs continue
+                // into it decides whether they need the application's state.
+                let mut needs_state = true;
                 if self.logs(subgroup) {
                     let (reply, records) = oneshot::channel();
                     let key = ShardKey { subgroup, shard };
@@ -1652,18 +1647,31 @@ impl Driver {
                         payload_bytes_max: self.state_chunk_bytes,
                         reply,
                     });
+                    let tail = match records.await {
+                        Ok(Ok(tail)) => tail,
+                        Ok(Err(reason)) => {
+                            self.feedback.push_back(LogDone::Failed(reason));
+                            return None;
+                        }
+                        Err(_) => {
+                            self.feedback.push_back(self.log_ended());
+                            return None;
+                        }
+                    };
+                    needs_state = tail.base.is_none();
                     self.tails.retain(|t| t.subgroup != subgroup);
-                    self.tails.push(PendingTail {
+                    self.tails.push(ReadTail {
                         view_id,
                         subgroup,
                         key,
-                        records,
+                        tail,
                     });
                 }
                 self.emit(AppEvent::StateRequested {
                     view_id,
                     subgroup,
                     shard,
+                    needs_state,
                 })
                 .await;
             }
