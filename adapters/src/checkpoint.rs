@@ -799,9 +799,10 @@ mod tests {
     use super::*;
     use squall_kvs::{Condition, MessageId, Op, Outcome};
 
-    fn store() -> ShardStore {
+    /// A persistent store that applied `puts` (key, value), one version each from 1.
+    fn store_of(puts: impl IntoIterator<Item = (String, Bytes)>) -> ShardStore {
         let mut s = ShardStore::new(StoreKind::Persistent, StoreLimits::default());
-        for seq in 1..=20u32 {
+        for (seq, (key, blob)) in (1u32..).zip(puts) {
             let op = Op::Put {
                 id: MessageId {
                     client: 7,
@@ -810,13 +811,22 @@ mod tests {
                 hlc_us: 1_000 + u64::from(seq),
                 condition: Condition::Always,
                 pool_generation: 0,
-                key: format!("/p/k{}", seq % 3),
-                blob: Bytes::from(vec![seq as u8; 100 * seq as usize]),
+                key,
+                blob,
             };
             let (outcome, _) = s.apply(Version::new(1, seq), &op);
             assert!(matches!(outcome, Outcome::Applied { .. }));
         }
         s
+    }
+
+    fn store() -> ShardStore {
+        store_of((1..=20usize).map(|seq| {
+            (
+                format!("/p/k{}", seq % 3),
+                Bytes::from(vec![seq as u8; 100 * seq]),
+            )
+        }))
     }
 
     fn outbox() -> Vec<(String, OutboxEntry)> {
@@ -983,21 +993,12 @@ mod tests {
     #[test]
     fn a_checkpoint_larger_than_a_read_loads_in_one_pass() -> anyhow::Result<()> {
         // Values over several of the reader's buffers, so fields span its refills.
-        let mut s = ShardStore::new(StoreKind::Persistent, StoreLimits::default());
-        for seq in 1..=6u32 {
-            let op = Op::Put {
-                id: MessageId {
-                    client: 9,
-                    seq: u64::from(seq),
-                },
-                hlc_us: 2_000 + u64::from(seq),
-                condition: Condition::Always,
-                pool_generation: 0,
-                key: format!("/big/k{seq}"),
-                blob: Bytes::from(vec![seq as u8; BODY_READ_BYTES + 1_000 * seq as usize]),
-            };
-            s.apply(Version::new(1, seq), &op);
-        }
+        let s = store_of((1..=6usize).map(|seq| {
+            (
+                format!("/big/k{seq}"),
+                Bytes::from(vec![seq as u8; BODY_READ_BYTES + 1_000 * seq]),
+            )
+        }));
         let at = s.last_delivered().expect("applied");
         let dir = tempfile::tempdir()?;
         let ck = Checkpoints::new(dir.path().to_path_buf());
