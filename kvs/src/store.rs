@@ -1085,6 +1085,17 @@ mod tests {
         }
     }
 
+    /// An unconditional remove (timestamp 0, no pool generation named).
+    fn remove(seq: u64, key: &str) -> Op {
+        Op::Remove {
+            id: id(seq),
+            hlc_us: 0,
+            condition: Condition::Always,
+            pool_generation: 0,
+            key: key.into(),
+        }
+    }
+
     fn v(seq: u32) -> Version {
         Version::new(1, seq)
     }
@@ -1116,31 +1127,12 @@ mod tests {
         assert_eq!(at_t0.map(|o| o.blob), Some(Bytes::from_static(b"one")));
         assert_eq!(s.at_time("/p/a", t0 - 1, &log), Ok(None));
         // Remove: gone now, still there in the past.
-        let rm = Op::Remove {
-            id: id(10),
-            hlc_us: 0,
-            condition: Condition::Always,
-            pool_generation: 0,
-            key: "/p/a".into(),
-        };
+        let rm = remove(10, "/p/a");
         assert!(matches!(s.apply(v(5), &rm).0, Outcome::Applied { .. }));
         assert_eq!(s.latest("/p/a"), None);
         assert!(s.list_keys("/p", None).expect("listed").is_empty());
         assert_eq!(s.list_keys("/p", Some(t0)).expect("listed").len(), 1);
-        assert_eq!(
-            s.apply(
-                v(6),
-                &Op::Remove {
-                    id: id(11),
-                    hlc_us: 0,
-                    condition: Condition::Always,
-                    pool_generation: 0,
-                    key: "/p/a".into()
-                }
-            )
-            .0,
-            Outcome::NoSuchKey
-        );
+        assert_eq!(s.apply(v(6), &remove(11, "/p/a")).0, Outcome::NoSuchKey);
         // Timestamps increase along the shard even when the sender's clock does not.
         let ts: Vec<u64> = s.versions("/p/a").iter().map(|m| m.timestamp_us).collect();
         assert!(ts.windows(2).all(|w| w[0] < w[1]), "{ts:?}");
@@ -1252,13 +1244,7 @@ mod tests {
         s.apply(v(0), &put(0, "/p/a", b"one", Condition::Always));
         s.apply(v(1), &put(1, "/p/a", b"two", Condition::Always));
         s.apply(v(2), &put(2, "/p/b", b"x", Condition::Always));
-        let rm = Op::Remove {
-            id: id(3),
-            hlc_us: 0,
-            condition: Condition::Always,
-            pool_generation: 0,
-            key: "/p/b".into(),
-        };
+        let rm = remove(3, "/p/b");
         s.apply(v(3), &rm);
         let bytes = s.snapshot();
         let mut back =
@@ -1300,13 +1286,6 @@ mod tests {
 
     #[test]
     fn changes_after_a_version_are_every_version_or_each_latest() {
-        let remove = |seq, key: &str| Op::Remove {
-            id: id(seq),
-            hlc_us: 0,
-            condition: Condition::Always,
-            pool_generation: 0,
-            key: key.into(),
-        };
         // A volatile store with its recent changes, and one keeping none.
         for (kind, watch_replay_bytes) in [
             (StoreKind::Persistent, 0),
@@ -1728,13 +1707,7 @@ mod tests {
         s.apply(v(1), &put(1, "/p/a", b"1", Condition::Always));
         s.apply(v(2), &put(2, "/p/a", b"2", Condition::Always));
         s.apply(v(3), &put(3, "/p/b", b"3", Condition::Always));
-        let rm = Op::Remove {
-            id: id(4),
-            hlc_us: 0,
-            condition: Condition::Always,
-            pool_generation: 0,
-            key: "/p/a".into(),
-        };
+        let rm = remove(4, "/p/a");
         s.apply(v(4), &rm);
         // The first change no longer fits: every version after it is there.
         assert_eq!(
