@@ -34,6 +34,7 @@
 //!
 //! [cluster]
 //! id = 1364541772
+//! # Preferred to lead a total restart; every other peer backs it up, in id order.
 //! restart_leader = 0
 //! contacts = [1, 2]
 //!
@@ -457,8 +458,9 @@ pub struct ClusterSection {
     /// Distinguishes clusters sharing a network; peers with another id are refused.
     #[serde(default = "default_cluster_id")]
     pub id: u64,
-    /// The node that coordinates a total restart. Every node must name the same one, so
-    /// the default (the lowest peer id) is the same everywhere.
+    /// The node preferred to coordinate a total restart; every other peer is a backup, in
+    /// id order, and leads when no leader before it is back. Every node must name the
+    /// same one, so the default (the lowest peer id) is the same everywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_leader: Option<u32>,
     /// Peers this node asks to join through; default: every other peer.
@@ -1606,6 +1608,22 @@ impl Config {
         })
     }
 
+    /// Who may coordinate a total restart, in order: the restart leader, then every other
+    /// peer by id (the same list on every node).
+    pub fn restart_leaders(&self) -> Vec<u32> {
+        let first = self.restart_leader();
+        let mut others: Vec<u32> = self
+            .cluster
+            .peers
+            .iter()
+            .map(|p| p.id)
+            .filter(|id| *id != first)
+            .collect();
+        others.sort_unstable();
+        others.dedup();
+        std::iter::once(first).chain(others).collect()
+    }
+
     /// The configured contacts, else every other peer, by id.
     pub fn contacts(&self) -> Vec<u32> {
         match &self.cluster.contacts {
@@ -1887,7 +1905,12 @@ max_nodes = 2
         assert_eq!(config.cluster.id, DEFAULT_CLUSTER_ID);
         assert_eq!(config.cluster.id, 1_364_541_772);
         assert_eq!(config.restart_leader(), 0);
+        assert_eq!(config.restart_leaders(), vec![0, 1, 2]);
         assert_eq!(config.contacts(), vec![1, 2]);
+        // A preferred leader other than the lowest id comes first; the others back it up.
+        let text = doc_example().replacen("restart_leader = 0", "restart_leader = 2", 1);
+        let other = Config::from_toml_str(&text).expect("leader 2 is a peer");
+        assert_eq!(other.restart_leaders(), vec![2, 0, 1]);
         assert_eq!(
             config.peer_map(),
             BTreeMap::from([
@@ -2081,6 +2104,7 @@ max_nodes = 2
         assert!(config.pools.is_empty());
         // Lowest peer id, not the first listed.
         assert_eq!(config.restart_leader(), 0);
+        assert_eq!(config.restart_leaders(), vec![0, 1]);
         assert_eq!(config.contacts(), vec![0]);
         // Partial sections keep the other defaults.
         let text =

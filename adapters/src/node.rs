@@ -265,7 +265,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         me,
         found: lowest == Some(me.node) && incarnation == 1 && live_group.is_none(),
         contacts: config.contacts(),
-        restart_leader: config.restart_leader(),
+        restart_leaders: config.restart_leaders(),
         tick_interval_ms: (config.timing.heartbeat_interval_ms / 2).max(1),
         events_max: 65_536,
         commands_max: 4_096,

@@ -18,7 +18,7 @@ use squall_lincheck as lin;
 use squall_platform::Version;
 
 mod common;
-use common::{Cluster, http};
+use common::{Cluster, http, strip_ansi};
 
 fn code(e: &ClientError) -> Option<ErrorCode> {
     e.code()
@@ -783,6 +783,70 @@ async fn persistent_objects_and_time_travel_survive_a_restart_of_every_node() {
         .await
         .expect("put");
     assert!(third.version > second.version);
+}
+
+/// A total restart does not wait for its preferred leader: every node is killed and node
+/// 0, the restart leader, stays down; nodes 1 and 2 (a majority) restart the cluster under
+/// backup leader 1 and serve what was written, by version and by time, and take writes.
+/// Node 0 then comes back and joins the running cluster. With a single restart leader the
+/// two waited for node 0 for as long as it was away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_total_restart_goes_on_without_its_restart_leader() {
+    let mut cluster = Cluster::new(3, &[]);
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    let first = c
+        .put("/demo/k", Bytes::from_static(b"before"))
+        .await
+        .expect("put");
+    let second = c
+        .put("/demo/k", Bytes::from_static(b"after"))
+        .await
+        .expect("put");
+    drop(c);
+    for node in 0..3 {
+        cluster.kill9(node);
+    }
+    cluster.start(1);
+    cluster.start(2);
+    let c = cluster.client(None, 2).await;
+    let latest = c.get("/demo/k").await.expect("get").expect("survived");
+    assert_eq!(
+        (&latest.blob[..], latest.version),
+        (&b"after"[..], second.version)
+    );
+    let past = c
+        .get_at("/demo/k", At::Time(first.timestamp_us))
+        .await
+        .expect("by time")
+        .expect("the old version");
+    assert_eq!(&past.blob[..], b"before");
+    let third = c
+        .put("/demo/k", Bytes::from_static(b"without node 0"))
+        .await
+        .expect("put");
+    assert!(third.version > second.version);
+    let led = |node: u32| {
+        strip_ansi(&cluster.node_log(node))
+            .lines()
+            .any(|l| l.contains("restarting the group") && l.contains("leader=n1."))
+    };
+    assert!(
+        led(1) && led(2),
+        "node 1 did not lead the restart:\n{}",
+        cluster.logs()
+    );
+    drop(c);
+
+    cluster.start(0);
+    let c = cluster.client(None, 3).await;
+    let (_, members) = c.members().await.expect("members");
+    assert!(members.iter().any(|m| m.node == 0), "{members:?}");
+    let latest = c.get("/demo/k").await.expect("get").expect("kept");
+    assert_eq!(
+        (&latest.blob[..], latest.version),
+        (&b"without node 0"[..], third.version)
+    );
 }
 
 /// Older versions beyond the in-memory history cache are read back from the log: by

@@ -83,7 +83,7 @@ async fn run(args: &NodeArgs) -> Result<()> {
         me,
         found: args.index == 0,
         contacts: vec![0],
-        restart_leader: 0,
+        restart_leaders: vec![0],
         tick_interval_ms: HEARTBEAT_MS / 2,
         events_max: 65_536,
         commands_max: 4_096,

@@ -13,13 +13,13 @@ use thiserror::Error;
 
 use crate::ids::{MemberId, Version};
 use crate::layout::DeliveryMode;
-use crate::restart::{LoggedState, RestartPlan, RestartShard, ShardTail};
+use crate::restart::{LoggedState, RestartPlan, RestartShard, ShardFed, ShardTail};
 use crate::row::{Ballot, Change, Proposal, Row, ShardRow, Trim};
 use crate::view::{ShardView, View};
 use crate::wire::{DataRun, Item, Wire};
 
 /// Bumped whenever the encoding changes; peers with another version are refused.
-pub const CODEC_VERSION: u16 = 6;
+pub const CODEC_VERSION: u16 = 7;
 
 const TAG_UPDATE: u8 = 1;
 const TAG_JOIN_REQUEST: u8 = 2;
@@ -35,6 +35,7 @@ const TAG_READ_PROBE: u8 = 11;
 const TAG_READ_PROBE_ACK: u8 = 12;
 const TAG_STATE_WANTED: u8 = 13;
 const TAG_STATE_ACK: u8 = 14;
+const TAG_RESTART_CLAIM: u8 = 15;
 
 const ITEM_MESSAGE: u8 = 0;
 const ITEM_NULLS: u8 = 1;
@@ -206,6 +207,10 @@ fn encode_into(msg: &Wire, sink: &mut impl Sink) {
             sink.buf().put_u8(TAG_RESTART_HELLO);
             put_logged_state(sink.buf(), logged);
         }
+        Wire::RestartClaim { ballot } => {
+            sink.buf().put_u8(TAG_RESTART_CLAIM);
+            put_ballot(sink.buf(), ballot);
+        }
         Wire::RestartPrepare { plan } => {
             sink.buf().put_u8(TAG_RESTART_PREPARE);
             put_restart_plan(sink.buf(), plan);
@@ -335,6 +340,9 @@ pub fn decode(frame: Bytes, limits: &DecodeLimits) -> Result<Wire, DecodeError> 
         },
         TAG_RESTART_HELLO => Wire::RestartHello {
             logged: r.logged_state()?,
+        },
+        TAG_RESTART_CLAIM => Wire::RestartClaim {
+            ballot: r.ballot()?,
         },
         TAG_RESTART_PREPARE => Wire::RestartPrepare {
             plan: Arc::new(r.restart_plan()?),
@@ -495,15 +503,29 @@ fn put_logged_state(out: &mut BytesMut, logged: &LoggedState) {
         }
         None => out.put_u8(0),
     }
+    match &logged.promised {
+        Some(ballot) => {
+            out.put_u8(1);
+            put_ballot(out, ballot);
+        }
+        None => out.put_u8(0),
+    }
     put_len(out, logged.tails.len());
     for t in &logged.tails {
         out.put_u32_le(t.subgroup);
         out.put_u32_le(t.shard);
         out.put_u64_le(t.version.0);
     }
+    put_len(out, logged.fed.len());
+    for f in &logged.fed {
+        out.put_u32_le(f.view_id);
+        out.put_u32_le(f.subgroup);
+        out.put_u32_le(f.shard);
+    }
 }
 
 fn put_restart_plan(out: &mut BytesMut, plan: &RestartPlan) {
+    put_ballot(out, &plan.ballot);
     put_view(out, &plan.view);
     put_len(out, plan.shards.len());
     for shards in &plan.shards {
@@ -735,6 +757,11 @@ impl Reader {
         } else {
             None
         };
+        let promised = if self.flag("promised ballot presence")? {
+            Some(self.ballot()?)
+        } else {
+            None
+        };
         let n = self.count("shard tails", 16, self.limits.shards_max)?;
         let tails = (0..n)
             .map(|_| {
@@ -745,10 +772,27 @@ impl Reader {
                 })
             })
             .collect::<Result<Vec<_>, DecodeError>>()?;
-        Ok(LoggedState { view, acked, tails })
+        let n = self.count("fed shards", 12, self.limits.shards_max)?;
+        let fed = (0..n)
+            .map(|_| {
+                Ok(ShardFed {
+                    view_id: self.u32("fed view id")?,
+                    subgroup: self.u32("fed subgroup")?,
+                    shard: self.u32("fed shard")?,
+                })
+            })
+            .collect::<Result<Vec<_>, DecodeError>>()?;
+        Ok(LoggedState {
+            view,
+            acked,
+            promised,
+            tails,
+            fed,
+        })
     }
 
     fn restart_plan(&mut self) -> Result<RestartPlan, DecodeError> {
+        let ballot = self.ballot()?;
         let view = Arc::new(self.view()?);
         let subgroups = self.count("restart subgroups", 4, self.limits.shards_max)?;
         let mut shards = Vec::with_capacity(subgroups);
@@ -764,7 +808,11 @@ impl Reader {
                 .collect::<Result<Vec<_>, DecodeError>>()?;
             shards.push(list);
         }
-        Ok(RestartPlan { view, shards })
+        Ok(RestartPlan {
+            ballot,
+            view,
+            shards,
+        })
     }
 
     fn view(&mut self) -> Result<View, DecodeError> {
@@ -950,15 +998,30 @@ mod tests {
                         },
                         Arc::new(view.clone()),
                     )),
+                    promised: Some(Ballot {
+                        round: u64::MAX - 3,
+                        leader: MemberId::new(2, 4),
+                    }),
                     tails: vec![ShardTail {
                         subgroup: 0,
                         shard: 1,
                         version: Version::new(4, 17),
                     }],
+                    fed: vec![ShardFed {
+                        view_id: 4,
+                        subgroup: 1,
+                        shard: 0,
+                    }],
                 },
             },
             Wire::RestartHello {
                 logged: LoggedState::default(),
+            },
+            Wire::RestartClaim {
+                ballot: Ballot {
+                    round: (1 << 63) + 2,
+                    leader: MemberId::new(1, 3),
+                },
             },
             Wire::RestartAck { view_id: 5 },
             Wire::RestartCommit { view_id: 5 },
@@ -978,6 +1041,10 @@ mod tests {
             },
             Wire::RestartPrepare {
                 plan: Arc::new(RestartPlan {
+                    ballot: Ballot {
+                        round: (1 << 63) + 1,
+                        leader: MemberId::new(0, 2),
+                    },
                     view: Arc::new(view.clone()),
                     shards: vec![vec![
                         RestartShard {

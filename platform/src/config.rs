@@ -77,6 +77,8 @@ pub enum ConfigError {
     ViewSlots(u64),
     #[error("a restart needs a log that holds a view")]
     NothingToRestart,
+    #[error("a restart needs at least one restart leader")]
+    NoRestartLeader,
     #[error(
         "read_lease_ms ({lease}) must be under restart_grace_ms ({grace}): a total restart \
          must not outrun a lease granted before it"

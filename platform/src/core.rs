@@ -24,7 +24,7 @@ use thiserror::Error;
 use crate::config::{ConfigError, CoreConfig};
 use crate::ids::{MemberId, NodeId, SendTicket, Version, ViewId};
 use crate::layout::{DeliveryMode, Inadequate};
-use crate::restart::{self, LoggedState, RestartPlan, ShardTail};
+use crate::restart::{self, LoggedState, RestartPlan, ShardTail, restart_attempt, restart_ballot};
 use crate::row::{Ballot, Change, Proposal, Row, ShardRow, Trim};
 use crate::view::View;
 use crate::wire::{DataRun, Item, Wire};
@@ -155,6 +155,11 @@ pub enum Output {
         ballot: Ballot,
         next: Arc<View>,
     },
+    /// Log durably that this node promised restart ballot `ballot` (it will agree to no
+    /// restart plan of a lower one, in any incarnation), then call [`Core::promise_logged`].
+    LogPromise {
+        ballot: Ballot,
+    },
     /// The group restarts from logs with this plan (installed next): a driver truncates
     /// its log of each shard it is in to the shard's agreed trim, before anything else.
     Restart(Arc<RestartPlan>),
@@ -259,8 +264,7 @@ enum Phase {
         last_attempt_ms: Option<u64>,
     },
     /// Back from a total stop with a log: looking for a live group, and reporting the log
-    /// to the restart leader (or, as that leader, gathering reports until the group can
-    /// restart).
+    /// to the restart leaders (or, as one, gathering reports until the group can restart).
     Restarting(Box<Restarting>),
     Member,
     Stopped(StopReason),
@@ -268,18 +272,40 @@ enum Phase {
 
 #[derive(Debug)]
 struct Restarting {
-    leader: NodeId,
+    /// The restart leaders in order of preference: one leads while it hears from no
+    /// leader before it (see [`Core::restart`]).
+    leaders: Vec<NodeId>,
     contacts: Vec<NodeId>,
+    /// What this node reports: its log as found, then each agreement and promise once
+    /// logged.
     logged: LoggedState,
-    /// Reports heard (leader only): the newest incarnation of each node, with when.
+    /// The highest restart ballot promised, logged or being logged: plans of a lower
+    /// ballot are refused, and so is acknowledging one logged before the promise.
+    promised: Option<Ballot>,
+    /// Reports heard (leaders only): the newest incarnation of each node, with when.
     heard: Vec<(MemberId, LoggedState, u64)>,
-    /// Since when the reports allow a restart (leader only); reset when they stop.
+    /// Since when the reports allow a restart (leaders only); reset when they stop.
     ready_since_ms: Option<u64>,
     last_hello_ms: Option<u64>,
     /// A plan this node agreed to (logging, or logged and acknowledged), with when.
     prepared: Option<(Arc<RestartPlan>, u64)>,
+    /// Leader: the ballot claimed, whom it asked, the reports of those that promised it.
+    claim: Option<Claim>,
     /// Leader: the plan proposed, who acknowledged it (logged), since when.
     proposing: Option<(Arc<RestartPlan>, Vec<MemberId>, u64)>,
+}
+
+/// A restart leader's first phase: before it makes a plan, the nodes it will be made from
+/// promise its ballot durably and report their logs after promising. A plan of this
+/// ballot is then made from reports that show every agreement a plan of a lower ballot
+/// could have been committed with (Paxos' phase 1), so two leaders cannot restart the
+/// group twice, differently.
+#[derive(Debug)]
+struct Claim {
+    ballot: Ballot,
+    asked: Vec<MemberId>,
+    promises: Vec<(MemberId, LoggedState)>,
+    since_ms: u64,
 }
 
 /// Multicast state of the one shard this member has in a subgroup, for the current view.
@@ -433,29 +459,40 @@ impl Core {
     }
 
     /// Restarts a node whose log holds a view: a live group reached through `contacts`
-    /// admits it as a joiner; otherwise it reports its log to `leader` (every restarting
-    /// node is given the same one), which restarts the group once the reports allow it
-    /// (see [`crate::restart`]).
+    /// admits it as a joiner; otherwise it reports its log to the restart `leaders` (every
+    /// restarting node is given the same list, in order of preference). A leader that
+    /// hears from no leader before it leads: once the reports allow a restart (see
+    /// [`crate::restart`]) it claims a ballot, makes the plan from the reports of those
+    /// that promised it, and commits it in two phases. Leaders that cannot hear each other
+    /// may both lead; the ballots see to it that at most one plan is installed.
     pub fn restart(
         cfg: CoreConfig,
         me: MemberId,
         contacts: Vec<NodeId>,
-        leader: NodeId,
+        leaders: Vec<NodeId>,
         logged: LoggedState,
         now_ms: u64,
     ) -> Result<Self, ConfigError> {
         if logged.view.is_none() {
             return Err(ConfigError::NothingToRestart);
         }
+        if leaders.is_empty() {
+            return Err(ConfigError::NoRestartLeader);
+        }
         let tails = logged.tails.clone();
+        let promised = logged
+            .promised
+            .max(logged.acked.as_ref().map(|(ballot, _)| *ballot));
         let phase = Phase::Restarting(Box::new(Restarting {
-            leader,
+            leaders,
             contacts,
             logged,
+            promised,
             heard: Vec::new(),
             ready_since_ms: None,
             last_hello_ms: None,
             prepared: None,
+            claim: None,
             proposing: None,
         }));
         let mut core = Self::new(cfg, me, now_ms, phase)?;
@@ -523,6 +560,14 @@ impl Core {
     pub fn stopped(&self) -> Option<StopReason> {
         match self.phase {
             Phase::Stopped(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// The restart plan this node agreed to and has not installed yet (restarting only).
+    pub fn prepared_restart(&self) -> Option<&Arc<RestartPlan>> {
+        match &self.phase {
+            Phase::Restarting(r) => r.prepared.as_ref().map(|(plan, _)| plan),
             _ => None,
         }
     }
@@ -1070,24 +1115,55 @@ impl Core {
         self.progress();
     }
 
+    /// The driver logged the promise it was given in [`Output::LogPromise`]: the report
+    /// goes to the leader that claimed the ballot, from the state logged by now.
+    pub fn promise_logged(&mut self, ballot: Ballot) {
+        let me = self.me;
+        let Phase::Restarting(r) = &mut self.phase else {
+            return;
+        };
+        if r.logged.promised.is_some_and(|p| p >= ballot) {
+            return;
+        }
+        r.logged.promised = Some(ballot);
+        if ballot.leader == me {
+            let logged = r.logged.clone();
+            self.promised_to_me(me, logged);
+        } else {
+            let hello = Wire::RestartHello {
+                logged: r.logged.clone(),
+            };
+            self.outputs.push(Output::Send {
+                to: ballot.leader.node,
+                incarnation: Some(ballot.leader.incarnation),
+                msg: hello,
+            });
+        }
+    }
+
     /// The driver logged the agreement it was given in [`Output::LogAck`].
     pub fn ack_logged(&mut self, view_id: ViewId, ballot: Ballot) {
         if let Phase::Restarting(r) = &mut self.phase {
             let Some((plan, _)) = &r.prepared else {
                 return;
             };
-            if plan.view.id != view_id + 1 {
+            if plan.view.id != view_id + 1 || plan.ballot != ballot {
                 return;
             }
             let plan = Arc::clone(plan);
-            let leader = r.leader;
             r.logged.acked = Some((ballot, Arc::clone(&plan.view)));
-            if leader == self.me.node {
+            // Promised a higher ballot while this was being logged: that leader was told
+            // (or will be) of this agreement, and this plan must not be committed.
+            if r.promised.is_some_and(|p| p > ballot) {
+                return;
+            }
+            let leader = ballot.leader;
+            if leader == self.me {
                 self.restart_acked(self.me, plan.view.id);
             } else {
                 self.outputs.push(Output::Send {
-                    to: leader,
-                    incarnation: None,
+                    to: leader.node,
+                    incarnation: Some(leader.incarnation),
                     msg: Wire::RestartAck {
                         view_id: plan.view.id,
                     },
@@ -1388,6 +1464,7 @@ impl Core {
                 match msg {
                     Wire::JoinRequest => self.on_join_request(from),
                     Wire::RestartHello { .. }
+                    | Wire::RestartClaim { .. }
                     | Wire::RestartPrepare { .. }
                     | Wire::RestartAck { .. }
                     | Wire::RestartCommit { .. }
@@ -1431,6 +1508,7 @@ impl Core {
                 | Wire::StateAck { .. }
                 | Wire::Evicted { .. }
                 | Wire::RestartHello { .. }
+                | Wire::RestartClaim { .. }
                 | Wire::RestartPrepare { .. }
                 | Wire::RestartAck { .. }
                 | Wire::RestartCommit { .. }
@@ -1462,7 +1540,9 @@ impl Core {
         }
         match msg {
             // A live group admits a node back from a total stop as any joiner.
-            Wire::JoinRequest | Wire::RestartHello { .. } => self.on_join_request(from),
+            Wire::JoinRequest | Wire::RestartHello { .. } | Wire::RestartClaim { .. } => {
+                self.on_join_request(from)
+            }
             Wire::Redirect { .. } => {}
             Wire::Welcome { .. }
             | Wire::RestartPrepare { .. }
@@ -1734,31 +1814,80 @@ impl Core {
         match msg {
             Wire::RestartHello { logged } => {
                 let now = self.now_ms;
+                let me = self.me.node;
                 let Phase::Restarting(r) = &mut self.phase else {
                     return;
                 };
-                if r.leader != self.me.node {
+                if !r.leaders.contains(&me) {
                     return;
+                }
+                let outranked = r
+                    .claim
+                    .as_ref()
+                    .is_some_and(|c| logged.promised.is_some_and(|p| p > c.ballot));
+                if outranked {
+                    r.claim = None;
                 }
                 match r.heard.iter_mut().find(|(m, ..)| m.node == from.node) {
                     Some(entry) if entry.0.incarnation > from.incarnation => {}
-                    Some(entry) => *entry = (from, logged, now),
-                    None => r.heard.push((from, logged, now)),
+                    Some(entry) => *entry = (from, logged.clone(), now),
+                    None => r.heard.push((from, logged.clone(), now)),
                 }
+                self.promised_to_me(from, logged);
                 self.restart_step();
+            }
+            Wire::RestartClaim { ballot } => {
+                let me = self.me;
+                let Phase::Restarting(r) = &mut self.phase else {
+                    return;
+                };
+                if ballot.leader != from || !r.leaders.contains(&from.node) {
+                    return;
+                }
+                if r.promised.is_some_and(|p| p >= ballot) {
+                    // Promised already (the claim came again) or outranked: the report
+                    // says which, once the promise is logged.
+                    if r.logged.promised.is_some_and(|p| p >= ballot) {
+                        self.outputs.push(Output::Send {
+                            to: from.node,
+                            incarnation: Some(from.incarnation),
+                            msg: Wire::RestartHello {
+                                logged: r.logged.clone(),
+                            },
+                        });
+                    }
+                    return;
+                }
+                r.promised = Some(ballot);
+                // A leader that promised a higher ballot gives up its own attempt.
+                if r.claim.as_ref().is_some_and(|c| c.ballot < ballot) {
+                    r.claim = None;
+                }
+                if r.proposing
+                    .as_ref()
+                    .is_some_and(|(plan, ..)| plan.ballot < ballot && plan.ballot.leader == me)
+                {
+                    r.proposing = None;
+                }
+                self.outputs.push(Output::LogPromise { ballot });
             }
             Wire::RestartPrepare { plan } => {
                 let now = self.now_ms;
                 let Phase::Restarting(r) = &mut self.phase else {
                     return;
                 };
-                if from.node != r.leader || !plan.view.contains(self.me) {
+                if from != plan.ballot.leader
+                    || !plan.view.contains(self.me)
+                    || r.promised.is_some_and(|p| p > plan.ballot)
+                    || r.prepared.as_ref().is_some_and(|(p, _)| *p == plan)
+                {
                     return;
                 }
+                r.promised = Some(plan.ballot);
                 r.prepared = Some((Arc::clone(&plan), now));
                 self.outputs.push(Output::LogAck {
                     view_id: plan.view.id - 1,
-                    ballot: restart_ballot(from),
+                    ballot: plan.ballot,
                     next: Arc::clone(&plan.view),
                 });
             }
@@ -1767,10 +1896,12 @@ impl Core {
                 let Phase::Restarting(r) = &self.phase else {
                     return;
                 };
+                // Every member of the plan acknowledged it: it was chosen, and installing
+                // it is right even after a promise of a higher ballot.
                 let prepared = r
                     .prepared
                     .as_ref()
-                    .filter(|(plan, _)| plan.view.id == view_id && from.node == r.leader)
+                    .filter(|(plan, _)| plan.view.id == view_id && from == plan.ballot.leader)
                     .map(|(plan, _)| Arc::clone(plan));
                 if let Some(plan) = prepared {
                     self.install_restart(plan);
@@ -1814,8 +1945,28 @@ impl Core {
         }
     }
 
-    /// Says hello (to the leader and, to find a live group, to every contact) when due;
-    /// as the leader, restarts the group once the reports allow it.
+    /// Leader: `from` reported its log after it promised the ballot being claimed (this
+    /// node's own report included).
+    fn promised_to_me(&mut self, from: MemberId, logged: LoggedState) {
+        let Phase::Restarting(r) = &mut self.phase else {
+            return;
+        };
+        let Some(claim) = &mut r.claim else {
+            return;
+        };
+        if logged.promised != Some(claim.ballot) {
+            return;
+        }
+        match claim.promises.iter_mut().find(|(m, _)| m.node == from.node) {
+            Some(entry) if entry.0.incarnation > from.incarnation => {}
+            Some(entry) => *entry = (from, logged),
+            None => claim.promises.push((from, logged)),
+        }
+    }
+
+    /// Says hello (to the leaders and, to find a live group, to every contact) when due;
+    /// as the leader that hears from none before it, restarts the group once the reports
+    /// allow it: claim a ballot, plan from the promised reports, prepare, commit.
     fn restart_step(&mut self) {
         let now = self.now_ms;
         let me = self.me;
@@ -1833,8 +1984,10 @@ impl Core {
                 logged: r.logged.clone(),
             };
             let mut targets = r.contacts.clone();
-            if !targets.contains(&r.leader) {
-                targets.push(r.leader);
+            for leader in &r.leaders {
+                if !targets.contains(leader) {
+                    targets.push(*leader);
+                }
             }
             targets.retain(|t| *t != me.node);
             for to in targets {
@@ -1848,13 +2001,19 @@ impl Core {
         let Phase::Restarting(r) = &mut self.phase else {
             return;
         };
-        if r.leader != me.node {
+        let Some(rank) = r.leaders.iter().position(|l| *l == me.node) else {
             return;
-        }
+        };
         r.heard
             .retain(|(m, _, at)| m.node != me.node && now.saturating_sub(*at) <= fresh_ms);
-        let mut reports: Vec<(MemberId, &LoggedState)> = vec![(me, &r.logged)];
-        reports.extend(r.heard.iter().map(|(m, logged, _)| (*m, logged)));
+        // A leader before me is back and restarting: it leads.
+        if r.heard
+            .iter()
+            .any(|(m, ..)| r.leaders[..rank].contains(&m.node))
+        {
+            r.ready_since_ms = None;
+            return;
+        }
         if let Some((_, _, since)) = &r.proposing {
             // Every member of the plan must log its agreement before anyone installs it;
             // one that does not answer in time is left out of the next plan.
@@ -1863,18 +2022,79 @@ impl Core {
             }
             r.proposing = None;
         }
-        let plan = match restart::plan(&self.cfg.layout, &reports) {
-            Ok(plan) => plan,
-            Err(_) => {
-                r.ready_since_ms = None;
+        if let Some(claim) = &r.claim {
+            let everyone = claim
+                .asked
+                .iter()
+                .chain(std::iter::once(&me))
+                .all(|a| claim.promises.iter().any(|(m, _)| m == a));
+            if !everyone && now.saturating_sub(claim.since_ms) <= fresh_ms {
                 return;
             }
-        };
+            let ballot = claim.ballot;
+            let reports: Vec<(MemberId, &LoggedState)> =
+                claim.promises.iter().map(|(m, l)| (*m, l)).collect();
+            // A plan without this leader (its own promise not logged in time) waits for
+            // the next claim: the leader is a member of what it commits.
+            let planned = restart::plan(&self.cfg.layout, &reports, ballot)
+                .ok()
+                .filter(|plan| plan.view.contains(me));
+            r.claim = None;
+            if let Some(plan) = planned {
+                self.propose_restart(Arc::new(plan));
+            }
+            return;
+        }
+        let mut reports: Vec<(MemberId, &LoggedState)> = vec![(me, &r.logged)];
+        reports.extend(r.heard.iter().map(|(m, logged, _)| (*m, logged)));
+        if restart::plan(&self.cfg.layout, &reports, restart_ballot(0, me)).is_err() {
+            r.ready_since_ms = None;
+            return;
+        }
         let since = *r.ready_since_ms.get_or_insert(now);
         if !restart::everyone_back(&reports) && now.saturating_sub(since) < grace_ms {
             return;
         }
-        let plan = Arc::new(plan);
+        // Above every restart ballot any report shows, promised or agreed to.
+        let attempt = reports
+            .iter()
+            .flat_map(|(_, l)| {
+                l.promised
+                    .into_iter()
+                    .chain(l.acked.iter().map(|(b, _)| *b))
+            })
+            .chain(r.promised)
+            .map(restart_attempt)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let ballot = restart_ballot(attempt, me);
+        let asked: Vec<MemberId> = r.heard.iter().map(|(m, ..)| *m).collect();
+        r.promised = Some(ballot);
+        r.claim = Some(Claim {
+            ballot,
+            asked: asked.clone(),
+            promises: Vec::new(),
+            since_ms: now,
+        });
+        for m in asked {
+            self.outputs.push(Output::Send {
+                to: m.node,
+                incarnation: Some(m.incarnation),
+                msg: Wire::RestartClaim { ballot },
+            });
+        }
+        self.outputs.push(Output::LogPromise { ballot });
+    }
+
+    /// Leader: sends the plan made from the promised reports to its members, and logs its
+    /// own agreement.
+    fn propose_restart(&mut self, plan: Arc<RestartPlan>) {
+        let now = self.now_ms;
+        let me = self.me;
+        let Phase::Restarting(r) = &mut self.phase else {
+            return;
+        };
         r.proposing = Some((Arc::clone(&plan), Vec::new(), now));
         r.prepared = Some((Arc::clone(&plan), now));
         for m in plan.view.members.iter().filter(|m| **m != me) {
@@ -1888,7 +2108,7 @@ impl Core {
         }
         self.outputs.push(Output::LogAck {
             view_id: plan.view.id - 1,
-            ballot: restart_ballot(me),
+            ballot: plan.ballot,
             next: Arc::clone(&plan.view),
         });
     }
@@ -3432,15 +3652,6 @@ impl Core {
 }
 
 /// Slots received with no hole: slot `k` belongs to sender `k % S`, index `k / S`.
-/// Restart plans outrank any proposal for the same view: a plan is only made when no
-/// proposal for its base view can have been committed.
-fn restart_ballot(leader: MemberId) -> Ballot {
-    Ballot {
-        round: u64::MAX,
-        leader,
-    }
-}
-
 /// How far sender `me` of an ordered shard fills its stream with nulls: up to every
 /// slot received from the others (`received`, what delivery needs), and one round further
 /// for each sender of a message (`message_end`: one past its newest message's index), up

@@ -24,7 +24,7 @@ pub use crate::ids::{MemberId, NodeId, SendTicket, Version, ViewId};
 pub use crate::layout::{
     DeliveryMode, Inadequate, Layout, LayoutError, ShardLayout, SubgroupLayout,
 };
-pub use crate::restart::{LoggedState, NotYet, RestartPlan, RestartShard, ShardTail};
+pub use crate::restart::{LoggedState, NotYet, RestartPlan, RestartShard, ShardFed, ShardTail};
 pub use crate::row::{Ballot, Change, Proposal, Row, ShardRow, Trim};
 pub use crate::view::{ShardView, View};
 pub use crate::wire::{DataRun, Item, Wire};

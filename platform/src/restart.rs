@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::ids::{MemberId, NodeId, Version};
+use crate::ids::{MemberId, NodeId, Version, ViewId};
 use crate::layout::{Inadequate, Layout};
 use crate::row::Ballot;
 use crate::view::View;
@@ -38,16 +38,37 @@ pub struct ShardTail {
 }
 
 /// What a restarting node found in its own log: the newest view it installed, the
-/// latest view it agreed to (which may have been installed elsewhere), and the end of
-/// each shard log it holds.
+/// latest view it agreed to (which may have been installed elsewhere), the highest restart
+/// ballot it promised, and the end of each shard log it holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LoggedState {
     pub view: Option<Arc<View>>,
     pub acked: Option<(Ballot, Arc<View>)>,
+    /// The highest ballot of a restart leader this node promised (logged before it answered
+    /// the claim): it agrees to no restart plan of a lower ballot, in any incarnation.
+    pub promised: Option<Ballot>,
     pub tails: Vec<ShardTail>,
+    /// Shards whose state this node received whole in a view it joined them in (logged
+    /// once the state was): it then held them like their source did.
+    pub fed: Vec<ShardFed>,
+}
+
+/// A shard's state received whole in view `view_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ShardFed {
+    pub view_id: ViewId,
+    pub subgroup: u32,
+    pub shard: u32,
 }
 
 impl LoggedState {
+    /// Received the shard's state whole in view `view_id`.
+    pub fn fed_in(&self, view_id: ViewId, subgroup: usize, shard: usize) -> bool {
+        self.fed.iter().any(|f| {
+            f.view_id == view_id && f.subgroup as usize == subgroup && f.shard as usize == shard
+        })
+    }
+
     pub fn tail(&self, subgroup: usize, shard: usize) -> Option<Version> {
         self.tails
             .iter()
@@ -70,6 +91,9 @@ pub struct RestartShard {
 /// The restart leader's decision: the restart view and, per `[subgroup][shard]`, its trim.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RestartPlan {
+    /// The ballot its leader claimed, and every member of `view` promised, before the plan
+    /// was made from their reports; members log their agreement under it.
+    pub ballot: Ballot,
     pub view: Arc<View>,
     pub shards: Vec<Vec<RestartShard>>,
 }
@@ -93,6 +117,23 @@ pub enum NotYet {
     },
     #[error(transparent)]
     Inadequate(#[from] Inadequate),
+}
+
+/// Rounds of restart ballots start here, above any proposal's: a restart plan is only
+/// made when no proposal for its base view can have been committed, so it outranks them.
+pub const RESTART_ROUND_FLOOR: u64 = 1 << 63;
+
+/// The ballot of a restart leader's `attempt`-th claim (counted from 1).
+pub fn restart_ballot(attempt: u64, leader: MemberId) -> Ballot {
+    Ballot {
+        round: RESTART_ROUND_FLOOR.saturating_add(attempt),
+        leader,
+    }
+}
+
+/// The attempt a restart ballot counts (0 for a proposal's ballot).
+pub fn restart_attempt(ballot: Ballot) -> u64 {
+    ballot.round.saturating_sub(RESTART_ROUND_FLOOR)
 }
 
 /// A member back from the stop that held a shard in the last view, with its log's end.
@@ -125,8 +166,12 @@ pub fn everyone_back(reports: &[(MemberId, &LoggedState)]) -> bool {
 
 /// Decides the restart view from the reports of the nodes that are back (the leader's
 /// own included), or says what is missing. `reports` lists each node once, with its
-/// current incarnation.
-pub fn plan(layout: &Layout, reports: &[(MemberId, &LoggedState)]) -> Result<RestartPlan, NotYet> {
+/// current incarnation; `ballot` is the leader's, which the reporters promised.
+pub fn plan(
+    layout: &Layout,
+    reports: &[(MemberId, &LoggedState)],
+    ballot: Ballot,
+) -> Result<RestartPlan, NotYet> {
     let last = last_view(reports).ok_or(NotYet::NoLoggedView)?;
     let current = |node: NodeId| reports.iter().find(|(m, _)| m.node == node);
     // A majority of the last view, and of the newest view anyone back installed: an
@@ -185,7 +230,10 @@ pub fn plan(layout: &Layout, reports: &[(MemberId, &LoggedState)]) -> Result<Res
                     continue;
                 };
                 let tail = report.tail(g, s);
-                let logged_in_last = tail.is_some_and(|t| t.view_id() >= last.id);
+                // A member fed in the last view holds the state once it logged something
+                // of that view, or logged that the state arrived whole.
+                let logged_in_last =
+                    tail.is_some_and(|t| t.view_id() >= last.id) || report.fed_in(last.id, g, s);
                 if !sv.joined.contains(old) || logged_in_last {
                     if sv.joined.contains(old) {
                         fed_holders.push((*old, g, s));
@@ -303,6 +351,7 @@ pub fn plan(layout: &Layout, reports: &[(MemberId, &LoggedState)]) -> Result<Res
         shards,
     };
     Ok(RestartPlan {
+        ballot,
         view: Arc::new(view),
         shards: decided,
     })
@@ -327,6 +376,14 @@ mod tests {
             }],
         }
     }
+
+    const BALLOT: Ballot = Ballot {
+        round: RESTART_ROUND_FLOOR + 1,
+        leader: MemberId {
+            node: 0,
+            incarnation: 2,
+        },
+    };
 
     fn m(node: u32, incarnation: u32) -> MemberId {
         MemberId::new(node, incarnation)
@@ -362,6 +419,8 @@ mod tests {
         LoggedState {
             view,
             acked: None,
+            promised: None,
+            fed: Vec::new(),
             tails: tails
                 .iter()
                 .map(|(shard, version)| ShardTail {
@@ -380,7 +439,7 @@ mod tests {
         let r1 = report(Some(l.clone()), &[(0, Version::new(7, 9))]);
         let r3 = report(Some(l.clone()), &[(1, Version::new(6, 2))]);
         let reports = [(m(0, 2), &r0), (m(1, 2), &r1), (m(3, 2), &r3)];
-        let plan = plan(&layout(2), &reports).expect("majority and every shard held");
+        let plan = plan(&layout(2), &reports, BALLOT).expect("majority and every shard held");
         assert_eq!(plan.view.id, 8);
         assert_eq!(plan.view.members, vec![m(0, 2), m(1, 2), m(3, 2)]);
         assert_eq!(plan.view.failed, vec![m(2, 1), m(4, 1)]);
@@ -411,7 +470,7 @@ mod tests {
             (m(2, 2), &long),
             (m(3, 2), &r3),
         ];
-        let plan = plan(&layout, &reports).expect("a majority, every shard held");
+        let plan = plan(&layout, &reports, BALLOT).expect("a majority, every shard held");
         let shard0 = &plan.view.shards[0][0];
         assert!(shard0.members.contains(&m(2, 2)), "{:?}", shard0.members);
         assert_eq!(shard0.state_source, Some(m(2, 2)));
@@ -425,7 +484,7 @@ mod tests {
         let r = report(Some(l.clone()), &[]);
         let two = [(m(0, 2), &r), (m(3, 2), &r)];
         assert_eq!(
-            plan(&layout(2), &two),
+            plan(&layout(2), &two, BALLOT),
             Err(NotYet::NoMajority {
                 view_id: 7,
                 present: 2,
@@ -435,7 +494,7 @@ mod tests {
         // Node 4 joined shard 1 in view 7 and logged nothing there: not a holder.
         let without_holder = [(m(0, 2), &r), (m(1, 2), &r), (m(4, 2), &r)];
         assert_eq!(
-            plan(&layout(2), &without_holder),
+            plan(&layout(2), &without_holder, BALLOT),
             Err(NotYet::NoHolder {
                 view_id: 7,
                 subgroup: 0,
@@ -445,9 +504,57 @@ mod tests {
         // Once it logged a version of view 7 it had the state.
         let r4 = report(Some(l.clone()), &[(1, Version::new(7, 1))]);
         let with_holder = [(m(0, 2), &r), (m(1, 2), &r), (m(4, 2), &r4)];
-        let plan = plan(&layout(2), &with_holder).expect("node 4 holds shard 1");
+        let plan = plan(&layout(2), &with_holder, BALLOT).expect("node 4 holds shard 1");
         assert_eq!(plan.view.shards[0][1].state_source, Some(m(4, 2)));
         assert!(!everyone_back(&with_holder));
+    }
+
+    #[test]
+    fn a_member_that_logged_its_state_arrived_holds_the_shard() {
+        let l = last();
+        let r = report(Some(l.clone()), &[]);
+        // Node 4 joined shard 1 in view 7 and its state arrived whole there, but nothing
+        // was written to the shard since: its log is the source's, so it holds the shard.
+        let fed = LoggedState {
+            fed: vec![ShardFed {
+                view_id: 7,
+                subgroup: 0,
+                shard: 1,
+            }],
+            ..report(Some(l.clone()), &[(1, Version::new(6, 9))])
+        };
+        let reports = [(m(0, 2), &r), (m(1, 2), &r), (m(4, 2), &fed)];
+        let plan = plan(&layout(2), &reports, BALLOT).expect("node 4 holds shard 1");
+        assert_eq!(plan.view.shards[0][1].state_source, Some(m(4, 2)));
+        assert_eq!(plan.shards[0][1].trim, Some(Version::new(6, 9)));
+        // Fed in an earlier view, or another shard, it is not a holder of view 7's.
+        for other in [
+            ShardFed {
+                view_id: 6,
+                subgroup: 0,
+                shard: 1,
+            },
+            ShardFed {
+                view_id: 7,
+                subgroup: 0,
+                shard: 0,
+            },
+        ] {
+            let stale = LoggedState {
+                fed: vec![other],
+                ..fed.clone()
+            };
+            let reports = [(m(0, 2), &r), (m(1, 2), &r), (m(4, 2), &stale)];
+            assert_eq!(
+                super::plan(&layout(2), &reports, BALLOT),
+                Err(NotYet::NoHolder {
+                    view_id: 7,
+                    subgroup: 0,
+                    shard: 1
+                }),
+                "{other:?}"
+            );
+        }
     }
 
     #[test]
@@ -480,7 +587,7 @@ mod tests {
         assert_eq!(last_view(&reports).map(|v| v.id), Some(8));
         // Only node 0 of view 8 is back: no majority of it.
         assert_eq!(
-            plan(&layout(2), &reports),
+            plan(&layout(2), &reports, BALLOT),
             Err(NotYet::NoMajority {
                 view_id: 8,
                 present: 1,
@@ -507,7 +614,7 @@ mod tests {
             (m(3, 2), &agreed_in_minority),
         ];
         assert_eq!(
-            plan(&layout(2), &reports),
+            plan(&layout(2), &reports, BALLOT),
             Err(NotYet::NoMajority {
                 view_id: 7,
                 present: 2,
@@ -515,7 +622,7 @@ mod tests {
             })
         );
         let reports = [(m(0, 2), &agreed), (m(1, 2), &r), (m(2, 2), &r)];
-        let plan = plan(&layout(2), &reports).expect("a majority of view 8");
+        let plan = plan(&layout(2), &reports, BALLOT).expect("a majority of view 8");
         assert_eq!(plan.view.id, 9);
     }
 
@@ -535,7 +642,7 @@ mod tests {
             (m(1, 2), &r),
             (m(3, 2), &r),
         ];
-        let plan = plan(&layout(2), &reports).expect("restartable");
+        let plan = plan(&layout(2), &reports, BALLOT).expect("restartable");
         assert_eq!(plan.view.id, 8);
         assert_eq!(*plan.view.members.last().expect("members"), m(9, 1));
         assert!(

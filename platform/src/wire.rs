@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::ids::{NodeId, Version, ViewId};
 use crate::restart::{LoggedState, RestartPlan};
-use crate::row::Row;
+use crate::row::{Ballot, Row};
 use crate::view::View;
 
 /// One entry of a sender's multicast stream.
@@ -85,9 +85,13 @@ pub enum Wire {
     },
     /// "You are not (or no longer) a member as far as view `view_id` is concerned."
     Evicted { view_id: ViewId },
-    /// A node restarting from its log reports what the log holds (to the restart leader;
-    /// a live member takes it as a join request).
+    /// A node restarting from its log reports what the log holds (to the restart leaders;
+    /// a live member takes it as a join request). Sent after a promise is logged, it
+    /// answers that claim.
     RestartHello { logged: LoggedState },
+    /// A restart leader asks for a durable promise of `ballot` (no plan of a lower ballot
+    /// will be agreed to), answered by a `RestartHello` once it is logged.
+    RestartClaim { ballot: Ballot },
     /// The restart leader's plan, to every member of the restart view: log your
     /// agreement, then answer `RestartAck`.
     RestartPrepare { plan: Arc<RestartPlan> },

@@ -10,7 +10,8 @@ use squall_log::{LogError, LogStore, Record, ShardKey};
 use squall_platform::codec::{self, DecodeError};
 use squall_platform::{
     Ballot, ConfigError, Core, CoreConfig, Delivery, LoggedState, MemberId, NodeId, Output,
-    RestartPlan, SendError, SendTicket, ShardTail, StopReason, Version, View, ViewId, Wire,
+    RestartPlan, SendError, SendTicket, ShardFed, ShardTail, StopReason, Version, View, ViewId,
+    Wire,
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
@@ -36,20 +37,27 @@ pub const META_TRIM: u8 = 2;
 /// An agreement to a next view (a proposal or a restart plan), logged before it is
 /// acknowledged: the ballot, then the view encoded as a `Welcome`.
 pub const META_ACK: u8 = 3;
+/// A promise to a restart leader (its ballot), logged before the node reports its log to
+/// it: the node agrees to no restart plan of a lower ballot, in this life or the next.
+pub const META_PROMISE: u8 = 4;
+/// A shard's state received whole (view id, subgroup, shard), logged after the state: a
+/// total restart then counts this node a holder of the shard in that view.
+pub const META_FED: u8 = 5;
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub core: CoreConfig,
     pub me: MemberId,
     /// Found a new group (this node is its first member) rather than join one. Ignored
-    /// when the log holds a view: the node then restarts (see `restart_leader`).
+    /// when the log holds a view: the node then restarts (see `restart_leaders`).
     pub found: bool,
     /// Nodes to ask for admission when joining.
     pub contacts: Vec<NodeId>,
-    /// The node that decides a total restart; every node of a cluster names the same one.
-    /// A node whose log holds a view first looks for a live group through `contacts`,
-    /// and otherwise reports its log to this node.
-    pub restart_leader: NodeId,
+    /// The nodes that may decide a total restart, in order of preference; every node of a
+    /// cluster names the same list. A node whose log holds a view first looks for a live
+    /// group through `contacts`, and otherwise reports its log to these nodes; the first
+    /// of them that is back and hears from none before it leads the restart.
+    pub restart_leaders: Vec<NodeId>,
     /// How often the core's clock advances.
     pub tick_interval_ms: u64,
     /// Application events buffered before the node waits for the application.
@@ -640,6 +648,9 @@ enum LogDone {
         view_id: ViewId,
         ballot: Ballot,
     },
+    PromiseLogged {
+        ballot: Ballot,
+    },
     /// A chunk of a state transfer this node is the source of (`LogWork::ReadStateChunk`).
     StateChunk {
         view_id: ViewId,
@@ -677,7 +688,7 @@ pub fn start_node(
             cfg.core.clone(),
             cfg.me,
             cfg.contacts.clone(),
-            cfg.restart_leader,
+            cfg.restart_leaders.clone(),
             logged,
             0,
         )?
@@ -848,12 +859,24 @@ fn logged_state(store: &(dyn LogStore + Send)) -> Result<LoggedState, NodeError>
     };
     let mut view = None;
     let mut acked = None;
+    let mut promised = None;
+    let mut fed: Vec<ShardFed> = Vec::new();
     for (kind, bytes) in store.meta()? {
         match kind {
             META_VIEW => view = Some(decode_view(bytes)?),
             META_ACK => {
                 let (ballot, rest) = decode_ballot(&bytes).ok_or(NodeError::LoggedViewKind)?;
                 acked = Some((ballot, decode_view(bytes.slice(rest..))?));
+            }
+            META_PROMISE => {
+                let (ballot, _) = decode_ballot(&bytes).ok_or(NodeError::LoggedViewKind)?;
+                promised = promised.max(Some(ballot));
+            }
+            META_FED => {
+                let f = decode_fed(&bytes).ok_or(NodeError::LoggedViewKind)?;
+                // The newest view each shard was fed in is all a restart looks at.
+                fed.retain(|old| (old.subgroup, old.shard) != (f.subgroup, f.shard));
+                fed.push(f);
             }
             _ => {}
         }
@@ -869,7 +892,13 @@ fn logged_state(store: &(dyn LogStore + Send)) -> Result<LoggedState, NodeError>
             })
         })
         .collect();
-    Ok(LoggedState { view, acked, tails })
+    Ok(LoggedState {
+        view,
+        acked,
+        promised,
+        tails,
+        fed,
+    })
 }
 
 impl Driver {
@@ -1103,6 +1132,7 @@ impl Driver {
                 .await;
             }
             LogDone::AckLogged { view_id, ballot } => self.core.ack_logged(view_id, ballot),
+            LogDone::PromiseLogged { ballot } => self.core.promise_logged(ballot),
             LogDone::StateChunk {
                 view_id,
                 subgroup,
@@ -1532,6 +1562,25 @@ impl Driver {
                     self.feedback.push_back(done);
                 }
             }
+            Output::LogPromise { ballot } => {
+                info!(
+                    leader = %ballot.leader,
+                    attempt = squall_platform::restart::restart_attempt(ballot),
+                    "promising a restart leader's ballot"
+                );
+                let done = LogDone::PromiseLogged { ballot };
+                if self.log.is_some() {
+                    let mut bytes = BytesMut::new();
+                    encode_ballot(&mut bytes, ballot);
+                    self.queue_log_work(LogWork::Meta {
+                        kind: META_PROMISE,
+                        bytes: bytes.freeze(),
+                        then: Some(done),
+                    });
+                } else {
+                    self.feedback.push_back(done);
+                }
+            }
             Output::LogAck {
                 view_id,
                 ballot,
@@ -1694,10 +1743,31 @@ impl Driver {
                     // cannot serve the shard.
                     warn!(error = %e, "malformed state transfer; leaving the group");
                     self.core.storage_failed();
+                } else if last && self.log.is_some() {
+                    // Queued after the state's own log work: durable only once it is.
+                    let mut bytes = BytesMut::new();
+                    encode_fed(
+                        &mut bytes,
+                        ShardFed {
+                            view_id,
+                            subgroup,
+                            shard,
+                        },
+                    );
+                    self.queue_log_work(LogWork::Meta {
+                        kind: META_FED,
+                        bytes: bytes.freeze(),
+                        then: None,
+                    });
                 }
             }
             Output::Restart(plan) => {
-                info!(view = plan.view.id, members = ?plan.view.members, "restarting the group");
+                info!(
+                    view = plan.view.id,
+                    members = ?plan.view.members,
+                    leader = %plan.ballot.leader,
+                    "restarting the group"
+                );
                 let me = self.core.me();
                 for (g, shards) in plan.shards.iter().enumerate() {
                     if !self.logs(g as u32) {
@@ -1731,6 +1801,27 @@ fn wall_clock_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+fn encode_fed(out: &mut BytesMut, fed: ShardFed) {
+    use bytes::BufMut;
+    out.put_u32_le(fed.view_id);
+    out.put_u32_le(fed.subgroup);
+    out.put_u32_le(fed.shard);
+}
+
+fn decode_fed(bytes: &[u8]) -> Option<ShardFed> {
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    Some(ShardFed {
+        view_id: word(0)?,
+        subgroup: word(4)?,
+        shard: word(8)?,
+    })
+}
+
 fn encode_ballot(out: &mut BytesMut, ballot: Ballot) {
     use bytes::BufMut;
     out.put_u64_le(ballot.round);
@@ -1738,7 +1829,8 @@ fn encode_ballot(out: &mut BytesMut, ballot: Ballot) {
     out.put_u32_le(ballot.leader.incarnation);
 }
 
-/// The ballot at the start of a `META_ACK` record, and where the view begins.
+/// The ballot at the start of a `META_ACK` record (where the view begins follows) or of a
+/// `META_PROMISE` record.
 fn decode_ballot(bytes: &[u8]) -> Option<(Ballot, usize)> {
     let word = |at: usize, len: usize| bytes.get(at..at + len);
     let round = u64::from_le_bytes(word(0, 8)?.try_into().ok()?);

@@ -224,6 +224,29 @@ fn delivered(events: &[Event]) -> BTreeSet<PayloadId> {
         .collect()
 }
 
+/// The view each payload was delivered in.
+fn delivered_views(events: &[Event]) -> Vec<(PayloadId, u32)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Delivered {
+                payload, view_id, ..
+            } => Some((*payload, *view_id)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The first view `member` installed.
+fn first_view(events: &[Event], member: MemberId) -> Option<u32> {
+    events.iter().find_map(|e| match e {
+        Event::Installed {
+            member: m, view, ..
+        } if *m == member => Some(view.id),
+        _ => None,
+    })
+}
+
 fn sent_by(events: &[Event], member: MemberId) -> BTreeSet<PayloadId> {
     events
         .iter()
@@ -326,8 +349,9 @@ fn kill9_mid_stream_then_rejoin_with_state_transfer() {
 }
 
 /// Every node is killed (`kill -9`) mid-stream; restarted in a shuffled order, they find
-/// no live group, report their logs to the restart leader and come back as one restart
-/// view, each shard continuing from its longest log; then they stream again.
+/// no live group, report their logs to the restart leaders and come back in a restart
+/// view (any node back after it joins), each shard continuing from its longest log; then
+/// they stream again.
 #[test]
 fn total_restart_after_every_node_is_killed() {
     let mut cluster = Cluster::new(3, 1_500);
@@ -376,12 +400,28 @@ fn total_restart_after_every_node_is_killed() {
             _ => None,
         })
     };
+    // A majority of the last view restarts the group under whichever restart leader is
+    // back first and hears from none before it (the last view may already lack a node
+    // killed first); a node back later joins the restarted group.
     cluster.wait_for(
-        "the restart view everywhere",
+        "a restart view, then all three in one view",
         Duration::from_secs(30),
-        |c| back.iter().all(|m| restart_view(c, *m).is_some()),
+        |c| {
+            back.iter()
+                .filter(|m| restart_view(c, **m).is_some())
+                .count()
+                >= 2
+                && back.iter().all(|m| {
+                    installed_views(&c.events(m.node), *m)
+                        .last()
+                        .is_some_and(|v| v.len() == 3)
+                })
+        },
     );
-    let view = restart_view(&cluster, back[0]).expect("installed");
+    let view = back
+        .iter()
+        .find_map(|m| restart_view(&cluster, *m))
+        .expect("installed");
     // The last view is the newest one installed, or one agreed to after it (the kills
     // are not simultaneous: the survivors of the first may have agreed to remove it).
     assert!(
@@ -389,7 +429,7 @@ fn total_restart_after_every_node_is_killed() {
         "restart view {} after installed view {last_view}",
         view.id
     );
-    assert_eq!(view.members.len(), 3);
+    assert!(view.members.len() >= 2, "{view:?}");
     for node in 0..3 {
         let stdout = std::fs::read_to_string(cluster.dir.path().join(format!("stdout-{node}")))
             .unwrap_or_default();
@@ -420,10 +460,32 @@ fn total_restart_after_every_node_is_killed() {
         Duration::from_secs(60),
         |c| {
             let all: Vec<Vec<Event>> = (0..3).map(|node| c.events(node)).collect();
+            // A node that joined after the restart view took what came before its first
+            // view in the state transfer: it delivers what the group delivered since.
+            let views: Vec<(BTreeSet<PayloadId>, u32)> = back
+                .iter()
+                .map(|m| {
+                    let events = &all[m.node as usize];
+                    (
+                        delivered(events),
+                        first_view(events, *m).unwrap_or(u32::MAX),
+                    )
+                })
+                .collect();
+            let delivered_in: BTreeMap<PayloadId, u32> = all
+                .iter()
+                .flat_map(|events| delivered_views(events))
+                .collect();
             back.iter().all(|sender| {
                 let sent = sent_by(&all[sender.node as usize], *sender);
                 sent.len() as u64 == c.messages
-                    && all.iter().all(|events| sent.is_subset(&delivered(events)))
+                    && sent.iter().all(|p| {
+                        delivered_in.get(p).is_some_and(|v| {
+                            views
+                                .iter()
+                                .all(|(got, first)| got.contains(p) || *v < *first)
+                        })
+                    })
             })
         },
     );

@@ -95,7 +95,7 @@ async fn two_nodes(payload_size_max_bytes: usize) -> (Nodes, Vec<Arc<Counting>>)
             me,
             found: n == 0,
             contacts: vec![0],
-            restart_leader: 0,
+            restart_leaders: vec![0],
             tick_interval_ms: 5,
             events_max: 4096,
             commands_max: 4096,

@@ -36,7 +36,7 @@ use crate::config::CoreConfig;
 use crate::core::{Core, Output};
 use crate::ids::{MemberId, NodeId, Version, ViewId};
 use crate::layout::{DeliveryMode, Layout, ShardLayout, SubgroupLayout};
-use crate::restart::{LoggedState, ShardTail};
+use crate::restart::{LoggedState, ShardFed, ShardTail};
 use crate::row::Ballot;
 use crate::view::View;
 use crate::wire::Wire;
@@ -56,6 +56,10 @@ const READ_BARRIER_SEED_MIX: u64 = 0x4ead_ba55_1e55_0b5e;
 /// Mixed into the seed for the RNG of disk failures, so that a seed without one runs
 /// exactly as it did before they were simulated.
 const DISK_FAILURE_SEED_MIX: u64 = 0xd15c_fa11_0000_0001;
+/// Mixed into the seed for the RNG of faults during a total restart (a preferred restart
+/// leader lost, two leaders that cannot hear each other, crashes mid-restart), so that
+/// nothing else in a seed changes with them.
+const RESTART_FAULT_SEED_MIX: u64 = 0x4e57_a47f_a017_0002;
 /// Longest gap between two read barriers at random members.
 const READ_BARRIER_GAP_MAX_US: u64 = 4_000;
 /// Chance, in percent, that an ordered delivery is followed by a read barrier at another
@@ -205,6 +209,18 @@ pub struct RunReport {
     pub history: History,
     pub result: Result<(), Violation>,
     pub state: StateCounts,
+    pub restart: RestartCounts,
+}
+
+/// What a run's total restart did (all zero without one).
+#[derive(Debug, Default, Clone)]
+pub struct RestartCounts {
+    /// Restart plans installed (by view id).
+    pub installed: u64,
+    /// Of those, plans of a leader other than the preferred one.
+    pub by_backup: u64,
+    /// Nodes that claimed a restart ballot of their own: more than one is a contest.
+    pub claimants: BTreeSet<NodeId>,
 }
 
 /// What a run's state transfers did.
@@ -229,13 +245,14 @@ impl RunReport {
 
 /// Runs one seed's scenario and checks its history.
 pub fn run_seed(seed: u64) -> RunReport {
-    let (history, state) = Simulation::new(Scenario::from_seed(seed)).run();
+    let (history, state, restart) = Simulation::new(Scenario::from_seed(seed)).run();
     let result = checkers::check_all(&history);
     RunReport {
         seed,
         history,
         result,
         state,
+        restart,
     }
 }
 
@@ -271,6 +288,11 @@ enum Action {
         view_id: ViewId,
         ballot: Ballot,
         next: Arc<View>,
+    },
+    PromiseLogged {
+        node: NodeId,
+        incarnation: u32,
+        ballot: Ballot,
     },
     Suspect {
         node: NodeId,
@@ -308,6 +330,9 @@ enum Action {
     },
     Crash,
     TotalStop,
+    /// Crash a node that is back from the total stop but not yet a member.
+    CrashRestarting,
+    HealCut,
     Partition {
         duration_us: u64,
     },
@@ -332,6 +357,10 @@ struct SimDisk {
     view: Option<Arc<View>>,
     /// The latest view agreed to (logged before the agreement is published).
     acked: Option<(Ballot, Arc<View>)>,
+    /// The highest restart ballot promised (logged before the promise is reported).
+    promised: Option<Ballot>,
+    /// Shards whose state arrived whole, by view.
+    fed: Vec<ShardFed>,
     /// Durable records per `(subgroup, shard)`, by version.
     logs: BTreeMap<(u32, u32), BTreeMap<Version, PayloadId>>,
 }
@@ -341,6 +370,8 @@ impl SimDisk {
         LoggedState {
             view: self.view.clone(),
             acked: self.acked.clone(),
+            promised: self.promised,
+            fed: self.fed.clone(),
             tails: self
                 .logs
                 .iter()
@@ -416,6 +447,16 @@ struct Simulation {
     barrier_rng: ChaCha8Rng,
     /// Draws only when and where disks fail (see `DISK_FAILURE_SEED_MIX`).
     disk_rng: ChaCha8Rng,
+    /// Draws only the faults of a total restart (see `RESTART_FAULT_SEED_MIX`).
+    restart_rng: ChaCha8Rng,
+    /// Two nodes that cannot reach each other (a cut link, not a partition: both reach
+    /// everyone else), and what they sent each other meanwhile (held, as TCP would).
+    cut: Option<(NodeId, NodeId)>,
+    cut_held: Vec<Action>,
+    /// The preferred restart leader at the total stop, and what the restart did.
+    first_leader: Option<NodeId>,
+    restart_counts: RestartCounts,
+    restart_views: BTreeSet<ViewId>,
     /// Reads asked and not answered: their subgroup and shard.
     reads: HashMap<(MemberId, u64), (u32, u32)>,
     now_us: u64,
@@ -459,12 +500,19 @@ impl Simulation {
         let rng = ChaCha8Rng::seed_from_u64(sc.seed ^ 0x5eed_5eed_5eed_5eed);
         let barrier_rng = ChaCha8Rng::seed_from_u64(sc.seed ^ READ_BARRIER_SEED_MIX);
         let disk_rng = ChaCha8Rng::seed_from_u64(sc.seed ^ DISK_FAILURE_SEED_MIX);
+        let restart_rng = ChaCha8Rng::seed_from_u64(sc.seed ^ RESTART_FAULT_SEED_MIX);
         Simulation {
             history: History::new(sc.seed),
             sc,
             rng,
             barrier_rng,
             disk_rng,
+            restart_rng,
+            cut: None,
+            cut_held: Vec::new(),
+            first_leader: None,
+            restart_counts: RestartCounts::default(),
+            restart_views: BTreeSet::new(),
             reads: HashMap::new(),
             now_us: 0,
             queue: BTreeMap::new(),
@@ -497,7 +545,7 @@ impl Simulation {
         self.queue.insert((at_us, self.next_seq), action);
     }
 
-    fn run(mut self) -> (History, StateCounts) {
+    fn run(mut self) -> (History, StateCounts, RestartCounts) {
         for _ in 0..self.sc.initial_nodes {
             let id = self.next_node_id;
             self.next_node_id += 1;
@@ -546,7 +594,7 @@ impl Simulation {
             transfers: self.state_transfers,
             tails: self.state_tails,
         };
-        (self.history, counts)
+        (self.history, counts, self.restart_counts)
     }
 
     fn start_node(&mut self, id: NodeId, founder: bool) {
@@ -561,18 +609,19 @@ impl Simulation {
         let me = MemberId::new(id, incarnation);
         let logged = node.disk.logged_state();
         let contacts: Vec<NodeId> = self.nodes.keys().copied().filter(|n| *n != id).collect();
-        // Every node is told the same restart leader: the lowest id with a logged view.
-        let leader = self
+        // Every node is told the same restart leaders: the nodes with a logged view, by id.
+        let leaders: Vec<NodeId> = self
             .nodes
             .iter()
-            .find(|(_, n)| n.disk.view.is_some())
-            .map(|(leader, _)| *leader);
+            .filter(|(_, n)| n.disk.view.is_some())
+            .map(|(leader, _)| *leader)
+            .collect();
         // A group stopped before its first view formed is founded again.
-        let founder = founder || (leader.is_none() && id == 0);
+        let founder = founder || (leaders.is_empty() && id == 0);
         let core = if founder || contacts.is_empty() {
             Core::found(self.sc.core.clone(), me, now_ms)
-        } else if let (Some(leader), Some(_)) = (leader, &logged.view) {
-            Core::restart(self.sc.core.clone(), me, contacts, leader, logged, now_ms)
+        } else if logged.view.is_some() && !leaders.is_empty() {
+            Core::restart(self.sc.core.clone(), me, contacts, leaders, logged, now_ms)
         } else {
             let mut contacts = contacts;
             let rotate = self.rng.random_range(0..contacts.len());
@@ -680,6 +729,7 @@ impl Simulation {
             | Action::Persisted { node, .. }
             | Action::TrimLogged { node, .. }
             | Action::AckLogged { node, .. }
+            | Action::PromiseLogged { node, .. }
             | Action::Suspect { node, .. }
             | Action::StatePartTaken { node, .. }
             | Action::AppSend { node, .. } => Some(*node),
@@ -707,6 +757,15 @@ impl Simulation {
                 }
                 let receiver = MemberId::new(to, node.incarnation);
                 if self.broken_links.contains(&link_key(receiver, from)) {
+                    return;
+                }
+                if self.cut == Some((to.min(from.node), to.max(from.node))) {
+                    self.cut_held.push(Action::Net {
+                        to,
+                        incarnation,
+                        from,
+                        msg,
+                    });
                     return;
                 }
                 if self.minority.contains(&to) != self.minority.contains(&from.node) {
@@ -867,6 +926,22 @@ impl Simulation {
                 }
                 self.pump(node);
             }
+            Action::PromiseLogged {
+                node,
+                incarnation,
+                ballot,
+            } => {
+                if !self.alive(node, incarnation) {
+                    return;
+                }
+                if let Some(n) = self.nodes.get_mut(&node) {
+                    n.disk.promised = n.disk.promised.max(Some(ballot));
+                }
+                if let Some(core) = self.core_mut(node) {
+                    core.promise_logged(ballot);
+                }
+                self.pump(node);
+            }
             Action::Suspect {
                 node,
                 incarnation,
@@ -949,6 +1024,59 @@ impl Simulation {
                         });
                     }
                 }
+                // The restart leaders, in order (see `start_node`).
+                let leaders: Vec<NodeId> = ids
+                    .iter()
+                    .copied()
+                    .filter(|id| self.nodes[id].disk.view.is_some())
+                    .collect();
+                self.first_leader = leaders.first().copied();
+                // The preferred leader stays away well past the restart grace: a backup
+                // leader must restart the group without it.
+                let lost_leader = if self.restart_rng.random_bool(0.3) {
+                    leaders.first().copied()
+                } else {
+                    None
+                };
+                // Slow disks stretch claims and plans, so that rival ones overlap.
+                let slow_disks = self.restart_rng.random_bool(0.5);
+                // Back mid-restart (it then claims a higher ballot than the backup's) or
+                // after the group restarted without it (it joins).
+                let lost_for_us = self.restart_rng.random_range(200_000..=3_000_000);
+                // The first two leaders of the last view cannot hear each other for a
+                // while: with a third member back, both have a majority, and both lead.
+                let last_members: Vec<NodeId> = self
+                    .nodes
+                    .values()
+                    .filter_map(|n| n.disk.view.as_ref())
+                    .max_by_key(|v| v.id)
+                    .map(|v| {
+                        leaders
+                            .iter()
+                            .copied()
+                            .filter(|l| v.members.iter().any(|m| m.node == *l))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if last_members.len() >= 3 && self.restart_rng.random_bool(0.5) {
+                    self.cut = Some((last_members[0], last_members[1]));
+                    let heal_at =
+                        self.now_us + self.restart_rng.random_range(1_000_000..=3_000_000);
+                    self.schedule(heal_at, Action::HealCut);
+                }
+                if slow_disks {
+                    let until = self.now_us + 3_000_000;
+                    for node in self.nodes.values_mut() {
+                        node.disk_slow_until_us = node.disk_slow_until_us.max(until);
+                    }
+                }
+                // Nodes crash while the group restarts (claims, plans, acks cut short).
+                if self.restart_rng.random_bool(0.4) {
+                    for _ in 0..self.restart_rng.random_range(1..=3) {
+                        let at = self.now_us + self.restart_rng.random_range(20_000..=1_200_000);
+                        self.schedule(at, Action::CrashRestarting);
+                    }
+                }
                 let mut order = ids;
                 for i in (1..order.len()).rev() {
                     let j = self.rng.random_range(0..=i);
@@ -964,9 +1092,45 @@ impl Simulation {
                     } else {
                         0
                     };
-                    self.schedule(at + late, Action::Restart { node: id });
+                    let lost = if lost_leader == Some(id) {
+                        lost_for_us
+                    } else {
+                        0
+                    };
+                    self.schedule(at + late.max(lost), Action::Restart { node: id });
                 }
             }
+            Action::CrashRestarting => {
+                if self.healing || !self.restarting_all {
+                    return;
+                }
+                // Not the state source of a shard in a plan it agreed to: the plan may be
+                // committed without it, and a shard whose holders are all gone waits for
+                // them for good (the losses this simulator makes are those a group survives).
+                let candidates: Vec<NodeId> = self
+                    .nodes
+                    .iter()
+                    .filter(|(_, n)| {
+                        n.core.as_ref().is_some_and(|c| {
+                            !c.is_member()
+                                && c.prepared_restart().is_none_or(|plan| {
+                                    plan.view
+                                        .shards
+                                        .iter()
+                                        .flatten()
+                                        .all(|s| s.state_source != Some(c.me()))
+                                })
+                        })
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                if candidates.is_empty() {
+                    return;
+                }
+                let victim = candidates[self.restart_rng.random_range(0..candidates.len())];
+                self.take_down(victim, true);
+            }
+            Action::HealCut => self.heal_cut(),
             Action::Partition { duration_us } => {
                 if !self.minority.is_empty() {
                     return;
@@ -1101,6 +1265,7 @@ impl Simulation {
                 self.history.push(Event::HealStarted { at_us: self.now_us });
                 self.minority.clear();
                 self.release_held();
+                self.heal_cut();
                 let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
                 for id in ids {
                     let node = self.nodes.get_mut(&id).expect("listed");
@@ -1149,6 +1314,13 @@ impl Simulation {
     }
 
     /// The cut healed: links that did not break deliver what they held, in order.
+    fn heal_cut(&mut self) {
+        self.cut = None;
+        for action in std::mem::take(&mut self.cut_held) {
+            self.schedule(self.now_us, action);
+        }
+    }
+
     fn release_held(&mut self) {
         for action in std::mem::take(&mut self.held) {
             self.schedule(self.now_us, action);
@@ -1558,6 +1730,21 @@ impl Simulation {
                     },
                 );
             }
+            Output::LogPromise { ballot } => {
+                if ballot.leader == me {
+                    self.restart_counts.claimants.insert(id);
+                }
+                let at = self.disk_done_at(id);
+                let incarnation = me.incarnation;
+                self.schedule(
+                    at,
+                    Action::PromiseLogged {
+                        node: id,
+                        incarnation,
+                        ballot,
+                    },
+                );
+            }
             Output::LogAck {
                 view_id,
                 ballot,
@@ -1600,6 +1787,14 @@ impl Simulation {
                 });
             }
             Output::Restart(plan) => {
+                // The cut is a fault of the restart only: the restarted group is whole.
+                self.heal_cut();
+                if self.restart_views.insert(plan.view.id) {
+                    self.restart_counts.installed += 1;
+                    if self.first_leader != Some(plan.ballot.leader.node) {
+                        self.restart_counts.by_backup += 1;
+                    }
+                }
                 // Truncate each shard log to the agreed trim; the application restarts
                 // from what remains.
                 let node = self.nodes.get_mut(&id).expect("a node produced it");
@@ -1835,6 +2030,11 @@ impl Simulation {
                     );
                 };
                 node.app[subgroup as usize] = digest;
+                node.disk.fed.push(ShardFed {
+                    view_id,
+                    subgroup,
+                    shard,
+                });
                 self.history.push(Event::StateReceived {
                     at_us: now,
                     member: me,

@@ -249,16 +249,20 @@ async fn main() -> Result<()> {
     } else {
         None
     };
-    let restart_leader = args
+    // The preferred restart leader, then every other peer by id as its backups.
+    let first = args
         .restart_leader
         .or_else(|| args.peers.keys().next().copied())
         .ok_or_else(|| anyhow!("no peers"))?;
+    let restart_leaders: Vec<u32> = std::iter::once(first)
+        .chain(args.peers.keys().copied().filter(|id| *id != first))
+        .collect();
     let cfg = NodeConfig {
         core,
         me,
         found: args.found && incarnation == 1,
         contacts: args.contacts.clone(),
-        restart_leader,
+        restart_leaders,
         tick_interval_ms: (args.heartbeat_ms / 2).max(1),
         events_max: 65_536,
         commands_max: 4_096,
