@@ -293,6 +293,18 @@ struct Restarting {
     claim: Option<Claim>,
     /// Leader: the plan proposed, who acknowledged it (logged), since when.
     proposing: Option<(Arc<RestartPlan>, Vec<MemberId>, u64)>,
+    /// Leader: no new claim before then (my clock). An attempt that failed or was
+    /// outranked waits a retry per place in the list of leaders, so that rivals do not
+    /// outbid each other forever and the earlier leader gets there first.
+    claim_after_ms: u64,
+}
+
+impl Restarting {
+    /// Leader: wait before claiming again.
+    fn back_off(&mut self, me: NodeId, now_ms: u64, retry_ms: u64) {
+        let place = self.leaders.iter().position(|l| *l == me).unwrap_or(0) as u64;
+        self.claim_after_ms = now_ms.saturating_add(retry_ms.saturating_mul(place + 1));
+    }
 }
 
 /// A restart leader's first phase: before it makes a plan, the nodes it will be made from
@@ -494,6 +506,7 @@ impl Core {
             prepared: None,
             claim: None,
             proposing: None,
+            claim_after_ms: 0,
         }));
         let mut core = Self::new(cfg, me, now_ms, phase)?;
         core.last_life_tails = tails;
@@ -1827,6 +1840,7 @@ impl Core {
                     .is_some_and(|c| logged.promised.is_some_and(|p| p > c.ballot));
                 if outranked {
                     r.claim = None;
+                    r.back_off(me, now, self.cfg.join_retry_ms);
                 }
                 match r.heard.iter_mut().find(|(m, ..)| m.node == from.node) {
                     Some(entry) if entry.0.incarnation > from.incarnation => {}
@@ -1868,6 +1882,9 @@ impl Core {
                     .is_some_and(|(plan, ..)| plan.ballot < ballot && plan.ballot.leader == me)
                 {
                     r.proposing = None;
+                }
+                if r.leaders.contains(&me.node) {
+                    r.back_off(me.node, self.now_ms, self.cfg.join_retry_ms);
                 }
                 self.outputs.push(Output::LogPromise { ballot });
             }
@@ -2021,6 +2038,7 @@ impl Core {
                 return;
             }
             r.proposing = None;
+            r.back_off(me.node, now, retry_ms);
         }
         if let Some(claim) = &r.claim {
             let everyone = claim
@@ -2040,9 +2058,13 @@ impl Core {
                 .ok()
                 .filter(|plan| plan.view.contains(me));
             r.claim = None;
-            if let Some(plan) = planned {
-                self.propose_restart(Arc::new(plan));
+            match planned {
+                Some(plan) => self.propose_restart(Arc::new(plan)),
+                None => r.back_off(me.node, now, retry_ms),
             }
+            return;
+        }
+        if now < r.claim_after_ms {
             return;
         }
         let mut reports: Vec<(MemberId, &LoggedState)> = vec![(me, &r.logged)];
