@@ -786,8 +786,9 @@ async fn persistent_objects_and_time_travel_survive_a_restart_of_every_node() {
 }
 
 /// A total restart does not wait for its preferred leader: every node is killed and node
-/// 0, the restart leader, stays down; nodes 1 and 2 (a majority) restart the cluster under
-/// backup leader 1 and serve what was written, by version and by time, and take writes.
+/// 0, the restart leader, stays down; node 1 alone logs that it waits for a majority, then
+/// nodes 1 and 2 restart the cluster under backup leader 1 and serve what was written, by
+/// version and by time, and take writes.
 /// Node 0 then comes back and joins the running cluster. With a single restart leader the
 /// two waited for node 0 for as long as it was away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -807,7 +808,21 @@ async fn a_total_restart_goes_on_without_its_restart_leader() {
     for node in 0..3 {
         cluster.kill9(node);
     }
+    // Alone, node 1 says what it waits for.
     cluster.start(1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !strip_ansi(&cluster.node_log(1)).lines().any(|l| {
+        l.contains("the total restart waits")
+            && l.contains("1 of view")
+            && l.contains("a majority is needed")
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never said why it waits:\n{}",
+            cluster.node_log(1)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     cluster.start(2);
     let c = cluster.client(None, 2).await;
     let latest = c.get("/demo/k").await.expect("get").expect("survived");

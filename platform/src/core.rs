@@ -297,6 +297,36 @@ struct Restarting {
     /// outranked waits a retry per place in the list of leaders, so that rivals do not
     /// outbid each other forever and the earlier leader gets there first.
     claim_after_ms: u64,
+    /// Leader: why it has not restarted the group yet, for the driver to report.
+    waiting: Option<RestartWait>,
+}
+
+/// Why a restart leader has not restarted the group yet ([`Core::restart_waiting`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestartWait {
+    /// An earlier restart leader is back and restarting: it leads.
+    Deferring { leader: NodeId },
+    /// The reports heard do not allow a restart yet.
+    NotYet(restart::NotYet),
+    /// They do; `restart_grace_ms` runs for the rest of the last view.
+    Grace,
+}
+
+impl std::fmt::Display for RestartWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestartWait::Deferring { leader } => {
+                write!(f, "restart leader {leader} is back and leads")
+            }
+            RestartWait::NotYet(why) => write!(f, "{why}"),
+            RestartWait::Grace => {
+                write!(
+                    f,
+                    "a majority is back; waiting the restart grace for the others"
+                )
+            }
+        }
+    }
 }
 
 impl Restarting {
@@ -507,6 +537,7 @@ impl Core {
             claim: None,
             proposing: None,
             claim_after_ms: 0,
+            waiting: None,
         }));
         let mut core = Self::new(cfg, me, now_ms, phase)?;
         core.last_life_tails = tails;
@@ -581,6 +612,15 @@ impl Core {
     pub fn prepared_restart(&self) -> Option<&Arc<RestartPlan>> {
         match &self.phase {
             Phase::Restarting(r) => r.prepared.as_ref().map(|(plan, _)| plan),
+            _ => None,
+        }
+    }
+
+    /// Why this restart leader has not restarted the group yet (`None`: not restarting,
+    /// not a leader, or claiming or proposing now).
+    pub fn restart_waiting(&self) -> Option<&RestartWait> {
+        match &self.phase {
+            Phase::Restarting(r) => r.waiting.as_ref(),
             _ => None,
         }
     }
@@ -2024,13 +2064,18 @@ impl Core {
         r.heard
             .retain(|(m, _, at)| m.node != me.node && now.saturating_sub(*at) <= fresh_ms);
         // A leader before me is back and restarting: it leads.
-        if r.heard
+        if let Some((earlier, ..)) = r
+            .heard
             .iter()
-            .any(|(m, ..)| r.leaders[..rank].contains(&m.node))
+            .find(|(m, ..)| r.leaders[..rank].contains(&m.node))
         {
+            r.waiting = Some(RestartWait::Deferring {
+                leader: earlier.node,
+            });
             r.ready_since_ms = None;
             return;
         }
+        r.waiting = None;
         if let Some((_, _, since)) = &r.proposing {
             // Every member of the plan must log its agreement before anyone installs it;
             // one that does not answer in time is left out of the next plan.
@@ -2069,12 +2114,14 @@ impl Core {
         }
         let mut reports: Vec<(MemberId, &LoggedState)> = vec![(me, &r.logged)];
         reports.extend(r.heard.iter().map(|(m, logged, _)| (*m, logged)));
-        if restart::plan(&self.cfg.layout, &reports, restart_ballot(0, me)).is_err() {
+        if let Err(why) = restart::plan(&self.cfg.layout, &reports, restart_ballot(0, me)) {
+            r.waiting = Some(RestartWait::NotYet(why));
             r.ready_since_ms = None;
             return;
         }
         let since = *r.ready_since_ms.get_or_insert(now);
         if !restart::everyone_back(&reports) && now.saturating_sub(since) < grace_ms {
+            r.waiting = Some(RestartWait::Grace);
             return;
         }
         // Above every restart ballot any report shows, promised or agreed to.

@@ -19,7 +19,9 @@ pub mod wire;
 pub mod sim;
 
 pub use crate::config::{ConfigError, CoreConfig, STATE_PART_BYTES_MAX, UPDATE_DATA_BYTES_MAX};
-pub use crate::core::{Core, Delivery, DeliveryKind, Output, SendError, StopReason, next_view};
+pub use crate::core::{
+    Core, Delivery, DeliveryKind, Output, RestartWait, SendError, StopReason, next_view,
+};
 pub use crate::ids::{MemberId, NodeId, SendTicket, Version, ViewId};
 pub use crate::layout::{
     DeliveryMode, Inadequate, Layout, LayoutError, ShardLayout, SubgroupLayout,

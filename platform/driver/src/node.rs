@@ -723,6 +723,7 @@ pub fn start_node(
         clock,
         feedback: VecDeque::new(),
         last_hlc_us: 0,
+        restart_waiting: None,
         tails: Vec::new(),
         outgoing: Vec::new(),
         incoming: Vec::new(),
@@ -762,6 +763,8 @@ struct Driver {
     /// Completions available at once (no log: persistence is immediate).
     feedback: VecDeque<LogDone>,
     last_hlc_us: u64,
+    /// Why the total restart waited when that was last logged (logged when it changes).
+    restart_waiting: Option<squall_platform::RestartWait>,
     /// Log tails being read for state transfers the application has yet to answer.
     tails: Vec<ReadTail>,
     /// State transfers this node is the source of with log records still to read.
@@ -965,6 +968,13 @@ impl Driver {
             _ = tick.tick() => {
                 let now_ms = self.clock.elapsed().as_millis() as u64;
                 self.core.tick(now_ms);
+                let waiting = self.core.restart_waiting();
+                if waiting != self.restart_waiting.as_ref() {
+                    if let Some(why) = waiting {
+                        info!(%why, "the total restart waits");
+                    }
+                    self.restart_waiting = waiting.cloned();
+                }
             }
         }
         self.execute_outputs().await.is_some()
