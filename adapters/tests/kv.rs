@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use squall_adapters::client::{Client, ClientError, Policy};
+use squall_adapters::client::{Client, ClientError, Policy, Written};
 use squall_adapters::config::{Role, SubgroupKind, SubgroupSpec};
 use squall_adapters::wire::{self, At, ErrorCode, Frame, Request, Response};
 use squall_kvs::op::{self, Op};
@@ -747,11 +747,8 @@ async fn falls_behind(watched: &str, watch_replay_bytes: usize) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn persistent_objects_and_time_travel_survive_a_restart_of_every_node() {
-    let mut cluster = Cluster::new(3, &[]);
-    cluster.start_all();
-    let c = cluster.client(None, 3).await;
+/// Puts `before`, then `after`, at `/demo/k`.
+async fn put_before_and_after(c: &Client) -> (Written, Written) {
     let first = c
         .put("/demo/k", Bytes::from_static(b"before"))
         .await
@@ -760,12 +757,11 @@ async fn persistent_objects_and_time_travel_survive_a_restart_of_every_node() {
         .put("/demo/k", Bytes::from_static(b"after"))
         .await
         .expect("put");
-    drop(c);
-    for node in 0..3 {
-        cluster.kill9(node);
-    }
-    cluster.start_all();
-    let c = cluster.client(None, 3).await;
+    (first, second)
+}
+
+/// `/demo/k` reads `after` at its version, and `before` at the time it was written.
+async fn reads_before_and_after(c: &Client, first: &Written, second: &Written) {
     let latest = c.get("/demo/k").await.expect("get").expect("survived");
     assert_eq!(
         (&latest.blob[..], latest.version),
@@ -777,6 +773,21 @@ async fn persistent_objects_and_time_travel_survive_a_restart_of_every_node() {
         .expect("by time")
         .expect("the old version");
     assert_eq!(&past.blob[..], b"before");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_objects_and_time_travel_survive_a_restart_of_every_node() {
+    let mut cluster = Cluster::new(3, &[]);
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    let (first, second) = put_before_and_after(&c).await;
+    drop(c);
+    for node in 0..3 {
+        cluster.kill9(node);
+    }
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    reads_before_and_after(&c, &first, &second).await;
     // And the cluster takes writes again.
     let third = c
         .put("/demo/k", Bytes::from_static(b"again"))
@@ -796,14 +807,7 @@ async fn a_total_restart_goes_on_without_its_restart_leader() {
     let mut cluster = Cluster::new(3, &[]);
     cluster.start_all();
     let c = cluster.client(None, 3).await;
-    let first = c
-        .put("/demo/k", Bytes::from_static(b"before"))
-        .await
-        .expect("put");
-    let second = c
-        .put("/demo/k", Bytes::from_static(b"after"))
-        .await
-        .expect("put");
+    let (first, second) = put_before_and_after(&c).await;
     drop(c);
     for node in 0..3 {
         cluster.kill9(node);
@@ -825,17 +829,7 @@ async fn a_total_restart_goes_on_without_its_restart_leader() {
     }
     cluster.start(2);
     let c = cluster.client(None, 2).await;
-    let latest = c.get("/demo/k").await.expect("get").expect("survived");
-    assert_eq!(
-        (&latest.blob[..], latest.version),
-        (&b"after"[..], second.version)
-    );
-    let past = c
-        .get_at("/demo/k", At::Time(first.timestamp_us))
-        .await
-        .expect("by time")
-        .expect("the old version");
-    assert_eq!(&past.blob[..], b"before");
+    reads_before_and_after(&c, &first, &second).await;
     let third = c
         .put("/demo/k", Bytes::from_static(b"without node 0"))
         .await
