@@ -155,6 +155,41 @@ pub fn last_view<'a>(reports: &[(MemberId, &'a LoggedState)]) -> Option<&'a Arc<
         .map(|(_, v)| v)
 }
 
+/// Other views agreed to with the last view's id, when no report installed one: a
+/// proposal logged on the minority side of a partition can carry a higher ballot than
+/// the one the majority committed (they were made apart), so the ballot alone cannot say
+/// which of them, if any, was installed.
+fn rivals<'a>(reports: &[(MemberId, &'a LoggedState)], last: &View) -> Vec<&'a Arc<View>> {
+    let installed_here = reports
+        .iter()
+        .any(|(_, r)| r.view.as_ref().is_some_and(|v| v.id == last.id));
+    if installed_here {
+        return Vec::new();
+    }
+    let mut rivals: Vec<&Arc<View>> = Vec::new();
+    for (_, r) in reports {
+        if let Some((_, v)) = &r.acked
+            && v.id == last.id
+            && **v != *last
+            && !rivals.iter().any(|o| o == &v)
+        {
+            rivals.push(v);
+        }
+    }
+    rivals
+}
+
+/// `old`, a member of shard `s` of subgroup `g` in `view`, held the shard's state there
+/// (as its log now says, in `report`).
+fn held(view: &View, g: usize, s: usize, old: &MemberId, report: &LoggedState) -> bool {
+    let joined = view.shards[g][s].joined.contains(old);
+    // A member fed in the view holds the state once it logged something of that view, or
+    // logged that the state arrived whole.
+    !joined
+        || report.tail(g, s).is_some_and(|t| t.view_id() >= view.id)
+        || report.fed_in(view.id, g, s)
+}
+
 /// Every member of the last view is back: no reason to wait any longer.
 pub fn everyone_back(reports: &[(MemberId, &LoggedState)]) -> bool {
     last_view(reports).is_some_and(|last| {
@@ -181,7 +216,32 @@ pub fn plan(
         .iter()
         .filter_map(|(_, r)| r.view.as_ref())
         .max_by_key(|v| v.id);
-    for view in std::iter::once(last).chain(installed) {
+    // Rival agreements to the last view's id: whichever was installed (at most one, and
+    // only where no report shows it) must find a majority and a holder of each of its
+    // shards back, as the last view does. Then it delivered nothing (its shard members
+    // back did not install it) and any later view shows up in some report, so the plan
+    // may build on the highest ballot.
+    let rivals = rivals(reports, last);
+    for rival in &rivals {
+        for (g, shards) in rival.shards.iter().enumerate() {
+            for (s, sv) in shards.iter().enumerate() {
+                let any = sv.members.iter().any(|old| {
+                    current(old.node).is_some_and(|(_, report)| held(rival, g, s, old, report))
+                });
+                if !sv.members.is_empty() && !any {
+                    return Err(NotYet::NoHolder {
+                        view_id: rival.id,
+                        subgroup: g,
+                        shard: s,
+                    });
+                }
+            }
+        }
+    }
+    for view in std::iter::once(last)
+        .chain(installed)
+        .chain(rivals.iter().copied())
+    {
         let present = view
             .members
             .iter()
@@ -230,11 +290,7 @@ pub fn plan(
                     continue;
                 };
                 let tail = report.tail(g, s);
-                // A member fed in the last view holds the state once it logged something
-                // of that view, or logged that the state arrived whole.
-                let logged_in_last =
-                    tail.is_some_and(|t| t.view_id() >= last.id) || report.fed_in(last.id, g, s);
-                if !sv.joined.contains(old) || logged_in_last {
+                if held(last, g, s, old, report) {
                     if sv.joined.contains(old) {
                         fed_holders.push((*old, g, s));
                     }
@@ -507,6 +563,78 @@ mod tests {
         let plan = plan(&layout(2), &with_holder, BALLOT).expect("node 4 holds shard 1");
         assert_eq!(plan.view.shards[0][1].state_source, Some(m(4, 2)));
         assert!(!everyone_back(&with_holder));
+    }
+
+    /// Seed 8802 of the simulator: nodes 0 and 3, cut off in a minority of view 7, logged
+    /// a proposal of view 8 = {0, 3} with a higher ballot than the view 8 = {1, 2, 4} the
+    /// majority committed (and node 4 installed). Back after a total stop, 0, 2 and 3 are a
+    /// majority of view 7 and of the minority's view 8, but not of the committed one:
+    /// the restart waits for node 1 or 4, whatever the ballots say.
+    #[test]
+    fn a_minority_agreement_with_a_higher_ballot_does_not_outvote_the_committed_view() {
+        let l = last();
+        let view8 = |members: Vec<MemberId>| {
+            let mut v = (*l).clone();
+            v.id = 8;
+            v.joined = Vec::new();
+            v.shards[0][0].members = members.clone();
+            v.shards[0][1].members = Vec::new();
+            v.shards[0][1].joined = Vec::new();
+            v.shards[0][1].state_source = None;
+            v.members = members;
+            Arc::new(v)
+        };
+        let committed = view8(vec![m(1, 1), m(2, 1), m(4, 1)]);
+        let minority = view8(vec![m(0, 1), m(3, 1)]);
+        let agreed = |round: u64, leader: MemberId, view: &Arc<View>| LoggedState {
+            acked: Some((Ballot { round, leader }, view.clone())),
+            ..report(Some(l.clone()), &[(0, Version::new(7, 4))])
+        };
+        let in_minority = agreed(2, m(0, 1), &minority);
+        let in_majority = agreed(1, m(1, 1), &committed);
+        let reports = [
+            (m(0, 2), &in_minority),
+            (m(2, 2), &in_majority),
+            (m(3, 2), &in_minority),
+        ];
+        assert_eq!(last_view(&reports), Some(&minority));
+        assert_eq!(
+            plan(&layout(2), &reports, BALLOT),
+            Err(NotYet::NoMajority {
+                view_id: 8,
+                present: 1,
+                members: 3
+            })
+        );
+        // Node 1 back too: a majority of both, and the committed view's shard has holders
+        // back that did not install it (so it delivered nothing).
+        let reports = [
+            (m(0, 2), &in_minority),
+            (m(1, 2), &in_majority),
+            (m(2, 2), &in_majority),
+            (m(3, 2), &in_minority),
+        ];
+        let plan = plan(&layout(2), &reports, BALLOT).expect("a majority of either view 8");
+        assert_eq!(plan.view.id, 9);
+        // Once any report shows the committed view installed, it alone is the last view.
+        let installed = LoggedState {
+            view: Some(committed.clone()),
+            ..in_majority.clone()
+        };
+        let reports = [
+            (m(0, 2), &in_minority),
+            (m(2, 2), &installed),
+            (m(3, 2), &in_minority),
+        ];
+        assert_eq!(last_view(&reports), Some(&committed));
+        assert_eq!(
+            super::plan(&layout(2), &reports, BALLOT),
+            Err(NotYet::NoMajority {
+                view_id: 8,
+                present: 1,
+                members: 3
+            })
+        );
     }
 
     #[test]
