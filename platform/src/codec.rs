@@ -215,13 +215,15 @@ fn encode_into(msg: &Wire, sink: &mut impl Sink) {
             sink.buf().put_u8(TAG_RESTART_PREPARE);
             put_restart_plan(sink.buf(), plan);
         }
-        Wire::RestartAck { view_id } => {
+        Wire::RestartAck { view_id, ballot } => {
             sink.buf().put_u8(TAG_RESTART_ACK);
             sink.buf().put_u32_le(*view_id);
+            put_ballot(sink.buf(), ballot);
         }
-        Wire::RestartCommit { view_id } => {
+        Wire::RestartCommit { view_id, ballot } => {
             sink.buf().put_u8(TAG_RESTART_COMMIT);
             sink.buf().put_u32_le(*view_id);
+            put_ballot(sink.buf(), ballot);
         }
         Wire::StateWanted {
             view_id,
@@ -349,9 +351,11 @@ pub fn decode(frame: Bytes, limits: &DecodeLimits) -> Result<Wire, DecodeError> 
         },
         TAG_RESTART_ACK => Wire::RestartAck {
             view_id: r.u32("view id")?,
+            ballot: r.ballot()?,
         },
         TAG_RESTART_COMMIT => Wire::RestartCommit {
             view_id: r.u32("view id")?,
+            ballot: r.ballot()?,
         },
         TAG_STATE_WANTED => Wire::StateWanted {
             view_id: r.u32("view id")?,
@@ -1023,8 +1027,20 @@ mod tests {
                     leader: MemberId::new(1, 3),
                 },
             },
-            Wire::RestartAck { view_id: 5 },
-            Wire::RestartCommit { view_id: 5 },
+            Wire::RestartAck {
+                view_id: 5,
+                ballot: Ballot {
+                    round: (1 << 63) + 4,
+                    leader: MemberId::new(2, 7),
+                },
+            },
+            Wire::RestartCommit {
+                view_id: 5,
+                ballot: Ballot {
+                    round: (1 << 63) + 5,
+                    leader: MemberId::new(1, 1),
+                },
+            },
             Wire::ReadProbe {
                 view_id: 5,
                 round: 77,

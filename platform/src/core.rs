@@ -1212,13 +1212,14 @@ impl Core {
             }
             let leader = ballot.leader;
             if leader == self.me {
-                self.restart_acked(self.me, plan.view.id);
+                self.restart_acked(self.me, plan.view.id, ballot);
             } else {
                 self.outputs.push(Output::Send {
                     to: leader.node,
                     incarnation: Some(leader.incarnation),
                     msg: Wire::RestartAck {
                         view_id: plan.view.id,
+                        ballot,
                     },
                 });
             }
@@ -1948,8 +1949,8 @@ impl Core {
                     next: Arc::clone(&plan.view),
                 });
             }
-            Wire::RestartAck { view_id } => self.restart_acked(from, view_id),
-            Wire::RestartCommit { view_id } => {
+            Wire::RestartAck { view_id, ballot } => self.restart_acked(from, view_id, ballot),
+            Wire::RestartCommit { view_id, ballot } => {
                 let Phase::Restarting(r) = &self.phase else {
                     return;
                 };
@@ -1958,7 +1959,11 @@ impl Core {
                 let prepared = r
                     .prepared
                     .as_ref()
-                    .filter(|(plan, _)| plan.view.id == view_id && from == plan.ballot.leader)
+                    .filter(|(plan, _)| {
+                        plan.view.id == view_id
+                            && plan.ballot == ballot
+                            && from == plan.ballot.leader
+                    })
                     .map(|(plan, _)| Arc::clone(plan));
                 if let Some(plan) = prepared {
                     self.install_restart(plan);
@@ -2182,9 +2187,10 @@ impl Core {
         });
     }
 
-    /// Leader: `from` logged its agreement to the plan for `view_id`; once every member
-    /// of the plan has, the plan is committed and installed.
-    fn restart_acked(&mut self, from: MemberId, view_id: ViewId) {
+    /// Leader: `from` logged its agreement to the plan for `view_id` of `ballot` (an
+    /// agreement to an earlier plan for the same view counts for nothing); once every
+    /// member of the plan has, the plan is committed and installed.
+    fn restart_acked(&mut self, from: MemberId, view_id: ViewId, ballot: Ballot) {
         let me = self.me;
         let Phase::Restarting(r) = &mut self.phase else {
             return;
@@ -2192,7 +2198,7 @@ impl Core {
         let Some((plan, acked, _)) = &mut r.proposing else {
             return;
         };
-        if plan.view.id != view_id || !plan.view.contains(from) {
+        if plan.view.id != view_id || plan.ballot != ballot || !plan.view.contains(from) {
             return;
         }
         if !acked.contains(&from) {
@@ -2206,7 +2212,10 @@ impl Core {
             self.outputs.push(Output::Send {
                 to: m.node,
                 incarnation: Some(m.incarnation),
-                msg: Wire::RestartCommit { view_id },
+                msg: Wire::RestartCommit {
+                    view_id,
+                    ballot: plan.ballot,
+                },
             });
         }
         self.install_restart(plan);

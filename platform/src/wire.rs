@@ -96,9 +96,9 @@ pub enum Wire {
     /// agreement, then answer `RestartAck`.
     RestartPrepare { plan: Arc<RestartPlan> },
     /// "I logged my agreement to the restart view `view_id`."
-    RestartAck { view_id: ViewId },
+    RestartAck { view_id: ViewId, ballot: Ballot },
     /// Every member agreed durably: install the prepared restart view `view_id`.
-    RestartCommit { view_id: ViewId },
+    RestartCommit { view_id: ViewId, ballot: Ballot },
     /// "Do you still count me as a member of view `view_id`?" A member asks before it
     /// serves local reads (read probes, round `round`): a majority that says yes after
     /// the reads began proves no view excluding it had been committed by then.
