@@ -320,3 +320,26 @@ fn backup_restart_leaders_restart_a_group_once_whoever_leads() {
         "only {contested} seeds with rival claimants"
     );
 }
+
+/// Seeds the soak found failing, each with what it caught; they run here so the fixes
+/// stay fixed.
+#[test]
+fn seeds_the_soak_found() {
+    for (seed, what) in [
+        (
+            8802,
+            "a total restart built on a minority's agreement of view 4 (a higher ballot) \
+             with one of the committed view 4's members (no_split_brain)",
+        ),
+        (
+            22458,
+            "a leader partitioned after its change committed settled the trim alone and \
+             delivered one message more than the majority (trim_consistency)",
+        ),
+    ] {
+        let report = run_seed(seed);
+        if let Some(line) = report.failure_line() {
+            panic!("{line}\n(this seed once caught: {what})");
+        }
+    }
+}
