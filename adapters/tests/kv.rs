@@ -747,8 +747,12 @@ async fn falls_behind(watched: &str, watch_replay_bytes: usize) {
     );
 }
 
-/// Puts `before`, then `after`, at `/demo/k`.
-async fn put_before_and_after(c: &Client) -> (Written, Written) {
+/// A 3-node cluster that wrote `before`, then `after`, at `/demo/k`, and whose nodes
+/// were then all killed.
+async fn written_then_stopped() -> (Cluster, Written, Written) {
+    let mut cluster = Cluster::new(3, &[]);
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
     let first = c
         .put("/demo/k", Bytes::from_static(b"before"))
         .await
@@ -757,7 +761,11 @@ async fn put_before_and_after(c: &Client) -> (Written, Written) {
         .put("/demo/k", Bytes::from_static(b"after"))
         .await
         .expect("put");
-    (first, second)
+    drop(c);
+    for node in 0..3 {
+        cluster.kill9(node);
+    }
+    (cluster, first, second)
 }
 
 /// `/demo/k` reads `after` at its version, and `before` at the time it was written.
@@ -777,14 +785,7 @@ async fn reads_before_and_after(c: &Client, first: &Written, second: &Written) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_objects_and_time_travel_survive_a_restart_of_every_node() {
-    let mut cluster = Cluster::new(3, &[]);
-    cluster.start_all();
-    let c = cluster.client(None, 3).await;
-    let (first, second) = put_before_and_after(&c).await;
-    drop(c);
-    for node in 0..3 {
-        cluster.kill9(node);
-    }
+    let (mut cluster, first, second) = written_then_stopped().await;
     cluster.start_all();
     let c = cluster.client(None, 3).await;
     reads_before_and_after(&c, &first, &second).await;
@@ -804,14 +805,7 @@ async fn persistent_objects_and_time_travel_survive_a_restart_of_every_node() {
 /// two waited for node 0 for as long as it was away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_total_restart_goes_on_without_its_restart_leader() {
-    let mut cluster = Cluster::new(3, &[]);
-    cluster.start_all();
-    let c = cluster.client(None, 3).await;
-    let (first, second) = put_before_and_after(&c).await;
-    drop(c);
-    for node in 0..3 {
-        cluster.kill9(node);
-    }
+    let (mut cluster, first, second) = written_then_stopped().await;
     // Alone, node 1 says what it waits for.
     cluster.start(1);
     let deadline = Instant::now() + Duration::from_secs(30);
