@@ -1611,17 +1611,10 @@ impl Config {
     /// Who may coordinate a total restart, in order: the restart leader, then every other
     /// peer by id (the same list on every node).
     pub fn restart_leaders(&self) -> Vec<u32> {
-        let first = self.restart_leader();
-        let mut others: Vec<u32> = self
-            .cluster
-            .peers
-            .iter()
-            .map(|p| p.id)
-            .filter(|id| *id != first)
-            .collect();
-        others.sort_unstable();
-        others.dedup();
-        std::iter::once(first).chain(others).collect()
+        squall_driver::restart_order(
+            self.restart_leader(),
+            self.cluster.peers.iter().map(|p| p.id),
+        )
     }
 
     /// The configured contacts, else every other peer, by id.

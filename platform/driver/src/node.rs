@@ -44,6 +44,15 @@ pub const META_PROMISE: u8 = 4;
 /// total restart then counts this node a holder of the shard in that view.
 pub const META_FED: u8 = 5;
 
+/// The restart leaders in order: `preferred`, then every other of `peers` by id, once
+/// each. Built this way on every node, the list is the same everywhere.
+pub fn restart_order(preferred: NodeId, peers: impl IntoIterator<Item = NodeId>) -> Vec<NodeId> {
+    let mut others: Vec<NodeId> = peers.into_iter().filter(|id| *id != preferred).collect();
+    others.sort_unstable();
+    others.dedup();
+    std::iter::once(preferred).chain(others).collect()
+}
+
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub core: CoreConfig,

@@ -609,13 +609,7 @@ impl Simulation {
         let me = MemberId::new(id, incarnation);
         let logged = node.disk.logged_state();
         let contacts: Vec<NodeId> = self.nodes.keys().copied().filter(|n| *n != id).collect();
-        // Every node is told the same restart leaders: the nodes with a logged view, by id.
-        let leaders: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.disk.view.is_some())
-            .map(|(leader, _)| *leader)
-            .collect();
+        let leaders = self.restart_leaders();
         // A group stopped before its first view formed is founded again.
         let founder = founder || (leaders.is_empty() && id == 0);
         let core = if founder || contacts.is_empty() {
@@ -1024,12 +1018,7 @@ impl Simulation {
                         });
                     }
                 }
-                // The restart leaders, in order (see `start_node`).
-                let leaders: Vec<NodeId> = ids
-                    .iter()
-                    .copied()
-                    .filter(|id| self.nodes[id].disk.view.is_some())
-                    .collect();
+                let leaders = self.restart_leaders();
                 self.first_leader = leaders.first().copied();
                 // The preferred leader stays away well past the restart grace: a backup
                 // leader must restart the group without it.
@@ -1314,6 +1303,15 @@ impl Simulation {
     }
 
     /// The cut healed: links that did not break deliver what they held, in order.
+    /// Every node is told the same restart leaders: the nodes with a logged view, by id.
+    fn restart_leaders(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.disk.view.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     fn heal_cut(&mut self) {
         self.cut = None;
         for action in std::mem::take(&mut self.cut_held) {

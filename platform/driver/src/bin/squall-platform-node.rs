@@ -25,7 +25,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use bytes::{BufMut, Bytes, BytesMut};
 use squall_driver::{
     AppEvent, NodeConfig, NodeEvent, NodeSendError, TcpConfig, TcpTransport, TransferredState,
-    start_node,
+    restart_order, start_node,
 };
 use squall_log::{FileLog, LogConfig, LogStore, ShardKey};
 use squall_platform::sim::history::{Event, StateDigest, UNKNOWN_PAYLOAD};
@@ -254,9 +254,7 @@ async fn main() -> Result<()> {
         .restart_leader
         .or_else(|| args.peers.keys().next().copied())
         .ok_or_else(|| anyhow!("no peers"))?;
-    let restart_leaders: Vec<u32> = std::iter::once(first)
-        .chain(args.peers.keys().copied().filter(|id| *id != first))
-        .collect();
+    let restart_leaders = restart_order(first, args.peers.keys().copied());
     let cfg = NodeConfig {
         core,
         me,
