@@ -16,6 +16,7 @@ fn main() {
             view.id, view.members, view.failed
         );
     }
+    println!("restart counts: {:?}", r.restart);
     if std::env::var("DUMP").is_ok() {
         for e in &r.history.events {
             println!("{e:?}");

@@ -299,6 +299,9 @@ struct Restarting {
     claim_after_ms: u64,
     /// Leader: why it has not restarted the group yet, for the driver to report.
     waiting: Option<RestartWait>,
+    /// Leader: since when it has deferred to an earlier leader while what it hears allows
+    /// a restart, without seeing that leader claim or plan (see [`restart_patience_ms`]).
+    deferring_since_ms: Option<u64>,
 }
 
 /// Why a restart leader has not restarted the group yet ([`Core::restart_waiting`]).
@@ -335,6 +338,33 @@ impl Restarting {
         let place = self.leaders.iter().position(|l| *l == me).unwrap_or(0) as u64;
         self.claim_after_ms = now_ms.saturating_add(retry_ms.saturating_mul(place + 1));
     }
+
+    /// `leader` claimed or planned: if it comes before `me`, it is at work, and this
+    /// leader's patience with it starts again.
+    fn saw_attempt_by(&mut self, leader: NodeId, me: NodeId, now_ms: u64) {
+        let place = |n: NodeId| self.leaders.iter().position(|l| *l == n);
+        if let (Some(theirs), Some(mine)) = (place(leader), place(me))
+            && theirs < mine
+            && self.deferring_since_ms.is_some()
+        {
+            self.deferring_since_ms = Some(now_ms);
+        }
+    }
+}
+
+/// How long a restart leader at `place` (0: the preferred one) defers to earlier leaders
+/// it hears but never sees claim or plan, while what it hears allows a restart (an
+/// earlier leader waiting for reports that this one waits for too is not stuck, and two
+/// leaders claiming as soon as the reports allow would only outbid each other). An
+/// earlier leader that hears too few to
+/// restart (cut off from the others, which reach this one) would otherwise hold the
+/// whole group back for as long as its links stay cut. Long enough for an earlier
+/// leader that can restart the group to do it (its grace, then a few attempts), and one
+/// such span per place, so that the next leader in line takes over first.
+fn restart_patience_ms(grace_ms: u64, fresh_ms: u64, place: usize) -> u64 {
+    grace_ms
+        .saturating_add(fresh_ms.saturating_mul(4))
+        .saturating_mul(place as u64)
 }
 
 /// A restart leader's first phase: before it makes a plan, the nodes it will be made from
@@ -538,6 +568,7 @@ impl Core {
             proposing: None,
             claim_after_ms: 0,
             waiting: None,
+            deferring_since_ms: None,
         }));
         let mut core = Self::new(cfg, me, now_ms, phase)?;
         core.last_life_tails = tails;
@@ -1899,6 +1930,7 @@ impl Core {
                 if ballot.leader != from || !r.leaders.contains(&from.node) {
                     return;
                 }
+                r.saw_attempt_by(from.node, me.node, self.now_ms);
                 if r.promised.is_some_and(|p| p >= ballot) {
                     // Promised already (the claim came again) or outranked: the report
                     // says which, once the promise is logged.
@@ -1934,9 +1966,11 @@ impl Core {
                 let Phase::Restarting(r) = &mut self.phase else {
                     return;
                 };
-                if from != plan.ballot.leader
-                    || !plan.view.contains(self.me)
-                    || r.promised.is_some_and(|p| p > plan.ballot)
+                if from != plan.ballot.leader || !plan.view.contains(self.me) {
+                    return;
+                }
+                r.saw_attempt_by(from.node, self.me.node, now);
+                if r.promised.is_some_and(|p| p > plan.ballot)
                     || r.prepared.as_ref().is_some_and(|(p, _)| *p == plan)
                 {
                     return;
@@ -2068,17 +2102,36 @@ impl Core {
         };
         r.heard
             .retain(|(m, _, at)| m.node != me.node && now.saturating_sub(*at) <= fresh_ms);
-        // A leader before me is back and restarting: it leads.
-        if let Some((earlier, ..)) = r
+        // A leader before me is back and restarting: it leads, unless what I hear has
+        // allowed a restart for as long as one takes and it made no attempt (it hears too
+        // few: it is cut off from the others, which reach me). Ballots keep two leaders
+        // safe; an earlier leader waiting for the reports I wait for is not stuck.
+        match r
             .heard
             .iter()
             .find(|(m, ..)| r.leaders[..rank].contains(&m.node))
         {
-            r.waiting = Some(RestartWait::Deferring {
-                leader: earlier.node,
-            });
-            r.ready_since_ms = None;
-            return;
+            Some((earlier, ..)) => {
+                let mut reports: Vec<(MemberId, &LoggedState)> = vec![(me, &r.logged)];
+                reports.extend(r.heard.iter().map(|(m, logged, _)| (*m, logged)));
+                let ready =
+                    restart::plan(&self.cfg.layout, &reports, restart_ballot(0, me)).is_ok();
+                let patient = if ready {
+                    let since = *r.deferring_since_ms.get_or_insert(now);
+                    now.saturating_sub(since) < restart_patience_ms(grace_ms, fresh_ms, rank)
+                } else {
+                    r.deferring_since_ms = None;
+                    true
+                };
+                if patient {
+                    r.waiting = Some(RestartWait::Deferring {
+                        leader: earlier.node,
+                    });
+                    r.ready_since_ms = None;
+                    return;
+                }
+            }
+            None => r.deferring_since_ms = None,
         }
         r.waiting = None;
         if let Some((_, _, since)) = &r.proposing {

@@ -325,6 +325,41 @@ fn backup_restart_leaders_restart_a_group_once_whoever_leads() {
     );
 }
 
+/// A preferred restart leader that reaches only the next leader hears too few to restart
+/// the group, and the next leader hears it: the next leader must stop deferring to it
+/// and restart the group while the links stay cut, not wait for them to heal. Without a
+/// bound on deferring, no restart happens while the links are cut.
+#[test]
+fn a_restart_leader_that_reaches_only_the_next_does_not_hold_the_group_back() {
+    use squall_platform::sim::Scenario;
+    let (mut bridged, mut past, mut outlasted) = (0, 0, 0);
+    for seed in 1000..3000 {
+        if Scenario::from_seed(seed).total_restart_at_us.is_none() {
+            continue;
+        }
+        let report = run_seed(seed);
+        if let Some(line) = report.failure_line() {
+            panic!("{line}");
+        }
+        bridged += report.restart.bridged;
+        past += report.restart.past_bridged;
+        outlasted += report.restart.bridge_outlasted;
+    }
+    println!(
+        "{bridged} total restarts with the preferred leader bridged; {past} restarted while \
+         it was; {outlasted} did not restart while the links stayed cut (2.5-4 s)"
+    );
+    assert!(bridged >= 20, "only {bridged} bridged restarts");
+    assert_eq!(
+        outlasted, 0,
+        "{outlasted} of {bridged} bridged restarts waited for the links to heal"
+    );
+    assert!(
+        past * 10 >= bridged * 9,
+        "only {past} of {bridged} bridged restarts happened while the links were cut"
+    );
+}
+
 /// Seeds the soak found failing, each with what it caught; they run here so the fixes
 /// stay fixed.
 #[test]

@@ -60,6 +60,9 @@ const DISK_FAILURE_SEED_MIX: u64 = 0xd15c_fa11_0000_0001;
 /// leader lost, two leaders that cannot hear each other, crashes mid-restart), so that
 /// nothing else in a seed changes with them.
 const RESTART_FAULT_SEED_MIX: u64 = 0x4e57_a47f_a017_0002;
+/// Mixed into the seed for the RNG of the bridged restart leader (cut off from every node
+/// but the next leader), so that seeds without it run as they did before it.
+const BRIDGE_SEED_MIX: u64 = 0xb41d_9e00_0000_0003;
 /// Longest gap between two read barriers at random members.
 const READ_BARRIER_GAP_MAX_US: u64 = 4_000;
 /// Chance, in percent, that an ordered delivery is followed by a read barrier at another
@@ -221,6 +224,13 @@ pub struct RestartCounts {
     pub by_backup: u64,
     /// Nodes that claimed a restart ballot of their own: more than one is a contest.
     pub claimants: BTreeSet<NodeId>,
+    /// Total restarts where the preferred leader reached only the next one.
+    pub bridged: u64,
+    /// Of those, restart plans installed while it did (the next leader stopped deferring
+    /// to it).
+    pub past_bridged: u64,
+    /// And those where its links stayed cut their whole time (2.5-4 s) with no restart.
+    pub bridge_outlasted: u64,
 }
 
 /// What a run's state transfers did.
@@ -449,10 +459,16 @@ struct Simulation {
     disk_rng: ChaCha8Rng,
     /// Draws only the faults of a total restart (see `RESTART_FAULT_SEED_MIX`).
     restart_rng: ChaCha8Rng,
-    /// Two nodes that cannot reach each other (a cut link, not a partition: both reach
-    /// everyone else), and what they sent each other meanwhile (held, as TCP would).
-    cut: Option<(NodeId, NodeId)>,
+    /// Draws only the bridged restart leader (see `BRIDGE_SEED_MIX`).
+    bridge_rng: ChaCha8Rng,
+    /// Pairs of nodes that cannot reach each other (cut links, not a partition: each
+    /// reaches everyone else), and what they sent each other meanwhile (held, as TCP
+    /// would).
+    cut: BTreeSet<(NodeId, NodeId)>,
     cut_held: Vec<Action>,
+    /// The preferred restart leader while it reaches only the next one (its other links
+    /// cut): it hears too few to restart the group, and the next leader hears it.
+    bridged: Option<NodeId>,
     /// The preferred restart leader at the total stop, and what the restart did.
     first_leader: Option<NodeId>,
     restart_counts: RestartCounts,
@@ -501,6 +517,7 @@ impl Simulation {
         let barrier_rng = ChaCha8Rng::seed_from_u64(sc.seed ^ READ_BARRIER_SEED_MIX);
         let disk_rng = ChaCha8Rng::seed_from_u64(sc.seed ^ DISK_FAILURE_SEED_MIX);
         let restart_rng = ChaCha8Rng::seed_from_u64(sc.seed ^ RESTART_FAULT_SEED_MIX);
+        let bridge_rng = ChaCha8Rng::seed_from_u64(sc.seed ^ BRIDGE_SEED_MIX);
         Simulation {
             history: History::new(sc.seed),
             sc,
@@ -508,8 +525,10 @@ impl Simulation {
             barrier_rng,
             disk_rng,
             restart_rng,
-            cut: None,
+            bridge_rng,
+            cut: BTreeSet::new(),
             cut_held: Vec::new(),
+            bridged: None,
             first_leader: None,
             restart_counts: RestartCounts::default(),
             restart_views: BTreeSet::new(),
@@ -753,7 +772,7 @@ impl Simulation {
                 if self.broken_links.contains(&link_key(receiver, from)) {
                     return;
                 }
-                if self.cut == Some((to.min(from.node), to.max(from.node))) {
+                if self.cut.contains(&(to.min(from.node), to.max(from.node))) {
                     self.cut_held.push(Action::Net {
                         to,
                         incarnation,
@@ -1048,7 +1067,7 @@ impl Simulation {
                     })
                     .unwrap_or_default();
                 if last_members.len() >= 3 && self.restart_rng.random_bool(0.5) {
-                    self.cut = Some((last_members[0], last_members[1]));
+                    self.cut.insert((last_members[0], last_members[1]));
                     let heal_at =
                         self.now_us + self.restart_rng.random_range(1_000_000..=3_000_000);
                     self.schedule(heal_at, Action::HealCut);
@@ -1065,6 +1084,25 @@ impl Simulation {
                         let at = self.now_us + self.restart_rng.random_range(20_000..=1_200_000);
                         self.schedule(at, Action::CrashRestarting);
                     }
+                }
+                // The preferred leader reaches only the next one for a while: it hears too
+                // few to restart the group, the next leader hears it, and the others hear
+                // the next leader. The next leader must stop deferring to it.
+                if self.cut.is_empty()
+                    && lost_leader.is_none()
+                    && last_members.len() >= 4
+                    && self.bridge_rng.random_bool(0.4)
+                {
+                    let (bridged, next) = (leaders[0], leaders[1]);
+                    for &other in self.nodes.keys() {
+                        if other != bridged && other != next {
+                            self.cut.insert((bridged.min(other), bridged.max(other)));
+                        }
+                    }
+                    self.bridged = Some(bridged);
+                    self.restart_counts.bridged += 1;
+                    let heal_at = self.now_us + self.bridge_rng.random_range(2_500_000..=4_000_000);
+                    self.schedule(heal_at, Action::HealCut);
                 }
                 let mut order = ids;
                 for i in (1..order.len()).rev() {
@@ -1119,7 +1157,12 @@ impl Simulation {
                 let victim = candidates[self.restart_rng.random_range(0..candidates.len())];
                 self.take_down(victim, true);
             }
-            Action::HealCut => self.heal_cut(),
+            Action::HealCut => {
+                if self.bridged.is_some() {
+                    self.restart_counts.bridge_outlasted += 1;
+                }
+                self.heal_cut();
+            }
             Action::Partition { duration_us } => {
                 if !self.minority.is_empty() {
                     return;
@@ -1254,7 +1297,11 @@ impl Simulation {
                 self.history.push(Event::HealStarted { at_us: self.now_us });
                 self.minority.clear();
                 self.release_held();
-                self.heal_cut();
+                // A bridged leader's links stay cut their whole time (the fault is that
+                // they outlast the restart); they heal by themselves within 4 s.
+                if self.bridged.is_none() {
+                    self.heal_cut();
+                }
                 let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
                 for id in ids {
                     let node = self.nodes.get_mut(&id).expect("listed");
@@ -1313,7 +1360,8 @@ impl Simulation {
     }
 
     fn heal_cut(&mut self) {
-        self.cut = None;
+        self.cut.clear();
+        self.bridged = None;
         for action in std::mem::take(&mut self.cut_held) {
             self.schedule(self.now_us, action);
         }
@@ -1786,9 +1834,13 @@ impl Simulation {
             }
             Output::Restart(plan) => {
                 // The cut is a fault of the restart only: the restarted group is whole.
+                let past_bridged = self.bridged.take().is_some();
                 self.heal_cut();
                 if self.restart_views.insert(plan.view.id) {
                     self.restart_counts.installed += 1;
+                    if past_bridged {
+                        self.restart_counts.past_bridged += 1;
+                    }
                     if self.first_leader != Some(plan.ballot.leader.node) {
                         self.restart_counts.by_backup += 1;
                     }
