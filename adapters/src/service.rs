@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use squall_driver::{
-    AppEvent, NodeEvent, NodeHandle, NodeSendError, SendReceipt, TransferredState,
+    AppEvent, LoggedHistory, NodeEvent, NodeHandle, NodeSendError, SendReceipt, TransferredState,
 };
 use squall_kvs::op::{self, Op};
 use squall_kvs::store::ReadError;
@@ -713,6 +713,25 @@ impl Service {
             .await
     }
 
+    /// After a transfer of log records alone: the first version to replay if the shard's
+    /// store can take the records that follow it instead of being rebuilt from the start.
+    /// It can when every record it applied is still in the log as it was: it applied
+    /// them from this node's own log (at start, or at the end of an earlier transfer),
+    /// and the transfer kept that log at least that far (`kept_through`). A joiner back
+    /// from a restart thus replays its log once, not a second time when it rejoins.
+    fn continues_from(&self, subgroup: u32, shard: u32, log: LoggedHistory) -> Option<u64> {
+        let store = if subgroup == 0 {
+            &self.meta
+        } else {
+            self.stores.get(&(subgroup, shard))?
+        };
+        match (store.last_delivered(), log.kept_through) {
+            (Some(applied), Some(kept)) if applied.0 <= kept => applied.0.checked_add(1),
+            // Nothing applied (a rebuild costs the same), or records it applied were cut.
+            _ => None,
+        }
+    }
+
     /// Installs the newest checkpoint of a persistent shard that its log can be replayed
     /// from (see [`Checkpoints::newest_usable`]); its version.
     async fn load_checkpoint(
@@ -1268,9 +1287,17 @@ impl Service {
                     std::process::abort();
                 }
                 let rebuilt = match state {
-                    TransferredState::Empty => {
-                        self.replay_log(subgroup, shard, log.last_version).await
-                    }
+                    TransferredState::Empty => match self.continues_from(subgroup, shard, log) {
+                        Some(from) => {
+                            info!(
+                                subgroup,
+                                shard, from, "the store continues from its own log"
+                            );
+                            self.replay_records(subgroup, shard, from, log.last_version)
+                                .await
+                        }
+                        None => self.replay_log(subgroup, shard, log.last_version).await,
+                    },
                     state => {
                         self.receive_checkpoint(subgroup, shard, state, log.last_version)
                             .await

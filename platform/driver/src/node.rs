@@ -1,7 +1,7 @@
 //! The driver: one tokio task owns a node's protocol core, feeds it the transport's
 //! messages, the real clock and the log's completions, and executes its commands.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -287,6 +287,12 @@ pub struct LoggedHistory {
     /// The shard's last logged version when it was reported (`None`: an empty log).
     /// Records after it are deliveries that the application hears of as such.
     pub last_version: Option<u64>,
+    /// After a state transfer: this node's own log was kept through this version (the
+    /// transfer's base) and the records after it came from the source; `None`: the log
+    /// is the source's, whole. An application whose state was built from its own log
+    /// through a version no later than this one can continue from there instead of
+    /// rebuilding from the start.
+    pub kept_through: Option<u64>,
 }
 
 /// The application's side of a running node.
@@ -736,12 +742,13 @@ pub fn start_node(
         tails: Vec::new(),
         outgoing: Vec::new(),
         incoming: Vec::new(),
+        log_cuts: HashMap::new(),
         state_chunk_bytes: cfg.core.state_part_bytes_max,
         record_bytes_max: cfg.core.payload_size_max_bytes,
         keeps_state: cfg.state_keeper.is_some(),
         unlogged: cfg.unlogged_subgroups.clone(),
         read_waits: Vec::new(),
-        reads_asked: std::collections::HashMap::new(),
+        reads_asked: HashMap::new(),
         node_span: tracing::Span::none(),
         view_span: tracing::Span::none(),
     };
@@ -780,6 +787,9 @@ struct Driver {
     outgoing: Vec<OutgoingState>,
     /// State transfers this node receives, by subgroup.
     incoming: Vec<IncomingState>,
+    /// Per shard, the lowest version its log was cut to by transfers since the last one
+    /// ended (`None`: cut whole): a transfer that broke off and began again cut it too.
+    log_cuts: HashMap<ShardKey, Option<u64>>,
     /// Payload read from the log per piece of an outgoing state (a part's worth).
     state_chunk_bytes: usize,
     record_bytes_max: usize,
@@ -791,7 +801,7 @@ struct Driver {
     read_waits: Vec<ReadWait>,
     /// Reads the core is confirming (read probes): its ticket to the subgroup and the
     /// application's token.
-    reads_asked: std::collections::HashMap<u64, (u32, u64)>,
+    reads_asked: HashMap<u64, (u32, u64)>,
     /// The span every step runs in is `view_span`, a child of `node_span` made anew at
     /// each view install.
     node_span: tracing::Span,
@@ -1413,6 +1423,9 @@ impl Driver {
         };
         let logging = incoming.logging;
         let key = ShardKey { subgroup, shard };
+        if let Some(base) = keep {
+            self.note_log_cut(key, base);
+        }
         if !last {
             if keep.is_some() || !records.is_empty() || !state.bytes.is_empty() {
                 self.queue_log_work(LogWork::StateRecords {
@@ -1430,7 +1443,7 @@ impl Driver {
             return Ok(());
         }
         let mut incoming = self.incoming.swap_remove(i);
-        incoming.reader.finish().map_err(|e| e.to_string())?;
+        let header = incoming.reader.finish().map_err(|e| e.to_string())?;
         let (reply, whole) = oneshot::channel();
         self.queue_log_work(LogWork::StateRecords {
             key,
@@ -1445,7 +1458,10 @@ impl Driver {
             Ok(Ok(last_version)) => {
                 self.core
                     .state_logged(subgroup, shard, last_version.map(Version));
-                LoggedHistory { last_version }
+                LoggedHistory {
+                    last_version,
+                    kept_through: self.log_cuts.remove(&key).unwrap_or(header.base),
+                }
             }
             // The log thread reports its failure (the node then leaves).
             Ok(Err(_)) | Err(_) => return Ok(()),
@@ -1498,6 +1514,13 @@ impl Driver {
     }
 
     /// Deliveries of `subgroup` go to the log.
+    /// `key`'s log is cut after `kept` (`None`: whole); see `log_cuts`.
+    fn note_log_cut(&mut self, key: ShardKey, kept: Option<Version>) {
+        let cut = kept.map(|v| v.0);
+        let floor = self.log_cuts.entry(key).or_insert(cut);
+        *floor = (*floor).min(cut);
+    }
+
     fn logs(&self, subgroup: u32) -> bool {
         self.log.is_some() && !self.unlogged.contains(&subgroup)
     }
@@ -1793,13 +1816,15 @@ impl Driver {
                         continue;
                     }
                     if let Some(s) = plan.view.shard_of(g, me) {
-                        self.queue_log_work(LogWork::Truncate {
-                            key: ShardKey {
-                                subgroup: g as u32,
-                                shard: s as u32,
-                            },
-                            after: shards[s].trim,
-                        });
+                        let key = ShardKey {
+                            subgroup: g as u32,
+                            shard: s as u32,
+                        };
+                        let after = shards[s].trim;
+                        // A later transfer into this shard must not report the records
+                        // cut here as kept.
+                        self.note_log_cut(key, after);
+                        self.queue_log_work(LogWork::Truncate { key, after });
                     }
                 }
                 self.emit(AppEvent::Restarting(plan)).await;
