@@ -307,7 +307,9 @@ struct Restarting {
 /// Why a restart leader has not restarted the group yet ([`Core::restart_waiting`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RestartWait {
-    /// An earlier restart leader is back and restarting: it leads.
+    /// An earlier restart leader is back and restarting: it leads, unless it makes no
+    /// attempt while this leader's reports allow a restart for longer than
+    /// `restart_grace_ms + 4 × suspicion_timeout_ms` per place in the list.
     Deferring { leader: NodeId },
     /// The reports heard do not allow a restart yet.
     NotYet(restart::NotYet),
