@@ -354,6 +354,18 @@ impl Restarting {
     }
 }
 
+/// A restart leader's reports of the nodes back: its own log first, then what it heard.
+/// (Fields, not the whole `Restarting`, so the rest of it stays free to change.)
+fn restart_reports<'a>(
+    me: MemberId,
+    logged: &'a LoggedState,
+    heard: &'a [(MemberId, LoggedState, u64)],
+) -> Vec<(MemberId, &'a LoggedState)> {
+    std::iter::once((me, logged))
+        .chain(heard.iter().map(|(m, logged, _)| (*m, logged)))
+        .collect()
+}
+
 /// How long a restart leader at `place` (0: the preferred one) defers to earlier leaders
 /// it hears but never sees claim or plan, while what it hears allows a restart (an
 /// earlier leader waiting for reports that this one waits for too is not stuck, and two
@@ -2114,8 +2126,7 @@ impl Core {
             .find(|(m, ..)| r.leaders[..rank].contains(&m.node))
         {
             Some((earlier, ..)) => {
-                let mut reports: Vec<(MemberId, &LoggedState)> = vec![(me, &r.logged)];
-                reports.extend(r.heard.iter().map(|(m, logged, _)| (*m, logged)));
+                let reports = restart_reports(me, &r.logged, &r.heard);
                 let ready =
                     restart::plan(&self.cfg.layout, &reports, restart_ballot(0, me)).is_ok();
                 let patient = if ready {
@@ -2172,8 +2183,7 @@ impl Core {
         if now < r.claim_after_ms {
             return;
         }
-        let mut reports: Vec<(MemberId, &LoggedState)> = vec![(me, &r.logged)];
-        reports.extend(r.heard.iter().map(|(m, logged, _)| (*m, logged)));
+        let reports = restart_reports(me, &r.logged, &r.heard);
         if let Err(why) = restart::plan(&self.cfg.layout, &reports, restart_ballot(0, me)) {
             r.waiting = Some(RestartWait::NotYet(why));
             r.ready_since_ms = None;
