@@ -25,6 +25,9 @@ use crate::transport::{Inbound, Transport};
 /// it were, the node task would wait for the log (backpressure), never drop work.
 pub const LOG_QUEUE_MAX: usize = 65_536;
 
+/// Appends and syncs the driver gathers before sending them to the log thread at once.
+pub const LOG_BATCH_MAX: usize = 1024;
+
 /// Peer messages the node task takes in before it executes the core's outputs.
 pub const INBOUND_BATCH_MAX: usize = 64;
 
@@ -573,6 +576,8 @@ struct StateBytes {
 /// Work for the log thread; it answers through [`LogDone`].
 #[derive(Debug)]
 enum LogWork {
+    /// The appends and syncs of one driver step, in order.
+    Batch(Vec<LogWork>),
     Append(ShardKey, Record),
     /// Persist everything appended for `subgroup` up to `version`.
     Sync {
@@ -735,6 +740,7 @@ pub fn start_node(
         events: events_tx,
         log: log_tx,
         log_failure,
+        log_batch: Vec::new(),
         clock,
         feedback: VecDeque::new(),
         last_hlc_us: 0,
@@ -775,6 +781,10 @@ struct Driver {
     /// driver meets first (a refused send, a dropped reply, the thread's own report)
     /// gives the operator the real reason, a full disk say.
     log_failure: Arc<OnceLock<String>>,
+    /// Appends and syncs of this step, sent to the log thread together (one wake-up of
+    /// it per step, not one per delivery) before anything else can see the log:
+    /// before other log work, before the driver can yield, and when the step ends.
+    log_batch: Vec<LogWork>,
     clock: Instant,
     /// Completions available at once (no log: persistence is immediate).
     feedback: VecDeque<LogDone>,
@@ -1125,11 +1135,13 @@ impl Driver {
         let outputs: Vec<Output> = self.core.drain_outputs().collect();
         for output in outputs {
             if let Some(reason) = self.execute(output).await {
+                self.flush_log_batch();
                 info!(?reason, "stopped");
                 self.emit(AppEvent::Stopped(reason)).await;
                 return Some(reason);
             }
         }
+        self.flush_log_batch();
         None
     }
 
@@ -1482,7 +1494,7 @@ impl Driver {
         Ok(())
     }
 
-    async fn report_arrivals(&self, from: MemberId, msg: &Wire) {
+    async fn report_arrivals(&mut self, from: MemberId, msg: &Wire) {
         let Wire::Update { view_id, data, .. } = msg else {
             return;
         };
@@ -1499,13 +1511,21 @@ impl Driver {
         }
     }
 
-    async fn emit(&self, event: AppEvent) {
+    async fn emit(&mut self, event: AppEvent) {
         self.emit_at(wall_clock_us(), event).await;
     }
 
     /// Waits while the application is behind (backpressure up to the core's inputs).
-    async fn emit_at(&self, at_us: u64, event: AppEvent) {
-        let _ = self.events.send(NodeEvent { at_us, event }).await;
+    /// Only that wait lets the application run before this step ends, and the
+    /// application may read the log: the step's appends go to the log thread first.
+    async fn emit_at(&mut self, at_us: u64, event: AppEvent) {
+        let event = match self.events.try_send(NodeEvent { at_us, event }) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Err(mpsc::error::TrySendError::Full(event)) => event,
+        };
+        self.flush_log_batch();
+        let _ = self.events.send(event).await;
     }
 
     fn hlc_us(&mut self) -> u64 {
@@ -1526,6 +1546,36 @@ impl Driver {
     }
 
     fn queue_log_work(&mut self, work: LogWork) {
+        if self.log.is_none() {
+            return;
+        }
+        if matches!(work, LogWork::Append(..) | LogWork::Sync { .. }) {
+            self.log_batch.push(work);
+            if self.log_batch.len() >= LOG_BATCH_MAX {
+                self.flush_log_batch();
+            }
+            return;
+        }
+        self.flush_log_batch();
+        self.send_log_work(work);
+    }
+
+    /// Sends this step's appends and syncs to the log thread.
+    fn flush_log_batch(&mut self) {
+        match self.log_batch.len() {
+            0 => {}
+            1 => {
+                let work = self.log_batch.pop().expect("one item");
+                self.send_log_work(work);
+            }
+            _ => {
+                let batch = std::mem::take(&mut self.log_batch);
+                self.send_log_work(LogWork::Batch(batch));
+            }
+        }
+    }
+
+    fn send_log_work(&mut self, work: LogWork) {
         let Some(log) = &self.log else { return };
         if log.send(work).is_err() {
             self.feedback.push_back(self.log_ended());
@@ -1930,17 +1980,35 @@ fn spawn_log_thread(
                 let _ = failure.set(e.to_string());
                 let _ = done.blocking_send(LogDone::Failed(e.to_string()));
             };
+            let mut batch = Vec::new();
+            let mut run: Vec<Record> = Vec::new();
+            let take = |batch: &mut Vec<LogWork>, work: LogWork| match work {
+                LogWork::Batch(works) => batch.extend(works),
+                work => batch.push(work),
+            };
             while let Ok(first) = rx.recv() {
-                let mut batch = vec![first];
+                take(&mut batch, first);
                 while let Ok(more) = rx.try_recv() {
-                    batch.push(more);
+                    take(&mut batch, more);
                 }
                 let mut synced: Vec<(u32, Version)> = Vec::new();
                 let mut after_sync = Vec::new();
-                for work in batch {
+                let mut works = batch.drain(..).peekable();
+                while let Some(work) = works.next() {
                     match work {
+                        LogWork::Batch(_) => unreachable!("batches are flattened when taken"),
                         LogWork::Append(key, record) => {
-                            if let Err(e) = store.append(key, record) {
+                            // Appends in a row to one shard go in one write.
+                            run.clear();
+                            run.push(record);
+                            while let Some(LogWork::Append(_, record)) =
+                                works.next_if(|w| matches!(w, LogWork::Append(k, _) if *k == key))
+                            {
+                                run.push(record);
+                            }
+                            let appended = store.append_many(key, &run);
+                            run.clear();
+                            if let Err(e) = appended {
                                 return fail(&done, e);
                             }
                         }

@@ -265,7 +265,9 @@ impl FileLog {
         Ok(())
     }
 
-    fn append_checked(&mut self, key: ShardKey, record: &Record) -> Result<(), LogError> {
+    /// Writes `records` (checked already: sizes, increasing versions) to `key`'s log,
+    /// with one write per segment they land in.
+    fn append_checked(&mut self, key: ShardKey, records: &[Record]) -> Result<(), LogError> {
         let shard = match self.shards.entry(key) {
             MapEntry::Occupied(shard) => shard.into_mut(),
             MapEntry::Vacant(slot) => {
@@ -279,52 +281,76 @@ impl FileLog {
                 slot.insert(ShardLog::empty(dir))
             }
         };
-        let record_bytes = HEADER_BYTES as u64 + record.payload.len() as u64;
-        let roll = match shard.segments.last_key_value() {
-            None => true,
-            Some((_, active)) => {
-                active.len > 0 && active.len + record_bytes > self.cfg.segment_bytes_max
+        let record_bytes = |r: &Record| HEADER_BYTES as u64 + r.payload.len() as u64;
+        let mut rest = records;
+        while let Some(first) = rest.first() {
+            let roll = match shard.segments.last_key_value() {
+                None => true,
+                Some((_, active)) => {
+                    active.len > 0 && active.len + record_bytes(first) > self.cfg.segment_bytes_max
+                }
+            };
+            if roll {
+                shard.retire_active()?;
+                shard.create_segment(first.version)?;
             }
-        };
-        if roll {
-            shard.retire_active()?;
-            shard.create_segment(record.version)?;
+            let (Some(file), Some(mut active)) = (&shard.active, shard.segments.last_entry())
+            else {
+                return Err(corrupt(&shard.dir, 0, "no active segment after rolling"));
+            };
+            let segment = *active.key();
+            let active = active.get_mut();
+            // The records that fit in this segment (the first always does: it rolled).
+            let mut end = active.len;
+            let mut run = 0;
+            let mut largest = 0;
+            for r in rest {
+                let bytes = record_bytes(r);
+                if run > 0 && end + bytes > self.cfg.segment_bytes_max {
+                    break;
+                }
+                end += bytes;
+                largest = largest.max(bytes);
+                run += 1;
+            }
+            let (now, later) = rest.split_at(run);
+            self.scratch.clear();
+            for r in now {
+                format::encode_after(
+                    SEGMENT_MAGIC,
+                    r.version,
+                    r.hlc_us,
+                    &r.payload,
+                    &mut self.scratch,
+                );
+            }
+            let prepare = self.cfg.preallocate_bytes;
+            if end > active.prepared && prepare > 0 && largest <= prepare / 4 {
+                // Zeros ride along with this write; the sync that grows the file for them
+                // is then the only one in the next `prepare` bytes that has to.
+                let zeros_end = (end + prepare).min(self.cfg.segment_bytes_max).max(end);
+                self.scratch
+                    .resize(self.scratch.len() + (zeros_end - end) as usize, 0);
+            }
+            file.write_all_at(&self.scratch, active.len)
+                .map_err(io_err(&active.path))?;
+            active.prepared = active.prepared.max(active.len + self.scratch.len() as u64);
+            let mut offset = active.len;
+            active.len = end;
+            for r in now {
+                shard.push(Entry {
+                    version: r.version,
+                    hlc_us: r.hlc_us,
+                    segment,
+                    offset,
+                    payload_len: r.payload.len() as u32,
+                });
+                offset += record_bytes(r);
+            }
+            shard.unsynced = true;
+            shard.touched = true;
+            rest = later;
         }
-        let (Some(file), Some(mut active)) = (&shard.active, shard.segments.last_entry()) else {
-            return Err(corrupt(&shard.dir, 0, "no active segment after rolling"));
-        };
-        let segment = *active.key();
-        let active = active.get_mut();
-        format::encode(
-            SEGMENT_MAGIC,
-            record.version,
-            record.hlc_us,
-            &record.payload,
-            &mut self.scratch,
-        );
-        let end = active.len + record_bytes;
-        let prepare = self.cfg.preallocate_bytes;
-        if end > active.prepared && prepare > 0 && record_bytes <= prepare / 4 {
-            // Zeros ride along with this write; the sync that grows the file for them
-            // is then the only one in the next `prepare` bytes that has to.
-            let zeros_end = (end + prepare).min(self.cfg.segment_bytes_max).max(end);
-            self.scratch
-                .resize(self.scratch.len() + (zeros_end - end) as usize, 0);
-        }
-        file.write_all_at(&self.scratch, active.len)
-            .map_err(io_err(&active.path))?;
-        active.prepared = active.prepared.max(active.len + self.scratch.len() as u64);
-        let entry = Entry {
-            version: record.version,
-            hlc_us: record.hlc_us,
-            segment,
-            offset: active.len,
-            payload_len: record.payload.len() as u32,
-        };
-        active.len += record_bytes;
-        shard.push(entry);
-        shard.unsynced = true;
-        shard.touched = true;
         Ok(())
     }
 
@@ -805,20 +831,29 @@ impl MetaLog {
 
 impl LogStore for FileLog {
     fn append(&mut self, shard: ShardKey, record: Record) -> Result<(), LogError> {
+        self.append_many(shard, std::slice::from_ref(&record))
+    }
+
+    fn append_many(&mut self, shard: ShardKey, records: &[Record]) -> Result<(), LogError> {
         if self.poisoned {
             return Err(LogError::Poisoned);
         }
-        self.check_size(record.payload.len())?;
-        if let Some(last) = self.last_version(shard)
-            && record.version <= last
-        {
-            return Err(LogError::NotIncreasing {
-                shard,
-                version: record.version,
-                last,
-            });
+        // Every record is checked before any is written: a refused one writes nothing.
+        let mut last = self.last_version(shard);
+        for record in records {
+            self.check_size(record.payload.len())?;
+            if let Some(last) = last
+                && record.version <= last
+            {
+                return Err(LogError::NotIncreasing {
+                    shard,
+                    version: record.version,
+                    last,
+                });
+            }
+            last = Some(record.version);
         }
-        self.guarded(|log| log.append_checked(shard, &record))
+        self.guarded(|log| log.append_checked(shard, records))
     }
 
     fn sync(&mut self) -> Result<Vec<(ShardKey, u64)>, LogError> {

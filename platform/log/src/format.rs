@@ -77,15 +77,27 @@ impl Defect {
 
 /// Encode one record into `out` (cleared first), ready for a single write.
 pub(crate) fn encode(magic: u32, version: u64, hlc_us: u64, payload: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    encode_after(magic, version, hlc_us, payload, out);
+}
+
+/// Like [`encode`], after what `out` holds already: records written with one write.
+pub(crate) fn encode_after(
+    magic: u32,
+    version: u64,
+    hlc_us: u64,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) {
     // Callers enforce record_bytes_max <= RECORD_BYTES_MAX_FORMAT < u32::MAX.
     let length = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    out.clear();
+    let start = out.len();
     out.reserve(HEADER_BYTES + payload.len());
     out.extend_from_slice(&magic.to_le_bytes());
     out.extend_from_slice(&length.to_le_bytes());
     out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&hlc_us.to_le_bytes());
-    let crc = checksum(&out[4..24], payload);
+    let crc = checksum(&out[start + 4..start + 24], payload);
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(payload);
 }

@@ -161,6 +161,14 @@ pub trait LogStore {
     /// Write `record` to `shard`'s log. It is handed to the OS but not fsynced; call
     /// [`LogStore::sync`] to make it durable.
     fn append(&mut self, shard: ShardKey, record: Record) -> Result<(), LogError>;
+    /// Writes `records` to `shard`'s log in order, like [`LogStore::append`] on each,
+    /// with as few writes as the store can. A store may refuse them all (checking each
+    /// before writing any) or, on an I/O error, have written a prefix.
+    fn append_many(&mut self, shard: ShardKey, records: &[Record]) -> Result<(), LogError> {
+        records
+            .iter()
+            .try_for_each(|record| self.append(shard, record.clone()))
+    }
     /// Group commit: one fsync per file touched since the last sync; returns, per shard
     /// appended to since the last sync, the highest version now durable.
     fn sync(&mut self) -> Result<Vec<(ShardKey, u64)>, LogError>;

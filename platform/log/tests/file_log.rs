@@ -823,3 +823,120 @@ fn truncate_after_cuts_preallocated_zeros_too() -> TestResult {
     assert!(report.torn_tails_cut.is_empty(), "{report:?}");
     assert_holds(&log, A, &(1..=15).collect::<Vec<_>>())
 }
+
+/// Every file of a shard, by name, with its bytes.
+fn shard_files(dir: &Path, key: ShardKey) -> Vec<(String, Vec<u8>)> {
+    segments(dir, key)
+        .iter()
+        .map(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).expect("name");
+            (name.to_string(), fs::read(p).expect("read segment"))
+        })
+        .collect()
+}
+
+#[test]
+fn appending_many_at_once_writes_what_appending_one_at_a_time_does() -> TestResult {
+    const SEGMENT_BYTES_MAX: u64 = 8 * 1024;
+    // Runs of every length, several crossing a segment boundary (records are up to
+    // 3,000 bytes, so 50 of them span many segments).
+    let runs: [u64; 6] = [1, 7, 50, 2, 90, 50];
+    for preallocate_bytes in [0, 2 * 1024] {
+        let (one, many) = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let cfg = |dir: &Path| preallocating(dir, SEGMENT_BYTES_MAX, preallocate_bytes);
+        let (mut log, _) = FileLog::open(cfg(one.path()))?;
+        append_range(&mut log, A, 1..=200);
+        log.sync()?;
+        drop(log);
+
+        let (mut log, _) = FileLog::open(cfg(many.path()))?;
+        let mut next = 1;
+        for run in runs {
+            let records: Vec<Record> = (next..next + run).map(rec).collect();
+            log.append_many(A, &records)?;
+            next += run;
+            assert_eq!(log.last_version(A), Some(next - 1));
+        }
+        assert_eq!(next, 201);
+        // Read back before and after the sync, then from disk.
+        assert_holds(&log, A, &(1..=200).collect::<Vec<_>>())?;
+        log.sync()?;
+        assert_eq!(log.durable_version(A), Some(200));
+        drop(log);
+
+        let (written_one, written_many) = (shard_files(one.path(), A), shard_files(many.path(), A));
+        assert!(
+            written_many.len() > 20,
+            "only {} segments",
+            written_many.len()
+        );
+        let names =
+            |files: &[(String, Vec<u8>)]| files.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&written_one), names(&written_many), "segments");
+        let last = written_one.len() - 1;
+        for (i, ((name, a), (_, b))) in written_one.iter().zip(&written_many).enumerate() {
+            if i < last || preallocate_bytes == 0 {
+                assert!(a == b, "{name} differs ({} and {} bytes)", a.len(), b.len());
+            } else {
+                // Only how many zeros go ahead of the last segment's records may differ.
+                let records = a.len().min(b.len());
+                assert!(
+                    a[..records] == b[..records],
+                    "{name} differs in its records"
+                );
+            }
+        }
+        let (log, report) = FileLog::open(cfg(many.path()))?;
+        assert!(report.torn_tails_cut.is_empty(), "{report:?}");
+        assert_eq!(report.records, 200);
+        assert_holds(&log, A, &(1..=200).collect::<Vec<_>>())?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_refused_record_among_many_writes_none_of_them() -> TestResult {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = LogConfig {
+        record_bytes_max: 4_000,
+        ..LogConfig::new(dir.path())
+    };
+    let (mut log, _) = FileLog::open(cfg.clone())?;
+    log.append_many(A, &[rec(1), rec(2)])?;
+    // Out of order in the middle of the run.
+    match log.append_many(A, &[rec(3), rec(5), rec(4), rec(6)]) {
+        Err(LogError::NotIncreasing { version, last, .. }) => assert_eq!((version, last), (4, 5)),
+        other => panic!("expected NotIncreasing, got {other:?}"),
+    }
+    // Not after what the log holds.
+    assert!(matches!(
+        log.append_many(A, &[rec(2), rec(3)]),
+        Err(LogError::NotIncreasing {
+            version: 2,
+            last: 2,
+            ..
+        })
+    ));
+    // Too large, last in the run.
+    let mut big = rec(5);
+    big.payload = Bytes::from(vec![1u8; 4_001]);
+    assert!(matches!(
+        log.append_many(A, &[rec(3), rec(4), big]),
+        Err(LogError::RecordTooLarge {
+            payload_bytes: 4_001,
+            ..
+        })
+    ));
+    assert_eq!(log.last_version(A), Some(2));
+    assert_holds(&log, A, &[1, 2])?;
+    // The log takes the next good run, and a reopen finds exactly what was taken.
+    log.append_many(A, &[rec(3), rec(4)])?;
+    log.sync()?;
+    drop(log);
+    let (log, report) = FileLog::open(cfg)?;
+    assert!(report.torn_tails_cut.is_empty(), "{report:?}");
+    assert_holds(&log, A, &[1, 2, 3, 4])
+}
