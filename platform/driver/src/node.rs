@@ -741,6 +741,7 @@ pub fn start_node(
         log: log_tx,
         log_failure,
         log_batch: Vec::new(),
+        held_events: Vec::new(),
         clock,
         feedback: VecDeque::new(),
         last_hlc_us: 0,
@@ -782,9 +783,11 @@ struct Driver {
     /// gives the operator the real reason, a full disk say.
     log_failure: Arc<OnceLock<String>>,
     /// Appends and syncs of this step, sent to the log thread together (one wake-up of
-    /// it per step, not one per delivery) before anything else can see the log:
-    /// before other log work, before the driver can yield, and when the step ends.
+    /// it per step, not one per delivery): before other log work and when the step's
+    /// outputs are executed, or every [`LOG_BATCH_MAX`].
     log_batch: Vec<LogWork>,
+    /// Events of this step emitted while appends were held back, sent after them.
+    held_events: Vec<NodeEvent>,
     clock: Instant,
     /// Completions available at once (no log: persistence is immediate).
     feedback: VecDeque<LogDone>,
@@ -1135,13 +1138,13 @@ impl Driver {
         let outputs: Vec<Output> = self.core.drain_outputs().collect();
         for output in outputs {
             if let Some(reason) = self.execute(output).await {
-                self.flush_log_batch();
+                self.flush_log_and_events().await;
                 info!(?reason, "stopped");
                 self.emit(AppEvent::Stopped(reason)).await;
                 return Some(reason);
             }
         }
-        self.flush_log_batch();
+        self.flush_log_and_events().await;
         None
     }
 
@@ -1516,16 +1519,26 @@ impl Driver {
     }
 
     /// Waits while the application is behind (backpressure up to the core's inputs).
-    /// Only that wait lets the application run before this step ends, and the
-    /// application may read the log: the step's appends go to the log thread first.
+    /// The application may read the log on hearing of a delivery (`read_log_chunk`
+    /// reads after the log work queued before it), so while this step holds appends
+    /// back for the log thread, its events wait with them: [`Driver::flush_log_and_events`]
+    /// sends the appends first.
     async fn emit_at(&mut self, at_us: u64, event: AppEvent) {
-        let event = match self.events.try_send(NodeEvent { at_us, event }) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
-            Err(mpsc::error::TrySendError::Full(event)) => event,
-        };
+        let event = NodeEvent { at_us, event };
+        if self.log_batch.is_empty() && self.held_events.is_empty() {
+            let _ = self.events.send(event).await;
+        } else {
+            self.held_events.push(event);
+        }
+    }
+
+    /// Sends the step's appends and syncs to the log thread, then the events held back
+    /// behind them.
+    async fn flush_log_and_events(&mut self) {
         self.flush_log_batch();
-        let _ = self.events.send(event).await;
+        for event in std::mem::take(&mut self.held_events) {
+            let _ = self.events.send(event).await;
+        }
     }
 
     fn hlc_us(&mut self) -> u64 {
@@ -1533,7 +1546,6 @@ impl Driver {
         self.last_hlc_us
     }
 
-    /// Deliveries of `subgroup` go to the log.
     /// `key`'s log is cut after `kept` (`None`: whole); see `log_cuts`.
     fn note_log_cut(&mut self, key: ShardKey, kept: Option<Version>) {
         let cut = kept.map(|v| v.0);
@@ -1541,6 +1553,7 @@ impl Driver {
         *floor = (*floor).min(cut);
     }
 
+    /// Deliveries of `subgroup` go to the log.
     fn logs(&self, subgroup: u32) -> bool {
         self.log.is_some() && !self.unlogged.contains(&subgroup)
     }
