@@ -4,28 +4,16 @@
 //! over real TCP with real logs, on a runtime whose application tasks run on other
 //! threads than the driver.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+mod common;
 
 use bytes::Bytes;
-use squall_driver::{AppEvent, NodeConfig, NodeEvent, TcpConfig, TcpTransport, start_node};
+use squall_driver::{AppEvent, TcpConfig, TcpTransport, start_node};
 use squall_log::{FileLog, LogConfig, LogStore};
-use squall_platform::layout::{DeliveryMode, Layout, ShardLayout, SubgroupLayout};
-use squall_platform::{CoreConfig, MemberId};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 const SENDS: usize = 10_000;
 /// Sends submitted before their tickets are awaited: deliveries then come many to a step.
 const BURST: usize = 100;
-
-async fn next_event(events: &mut mpsc::Receiver<NodeEvent>) -> AppEvent {
-    tokio::time::timeout(Duration::from_secs(30), events.recv())
-        .await
-        .expect("an event in time")
-        .expect("the node runs")
-        .event
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_delivery_is_in_the_log_when_the_application_hears_of_it() {
@@ -33,58 +21,21 @@ async fn a_delivery_is_in_the_log_when_the_application_hears_of_it() {
         tempfile::tempdir().expect("tempdir"),
         tempfile::tempdir().expect("tempdir"),
     ];
-    let listeners = [
-        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
-        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
-    ];
-    let peers: BTreeMap<u32, _> = listeners
-        .iter()
-        .enumerate()
-        .map(|(n, l)| (n as u32, l.local_addr().expect("addr")))
-        .collect();
-    let layout = Layout {
-        subgroups: vec![SubgroupLayout {
-            shards: vec![ShardLayout {
-                min_nodes: 2,
-                max_nodes: 2,
-                mode: DeliveryMode::Ordered,
-            }],
-        }],
-    };
+    let (listeners, peers) = common::listen(2).await;
     let mut nodes = Vec::new();
     for (n, listener) in listeners.into_iter().enumerate() {
-        let me = MemberId::new(n as u32, 1);
+        let cfg = common::two_member_config(n, None);
         let (inbound_tx, inbound) = mpsc::channel(4096);
-        let transport =
-            TcpTransport::start(TcpConfig::new(7, me, peers.clone()), listener, inbound_tx);
-        let mut core = CoreConfig::new(layout.clone());
-        core.join_retry_ms = 50;
-        let cfg = NodeConfig {
-            core,
-            me,
-            found: n == 0,
-            contacts: vec![0],
-            restart_leaders: vec![0],
-            tick_interval_ms: 5,
-            events_max: 4096,
-            commands_max: 4096,
-            report_arrivals: false,
-            unlogged_subgroups: Vec::new(),
-            state_keeper: None,
-        };
+        let transport = TcpTransport::start(
+            TcpConfig::new(7, cfg.me, peers.clone()),
+            listener,
+            inbound_tx,
+        );
         let (log, _) = FileLog::open(LogConfig::new(dirs[n].path())).expect("open log");
         let log: Box<dyn LogStore + Send> = Box::new(log);
         nodes.push(start_node(cfg, transport, inbound, Some(log)).expect("node starts"));
     }
-    for (_, events) in &mut nodes {
-        loop {
-            if let AppEvent::Installed(view) = next_event(events).await
-                && view.members.len() == 2
-            {
-                break;
-            }
-        }
-    }
+    common::until_both_installed(&mut nodes.iter_mut().map(|(_, e)| e).collect::<Vec<_>>()).await;
 
     // Each node's application reads every delivery back from the log the moment it
     // hears of it, on whatever thread the runtime runs it.
@@ -94,7 +45,7 @@ async fn a_delivery_is_in_the_log_when_the_application_hears_of_it() {
         readers.push(tokio::spawn(async move {
             let (mut delivered, mut missing) = (0, Vec::new());
             while delivered < SENDS {
-                let AppEvent::Delivered(d) = next_event(&mut events).await else {
+                let AppEvent::Delivered(d) = common::next_event(&mut events).await else {
                     continue;
                 };
                 let version = d.version.expect("ordered deliveries have versions");

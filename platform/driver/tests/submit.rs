@@ -1,19 +1,17 @@
 //! Sends submitted together (`NodeHandle::submit`) leave together: two in-process nodes
 //! over real TCP, node 0's outgoing traffic counted on its way to the transport.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use squall_driver::{
-    AppEvent, NodeConfig, NodeEvent, NodeSendError, TcpConfig, TcpTransport, Transport, start_node,
+    AppEvent, NodeEvent, NodeSendError, TcpConfig, TcpTransport, Transport, start_node,
 };
-use squall_platform::layout::{DeliveryMode, Layout, ShardLayout, SubgroupLayout};
 use squall_platform::wire::Item;
-use squall_platform::{CoreConfig, MemberId, NodeId, SendError, Wire};
-use tokio::net::TcpListener;
+use squall_platform::{MemberId, NodeId, SendError, Wire};
 use tokio::sync::mpsc;
 
 /// The TCP transport, counting the multicast data it is handed for other nodes.
@@ -46,77 +44,31 @@ impl Transport for Counting {
     }
 }
 
-async fn next_event(events: &mut mpsc::Receiver<NodeEvent>) -> AppEvent {
-    tokio::time::timeout(Duration::from_secs(20), events.recv())
-        .await
-        .expect("an event in time")
-        .expect("the node runs")
-        .event
-}
-
 type Nodes = Vec<(squall_driver::NodeHandle, mpsc::Receiver<NodeEvent>)>;
 
 /// Two nodes in one view over real TCP, with messages of at most
 /// `payload_size_max_bytes`, and the counting transport of each.
 async fn two_nodes(payload_size_max_bytes: usize) -> (Nodes, Vec<Arc<Counting>>) {
-    let listeners = [
-        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
-        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
-    ];
-    let peers: BTreeMap<u32, _> = listeners
-        .iter()
-        .enumerate()
-        .map(|(n, l)| (n as u32, l.local_addr().expect("addr")))
-        .collect();
-    let layout = Layout {
-        subgroups: vec![SubgroupLayout {
-            shards: vec![ShardLayout {
-                min_nodes: 2,
-                max_nodes: 2,
-                mode: DeliveryMode::Ordered,
-            }],
-        }],
-    };
+    let (listeners, peers) = common::listen(2).await;
     let mut nodes = Vec::new();
     let mut counters = Vec::new();
     for (n, listener) in listeners.into_iter().enumerate() {
-        let me = MemberId::new(n as u32, 1);
+        let cfg = common::two_member_config(n, Some(payload_size_max_bytes));
         let (inbound_tx, inbound) = mpsc::channel(4096);
         let counting = Arc::new(Counting {
-            tcp: TcpTransport::start(TcpConfig::new(7, me, peers.clone()), listener, inbound_tx),
+            tcp: TcpTransport::start(
+                TcpConfig::new(7, cfg.me, peers.clone()),
+                listener,
+                inbound_tx,
+            ),
             updates_with_messages: AtomicUsize::new(0),
             messages: AtomicUsize::new(0),
         });
-        let mut core = CoreConfig::new(layout.clone());
-        core.join_retry_ms = 50;
-        core.payload_size_max_bytes = payload_size_max_bytes;
-        let cfg = NodeConfig {
-            core,
-            me,
-            found: n == 0,
-            contacts: vec![0],
-            restart_leaders: vec![0],
-            tick_interval_ms: 5,
-            events_max: 4096,
-            commands_max: 4096,
-            report_arrivals: false,
-            unlogged_subgroups: Vec::new(),
-            state_keeper: None,
-        };
         let transport: Arc<dyn Transport> = counting.clone();
         nodes.push(start_node(cfg, transport, inbound, None).expect("node starts"));
         counters.push(counting);
     }
-    // Both in one view: the shard (two members at least) has formed.
-    for (_, events) in &mut nodes {
-        loop {
-            if let AppEvent::Installed(view) = next_event(events).await
-                && view.members.len() == 2
-            {
-                break;
-            }
-        }
-    }
+    common::until_both_installed(&mut nodes.iter_mut().map(|(_, e)| e).collect::<Vec<_>>()).await;
     (nodes, counters)
 }
 
@@ -145,7 +97,7 @@ async fn sends_submitted_together_leave_in_one_message_per_peer_and_answer_in_or
     let (_, events) = &mut nodes[1];
     let mut delivered = Vec::new();
     while delivered.len() < SENDS {
-        if let AppEvent::Delivered(d) = next_event(events).await {
+        if let AppEvent::Delivered(d) = common::next_event(events).await {
             delivered.push(d.payload);
         }
     }
@@ -201,7 +153,7 @@ async fn a_batch_is_taken_up_to_its_first_refusal() {
     let (_, events) = &mut nodes[1];
     let mut delivered = Vec::new();
     while delivered.len() < 3 {
-        if let AppEvent::Delivered(d) = next_event(events).await {
+        if let AppEvent::Delivered(d) = common::next_event(events).await {
             delivered.push(d.payload);
         }
     }
@@ -220,7 +172,7 @@ async fn a_batch_is_taken_up_to_its_first_refusal() {
     let (_, events) = &mut nodes[1];
     let mut delivered = 0;
     while delivered < 32 {
-        if let AppEvent::Delivered(_) = next_event(events).await {
+        if let AppEvent::Delivered(_) = common::next_event(events).await {
             delivered += 1;
         }
     }
