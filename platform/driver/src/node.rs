@@ -2116,9 +2116,7 @@ fn spawn_log_thread(
                             }
                             let result = keep
                                 .map_or(Ok(()), |keep| store.truncate_after(key, keep.map(|v| v.0)))
-                                .and_then(|()| {
-                                    records.into_iter().try_for_each(|r| store.append(key, r))
-                                })
+                                .and_then(|()| store.append_many(key, &records))
                                 .and_then(|()| match reply {
                                     Some(_) => store.sync().map(drop),
                                     None => Ok(()),
