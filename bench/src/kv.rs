@@ -199,26 +199,32 @@ fn report(args: &KvArgs, rows: &[Row]) -> Result<()> {
     Ok(())
 }
 
+/// Keys a closed loop touches per client in its unmeasured warm-up.
+const WARM_KEYS: usize = 16;
+const _: () = assert!(WARM_KEYS <= KEYS_PER_CLIENT);
+
 /// Runs `clients` closed loops of `op` for the measured window; `op(client, i)` does
-/// request `i` of that client.
+/// request `i` of that client, on its key `i % KEYS_PER_CLIENT`. Returns the row and, per
+/// client, how many of its keys (`0..n`) the loop touched: after a put phase, the keys
+/// that hold the value (a short window at 1 MiB may not reach them all).
 async fn closed_loop<F, Fut>(
     workload: Workload,
     size: usize,
     clients: usize,
     seconds: f64,
     op: F,
-) -> Result<Row>
+) -> Result<(Row, Vec<usize>)>
 where
     F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<()>> + Send,
 {
     let op = Arc::new(op);
-    // Warm up (and create every key) first, unmeasured.
+    // Warm up first, unmeasured.
     let mut warm = Vec::new();
     for c in 0..clients {
         let op = Arc::clone(&op);
         warm.push(tokio::spawn(async move {
-            for i in 0..KEYS_PER_CLIENT.min(16) {
+            for i in 0..WARM_KEYS {
                 op(c, i).await?;
             }
             anyhow::Ok(())
@@ -240,17 +246,20 @@ where
                 hist.record(t.elapsed().as_micros() as u64)?;
                 i += 1;
             }
-            anyhow::Ok(hist)
+            anyhow::Ok((hist, i.clamp(WARM_KEYS, KEYS_PER_CLIENT)))
         }));
     }
     let started = Instant::now();
     let mut all = Histogram::<u64>::new(3)?;
+    let mut touched = Vec::with_capacity(clients);
     for t in tasks {
-        all.add(t.await??)?;
+        let (hist, keys) = t.await??;
+        all.add(hist)?;
+        touched.push(keys);
     }
     let elapsed = started.elapsed().as_secs_f64();
     let ops = all.len() as f64 / elapsed;
-    Ok(Row {
+    let row = Row {
         bench: "kv",
         system: workload.system().to_string(),
         case: workload.case(size, clients),
@@ -258,7 +267,61 @@ where
         p99_us: all.value_at_quantile(0.99),
         ops_per_s: ops,
         bytes_per_s: ops * size as f64,
-    })
+    };
+    Ok((row, touched))
+}
+
+/// Writes, unmeasured, every key a get phase will read that no put phase wrote yet
+/// (`written[c]`: client `c`'s keys `0..written[c]` hold the value), with `put(client,
+/// i)`. A get that finds nothing is a different and cheaper operation than reading a
+/// value: without this, a run of gets alone, or one after a put window too short to
+/// reach every key, would time misses.
+async fn fill_keys<F, Fut>(written: &[usize], clients: usize, put: F) -> Result<()>
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let put = Arc::new(put);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let from = written.get(c).copied().unwrap_or(0);
+        let put = Arc::clone(&put);
+        tasks.push(tokio::spawn(async move {
+            for i in from..KEYS_PER_CLIENT {
+                put(c, i).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+/// The length of the value in etcd's JSON answer to a range if it is `encoded_len`
+/// base64 characters; `None` if there is no value (the key was not found) or it has
+/// another length. Looked up, not parsed, so the check costs etcd's row next to nothing
+/// even at 1 MiB: the value is the first field named `value`, and as base64 holds no
+/// quotes, its closing quote must be the first quote after its opening one, exactly
+/// `encoded_len` characters on (a byte search, `memchr` under `<[u8]>::contains`).
+fn etcd_value_len(answer: &[u8], encoded_len: usize) -> Option<usize> {
+    const FIELD: &[u8] = b"\"value\":\"";
+    let start = answer.windows(FIELD.len()).position(|w| w == FIELD)? + FIELD.len();
+    let end = start + encoded_len;
+    let closed = answer.get(end) == Some(&b'"');
+    (closed && !answer.get(start..end)?.contains(&b'"')).then_some(encoded_len)
+}
+
+/// A measured get must read back what the puts wrote: `read` is the length of the value
+/// it found, `None` for a miss. Anything else fails the run instead of showing as a fast
+/// row.
+fn check_read(system: &str, key: &str, read: Option<usize>, size: usize) -> Result<()> {
+    match read {
+        Some(n) if n == size => Ok(()),
+        Some(n) => bail!("{system}: a get of {key} read {n} bytes, not the {size} written"),
+        None => bail!("{system}: a get of {key} found nothing, though it was written first"),
+    }
 }
 
 fn value(size: usize) -> Bytes {
@@ -357,29 +420,41 @@ async fn bench_squall(args: &KvArgs, dir: &Path) -> Result<Vec<Row>> {
                 }
                 let conns = Arc::new(conns);
                 let blob = value(size);
+                let put = move |conns: Arc<Vec<Client>>, blob: Bytes| {
+                    move |c: usize, i: usize| {
+                        let (conns, blob) = (Arc::clone(&conns), blob.clone());
+                        async move {
+                            let key = format!("{pool}/b{c}-{}", i % KEYS_PER_CLIENT);
+                            conns[c].put(&key, blob).await?;
+                            Ok(())
+                        }
+                    }
+                };
+                let mut written = vec![0; clients];
                 for get in [false, true] {
                     if !args.ops.contains(if get { &KvOp::Get } else { &KvOp::Put }) {
                         continue;
                     }
                     let (conns, blob) = (Arc::clone(&conns), blob.clone());
-                    let workload = if get {
-                        Workload::SquallGet { persistent }
-                    } else {
-                        Workload::SquallPut { persistent }
-                    };
-                    let row = closed_loop(workload, size, clients, args.seconds, move |c, i| {
-                        let (conns, blob) = (Arc::clone(&conns), blob.clone());
-                        async move {
-                            let key = format!("{pool}/b{c}-{}", i % KEYS_PER_CLIENT);
-                            if get {
-                                conns[c].get(&key).await?;
-                            } else {
-                                conns[c].put(&key, blob).await?;
+                    let (row, touched) = if get {
+                        fill_keys(&written, clients, put(Arc::clone(&conns), blob)).await?;
+                        let workload = Workload::SquallGet { persistent };
+                        closed_loop(workload, size, clients, args.seconds, move |c, i| {
+                            let conns = Arc::clone(&conns);
+                            async move {
+                                let key = format!("{pool}/b{c}-{}", i % KEYS_PER_CLIENT);
+                                let read = conns[c].get(&key).await?.map(|o| o.blob.len());
+                                check_read("squall", &key, read, size)
                             }
-                            Ok(())
-                        }
-                    })
-                    .await?;
+                        })
+                        .await?
+                    } else {
+                        let workload = Workload::SquallPut { persistent };
+                        closed_loop(workload, size, clients, args.seconds, put(conns, blob)).await?
+                    };
+                    if !get {
+                        written = touched;
+                    }
                     print_progress(args, &row);
                     rows.push(row);
                 }
@@ -524,6 +599,7 @@ async fn bench_redis(args: &KvArgs, dir: &Path) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for &size in &args.sizes {
         for &clients in &args.clients {
+            let mut written = vec![0; clients];
             for workload in [
                 Workload::RedisSet { wait_replica: true },
                 Workload::RedisSet {
@@ -540,27 +616,46 @@ async fn bench_redis(args: &KvArgs, dir: &Path) -> Result<Vec<Row>> {
                 }
                 let conns = Arc::new(conns);
                 let blob = value(size);
-                let row = closed_loop(workload, size, clients, args.seconds, move |c, i| {
+                let op = move |workload: Workload| {
                     let (conns, blob) = (Arc::clone(&conns), blob.clone());
-                    async move {
-                        let key = format!("b{c}-{}", i % KEYS_PER_CLIENT);
-                        let mut conn = conns[c].lock().await;
-                        match workload {
-                            Workload::RedisGet => {
-                                conn.call(&[b"GET", key.as_bytes()]).await?;
-                            }
-                            Workload::RedisSet { wait_replica } => {
-                                conn.call(&[b"SET", key.as_bytes(), &blob]).await?;
-                                if wait_replica {
-                                    conn.call(&[b"WAIT", b"1", b"0"]).await?;
+                    move |c: usize, i: usize| {
+                        let (conns, blob) = (Arc::clone(&conns), blob.clone());
+                        async move {
+                            let key = format!("b{c}-{}", i % KEYS_PER_CLIENT);
+                            let mut conn = conns[c].lock().await;
+                            match workload {
+                                Workload::RedisGet => {
+                                    let read = match conn.call(&[b"GET", key.as_bytes()]).await? {
+                                        Value::Bulk(value) => value.map(|v| v.len()),
+                                        other => bail!("redis: GET {key} answered {other:?}"),
+                                    };
+                                    check_read("redis", &key, read, size)?;
                                 }
+                                Workload::RedisSet { wait_replica } => {
+                                    conn.call(&[b"SET", key.as_bytes(), &blob]).await?;
+                                    if wait_replica {
+                                        conn.call(&[b"WAIT", b"1", b"0"]).await?;
+                                    }
+                                }
+                                _ => unreachable!("redis workloads only"),
                             }
-                            _ => unreachable!("redis workloads only"),
+                            Ok(())
                         }
-                        Ok(())
                     }
-                })
-                .await?;
+                };
+                if workload.op() == KvOp::Get {
+                    let set = op(Workload::RedisSet {
+                        wait_replica: false,
+                    });
+                    fill_keys(&written, clients, set).await?;
+                }
+                let (row, touched) =
+                    closed_loop(workload, size, clients, args.seconds, op(workload)).await?;
+                if workload.op() == KvOp::Put {
+                    for (w, t) in written.iter_mut().zip(touched) {
+                        *w = (*w).max(t);
+                    }
+                }
                 print_progress(args, &row);
                 rows.push(row);
             }
@@ -704,6 +799,7 @@ async fn bench_etcd(args: &KvArgs, dir: &Path) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for &size in &args.sizes {
         for &clients in &args.clients {
+            let mut written = vec![0; clients];
             for workload in [Workload::EtcdPut, Workload::EtcdGet] {
                 if !args.ops.contains(&workload.op()) {
                     continue;
@@ -715,25 +811,39 @@ async fn bench_etcd(args: &KvArgs, dir: &Path) -> Result<Vec<Row>> {
                 }
                 let conns = Arc::new(conns);
                 let encoded = Arc::new(b64.encode(value(size)));
-                let row = closed_loop(workload, size, clients, args.seconds, move |c, i| {
+                let op = move |workload: Workload| {
                     let (conns, encoded) = (Arc::clone(&conns), Arc::clone(&encoded));
-                    async move {
-                        let key = b64.encode(format!("b{c}-{}", i % KEYS_PER_CLIENT));
-                        let mut conn = conns[c].lock().await;
-                        match workload {
-                            Workload::EtcdPut => {
-                                let body = format!("{{\"key\":\"{key}\",\"value\":\"{encoded}\"}}");
-                                conn.post("/v3/kv/put", body.as_bytes()).await?;
+                    move |c: usize, i: usize| {
+                        let (conns, encoded) = (Arc::clone(&conns), Arc::clone(&encoded));
+                        async move {
+                            let plain = format!("b{c}-{}", i % KEYS_PER_CLIENT);
+                            let key = b64.encode(&plain);
+                            let mut conn = conns[c].lock().await;
+                            match workload {
+                                Workload::EtcdPut => {
+                                    let body =
+                                        format!("{{\"key\":\"{key}\",\"value\":\"{encoded}\"}}");
+                                    conn.post("/v3/kv/put", body.as_bytes()).await?;
+                                }
+                                _ => {
+                                    let body = format!("{{\"key\":\"{key}\"}}");
+                                    let answer = conn.post("/v3/kv/range", body.as_bytes()).await?;
+                                    let read = etcd_value_len(&answer, encoded.len()).map(|_| size);
+                                    check_read("etcd", &plain, read, size)?;
+                                }
                             }
-                            _ => {
-                                let body = format!("{{\"key\":\"{key}\"}}");
-                                conn.post("/v3/kv/range", body.as_bytes()).await?;
-                            }
+                            Ok(())
                         }
-                        Ok(())
                     }
-                })
-                .await?;
+                };
+                if workload == Workload::EtcdGet {
+                    fill_keys(&written, clients, op(Workload::EtcdPut)).await?;
+                }
+                let (row, touched) =
+                    closed_loop(workload, size, clients, args.seconds, op(workload)).await?;
+                if workload == Workload::EtcdPut {
+                    written = touched;
+                }
                 print_progress(args, &row);
                 rows.push(row);
             }
@@ -741,4 +851,45 @@ async fn bench_etcd(args: &KvArgs, dir: &Path) -> Result<Vec<Row>> {
     }
     drop(procs);
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_value_len_finds_a_value_of_the_written_length_only() {
+        let found = br#"{"header":{"revision":"7"},"kvs":[{"key":"YjAtMQ==","create_revision":"2","mod_revision":"7","version":"3","value":"WlpaWg=="}],"count":"1"}"#;
+        assert_eq!(etcd_value_len(found, 8), Some(8));
+        assert_eq!(
+            etcd_value_len(found, 4),
+            None,
+            "a longer value is not the one written"
+        );
+        assert_eq!(
+            etcd_value_len(found, 12),
+            None,
+            "a shorter value is not the one written"
+        );
+        let missing = br#"{"header":{"revision":"7"}}"#;
+        assert_eq!(etcd_value_len(missing, 8), None);
+        let truncated = br#"{"kvs":[{"value":"WlpaWg"#;
+        assert_eq!(etcd_value_len(truncated, 8), None);
+    }
+
+    #[test]
+    fn check_read_refuses_a_miss_and_a_wrong_length() {
+        assert!(check_read("squall", "/cache/b0-1", Some(1024), 1024).is_ok());
+        let Err(miss) = check_read("redis", "b0-1", None, 1024) else {
+            panic!("a miss passed the check");
+        };
+        assert!(miss.to_string().contains("found nothing"), "{miss}");
+        let Err(short) = check_read("squall", "/cache/b0-1", Some(10), 1024) else {
+            panic!("a short value passed the check");
+        };
+        assert!(
+            short.to_string().contains("read 10 bytes, not the 1024"),
+            "{short}"
+        );
+    }
 }
