@@ -10,6 +10,7 @@
 //! minimal RESP and HTTP/JSON (etcd's v3 gateway) clients, so the build stays lean; they
 //! speak keep-alive connections like any real client.
 
+use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -110,8 +111,28 @@ impl Workload {
     }
 }
 
-pub(crate) fn free_addr() -> Result<SocketAddr> {
+/// A loopback address whose port was free a moment ago. Two calls can return the same
+/// one (the port is released at once and may come back): take a run's addresses from
+/// one [`Ports`].
+fn free_addr() -> Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Addresses not handed out before in this run. Without it, two addresses of one
+/// cluster could share a port: a node then refuses its config ("every node-to-node and
+/// client address must be distinct"), or two Redis or etcd processes fight over it.
+#[derive(Default)]
+pub(crate) struct Ports(BTreeSet<SocketAddr>);
+
+impl Ports {
+    pub(crate) fn fresh(&mut self) -> Result<SocketAddr> {
+        loop {
+            let a = free_addr()?;
+            if self.0.insert(a) {
+                return Ok(a);
+            }
+        }
+    }
 }
 
 /// Kills its processes however the run ends.
@@ -358,8 +379,9 @@ pub(crate) fn start_nodes(dir: &Path, configs: &[Config]) -> Result<Procs> {
 pub(crate) async fn start_squall(dir: &Path) -> Result<(Procs, Vec<String>)> {
     std::fs::create_dir_all(dir)?;
     let mut configs = config::try_local_cluster(3, 20_000, 21_000, dir)?;
+    let mut ports = Ports::default();
     let addrs: Vec<(SocketAddr, SocketAddr)> = (0..3)
-        .map(|_| Ok((free_addr()?, free_addr()?)))
+        .map(|_| Ok((ports.fresh()?, ports.fresh()?)))
         .collect::<Result<_>>()?;
     for cfg in &mut configs {
         for (i, peer) in cfg.cluster.peers.iter_mut().enumerate() {
@@ -558,7 +580,8 @@ pub(crate) async fn split_connection(
 pub(crate) async fn start_redis(dir: &Path) -> Result<(Procs, SocketAddr, SocketAddr)> {
     let server = ensure_installed("redis-server", &["redis-server", "redis-tools"])?;
     std::fs::create_dir_all(dir)?;
-    let (primary, replica) = (free_addr()?, free_addr()?);
+    let mut ports = Ports::default();
+    let (primary, replica) = (ports.fresh()?, ports.fresh()?);
     let mut procs = Procs(Vec::new());
     for (addr, replica_of) in [(primary, None), (replica, Some(primary))] {
         let mut cmd = Command::new(&server);
@@ -738,8 +761,9 @@ impl Http {
 async fn bench_etcd(args: &KvArgs, dir: &Path) -> Result<Vec<Row>> {
     let etcd = ensure_installed("etcd", &["etcd-server", "etcd-client"])?;
     std::fs::create_dir_all(dir)?;
+    let mut ports = Ports::default();
     let members: Vec<(SocketAddr, SocketAddr)> = (0..3)
-        .map(|_| Ok((free_addr()?, free_addr()?)))
+        .map(|_| Ok((ports.fresh()?, ports.fresh()?)))
         .collect::<Result<_>>()?;
     let cluster = members
         .iter()
@@ -875,6 +899,18 @@ mod tests {
         assert_eq!(etcd_value_len(missing, 8), None);
         let truncated = br#"{"kvs":[{"value":"WlpaWg"#;
         assert_eq!(etcd_value_len(truncated, 8), None);
+    }
+
+    #[test]
+    fn ports_never_hand_out_an_address_twice() -> Result<()> {
+        // The kernel hands a released ephemeral port out again soon enough that a few
+        // hundred draws from one run repeat some; the set must refuse them.
+        let mut ports = Ports::default();
+        let mut seen = BTreeSet::new();
+        for _ in 0..500 {
+            assert!(seen.insert(ports.fresh()?), "an address came back");
+        }
+        Ok(())
     }
 
     #[test]

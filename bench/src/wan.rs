@@ -38,7 +38,6 @@
 //! after one way, but the next probe's outbox entry waits for the previous batch's
 //! acknowledgement to come back before it is sent.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -55,7 +54,7 @@ use squall_kvs::{PoolSpec, StoreKind};
 use squall_wanlink::{LinkSettings, LinkSpec, WanLink, WanLinkHandle};
 
 use crate::WanArgs;
-use crate::kv::{Procs, free_addr, start_nodes};
+use crate::kv::{Ports, Procs, start_nodes};
 use crate::size::format_size;
 use crate::stats::{now_us, stamp_of, stamped_payload};
 
@@ -130,21 +129,6 @@ pub fn run(args: &WanArgs) -> Result<()> {
 }
 
 // ----- the two clusters and the link ----------------------------------------------------
-
-/// Addresses not handed out before in this run (a released port can come back).
-#[derive(Default)]
-struct Ports(BTreeSet<SocketAddr>);
-
-impl Ports {
-    fn fresh(&mut self) -> Result<SocketAddr> {
-        loop {
-            let a = free_addr()?;
-            if self.0.insert(a) {
-                return Ok(a);
-            }
-        }
-    }
-}
 
 /// Configs of a 3-node cluster on free loopback ports, data under `dir`.
 fn cluster_configs(dir: &Path, ports: &mut Ports, http: bool) -> Result<Vec<Config>> {
