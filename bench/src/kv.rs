@@ -158,6 +158,7 @@ pub fn run(args: &KvArgs) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let mut rows = Vec::new();
+    let mut failed = Vec::new();
     for system in systems {
         let result = match system {
             KvSystem::Squall => runtime.block_on(bench_squall(args, &dir.join("squall"))),
@@ -166,11 +167,26 @@ pub fn run(args: &KvArgs) -> Result<()> {
         };
         match result {
             Ok(mut r) => rows.append(&mut r),
-            Err(e) => eprintln!("{system:?}: not measured: {e:#}"),
+            Err(e) => {
+                eprintln!("{system:?}: not measured: {e:#}");
+                failed.push(format!("{system:?}"));
+            }
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    report(args, &rows)
+    report(args, &rows)?;
+    not_measured(&failed)
+}
+
+/// The run's verdict once what was measured is reported: a run that did not measure a
+/// system it was asked for fails, so a script reading only the exit status cannot take
+/// a partial table for a full one.
+pub(crate) fn not_measured(failed: &[String]) -> Result<()> {
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("not measured: {} (why: above)", failed.join(", "))
+    }
 }
 
 fn report(args: &KvArgs, rows: &[Row]) -> Result<()> {

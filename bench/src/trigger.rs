@@ -56,17 +56,29 @@ pub fn run(args: &TriggerArgs) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let mut rows = Vec::new();
+    let mut failed = Vec::new();
     match runtime.block_on(bench_squall(args, &dir.join("squall"))) {
         Ok(mut r) => rows.append(&mut r),
-        Err(e) => eprintln!("squall: not measured: {e:#}"),
+        Err(e) => {
+            eprintln!("squall: not measured: {e:#}");
+            failed.push("squall".to_string());
+        }
     }
     match runtime.block_on(bench_redis(args, &dir.join("redis"))) {
         Ok(mut r) => rows.append(&mut r),
-        Err(e) => eprintln!("redis: not measured: {e:#}"),
+        Err(e) => {
+            eprintln!("redis: not measured: {e:#}");
+            failed.push("redis".to_string());
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    report(args, &rows)?;
+    crate::kv::not_measured(&failed)
+}
+
+fn report(args: &TriggerArgs, rows: &[Row]) -> Result<()> {
     if args.json {
-        for row in &rows {
+        for row in rows {
             println!("{}", serde_json::to_string(row)?);
         }
         return Ok(());
@@ -75,7 +87,7 @@ pub fn run(args: &TriggerArgs) -> Result<()> {
         "{:<8} {:<28} {:>9} {:>9} {:>7}",
         "system", "case", "p50 µs", "p99 µs", "count"
     );
-    for r in &rows {
+    for r in rows {
         println!(
             "{:<8} {:<28} {:>9} {:>9} {:>7}",
             r.system, r.case, r.p50_us, r.p99_us, r.count
