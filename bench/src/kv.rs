@@ -257,19 +257,7 @@ where
 {
     let op = Arc::new(op);
     // Warm up first, unmeasured.
-    let mut warm = Vec::new();
-    for c in 0..clients {
-        let op = Arc::clone(&op);
-        warm.push(tokio::spawn(async move {
-            for i in 0..WARM_KEYS {
-                op(c, i).await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for w in warm {
-        w.await??;
-    }
+    each_client(&op, clients, |_| 0..WARM_KEYS).await?;
     let end = Instant::now() + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -318,14 +306,27 @@ where
     F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<()>> + Send,
 {
-    let put = Arc::new(put);
+    let from = |c: usize| written.get(c).copied().unwrap_or(0);
+    each_client(&Arc::new(put), clients, |c| from(c)..KEYS_PER_CLIENT).await
+}
+
+/// Runs `op(c, i)` for every `i` of `requests(c)` in order, for every client `c` at once,
+/// unmeasured.
+async fn each_client<F, Fut>(
+    op: &Arc<F>,
+    clients: usize,
+    requests: impl Fn(usize) -> std::ops::Range<usize>,
+) -> Result<()>
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let from = written.get(c).copied().unwrap_or(0);
-        let put = Arc::clone(&put);
+        let (op, requests) = (Arc::clone(op), requests(c));
         tasks.push(tokio::spawn(async move {
-            for i in from..KEYS_PER_CLIENT {
-                put(c, i).await?;
+            for i in requests {
+                op(c, i).await?;
             }
             anyhow::Ok(())
         }));
