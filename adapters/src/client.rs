@@ -1213,7 +1213,10 @@ impl Client {
         let request = Request::WriteMany {
             ops: ops
                 .iter()
-                .map(|op| op::encode(&self.with_generation(op)))
+                .map(|op| {
+                    let (head, tail) = op::encode_split(&self.with_generation(op));
+                    wire::OpBytes::new(head, tail)
+                })
                 .collect(),
             compress,
         };

@@ -755,7 +755,10 @@ async fn write_outputs(
                     op: op.clone().into(),
                 },
                 _ => Request::WriteMany {
-                    ops: encoded,
+                    ops: encoded
+                        .into_iter()
+                        .map(crate::wire::OpBytes::whole)
+                        .collect(),
                     compress: false,
                 },
             };

@@ -2536,7 +2536,7 @@ impl Service {
 
     /// [`Request::WriteMany`]: each write through the single-write path, in order; after a
     /// write refused before it was sent, the rest are not sent.
-    async fn write_many(&mut self, ops: Vec<Bytes>, role: Role, reply: Reply) {
+    async fn write_many(&mut self, ops: Vec<crate::wire::OpBytes>, role: Role, reply: Reply) {
         let n = ops.len();
         let (answers_tx, mut answers) = mpsc::channel(n.max(1));
         // Validated first, all of them, then handed to the driver as one batch per run
@@ -2544,7 +2544,6 @@ impl Service {
         self.batch = Some(Vec::new());
         for (i, op) in ops.into_iter().enumerate() {
             let one = Reply::new(i as u64, answers_tx.clone());
-            let op = op.into();
             Box::pin(self.request(Request::Write { forget: false, op }, role, one)).await;
             // Answered at once (refused, or a retry already applied): the batch ends
             // before it.

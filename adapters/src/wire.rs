@@ -128,7 +128,9 @@ pub enum Request {
     /// [`Response::Many`], one answer per write, once all are answered; a refusal of
     /// the first write answers the whole request (so redirects work as for one write).
     WriteMany {
-        ops: Vec<Bytes>,
+        /// Each write as [`Request::Write`] carries it: a client's values go to the
+        /// socket from their own buffers (unless compressed), uncopied.
+        ops: Vec<OpBytes>,
         /// Encode the writes LZ4-compressed when that saves at least an eighth (for a
         /// WAN link: CPU is cheaper there than bytes). Decoding says `false`.
         compress: bool,
@@ -861,14 +863,15 @@ fn put_request(out: &mut FrameBuf, r: &Request) {
         Request::ListDfgs => out.put_u8(15),
         Request::Layout => out.put_u8(16),
         Request::WriteMany { ops, compress } => {
-            let mut plain =
-                BytesMut::with_capacity(4 + ops.iter().map(|o| 4 + o.len()).sum::<usize>());
-            plain.put_u32_le(ops.len() as u32);
-            for op in ops {
-                plain.put_u32_le(op.len() as u32);
-                plain.put_slice(op);
-            }
-            if *compress && plain.len() <= WRITE_MANY_EXPANDED_BYTES_MAX {
+            let plain_len = 4 + ops.iter().map(|o| 4 + o.len()).sum::<usize>();
+            if *compress && plain_len <= WRITE_MANY_EXPANDED_BYTES_MAX {
+                let mut plain = BytesMut::with_capacity(plain_len);
+                plain.put_u32_le(ops.len() as u32);
+                for op in ops {
+                    plain.put_u32_le(op.len() as u32);
+                    plain.put_slice(&op.head);
+                    plain.put_slice(&op.tail);
+                }
                 let packed = lz4_flex::block::compress(&plain);
                 if packed.len() + 4 < plain.len() - plain.len() / 8 {
                     out.put_u8(18);
@@ -877,8 +880,14 @@ fn put_request(out: &mut FrameBuf, r: &Request) {
                     return;
                 }
             }
+            // Plain: the same bytes as the body above, each value from its own buffer.
             out.put_u8(17);
-            out.put_slice(&plain);
+            out.put_u32_le(ops.len() as u32);
+            for op in ops {
+                out.put_u32_le(op.len() as u32);
+                out.put_value(&op.head);
+                out.put_value(&op.tail);
+            }
         }
     }
 }
@@ -1320,7 +1329,9 @@ fn write_many(r: &mut Bytes) -> Result<Request, WireError> {
         });
     }
     Ok(Request::WriteMany {
-        ops: (0..n).map(|_| blob(r)).collect::<Result<_, _>>()?,
+        ops: (0..n)
+            .map(|_| blob(r).map(OpBytes::whole))
+            .collect::<Result<_, _>>()?,
         compress: false,
     })
 }
@@ -1571,7 +1582,7 @@ mod tests {
             },
             Request::Unwatch { watch: 77 },
             Request::WriteMany {
-                ops: vec![Bytes::from_static(b"\x01op"), Bytes::new()],
+                ops: vec![Bytes::from_static(b"\x01op").into(), Bytes::new().into()],
                 compress: false,
             },
         ];
@@ -1862,6 +1873,66 @@ mod tests {
         );
     }
 
+    /// A batch of large puts is framed with each value left in its own buffer, and its
+    /// bytes are those of the same batch encoded whole (what a decoder gives back).
+    #[test]
+    fn a_batch_of_large_puts_is_framed_without_copying_the_values() {
+        use squall_kvs::op::{self, Op};
+        let ops: Vec<Op> = (0..3u8)
+            .map(|i| Op::Put {
+                id: op::MessageId {
+                    client: 7,
+                    seq: u64::from(i),
+                },
+                hlc_us: 1,
+                condition: op::Condition::Always,
+                pool_generation: 0,
+                key: format!("/p/k{i}"),
+                blob: Bytes::from(vec![i; BLOB_INLINE_BYTES_MAX * 4]),
+            })
+            .collect();
+        let frame = |ops: Vec<OpBytes>| Frame::Request {
+            request_id: 9,
+            request: Request::WriteMany {
+                ops,
+                compress: false,
+            },
+        };
+        let split: Vec<OpBytes> = ops
+            .iter()
+            .map(|o| {
+                let (head, tail) = op::encode_split(o);
+                OpBytes::new(head, tail)
+            })
+            .collect();
+        let whole: Vec<OpBytes> = ops.iter().map(|o| op::encode(o).into()).collect();
+        let mut out = FrameBuf::new();
+        put_frame(&mut out, &frame(split));
+        assert_eq!(out.blobs.len(), ops.len(), "each value in its own buffer");
+        for ((_, held), o) in out.blobs.iter().zip(&ops) {
+            let Op::Put { blob, .. } = o else {
+                unreachable!("puts only")
+            };
+            assert_eq!(held.as_ptr(), blob.as_ptr(), "the value itself, not a copy");
+        }
+        let bytes = out.to_vec();
+        assert_eq!(bytes, frame_to_vec(&frame(whole.clone())), "the same bytes");
+        let mut buf = BytesMut::from(&bytes[..]);
+        let body = split_frame(&mut buf, 1 << 20)
+            .expect("fits")
+            .expect("whole");
+        match decode_frame(body) {
+            Ok(Frame::Request { request, .. }) => assert_eq!(
+                request,
+                Request::WriteMany {
+                    ops: whole,
+                    compress: false
+                }
+            ),
+            other => panic!("not the batch: {other:?}"),
+        }
+    }
+
     #[test]
     fn batches_compress_where_it_pays_and_bombs_are_refused() {
         let body_of = |request: Request| {
@@ -1880,8 +1951,8 @@ mod tests {
             other => panic!("not a request: {other:?}"),
         };
         // Sensor readings under similar keys: LZ4 pays.
-        let ops: Vec<Bytes> = (0..100)
-            .map(|i| Bytes::from(format!("\x01/ingest/sensors/s{} {i} 42.5", i % 8)))
+        let ops: Vec<OpBytes> = (0..100)
+            .map(|i| Bytes::from(format!("\x01/ingest/sensors/s{} {i} 42.5", i % 8)).into())
             .collect();
         let plain = body_of(Request::WriteMany {
             ops: ops.clone(),
@@ -1916,7 +1987,7 @@ mod tests {
                 state as u8
             })
             .collect();
-        let noisy = vec![Bytes::from(noise)];
+        let noisy = vec![OpBytes::from(Bytes::from(noise))];
         let body = body_of(Request::WriteMany {
             ops: noisy.clone(),
             compress: true,
