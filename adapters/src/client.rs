@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use squall_kvs::op::{self, Op};
+use squall_kvs::op::Op;
 use squall_kvs::{Condition, MessageId, PoolSpec, PoolTable, StoreKind};
 use squall_platform::Version;
 use thiserror::Error;
@@ -730,10 +730,9 @@ impl Client {
         self.refresh_for_generation(std::slice::from_ref(&op)).await;
         let mut attempt = 1;
         loop {
-            let (head, tail) = op::encode_split(&self.with_generation(&op));
             let request = Request::Write {
                 forget,
-                op: wire::OpBytes::new(head, tail),
+                op: wire::OpBytes::split(&self.with_generation(&op)),
             };
             match self.call(request, route).await {
                 Err(e) if pool_changed(&e) && attempt < POOL_CHANGED_ATTEMPTS => {
@@ -1213,10 +1212,7 @@ impl Client {
         let request = Request::WriteMany {
             ops: ops
                 .iter()
-                .map(|op| {
-                    let (head, tail) = op::encode_split(&self.with_generation(op));
-                    wire::OpBytes::new(head, tail)
-                })
+                .map(|op| wire::OpBytes::split(&self.with_generation(op)))
                 .collect(),
             compress,
         };

@@ -748,17 +748,17 @@ async fn write_outputs(
         let answers: Option<Vec<bool>> = if here {
             // Each operation in one buffer, as the service multicasts it: here that is
             // the one copy of the value (a client's frame arrives in one buffer).
-            let encoded: Vec<_> = ops.iter().map(squall_kvs::op::encode).collect();
+            let encoded: Vec<crate::wire::OpBytes> = ops
+                .iter()
+                .map(|o| squall_kvs::op::encode(o).into())
+                .collect();
             let request = match &encoded[..] {
                 [op] => Request::Write {
                     forget: false,
-                    op: op.clone().into(),
+                    op: op.clone(),
                 },
                 _ => Request::WriteMany {
-                    ops: encoded
-                        .into_iter()
-                        .map(crate::wire::OpBytes::whole)
-                        .collect(),
+                    ops: encoded,
                     compress: false,
                 },
             };

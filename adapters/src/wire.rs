@@ -483,6 +483,13 @@ impl OpBytes {
         OpBytes { head, tail }
     }
 
+    /// `op` encoded with its value left as the tail ([`squall_kvs::op::encode_split`]), as
+    /// a client sends it.
+    pub fn split(op: &squall_kvs::Op) -> Self {
+        let (head, tail) = squall_kvs::op::encode_split(op);
+        OpBytes { head, tail }
+    }
+
     /// An operation encoded in one buffer.
     pub fn whole(op: Bytes) -> Self {
         OpBytes {
@@ -1898,13 +1905,7 @@ mod tests {
                 compress: false,
             },
         };
-        let split: Vec<OpBytes> = ops
-            .iter()
-            .map(|o| {
-                let (head, tail) = op::encode_split(o);
-                OpBytes::new(head, tail)
-            })
-            .collect();
+        let split: Vec<OpBytes> = ops.iter().map(OpBytes::split).collect();
         let whole: Vec<OpBytes> = ops.iter().map(|o| op::encode(o).into()).collect();
         let mut out = FrameBuf::new();
         put_frame(&mut out, &frame(split));
