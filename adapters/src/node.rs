@@ -238,6 +238,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         ..LogConfig::new(config.node.data_dir.join("log"))
     })?;
     info!(?report, "log recovered");
+    // The views of earlier lives: the replay tells from them who ran which UDL input.
+    let logged_views = squall_driver::logged_views(&log)?;
     // What each shard's log holds now; the service replays it in chunks once it exists.
     let replays: Vec<_> = log
         .shards()
@@ -382,6 +384,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         st.site = Some(site.name.clone());
         st.site_kind = Some(site.kind.to_string());
     }
+    service.set_logged_views(logged_views);
     // Only logged subgroups (metadata and persistent ones) have logs worth replaying.
     for (key, last_version) in replays {
         if kinds.get(key.subgroup as usize) == Some(&StoreKind::Persistent) {

@@ -270,6 +270,10 @@ pub const UDL_PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from
 /// and after a state transfer): what a replay holds beyond the store it builds.
 pub const REPLAY_CHUNK_BYTES: usize = 16 << 20;
 
+/// Views a node remembers for replays (see `Service::known_views`); a replay that
+/// reaches back past them forgets the inputs it held (it cannot tell who ran them).
+pub const KNOWN_VIEWS_MAX: usize = 4096;
+
 /// A volatile shard's snapshot goes to joiners in pieces of about this many bytes, each
 /// encoded when the transfer asks for it: the source holds the pieces in flight (the
 /// core's window) and one being encoded, not a copy of the store.
@@ -458,6 +462,14 @@ pub struct Service {
     log_read_done: mpsc::Sender<LogReadDone>,
     log_read_done_rx: Option<mpsc::Receiver<LogReadDone>>,
     view: Option<Arc<View>>,
+    /// The views this node installed (from its meta log at start, then live), newest
+    /// [`KNOWN_VIEWS_MAX`]: a replay of a shard's log tells from them which replica was
+    /// assigned each `one` input, to hold the unfinished ones for a re-run.
+    known_views: BTreeMap<ViewId, Arc<View>>,
+    /// While a log replays: the log clock (µs) of the record being applied.
+    replay_hlc_us: Option<u64>,
+    /// While a shard's log replays: the view of the last record applied.
+    replay_views: HashMap<(u32, u32), ViewId>,
     /// What `/metrics` and the dashboard show (absent in tests that build a bare service).
     metrics: Option<crate::metrics::NodeMetrics>,
     /// Views and shards as the HTTP server shows them.
@@ -637,6 +649,9 @@ impl Service {
             stores: HashMap::new(),
             history: HashMap::new(),
             awaiting_state: HashSet::new(),
+            known_views: BTreeMap::new(),
+            replay_hlc_us: None,
+            replay_views: HashMap::new(),
             snapshots_out: HashMap::new(),
             snapshots_in: HashMap::new(),
             log_reads: HashMap::new(),
@@ -693,6 +708,118 @@ impl Service {
         self.links = links;
         self.wan_metrics = metrics;
         self.wan_pressure = pressure;
+    }
+
+    /// The views this node's meta log holds (every view it installed in earlier lives),
+    /// before its logs replay.
+    pub fn set_logged_views(&mut self, views: impl IntoIterator<Item = Arc<View>>) {
+        for view in views {
+            self.know_view(view);
+        }
+    }
+
+    fn know_view(&mut self, view: Arc<View>) {
+        self.known_views.insert(view.id, view);
+        while self.known_views.len() > KNOWN_VIEWS_MAX {
+            self.known_views.pop_first();
+        }
+    }
+
+    /// A replayed record of shard `(g, s)` is from view `view_id`: inputs held from
+    /// earlier views move to their assignee in each view since, as they did live; if one
+    /// of those views is unknown here, who ran them cannot be told and they are
+    /// forgotten (this node was away then: the members of that time hold them).
+    fn replay_enter_view(&mut self, g: u32, s: u32, view_id: ViewId) {
+        let Some(last) = self.replay_views.insert((g, s), view_id) else {
+            return;
+        };
+        if last >= view_id {
+            return;
+        }
+        let crossed: Vec<Arc<View>> = self
+            .known_views
+            .range(last + 1..=view_id)
+            .map(|(_, v)| Arc::clone(v))
+            .collect();
+        if crossed.len() as u64 != u64::from(view_id - last) {
+            self.udl.forget_replayed(g, s);
+            return;
+        }
+        for view in crossed {
+            if let Some(sv) = view
+                .shards
+                .get(g as usize)
+                .and_then(|sh| sh.get(s as usize))
+            {
+                self.udl.replayed_view(g, s, &sv.members);
+            }
+        }
+    }
+
+    /// A put replayed from shard `(g, s)`'s log: if a `one` UDL ran on it then, it is
+    /// held until the log shows its assignee finished it (`Op::UdlDone`); what is still
+    /// held at the end runs again in a total restart's view.
+    fn hold_replayed(&mut self, g: u32, s: u32, key: &str, version: Version, id: MessageId) {
+        let Some(at_us) = self.replay_hlc_us else {
+            return;
+        };
+        if !self.udl.runs_one_on(key, at_us) {
+            return;
+        }
+        let Some(members) = self
+            .known_views
+            .get(&version.view_id())
+            .and_then(|v| v.shards.get(g as usize)?.get(s as usize))
+            .map(|sv| sv.members.clone())
+        else {
+            return;
+        };
+        let Some(assignee) = udl::assignee_of(&members, key) else {
+            return;
+        };
+        let Some(object) = self.stores.get(&(g, s)).and_then(|st| st.latest(key)) else {
+            return;
+        };
+        self.udl.hold_replayed(
+            &Arrived {
+                subgroup: g,
+                shard: s,
+                key,
+                version: version.0,
+                timestamp_us: object.timestamp_us,
+                previous_version: object.previous_version.map(|v| v.0),
+                previous_version_by_key: object.previous_key_version.map(|v| v.0),
+                id,
+                blob: &object.blob,
+                sender: self.cfg.me.node,
+                arrival: Arrival::Ordered,
+                assignee: Some(assignee),
+                device: None,
+                pool_gpu: None,
+            },
+            assignee,
+        );
+    }
+
+    /// Moves the inputs held for replicas no longer in the view to their new assignee
+    /// (re-running those now this node's), and settles what log replays held: see
+    /// [`UdlRuntime::reassign`].
+    fn reassign_held(&mut self) {
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        let (pools, gpu, awaiting) = (&self.pools, &self.gpu, &self.awaiting_state);
+        self.udl.reassign(
+            &view,
+            &|key: &str, version: u64| match pools.find(key) {
+                Ok(pool) if pool.spec.gpu_cache.is_some() => (
+                    gpu.view(&pool.spec, key, version),
+                    gpu.device_of(&pool.spec),
+                ),
+                _ => (None, None),
+            },
+            &|g, s| awaiting.contains(&(g, s)),
+        );
     }
 
     /// Rebuilds shard `(subgroup, shard)` from this node's log, through `last_version` (at
@@ -872,20 +999,29 @@ impl Service {
             };
             for record in chunk {
                 let payload = Bytes::copy_from_slice(&record.payload);
+                self.replay_hlc_us = Some(record.hlc_us);
                 self.apply(subgroup, shard, Version(record.version), payload, false);
                 records += 1;
             }
+            self.replay_hlc_us = None;
             let Some(next) = end.checked_add(1) else {
                 break;
             };
             from = next;
         }
-        info!(subgroup, shard, records, "replayed the log");
+        self.replay_hlc_us = None;
+        let held = self.udl.replayed_held();
+        info!(subgroup, shard, records, held, "replayed the log");
+        // In a view already (after a state transfer): a total restart's re-runs them,
+        // any other forgets them.
+        self.reassign_held();
         Ok(records)
     }
 
     /// An empty store for shard `(subgroup, shard)` before its log is replayed.
     fn replay_reset(&mut self, subgroup: u32, shard: u32) {
+        self.udl.forget_held(subgroup, shard);
+        self.replay_views.remove(&(subgroup, shard));
         if subgroup == 0 {
             self.pools = PoolTable::new(self.cfg.key_bytes_max, self.cfg.pools_max);
             self.meta = ShardStore::new(checkpoint_kind(0), self.cfg.store_limits);
@@ -1503,17 +1639,10 @@ impl Service {
         }
         let leads = view.members.first() == Some(&me);
         self.view = Some(Arc::clone(&view));
+        self.know_view(Arc::clone(&view));
         // Inputs re-run here after their replica failed get the cached copy if this
         // node still has that version cached (else only the blob).
-        let (pools, gpu) = (&self.pools, &self.gpu);
-        self.udl
-            .reassign(&view, &|key: &str, version: u64| match pools.find(key) {
-                Ok(pool) if pool.spec.gpu_cache.is_some() => (
-                    gpu.view(&pool.spec, key, version),
-                    gpu.device_of(&pool.spec),
-                ),
-                _ => (None, None),
-            });
+        self.reassign_held();
         self.pump_outbox();
         if leads {
             // Default pools, once: a deterministic id makes every repeat a duplicate.
@@ -1581,7 +1710,16 @@ impl Service {
                 self.udl.remove_udl(&uuid);
                 Response::Done
             }
-            Op::AddDfgs { json, .. } => match self.udl.add_dfgs(&json) {
+            // In place since: the record's log clock in a replay, now live, unknown when
+            // rebuilt from a checkpoint (no replay re-runs inputs of it, then).
+            Op::AddDfgs { json, .. } => match self.udl.add_dfgs(
+                &json,
+                match (self.replay_hlc_us, live) {
+                    (Some(at_us), _) => at_us,
+                    (None, true) => now_us(),
+                    (None, false) => u64::MAX,
+                },
+            ) {
                 Ok(_) => Response::Done,
                 Err(e) => Response::error(ErrorCode::InvalidDfg, e),
             },
@@ -1816,6 +1954,9 @@ impl Service {
             }
             return;
         }
+        if self.replay_hlc_us.is_some() {
+            self.replay_enter_view(subgroup, shard, version.view_id());
+        }
         let kind = self.kind(subgroup);
         let limits = self.cfg.store_limits;
         let store = self
@@ -1938,6 +2079,12 @@ impl Service {
                     blob.clone(),
                     self.cfg.history_cache_bytes,
                 );
+            }
+            if !live
+                && let Op::Put { key, .. } = &op
+                && self.udl.has_handlers()
+            {
+                self.hold_replayed(subgroup, shard, key, version, id);
             }
             if live {
                 self.notify(subgroup, shard, &op, version, *timestamp_us);

@@ -4,7 +4,8 @@
 //!
 //! Dispatch happens when an object is applied (hook `ordered`: a delivered put) or
 //! received (hook `trigger`: a `trigger_put` to this node). Every vertex whose pathname
-//! is the object's key or an ancestor prefix of it is matched. Dispatcher `all` runs the
+//! is an ancestor prefix of the object's key is matched (pathnames are normalised to end
+//! in `/`, so `/a/b` covers `/a/b/c`, not `/a/bc`). Dispatcher `all` runs the
 //! UDL on every replica of the shard; `one` on exactly one, the member at
 //! `hash(key) % n` of the shard's current member list, which every replica computes
 //! alike. Jobs go to the [`Engine`]'s bounded queues; the delivery path never waits.
@@ -265,6 +266,10 @@ struct PendingInput {
     id: MessageId,
     blob: Bytes,
     sender: u32,
+    /// Held because a log replay found it unfinished, not because it arrived live: run
+    /// again if the view this node starts in is a total restart's (every assignee of
+    /// the last life is gone), forgotten if it joins a live group (whose members hold it).
+    replayed: bool,
 }
 
 /// Inputs held for other replicas, over all shards; beyond it the oldest are forgotten
@@ -422,6 +427,8 @@ pub fn parse_python_bundle(bytes: &[u8]) -> Result<Option<(PythonManifest, &[u8]
 #[derive(Debug)]
 struct Handler {
     dfg: String,
+    /// Since when (µs, the clock of the metadata log's records) its DFG has run here.
+    since_us: u64,
     pathname: String,
     udl: VertexUdl,
     instance: Option<Arc<Instance>>,
@@ -448,6 +455,9 @@ pub struct UdlRuntime {
     dfgs: BTreeMap<String, Dfg>,
     /// Each DFG's JSON text as it was added (one DFG), for checkpoints of the metadata.
     dfg_sources: BTreeMap<String, String>,
+    /// Since when each DFG has been in place (µs; `u64::MAX` when unknown): a log replay
+    /// holds an unfinished input for a re-run only if its vertex was there when it arrived.
+    dfg_since_us: BTreeMap<String, u64>,
     handlers: Vec<Handler>,
     engine: Arc<Engine>,
     emits: mpsc::Sender<EmitItem>,
@@ -540,6 +550,7 @@ impl UdlRuntime {
             udls: BTreeMap::new(),
             dfgs: BTreeMap::new(),
             dfg_sources: BTreeMap::new(),
+            dfg_since_us: BTreeMap::new(),
             handlers: Vec::new(),
             engine,
             emits,
@@ -578,7 +589,7 @@ impl UdlRuntime {
         !self.handlers.is_empty()
     }
 
-    /// Whether some vertex's pathname is `key` or a prefix of it (its UDLs may run on it).
+    /// Whether some vertex's pathname is a prefix of `key` (its UDLs may run on it).
     pub fn handles(&self, key: &str) -> bool {
         self.handlers.iter().any(|h| key.starts_with(&h.pathname))
     }
@@ -689,7 +700,9 @@ impl UdlRuntime {
 
     /// Adds the DFGs of a `dfgs.json` (already validated by the node that took the
     /// request; checked again here, identically everywhere).
-    pub fn add_dfgs(&mut self, json: &[u8]) -> Result<Vec<String>, String> {
+    /// Adds the DFGs of `json`, in place since `since_us` (µs; `u64::MAX` when unknown);
+    /// a DFG added again keeps the time it was first added.
+    pub fn add_dfgs(&mut self, json: &[u8], since_us: u64) -> Result<Vec<String>, String> {
         let text = std::str::from_utf8(json).map_err(|_| "the DFG text is not UTF-8")?;
         let dfgs = dfg::parse_dfgs(text).map_err(|e| e.to_string())?;
         let ids: Vec<String> = dfgs.iter().map(|d| d.id.clone()).collect();
@@ -707,6 +720,7 @@ impl UdlRuntime {
             ));
         }
         for (d, source) in dfgs.into_iter().zip(sources) {
+            self.dfg_since_us.entry(d.id.clone()).or_insert(since_us);
             self.dfg_sources.insert(d.id.clone(), source);
             self.dfgs.insert(d.id.clone(), d);
         }
@@ -718,6 +732,7 @@ impl UdlRuntime {
     pub fn remove_dfg(&mut self, id: &str) -> bool {
         let removed = self.dfgs.remove(id).is_some();
         self.dfg_sources.remove(id);
+        self.dfg_since_us.remove(id);
         if removed {
             info!(%id, "DFG removed");
             self.rebuild();
@@ -745,6 +760,7 @@ impl UdlRuntime {
         self.udls.clear();
         self.dfgs.clear();
         self.dfg_sources.clear();
+        self.dfg_since_us.clear();
         self.rebuild();
     }
 
@@ -843,6 +859,7 @@ impl UdlRuntime {
                     };
                     handlers.push(Handler {
                         dfg: dfg.id.clone(),
+                        since_us: self.dfg_since_us.get(&dfg.id).copied().unwrap_or(u64::MAX),
                         pathname: vertex.pathname.clone(),
                         udl: udl.clone(),
                         instance,
@@ -929,7 +946,7 @@ impl UdlRuntime {
                 let top = self.assigned_top.entry(key).or_default();
                 *top = (*top).max(a.version);
             } else if let Some(assignee) = a.assignee {
-                self.hold(key, a, assignee);
+                self.hold(key, a, assignee, false);
             }
         }
         let queued = jobs.len();
@@ -952,7 +969,7 @@ impl UdlRuntime {
         }
     }
 
-    fn hold(&mut self, key: (u32, u32), a: &Arrived<'_>, assignee: MemberId) {
+    fn hold(&mut self, key: (u32, u32), a: &Arrived<'_>, assignee: MemberId, replayed: bool) {
         let held: usize = self.pending.values().map(BTreeMap::len).sum();
         if held >= PENDING_INPUTS_MAX
             && let Some(oldest) = self.pending.get_mut(&key).and_then(|p| p.pop_first())
@@ -973,8 +990,69 @@ impl UdlRuntime {
                 id: a.id,
                 blob: a.blob.clone(),
                 sender: a.sender,
+                replayed,
             },
         );
+    }
+
+    /// Whether a `one` UDL that runs on ordered arrivals covers `key`, with its DFG in
+    /// place at `at_us`: a log replay holds such an input until its assignee announces
+    /// it done ([`UdlRuntime::hold_replayed`]).
+    pub fn runs_one_on(&self, key: &str, at_us: u64) -> bool {
+        self.handlers.iter().any(|h| {
+            key.starts_with(&h.pathname)
+                && h.udl.hook.fires_on_ordered()
+                && h.udl.dispatcher == Dispatcher::One
+                && h.since_us <= at_us
+        })
+    }
+
+    /// A `one` input found in a replayed log, assigned to `assignee` in the view it was
+    /// delivered in: held as if it had arrived live at a replica other than the
+    /// assignee, until the assignee's `UdlDone` (later in the log) covers it.
+    pub fn hold_replayed(&mut self, a: &Arrived<'_>, assignee: MemberId) {
+        self.hold((a.subgroup, a.shard), a, assignee, true);
+    }
+
+    /// The replay of a shard's log reached a view whose shard members are `members`:
+    /// replayed inputs whose assignee is not among them moved to their new assignee
+    /// then, as [`UdlRuntime::reassign`] did live.
+    pub fn replayed_view(&mut self, subgroup: u32, shard: u32, members: &[MemberId]) {
+        let Some(held) = self.pending.get_mut(&(subgroup, shard)) else {
+            return;
+        };
+        for p in held.values_mut() {
+            if p.replayed
+                && !members.contains(&p.assignee)
+                && let Some(assignee) = assignee_of(members, &p.key)
+            {
+                p.assignee = assignee;
+            }
+        }
+    }
+
+    /// Forgets the inputs held for shard `(subgroup, shard)`: its store is rebuilt from
+    /// its log, which holds them again.
+    pub fn forget_held(&mut self, subgroup: u32, shard: u32) {
+        self.pending.remove(&(subgroup, shard));
+    }
+
+    /// Forgets the inputs a replay held for shard `(subgroup, shard)`: who ran them
+    /// cannot be told (the log crosses views this node did not see), or the live
+    /// members of the shard hold them (this node joined them).
+    pub fn forget_replayed(&mut self, subgroup: u32, shard: u32) {
+        if let Some(held) = self.pending.get_mut(&(subgroup, shard)) {
+            held.retain(|_, p| !p.replayed);
+        }
+    }
+
+    /// How many inputs a replay holds, over all shards.
+    pub fn replayed_held(&self) -> usize {
+        self.pending
+            .values()
+            .flat_map(BTreeMap::values)
+            .filter(|p| p.replayed)
+            .count()
     }
 
     /// A `one` job of this node ended and its outputs are written.
@@ -1017,10 +1095,25 @@ impl UdlRuntime {
     }
 
     /// After a view change: inputs held for members that are gone go to the new
-    /// assignee; those that are now this node's run here.
-    pub fn reassign(&mut self, view: &squall_platform::View, device: DeviceLookup<'_>) {
+    /// assignee; those that are now this node's run here. Inputs a log replay held run
+    /// again in a total restart's view (every member of it is new), except in shards
+    /// for which `settling` holds (their state is still coming: they are reassigned once
+    /// it is replayed); any other view means this node joined a live group, whose
+    /// members hold them, so they are forgotten.
+    pub fn reassign(
+        &mut self,
+        view: &squall_platform::View,
+        device: DeviceLookup<'_>,
+        settling: &dyn Fn(u32, u32) -> bool,
+    ) {
+        let restart = view.is_restart();
         let mut rerun = Vec::new();
         for (&(g, s), held) in &mut self.pending {
+            if !restart {
+                held.retain(|_, p| !p.replayed);
+            } else if settling(g, s) {
+                continue;
+            }
             let Some(members) = view
                 .shards
                 .get(g as usize)
@@ -1029,6 +1122,11 @@ impl UdlRuntime {
             else {
                 continue;
             };
+            if !members.contains(&self.me) {
+                // Not a replica of it in this view: its members hold what they need.
+                held.retain(|_, p| !p.replayed);
+                continue;
+            }
             let gone: Vec<u64> = held
                 .iter()
                 .filter(|(_, p)| !members.contains(&p.assignee))
@@ -1046,12 +1144,17 @@ impl UdlRuntime {
                 if p.assignee == self.me {
                     rerun.push((g, s, version, p));
                 } else {
+                    p.replayed = false;
                     held.insert(version, p);
                 }
             }
         }
         for (g, s, version, p) in rerun {
-            info!(subgroup = g, shard = s, version, key = %p.key, "re-running a UDL input whose replica failed");
+            if p.replayed {
+                info!(subgroup = g, shard = s, version, key = %p.key, "re-running a UDL input left unfinished before the total restart");
+            } else {
+                info!(subgroup = g, shard = s, version, key = %p.key, "re-running a UDL input whose replica failed");
+            }
             let (device, pool_gpu) = device(&p.key, version);
             self.dispatch(&Arrived {
                 subgroup: g,
@@ -1294,7 +1397,157 @@ impl UdlRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use squall_platform::{DeliveryMode, ShardView, View};
+    use squall_udl_host::engine::{EngineConfig, EngineMetrics};
     use std::sync::mpsc;
+
+    fn runtime(me: MemberId) -> UdlRuntime {
+        let engine = Engine::start(
+            &EngineConfig {
+                workers: 1,
+                queue_capacity: 4,
+            },
+            EngineMetrics::new(&prometheus::Registry::new()).expect("metrics"),
+        )
+        .expect("an engine");
+        let (emits, _) = tokio::sync::mpsc::channel(4);
+        UdlRuntime::new(me, std::env::temp_dir(), Arc::new(engine), emits)
+    }
+
+    fn view(id: u32, members: &[MemberId], joined: &[MemberId]) -> View {
+        View {
+            id,
+            members: members.to_vec(),
+            joined: joined.to_vec(),
+            failed: Vec::new(),
+            left: Vec::new(),
+            shards: vec![
+                Vec::new(),
+                vec![ShardView {
+                    members: members.to_vec(),
+                    mode: DeliveryMode::Ordered,
+                    joined: joined.to_vec(),
+                    state_source: None,
+                }],
+            ],
+        }
+    }
+
+    /// Holds `key`, found in a replayed log at `version` and assigned to `assignee`.
+    fn hold(rt: &mut UdlRuntime, key: &str, version: u64, assignee: MemberId) {
+        let blob = Bytes::from_static(b"input");
+        rt.hold_replayed(
+            &Arrived {
+                subgroup: 1,
+                shard: 0,
+                key,
+                version,
+                timestamp_us: 1,
+                previous_version: None,
+                previous_version_by_key: None,
+                id: MessageId {
+                    client: 9,
+                    seq: version,
+                },
+                blob: &blob,
+                sender: 0,
+                arrival: Arrival::Ordered,
+                assignee: Some(assignee),
+                device: None,
+                pool_gpu: None,
+            },
+            assignee,
+        );
+    }
+
+    /// What shard (1, 0) holds: version, assignee, held by a replay.
+    fn held(rt: &UdlRuntime) -> Vec<(u64, MemberId, bool)> {
+        rt.pending
+            .get(&(1, 0))
+            .map(|h| {
+                h.iter()
+                    .map(|(v, p)| (*v, p.assignee, p.replayed))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A key whose assignee among `members` is `want`.
+    fn key_for(members: &[MemberId], want: MemberId, tag: &str) -> String {
+        (0..)
+            .map(|i| format!("/in/{tag}{i}"))
+            .find(|k| assignee_of(members, k) == Some(want))
+            .expect("some key hashes there")
+    }
+
+    #[test]
+    fn a_replay_follows_assignments_across_views_and_finished_work() {
+        let (a, b, c) = (
+            MemberId::new(0, 1),
+            MemberId::new(1, 1),
+            MemberId::new(2, 1),
+        );
+        let mut rt = runtime(MemberId::new(0, 2));
+        // Two inputs of view 1 (members a, b, c): one for a, one for b.
+        let for_a = key_for(&[a, b, c], a, "a");
+        let for_b = key_for(&[a, b, c], b, "b");
+        hold(&mut rt, &for_a, 10, a);
+        hold(&mut rt, &for_b, 11, b);
+        // View 2 drops a: its input moves to its assignee among b and c, as it did live.
+        rt.replayed_view(1, 0, &[b, c]);
+        let moved_to = assignee_of(&[b, c], &for_a).expect("an assignee");
+        assert_eq!(held(&rt), vec![(10, moved_to, true), (11, b, true)]);
+        // b announces everything it was assigned below 12 done: only its inputs go.
+        rt.done_by(1, 0, b, 12);
+        let left: Vec<u64> = held(&rt).iter().map(|h| h.0).collect();
+        assert_eq!(left, if moved_to == b { vec![] } else { vec![10] });
+        // A shard rebuilt from its log forgets what it held (the replay holds it again).
+        rt.forget_held(1, 0);
+        assert!(held(&rt).is_empty());
+    }
+
+    #[test]
+    fn replayed_inputs_run_again_in_a_total_restart_only() {
+        let old = [
+            MemberId::new(0, 1),
+            MemberId::new(1, 1),
+            MemberId::new(2, 1),
+        ];
+        let new = [
+            MemberId::new(0, 2),
+            MemberId::new(1, 2),
+            MemberId::new(2, 2),
+        ];
+        let me = new[0];
+        let mine = key_for(&new, me, "mine");
+        let theirs = key_for(&new, new[1], "theirs");
+        let no_device: DeviceLookup<'_> = &|_, _| (None, None);
+
+        // Joining a live group (a view that is not a restart's): forgotten, since the
+        // members of the live group hold them.
+        let mut rt = runtime(me);
+        hold(&mut rt, &mine, 10, old[1]);
+        rt.reassign(
+            &view(5, &[old[1], old[2], me], &[me]),
+            no_device,
+            &|_, _| false,
+        );
+        assert!(held(&rt).is_empty());
+        assert_eq!(rt.replayed_held(), 0);
+
+        // A total restart's view (every member new): this node's runs here, the other
+        // replica's is held for it like a live input.
+        let mut rt = runtime(me);
+        hold(&mut rt, &mine, 10, old[1]);
+        hold(&mut rt, &theirs, 11, old[0]);
+        let restart = view(5, &new, &new);
+        assert!(restart.is_restart());
+        // Its state still coming: nothing moves yet.
+        rt.reassign(&restart, no_device, &|g, s| (g, s) == (1, 0));
+        assert_eq!(rt.replayed_held(), 2);
+        rt.reassign(&restart, no_device, &|_, _| false);
+        assert_eq!(held(&rt), vec![(11, new[1], false)]);
+    }
 
     fn sink(limit_bytes: usize) -> (Arc<CallSink>, mpsc::Receiver<CallResult>) {
         let (tx, rx) = mpsc::channel();

@@ -80,6 +80,7 @@ fn printer_runtime(me: MemberId, dir: &std::path::Path) -> (UdlRuntime, mpsc::Re
                     "destinations": [{{"/out": "put"}}]}}]}}"#
             )
             .as_bytes(),
+            0,
         )
         .expect("the DFG");
     (runtime, emits)

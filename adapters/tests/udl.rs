@@ -128,6 +128,26 @@ async fn uploaded_plugins_run_on_arrival_and_stop_with_their_dfg() {
             cluster.logs()
         );
     }
+    // A vertex covers its pathname's keys segment-wise: `/cache/in` is not an ancestor
+    // of `/cache/inbox/k0` (as in Cascade, whose dispatch matches path prefixes); an
+    // output of it would be `/demo/outbox/k0`.
+    c.put("/cache/inbox/k0", Bytes::from_static(b"not an input"))
+        .await
+        .expect("put beside the vertex");
+    c.put("/cache/in/k20", Bytes::from_static(b"value 20"))
+        .await
+        .expect("put an input");
+    assert!(
+        eventually(&c, "/demo/out/k20", Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let written = c.list_keys("/demo", None).await.expect("list");
+    assert!(
+        written.iter().all(|k| !k.contains("box")),
+        "the vertex ran on a key outside its pathname: {written:?}"
+    );
     // A trigger_put is not stored, yet triggers the vertex.
     c.trigger_put("/cache/in/t1", Bytes::from_static(b"triggered"))
         .await
@@ -315,6 +335,131 @@ async fn no_input_is_lost_when_the_replica_running_it_is_killed() {
     let reruns = logs.matches("re-running a UDL input").count();
     assert!(reruns > 0, "no input was re-run; {logs}");
     println!("{reruns} inputs re-run after the kill");
+}
+
+/// A vertex from `from` to `to` running the printer once per input (`one`), on ordered
+/// puts, taking `work_ms` per input.
+fn one_dfg(id: &str, from: &str, to: &str, work_ms: u64) -> Bytes {
+    Bytes::from(format!(
+        r#"[{{
+            "id": "{id}",
+            "desc": "printer from {from} to {to}",
+            "graph": [{{
+                "pathname": "{from}",
+                "user_defined_logic_list": ["{PRINTER_UUID}"],
+                "shard_dispatcher_list": ["one"],
+                "user_defined_logic_hook_list": ["ordered"],
+                "user_defined_logic_config_list": [{{"quiet": true, "work_ms": {work_ms}}}],
+                "destinations": [{{"{to}": "put"}}]
+            }}]
+        }}]"#
+    ))
+}
+
+/// Every node is killed with inputs of a persistent pool still queued for their UDL, and
+/// the cluster restarts from its logs: each input left unfinished runs again (on the
+/// replica now assigned it), so every input has exactly one output; inputs put before
+/// their DFG was added never ran, and do not run after the restart either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_inputs_run_after_a_total_restart() {
+    let (mut cluster, c) = printer_cluster().await;
+    // Put before their DFG exists: no UDL ran on them, and none may after a restart.
+    const EARLY: usize = 20;
+    for i in 0..EARLY {
+        c.put(&format!("/demo/early/k{i}"), Bytes::from(format!("e{i}")))
+            .await
+            .expect("put an early input");
+    }
+    c.add_dfgs(one_dfg(
+        "2a9c7b1e-1111-4a2b-9c3d-000000000010",
+        "/demo/early",
+        "/demo/done-early",
+        0,
+    ))
+    .await
+    .expect("add the late DFG");
+    // 50 ms an input over 4 workers on each of 3 nodes: the inputs queue up.
+    c.add_dfgs(one_dfg(
+        "2a9c7b1e-1111-4a2b-9c3d-000000000011",
+        "/demo/in",
+        "/demo/out",
+        50,
+    ))
+    .await
+    .expect("add the DFG");
+    const INPUTS: usize = 400;
+    for i in 0..INPUTS {
+        c.put(&format!("/demo/in/k{i}"), Bytes::from(format!("v{i}")))
+            .await
+            .expect("put an input");
+    }
+    let outputs = |c: &Client| {
+        let c = c.clone();
+        async move { c.list_keys("/demo/out", None).await.map(|keys| keys.len()) }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut done;
+    loop {
+        done = outputs(&c).await.unwrap_or(0);
+        if done >= 20 {
+            assert!(
+                done < INPUTS,
+                "every input ran before the kill: {done}; the test proves nothing"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no outputs; {}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for node in 0..3 {
+        cluster.kill9(node);
+    }
+    drop(c);
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    let mut missing = Vec::new();
+    for i in 0..INPUTS {
+        let key = format!("/demo/out/k{i}");
+        let deadline =
+            Instant::now() + Duration::from_secs(if missing.is_empty() { 60 } else { 1 });
+        let found = loop {
+            if let Ok(Some(o)) = c.get(&key).await {
+                break Some(o);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        match found {
+            Some(o) => {
+                assert_eq!(o.blob, Bytes::from(format!("v{i}")), "{key}");
+                assert_eq!(
+                    o.previous_key_version, None,
+                    "{key} was written more than once"
+                );
+            }
+            None => missing.push(i),
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {INPUTS} inputs without output after the restart: {:?}; {}",
+        missing.len(),
+        &missing[..missing.len().min(20)],
+        cluster.logs()
+    );
+    let all = (0..3).map(|n| cluster.node_log(n)).collect::<String>();
+    let reruns = all
+        .matches("re-running a UDL input left unfinished before the total restart")
+        .count();
+    assert!(reruns > 0, "no input was re-run; {}", cluster.logs());
+    assert_eq!(
+        c.list_keys("/demo/done-early", None).await.expect("list"),
+        Vec::<String>::new(),
+        "inputs from before their DFG ran after the restart"
+    );
+    println!("{done} of {INPUTS} outputs before the kill, {reruns} inputs re-run after it");
 }
 
 /// A call runs the UDLs a trigger_put of its key triggers and answers with what they

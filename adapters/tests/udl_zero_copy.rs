@@ -50,6 +50,7 @@ fn a_delivered_blob_reaches_the_udl_and_its_output_without_a_copy() {
                     "destinations": [{{"/out": "put"}}]}}]}}"#
             )
             .as_bytes(),
+            0,
         )
         .expect("the DFG");
 

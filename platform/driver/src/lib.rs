@@ -13,6 +13,7 @@ pub mod transport;
 pub use incarnation::{has_incarnation, next_incarnation, next_incarnation_from};
 pub use node::{
     AppEvent, KeepState, LoggedHistory, LoggedRead, NodeConfig, NodeError, NodeEvent, NodeHandle,
-    NodeSendError, SendReceipt, StateKeeper, TransferredState, restart_order, start_node,
+    NodeSendError, SendReceipt, StateKeeper, TransferredState, logged_views, restart_order,
+    start_node,
 };
 pub use transport::{Inbound, PeerAddr, TcpConfig, TcpTransport, Transport};

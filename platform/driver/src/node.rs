@@ -884,14 +884,31 @@ struct ReadTail {
     tail: Tail,
 }
 
-/// What this node's log says about its last life: the newest view it logged and the end
-/// of each shard log.
-fn logged_state(store: &(dyn LogStore + Send)) -> Result<LoggedState, NodeError> {
-    let decode_view = |bytes: Bytes| match codec::decode(bytes, &codec::DecodeLimits::default()) {
+/// A view as the meta log holds it (`META_VIEW`, or after the ballot of a `META_ACK`).
+fn decode_logged_view(bytes: Bytes) -> Result<Arc<View>, NodeError> {
+    match codec::decode(bytes, &codec::DecodeLimits::default()) {
         Ok(Wire::Welcome { view }) => Ok(view),
         Ok(_) => Err(NodeError::LoggedViewKind),
         Err(e) => Err(NodeError::LoggedView(e)),
-    };
+    }
+}
+
+/// Every view this node installed in its earlier lives, oldest first, as its meta log
+/// holds them: the application tells from them who was in each shard when a logged
+/// record was delivered (a replay holds the `one` UDL inputs left unfinished).
+pub fn logged_views(store: &dyn LogStore) -> Result<Vec<Arc<View>>, NodeError> {
+    store
+        .meta()?
+        .into_iter()
+        .filter(|(kind, _)| *kind == META_VIEW)
+        .map(|(_, bytes)| decode_logged_view(bytes))
+        .collect()
+}
+
+/// What this node's log says about its last life: the newest view it logged and the end
+/// of each shard log.
+fn logged_state(store: &(dyn LogStore + Send)) -> Result<LoggedState, NodeError> {
+    let decode_view = decode_logged_view;
     let mut view = None;
     let mut acked = None;
     let mut promised = None;
