@@ -270,6 +270,9 @@ pub const UDL_PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from
 /// and after a state transfer): what a replay holds beyond the store it builds.
 pub const REPLAY_CHUNK_BYTES: usize = 16 << 20;
 
+/// A shard's members in one view, shared by the inputs held for a re-run.
+type ShardMembers = Arc<[MemberId]>;
+
 /// Views a node remembers for replays (see `Service::known_views`); a replay that
 /// reaches back past them forgets the inputs it held (it cannot tell who ran them).
 pub const KNOWN_VIEWS_MAX: usize = 4096;
@@ -470,6 +473,8 @@ pub struct Service {
     replay_hlc_us: Option<u64>,
     /// While a shard's log replays: the view of the last record applied.
     replay_views: HashMap<(u32, u32), ViewId>,
+    /// Per shard, its members in the newest view asked for ([`Service::shard_members`]).
+    members_cache: HashMap<(u32, u32), (ViewId, ShardMembers)>,
     /// What `/metrics` and the dashboard show (absent in tests that build a bare service).
     metrics: Option<crate::metrics::NodeMetrics>,
     /// Views and shards as the HTTP server shows them.
@@ -652,6 +657,7 @@ impl Service {
             known_views: BTreeMap::new(),
             replay_hlc_us: None,
             replay_views: HashMap::new(),
+            members_cache: HashMap::new(),
             snapshots_out: HashMap::new(),
             snapshots_in: HashMap::new(),
             log_reads: HashMap::new(),
@@ -766,12 +772,7 @@ impl Service {
         if !self.udl.runs_one_on(key, at_us) {
             return;
         }
-        let Some(members) = self
-            .known_views
-            .get(&version.view_id())
-            .and_then(|v| v.shards.get(g as usize)?.get(s as usize))
-            .map(|sv| sv.members.clone())
-        else {
+        let Some(members) = self.shard_members(g, s, version.view_id()) else {
             return;
         };
         let Some(assignee) = udl::assignee_of(&members, key) else {
@@ -794,11 +795,34 @@ impl Service {
                 sender: self.cfg.me.node,
                 arrival: Arrival::Ordered,
                 assignee: Some(assignee),
+                holders: Some(members),
                 device: None,
                 pool_gpu: None,
             },
             assignee,
         );
+    }
+
+    /// Shard `(g, s)`'s members in view `view_id` (known to this node), shared by the
+    /// inputs held for a re-run (see [`Arrived::holders`]).
+    fn shard_members(&mut self, g: u32, s: u32, view_id: ViewId) -> Option<ShardMembers> {
+        if let Some((at, members)) = self.members_cache.get(&(g, s))
+            && *at == view_id
+        {
+            return Some(Arc::clone(members));
+        }
+        let members: ShardMembers = self
+            .known_views
+            .get(&view_id)?
+            .shards
+            .get(g as usize)?
+            .get(s as usize)?
+            .members
+            .as_slice()
+            .into();
+        self.members_cache
+            .insert((g, s), (view_id, Arc::clone(&members)));
+        Some(members)
     }
 
     /// Moves the inputs held for replicas no longer in the view to their new assignee
@@ -2096,7 +2120,8 @@ impl Service {
                         .and_then(|st| st.latest(key))
                         .cloned()
                 {
-                    let assignee = self.assignee(subgroup, shard, key);
+                    let holders = self.shard_members(subgroup, shard, version.view_id());
+                    let assignee = holders.as_deref().and_then(|m| udl::assignee_of(m, key));
                     // The cached copy, pinned for the invocations (none for a refused
                     // insert), and the GPU the pool's cache is on, for vertices that ask.
                     let (device, pool_gpu) = match self.pools.find(key) {
@@ -2119,6 +2144,7 @@ impl Service {
                         sender: self.cfg.me.node,
                         arrival: Arrival::Ordered,
                         assignee,
+                        holders,
                         device,
                         pool_gpu,
                     });
@@ -2666,19 +2692,6 @@ impl Service {
             .map_err(|e| Response::error(ErrorCode::InvalidKey, e.to_string()))?;
         let pool = self.pools.find(key).map_err(|e| pool_error(&e))?;
         Ok((pool.spec.subgroup, pool.shard_of(key), pool.spec.kind))
-    }
-
-    /// The one replica of `key`'s shard that runs `one`-dispatched UDLs for it: the
-    /// member at `hash(key) % n` of the shard's current member list.
-    fn assignee(&self, subgroup: u32, shard: u32, key: &str) -> Option<MemberId> {
-        let members = &self
-            .view
-            .as_ref()?
-            .shards
-            .get(subgroup as usize)?
-            .get(shard as usize)?
-            .members;
-        udl::assignee_of(members, key)
     }
 
     /// [`Request::WriteMany`]: each write through the single-write path, in order; after a
@@ -3824,9 +3837,6 @@ impl Service {
     }
 }
 
-/// A stable id for a default pool's creation, the same at every node.
-/// Caches, in the GPU caches of its pools, the objects of a store installed whole (a
-/// state transfer), as their puts would have been.
 /// A `trigger_put` (or call) received by this node, as dispatch takes it.
 fn trigger_arrival<'a>(
     subgroup: u32,
@@ -3849,6 +3859,7 @@ fn trigger_arrival<'a>(
         sender: me,
         arrival: Arrival::Trigger,
         assignee: None,
+        holders: None,
         // Not stored, so not cached.
         device: None,
         pool_gpu: None,
@@ -3883,6 +3894,8 @@ fn call_response(result: udl::CallResult) -> Response {
     }
 }
 
+/// Caches, in the GPU caches of its pools, the objects of a store installed whole (a
+/// state transfer), as their puts would have been.
 fn cache_store(gpu: &NodeGpu, pools: &PoolTable, subgroup: u32, store: &ShardStore) {
     for pool in pools
         .list()
@@ -3908,6 +3921,7 @@ fn uncache_store(gpu: &NodeGpu, pools: &PoolTable, subgroup: u32, store: &ShardS
     }
 }
 
+/// A stable id for a default pool's creation, the same at every node.
 fn pool_seq(path: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(path.as_bytes())
 }

@@ -266,6 +266,8 @@ struct PendingInput {
     id: MessageId,
     blob: Bytes,
     sender: u32,
+    /// The shard's members at delivery (see [`Arrived::holders`]).
+    holders: Option<Arc<[MemberId]>>,
     /// Held because a log replay found it unfinished, not because it arrived live: run
     /// again if the view this node starts in is a total restart's (every assignee of
     /// the last life is gone), forgotten if it joins a live group (whose members hold it).
@@ -306,6 +308,10 @@ pub struct Arrived<'a> {
     /// Ordered arrivals: the one replica that runs `one`-dispatched UDLs for this key
     /// (the shard member at `hash(key) % n`).
     pub assignee: Option<MemberId>,
+    /// Ordered arrivals: the shard's members when the object was delivered. All of them
+    /// but the assignee hold it for a re-run; one that joins the shard later never
+    /// received it, so a new assignee is picked among these ([`reassigned`]).
+    pub holders: Option<Arc<[MemberId]>>,
     /// The object's copy in its pool's GPU cache (host memory where there is no GPU),
     /// pinned: each job holds a pin of its own until its handler returns, and the UDL
     /// gets it as `Input::device`. `None` when the pool is not GPU-cached or the object
@@ -516,6 +522,29 @@ pub fn assignee_of(members: &[MemberId], key: &str) -> Option<MemberId> {
     }
     let at = xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % members.len() as u64;
     Some(members[at as usize])
+}
+
+/// The new assignee of an input whose assignee left the shard: among the shard's
+/// `members` that were members when it was delivered (`holders`: each of them holds it),
+/// so it is never handed to a member that joined later and never received it; among
+/// all `members` when none of those is left (a total restart's view, where every member
+/// is new and every one replayed it from its log).
+pub fn reassigned(
+    members: &[MemberId],
+    holders: Option<&[MemberId]>,
+    key: &str,
+) -> Option<MemberId> {
+    if let Some(holders) = holders {
+        let staying: Vec<MemberId> = members
+            .iter()
+            .filter(|m| holders.contains(m))
+            .copied()
+            .collect();
+        if !staying.is_empty() {
+            return assignee_of(&staying, key);
+        }
+    }
+    assignee_of(members, key)
 }
 
 fn hash64(parts: &[&[u8]]) -> u64 {
@@ -990,6 +1019,7 @@ impl UdlRuntime {
                 id: a.id,
                 blob: a.blob.clone(),
                 sender: a.sender,
+                holders: a.holders.clone(),
                 replayed,
             },
         );
@@ -1024,7 +1054,7 @@ impl UdlRuntime {
         for p in held.values_mut() {
             if p.replayed
                 && !members.contains(&p.assignee)
-                && let Some(assignee) = assignee_of(members, &p.key)
+                && let Some(assignee) = reassigned(members, p.holders.as_deref(), &p.key)
             {
                 p.assignee = assignee;
             }
@@ -1136,7 +1166,7 @@ impl UdlRuntime {
                 let Some(mut p) = held.remove(&version) else {
                     continue;
                 };
-                let Some(assignee) = assignee_of(members, &p.key) else {
+                let Some(assignee) = reassigned(members, p.holders.as_deref(), &p.key) else {
                     held.insert(version, p);
                     continue;
                 };
@@ -1169,6 +1199,7 @@ impl UdlRuntime {
                 sender: p.sender,
                 arrival: Arrival::Ordered,
                 assignee: Some(self.me),
+                holders: p.holders.clone(),
                 device,
                 pool_gpu,
             });
@@ -1433,31 +1464,48 @@ mod tests {
         }
     }
 
-    /// Holds `key`, found in a replayed log at `version` and assigned to `assignee`.
-    fn hold(rt: &mut UdlRuntime, key: &str, version: u64, assignee: MemberId) {
-        let blob = Bytes::from_static(b"input");
-        rt.hold_replayed(
-            &Arrived {
-                subgroup: 1,
-                shard: 0,
-                key,
-                version,
-                timestamp_us: 1,
-                previous_version: None,
-                previous_version_by_key: None,
-                id: MessageId {
-                    client: 9,
-                    seq: version,
-                },
-                blob: &blob,
-                sender: 0,
-                arrival: Arrival::Ordered,
-                assignee: Some(assignee),
-                device: None,
-                pool_gpu: None,
+    /// `key` delivered to shard (1, 0) at `version`, assigned to `assignee`, held by the
+    /// other `holders`.
+    fn arrived<'a>(
+        key: &'a str,
+        version: u64,
+        assignee: MemberId,
+        holders: &[MemberId],
+        blob: &'a Bytes,
+    ) -> Arrived<'a> {
+        Arrived {
+            subgroup: 1,
+            shard: 0,
+            key,
+            version,
+            timestamp_us: 1,
+            previous_version: None,
+            previous_version_by_key: None,
+            id: MessageId {
+                client: 9,
+                seq: version,
             },
-            assignee,
-        );
+            blob,
+            sender: 0,
+            arrival: Arrival::Ordered,
+            assignee: Some(assignee),
+            holders: Some(holders.into()),
+            device: None,
+            pool_gpu: None,
+        }
+    }
+
+    /// Holds `key`, found in a replayed log at `version` and assigned to `assignee`, as
+    /// delivered to the shard's `holders`.
+    fn hold(
+        rt: &mut UdlRuntime,
+        key: &str,
+        version: u64,
+        assignee: MemberId,
+        holders: &[MemberId],
+    ) {
+        let blob = Bytes::from_static(b"input");
+        rt.hold_replayed(&arrived(key, version, assignee, holders, &blob), assignee);
     }
 
     /// What shard (1, 0) holds: version, assignee, held by a replay.
@@ -1472,6 +1520,11 @@ mod tests {
             .unwrap_or_default()
     }
 
+    /// Nodes 0, 1 and 2 in their first incarnation.
+    fn first_lives() -> [MemberId; 3] {
+        [0, 1, 2].map(|node| MemberId::new(node, 1))
+    }
+
     /// A key whose assignee among `members` is `want`.
     fn key_for(members: &[MemberId], want: MemberId, tag: &str) -> String {
         (0..)
@@ -1482,17 +1535,13 @@ mod tests {
 
     #[test]
     fn a_replay_follows_assignments_across_views_and_finished_work() {
-        let (a, b, c) = (
-            MemberId::new(0, 1),
-            MemberId::new(1, 1),
-            MemberId::new(2, 1),
-        );
+        let [a, b, c] = first_lives();
         let mut rt = runtime(MemberId::new(0, 2));
         // Two inputs of view 1 (members a, b, c): one for a, one for b.
         let for_a = key_for(&[a, b, c], a, "a");
         let for_b = key_for(&[a, b, c], b, "b");
-        hold(&mut rt, &for_a, 10, a);
-        hold(&mut rt, &for_b, 11, b);
+        hold(&mut rt, &for_a, 10, a, &[a, b, c]);
+        hold(&mut rt, &for_b, 11, b, &[a, b, c]);
         // View 2 drops a: its input moves to its assignee among b and c, as it did live.
         rt.replayed_view(1, 0, &[b, c]);
         let moved_to = assignee_of(&[b, c], &for_a).expect("an assignee");
@@ -1526,7 +1575,7 @@ mod tests {
         // Joining a live group (a view that is not a restart's): forgotten, since the
         // members of the live group hold them.
         let mut rt = runtime(me);
-        hold(&mut rt, &mine, 10, old[1]);
+        hold(&mut rt, &mine, 10, old[1], &old);
         rt.reassign(
             &view(5, &[old[1], old[2], me], &[me]),
             no_device,
@@ -1538,8 +1587,8 @@ mod tests {
         // A total restart's view (every member new): this node's runs here, the other
         // replica's is held for it like a live input.
         let mut rt = runtime(me);
-        hold(&mut rt, &mine, 10, old[1]);
-        hold(&mut rt, &theirs, 11, old[0]);
+        hold(&mut rt, &mine, 10, old[1], &old);
+        hold(&mut rt, &theirs, 11, old[0], &old);
         let restart = view(5, &new, &new);
         assert!(restart.is_restart());
         // Its state still coming: nothing moves yet.
@@ -1547,6 +1596,32 @@ mod tests {
         assert_eq!(rt.replayed_held(), 2);
         rt.reassign(&restart, no_device, &|_, _| false);
         assert_eq!(held(&rt), vec![(11, new[1], false)]);
+    }
+
+    /// An input delivered before a member joined the shard is held by the replicas of
+    /// that time only: when its assignee fails, one of them runs it, never the joiner
+    /// (which never received it and would leave it unrun).
+    #[test]
+    fn a_failed_assignee_s_input_goes_to_a_replica_that_holds_it() {
+        let [a, b, c] = first_lives();
+        // A key the old rule (hash over the new members) would hand to the joiner c.
+        let key = key_for(&[b, c], c, "k");
+        let mut rt = runtime(b);
+        let blob = Bytes::from_static(b"input");
+        rt.hold((1, 0), &arrived(&key, 7, a, &[a, b], &blob), a, false);
+        assert_eq!(held(&rt), vec![(7, a, false)]);
+        // c joined, then a failed: b, the one replica left that holds it, runs it.
+        let no_device: DeviceLookup<'_> = &|_, _| (None, None);
+        rt.reassign(&view(3, &[b, c], &[]), no_device, &|_, _| false);
+        assert!(held(&rt).is_empty(), "b runs it: {:?}", held(&rt));
+        assert_eq!(reassigned(&[b, c], Some(&[a, b]), &key), Some(b));
+        assert_eq!(reassigned(&[b, c], None, &key), Some(c));
+        // Nobody of that time left (a total restart): any member.
+        let new = [MemberId::new(1, 2), MemberId::new(2, 2)];
+        assert_eq!(
+            reassigned(&new, Some(&[a, b]), &key),
+            assignee_of(&new, &key)
+        );
     }
 
     fn sink(limit_bytes: usize) -> (Arc<CallSink>, mpsc::Receiver<CallResult>) {

@@ -126,6 +126,7 @@ fn run_objects(gpu: &NodeGpu) -> Vec<(u64, u64, Report)> {
             sender: 0,
             arrival: Arrival::Ordered,
             assignee: Some(me),
+            holders: None,
             device: Some(device),
             pool_gpu: gpu.device_of(&pool),
         });

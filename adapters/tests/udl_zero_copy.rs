@@ -94,6 +94,7 @@ fn a_delivered_blob_reaches_the_udl_and_its_output_without_a_copy() {
         sender: 0,
         arrival: Arrival::Ordered,
         assignee: Some(me),
+        holders: None,
         device: None,
         pool_gpu: None,
     });
