@@ -397,14 +397,26 @@ async fn inputs_from_before_a_rejoin_survive_their_replica_s_failure() {
     ))
     .await
     .expect("add the DFG");
+    // 100 ms an input over 4 workers a node: seconds of work queue up. Node 2 dies with
+    // some of the first inputs in its log, unfinished: it comes back into a live group,
+    // whose members re-ran them, so it must not run them again.
+    const INPUTS: usize = 300;
+    const BEFORE: usize = 60;
+    let put = |i: usize| {
+        let c = c.clone();
+        async move {
+            c.put(&format!("/demo/in/k{i}"), Bytes::from(format!("v{i}")))
+                .await
+                .expect("put an input")
+        }
+    };
+    for i in 0..BEFORE {
+        put(i).await;
+    }
     cluster.kill9(2);
     wait_for_members(&c, &cluster, 2).await;
-    // 100 ms an input over 4 workers on each of 2 nodes: seconds of work queue up.
-    const INPUTS: usize = 300;
-    for i in 0..INPUTS {
-        c.put(&format!("/demo/in/k{i}"), Bytes::from(format!("v{i}")))
-            .await
-            .expect("put an input");
+    for i in BEFORE..INPUTS {
+        put(i).await;
     }
     cluster.start(2);
     wait_for_members(&c, &cluster, 3).await;
@@ -426,7 +438,31 @@ async fn inputs_from_before_a_rejoin_survive_their_replica_s_failure() {
         .matches("re-running a UDL input whose replica failed")
         .count();
     assert!(reruns > 0, "node 0 re-ran nothing; {}", cluster.logs());
-    println!("{done} of {INPUTS} outputs before the kill, {reruns} inputs re-run by node 0");
+    let node2 = common::strip_ansi(&cluster.node_log(2));
+    // Its replay did hold inputs (else the forgetting went untested).
+    let held: usize = node2
+        .lines()
+        .filter(|l| l.contains("replayed the log"))
+        .filter_map(|l| {
+            l.split("held=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(held > 0, "node 2's replay held nothing; {node2}");
+    assert!(
+        !node2.contains("left unfinished before the total restart"),
+        "node 2 re-ran what its log held, though it rejoined a live group; {}",
+        cluster.logs()
+    );
+    println!(
+        "{done} of {INPUTS} outputs before the kill, {reruns} inputs re-run by node 0, \
+         {held} held by node 2's replay and forgotten"
+    );
 }
 
 /// Every node is killed with inputs of a persistent pool still queued for their UDL, and
