@@ -547,6 +547,30 @@ pub fn reassigned(
     assignee_of(members, key)
 }
 
+/// The assignee, in a total restart's view, of an input a replay held: among the
+/// members on the nodes that held it through the end of the last life (`holders`, shrunk
+/// view by view by [`UdlRuntime::replayed_view`]). Only those nodes' replays hold it: a
+/// node that missed a view since cannot tell who ran what then and forgets it. Every
+/// node that holds it computes the same set (they saw the same views). Among all
+/// `members` when none of those nodes is back.
+pub fn restart_assignee(
+    members: &[MemberId],
+    holders: Option<&[MemberId]>,
+    key: &str,
+) -> Option<MemberId> {
+    if let Some(holders) = holders {
+        let back: Vec<MemberId> = members
+            .iter()
+            .filter(|m| holders.iter().any(|h| h.node == m.node))
+            .copied()
+            .collect();
+        if !back.is_empty() {
+            return assignee_of(&back, key);
+        }
+    }
+    assignee_of(members, key)
+}
+
 fn hash64(parts: &[&[u8]]) -> u64 {
     let mut all = Vec::new();
     for p in parts {
@@ -1046,17 +1070,32 @@ impl UdlRuntime {
 
     /// The replay of a shard's log reached a view whose shard members are `members`:
     /// replayed inputs whose assignee is not among them moved to their new assignee
-    /// then, as [`UdlRuntime::reassign`] did live.
+    /// then, as [`UdlRuntime::reassign`] did live. Their holders shrink to the members
+    /// still there: a holder that left (even to come back as a new incarnation) missed
+    /// views, so its own replay forgets the input (see [`restart_assignee`]).
     pub fn replayed_view(&mut self, subgroup: u32, shard: u32, members: &[MemberId]) {
         let Some(held) = self.pending.get_mut(&(subgroup, shard)) else {
             return;
         };
         for p in held.values_mut() {
-            if p.replayed
-                && !members.contains(&p.assignee)
+            if !p.replayed {
+                continue;
+            }
+            if !members.contains(&p.assignee)
                 && let Some(assignee) = reassigned(members, p.holders.as_deref(), &p.key)
             {
                 p.assignee = assignee;
+            }
+            if let Some(holders) = &p.holders
+                && holders.iter().any(|h| !members.contains(h))
+            {
+                p.holders = Some(
+                    holders
+                        .iter()
+                        .filter(|h| members.contains(h))
+                        .copied()
+                        .collect(),
+                );
             }
         }
     }
@@ -1166,7 +1205,12 @@ impl UdlRuntime {
                 let Some(mut p) = held.remove(&version) else {
                     continue;
                 };
-                let Some(assignee) = reassigned(members, p.holders.as_deref(), &p.key) else {
+                let assignee = if restart && p.replayed {
+                    restart_assignee(members, p.holders.as_deref(), &p.key)
+                } else {
+                    reassigned(members, p.holders.as_deref(), &p.key)
+                };
+                let Some(assignee) = assignee else {
                     held.insert(version, p);
                     continue;
                 };
@@ -1596,6 +1640,36 @@ mod tests {
         assert_eq!(rt.replayed_held(), 2);
         rt.reassign(&restart, no_device, &|_, _| false);
         assert_eq!(held(&rt), vec![(11, new[1], false)]);
+    }
+
+    /// A node that left the shard in the last life (and so missed views its replay
+    /// cannot follow) forgets the inputs from before; the others must not hand them to
+    /// it after a total restart, though its new incarnation is a member again.
+    #[test]
+    fn a_total_restart_hands_inputs_only_to_nodes_that_held_them_to_the_end() {
+        let [a, b, c] = first_lives();
+        let new = [0, 1, 2].map(|node| MemberId::new(node, 2));
+        // A key the hash over every new member gives to node 2.
+        let key = key_for(&new, new[2], "k");
+        let mut rt = runtime(new[0]);
+        hold(&mut rt, &key, 10, a, &[a, b, c]);
+        // Node 2 fails in the next view: the holders shrink to nodes 0 and 1.
+        rt.replayed_view(1, 0, &[a, b]);
+        let holders = rt.pending[&(1, 0)][&10].holders.clone();
+        assert_eq!(holders.as_deref(), Some(&[a, b][..]));
+        let assignee = restart_assignee(&new, holders.as_deref(), &key);
+        assert!(
+            assignee == Some(new[0]) || assignee == Some(new[1]),
+            "{assignee:?}"
+        );
+        assert_eq!(restart_assignee(&new, None, &key), Some(new[2]));
+        // The restart view hands it to that node: here, or held for the other one.
+        let no_device: DeviceLookup<'_> = &|_, _| (None, None);
+        rt.reassign(&view(5, &new, &new), no_device, &|_, _| false);
+        match assignee {
+            Some(m) if m == new[0] => assert!(held(&rt).is_empty()),
+            _ => assert_eq!(held(&rt), vec![(10, new[1], false)]),
+        }
     }
 
     /// An input delivered before a member joined the shard is held by the replicas of

@@ -381,6 +381,54 @@ fn one_dfg(id: &str, from: &str, to: &str, work_ms: u64) -> Bytes {
     ))
 }
 
+/// The same with a node down at the end of the last life: its log stops before the
+/// inputs, so after the restart it cannot tell who ran what and holds none of them; the
+/// nodes that held them to the end run them (before, a third went to it and never ran).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_total_restart_with_a_node_behind_runs_every_unfinished_input() {
+    let (mut cluster, c) = printer_cluster().await;
+    c.add_dfgs(one_dfg(
+        "2a9c7b1e-1111-4a2b-9c3d-000000000013",
+        "/demo/in",
+        "/demo/out",
+        100,
+    ))
+    .await
+    .expect("add the DFG");
+    cluster.kill9(2);
+    wait_for_members(&c, &cluster, 2).await;
+    const INPUTS: usize = 300;
+    for i in 0..INPUTS {
+        c.put(&format!("/demo/in/k{i}"), Bytes::from(format!("v{i}")))
+            .await
+            .expect("put an input");
+    }
+    let done = c
+        .list_keys("/demo/out", None)
+        .await
+        .map_or(0, |keys| keys.len());
+    assert!(
+        done < INPUTS * 3 / 4,
+        "{done} of {INPUTS} inputs ran before the kill: the test proves little"
+    );
+    cluster.kill9(0);
+    cluster.kill9(1);
+    drop(c);
+    cluster.start_all();
+    let c = cluster.client(None, 3).await;
+    assert_one_output_each(&c, &cluster, INPUTS, Duration::from_secs(60)).await;
+    let reruns = |node| {
+        cluster
+            .node_log(node)
+            .matches("left unfinished before the total restart")
+            .count()
+    };
+    let (r0, r1, r2) = (reruns(0), reruns(1), reruns(2));
+    assert!(r0 + r1 > 0, "nothing re-run; {}", cluster.logs());
+    assert_eq!(r2, 0, "node 2 ran inputs it never held");
+    println!("{done} of {INPUTS} outputs before the kill; re-run by node 0: {r0}, node 1: {r1}");
+}
+
 /// Inputs delivered while a node was down are held by the replicas of that time only.
 /// The node comes back (a new member of the shard), then the replica running those
 /// inputs is killed: each of them must go to the replica that holds it, not to the
