@@ -534,14 +534,25 @@ pub fn reassigned(
     holders: Option<&[MemberId]>,
     key: &str,
 ) -> Option<MemberId> {
+    assignee_among(members, holders, key, |m, h| m == h)
+}
+
+/// `hash(key) % n` over the `members` that `same` pairs with one of `holders`, or over
+/// all `members` when there are none.
+fn assignee_among(
+    members: &[MemberId],
+    holders: Option<&[MemberId]>,
+    key: &str,
+    same: impl Fn(&MemberId, &MemberId) -> bool,
+) -> Option<MemberId> {
     if let Some(holders) = holders {
-        let staying: Vec<MemberId> = members
+        let among: Vec<MemberId> = members
             .iter()
-            .filter(|m| holders.contains(m))
+            .filter(|m| holders.iter().any(|h| same(m, h)))
             .copied()
             .collect();
-        if !staying.is_empty() {
-            return assignee_of(&staying, key);
+        if !among.is_empty() {
+            return assignee_of(&among, key);
         }
     }
     assignee_of(members, key)
@@ -558,17 +569,7 @@ pub fn restart_assignee(
     holders: Option<&[MemberId]>,
     key: &str,
 ) -> Option<MemberId> {
-    if let Some(holders) = holders {
-        let back: Vec<MemberId> = members
-            .iter()
-            .filter(|m| holders.iter().any(|h| h.node == m.node))
-            .copied()
-            .collect();
-        if !back.is_empty() {
-            return assignee_of(&back, key);
-        }
-    }
-    assignee_of(members, key)
+    assignee_among(members, holders, key, |m, h| m.node == h.node)
 }
 
 fn hash64(parts: &[&[u8]]) -> u64 {

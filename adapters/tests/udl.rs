@@ -71,6 +71,20 @@ fn dfg_with(id: &str, udl: &str, config: &str) -> Bytes {
     ))
 }
 
+/// How many of `inputs` have their output under `/demo/out` already; fails the test
+/// when most do (a kill now would leave too little unfinished to prove anything).
+async fn backlog_left(c: &Client, inputs: usize) -> usize {
+    let done = c
+        .list_keys("/demo/out", None)
+        .await
+        .map_or(0, |keys| keys.len());
+    assert!(
+        done < inputs * 3 / 4,
+        "{done} of {inputs} inputs ran before the kill: the test proves little"
+    );
+    done
+}
+
 /// Waits up to 30 s for the view `c` sees to have `n` members.
 async fn wait_for_members(c: &Client, cluster: &Cluster, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -403,14 +417,7 @@ async fn a_total_restart_with_a_node_behind_runs_every_unfinished_input() {
             .await
             .expect("put an input");
     }
-    let done = c
-        .list_keys("/demo/out", None)
-        .await
-        .map_or(0, |keys| keys.len());
-    assert!(
-        done < INPUTS * 3 / 4,
-        "{done} of {INPUTS} inputs ran before the kill: the test proves little"
-    );
+    let done = backlog_left(&c, INPUTS).await;
     cluster.kill9(0);
     cluster.kill9(1);
     drop(c);
@@ -468,14 +475,7 @@ async fn inputs_from_before_a_rejoin_survive_their_replica_s_failure() {
     }
     cluster.start(2);
     wait_for_members(&c, &cluster, 3).await;
-    let done = c
-        .list_keys("/demo/out", None)
-        .await
-        .map_or(0, |keys| keys.len());
-    assert!(
-        done < INPUTS * 3 / 4,
-        "{done} of {INPUTS} inputs ran before the kill: the test proves little"
-    );
+    let done = backlog_left(&c, INPUTS).await;
     // Node 1: in the shard's member list of then (0, 1) and of after the kill (0, 2) it
     // is at the same place, so the hash that gave it an input gives it to node 2 now.
     cluster.kill9(1);
