@@ -534,42 +534,36 @@ pub fn reassigned(
     holders: Option<&[MemberId]>,
     key: &str,
 ) -> Option<MemberId> {
-    assignee_among(members, holders, key, |m, h| m == h)
-}
-
-/// `hash(key) % n` over the `members` that `same` pairs with one of `holders`, or over
-/// all `members` when there are none.
-fn assignee_among(
-    members: &[MemberId],
-    holders: Option<&[MemberId]>,
-    key: &str,
-    same: impl Fn(&MemberId, &MemberId) -> bool,
-) -> Option<MemberId> {
     if let Some(holders) = holders {
-        let among: Vec<MemberId> = members
+        let staying: Vec<MemberId> = members
             .iter()
-            .filter(|m| holders.iter().any(|h| same(m, h)))
+            .filter(|m| holders.contains(m))
             .copied()
             .collect();
-        if !among.is_empty() {
-            return assignee_of(&among, key);
+        if !staying.is_empty() {
+            return assignee_of(&staying, key);
         }
     }
     assignee_of(members, key)
 }
 
-/// The assignee, in a total restart's view, of an input a replay held: among the
-/// members on the nodes that held it through the end of the last life (`holders`, shrunk
-/// view by view by [`UdlRuntime::replayed_view`]). Only those nodes' replays hold it: a
-/// node that missed a view since cannot tell who ran what then and forgets it. Every
-/// node that holds it computes the same set (they saw the same views). Among all
-/// `members` when none of those nodes is back.
-pub fn restart_assignee(
+/// Who holds an input a replay held, in a total restart's view: the members on the
+/// nodes that held it through the end of the last life (`holders`, shrunk view by view
+/// by [`UdlRuntime::replayed_view`]). Only those nodes' replays hold it: a node that
+/// missed a view since cannot tell who ran what then and forgets it; every node that
+/// holds it computes the same set, having seen the same views. Its new assignee is
+/// picked among them, and so is the next one if that one fails too.
+pub fn restart_holders(
     members: &[MemberId],
     holders: Option<&[MemberId]>,
-    key: &str,
-) -> Option<MemberId> {
-    assignee_among(members, holders, key, |m, h| m.node == h.node)
+) -> Option<Arc<[MemberId]>> {
+    holders.map(|old| {
+        members
+            .iter()
+            .filter(|m| old.iter().any(|o| o.node == m.node))
+            .copied()
+            .collect()
+    })
 }
 
 fn hash64(parts: &[&[u8]]) -> u64 {
@@ -1206,12 +1200,10 @@ impl UdlRuntime {
                 let Some(mut p) = held.remove(&version) else {
                     continue;
                 };
-                let assignee = if restart && p.replayed {
-                    restart_assignee(members, p.holders.as_deref(), &p.key)
-                } else {
-                    reassigned(members, p.holders.as_deref(), &p.key)
-                };
-                let Some(assignee) = assignee else {
+                if restart && p.replayed {
+                    p.holders = restart_holders(members, p.holders.as_deref());
+                }
+                let Some(assignee) = reassigned(members, p.holders.as_deref(), &p.key) else {
                     held.insert(version, p);
                     continue;
                 };
@@ -1658,18 +1650,25 @@ mod tests {
         rt.replayed_view(1, 0, &[a, b]);
         let holders = rt.pending[&(1, 0)][&10].holders.clone();
         assert_eq!(holders.as_deref(), Some(&[a, b][..]));
-        let assignee = restart_assignee(&new, holders.as_deref(), &key);
+        let back = restart_holders(&new, holders.as_deref());
+        assert_eq!(back.as_deref(), Some(&new[..2]));
+        let assignee = reassigned(&new, back.as_deref(), &key);
         assert!(
             assignee == Some(new[0]) || assignee == Some(new[1]),
             "{assignee:?}"
         );
-        assert_eq!(restart_assignee(&new, None, &key), Some(new[2]));
-        // The restart view hands it to that node: here, or held for the other one.
+        assert_eq!(reassigned(&new, holders.as_deref(), &key), Some(new[2]));
+        // The restart view hands it to that node: here, or held for the other one,
+        // which is then the only other holder (not node 2, should that one fail too).
         let no_device: DeviceLookup<'_> = &|_, _| (None, None);
         rt.reassign(&view(5, &new, &new), no_device, &|_, _| false);
         match assignee {
             Some(m) if m == new[0] => assert!(held(&rt).is_empty()),
-            _ => assert_eq!(held(&rt), vec![(10, new[1], false)]),
+            _ => {
+                assert_eq!(held(&rt), vec![(10, new[1], false)]);
+                let held_by = rt.pending[&(1, 0)][&10].holders.clone();
+                assert_eq!(held_by.as_deref(), Some(&new[..2]));
+            }
         }
     }
 
