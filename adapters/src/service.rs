@@ -765,7 +765,7 @@ impl Service {
     /// A put replayed from shard `(g, s)`'s log: if a `one` UDL ran on it then, it is
     /// held until the log shows its assignee finished it (`Op::UdlDone`); what is still
     /// held at the end runs again in a total restart's view.
-    fn hold_replayed(&mut self, g: u32, s: u32, key: &str, version: Version, id: MessageId) {
+    fn hold_replayed(&mut self, g: u32, s: u32, key: &str, version: Version) {
         let Some(at_us) = self.replay_hlc_us else {
             return;
         };
@@ -781,24 +781,9 @@ impl Service {
         let Some(object) = self.stores.get(&(g, s)).and_then(|st| st.latest(key)) else {
             return;
         };
+        let me = self.cfg.me.node;
         self.udl.hold_replayed(
-            &Arrived {
-                subgroup: g,
-                shard: s,
-                key,
-                version: version.0,
-                timestamp_us: object.timestamp_us,
-                previous_version: object.previous_version.map(|v| v.0),
-                previous_version_by_key: object.previous_key_version.map(|v| v.0),
-                id,
-                blob: &object.blob,
-                sender: self.cfg.me.node,
-                arrival: Arrival::Ordered,
-                assignee: Some(assignee),
-                holders: Some(members),
-                device: None,
-                pool_gpu: None,
-            },
+            &Arrived::ordered(g, s, object, me, Some(assignee), Some(members)),
             assignee,
         );
     }
@@ -2108,7 +2093,7 @@ impl Service {
                 && let Op::Put { key, .. } = &op
                 && self.udl.has_handlers()
             {
-                self.hold_replayed(subgroup, shard, key, version, id);
+                self.hold_replayed(subgroup, shard, key, version);
             }
             if live {
                 self.notify(subgroup, shard, &op, version, *timestamp_us);
@@ -2132,21 +2117,16 @@ impl Service {
                         _ => (None, None),
                     };
                     self.udl.dispatch(&Arrived {
-                        subgroup,
-                        shard,
-                        key,
-                        version: version.0,
-                        timestamp_us: object.timestamp_us,
-                        previous_version: object.previous_version.map(|v| v.0),
-                        previous_version_by_key: object.previous_key_version.map(|v| v.0),
-                        id,
-                        blob: &object.blob,
-                        sender: self.cfg.me.node,
-                        arrival: Arrival::Ordered,
-                        assignee,
-                        holders,
                         device,
                         pool_gpu,
+                        ..Arrived::ordered(
+                            subgroup,
+                            shard,
+                            &object,
+                            self.cfg.me.node,
+                            assignee,
+                            holders,
+                        )
                     });
                 }
             }

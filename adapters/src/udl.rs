@@ -322,6 +322,37 @@ pub struct Arrived<'a> {
     pub pool_gpu: Option<u32>,
 }
 
+impl<'a> Arrived<'a> {
+    /// A delivered put as the shard store holds it (`object`, the key's latest), with
+    /// no GPU copy.
+    pub fn ordered(
+        subgroup: u32,
+        shard: u32,
+        object: &'a squall_kvs::Object,
+        sender: u32,
+        assignee: Option<MemberId>,
+        holders: Option<Arc<[MemberId]>>,
+    ) -> Self {
+        Arrived {
+            subgroup,
+            shard,
+            key: &object.key,
+            version: object.version.0,
+            timestamp_us: object.timestamp_us,
+            previous_version: object.previous_version.map(|v| v.0),
+            previous_version_by_key: object.previous_key_version.map(|v| v.0),
+            id: object.message_id,
+            blob: &object.blob,
+            sender,
+            arrival: Arrival::Ordered,
+            assignee,
+            holders,
+            device: None,
+            pool_gpu: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct StoredUdl {
     name: String,
