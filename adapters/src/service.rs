@@ -782,10 +782,14 @@ impl Service {
             return;
         };
         let me = self.cfg.me.node;
-        self.udl.hold_replayed(
-            &Arrived::ordered(g, s, object, me, Some(assignee), Some(members)),
-            assignee,
-        );
+        self.udl.hold_replayed(&Arrived::ordered(
+            g,
+            s,
+            object,
+            me,
+            Some(assignee),
+            Some(members),
+        ));
     }
 
     /// Shard `(g, s)`'s members in view `view_id` (known to this node), shared by the
@@ -1018,8 +1022,7 @@ impl Service {
             };
             from = next;
         }
-        self.replay_hlc_us = None;
-        let held = self.udl.replayed_held();
+        let held = self.udl.replayed_held(subgroup, shard);
         info!(subgroup, shard, records, held, "replayed the log");
         // In a view already (after a state transfer): a total restart's re-runs them,
         // any other forgets them.

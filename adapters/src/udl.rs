@@ -778,9 +778,8 @@ impl UdlRuntime {
     }
 
     /// Adds the DFGs of a `dfgs.json` (already validated by the node that took the
-    /// request; checked again here, identically everywhere).
-    /// Adds the DFGs of `json`, in place since `since_us` (µs; `u64::MAX` when unknown);
-    /// a DFG added again keeps the time it was first added.
+    /// request; checked again here, identically everywhere), in place since `since_us`
+    /// (µs; `u64::MAX` when unknown); a DFG added again keeps the time it was first added.
     pub fn add_dfgs(&mut self, json: &[u8], since_us: u64) -> Result<Vec<String>, String> {
         let text = std::str::from_utf8(json).map_err(|_| "the DFG text is not UTF-8")?;
         let dfgs = dfg::parse_dfgs(text).map_err(|e| e.to_string())?;
@@ -1087,18 +1086,20 @@ impl UdlRuntime {
         })
     }
 
-    /// A `one` input found in a replayed log, assigned to `assignee` in the view it was
+    /// A `one` input found in a replayed log, with its assignee in the view it was
     /// delivered in: held as if it had arrived live at a replica other than the
     /// assignee, until the assignee's `UdlDone` (later in the log) covers it.
-    pub fn hold_replayed(&mut self, a: &Arrived<'_>, assignee: MemberId) {
-        self.hold((a.subgroup, a.shard), a, assignee, true);
+    pub fn hold_replayed(&mut self, a: &Arrived<'_>) {
+        if let Some(assignee) = a.assignee {
+            self.hold((a.subgroup, a.shard), a, assignee, true);
+        }
     }
 
     /// The replay of a shard's log reached a view whose shard members are `members`:
     /// replayed inputs whose assignee is not among them moved to their new assignee
     /// then, as [`UdlRuntime::reassign`] did live. Their holders shrink to the members
     /// still there: a holder that left (even to come back as a new incarnation) missed
-    /// views, so its own replay forgets the input (see [`restart_assignee`]).
+    /// views, so its own replay forgets the input (see [`restart_holders`]).
     pub fn replayed_view(&mut self, subgroup: u32, shard: u32, members: &[MemberId]) {
         let Some(held) = self.pending.get_mut(&(subgroup, shard)) else {
             return;
@@ -1141,13 +1142,11 @@ impl UdlRuntime {
         }
     }
 
-    /// How many inputs a replay holds, over all shards.
-    pub fn replayed_held(&self) -> usize {
+    /// How many inputs a replay holds for shard `(subgroup, shard)`.
+    pub fn replayed_held(&self, subgroup: u32, shard: u32) -> usize {
         self.pending
-            .values()
-            .flat_map(BTreeMap::values)
-            .filter(|p| p.replayed)
-            .count()
+            .get(&(subgroup, shard))
+            .map_or(0, |held| held.values().filter(|p| p.replayed).count())
     }
 
     /// A `one` job of this node ended and its outputs are written.
@@ -1573,7 +1572,7 @@ mod tests {
         holders: &[MemberId],
     ) {
         let blob = Bytes::from_static(b"input");
-        rt.hold_replayed(&arrived(key, version, assignee, holders, &blob), assignee);
+        rt.hold_replayed(&arrived(key, version, assignee, holders, &blob));
     }
 
     /// What shard (1, 0) holds: version, assignee, held by a replay.
@@ -1650,7 +1649,7 @@ mod tests {
             &|_, _| false,
         );
         assert!(held(&rt).is_empty());
-        assert_eq!(rt.replayed_held(), 0);
+        assert_eq!(rt.replayed_held(1, 0), 0);
 
         // A total restart's view (every member new): this node's runs here, the other
         // replica's is held for it like a live input.
@@ -1661,7 +1660,7 @@ mod tests {
         assert!(restart.is_restart());
         // Its state still coming: nothing moves yet.
         rt.reassign(&restart, no_device, &|g, s| (g, s) == (1, 0));
-        assert_eq!(rt.replayed_held(), 2);
+        assert_eq!(rt.replayed_held(1, 0), 2);
         rt.reassign(&restart, no_device, &|_, _| false);
         assert_eq!(held(&rt), vec![(11, new[1], false)]);
     }
